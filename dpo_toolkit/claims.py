@@ -1,0 +1,54 @@
+"""Claims tables: every chapter ends with one and writes it to
+``_build/results/<notebook-stem>/claims.csv`` (claim_id,statement,paper_value,our_value,verdict)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+
+COLUMNS = ["claim_id", "statement", "paper_value", "our_value", "verdict"]
+VERDICTS = ("reproduced", "partly", "not reproduced")
+
+
+def claims_frame(rows: list[dict[str, str]]) -> pd.DataFrame:
+    """A validated claims table: exactly COLUMNS, unique ids, verdicts from VERDICTS."""
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    _validate(df, "claims table")
+    return df
+
+
+def _validate(df: pd.DataFrame, where: str) -> None:
+    if list(df.columns) != COLUMNS:
+        raise ValueError(f"{where}: columns must be {COLUMNS}, got {list(df.columns)}")
+    if df["claim_id"].duplicated().any():
+        raise ValueError(f"{where}: duplicate claim_id {sorted(df.loc[df['claim_id'].duplicated(), 'claim_id'])}")
+    bad = sorted(set(df["verdict"]) - set(VERDICTS))
+    if bad:
+        raise ValueError(f"{where}: verdict must be one of {VERDICTS}, got {bad}")
+
+
+def results_dir(stem: str, root: str | Path | None = None) -> Path:
+    """``<root>/<stem>``, created; root defaults to $DPO_RESULTS_ROOT, else ``_build/results``
+    at the repository top (found from this package's location)."""
+    if root is None:
+        root = os.environ.get("DPO_RESULTS_ROOT") or Path(__file__).resolve().parents[1] / "_build" / "results"
+    path = Path(root) / stem
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def write_claims(df: pd.DataFrame, directory: str | Path) -> Path:
+    """Write ``claims.csv`` into directory after validating it; returns the path."""
+    _validate(df, "claims table")
+    path = Path(directory) / "claims.csv"
+    df.to_csv(path, index=False)
+    return path
+
+
+def read_claims(path: str | Path) -> pd.DataFrame:
+    """Read and validate a claims.csv; a malformed file raises ValueError naming the file."""
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    _validate(df, str(path))
+    return df

@@ -1,0 +1,189 @@
+"""Frozen, self-validating configuration for data, model, training and evaluation.
+
+Every field is checked in ``__post_init__``; a bad value raises :class:`ConfigError`
+(a ``ValueError``) that names the class, the field and the allowed range, before
+any work starts. Change a field with ``dataclasses.replace(cfg, beta=0.5)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+
+OPTIMIZERS = ("adamw", "adam", "rmsprop")
+
+
+class ConfigError(ValueError):
+    """A configuration value outside its allowed range."""
+
+
+def _require(ok: bool, obj: object, field: str, allowed: str) -> None:
+    if not ok:
+        value = getattr(obj, field)
+        raise ConfigError(f"{type(obj).__name__}.{field} must be {allowed}, got {value!r}")
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_real(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """The number-line preference set of Park §3.2."""
+
+    prompt_min: int = 1
+    """Smallest prompt s in S = [prompt_min, prompt_max]. Must be ≥ 0."""
+    prompt_max: int = 99
+    """Largest prompt s. Must be ≥ prompt_min and ≤ 99,999."""
+    window: int = 5
+    """Window W: responses lie in [s − W, s + W] (clipped at 0). Must be ≥ 1."""
+    test_fraction: float = 0.3
+    """Fraction of prompts held out for the test set. Must be in (0, 1)."""
+    seed: int = 0
+    """Seed of the random train/test split by prompt."""
+
+    def __post_init__(self) -> None:
+        _require(_is_int(self.prompt_min) and self.prompt_min >= 0, self, "prompt_min", "an integer ≥ 0")
+        _require(
+            _is_int(self.prompt_max) and self.prompt_min <= self.prompt_max <= 99_999,
+            self,
+            "prompt_max",
+            f"an integer in [prompt_min={self.prompt_min}, 99999]",
+        )
+        _require(_is_int(self.window) and self.window >= 1, self, "window", "an integer ≥ 1")
+        _require(
+            _is_real(self.test_fraction) and 0 < self.test_fraction < 1,
+            self,
+            "test_fraction",
+            "a number in the open interval (0, 1)",
+        )
+        _require(_is_int(self.seed) and self.seed >= 0, self, "seed", "an integer ≥ 0")
+        n_prompts = self.prompt_max - self.prompt_min + 1
+        _require(
+            round(n_prompts * self.test_fraction) >= 1 and round(n_prompts * (1 - self.test_fraction)) >= 1,
+            self,
+            "test_fraction",
+            f"a fraction leaving ≥ 1 prompt on each side of the split of {n_prompts} prompts",
+        )
+
+    @property
+    def max_seq_len(self) -> int:
+        """Longest tokenized 'ABC=XYZ.' sequence of this data set."""
+        return len(str(self.prompt_max)) + 1 + len(str(self.prompt_max + self.window)) + 1
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The 1-layer decoder-only transformer of Park §3.3."""
+
+    d_model: int = 128
+    """Residual stream width. Must be ≥ 1 and divisible by n_heads."""
+    n_heads: int = 4
+    """Attention heads. Must be ≥ 1."""
+    d_mlp: int = 128
+    """Hidden width of the 2-layer GELU MLP. Must be ≥ 1."""
+    n_ctx: int = 10
+    """Learned positions, i.e. the longest sequence. Must be ≥ 4."""
+    d_vocab: int = 12
+    """Vocabulary: 10 digits, '=' and '.', with '.' doubling as pad. Must be ≥ 12."""
+
+    def __post_init__(self) -> None:
+        _require(_is_int(self.n_heads) and self.n_heads >= 1, self, "n_heads", "an integer ≥ 1")
+        _require(
+            _is_int(self.d_model) and self.d_model >= 1 and self.d_model % self.n_heads == 0,
+            self,
+            "d_model",
+            f"a positive integer divisible by n_heads={self.n_heads}",
+        )
+        _require(_is_int(self.d_mlp) and self.d_mlp >= 1, self, "d_mlp", "an integer ≥ 1")
+        _require(_is_int(self.n_ctx) and self.n_ctx >= 4, self, "n_ctx", "an integer ≥ 4")
+        _require(_is_int(self.d_vocab) and self.d_vocab >= 12, self, "d_vocab", "an integer ≥ 12")
+
+    @property
+    def d_head(self) -> int:
+        return self.d_model // self.n_heads
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation of one SFT or DPO run."""
+
+    optimizer: str = "adamw"
+    """One of 'adamw', 'adam', 'rmsprop' (torch defaults apart from lr and weight_decay)."""
+    lr: float = 1e-4
+    """Learning rate. Must be in (0, 1]."""
+    weight_decay: float = 0.01
+    """Weight decay (decoupled for AdamW, L2 otherwise). Must be ≥ 0. 0.01 is AdamW's standard."""
+    epochs: int = 100
+    """Passes over the training pairs. Must be ≥ 1."""
+    batch_size: int = 512
+    """Examples (SFT) or pairs (DPO) per step. Must be ≥ 1."""
+    grad_clip: float | None = 5.0
+    """Max global gradient norm, or None for no clipping. Must be > 0 when set."""
+    n_evals: int = 100
+    """Evaluations spread evenly over training, after an extra one at step 0. Must be ≥ 1."""
+    seed: int = 0
+    """Seed of the batch order (and, for SFT, of the model initialisation)."""
+
+    def __post_init__(self) -> None:
+        _require(self.optimizer in OPTIMIZERS, self, "optimizer", f"one of {OPTIMIZERS}")
+        _require(_is_real(self.lr) and 0 < self.lr <= 1, self, "lr", "a number in (0, 1]")
+        _require(_is_real(self.weight_decay) and self.weight_decay >= 0, self, "weight_decay", "a number ≥ 0")
+        _require(_is_int(self.epochs) and self.epochs >= 1, self, "epochs", "an integer ≥ 1")
+        _require(_is_int(self.batch_size) and self.batch_size >= 1, self, "batch_size", "an integer ≥ 1")
+        _require(
+            self.grad_clip is None or (_is_real(self.grad_clip) and self.grad_clip > 0),
+            self,
+            "grad_clip",
+            "None or a number > 0",
+        )
+        _require(_is_int(self.n_evals) and self.n_evals >= 1, self, "n_evals", "an integer ≥ 1")
+        _require(_is_int(self.seed) and self.seed >= 0, self, "seed", "an integer ≥ 0")
+
+
+@dataclass(frozen=True)
+class DPOConfig(TrainConfig):
+    """A DPO run: optimisation plus the KL strength β."""
+
+    beta: float = 0.1
+    """KL strength β (Park Eq. 1–2). Must be > 0 and ≤ 1000."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(_is_real(self.beta) and 0 < self.beta <= 1000, self, "beta", "a number in (0, 1000]")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What one evaluation computes."""
+
+    kl_samples: int = 16
+    """Responses sampled from the policy per test prompt for the KL estimate (Eq. 6). Must be ≥ 2."""
+    seed: int = 0
+    """Seed of the KL sampling."""
+
+    def __post_init__(self) -> None:
+        _require(_is_int(self.kl_samples) and self.kl_samples >= 2, self, "kl_samples", "an integer ≥ 2")
+        _require(_is_int(self.seed) and self.seed >= 0, self, "seed", "an integer ≥ 0")
+
+
+def check_fits(model_cfg: ModelConfig, data_cfg: DataConfig) -> None:
+    """Raise ConfigError when the data's longest sequence exceeds the model's context."""
+    if data_cfg.max_seq_len > model_cfg.n_ctx:
+        raise ConfigError(
+            f"ModelConfig.n_ctx must be ≥ {data_cfg.max_seq_len}, the longest sequence of "
+            f"DataConfig(prompt_max={data_cfg.prompt_max}, window={data_cfg.window}); got {model_cfg.n_ctx}"
+        )
+
+
+def config_hash(*configs: object) -> str:
+    """A short stable hash of dataclass configs, used to key cached results."""
+    payload = json.dumps([[type(c).__name__, dataclasses.asdict(c)] for c in configs], sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:12]

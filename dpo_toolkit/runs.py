@@ -1,0 +1,101 @@
+"""SFT-then-DPO runs over seeds and β, cached on disk so an interrupted run resumes.
+
+Each finished run is written to ``cache_dir`` as its own CSV (and the SFT model as a
+state dict), named by β, seed and a hash of every configuration it depends on; a rerun
+reads finished runs back instead of training them again, and DPO runs that differ
+only in their own settings share one SFT reference.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Iterable
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from .config import DataConfig, DPOConfig, EvalConfig, ModelConfig, TrainConfig, check_fits, config_hash
+from .data import make_pairs
+from .evaluate import Evaluator
+from .model import build_model
+from .train import train_dpo, train_sft
+
+
+def _write_csv(df: pd.DataFrame, path: Path) -> None:
+    """Write atomically, so that an interrupted write never looks like a finished run."""
+    tmp = path.with_suffix(".tmp")
+    df.to_csv(tmp, index=False)
+    tmp.replace(path)
+
+
+def _sft_run(reference, train, cfg: TrainConfig, evaluate: Evaluator, out: Path, key: str, progress) -> pd.DataFrame:
+    """Train `reference` in place by SFT, or load the cached weights and curve of the same run."""
+    weights, curve = out / f"sft-seed{cfg.seed}-{key}.pt", out / f"sft-seed{cfg.seed}-{key}.csv"
+    if weights.exists() and curve.exists():
+        reference.load_state_dict(torch.load(weights))
+        return pd.read_csv(curve)
+    df = train_sft(reference, train, cfg, evaluate, progress)
+    torch.save(reference.state_dict(), weights)
+    _write_csv(df, curve)
+    return df
+
+
+def _dpo_run(reference, train, cfg: DPOConfig, evaluate: Evaluator, out: Path, key: str, progress) -> pd.DataFrame:
+    """DPO of a fresh copy of `reference`, or the cached curve of the same run."""
+    curve = out / f"dpo-beta{cfg.beta:g}-seed{cfg.seed}-{key}.csv"
+    if curve.exists():
+        return pd.read_csv(curve)
+    policy = copy.deepcopy(reference).requires_grad_(True)
+    df = train_dpo(policy, reference, train, cfg, lambda p: evaluate(p, cfg.beta), progress)
+    _write_csv(df, curve)
+    return df
+
+
+def run_sft_then_dpo(
+    data_cfg: DataConfig,
+    model_cfg: ModelConfig,
+    sft_cfg: TrainConfig,
+    dpo_cfg: DPOConfig,
+    eval_cfg: EvalConfig,
+    betas: float | Iterable[float],
+    seeds: int | Iterable[int],
+    cache_dir: str | Path,
+    progress: bool | None = None,
+) -> pd.DataFrame:
+    """For each seed: SFT from a fresh model, then DPO from that reference at every β.
+
+    The seed sets the model initialisation and the batch order of SFT and DPO; the
+    train/test split is fixed by ``data_cfg.seed``. All configurations are validated,
+    every β included, before any training starts.
+    Returns one row per evaluation with columns phase ('sft' | 'dpo'), beta (NaN for
+    SFT), seed, step, epoch, loss and the Evaluator's metrics.
+    """
+    check_fits(model_cfg, data_cfg)
+    betas = [betas] if isinstance(betas, (int, float)) else list(betas)
+    if not betas:
+        raise ValueError("betas must name at least one β > 0, got an empty list")
+    dpo_cfgs = [dataclasses.replace(dpo_cfg, beta=b) for b in betas]  # validates every β up front
+    seeds = [seeds] if isinstance(seeds, int) else list(seeds)
+    if not seeds or any(not isinstance(s, int) or s < 0 for s in seeds):
+        raise ValueError(f"seeds must be a non-empty list of integers ≥ 0, got {seeds!r}")
+    out = Path(cache_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    train, test = make_pairs(data_cfg)
+    frames = []
+    for seed in seeds:
+        reference = build_model(model_cfg, seed)
+        seed_sft_cfg = dataclasses.replace(sft_cfg, seed=seed)
+        sft_key = config_hash(data_cfg, model_cfg, seed_sft_cfg, eval_cfg)
+        sft = _sft_run(reference, train, seed_sft_cfg, Evaluator(test, data_cfg, eval_cfg), out, sft_key, progress)
+        frames.append(sft.assign(phase="sft", beta=float("nan"), seed=seed))
+        reference.eval().requires_grad_(False)
+        evaluate = Evaluator(test, data_cfg, eval_cfg, reference=reference)
+        for cfg in dpo_cfgs:
+            seed_cfg = dataclasses.replace(cfg, seed=seed)
+            dpo_key = config_hash(data_cfg, model_cfg, seed_sft_cfg, seed_cfg, eval_cfg)
+            dpo = _dpo_run(reference, train, seed_cfg, evaluate, out, dpo_key, progress)
+            frames.append(dpo.assign(phase="dpo", beta=cfg.beta, seed=seed))
+    columns = ["phase", "beta", "seed", "step", "epoch", "loss", "ood_rate", "seq_error", "accuracy", "margin", "kl", "kl_se"]
+    return pd.concat(frames, ignore_index=True).reindex(columns=columns)

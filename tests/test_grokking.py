@@ -1,0 +1,71 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from dpo_toolkit.grokking import almost_monotone_rise, final_ood_table, grokking_claims, relative_drawdown, tail_mean
+
+
+def test_curve_helpers():
+    assert tail_mean(np.arange(20), 0.1) == pytest.approx(18.5)
+    assert relative_drawdown([0, 1, 2, 3]) == 0.0
+    assert relative_drawdown([0, 4, 3, 4]) == pytest.approx(0.25)
+    assert relative_drawdown([2, 2, 2]) == 0.0
+    assert almost_monotone_rise([0, 1, 0.95, 2])
+    assert not almost_monotone_rise([0, 2, 1, 2.1])
+    assert not almost_monotone_rise([2, 1])
+
+
+def fake_runs(ood_curve, sft_final=0.02, margin=None, seeds=(0, 1), betas=(0.01, 0.1)):
+    n = len(ood_curve)
+    margin = np.linspace(0, 1, n) if margin is None else np.asarray(margin)
+    rows = []
+    for seed in seeds:
+        for step in range(n):
+            rows.append(
+                {"phase": "sft", "beta": np.nan, "seed": seed, "step": step, "ood_rate": sft_final if step == n - 1 else 0.5}
+            )
+        for beta in betas:
+            for step in range(n):
+                rows.append(
+                    {
+                        "phase": "dpo",
+                        "beta": beta,
+                        "seed": seed,
+                        "step": step,
+                        "ood_rate": ood_curve[step],
+                        "seq_error": 0.0,
+                        "accuracy": min(1.0, 0.5 + step / n),
+                        "margin": margin[step],
+                        "kl": step,
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def verdicts(runs):
+    return dict(zip(*grokking_claims(runs)[["claim_id", "verdict"]].to_numpy().T, strict=True))
+
+
+def test_the_papers_story_is_reproduced():
+    drift = np.concatenate([np.linspace(0.02, 0.8, 10), np.full(10, 0.8)])
+    assert verdicts(fake_runs(drift)) == {"C1": "reproduced", "C2": "reproduced", "C3": "reproduced"}
+
+
+def test_no_drift_is_not_reproduced():
+    flat = np.full(20, 0.03)
+    v = verdicts(fake_runs(flat, sft_final=0.3))
+    assert v == {"C1": "not reproduced", "C2": "not reproduced", "C3": "not reproduced"}
+
+
+def test_recovery_breaks_c2_and_a_dip_breaks_c3():
+    grok = np.concatenate([np.linspace(0.02, 0.9, 10), np.linspace(0.9, 0.1, 10)])
+    dip = np.concatenate([np.linspace(0, 1, 10), np.linspace(0.5, 1.1, 10)])
+    v = verdicts(fake_runs(grok, margin=dip))
+    assert v["C2"] == "not reproduced"
+    assert v["C3"] == "not reproduced"
+
+
+def test_final_ood_table():
+    table = final_ood_table(fake_runs(np.full(10, 0.4)))
+    assert list(table["run"]) == ["SFT", "DPO β=0.01", "DPO β=0.1"]
+    assert table["final_ood_mean"].iloc[1] == pytest.approx(0.4)

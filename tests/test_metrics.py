@@ -1,0 +1,116 @@
+import copy
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from dpo_toolkit.config import EvalConfig, ModelConfig
+from dpo_toolkit.data import END, EQ, decode_response, encode_prompt
+from dpo_toolkit.evaluate import Evaluator
+from dpo_toolkit.generate import greedy_answers, sample_responses
+from dpo_toolkit.losses import sequence_logps
+from dpo_toolkit.metrics import (
+    answers_tensor,
+    frac_weight_delta,
+    is_ood,
+    kl_estimate,
+    reward_accuracy,
+    reward_margin,
+    sequence_error,
+    weight_delta,
+)
+from dpo_toolkit.model import build_model
+
+
+def test_ood_and_error_on_hand_made_strings():
+    # prompt 50, W = 5, S = [1, 99] → span 98
+    strings = {"50.": (0, False), "55.": (5, False), "44.": (6, True), "7.": (43, True), "5=5.": (98, True), "56": (98, True)}
+    tokens = [[EQ if c == "=" else END if c == "." else int(c) for c in s] for s in strings]
+    answers = answers_tensor([decode_response(t) for t in tokens])
+    prompts = torch.full((len(strings),), 50.0, dtype=torch.float64)
+    assert sequence_error(answers, prompts, prompt_span=98).tolist() == [e for e, _ in strings.values()]
+    assert is_ood(answers, prompts, window=5).tolist() == [o for _, o in strings.values()]
+
+
+def test_reward_accuracy_and_margin():
+    chosen, rejected = torch.tensor([1.0, 0.0, 2.0, 0.5]), torch.tensor([0.0, 0.0, 3.0, 0.0])
+    assert reward_accuracy(chosen, rejected).item() == pytest.approx(0.5)  # a tie is not a win
+    assert reward_margin(chosen, rejected).item() == pytest.approx((1 + 0 - 1 + 0.5) / 4)
+
+
+def test_kl_estimate_mean_and_stratified_stderr():
+    policy = torch.tensor([[1.0, 3.0], [0.0, 0.0]])
+    kl, se = kl_estimate(policy, torch.zeros(2, 2))
+    assert kl == pytest.approx(1.0)
+    assert se == pytest.approx(np.sqrt(2.0 / 2) / 2)  # var of [1, 3] is 2 (unbiased), of [0, 0] is 0
+    with pytest.raises(ValueError, match="≥ 2 samples"):
+        kl_estimate(torch.zeros(3, 1), torch.zeros(3, 1))
+
+
+CFG = ModelConfig(d_model=16, n_heads=2, d_mlp=16, n_ctx=5)
+
+
+def exact_kl(policy, reference, prompt: int) -> float:
+    """KL by enumerating every response the decoder can emit after 'prompt=' within n_ctx."""
+    prefix = encode_prompt(prompt)
+    room = CFG.n_ctx - len(prefix)
+    non_end = [t for t in range(12) if t != END]
+    responses = [[*list(body), END] for k in range(room) for body in itertools.product(non_end, repeat=k)]
+    responses += [list(body) for body in itertools.product(non_end, repeat=room)]  # ran out of context
+    tokens = torch.tensor([prefix + r + [END] * (room - len(r)) for r in responses])
+    mask = torch.zeros_like(tokens, dtype=torch.bool)
+    for i, r in enumerate(responses):
+        mask[i, len(prefix) : len(prefix) + len(r)] = True
+    with torch.no_grad():
+        p = sequence_logps(policy(tokens), tokens, mask).double()
+        q = sequence_logps(reference(tokens), tokens, mask).double()
+    assert p.exp().sum().item() == pytest.approx(1.0, abs=1e-5)  # the enumeration covers the whole space
+    return float((p.exp() * (p - q)).sum())
+
+
+def test_kl_is_zero_for_identical_models_and_matches_exact_enumeration():
+    from dpo_toolkit.config import DataConfig
+    from dpo_toolkit.data import PairSet
+
+    policy, reference = build_model(CFG, seed=0), build_model(CFG, seed=1)
+    with torch.no_grad():  # sharpen the models so that the KL is well away from 0
+        policy.unembed.weight.mul_(8)
+        reference.unembed.weight.mul_(8)
+    prompts = np.array([3, 7])
+    test = PairSet(prompts, prompts, prompts + 1)
+    data_cfg = DataConfig(prompt_min=1, prompt_max=9, window=1)
+    same = Evaluator(test, data_cfg, EvalConfig(kl_samples=8), reference=copy.deepcopy(policy))
+    assert same.kl(policy) == (0.0, 0.0)
+    exact = np.mean([exact_kl(policy, reference, s) for s in prompts])
+    assert exact > 0.1
+    kl, se = Evaluator(test, data_cfg, EvalConfig(kl_samples=4000, seed=5), reference=reference).kl(policy)
+    assert abs(kl - exact) < 4 * se
+    assert se < 0.1 * exact
+
+
+def test_samples_follow_the_model_and_greedy_is_the_mode():
+    model = build_model(CFG, seed=2)
+    samples = sample_responses(model, np.array([4]), n_samples=3000, seed=0)
+    first = samples.tokens[:, 2]  # first response token after '4='
+    with torch.no_grad():
+        probs = model(torch.tensor([encode_prompt(4)]))[0, -1].softmax(-1)
+    freq = torch.bincount(first, minlength=12).double() / len(first)
+    assert torch.allclose(freq, probs.double(), atol=0.03)
+    assert torch.equal(
+        sample_responses(model, np.array([4, 5]), 4, seed=1).tokens, sample_responses(model, np.array([4, 5]), 4, seed=1).tokens
+    )
+    greedy = greedy_answers(model, np.array([4]))
+    assert len(greedy) == 1
+
+
+def test_weight_delta_on_known_tensors(tiny_model):
+    other = copy.deepcopy(tiny_model)
+    with torch.no_grad():
+        other.attn.W_O.weight.add_(torch.full_like(other.attn.W_O.weight, 0.5))  # ‖·‖_F = 0.5 · sqrt(16 · 16) = 8
+        other.mlp[0].bias.add_(torch.tensor([3.0, 4.0] + [0.0] * 14))  # ‖·‖_F = 5
+    assert weight_delta(tiny_model, tiny_model) == 0.0
+    assert weight_delta(tiny_model, other) == pytest.approx(13.0)
+    assert weight_delta(other, tiny_model, group="attention") == pytest.approx(8.0)
+    assert frac_weight_delta(tiny_model, other, "attention") == pytest.approx(8 / 13)
+    assert frac_weight_delta(tiny_model, other, "mlp") == pytest.approx(5 / 13)

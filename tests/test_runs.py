@@ -1,0 +1,61 @@
+import pytest
+
+from dpo_toolkit import runs as runs_module
+from dpo_toolkit.config import ConfigError, DPOConfig, EvalConfig, TrainConfig
+from dpo_toolkit.runs import run_sft_then_dpo
+
+SFT = TrainConfig(lr=1e-3, epochs=1, batch_size=32, n_evals=1)
+DPO = DPOConfig(lr=1e-3, epochs=1, batch_size=32, n_evals=1)
+EVAL = EvalConfig(kl_samples=2)
+
+
+def _run(data_cfg, model_cfg, tmp_path, betas=(0.1, 0.5), seeds=(0,)):
+    return run_sft_then_dpo(data_cfg, model_cfg, SFT, DPO, EVAL, betas=betas, seeds=seeds, cache_dir=tmp_path, progress=False)
+
+
+def test_tidy_output(tiny_data_cfg, tiny_model_cfg, tmp_path):
+    df = _run(tiny_data_cfg, tiny_model_cfg, tmp_path, seeds=[0, 1])
+    assert set(df["phase"]) == {"sft", "dpo"}
+    assert sorted(df.loc[df["phase"] == "dpo", "beta"].unique()) == [0.1, 0.5]
+    assert df["beta"].isna().sum() == 2 * 2  # 2 SFT evaluations per seed
+    assert df["seed"].nunique() == 2
+
+
+def test_resume_reads_finished_runs_instead_of_training(tiny_data_cfg, tiny_model_cfg, tmp_path, monkeypatch):
+    first = _run(tiny_data_cfg, tiny_model_cfg, tmp_path)
+
+    def boom(*args, **kwargs):
+        raise AssertionError("training ran although its result was cached")
+
+    monkeypatch.setattr(runs_module, "train_sft", boom)
+    monkeypatch.setattr(runs_module, "train_dpo", boom)
+    again = _run(tiny_data_cfg, tiny_model_cfg, tmp_path)
+    assert again.equals(first)
+
+
+def test_interrupted_run_trains_only_what_is_missing(tiny_data_cfg, tiny_model_cfg, tmp_path, monkeypatch):
+    full = _run(tiny_data_cfg, tiny_model_cfg, tmp_path / "a")
+    calls = []
+    real_train_dpo = runs_module.train_dpo
+    _run(tiny_data_cfg, tiny_model_cfg, tmp_path / "b", betas=[0.1])  # "interrupted" after the first β
+    monkeypatch.setattr(runs_module, "train_dpo", lambda *a, **k: calls.append(a[3].beta) or real_train_dpo(*a, **k))
+    resumed = _run(tiny_data_cfg, tiny_model_cfg, tmp_path / "b")
+    assert calls == [0.5]
+    assert resumed.equals(full)
+
+
+@pytest.mark.parametrize(
+    ("betas", "seeds", "message"),
+    [
+        ([0.1, -0.5], [0], "DPOConfig.beta must be a number in (0, 1000], got -0.5"),
+        (-0.5, [0], "DPOConfig.beta"),
+        ([], [0], "betas must name at least one"),
+        ([0.1], [-1], "seeds must be"),
+    ],
+)
+def test_bad_input_fails_before_any_training(tiny_data_cfg, tiny_model_cfg, tmp_path, monkeypatch, betas, seeds, message):
+    monkeypatch.setattr(runs_module, "train_sft", lambda *a, **k: pytest.fail("trained before validating"))
+    with pytest.raises(ValueError) as info:
+        _run(tiny_data_cfg, tiny_model_cfg, tmp_path, betas=betas, seeds=seeds)
+    assert message in str(info.value)
+    assert isinstance(info.value, ConfigError) or "must" in str(info.value)
