@@ -49,6 +49,7 @@ def test_nbval_fails_when_a_checked_output_is_altered(tmp_path):
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     cell = nbformat.v4.new_code_cell("print(6 * 7)", metadata={"tags": ["nbval-check-output"]})
     cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text="42\n")]
+    cell.execution_count = 1
     nb.cells = [nbformat.v4.new_code_cell("x = 1"), cell]
     good = tmp_path / "good.ipynb"
     nbformat.write(nb, good)
