@@ -19,7 +19,8 @@ def plot_training_curves(runs: pd.DataFrame, metrics: dict[str, str], ncols: int
     """
     data = runs.assign(run=_run_label(runs))
     order = list(dict.fromkeys(data.sort_values("beta", na_position="first")["run"]))
-    palette = dict(zip(order, ["black", *sns.color_palette("viridis", len(order) - 1)], strict=True))
+    dpo_runs = [r for r in order if r != "SFT"]
+    palette = {"SFT": "black", **dict(zip(dpo_runs, sns.color_palette("viridis", len(dpo_runs)), strict=True))}
     nrows = -(-len(metrics) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(5.5 * ncols, 3.6 * nrows), squeeze=False)
     for ax, (column, title) in zip(axes.flat, metrics.items(), strict=False):
