@@ -1,35 +1,57 @@
 """One evaluation of a policy on the test set: OOD rate and sequence error of greedy
-answers, and, against a reference, DPO accuracy, margin and KL (Park §3.4)."""
+answers, and, against a reference, DPO accuracy, margin and KL (Park §3.4).
+
+A policy is one ``Transformer`` or an ``Ensemble``; an ensemble is evaluated in one
+batched pass and gives one row per model.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 
 from .config import DataConfig, EvalConfig
 from .data import Batch, PairSet, collate_pairs
+from .ensemble import Ensemble, as_ensemble
 from .generate import greedy_answers, sample_responses
 from .losses import implicit_reward, sequence_logps
-from .metrics import answers_tensor, is_ood, kl_estimate, reward_accuracy, reward_margin, sequence_error
+from .metrics import answers_tensor, is_ood, kl_estimate, path_kl, reward_accuracy, reward_margin, sequence_error
 from .model import Transformer
+
+CHUNK = 2048  # sequences per forward pass when scoring, to bound activation memory
+ACCURACY_ATOL = 1e-4  # nats: a pair counts as won when its log-ratio margin exceeds this, not float noise
 
 
 @torch.no_grad()
-def pair_logps(model: Transformer, pairs: PairSet | Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed response log-probs (chosen (n,), rejected (n,)) of every pair, in one forward pass.
+def score(policy: Transformer | Ensemble, batch: Batch) -> torch.Tensor:
+    """Summed response log-probs of every sequence: (batch,) for a model, (M, batch) for an ensemble."""
+    model = as_ensemble(policy)
+    chunks = []
+    for i in range(0, batch.tokens.shape[-2], CHUNK):
+        tokens, mask = batch.tokens[..., i : i + CHUNK, :], batch.response_mask[..., i : i + CHUNK, :]
+        chunks.append(sequence_logps(model(tokens), tokens, mask))
+    logps = torch.cat(chunks, dim=-1)  # (M, batch)
+    return logps[0] if isinstance(policy, Transformer) else logps
+
+
+def pair_logps(policy: Transformer | Ensemble, pairs: PairSet | Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed response log-probs (chosen, rejected) of every pair: (n,) each, or (M, n) for an ensemble.
 
     Takes the pairs, or their ``collate_pairs`` batch to skip tokenization.
     """
     batch = pairs if isinstance(pairs, Batch) else collate_pairs(pairs)
-    logps = sequence_logps(model(batch.tokens), batch.tokens, batch.response_mask)  # (2n,)
-    return logps.chunk(2)
+    return score(policy, batch).chunk(2, dim=-1)
 
 
 class Evaluator:
     """Evaluates policies on a fixed test set; the reference's log-probs are computed once.
 
     Greedy metrics are over the distinct test prompts (each prompt counted once).
-    Accuracy and margin are over the test pairs. KL samples `kl_samples` responses
-    per test prompt from the policy with a fixed seed, so repeated calls are comparable.
+    Accuracy and margin are over the test pairs. KL samples `kl_samples` responses per
+    test prompt from the policy with a fixed seed (the same draws for every model), and
+    reports two unbiased estimates of Eq. 6 with their standard errors: `kl`, the exact
+    per-token KL summed along each sampled path, and `kl_mc`, the plain log-ratio.
     """
 
     def __init__(self, test: PairSet, data_cfg: DataConfig, eval_cfg: EvalConfig, reference: Transformer | None = None):
@@ -41,28 +63,40 @@ class Evaluator:
             self.reference_chosen_logps, self.reference_rejected_logps = pair_logps(reference, self.test_batch)
 
     @torch.no_grad()
-    def __call__(self, policy: Transformer, beta: float | None = None) -> dict[str, float]:
-        answers = answers_tensor(greedy_answers(policy, self.prompts))  # (n_prompts,)
+    def __call__(self, policy: Transformer | Ensemble, beta: float | Sequence[float] | None = None):
+        """Metrics of one model (a dict), or of each model of an ensemble (a list of dicts)."""
+        model = as_ensemble(policy)
+        answers = answers_tensor(greedy_answers(model, self.prompts))  # (M, n_prompts)
         prompts = torch.as_tensor(self.prompts, dtype=torch.float64)
-        row = {
-            "ood_rate": float(is_ood(answers, prompts, self.data_cfg.window).double().mean()),
-            "seq_error": float(sequence_error(answers, prompts, self.span).mean()),
+        columns = {
+            "ood_rate": is_ood(answers, prompts, self.data_cfg.window).double().mean(-1),
+            "seq_error": sequence_error(answers, prompts, self.span).mean(-1),
         }
-        if self.reference is None:
-            return row
-        policy_chosen_logps, policy_rejected_logps = pair_logps(policy, self.test_batch)
-        chosen_rewards = implicit_reward(policy_chosen_logps, self.reference_chosen_logps, beta)
-        rejected_rewards = implicit_reward(policy_rejected_logps, self.reference_rejected_logps, beta)
-        row["accuracy"] = float(reward_accuracy(chosen_rewards, rejected_rewards))
-        row["margin"] = float(reward_margin(chosen_rewards, rejected_rewards))
-        row["kl"], row["kl_se"] = self.kl(policy)
-        return row
+        if self.reference is not None:
+            betas = torch.as_tensor(beta, dtype=torch.float64).reshape(-1, 1)  # (M, 1) or (1, 1)
+            policy_chosen_logps, policy_rejected_logps = pair_logps(model, self.test_batch)  # (M, n)
+            chosen_rewards = implicit_reward(policy_chosen_logps.double(), self.reference_chosen_logps.double(), betas)
+            rejected_rewards = implicit_reward(policy_rejected_logps.double(), self.reference_rejected_logps.double(), betas)
+            columns["accuracy"] = reward_accuracy(chosen_rewards, rejected_rewards, atol=ACCURACY_ATOL * betas)
+            columns["margin"] = reward_margin(chosen_rewards, rejected_rewards)
+            columns.update(self.kl(model))
+        rows = [{k: float(v[i]) for k, v in columns.items()} for i in range(len(model))]
+        return rows[0] if isinstance(policy, Transformer) else rows
 
     @torch.no_grad()
-    def kl(self, policy: Transformer) -> tuple[float, float]:
-        """KL(policy ‖ reference) over the test prompts (Eq. 6) and its standard error."""
+    def kl(self, policy: Transformer | Ensemble) -> dict[str, torch.Tensor]:
+        """KL(policy ‖ reference) over the test prompts (Eq. 6): both estimators and their standard errors, each (M,)."""
+        model = as_ensemble(policy)
         n = self.eval_cfg.kl_samples
-        samples = sample_responses(policy, self.prompts, n, self.eval_cfg.seed)
-        policy_logps = sequence_logps(policy(samples.tokens), samples.tokens, samples.response_mask)
-        reference_logps = sequence_logps(self.reference(samples.tokens), samples.tokens, samples.response_mask)
-        return kl_estimate(policy_logps.view(-1, n), reference_logps.view(-1, n))
+        samples = sample_responses(model, self.prompts, n, self.eval_cfg.seed)  # (M, n_prompts · n, T)
+        path, mc = [], []
+        for i in range(0, samples.tokens.shape[1], CHUNK):
+            tokens, mask = samples.tokens[:, i : i + CHUNK], samples.response_mask[:, i : i + CHUNK]  # (M, chunk, T)
+            policy_logits = model(tokens)  # (M, chunk, T, V)
+            reference_logits = self.reference(tokens.flatten(0, 1)).view(policy_logits.shape)
+            path.append(path_kl(policy_logits, reference_logits, mask))
+            mc.append(sequence_logps(policy_logits, tokens, mask) - sequence_logps(reference_logits, tokens, mask))
+        n_models = len(model)
+        kl, kl_se = kl_estimate(torch.cat(path, dim=-1).view(n_models, -1, n))
+        kl_mc, kl_mc_se = kl_estimate(torch.cat(mc, dim=-1).view(n_models, -1, n))
+        return {"kl": kl, "kl_se": kl_se, "kl_mc": kl_mc, "kl_mc_se": kl_mc_se}

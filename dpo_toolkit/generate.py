@@ -1,5 +1,9 @@
 """Batched decoding: greedy answers (Park §3.3, "sampling is done greedily") and
-ancestral samples for the KL estimate. Decoding runs until '.' or the context ends."""
+ancestral samples for the KL estimate. Decoding runs until '.' or the context ends.
+
+Every function takes a single ``Transformer`` or an ``Ensemble`` of M models; results
+for an ensemble carry a leading model dimension (M, ...).
+"""
 
 from __future__ import annotations
 
@@ -7,48 +11,65 @@ import numpy as np
 import torch
 
 from .data import END, PAD, Batch, decode_response, encode_prompt
+from .ensemble import Ensemble, _Single, as_ensemble
 from .model import Transformer
 
 
 @torch.no_grad()
-def _decode(model: Transformer, prompts: np.ndarray, generator: torch.Generator | None) -> Batch:
-    """Decode one response per prompt; greedy when generator is None, else sampled at temperature 1.
+def _decode(policy: Ensemble | _Single, prompts: np.ndarray, generator: torch.Generator | None) -> Batch:
+    """Decode one response per prompt and model; greedy when generator is None, else sampled at temperature 1.
+
+    Sampling draws one uniform per prompt row and step, shared by all models, so a
+    model's samples do not depend on which ensemble it is evaluated in.
 
     Prompts are grouped by length so that each group decodes as one batch.
-    Returns the full sequences, right-padded to n_ctx, in the order of `prompts`,
+    Returns sequences (M, n_prompts, n_ctx), right-padded, in the order of `prompts`,
     with response_mask True on generated tokens up to and including the first '.'.
     """
-    n_ctx = model.cfg.n_ctx
-    tokens = torch.full((len(prompts), n_ctx), PAD, dtype=torch.long)
-    response_mask = torch.zeros((len(prompts), n_ctx), dtype=torch.bool)
+    n_models, n_ctx = len(policy), policy.cfg.n_ctx
+    tokens = torch.full((n_models, len(prompts), n_ctx), PAD, dtype=torch.long)
+    response_mask = torch.zeros((n_models, len(prompts), n_ctx), dtype=torch.bool)
     encoded = [encode_prompt(int(s)) for s in prompts]
     for length in sorted({len(p) for p in encoded}):
         rows = torch.tensor([i for i, p in enumerate(encoded) if len(p) == length])
-        seq = torch.tensor([encoded[i] for i in rows.tolist()])  # (rows, length)
-        alive = torch.ones(len(rows), dtype=torch.bool)
+        seq = torch.tensor([encoded[i] for i in rows.tolist()]).expand(n_models, -1, -1)  # (M, rows, length)
+        alive = torch.ones(n_models, len(rows), dtype=torch.bool)
         for t in range(length, n_ctx):
-            next_logits = model(seq)[:, -1]  # (rows, vocab)
+            next_logits = policy(seq)[:, :, -1]  # (M, rows, vocab)
             if generator is None:
-                next_token = next_logits.argmax(-1)
-            else:
-                next_token = torch.multinomial(next_logits.softmax(-1), 1, generator=generator).squeeze(-1)
+                next_token = next_logits.argmax(-1)  # (M, rows)
+            else:  # inverse-CDF sampling with one uniform per row shared by all models (common random numbers)
+                uniform = torch.rand(len(rows), generator=generator, dtype=torch.float64)  # (rows,)
+                cdf = next_logits.double().softmax(-1).cumsum(-1)  # (M, rows, vocab)
+                next_token = (cdf < uniform[:, None]).sum(-1).clamp(max=cdf.shape[-1] - 1)  # (M, rows)
             next_token = torch.where(alive, next_token, PAD)
-            seq = torch.cat([seq, next_token[:, None]], dim=1)
-            response_mask[rows, t] = alive
+            seq = torch.cat([seq, next_token[..., None]], dim=-1)
+            response_mask[:, rows, t] = alive
             alive &= next_token != END
             if not alive.any():
                 break
-        tokens[rows, : seq.shape[1]] = seq
+        tokens[:, rows, : seq.shape[-1]] = seq
     return Batch(tokens, response_mask)
 
 
-def greedy_answers(model: Transformer, prompts: np.ndarray) -> list[int | None]:
-    """The integer each prompt's greedy response spells, or None when unparseable."""
-    batch = _decode(model, prompts, generator=None)
-    return [decode_response(row[mask]) for row, mask in zip(batch.tokens, batch.response_mask, strict=True)]
+def greedy_answers(policy: Transformer | Ensemble | _Single, prompts: np.ndarray) -> list:
+    """The integer each prompt's greedy response spells, None when unparseable.
+
+    A list over prompts for one Transformer; a list (models) of such lists for an ensemble.
+    """
+    batch = _decode(as_ensemble(policy), prompts, generator=None)
+    answers = [
+        [decode_response(row[mask]) for row, mask in zip(tokens, masks, strict=True)]
+        for tokens, masks in zip(batch.tokens, batch.response_mask, strict=True)
+    ]
+    return answers[0] if isinstance(policy, Transformer) else answers
 
 
-def sample_responses(model: Transformer, prompts: np.ndarray, n_samples: int, seed: int) -> Batch:
-    """n_samples ancestral samples per prompt, rows ordered prompt-major (prompt i → rows i·n … i·n + n − 1)."""
+def sample_responses(policy: Transformer | Ensemble | _Single, prompts: np.ndarray, n_samples: int, seed: int) -> Batch:
+    """n_samples ancestral samples per prompt, rows ordered prompt-major (prompt i → rows i·n … i·n + n − 1).
+
+    Shapes (n_prompts · n_samples, n_ctx) for one Transformer, (M, n_prompts · n_samples, n_ctx) for an ensemble.
+    """
     generator = torch.Generator().manual_seed(seed)
-    return _decode(model, np.repeat(prompts, n_samples), generator)
+    batch = _decode(as_ensemble(policy), np.repeat(prompts, n_samples), generator)
+    return Batch(batch.tokens[0], batch.response_mask[0]) if isinstance(policy, Transformer) else batch

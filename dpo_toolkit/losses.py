@@ -9,14 +9,15 @@ import torch.nn.functional as F
 def sequence_logps(logits: torch.Tensor, tokens: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
     """log π(y | x): the sum of next-token log-probs over response positions.
 
-    logits: (batch, seq, vocab), the model's output on `tokens`.
-    tokens: (batch, seq) int64.
-    response_mask: (batch, seq) bool, True where tokens[:, t] is a response token.
-    Position t is scored by logits[:, t − 1]; prompt and pad positions contribute nothing.
-    Returns (batch,).
+    logits: (*models, batch, seq, vocab), the output on `tokens`; leading model dims are optional.
+    tokens: (batch, seq) or (*models, batch, seq) int64.
+    response_mask: like tokens, bool, True where tokens[..., t] is a response token.
+    Position t is scored by logits[..., t − 1, :]; prompt and pad positions contribute nothing.
+    Returns (*models, batch).
     """
-    token_logps = logits[:, :-1].log_softmax(-1).gather(-1, tokens[:, 1:, None]).squeeze(-1)  # (batch, seq − 1)
-    return (token_logps * response_mask[:, 1:]).sum(-1)
+    targets = tokens[..., 1:].expand((*logits.shape[:-2], tokens.shape[-1] - 1))  # (*models, batch, seq − 1)
+    token_logps = logits[..., :-1, :].log_softmax(-1).gather(-1, targets[..., None]).squeeze(-1)  # (*models, batch, seq − 1)
+    return (token_logps * response_mask[..., 1:]).sum(-1)
 
 
 def sft_loss(logps: torch.Tensor) -> torch.Tensor:

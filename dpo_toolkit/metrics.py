@@ -8,9 +8,13 @@ from torch import nn
 from .model import param_group
 
 
-def answers_tensor(answers: list[int | None]) -> torch.Tensor:
-    """Decoded answers as float64 (n,), NaN where the response was unparseable."""
-    return torch.tensor([float("nan") if a is None else float(a) for a in answers], dtype=torch.float64)
+def answers_tensor(answers: list) -> torch.Tensor:
+    """Decoded answers (a list, or a list of lists per model) as float64 (..., n), NaN where unparseable."""
+
+    def to_float(a):
+        return [to_float(x) for x in a] if isinstance(a, list) else float("nan") if a is None else float(a)
+
+    return torch.tensor(to_float(answers), dtype=torch.float64)
 
 
 def sequence_error(answers: torch.Tensor, prompts: torch.Tensor, prompt_span: int) -> torch.Tensor:
@@ -24,30 +28,37 @@ def is_ood(answers: torch.Tensor, prompts: torch.Tensor, window: int) -> torch.T
     return answers.isnan() | ((answers - prompts).abs() > window)
 
 
-def reward_accuracy(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> torch.Tensor:
-    """Fraction of pairs with r(y_w) > r(y_l) (Park §3.4). Inputs (batch,); output scalar."""
-    return (chosen_rewards > rejected_rewards).double().mean()
+def reward_accuracy(
+    chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor, atol: float | torch.Tensor = 0.0
+) -> torch.Tensor:
+    """Fraction of pairs with r(y_w) − r(y_l) > atol (Park §3.4, where atol = 0); ties count as wrong.
+
+    Inputs (..., batch); atol broadcastable to (..., 1); output (...). A small atol keeps
+    float rounding from deciding pairs whose rewards are equal, as all are at step 0.
+    """
+    return (chosen_rewards - rejected_rewards > atol).double().mean(-1)
 
 
 def reward_margin(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> torch.Tensor:
-    """Mean of r(y_w) − r(y_l) over pairs (Park §3.4). Inputs (batch,); output scalar."""
-    return (chosen_rewards - rejected_rewards).double().mean()
+    """Mean of r(y_w) − r(y_l) over pairs (Park §3.4). Inputs (..., batch); output (...)."""
+    return (chosen_rewards - rejected_rewards).double().mean(-1)
 
 
-def kl_estimate(policy_logps: torch.Tensor, reference_logps: torch.Tensor) -> tuple[float, float]:
-    """Monte Carlo KL(π_θ ‖ π_ref) averaged over prompts (Park Eq. 6), with its standard error.
+def kl_estimate(log_ratios: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """KL(π_θ ‖ π_ref) averaged over prompts (Park Eq. 6) from per-sample estimates, with its standard error.
 
-    Both inputs: (prompts, samples), log-probs of responses sampled from π_θ.
-    Estimator: mean of log π_θ(y|x) − log π_ref(y|x), unbiased for each prompt.
-    Standard error: sqrt(Σ_x var_x / n_x) / n_prompts, stratified by prompt.
+    log_ratios: (..., prompts, samples), one unbiased estimate per response sampled from π_θ:
+    either log π_θ(y|x) − log π_ref(y|x) (plain Monte Carlo) or the exact per-token KL
+    summed along the sampled path (lower variance; see ``generate.sample_responses``).
+    Returns the mean (...) and its standard error sqrt(Σ_x var_x / n) / n_prompts (...),
+    stratified by prompt.
     """
-    log_ratio = (policy_logps - reference_logps).double()  # (prompts, samples)
-    n_prompts, n_samples = log_ratio.shape
+    log_ratios = log_ratios.double()
+    n_prompts, n_samples = log_ratios.shape[-2:]
     if n_samples < 2:
         raise ValueError(f"kl_estimate needs ≥ 2 samples per prompt, got {n_samples}")
-    kl = log_ratio.mean()
-    stderr = (log_ratio.var(dim=1) / n_samples).sum().sqrt() / n_prompts
-    return float(kl), float(stderr)
+    stderr = (log_ratios.var(dim=-1) / n_samples).sum(-1).sqrt() / n_prompts
+    return log_ratios.mean((-2, -1)), stderr
 
 
 def _delta_norms(model_a: nn.Module, model_b: nn.Module) -> dict[str, float]:
@@ -65,3 +76,16 @@ def weight_delta(model_a: nn.Module, model_b: nn.Module, group: str | None = Non
 def frac_weight_delta(model_a: nn.Module, model_b: nn.Module, group: str) -> float:
     """FracWeightDelta (Park Eq. 8): the share of WeightDelta that falls in `group`."""
     return weight_delta(model_a, model_b, group) / weight_delta(model_a, model_b)
+
+
+def path_kl(policy_logits: torch.Tensor, reference_logits: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """Exact per-token KL(π_θ(·|prefix) ‖ π_ref(·|prefix)) summed along each sampled response.
+
+    logits: (..., batch, seq, vocab) on sequences sampled from π_θ; response_mask (..., batch, seq).
+    By the chain rule its expectation is the sequence KL of Eq. 6, with lower variance than
+    the plain log-ratio. Position t − 1 predicts token t, as in ``sequence_logps``. Returns (..., batch).
+    """
+    policy_logp = policy_logits[..., :-1, :].log_softmax(-1)
+    reference_logp = reference_logits[..., :-1, :].log_softmax(-1)
+    token_kl = (policy_logp.exp() * (policy_logp - reference_logp)).sum(-1)  # (..., batch, seq − 1)
+    return (token_kl * response_mask[..., 1:]).sum(-1)

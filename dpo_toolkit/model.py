@@ -9,7 +9,6 @@ module (W_QKV, W_O with biases) holds 66,048, the paper's "65K/104K".
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
@@ -42,18 +41,16 @@ class Attention(nn.Module):
         self.W_QKV = nn.Linear(cfg.d_model, 3 * cfg.d_model)
         self.W_O = nn.Linear(cfg.d_model, cfg.d_model)
 
-    def forward(self, x: torch.Tensor, return_pattern: bool = False):
+    def forward(self, x: torch.Tensor):
+        """Attention output (B, T, D) and pattern (B, n_heads, T, T). Plain matmuls, so that
+        torch.func.vmap batches it over stacked weights (fused SDPA has no batching rule)."""
         B, T, D = x.shape
         q, k, v = self.W_QKV(x).split(D, dim=-1)  # 3 × (B, T, D)
         q, k, v = (t.view(B, T, self.n_heads, self.d_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, dh)
-        if return_pattern:
-            scores = q @ k.transpose(-1, -2) / self.d_head**0.5  # (B, nh, T, T)
-            causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
-            pattern = scores.masked_fill(~causal, float("-inf")).softmax(-1)  # (B, nh, T, T)
-            z = pattern @ v  # (B, nh, T, dh)
-        else:
-            pattern = None
-            z = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, dh)
+        scores = q @ k.transpose(-1, -2) / self.d_head**0.5  # (B, nh, T, T)
+        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+        pattern = scores.masked_fill(~causal, float("-inf")).softmax(-1)  # (B, nh, T, T)
+        z = pattern @ v  # (B, nh, T, dh)
         attn_out = self.W_O(z.transpose(1, 2).reshape(B, T, D))  # (B, T, D)
         return attn_out, pattern
 
@@ -80,7 +77,7 @@ class Transformer(nn.Module):
             raise ValueError(f"sequence length {T} exceeds ModelConfig.n_ctx={self.cfg.n_ctx}")
         positions = torch.arange(T, device=tokens.device)
         resid_pre = self.embed(tokens) + self.pos_embed(positions)  # (B, T, D)
-        attn_out, pattern = self.attn(self.ln1(resid_pre), return_pattern)  # (B, T, D)
+        attn_out, pattern = self.attn(self.ln1(resid_pre))  # (B, T, D)
         resid_mid = resid_pre + attn_out  # (B, T, D)
         resid_post = resid_mid + self.mlp(self.ln2(resid_mid))  # (B, T, D)
         logits = self.unembed(self.ln_final(resid_post))  # (B, T, V)

@@ -19,7 +19,7 @@ import torch
 from .config import DataConfig, DPOConfig, EvalConfig, ModelConfig, TrainConfig, check_fits, config_hash
 from .data import make_pairs
 from .evaluate import Evaluator
-from .model import build_model
+from .model import Transformer, build_model
 from .train import train_dpo, train_sft
 
 
@@ -30,16 +30,32 @@ def _write_csv(df: pd.DataFrame, path: Path) -> None:
     tmp.replace(path)
 
 
-def _sft_run(reference, train, cfg: TrainConfig, evaluate: Evaluator, out: Path, key: str, progress) -> pd.DataFrame:
-    """Train `reference` in place by SFT, or load the cached weights and curve of the same run."""
-    weights, curve = out / f"sft-seed{cfg.seed}-{key}.pt", out / f"sft-seed{cfg.seed}-{key}.csv"
+def sft_reference(
+    data_cfg: DataConfig,
+    model_cfg: ModelConfig,
+    sft_cfg: TrainConfig,
+    eval_cfg: EvalConfig,
+    seed: int,
+    cache_dir: Path,
+    progress: bool | None = None,
+) -> tuple[Transformer, pd.DataFrame]:
+    """The SFT reference of one seed (fresh model, SFT on the train pairs), frozen, with its curve.
+
+    Cached under cache_dir by seed and configuration hash: a second call loads it.
+    """
+    cfg = dataclasses.replace(sft_cfg, seed=seed)
+    key = config_hash(data_cfg, model_cfg, cfg, eval_cfg)
+    weights, curve = cache_dir / f"sft-seed{seed}-{key}.pt", cache_dir / f"sft-seed{seed}-{key}.csv"
+    reference = build_model(model_cfg, seed)
     if weights.exists() and curve.exists():
         reference.load_state_dict(torch.load(weights))
-        return pd.read_csv(curve)
-    df = train_sft(reference, train, cfg, evaluate, progress)
-    torch.save(reference.state_dict(), weights)
-    _write_csv(df, curve)
-    return df
+        df = pd.read_csv(curve)
+    else:
+        train, test = make_pairs(data_cfg)
+        df = train_sft(reference, train, cfg, Evaluator(test, data_cfg, eval_cfg), progress)
+        torch.save(reference.state_dict(), weights)
+        _write_csv(df, curve)
+    return reference.eval().requires_grad_(False), df
 
 
 def _dpo_run(reference, train, cfg: DPOConfig, evaluate: Evaluator, out: Path, key: str, progress) -> pd.DataFrame:
@@ -51,6 +67,20 @@ def _dpo_run(reference, train, cfg: DPOConfig, evaluate: Evaluator, out: Path, k
     df = train_dpo(policy, reference, train, cfg, lambda p: evaluate(p, cfg.beta), progress)
     _write_csv(df, curve)
     return df
+
+
+def validate_grid(
+    dpo_cfg: DPOConfig, betas: float | Iterable[float], seeds: int | Iterable[int]
+) -> tuple[list[DPOConfig], list[int]]:
+    """One DPOConfig per β (each validated) and the list of seeds; raises before any work on a bad value."""
+    betas = [betas] if isinstance(betas, (int, float)) else list(betas)
+    if not betas:
+        raise ValueError("betas must name at least one β > 0, got an empty list")
+    dpo_cfgs = [dataclasses.replace(dpo_cfg, beta=b) for b in betas]
+    seeds = [seeds] if isinstance(seeds, int) else list(seeds)
+    if not seeds or any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in seeds):
+        raise ValueError(f"seeds must be a non-empty list of integers ≥ 0, got {seeds!r}")
+    return dpo_cfgs, seeds
 
 
 def run_sft_then_dpo(
@@ -73,28 +103,18 @@ def run_sft_then_dpo(
     SFT), seed, step, epoch, loss and the Evaluator's metrics.
     """
     check_fits(model_cfg, data_cfg)
-    betas = [betas] if isinstance(betas, (int, float)) else list(betas)
-    if not betas:
-        raise ValueError("betas must name at least one β > 0, got an empty list")
-    dpo_cfgs = [dataclasses.replace(dpo_cfg, beta=b) for b in betas]  # validates every β up front
-    seeds = [seeds] if isinstance(seeds, int) else list(seeds)
-    if not seeds or any(not isinstance(s, int) or s < 0 for s in seeds):
-        raise ValueError(f"seeds must be a non-empty list of integers ≥ 0, got {seeds!r}")
+    dpo_cfgs, seeds = validate_grid(dpo_cfg, betas, seeds)
     out = Path(cache_dir)
     out.mkdir(parents=True, exist_ok=True)
     train, test = make_pairs(data_cfg)
     frames = []
     for seed in seeds:
-        reference = build_model(model_cfg, seed)
-        seed_sft_cfg = dataclasses.replace(sft_cfg, seed=seed)
-        sft_key = config_hash(data_cfg, model_cfg, seed_sft_cfg, eval_cfg)
-        sft = _sft_run(reference, train, seed_sft_cfg, Evaluator(test, data_cfg, eval_cfg), out, sft_key, progress)
+        reference, sft = sft_reference(data_cfg, model_cfg, sft_cfg, eval_cfg, seed, out, progress)
         frames.append(sft.assign(phase="sft", beta=float("nan"), seed=seed))
-        reference.eval().requires_grad_(False)
         evaluate = Evaluator(test, data_cfg, eval_cfg, reference=reference)
         for cfg in dpo_cfgs:
             seed_cfg = dataclasses.replace(cfg, seed=seed)
-            dpo_key = config_hash(data_cfg, model_cfg, seed_sft_cfg, seed_cfg, eval_cfg)
+            dpo_key = config_hash(data_cfg, model_cfg, dataclasses.replace(sft_cfg, seed=seed), seed_cfg, eval_cfg)
             dpo = _dpo_run(reference, train, seed_cfg, evaluate, out, dpo_key, progress)
             frames.append(dpo.assign(phase="dpo", beta=cfg.beta, seed=seed))
     columns = ["phase", "beta", "seed", "step", "epoch", "loss", "ood_rate", "seq_error", "accuracy", "margin", "kl", "kl_se"]

@@ -1,22 +1,30 @@
-"""SFT and DPO training loops (Park §3.3) that return tidy DataFrames of metrics."""
+"""SFT and DPO training loops (Park §3.3) that return tidy DataFrames of metrics.
+
+``train_dpo`` trains one model; ``train_dpo_ensemble`` trains M models that differ only
+in β as one batched ensemble. The optimizers (AdamW, Adam, RMSprop) act elementwise, so
+one optimizer over stacked weights is M independent optimizers; gradient clipping is
+done per model. Both share one loop, and a test checks that they agree.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 from tqdm import tqdm
 
 from .config import DPOConfig, TrainConfig
 from .data import PairSet, collate, collate_pairs
+from .ensemble import Ensemble
 from .evaluate import pair_logps
 from .losses import dpo_loss, sequence_logps, sft_loss
 from .model import Transformer
 
-EvalFn = Callable[[Transformer], dict[str, float]]
+EvalFn = Callable[[], dict[str, float] | list[dict[str, float]]]
 
 
 def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -30,78 +38,174 @@ def eval_steps(total_steps: int, n_evals: int) -> list[int]:
     return sorted({0} | {math.ceil(total_steps * k / n_evals) for k in range(1, n_evals + 1)})
 
 
+def clip_per_model(params: list[torch.Tensor], max_norm: float) -> None:
+    """Scale each model's gradient (slice i of every stacked parameter) to global norm ≤ max_norm."""
+    norms = torch.stack([p.grad.flatten(1).pow(2).sum(1) for p in params]).sum(0).sqrt()  # (M,)
+    scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)  # clip_grad_norm_'s convention
+    for p in params:
+        p.grad.mul_(scale.view(-1, *([1] * (p.ndim - 1))))
+
+
 def _optimize(
-    model: Transformer,
+    params: list[torch.Tensor],
     n_items: int,
     cfg: TrainConfig,
     batch_loss: Callable[[torch.Tensor], torch.Tensor],
     evaluate: EvalFn,
+    clip: Callable[[list[torch.Tensor], float], object],
     desc: str,
     progress: bool | None,
+    checkpoint: Path | None = None,
 ) -> pd.DataFrame:
-    """Minibatch training over a shuffled index, evaluating at eval_steps; one row per evaluation."""
-    optimizer = make_optimizer(model.parameters(), cfg)
+    """Minibatch training over a shuffled index, evaluating at eval_steps.
+
+    batch_loss returns the loss of each model, (M,); their sum is minimised, which
+    trains each model on its own loss. Returns one row per evaluation and model, with
+    `member` the model's index and `loss` its mean training loss since the last evaluation.
+
+    With `checkpoint`, the weights, optimizer state and rows are saved there (atomically)
+    after every evaluation, and a run that finds one resumes from it. Batch order is
+    regenerated from the seed, so a resumed run gives the same numbers as an unbroken one.
+    """
+    optimizer = make_optimizer(params, cfg)
     generator = torch.Generator().manual_seed(cfg.seed)
     steps_per_epoch = math.ceil(n_items / cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
     at = eval_steps(total, cfg.n_evals)
     rows, losses, step = [], [], 0
+    if checkpoint is not None and checkpoint.exists():
+        state = torch.load(checkpoint)
+        with torch.no_grad():
+            for p, saved in zip(params, state["params"], strict=True):
+                p.copy_(saved)
+        optimizer.load_state_dict(state["optimizer"])
+        rows, step = state["rows"], state["step"]
+    start = step
 
     def record() -> None:
-        model.eval()
-        rows.append(
-            {"step": step, "epoch": step / steps_per_epoch, "loss": np.mean(losses) if losses else np.nan, **evaluate(model)}
-        )
-        model.train()
+        metrics = evaluate()
+        metrics = [metrics] if isinstance(metrics, dict) else metrics
+        mean_loss = torch.stack(losses).mean(0).tolist() if losses else [math.nan] * len(metrics)
+        for member, (m, loss) in enumerate(zip(metrics, mean_loss, strict=True)):
+            rows.append({"member": member, "step": step, "epoch": step / steps_per_epoch, "loss": loss, **m})
         losses.clear()
+        if checkpoint is not None:
+            state = {"params": [p.detach() for p in params], "optimizer": optimizer.state_dict(), "rows": rows, "step": step}
+            torch.save(state, checkpoint.with_suffix(".tmp"))
+            checkpoint.with_suffix(".tmp").replace(checkpoint)
 
-    record()
-    with tqdm(total=total, desc=desc, disable=None if progress is None else not progress, leave=False) as bar:
-        for _ in range(cfg.epochs):
-            for index in torch.randperm(n_items, generator=generator).split(cfg.batch_size):
-                loss = batch_loss(index)
+    if step == 0:
+        record()
+    with tqdm(total=total, initial=start, desc=desc, disable=None if progress is None else not progress, leave=False) as bar:
+        for epoch in range(cfg.epochs):
+            order = torch.randperm(n_items, generator=generator)  # drawn every epoch, so resuming replays it
+            for position, index in enumerate(order.split(cfg.batch_size)):
+                if epoch * steps_per_epoch + position < start:
+                    continue
+                loss = batch_loss(index)  # (M,)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                loss.sum().backward()
                 if cfg.grad_clip is not None:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    clip(params, cfg.grad_clip)
                 optimizer.step()
-                losses.append(loss.item())
+                losses.append(loss.detach())
                 step += 1
                 bar.update()
                 if step in at:
                     record()
-    model.eval()
     return pd.DataFrame(rows)
 
 
 def train_sft(
-    model: Transformer, train: PairSet, cfg: TrainConfig, evaluate: EvalFn, progress: bool | None = None
+    model: Transformer, train: PairSet, cfg: TrainConfig, evaluate: Callable[[Transformer], dict], progress: bool | None = None
 ) -> pd.DataFrame:
     """SFT on (s, y_w) of every training pair (Park Eq. 4), in place. Returns one row per evaluation."""
     batch = collate(train.prompt, train.chosen)
 
     def batch_loss(index: torch.Tensor) -> torch.Tensor:
         b = batch.select(index)
-        return sft_loss(sequence_logps(model(b.tokens), b.tokens, b.response_mask))
+        return sft_loss(sequence_logps(model(b.tokens), b.tokens, b.response_mask))[None]
 
-    return _optimize(model, len(train), cfg, batch_loss, evaluate, "SFT", progress)
+    params = list(model.parameters())
+    df = _optimize(params, len(train), cfg, batch_loss, lambda: evaluate(model), torch.nn.utils.clip_grad_norm_, "SFT", progress)
+    return df.drop(columns="member")
 
 
-def train_dpo(
-    policy: Transformer, reference: Transformer, train: PairSet, cfg: DPOConfig, evaluate: EvalFn, progress: bool | None = None
-) -> pd.DataFrame:
-    """DPO of `policy` against a frozen `reference` (Park Eq. 2), in place. Returns one row per evaluation."""
+def _dpo_batch_loss(policy, train: PairSet, reference: Transformer, betas: torch.Tensor):
+    """The per-model DPO loss (M,) of a minibatch of pair indices (Park Eq. 2)."""
     batch = collate_pairs(train)  # chosen rows 0..n−1, rejected rows n..2n−1
     reference_chosen_logps, reference_rejected_logps = pair_logps(reference, batch)  # (n,) each
     n = len(train)
 
     def batch_loss(index: torch.Tensor) -> torch.Tensor:
         b = batch.select(torch.cat([index, index + n]))
-        logps = sequence_logps(policy(b.tokens), b.tokens, b.response_mask)  # (2·batch,)
-        policy_chosen_logps, policy_rejected_logps = logps.chunk(2)
+        logps = sequence_logps(policy(b.tokens), b.tokens, b.response_mask)  # (M, 2·batch)
+        policy_chosen_logps, policy_rejected_logps = logps.chunk(2, dim=-1)  # (M, batch) each
         losses, _, _ = dpo_loss(
-            policy_chosen_logps, policy_rejected_logps, reference_chosen_logps[index], reference_rejected_logps[index], cfg.beta
+            policy_chosen_logps, policy_rejected_logps, reference_chosen_logps[index], reference_rejected_logps[index], betas
         )
-        return losses.mean()
+        return losses.mean(-1)
 
-    return _optimize(policy, n, cfg, batch_loss, evaluate, f"DPO β={cfg.beta:g}", progress)
+    return batch_loss
+
+
+def train_dpo(
+    policy: Transformer,
+    reference: Transformer,
+    train: PairSet,
+    cfg: DPOConfig,
+    evaluate: Callable[[Transformer], dict],
+    progress: bool | None = None,
+) -> pd.DataFrame:
+    """DPO of `policy` against a frozen `reference` (Park Eq. 2), in place. Returns one row per evaluation."""
+    betas = torch.tensor([[cfg.beta]])  # (1, 1)
+    batch_loss = _dpo_batch_loss(lambda tokens: policy(tokens)[None], train, reference, betas)
+    params = list(policy.parameters())
+    df = _optimize(
+        params,
+        len(train),
+        cfg,
+        batch_loss,
+        lambda: evaluate(policy),
+        torch.nn.utils.clip_grad_norm_,
+        f"DPO β={cfg.beta:g}",
+        progress,
+    )
+    return df.drop(columns="member")
+
+
+def train_dpo_ensemble(
+    policies: Ensemble,
+    reference: Transformer,
+    train: PairSet,
+    cfgs: Sequence[DPOConfig],
+    evaluate: Callable[[Ensemble], list[dict]],
+    progress: bool | None = None,
+    checkpoint: Path | None = None,
+) -> pd.DataFrame:
+    """DPO of every model of `policies` at its own β, in place, as one batched run.
+
+    cfgs[i] configures model i; they must differ in β alone. Returns one row per
+    evaluation and model, with `member` the model's index and `beta` its β. With
+    `checkpoint`, progress is saved after every evaluation and resumed from (see _optimize).
+    """
+    if len(cfgs) != len(policies):
+        raise ValueError(f"train_dpo_ensemble needs one DPOConfig per model: {len(cfgs)} configs for {len(policies)} models")
+    shared = {dataclasses.replace(c, beta=1.0) for c in cfgs}
+    if len(shared) != 1:
+        raise ValueError("train_dpo_ensemble: the DPOConfigs of an ensemble may differ in beta only")
+    betas = torch.tensor([[c.beta] for c in cfgs])  # (M, 1)
+    batch_loss = _dpo_batch_loss(policies, train, reference, betas)
+    params = list(policies.params.values())
+    df = _optimize(
+        params,
+        len(train),
+        cfgs[0],
+        batch_loss,
+        lambda: evaluate(policies),
+        clip_per_model,
+        f"DPO ×{len(cfgs)}",
+        progress,
+        checkpoint,
+    )
+    return df.assign(beta=df["member"].map(dict(enumerate(c.beta for c in cfgs))))

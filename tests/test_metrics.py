@@ -15,6 +15,7 @@ from dpo_toolkit.metrics import (
     frac_weight_delta,
     is_ood,
     kl_estimate,
+    path_kl,
     reward_accuracy,
     reward_margin,
     sequence_error,
@@ -40,12 +41,13 @@ def test_reward_accuracy_and_margin():
 
 
 def test_kl_estimate_mean_and_stratified_stderr():
-    policy = torch.tensor([[1.0, 3.0], [0.0, 0.0]])
-    kl, se = kl_estimate(policy, torch.zeros(2, 2))
-    assert kl == pytest.approx(1.0)
-    assert se == pytest.approx(np.sqrt(2.0 / 2) / 2)  # var of [1, 3] is 2 (unbiased), of [0, 0] is 0
+    kl, se = kl_estimate(torch.tensor([[1.0, 3.0], [0.0, 0.0]]))
+    assert kl.item() == pytest.approx(1.0)
+    assert se.item() == pytest.approx(np.sqrt(2.0 / 2) / 2)  # var of [1, 3] is 2 (unbiased), of [0, 0] is 0
+    kl, se = kl_estimate(torch.tensor([[[1.0, 3.0]], [[2.0, 2.0]]]))  # leading model dim
+    assert kl.tolist() == [2.0, 2.0] and se[1].item() == 0.0
     with pytest.raises(ValueError, match="≥ 2 samples"):
-        kl_estimate(torch.zeros(3, 1), torch.zeros(3, 1))
+        kl_estimate(torch.zeros(3, 1))
 
 
 CFG = ModelConfig(d_model=16, n_heads=2, d_mlp=16, n_ctx=5)
@@ -80,13 +82,27 @@ def test_kl_is_zero_for_identical_models_and_matches_exact_enumeration():
     prompts = np.array([3, 7])
     test = PairSet(prompts, prompts, prompts + 1)
     data_cfg = DataConfig(prompt_min=1, prompt_max=9, window=1)
-    same = Evaluator(test, data_cfg, EvalConfig(kl_samples=8), reference=copy.deepcopy(policy))
-    assert same.kl(policy) == (0.0, 0.0)
+    same = Evaluator(test, data_cfg, EvalConfig(kl_samples=8), reference=copy.deepcopy(policy)).kl(policy)
+    assert all(float(v) == 0.0 for v in same.values())
     exact = np.mean([exact_kl(policy, reference, s) for s in prompts])
     assert exact > 0.1
-    kl, se = Evaluator(test, data_cfg, EvalConfig(kl_samples=4000, seed=5), reference=reference).kl(policy)
-    assert abs(kl - exact) < 4 * se
-    assert se < 0.1 * exact
+    est = Evaluator(test, data_cfg, EvalConfig(kl_samples=4000, seed=5), reference=reference).kl(policy)
+    for name in ("kl", "kl_mc"):  # both estimators are unbiased
+        assert abs(est[name].item() - exact) < 4 * est[f"{name}_se"].item(), name
+        assert est[f"{name}_se"].item() < 0.1 * exact
+    assert est["kl_se"].item() < est["kl_mc_se"].item()  # the path estimator has lower variance
+
+
+def test_path_kl_of_identical_logits_is_zero_and_matches_a_hand_sum():
+    logits = torch.randn(2, 4, 12)
+    mask = torch.tensor([[False, True, True, False], [False, False, True, True]])
+    assert torch.allclose(path_kl(logits, logits, mask), torch.zeros(2), atol=1e-6)
+    other = torch.randn(2, 4, 12)
+    p, q = logits.log_softmax(-1), other.log_softmax(-1)
+    by_hand = [
+        sum(float((p[b, t - 1].exp() * (p[b, t - 1] - q[b, t - 1])).sum()) for t in range(1, 4) if mask[b, t]) for b in range(2)
+    ]
+    assert torch.allclose(path_kl(logits, other, mask), torch.tensor(by_hand), atol=1e-5)
 
 
 def test_samples_follow_the_model_and_greedy_is_the_mode():
@@ -114,3 +130,9 @@ def test_weight_delta_on_known_tensors(tiny_model):
     assert weight_delta(other, tiny_model, group="attention") == pytest.approx(8.0)
     assert frac_weight_delta(tiny_model, other, "attention") == pytest.approx(8 / 13)
     assert frac_weight_delta(tiny_model, other, "mlp") == pytest.approx(5 / 13)
+
+
+def test_reward_accuracy_tolerance_ignores_float_noise():
+    chosen, rejected = torch.tensor([1e-7, 0.5]), torch.tensor([0.0, 0.0])
+    assert reward_accuracy(chosen, rejected).item() == 1.0
+    assert reward_accuracy(chosen, rejected, atol=1e-5).item() == 0.5

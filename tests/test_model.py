@@ -27,10 +27,16 @@ def test_forward_shape_and_causality(tiny_model, tiny_model_cfg):
     assert not torch.allclose(tiny_model(changed)[:, 5:], logits[:, 5:])
 
 
-def test_explicit_pattern_path_matches_fused_attention(tiny_model):
+def test_attention_matches_torch_fused_attention(tiny_model):
+    x = torch.randn(4, 6, 16)
+    attn = tiny_model.attn
+    out, pattern = attn(x)
+    q, k, v = (t.view(4, 6, 2, 8).transpose(1, 2) for t in attn.W_QKV(x).split(16, dim=-1))
+    z = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    assert torch.allclose(out, attn.W_O(z.transpose(1, 2).reshape(4, 6, 16)), atol=1e-5)
     tokens = torch.randint(0, 12, (4, 6))
     logits, pattern = tiny_model(tokens, return_pattern=True)
-    assert torch.allclose(logits, tiny_model(tokens), atol=1e-5)
+    assert torch.allclose(logits, tiny_model(tokens), atol=1e-6)
     assert pattern.shape == (4, 2, 6, 6)
     assert torch.allclose(pattern.sum(-1), torch.ones(4, 2, 6), atol=1e-6)
     assert torch.all(pattern.triu(diagonal=1) == 0)

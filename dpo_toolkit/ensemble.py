@@ -1,0 +1,58 @@
+"""M models of one architecture evaluated and trained as one: stacked weights with a
+leading model dimension, run through ``torch.func.functional_call`` under ``vmap``."""
+
+from __future__ import annotations
+
+import copy
+from functools import partial
+
+import torch
+from torch.func import functional_call, stack_module_state, vmap
+
+from .model import Transformer
+
+
+class Ensemble:
+    """Stacked copies of one architecture. ``params[name]`` has shape (M, *shape) and is a leaf tensor."""
+
+    def __init__(self, models: list[Transformer]):
+        if not models:
+            raise ValueError("an Ensemble needs at least one model")
+        self.cfg = models[0].cfg
+        if any(m.cfg != self.cfg for m in models):
+            raise ValueError("every model of an Ensemble must share one ModelConfig")
+        params, _ = stack_module_state(models)
+        self.params = {name: p.detach().clone().requires_grad_(True) for name, p in params.items()}
+        self._skeleton = copy.deepcopy(models[0]).to("meta")
+
+    def __len__(self) -> int:
+        return next(iter(self.params.values())).shape[0]
+
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Logits (M, batch, seq, vocab) for tokens shared by all models (batch, seq) or per model (M, batch, seq)."""
+        in_dims = (0, None) if tokens.ndim == 2 else (0, 0)
+        return vmap(partial(functional_call, self._skeleton), in_dims=in_dims)(self.params, (tokens,))
+
+    def member(self, i: int) -> Transformer:
+        """A standalone copy of model i."""
+        model = Transformer(self.cfg)
+        model.load_state_dict({name: p[i].detach().clone() for name, p in self.params.items()})
+        return model
+
+
+class _Single:
+    """A view of one Transformer as an ensemble of one, sharing its parameters (no copy)."""
+
+    def __init__(self, model: Transformer):
+        self.cfg, self.model = model.cfg, model
+
+    def __len__(self) -> int:
+        return 1
+
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.model(tokens if tokens.ndim == 2 else tokens[0])[None]
+
+
+def as_ensemble(policy: Transformer | Ensemble) -> Ensemble | _Single:
+    """The policy itself if it is an Ensemble, else a one-model view of it."""
+    return policy if isinstance(policy, Ensemble | _Single) else _Single(policy)

@@ -1,0 +1,98 @@
+import copy
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from dpo_toolkit.config import DPOConfig, EvalConfig, TrainConfig
+from dpo_toolkit.ensemble import Ensemble
+from dpo_toolkit.evaluate import Evaluator
+from dpo_toolkit.generate import greedy_answers, sample_responses
+from dpo_toolkit.model import build_model
+from dpo_toolkit.train import clip_per_model, train_dpo, train_dpo_ensemble, train_sft
+
+
+@pytest.fixture
+def three(tiny_model_cfg):
+    return [build_model(tiny_model_cfg, seed=s) for s in range(3)]
+
+
+def test_forward_equals_each_model(three):
+    ensemble = Ensemble(three)
+    tokens = torch.randint(0, 12, (5, 7))
+    expected = torch.stack([m(tokens) for m in three])
+    assert torch.allclose(ensemble(tokens), expected, atol=1e-5)
+    per_model = torch.randint(0, 12, (3, 5, 7))
+    assert torch.allclose(ensemble(per_model), torch.stack([m(t) for m, t in zip(three, per_model, strict=True)]), atol=1e-5)
+    for i, m in enumerate(three):
+        for (name, a), b in zip(ensemble.member(i).named_parameters(), m.parameters(), strict=True):
+            assert torch.equal(a, b), name
+
+
+def test_decoding_is_per_model_and_samples_share_random_numbers(three):
+    ensemble = Ensemble(three)
+    prompts = np.array([3, 17, 8])
+    assert greedy_answers(ensemble, prompts) == [greedy_answers(m, prompts) for m in three]
+    batched = sample_responses(ensemble, prompts, 5, seed=2)
+    for i, m in enumerate(three):
+        alone = sample_responses(m, prompts, 5, seed=2)
+        assert torch.equal(batched.tokens[i], alone.tokens)
+        assert torch.equal(batched.response_mask[i], alone.response_mask)
+
+
+def test_evaluator_rows_equal_per_model_evaluation(three, tiny_pairs, tiny_data_cfg):
+    _, test = tiny_pairs
+    evaluate = Evaluator(test, tiny_data_cfg, EvalConfig(kl_samples=4), reference=three[0])
+    rows = evaluate(Ensemble(three), [0.1, 0.2, 0.3])
+    for row, model, beta in zip(rows, three, [0.1, 0.2, 0.3], strict=True):
+        assert row == pytest.approx(evaluate(model, beta), rel=1e-4, abs=1e-5)
+
+
+def test_clip_per_model_matches_torch_clip(three):
+    grads = [[torch.randn_like(p) * 3 for p in m.parameters()] for m in three]
+    ensemble = Ensemble(three)
+    for name_index, p in enumerate(ensemble.params.values()):
+        p.grad = torch.stack([g[name_index] for g in grads])
+    clip_per_model(list(ensemble.params.values()), 1.5)
+    for i, m in enumerate(three):
+        for p, g in zip(m.parameters(), grads[i], strict=True):
+            p.grad = g.clone()
+        torch.nn.utils.clip_grad_norm_(m.parameters(), 1.5)
+        for p, q in zip(m.parameters(), ensemble.params.values(), strict=True):
+            assert torch.allclose(p.grad, q.grad[i], atol=1e-6)
+
+
+@pytest.mark.parametrize(("optimizer", "grad_clip"), [("rmsprop", None), ("adamw", 0.5)])
+def test_batched_training_equals_per_beta_training(tiny_model_cfg, tiny_pairs, tiny_data_cfg, optimizer, grad_clip):
+    train, test = tiny_pairs
+    reference = build_model(tiny_model_cfg, seed=0)
+    train_sft(reference, train, TrainConfig(lr=1e-2, epochs=2, batch_size=16, n_evals=1), lambda m: {}, progress=False)
+    reference.requires_grad_(False)
+    betas = [0.01, 0.3, 2.0]
+    cfgs = [
+        DPOConfig(optimizer=optimizer, lr=1e-3, epochs=2, batch_size=8, grad_clip=grad_clip, n_evals=3, beta=b) for b in betas
+    ]
+    evaluate = Evaluator(test, tiny_data_cfg, EvalConfig(kl_samples=3), reference=reference)
+    ensemble = Ensemble([copy.deepcopy(reference) for _ in betas])
+    batched = train_dpo_ensemble(ensemble, reference, train, cfgs, lambda e: evaluate(e, betas), progress=False)
+    for i, cfg in enumerate(cfgs):
+        policy = copy.deepcopy(reference).requires_grad_(True)
+        alone = train_dpo(policy, reference, train, cfg, lambda p, b=cfg.beta: evaluate(p, b), progress=False)
+        mine = batched[batched["member"] == i].drop(columns=["member", "beta"]).reset_index(drop=True)
+        pd.testing.assert_frame_equal(mine, alone, rtol=1e-4, atol=1e-5)
+        for (name, p), q in zip(policy.named_parameters(), ensemble.member(i).parameters(), strict=True):
+            if name == "attn.W_QKV.bias":  # the key bias has zero gradient (softmax is shift-invariant), so
+                d = tiny_model_cfg.d_model  # Adam/RMSprop amplify its float noise; it changes no output
+                p, q = torch.cat([p[:d], p[2 * d :]]), torch.cat([q[:d], q[2 * d :]])
+            assert torch.allclose(p, q, atol=1e-5), name
+    assert not torch.allclose(ensemble.params["unembed.weight"][0], ensemble.params["unembed.weight"][2])
+
+
+def test_ensemble_configs_must_differ_in_beta_only(three, tiny_pairs):
+    train, _ = tiny_pairs
+    cfgs = [DPOConfig(beta=0.1), DPOConfig(beta=0.2, lr=1e-3), DPOConfig(beta=0.3)]
+    with pytest.raises(ValueError, match="differ in beta only"):
+        train_dpo_ensemble(Ensemble(three), three[0], train, cfgs, lambda e: [{}] * 3)
+    with pytest.raises(ValueError, match="one DPOConfig per model"):
+        train_dpo_ensemble(Ensemble(three), three[0], train, cfgs[:2], lambda e: [{}] * 3)
