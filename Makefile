@@ -46,8 +46,8 @@ notebooks: $(STAMP)
 	done
 
 lint: $(STAMP)
-	$(BIN)/ruff check dpo_toolkit tests
-	$(BIN)/ruff format --check dpo_toolkit tests
+	$(BIN)/ruff check dpo_toolkit tests benchmarks
+	$(BIN)/ruff format --check dpo_toolkit tests benchmarks
 
 test: $(STAMP) lint
 	$(BIN)/pytest

@@ -166,11 +166,19 @@ class EvalConfig:
 
     kl_samples: int = 16
     """Responses sampled from the policy per test prompt for the KL estimate (Eq. 6). Must be ≥ 2."""
+    max_pairs: int | None = None
+    """Test pairs scored for accuracy and margin: all when None, else a fixed random subset of this size (≥ 1)."""
     seed: int = 0
-    """Seed of the KL sampling."""
+    """Seed of the KL sampling and of the pair subset."""
 
     def __post_init__(self) -> None:
         _require(_is_int(self.kl_samples) and self.kl_samples >= 2, self, "kl_samples", "an integer ≥ 2")
+        _require(
+            self.max_pairs is None or (_is_int(self.max_pairs) and self.max_pairs >= 1),
+            self,
+            "max_pairs",
+            "None or an integer ≥ 1",
+        )
         _require(_is_int(self.seed) and self.seed >= 0, self, "seed", "an integer ≥ 0")
 
 

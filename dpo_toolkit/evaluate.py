@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from .config import DataConfig, EvalConfig
@@ -48,16 +49,20 @@ class Evaluator:
     """Evaluates policies on a fixed test set; the reference's log-probs are computed once.
 
     Greedy metrics are over the distinct test prompts (each prompt counted once).
-    Accuracy and margin are over the test pairs. KL samples `kl_samples` responses per
+    Accuracy and margin are over the test pairs, or a fixed random subset of
+    ``eval_cfg.max_pairs`` of them. KL samples `kl_samples` responses per
     test prompt from the policy with a fixed seed (the same draws for every model), and
     reports two unbiased estimates of Eq. 6 with their standard errors: `kl`, the exact
     per-token KL summed along each sampled path, and `kl_mc`, the plain log-ratio.
     """
 
     def __init__(self, test: PairSet, data_cfg: DataConfig, eval_cfg: EvalConfig, reference: Transformer | None = None):
-        self.test, self.data_cfg, self.eval_cfg, self.reference = test, data_cfg, eval_cfg, reference
+        self.data_cfg, self.eval_cfg, self.reference = data_cfg, eval_cfg, reference
         self.prompts = test.prompts  # (n_prompts,)
         self.span = data_cfg.prompt_max - data_cfg.prompt_min
+        if eval_cfg.max_pairs is not None and eval_cfg.max_pairs < len(test):
+            keep = np.sort(np.random.default_rng(eval_cfg.seed).choice(len(test), eval_cfg.max_pairs, replace=False))
+            test = PairSet(test.prompt[keep], test.chosen[keep], test.rejected[keep])
         self.test_batch = collate_pairs(test)
         if reference is not None:
             self.reference_chosen_logps, self.reference_rejected_logps = pair_logps(reference, self.test_batch)

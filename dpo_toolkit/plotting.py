@@ -43,3 +43,80 @@ def plot_training_curves(runs: pd.DataFrame, metrics: dict[str, str], ncols: int
     fig.legend(handles, labels, loc="lower center", ncol=len(order), frameon=False)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     return fig
+
+
+def plot_kl_heatmap(sweep: pd.DataFrame, optimal: pd.DataFrame) -> plt.Figure:
+    """Seed-mean KL over (β, step) as a heat map (log colour scale), with each seed's
+    least-OOD checkpoint marked (Park Fig. 2 left)."""
+    from matplotlib.colors import LogNorm
+
+    mean = sweep[sweep["step"] > 0].groupby(["beta", "step"])["kl"].mean().unstack("step")  # (β, step)
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    positive = mean.to_numpy()[mean.to_numpy() > 0]
+    sns.heatmap(
+        mean,
+        ax=ax,
+        cmap="magma",
+        norm=LogNorm(vmin=positive.min(), vmax=positive.max()),
+        cbar_kws={"label": "KL(π_θ ‖ π_ref)"},
+        xticklabels=5,
+        yticklabels=[f"{b:.3g}" for b in mean.index],
+    )
+    rows = {b: i for i, b in enumerate(mean.index)}
+    cols = {s: j for j, s in enumerate(mean.columns)}
+    for seed, g in optimal.groupby("seed"):
+        ax.scatter(
+            [cols[s] + 0.5 for s in g["step"]],
+            [rows[b] + 0.5 for b in g["beta"]],
+            marker="o",
+            s=28,
+            facecolors="none",
+            edgecolors="white",
+            linewidths=1.2,
+            label="least-OOD checkpoint" if seed == optimal["seed"].min() else None,
+        )
+    ax.invert_yaxis()
+    ax.set(xlabel="DPO step", ylabel="β", title="KL over the (β, step) sweep; circles: least-OOD checkpoint of each β and seed")
+    ax.legend(loc="upper left", frameon=True)
+    fig.tight_layout()
+    return fig
+
+
+def plot_ood_vs_kl(sweep: pd.DataFrame, band: tuple[float, float], fit: dict) -> plt.Figure:
+    """OOD rate against KL for every checkpoint (colour: β), the quadratic in log KL that
+    ``sweep.u_shape_fit`` fitted, and the band of least-OOD KLs (Park Fig. 2 right)."""
+    import numpy as np
+
+    data = sweep[sweep["kl"] > 0].assign(log10_beta=lambda d: np.log10(d["beta"]))
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    ax.axvspan(*band, color="tab:pink", alpha=0.25, label=f"least-OOD band, KL {band[0]:.2f}–{band[1]:.2f}")
+    sns.scatterplot(data=data, x="kl", y="ood_rate", hue="log10_beta", palette="viridis", s=14, alpha=0.6, linewidth=0, ax=ax)
+    u = np.linspace(np.log(data["kl"].min()), np.log(data["kl"].max()), 200)
+    ax.plot(
+        np.exp(u),
+        np.poly1d(np.polyfit(np.log(data["kl"]), data["ood_rate"], 2))(u),
+        color="black",
+        label=f"quadratic fit in log KL (bottom at {fit['bottom_kl']:.2f})",
+    )
+    ax.set(xscale="log", xlabel="KL(π_θ ‖ π_ref)", ylabel="OOD rate", title="OOD against KL, every checkpoint")
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def plot_kl_band(optimal: pd.DataFrame, band: tuple[float, float], paper_band: tuple[float, float]) -> plt.Figure:
+    """KL of the least-OOD checkpoint against β, one colour per seed, with our band and the paper's."""
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    ax.axhspan(*paper_band, color="tab:gray", alpha=0.2, label=f"paper: {paper_band[0]}–{paper_band[1]}")
+    ax.axhspan(*band, color="tab:pink", alpha=0.3, label=f"ours (10–90 %): {band[0]:.2f}–{band[1]:.2f}")
+    sns.lineplot(data=optimal, x="beta", y="kl", hue="seed", marker="o", palette="deep", ax=ax)
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="β",
+        ylabel="KL at the least-OOD checkpoint",
+        title="Where each β is least out of distribution",
+    )
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -1,9 +1,10 @@
-"""SFT-then-DPO runs over seeds and β, cached on disk so an interrupted run resumes.
+"""SFT-then-DPO runs over seeds and β: for each seed one SFT reference, then DPO at
+every β as one batched ensemble (``train_dpo_ensemble``).
 
-Each finished run is written to ``cache_dir`` as its own CSV (and the SFT model as a
-state dict), named by β, seed and a hash of every configuration it depends on; a rerun
-reads finished runs back instead of training them again, and DPO runs that differ
-only in their own settings share one SFT reference.
+Everything is cached under ``cache_dir``, named by seed and a hash of every
+configuration it depends on: the SFT model and curve, and each seed's DPO curves. An
+unfinished DPO run leaves a checkpoint after every evaluation, so a run killed at any
+point resumes from it and ends with the numbers an unbroken run gives.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from collections.abc import Iterable
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -18,9 +20,10 @@ import torch
 
 from .config import DataConfig, DPOConfig, EvalConfig, ModelConfig, TrainConfig, check_fits, config_hash
 from .data import make_pairs
+from .ensemble import Ensemble
 from .evaluate import Evaluator
 from .model import Transformer, build_model
-from .train import train_dpo, train_sft
+from .train import train_dpo_ensemble, train_sft
 
 
 def _write_csv(df: pd.DataFrame, path: Path) -> None:
@@ -58,17 +61,6 @@ def sft_reference(
     return reference.eval().requires_grad_(False), df
 
 
-def _dpo_run(reference, train, cfg: DPOConfig, evaluate: Evaluator, out: Path, key: str, progress) -> pd.DataFrame:
-    """DPO of a fresh copy of `reference`, or the cached curve of the same run."""
-    curve = out / f"dpo-beta{cfg.beta:g}-seed{cfg.seed}-{key}.csv"
-    if curve.exists():
-        return pd.read_csv(curve)
-    policy = copy.deepcopy(reference).requires_grad_(True)
-    df = train_dpo(policy, reference, train, cfg, lambda p: evaluate(p, cfg.beta), progress)
-    _write_csv(df, curve)
-    return df
-
-
 def validate_grid(
     dpo_cfg: DPOConfig, betas: float | Iterable[float], seeds: int | Iterable[int]
 ) -> tuple[list[DPOConfig], list[int]]:
@@ -94,7 +86,7 @@ def run_sft_then_dpo(
     cache_dir: str | Path,
     progress: bool | None = None,
 ) -> pd.DataFrame:
-    """For each seed: SFT from a fresh model, then DPO from that reference at every β.
+    """For each seed: SFT from a fresh model, then DPO from that reference at every β (Park §3.3).
 
     The seed sets the model initialisation and the batch order of SFT and DPO; the
     train/test split is fixed by ``data_cfg.seed``. All configurations are validated,
@@ -111,11 +103,19 @@ def run_sft_then_dpo(
     for seed in seeds:
         reference, sft = sft_reference(data_cfg, model_cfg, sft_cfg, eval_cfg, seed, out, progress)
         frames.append(sft.assign(phase="sft", beta=float("nan"), seed=seed))
-        evaluate = Evaluator(test, data_cfg, eval_cfg, reference=reference)
-        for cfg in dpo_cfgs:
-            seed_cfg = dataclasses.replace(cfg, seed=seed)
-            dpo_key = config_hash(data_cfg, model_cfg, dataclasses.replace(sft_cfg, seed=seed), seed_cfg, eval_cfg)
-            dpo = _dpo_run(reference, train, seed_cfg, evaluate, out, dpo_key, progress)
-            frames.append(dpo.assign(phase="dpo", beta=cfg.beta, seed=seed))
-    columns = ["phase", "beta", "seed", "step", "epoch", "loss", "ood_rate", "seq_error", "accuracy", "margin", "kl", "kl_se"]
+        cfgs = [dataclasses.replace(c, seed=seed) for c in dpo_cfgs]
+        key = config_hash(data_cfg, model_cfg, dataclasses.replace(sft_cfg, seed=seed), eval_cfg, *cfgs)
+        curve = out / f"dpo-seed{seed}-{key}.csv"
+        if curve.exists():
+            dpo = pd.read_csv(curve)
+        else:
+            evaluate = partial(Evaluator(test, data_cfg, eval_cfg, reference=reference), beta=[c.beta for c in cfgs])
+            policies = Ensemble([copy.deepcopy(reference) for _ in cfgs])
+            checkpoint = out / f"dpo-seed{seed}-{key}.ckpt"
+            dpo = train_dpo_ensemble(policies, reference, train, cfgs, evaluate, progress, checkpoint)
+            _write_csv(dpo, curve)
+            checkpoint.unlink()
+        frames.append(dpo.drop(columns="member").assign(phase="dpo", seed=seed))
+    columns = ["phase", "beta", "seed", "step", "epoch", "loss", "ood_rate", "seq_error", "accuracy", "margin"]
+    columns += ["kl", "kl_se", "kl_mc", "kl_mc_se"]
     return pd.concat(frames, ignore_index=True).reindex(columns=columns)

@@ -1,25 +1,14 @@
-"""The KL sweep of Park §4.2 (Fig. 2): DPO at many β from one SFT reference, trained as
-one batched ensemble per seed, checkpointed after every evaluation so that a killed
-sweep resumes with identical results; and the claims C4–C6, decided by code."""
+"""The KL sweep of Park §4.2 (Fig. 2): the β grid and the claims C4–C6, decided by code.
+
+The sweep itself is ``runs.run_sft_then_dpo``: one batched ensemble over all β per seed,
+checkpointed after every evaluation. Functions here take its DPO rows."""
 
 from __future__ import annotations
-
-import copy
-import dataclasses
-from collections.abc import Iterable
-from functools import partial
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from .claims import claims_frame
-from .config import DataConfig, DPOConfig, EvalConfig, ModelConfig, TrainConfig, check_fits, config_hash
-from .data import make_pairs
-from .ensemble import Ensemble
-from .evaluate import Evaluator
-from .runs import _write_csv, sft_reference, validate_grid
-from .train import train_dpo_ensemble
 
 
 def beta_grid(n: int, low: float, high: float) -> list[float]:
@@ -29,48 +18,6 @@ def beta_grid(n: int, low: float, high: float) -> list[float]:
     if not (0 < low <= high):
         raise ValueError(f"beta range must satisfy 0 < beta_min ≤ beta_max, got [{low}, {high}]")
     return [float(b) for b in np.geomspace(low, high, n)]
-
-
-def run_kl_sweep(
-    data_cfg: DataConfig,
-    model_cfg: ModelConfig,
-    sft_cfg: TrainConfig,
-    dpo_cfg: DPOConfig,
-    eval_cfg: EvalConfig,
-    betas: Iterable[float],
-    seeds: int | Iterable[int],
-    cache_dir: str | Path,
-    progress: bool | None = None,
-) -> pd.DataFrame:
-    """DPO at every β from the SFT reference of each seed, all β trained as one ensemble.
-
-    Returns one row per (seed, β, evaluation): seed, beta, step, epoch, loss and the
-    Evaluator's metrics. A finished seed is cached as a CSV; an unfinished one resumes
-    from its checkpoint, written after every evaluation.
-    """
-    check_fits(model_cfg, data_cfg)
-    dpo_cfgs, seeds = validate_grid(dpo_cfg, betas, seeds)
-    out = Path(cache_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    train, test = make_pairs(data_cfg)
-    frames = []
-    for seed in seeds:
-        reference, _ = sft_reference(data_cfg, model_cfg, sft_cfg, eval_cfg, seed, out, progress)
-        cfgs = [dataclasses.replace(c, seed=seed) for c in dpo_cfgs]
-        key = config_hash(data_cfg, model_cfg, dataclasses.replace(sft_cfg, seed=seed), eval_cfg, *cfgs)
-        curve = out / f"sweep-seed{seed}-{key}.csv"
-        if curve.exists():
-            df = pd.read_csv(curve)
-        else:
-            ensemble = Ensemble([copy.deepcopy(reference) for _ in cfgs])
-            evaluate = Evaluator(test, data_cfg, eval_cfg, reference=reference)
-            checkpoint = out / f"sweep-seed{seed}-{key}.ckpt"
-            evaluate_all = partial(evaluate, beta=[c.beta for c in cfgs])
-            df = train_dpo_ensemble(ensemble, reference, train, cfgs, evaluate_all, progress, checkpoint)
-            _write_csv(df, curve)
-            checkpoint.unlink()
-        frames.append(df.assign(seed=seed))
-    return pd.concat(frames, ignore_index=True)
 
 
 # ---- claims C4–C6 -------------------------------------------------------------------
@@ -101,7 +48,7 @@ def kl_band(optimal: pd.DataFrame) -> tuple[float, float]:
 def u_shape_fit(kl: np.ndarray, ood: np.ndarray) -> dict[str, float]:
     """Least-squares fit OOD ≈ a·u² + b·u + c in u = log KL, over checkpoints with KL > 0.
 
-    Returns a, the KL at the fitted minimum over the observed range, and the fitted rise
+    Returns the coefficients (a, b, c), a, the KL at the fitted minimum over the observed range, and the fitted rise
     from that minimum to each end of the range. A U has its minimum strictly inside the
     range and both rises ≥ U_RISE.
     """
@@ -112,6 +59,7 @@ def u_shape_fit(kl: np.ndarray, ood: np.ndarray) -> dict[str, float]:
     values = fit(grid)
     bottom = int(values.argmin())
     return {
+        "coeffs": [float(c) for c in fit.coeffs],
         "a": float(fit.coeffs[0]),
         "bottom_kl": float(np.exp(grid[bottom])),
         "interior": bool(0 < bottom < len(grid) - 1),
@@ -121,7 +69,7 @@ def u_shape_fit(kl: np.ndarray, ood: np.ndarray) -> dict[str, float]:
 
 
 def sweep_claims(sweep: pd.DataFrame) -> pd.DataFrame:
-    """The C4–C6 claims table from the output of ``run_kl_sweep`` (any number of seeds)."""
+    """The C4–C6 claims table from the DPO rows of ``run_sft_then_dpo`` (any number of seeds)."""
     mean = sweep.groupby(["beta", "step"], as_index=False)[["kl", "ood_rate"]].mean()
     grows = [spearman(g["step"], g["kl"]) for _, g in mean.groupby("beta")]
     final = mean[mean["step"] == mean["step"].max()]

@@ -136,3 +136,12 @@ def test_reward_accuracy_tolerance_ignores_float_noise():
     chosen, rejected = torch.tensor([1e-7, 0.5]), torch.tensor([0.0, 0.0])
     assert reward_accuracy(chosen, rejected).item() == 1.0
     assert reward_accuracy(chosen, rejected, atol=1e-5).item() == 0.5
+
+
+def test_evaluator_scores_a_fixed_subset_of_pairs(tiny_pairs, tiny_data_cfg, tiny_model):
+    _, test = tiny_pairs
+    sub = Evaluator(test, tiny_data_cfg, EvalConfig(max_pairs=5), reference=tiny_model)
+    again = Evaluator(test, tiny_data_cfg, EvalConfig(max_pairs=5), reference=tiny_model)
+    assert sub.test_batch.tokens.shape[0] == 2 * 5
+    assert torch.equal(sub.test_batch.tokens, again.test_batch.tokens)
+    assert len(sub.prompts) == len(test.prompts)  # greedy and KL metrics still use every test prompt

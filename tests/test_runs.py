@@ -18,6 +18,8 @@ def test_tidy_output(tiny_data_cfg, tiny_model_cfg, tmp_path):
     assert set(df["phase"]) == {"sft", "dpo"}
     assert sorted(df.loc[df["phase"] == "dpo", "beta"].unique()) == [0.1, 0.5]
     assert df["beta"].isna().sum() == 2 * 2  # 2 SFT evaluations per seed
+    assert len(df) == 2 * (2 + 2 * 2)  # per seed: 2 SFT rows, 2 evaluations × 2 β
+    assert df["kl"].notna().sum() == 2 * 2 * 2
     assert df["seed"].nunique() == 2
 
 
@@ -28,20 +30,9 @@ def test_resume_reads_finished_runs_instead_of_training(tiny_data_cfg, tiny_mode
         raise AssertionError("training ran although its result was cached")
 
     monkeypatch.setattr(runs_module, "train_sft", boom)
-    monkeypatch.setattr(runs_module, "train_dpo", boom)
+    monkeypatch.setattr(runs_module, "train_dpo_ensemble", boom)
     again = _run(tiny_data_cfg, tiny_model_cfg, tmp_path)
     assert again.equals(first)
-
-
-def test_interrupted_run_trains_only_what_is_missing(tiny_data_cfg, tiny_model_cfg, tmp_path, monkeypatch):
-    full = _run(tiny_data_cfg, tiny_model_cfg, tmp_path / "a")
-    calls = []
-    real_train_dpo = runs_module.train_dpo
-    _run(tiny_data_cfg, tiny_model_cfg, tmp_path / "b", betas=[0.1])  # "interrupted" after the first β
-    monkeypatch.setattr(runs_module, "train_dpo", lambda *a, **k: calls.append(a[3].beta) or real_train_dpo(*a, **k))
-    resumed = _run(tiny_data_cfg, tiny_model_cfg, tmp_path / "b")
-    assert calls == [0.5]
-    assert resumed.equals(full)
 
 
 @pytest.mark.parametrize(

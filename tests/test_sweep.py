@@ -70,8 +70,8 @@ def test_claims_not_reproduced_when_ood_only_rises():
 SCRIPT = """
 import sys
 from dpo_toolkit.config import DataConfig, DPOConfig, EvalConfig, ModelConfig, TrainConfig
-from dpo_toolkit.sweep import run_kl_sweep
-df = run_kl_sweep(
+from dpo_toolkit.runs import run_sft_then_dpo
+df = run_sft_then_dpo(
     DataConfig(prompt_min=1, prompt_max=30, window=2, test_fraction=0.3),
     ModelConfig(d_model=16, n_heads=2, d_mlp=16, n_ctx=8),
     TrainConfig(optimizer="adam", lr=1e-2, weight_decay=0.0, epochs=2, batch_size=16, grad_clip=None, n_evals=2),
