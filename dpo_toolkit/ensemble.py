@@ -11,6 +11,13 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from .model import Transformer
 
+SEQS_PER_CALL = 1024  # sequences (over all models) per forward pass in evaluation: small enough to stay in cache
+
+
+def rows_per_call(n_models: int) -> int:
+    """Rows of a (models, rows, seq) batch to run per forward pass, keeping ≈ SEQS_PER_CALL sequences."""
+    return max(1, SEQS_PER_CALL // n_models)
+
 
 class Ensemble:
     """Stacked copies of one architecture. ``params[name]`` has shape (M, *shape) and is a leaf tensor."""

@@ -14,13 +14,12 @@ import torch
 
 from .config import DataConfig, EvalConfig
 from .data import Batch, PairSet, collate_pairs
-from .ensemble import Ensemble, as_ensemble
+from .ensemble import Ensemble, as_ensemble, rows_per_call
 from .generate import greedy_answers, sample_responses
 from .losses import implicit_reward, sequence_logps
 from .metrics import answers_tensor, is_ood, kl_estimate, path_kl, reward_accuracy, reward_margin, sequence_error
 from .model import Transformer
 
-CHUNK = 2048  # sequences per forward pass when scoring, to bound activation memory
 ACCURACY_ATOL = 1e-4  # nats: a pair counts as won when its log-ratio margin exceeds this, not float noise
 
 
@@ -28,9 +27,9 @@ ACCURACY_ATOL = 1e-4  # nats: a pair counts as won when its log-ratio margin exc
 def score(policy: Transformer | Ensemble, batch: Batch) -> torch.Tensor:
     """Summed response log-probs of every sequence: (batch,) for a model, (M, batch) for an ensemble."""
     model = as_ensemble(policy)
-    chunks = []
-    for i in range(0, batch.tokens.shape[-2], CHUNK):
-        tokens, mask = batch.tokens[..., i : i + CHUNK, :], batch.response_mask[..., i : i + CHUNK, :]
+    chunk, chunks = rows_per_call(len(model)), []
+    for i in range(0, batch.tokens.shape[-2], chunk):
+        tokens, mask = batch.tokens[..., i : i + chunk, :], batch.response_mask[..., i : i + chunk, :]
         chunks.append(sequence_logps(model(tokens), tokens, mask))
     logps = torch.cat(chunks, dim=-1)  # (M, batch)
     return logps[0] if isinstance(policy, Transformer) else logps
@@ -94,9 +93,9 @@ class Evaluator:
         model = as_ensemble(policy)
         n = self.eval_cfg.kl_samples
         samples = sample_responses(model, self.prompts, n, self.eval_cfg.seed)  # (M, n_prompts · n, T)
-        path, mc = [], []
-        for i in range(0, samples.tokens.shape[1], CHUNK):
-            tokens, mask = samples.tokens[:, i : i + CHUNK], samples.response_mask[:, i : i + CHUNK]  # (M, chunk, T)
+        path, mc, chunk = [], [], rows_per_call(len(model))
+        for i in range(0, samples.tokens.shape[1], chunk):
+            tokens, mask = samples.tokens[:, i : i + chunk], samples.response_mask[:, i : i + chunk]  # (M, chunk, T)
             policy_logits = model(tokens)  # (M, chunk, T, V)
             reference_logits = self.reference(tokens.flatten(0, 1)).view(policy_logits.shape)
             path.append(path_kl(policy_logits, reference_logits, mask))

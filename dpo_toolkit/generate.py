@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from .data import END, PAD, Batch, decode_response, encode_prompt
-from .ensemble import Ensemble, _Single, as_ensemble
+from .ensemble import Ensemble, _Single, as_ensemble, rows_per_call
 from .model import Transformer
 
 
@@ -22,33 +22,37 @@ def _decode(policy: Ensemble | _Single, prompts: np.ndarray, generator: torch.Ge
     Sampling draws one uniform per prompt row and step, shared by all models, so a
     model's samples do not depend on which ensemble it is evaluated in.
 
-    Prompts are grouped by length so that each group decodes as one batch.
+    Prompts are grouped by length, and each group decodes in chunks of rows_per_call rows.
     Returns sequences (M, n_prompts, n_ctx), right-padded, in the order of `prompts`,
     with response_mask True on generated tokens up to and including the first '.'.
     """
     n_models, n_ctx = len(policy), policy.cfg.n_ctx
     tokens = torch.full((n_models, len(prompts), n_ctx), PAD, dtype=torch.long)
     response_mask = torch.zeros((n_models, len(prompts), n_ctx), dtype=torch.bool)
+    if generator is not None:  # drawn up front, so that chunking never changes which row gets which number
+        uniforms = torch.rand((len(prompts), n_ctx), generator=generator, dtype=torch.float64)
     encoded = [encode_prompt(int(s)) for s in prompts]
+    chunk = rows_per_call(n_models)
     for length in sorted({len(p) for p in encoded}):
-        rows = torch.tensor([i for i, p in enumerate(encoded) if len(p) == length])
-        seq = torch.tensor([encoded[i] for i in rows.tolist()]).expand(n_models, -1, -1)  # (M, rows, length)
-        alive = torch.ones(n_models, len(rows), dtype=torch.bool)
-        for t in range(length, n_ctx):
-            next_logits = policy(seq)[:, :, -1]  # (M, rows, vocab)
-            if generator is None:
-                next_token = next_logits.argmax(-1)  # (M, rows)
-            else:  # inverse-CDF sampling with one uniform per row shared by all models (common random numbers)
-                uniform = torch.rand(len(rows), generator=generator, dtype=torch.float64)  # (rows,)
-                cdf = next_logits.double().softmax(-1).cumsum(-1)  # (M, rows, vocab)
-                next_token = (cdf < uniform[:, None]).sum(-1).clamp(max=cdf.shape[-1] - 1)  # (M, rows)
-            next_token = torch.where(alive, next_token, PAD)
-            seq = torch.cat([seq, next_token[..., None]], dim=-1)
-            response_mask[:, rows, t] = alive
-            alive &= next_token != END
-            if not alive.any():
-                break
-        tokens[:, rows, : seq.shape[-1]] = seq
+        group = [i for i, p in enumerate(encoded) if len(p) == length]
+        for start in range(0, len(group), chunk):
+            rows = torch.tensor(group[start : start + chunk])
+            seq = torch.tensor([encoded[i] for i in rows.tolist()]).expand(n_models, -1, -1)  # (M, rows, length)
+            alive = torch.ones(n_models, len(rows), dtype=torch.bool)
+            for t in range(length, n_ctx):
+                next_logits = policy(seq)[:, :, -1]  # (M, rows, vocab)
+                if generator is None:
+                    next_token = next_logits.argmax(-1)  # (M, rows)
+                else:  # inverse-CDF sampling with one uniform per row shared by all models (common random numbers)
+                    cdf = next_logits.double().softmax(-1).cumsum(-1)  # (M, rows, vocab)
+                    next_token = (cdf < uniforms[rows, t, None]).sum(-1).clamp(max=cdf.shape[-1] - 1)  # (M, rows)
+                next_token = torch.where(alive, next_token, PAD)
+                seq = torch.cat([seq, next_token[..., None]], dim=-1)
+                response_mask[:, rows, t] = alive
+                alive &= next_token != END
+                if not alive.any():
+                    break
+            tokens[:, rows, : seq.shape[-1]] = seq
     return Batch(tokens, response_mask)
 
 

@@ -34,9 +34,14 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
     return float(x.corr(y)) if x.std() > 0 and y.std() > 0 else float("nan")
 
 
+def checkpoints(sweep: pd.DataFrame) -> pd.DataFrame:
+    """The DPO checkpoints: evaluations after step 0 (step 0 is the SFT reference itself)."""
+    return sweep[sweep["step"] > 0]
+
+
 def least_ood_checkpoints(sweep: pd.DataFrame) -> pd.DataFrame:
-    """For each (seed, β): the DPO checkpoint (step > 0) with the lowest OOD rate, ties going to the earliest."""
-    dpo = sweep[sweep["step"] > 0].sort_values(["seed", "beta", "ood_rate", "step"])
+    """For each (seed, β): the DPO checkpoint with the lowest OOD rate, ties going to the earliest."""
+    dpo = checkpoints(sweep).sort_values(["seed", "beta", "ood_rate", "step"])
     return dpo.groupby(["seed", "beta"], as_index=False).first()
 
 
@@ -85,7 +90,7 @@ def sweep_claims(sweep: pd.DataFrame) -> pd.DataFrame:
     overlaps = lo <= PAPER_BAND[1] and hi >= PAPER_BAND[0]
     c5 = "reproduced" if one_band and overlaps else "partly" if one_band or overlaps else "not reproduced"
 
-    fit = u_shape_fit(sweep["kl"].to_numpy(), sweep["ood_rate"].to_numpy())
+    fit = u_shape_fit(checkpoints(sweep)["kl"].to_numpy(), checkpoints(sweep)["ood_rate"].to_numpy())
     u_shaped = fit["interior"] and min(fit["left_rise"], fit["right_rise"]) >= U_RISE
     one_arm = max(fit["left_rise"], fit["right_rise"]) >= U_RISE
     c6 = "reproduced" if u_shaped else "partly" if one_arm else "not reproduced"
