@@ -35,7 +35,7 @@ from dpo_toolkit.train import train_dpo, train_dpo_ensemble
 DATA = DataConfig(prompt_min=100, prompt_max=500, window=10, test_fraction=0.5)
 SFT = TrainConfig(optimizer="adam", lr=1e-3, weight_decay=0.0, epochs=10, batch_size=16, grad_clip=None, n_evals=1)
 DPO = DPOConfig(optimizer="rmsprop", lr=5e-5, weight_decay=0.0, epochs=3, batch_size=16, grad_clip=None, n_evals=1)
-EVAL = EvalConfig(kl_samples=8)
+EVAL = EvalConfig(kl_samples=4, max_pairs=1024)
 BETAS = beta_grid(30, 1e-2, 1.0)
 ROOT = Path(__file__).resolve().parents[1]
 
