@@ -82,22 +82,16 @@ def plot_kl_heatmap(sweep: pd.DataFrame, optimal: pd.DataFrame) -> plt.Figure:
     return fig
 
 
-def plot_ood_vs_kl(sweep: pd.DataFrame, band: tuple[float, float], fit: dict) -> plt.Figure:
-    """OOD rate against KL for every checkpoint (colour: β), the quadratic in log KL that
-    ``sweep.u_shape_fit`` fitted, and the band of least-OOD KLs (Park Fig. 2 right)."""
+def plot_ood_vs_kl(sweep: pd.DataFrame, band: tuple[float, float], bins: pd.DataFrame) -> plt.Figure:
+    """OOD rate against KL for every checkpoint (colour: β), the binned means that
+    ``sweep.u_shape_bins`` computed, and the band of least-OOD KLs (Park Fig. 2 right)."""
     import numpy as np
 
     data = sweep[(sweep["step"] > 0) & (sweep["kl"] > 0)].assign(log10_beta=lambda d: np.log10(d["beta"]))
     fig, ax = plt.subplots(figsize=(8, 4.8))
     ax.axvspan(*band, color="tab:pink", alpha=0.25, label=f"least-OOD band, KL {band[0]:.2f}–{band[1]:.2f}")
     sns.scatterplot(data=data, x="kl", y="ood_rate", hue="log10_beta", palette="viridis", s=14, alpha=0.6, linewidth=0, ax=ax)
-    u = np.linspace(np.log(data["kl"].min()), np.log(data["kl"].max()), 200)
-    ax.plot(
-        np.exp(u),
-        np.poly1d(np.polyfit(np.log(data["kl"]), data["ood_rate"], 2))(u),
-        color="black",
-        label=f"quadratic fit in log KL (bottom at {fit['bottom_kl']:.2f})",
-    )
+    ax.plot(bins["kl"], bins["ood_rate"], color="black", marker="s", label=f"mean OOD in {len(bins)} equal-count KL bins")
     ax.set(xscale="log", xlabel="KL(π_θ ‖ π_ref)", ylabel="OOD rate", title="OOD against KL, every checkpoint")
     ax.legend(fontsize=8, loc="upper left", title="log10 β", title_fontsize=8)
     fig.tight_layout()

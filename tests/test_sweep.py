@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dpo_toolkit.sweep import beta_grid, kl_band, least_ood_checkpoints, spearman, sweep_claims, u_shape_fit
+from dpo_toolkit.sweep import beta_grid, kl_band, least_ood_checkpoints, spearman, sweep_claims, u_shape, u_shape_bins
 
 
 def test_beta_grid_is_log_spaced():
@@ -45,12 +45,15 @@ def test_least_ood_checkpoints_skip_step_zero_and_take_the_earliest_tie():
     assert best["step"].tolist() == [2] and best["kl"].tolist() == [0.2]
 
 
-def test_u_shape_fit_finds_the_bottom():
-    kl = np.geomspace(0.01, 10, 50)
-    fit = u_shape_fit(kl, (np.log(kl) - np.log(0.3)) ** 2)
-    assert fit["interior"] and fit["bottom_kl"] == pytest.approx(0.3, rel=0.05)
-    rising = u_shape_fit(kl, np.log(kl))
-    assert not rising["interior"] and rising["left_rise"] == pytest.approx(0, abs=1e-9) and rising["right_rise"] > 1
+def test_u_shape_bins_and_arms():
+    kl = np.geomspace(0.01, 10, 100)
+    bins = u_shape_bins(kl, (np.log(kl) - np.log(0.3)) ** 2, n_bins=10)
+    assert len(bins) == 10 and bins["kl"].is_monotonic_increasing
+    fit = u_shape(bins)
+    assert fit["interior"] and 0.15 < fit["bottom_kl"] < 0.6 and fit["left_rise"] > 1 and fit["right_rise"] > 1
+    hockey = u_shape(u_shape_bins(kl, np.maximum(np.log(kl), 0), n_bins=10))  # flat, then rising
+    assert hockey["left_rise"] == pytest.approx(0) and hockey["right_rise"] > 1
+    assert u_shape_bins(np.array([0.0, 1.0, 2.0]), np.array([9.0, 0.0, 1.0]), n_bins=2)["ood_rate"].tolist() == [0.0, 1.0]
 
 
 def test_claims_reproduced_on_the_papers_picture():
