@@ -77,6 +77,8 @@ class Evaluator:
             "seq_error": sequence_error(answers, prompts, self.span).mean(-1),
         }
         if self.reference is not None:
+            if beta is None:
+                raise ValueError("Evaluator with a reference needs beta (one value, or one per model) for the DPO rewards")
             betas = torch.as_tensor(beta, dtype=torch.float64).reshape(-1, 1)  # (M, 1) or (1, 1)
             policy_chosen_logps, policy_rejected_logps = pair_logps(model, self.test_batch)  # (M, n)
             chosen_rewards = implicit_reward(policy_chosen_logps.double(), self.reference_chosen_logps.double(), betas)

@@ -145,3 +145,9 @@ def test_evaluator_scores_a_fixed_subset_of_pairs(tiny_pairs, tiny_data_cfg, tin
     assert sub.test_batch.tokens.shape[0] == 2 * 5
     assert torch.equal(sub.test_batch.tokens, again.test_batch.tokens)
     assert len(sub.prompts) == len(test.prompts)  # greedy and KL metrics still use every test prompt
+
+
+def test_evaluator_with_reference_needs_beta(tiny_pairs, tiny_data_cfg, tiny_model):
+    _, test = tiny_pairs
+    with pytest.raises(ValueError, match="needs beta"):
+        Evaluator(test, tiny_data_cfg, EvalConfig(), reference=tiny_model)(tiny_model)
