@@ -1,0 +1,100 @@
+import numpy as np
+import pytest
+
+from dpo_toolkit.mixture import (
+    assumptions,
+    log_total_probability_mass,
+    tilt_weights,
+    tilted_optimum,
+    total_probability_mass,
+)
+
+BETAS = np.geomspace(1e-3, 1e3, 25)
+
+
+def random_instance(rng, n=6):
+    return rng.uniform(0.05, 0.95), rng.dirichlet(np.ones(n)), rng.dirichlet(np.ones(n)), rng.normal(size=n) * 2
+
+
+def objective(p, p_ref, rewards, beta):
+    support = p > 0
+    return float((p * rewards).sum() - beta * (p[support] * np.log(p[support] / p_ref[support])).sum())
+
+
+def test_lemma1_tilted_optimum_is_the_per_sample_tilt_of_the_mixture():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        alpha, p_aligned, p_unaligned, rewards = random_instance(rng)
+        p_ref = alpha * p_aligned + (1 - alpha) * p_unaligned
+        for beta in BETAS:
+            weight_aligned, weight_unaligned = tilt_weights(alpha, p_aligned, p_unaligned, rewards, beta)
+            tilted = weight_aligned * p_aligned + weight_unaligned * p_unaligned
+            assert np.allclose(tilted, tilted_optimum(p_ref, rewards, beta), rtol=1e-10, atol=1e-300)
+
+
+def test_tilted_optimum_beats_every_perturbation():
+    rng = np.random.default_rng(1)
+    alpha, p_aligned, p_unaligned, rewards = random_instance(rng)
+    p_ref = alpha * p_aligned + (1 - alpha) * p_unaligned
+    for beta in (0.1, 1.0, 10.0):
+        best = tilted_optimum(p_ref, rewards, beta)
+        for _ in range(200):
+            other = rng.dirichlet(np.ones(len(p_ref)) * 5) * 0.1 + best * 0.9
+            assert objective(best, p_ref, rewards, beta) >= objective(other, p_ref, rewards, beta) - 1e-12
+
+
+def test_theorem2_holds_when_the_tilt_covaries_as_the_proof_needs():
+    rng = np.random.default_rng(2)
+    checked = 0
+    for _ in range(200):
+        alpha, p_aligned, p_unaligned, rewards = random_instance(rng)
+        order = np.argsort(rewards)  # p_A increasing in r, p_U decreasing: every tilt e^{r/β} covaries as needed
+        p_aligned[order], p_unaligned[order] = np.sort(p_aligned), np.sort(p_unaligned)[::-1]
+        for beta in BETAS:
+            assert assumptions(alpha, p_aligned, p_unaligned, rewards, beta)["proof_needs"]
+            tpm_aligned, tpm_unaligned = total_probability_mass(alpha, p_aligned, p_unaligned, rewards, beta)
+            assert tpm_aligned + tpm_unaligned == pytest.approx(1.0)
+            assert alpha - 1e-12 <= tpm_aligned < 1
+            assert 0 < tpm_unaligned <= 1 - alpha + 1e-12
+            checked += 1
+    assert checked == 200 * len(BETAS)
+
+
+def test_theorem2_as_worded_has_a_counterexample():
+    # Cov(r, p_A) > 0 and Cov(r, p_U) < 0 under the uniform distribution, r finite; yet at small β
+    # the tilt e^{r/β} puts almost all mass on output 1, where p_U dominates.
+    alpha, p_aligned, p_unaligned = 0.7, np.array([0.78, 0.08, 0.14]), np.array([0.02, 0.49, 0.49])
+    rewards = np.array([1.1, 1.8, -0.5])
+    assert assumptions(alpha, p_aligned, p_unaligned, rewards, beta=1e-3) == {"as_stated": True, "proof_needs": False}
+    tpm_aligned, tpm_unaligned = total_probability_mass(alpha, p_aligned, p_unaligned, rewards, beta=1e-3)
+    assert tpm_aligned < alpha - 0.3
+    assert tpm_unaligned > 1 - alpha  # the unaligned mass grew
+    assert total_probability_mass(alpha, p_aligned, p_unaligned, rewards, beta=1e3)[0] == pytest.approx(alpha, abs=1e-3)
+
+
+def test_unaligned_mass_never_vanishes_for_finite_rewards():
+    alpha, p_aligned, p_unaligned = 0.5, np.array([0.9, 0.1, 0.0]), np.array([0.0, 0.1, 0.9])
+    rewards = np.array([5.0, 0.0, -5.0])
+    for beta in BETAS:
+        log_unaligned = log_total_probability_mass(alpha, p_aligned, p_unaligned, rewards, beta)[1]
+        assert np.isfinite(log_unaligned)
+    # the exact value: TPM(U) = (0.05 e^0 + 0.45 e^{-5/β}) / (0.45 e^{5/β} + 0.1 + 0.45 e^{-5/β})
+    beta = 1e-3
+    expected = np.logaddexp(np.log(0.05), np.log(0.45) - 5 / beta) - np.log(0.45) - 5 / beta  # leading terms
+    assert log_total_probability_mass(alpha, p_aligned, p_unaligned, rewards, beta)[1] == pytest.approx(expected, rel=1e-9)
+    assert total_probability_mass(alpha, p_aligned, p_unaligned, rewards, beta)[1] == 0.0  # float64 underflows; the log does not
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((1.5, [0.5, 0.5], [0.5, 0.5], [0.0, 1.0], 1.0), "alpha must be in"),
+        ((0.5, [0.7, 0.7], [0.5, 0.5], [0.0, 1.0], 1.0), "p_aligned must be a 1-D probability vector"),
+        ((0.5, [0.5, 0.5], [0.5, 0.5], [0.0, 1.0, 2.0], 1.0), "shapes differ"),
+    ],
+)
+def test_bad_input(args, message):
+    with pytest.raises(ValueError, match=message):
+        total_probability_mass(*args)
+    with pytest.raises(ValueError, match="beta must be > 0"):
+        tilted_optimum(np.array([0.5, 0.5]), np.array([0.0, 1.0]), 0.0)
