@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib.colors import LogNorm
 
 
 def _run_label(runs: pd.DataFrame) -> pd.Series:
@@ -48,8 +50,6 @@ def plot_training_curves(runs: pd.DataFrame, metrics: dict[str, str], ncols: int
 def plot_kl_heatmap(sweep: pd.DataFrame, optimal: pd.DataFrame) -> plt.Figure:
     """Seed-mean KL over (β, step) as a heat map (log colour scale), with each seed's
     least-OOD checkpoint marked (Park Fig. 2 left)."""
-    from matplotlib.colors import LogNorm
-
     mean = sweep[sweep["step"] > 0].groupby(["beta", "step"])["kl"].mean().unstack("step")  # (β, step)
     fig, ax = plt.subplots(figsize=(9, 5.5))
     positive = mean.to_numpy()[mean.to_numpy() > 0]
@@ -85,8 +85,6 @@ def plot_kl_heatmap(sweep: pd.DataFrame, optimal: pd.DataFrame) -> plt.Figure:
 def plot_ood_vs_kl(sweep: pd.DataFrame, band: tuple[float, float], bins: pd.DataFrame) -> plt.Figure:
     """OOD rate against KL for every checkpoint (colour: β), the binned means that
     ``sweep.u_shape_bins`` computed, and the band of least-OOD KLs (Park Fig. 2 right)."""
-    import numpy as np
-
     data = sweep[(sweep["step"] > 0) & (sweep["kl"] > 0)].assign(log10_beta=lambda d: np.log10(d["beta"]))
     fig, ax = plt.subplots(figsize=(8, 4.8))
     ax.axvspan(*band, color="tab:pink", alpha=0.25, label=f"least-OOD band, KL {band[0]:.2f}–{band[1]:.2f}")

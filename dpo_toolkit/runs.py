@@ -44,10 +44,12 @@ def sft_reference(
 ) -> tuple[Transformer, pd.DataFrame]:
     """The SFT reference of one seed (fresh model, SFT on the train pairs), frozen, with its curve.
 
-    Cached under cache_dir by seed and configuration hash: a second call loads it.
+    Cached under cache_dir by seed and a hash of the data, model and SFT configs (SFT is
+    evaluated by greedy answers alone, which no EvalConfig field changes): a second call
+    loads it, and runs that differ only in their KL or pair settings share one reference.
     """
     cfg = dataclasses.replace(sft_cfg, seed=seed)
-    key = config_hash(data_cfg, model_cfg, cfg, eval_cfg)
+    key = config_hash(data_cfg, model_cfg, cfg)
     weights, curve = cache_dir / f"sft-seed{seed}-{key}.pt", cache_dir / f"sft-seed{seed}-{key}.csv"
     reference = build_model(model_cfg, seed)
     if weights.exists() and curve.exists():

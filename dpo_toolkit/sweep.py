@@ -93,7 +93,8 @@ def sweep_claims(sweep: pd.DataFrame) -> pd.DataFrame:
     overlaps = lo <= PAPER_BAND[1] and hi >= PAPER_BAND[0]
     c5 = "reproduced" if one_band and overlaps else "partly" if one_band or overlaps else "not reproduced"
 
-    fit = u_shape(u_shape_bins(checkpoints(sweep)["kl"].to_numpy(), checkpoints(sweep)["ood_rate"].to_numpy()))
+    dpo = checkpoints(sweep)
+    fit = u_shape(u_shape_bins(dpo["kl"].to_numpy(), dpo["ood_rate"].to_numpy()))
     u_shaped = fit["interior"] and min(fit["left_rise"], fit["right_rise"]) >= U_RISE
     one_arm = max(fit["left_rise"], fit["right_rise"]) >= U_RISE
     c6 = "reproduced" if u_shaped else "partly" if one_arm else "not reproduced"
