@@ -69,6 +69,12 @@ def greedy_answers(policy: Transformer | Ensemble | _Single, prompts: np.ndarray
     return answers[0] if isinstance(policy, Transformer) else answers
 
 
+def greedy_sequences(policy: Transformer, prompts: np.ndarray) -> Batch:
+    """Each prompt followed by its greedy response, (n_prompts, n_ctx), right-padded; response_mask as in decoding."""
+    batch = _decode(as_ensemble(policy), prompts, generator=None)
+    return Batch(batch.tokens[0], batch.response_mask[0])
+
+
 def sample_responses(policy: Transformer | Ensemble | _Single, prompts: np.ndarray, n_samples: int, seed: int) -> Batch:
     """n_samples ancestral samples per prompt, rows ordered prompt-major (prompt i → rows i·n … i·n + n − 1).
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import nn
 
-from .model import param_group
+from .model import PARAM_GROUPS, param_group
 
 
 def answers_tensor(answers: list) -> torch.Tensor:
@@ -61,18 +63,29 @@ def kl_estimate(log_ratios: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return log_ratios.mean((-2, -1)), stderr
 
 
-def _delta_norms(model_a: nn.Module, model_b: nn.Module) -> dict[str, float]:
-    params_b = dict(model_b.named_parameters())
-    return {name: float(torch.linalg.norm((p - params_b[name]).detach().flatten())) for name, p in model_a.named_parameters()}
-
-
 @torch.no_grad()
+def group_weight_deltas(params_a: Mapping[str, torch.Tensor], params_b: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Σ over the parameters P of each group of ‖A[P] − B[P]‖_F (the summand of Park Eq. 7).
+
+    params_a may carry leading model dimensions (an Ensemble's stacked (M, *shape)
+    weights); params_b is one model's and is broadcast. Returns {group: (...) tensor}
+    for every group of PARAM_GROUPS (0 for a group with no parameters).
+    """
+    deltas = dict.fromkeys(PARAM_GROUPS, torch.zeros(()))
+    for name, b in params_b.items():
+        diff = (params_a[name].detach() - b.detach()).double()  # (..., *shape)
+        deltas[param_group(name)] = deltas[param_group(name)] + diff.flatten(diff.ndim - b.ndim).norm(dim=-1)
+    return deltas
+
+
 def weight_delta(model_a: nn.Module, model_b: nn.Module, group: str | None = None) -> float:
     """WeightDelta (Park Eq. 7): Σ over parameters P of ‖M1[P] − M2[P]‖_F, optionally within one group."""
-    return sum(v for name, v in _delta_norms(model_a, model_b).items() if group is None or param_group(name) == group)
+    if group is not None and group not in PARAM_GROUPS:
+        raise ValueError(f"group must be one of {list(PARAM_GROUPS)}, got {group!r}")
+    deltas = group_weight_deltas(dict(model_a.named_parameters()), dict(model_b.named_parameters()))
+    return float(sum(deltas.values()) if group is None else deltas[group])
 
 
-@torch.no_grad()
 def frac_weight_delta(model_a: nn.Module, model_b: nn.Module, group: str) -> float:
     """FracWeightDelta (Park Eq. 8): the share of WeightDelta that falls in `group`."""
     return weight_delta(model_a, model_b, group) / weight_delta(model_a, model_b)

@@ -8,6 +8,8 @@ module (W_QKV, W_O with biases) holds 66,048, the paper's "65K/104K".
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -97,3 +99,10 @@ def group_param_counts(model: nn.Module) -> dict[str, int]:
     for name, p in model.named_parameters():
         counts[param_group(name)] += p.numel()
     return counts
+
+
+def load_model(path: str | Path, cfg: ModelConfig) -> Transformer:
+    """A frozen model of architecture cfg with the state dict saved at `path`."""
+    model = Transformer(cfg)
+    model.load_state_dict(torch.load(path))
+    return model.eval().requires_grad_(False)

@@ -112,3 +112,130 @@ def plot_kl_band(optimal: pd.DataFrame, band: tuple[float, float], paper_band: t
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+SURGERY_LABELS = {"A": "A (β small)", "attention": "A with B's attention", "non-attention": "A with B's non-attention"}
+
+
+def plot_attention_maps(patterns: dict[str, np.ndarray], labels: dict[str, list[str]]) -> plt.Figure:
+    """Attention pattern of every head (Park Fig. 3 left): one row per model.
+
+    patterns: model name → (n_heads, seq, seq) weights on that model's own sequence;
+    labels: model name → the tokens of that sequence, for the axes.
+    """
+    n_heads = next(iter(patterns.values())).shape[0]
+    fig, axes = plt.subplots(len(patterns), n_heads, figsize=(2.9 * n_heads, 2.9 * len(patterns)), squeeze=False)
+    for row, (name, pattern) in zip(axes, patterns.items(), strict=True):
+        for head, ax in enumerate(row):
+            sns.heatmap(pattern[head], ax=ax, cmap="Blues", vmin=0, vmax=1, cbar=False, square=True,
+                        xticklabels=labels[name], yticklabels=labels[name])  # fmt: skip
+            ax.set_title(f"{name}, head {head}", fontsize=10)
+            ax.tick_params(labelsize=8, rotation=0)
+    fig.supxlabel("key position (token)")
+    fig.supylabel("query position")
+    fig.tight_layout()
+    return fig
+
+
+def plot_weight_delta_vs_kl(sweep: pd.DataFrame) -> plt.Figure:
+    """WeightDelta from π_ref against KL for every DPO checkpoint (step > 0), coloured by β (Park Fig. 3 right)."""
+    data = sweep[sweep["step"] > 0]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    norm = LogNorm(data["beta"].min(), data["beta"].max())
+    sns.scatterplot(data=data, x="weight_delta", y="kl", hue="beta", hue_norm=norm, palette="viridis", style="seed",
+                    s=18, ax=ax, legend=False)  # fmt: skip
+    ax.set(yscale="log", xlabel="WeightDelta(π_θ, π_ref)  (Eq. 7)", ylabel="KL(π_θ ‖ π_ref)")
+    fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap="viridis"), ax=ax, label="β")
+    fig.tight_layout()
+    return fig
+
+
+def plot_surgery(curves: pd.DataFrame) -> plt.Figure:
+    """Park Fig. 4: A's OOD rate against step, and KL of A and of both surgeries against step (mean ± sd over seeds)."""
+    data = curves.assign(model=curves["variant"].map(SURGERY_LABELS))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    sns.lineplot(data=data[data["variant"] == "A"], x="step", y="ood_rate", errorbar="sd", color="black", ax=left)
+    left.set(title="OOD rate of A", ylabel="OOD rate", xlabel="DPO step")
+    sns.lineplot(data=data, x="step", y="kl", hue="model", hue_order=list(SURGERY_LABELS.values()), errorbar="sd",
+                 palette=["black", "tab:green", "tab:blue"], ax=right)  # fmt: skip
+    right.set(title="KL after surgery", ylabel="KL(· ‖ π_ref)", xlabel="DPO step")
+    right.legend(frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def plot_surgery_shares(curves: pd.DataFrame) -> plt.Figure:
+    """Park Fig. 5: left, the attention share of A's change between checkpoints beside the
+    KL of A with B's attention; right, OOD(A′) − OOD(A) for both surgeries (mean ± sd over seeds)."""
+    a = curves[curves["variant"] == "A"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    sns.lineplot(data=a, x="step", y="attention_share_step", errorbar="sd", color="purple", ax=left,
+                 label="FracWeightDelta(attention), successive checkpoints")  # fmt: skip
+    left.set(ylim=(0, 1), ylabel="attention share of the change", xlabel="DPO step")
+    twin = left.twinx()
+    sns.lineplot(data=curves[curves["variant"] == "attention"], x="step", y="kl", errorbar="sd", color="tab:blue",
+                 ax=twin, label="KL of A with B's attention")  # fmt: skip
+    twin.set(ylabel="KL")
+    lines = left.get_legend_handles_labels(), twin.get_legend_handles_labels()
+    left.legend(lines[0][0] + lines[1][0], lines[0][1] + lines[1][1], frameon=False, fontsize=8, loc="upper right")
+    twin.get_legend().remove()
+    base = a.set_index(["seed", "step"])["ood_rate"]
+    change = curves[curves["variant"] != "A"].assign(
+        ood_change=lambda d: d["ood_rate"].to_numpy() - base.loc[list(zip(d["seed"], d["step"], strict=True))].to_numpy(),
+        model=lambda d: d["variant"].map(SURGERY_LABELS),
+    )
+    sns.lineplot(data=change, x="step", y="ood_change", hue="model", style="model", errorbar="sd",
+                 palette=["tab:green", "tab:blue"], ax=right)  # fmt: skip
+    right.axhline(0, color="grey", lw=0.8)
+    lo, hi = right.get_ylim()
+    right.axhspan(0, max(hi, 0), color="red", alpha=0.06)
+    right.axhspan(min(lo, 0), 0, color="green", alpha=0.06)
+    right.set(ylabel="OOD(A′) − OOD(A)", xlabel="DPO step", title="red: surgery harms, green: it helps")
+    right.legend(frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def plot_tpm_vs_beta(theorem: pd.DataFrame, instances: dict[str, int]) -> plt.Figure:
+    """TPM(A) and TPM(U) of Theorem 2 against β for chosen instances of ``theorem2_table``,
+    with the bounds α and 1 − α dashed; one panel per instance (title → instance id)."""
+    fig, axes = plt.subplots(1, len(instances), figsize=(4.6 * len(instances), 3.8), squeeze=False, sharey=True)
+    for ax, (title, instance) in zip(axes[0], instances.items(), strict=True):
+        rows = theorem[theorem["instance"] == instance]
+        alpha = rows["alpha"].iloc[0]
+        ax.plot(rows["beta"], rows["tpm_aligned"], color="tab:green", label="TPM(A)")
+        ax.plot(rows["beta"], np.exp(rows["log_tpm_unaligned"]), color="tab:red", label="TPM(U)")
+        ax.axhline(alpha, color="tab:green", ls="--", lw=1, label="α")
+        ax.axhline(1 - alpha, color="tab:red", ls="--", lw=1, label="1 − α")
+        ax.set(xscale="log", xlabel="β", title=title, ylim=(-0.02, 1.02))
+    axes[0, 0].set_ylabel("total probability mass")
+    axes[0, 0].legend(frameon=False, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_unaligned_mass(curves: pd.DataFrame) -> plt.Figure:
+    """Left: mean unaligned mass over test prompts against step, beside the greedy OOD
+    rate; right: log10 of the smallest unaligned mass over prompts. One colour per β,
+    mean ± sd over seeds. curves: seed, beta, step, mean_mass, min_log10_mass, ood_rate."""
+    data = curves.assign(run=curves["beta"].map(lambda b: f"β={b:g}"))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    palette = sns.color_palette("viridis", data["run"].nunique())
+    sns.lineplot(data=data, x="step", y="mean_mass", hue="run", palette=palette, errorbar="sd", ax=left)
+    sns.lineplot(data=data, x="step", y="ood_rate", hue="run", palette=palette, errorbar=None, ls="--", ax=left, legend=False)
+    left.set(ylabel="unaligned mass (solid) / greedy OOD rate (dashed)", xlabel="DPO step", title="mean over test prompts")
+    sns.lineplot(data=data, x="step", y="min_log10_mass", hue="run", palette=palette, errorbar="sd", ax=right, legend=False)
+    right.set(ylabel="log10 unaligned mass", xlabel="DPO step", title="smallest over test prompts")
+    fig.tight_layout()
+    return fig
+
+
+def plot_temperature(temperatures: pd.DataFrame) -> plt.Figure:
+    """Mean unaligned mass over test prompts against sampling temperature at the last
+    checkpoint, one line per β (mean ± sd over seeds). temperatures: seed, beta, temperature, mass."""
+    data = temperatures.assign(run=temperatures["beta"].map(lambda b: f"β={b:g}"))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    sns.lineplot(data=data, x="temperature", y="mass", hue="run", palette="viridis", marker="o", errorbar="sd", ax=ax)
+    ax.set(yscale="log", xlabel="sampling temperature T", ylabel="mean unaligned mass")
+    fig.tight_layout()
+    return fig

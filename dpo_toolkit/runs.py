@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Iterable
+import math
+from collections.abc import Callable, Iterable
 from functools import partial
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from .config import DataConfig, DPOConfig, EvalConfig, ModelConfig, TrainConfig,
 from .data import make_pairs
 from .ensemble import Ensemble
 from .evaluate import Evaluator
+from .metrics import group_weight_deltas
 from .model import Transformer, build_model
 from .train import train_dpo_ensemble, train_sft
 
@@ -63,6 +65,39 @@ def sft_reference(
     return reference.eval().requires_grad_(False), df
 
 
+def _keep_indices(betas: list[float], keep_betas: Iterable[float]) -> list[int]:
+    """Indices into betas of the β whose weights are to be kept; each must be one of betas."""
+    indices = []
+    for b in keep_betas:
+        matches = [i for i, x in enumerate(betas) if math.isclose(x, b, rel_tol=1e-9)]
+        if not matches:
+            raise ValueError(f"keep_betas: {b!r} is not one of the trained betas {betas}")
+        indices.append(matches[0])
+    return sorted(set(indices))
+
+
+def weights_path(cache_dir: Path, seed: int, key: str, beta: float, step: int) -> Path:
+    """Where run_sft_then_dpo keeps the state dict of the model at β after `step` DPO steps."""
+    return cache_dir / f"dpo-seed{seed}-{key}-weights" / f"beta{beta:g}-step{step}.pt"
+
+
+def _evaluate_with_deltas(evaluator: Evaluator, reference_params: dict, betas: list[float], policies: Ensemble) -> list[dict]:
+    """The Evaluator's rows for each model, with its WeightDelta from the reference, in all and in attention."""
+    rows = evaluator(policies, beta=betas)
+    deltas = group_weight_deltas(policies.params, reference_params)  # {group: (M,)}
+    total = sum(deltas.values())
+    for i, row in enumerate(rows):
+        row.update(weight_delta=float(total[i]), attention_delta=float(deltas["attention"][i]))
+    return rows
+
+
+def _save_members(policies: Ensemble, path_of: dict[int, Callable[[int], Path]], step: int) -> None:
+    """Save model i of the ensemble to path_of[i](step), for every i in path_of."""
+    for i, path in path_of.items():
+        path(step).parent.mkdir(exist_ok=True)
+        torch.save(policies.member(i).state_dict(), path(step))
+
+
 def validate_grid(
     dpo_cfg: DPOConfig, betas: float | Iterable[float], seeds: int | Iterable[int]
 ) -> tuple[list[DPOConfig], list[int]]:
@@ -87,6 +122,7 @@ def run_sft_then_dpo(
     seeds: int | Iterable[int],
     cache_dir: str | Path,
     progress: bool | None = None,
+    keep_betas: Iterable[float] = (),
 ) -> pd.DataFrame:
     """For each seed: SFT from a fresh model, then DPO from that reference at every β (Park §3.3).
 
@@ -94,10 +130,14 @@ def run_sft_then_dpo(
     train/test split is fixed by ``data_cfg.seed``. All configurations are validated,
     every β included, before any training starts.
     Returns one row per evaluation with columns phase ('sft' | 'dpo'), beta (NaN for
-    SFT), seed, step, epoch, loss and the Evaluator's metrics.
+    SFT), seed, step, epoch, loss, the Evaluator's metrics, and the WeightDelta from the
+    reference (Park Eq. 7) in all (`weight_delta`) and in the attention group
+    (`attention_delta`). For every β in keep_betas the weights at each evaluation are
+    saved, and `weights` holds the file's path (empty for other rows).
     """
     check_fits(model_cfg, data_cfg)
     dpo_cfgs, seeds = validate_grid(dpo_cfg, betas, seeds)
+    kept = _keep_indices([c.beta for c in dpo_cfgs], keep_betas)
     out = Path(cache_dir)
     out.mkdir(parents=True, exist_ok=True)
     train, test = make_pairs(data_cfg)
@@ -108,16 +148,21 @@ def run_sft_then_dpo(
         cfgs = [dataclasses.replace(c, seed=seed) for c in dpo_cfgs]
         key = config_hash(data_cfg, model_cfg, dataclasses.replace(sft_cfg, seed=seed), eval_cfg, *cfgs)
         curve = out / f"dpo-seed{seed}-{key}.csv"
-        if curve.exists():
-            dpo = pd.read_csv(curve)
-        else:
-            evaluate = partial(Evaluator(test, data_cfg, eval_cfg, reference=reference), beta=[c.beta for c in cfgs])
+        kept_betas = [cfgs[i].beta for i in kept]
+        dpo = pd.read_csv(curve) if curve.exists() else None
+        if dpo is None or not all(weights_path(out, seed, key, b, t).exists() for b in kept_betas for t in dpo["step"]):
             policies = Ensemble([copy.deepcopy(reference) for _ in cfgs])
+            evaluator = Evaluator(test, data_cfg, eval_cfg, reference=reference)
+            evaluate = partial(_evaluate_with_deltas, evaluator, dict(reference.named_parameters()), [c.beta for c in cfgs])
+            paths = partial(weights_path, out, seed, key)
+            keep = partial(_save_members, policies, {i: partial(paths, cfgs[i].beta) for i in kept})
             checkpoint = out / f"dpo-seed{seed}-{key}.ckpt"
-            dpo = train_dpo_ensemble(policies, reference, train, cfgs, evaluate, progress, checkpoint)
+            dpo = train_dpo_ensemble(policies, reference, train, cfgs, evaluate, progress, checkpoint, keep)
             _write_csv(dpo, curve)
             checkpoint.unlink()
+        weights = {(b, t): str(weights_path(out, seed, key, b, t)) for b in kept_betas for t in dpo["step"]}
+        dpo["weights"] = [weights.get((b, t), "") for b, t in zip(dpo["beta"], dpo["step"], strict=True)]
         frames.append(dpo.drop(columns="member").assign(phase="dpo", seed=seed))
     columns = ["phase", "beta", "seed", "step", "epoch", "loss", "ood_rate", "seq_error", "accuracy", "margin"]
-    columns += ["kl", "kl_se", "kl_mc", "kl_mc_se"]
+    columns += ["kl", "kl_se", "kl_mc", "kl_mc_se", "weight_delta", "attention_delta", "weights"]
     return pd.concat(frames, ignore_index=True).reindex(columns=columns)

@@ -56,6 +56,7 @@ def _optimize(
     desc: str,
     progress: bool | None,
     checkpoint: Path | None = None,
+    on_eval: Callable[[int], object] | None = None,
 ) -> pd.DataFrame:
     """Minibatch training over a shuffled index, evaluating at eval_steps.
 
@@ -66,6 +67,7 @@ def _optimize(
     With `checkpoint`, the weights, optimizer state and rows are saved there (atomically)
     after every evaluation, and a run that finds one resumes from it. Batch order is
     regenerated from the seed, so a resumed run gives the same numbers as an unbroken one.
+    ``on_eval(step)`` runs after each evaluation, before the checkpoint is written.
     """
     optimizer = make_optimizer(params, cfg)
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -89,6 +91,8 @@ def _optimize(
         for member, (m, loss) in enumerate(zip(metrics, mean_loss, strict=True)):
             rows.append({"member": member, "step": step, "epoch": step / steps_per_epoch, "loss": loss, **m})
         losses.clear()
+        if on_eval is not None:
+            on_eval(step)
         if checkpoint is not None:
             state = {"params": [p.detach() for p in params], "optimizer": optimizer.state_dict(), "rows": rows, "step": step}
             torch.save(state, checkpoint.with_suffix(".tmp"))
@@ -182,12 +186,14 @@ def train_dpo_ensemble(
     evaluate: Callable[[Ensemble], list[dict]],
     progress: bool | None = None,
     checkpoint: Path | None = None,
+    on_eval: Callable[[int], object] | None = None,
 ) -> pd.DataFrame:
     """DPO of every model of `policies` at its own β, in place, as one batched run.
 
     cfgs[i] configures model i; they must differ in β alone. Returns one row per
     evaluation and model, with `member` the model's index and `beta` its β. With
-    `checkpoint`, progress is saved after every evaluation and resumed from (see _optimize).
+    `checkpoint`, progress is saved after every evaluation and resumed from; ``on_eval(step)``
+    runs after every evaluation (see _optimize).
     """
     if len(cfgs) != len(policies):
         raise ValueError(f"train_dpo_ensemble needs one DPOConfig per model: {len(cfgs)} configs for {len(policies)} models")
@@ -207,5 +213,6 @@ def train_dpo_ensemble(
         f"DPO ×{len(cfgs)}",
         progress,
         checkpoint,
+        on_eval,
     )
     return df.assign(beta=df["member"].map(dict(enumerate(c.beta for c in cfgs))))

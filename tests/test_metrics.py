@@ -8,7 +8,7 @@ import torch
 from dpo_toolkit.config import EvalConfig, ModelConfig
 from dpo_toolkit.data import END, EQ, decode_response, encode_prompt
 from dpo_toolkit.evaluate import Evaluator
-from dpo_toolkit.generate import greedy_answers, sample_responses
+from dpo_toolkit.generate import greedy_answers, greedy_sequences, sample_responses
 from dpo_toolkit.losses import sequence_logps
 from dpo_toolkit.metrics import (
     answers_tensor,
@@ -151,3 +151,14 @@ def test_evaluator_with_reference_needs_beta(tiny_pairs, tiny_data_cfg, tiny_mod
     _, test = tiny_pairs
     with pytest.raises(ValueError, match="needs beta"):
         Evaluator(test, tiny_data_cfg, EvalConfig(), reference=tiny_model)(tiny_model)
+
+
+def test_greedy_sequences_spell_the_greedy_answers(tiny_model):
+    prompts = np.array([3, 12, 17])
+    batch = greedy_sequences(tiny_model, prompts)
+    assert batch.tokens.shape == (3, tiny_model.cfg.n_ctx)
+    spelled = [decode_response(row[mask]) for row, mask in zip(batch.tokens, batch.response_mask, strict=True)]
+    assert spelled == greedy_answers(tiny_model, prompts)
+    assert [row[: len(encode_prompt(s))].tolist() for row, s in zip(batch.tokens, prompts, strict=True)] == [
+        encode_prompt(s) for s in prompts.tolist()
+    ]

@@ -1,19 +1,21 @@
 import numpy as np
+import pandas as pd
 import pytest
 
 from dpo_toolkit.mixture import (
     assumptions,
+    lemma1_max_error,
     log_total_probability_mass,
+    mass_summary,
+    mixture_claims,
+    random_instance,
+    theorem2_table,
     tilt_weights,
     tilted_optimum,
     total_probability_mass,
 )
 
 BETAS = np.geomspace(1e-3, 1e3, 25)
-
-
-def random_instance(rng, n=6):
-    return rng.uniform(0.05, 0.95), rng.dirichlet(np.ones(n)), rng.dirichlet(np.ones(n)), rng.normal(size=n) * 2
 
 
 def objective(p, p_ref, rewards, beta):
@@ -24,7 +26,7 @@ def objective(p, p_ref, rewards, beta):
 def test_lemma1_tilted_optimum_is_the_per_sample_tilt_of_the_mixture():
     rng = np.random.default_rng(0)
     for _ in range(50):
-        alpha, p_aligned, p_unaligned, rewards = random_instance(rng)
+        alpha, p_aligned, p_unaligned, rewards = random_instance(rng, 6)
         p_ref = alpha * p_aligned + (1 - alpha) * p_unaligned
         for beta in BETAS:
             weight_aligned, weight_unaligned = tilt_weights(alpha, p_aligned, p_unaligned, rewards, beta)
@@ -34,7 +36,7 @@ def test_lemma1_tilted_optimum_is_the_per_sample_tilt_of_the_mixture():
 
 def test_tilted_optimum_beats_every_perturbation():
     rng = np.random.default_rng(1)
-    alpha, p_aligned, p_unaligned, rewards = random_instance(rng)
+    alpha, p_aligned, p_unaligned, rewards = random_instance(rng, 6)
     p_ref = alpha * p_aligned + (1 - alpha) * p_unaligned
     for beta in (0.1, 1.0, 10.0):
         best = tilted_optimum(p_ref, rewards, beta)
@@ -47,7 +49,7 @@ def test_theorem2_holds_when_the_tilt_covaries_as_the_proof_needs():
     rng = np.random.default_rng(2)
     checked = 0
     for _ in range(200):
-        alpha, p_aligned, p_unaligned, rewards = random_instance(rng)
+        alpha, p_aligned, p_unaligned, rewards = random_instance(rng, 6)
         order = np.argsort(rewards)  # p_A increasing in r, p_U decreasing: every tilt e^{r/β} covaries as needed
         p_aligned[order], p_unaligned[order] = np.sort(p_aligned), np.sort(p_unaligned)[::-1]
         for beta in BETAS:
@@ -98,3 +100,96 @@ def test_bad_input(args, message):
         total_probability_mass(*args)
     with pytest.raises(ValueError, match="beta must be > 0"):
         tilted_optimum(np.array([0.5, 0.5]), np.array([0.0, 1.0]), 0.0)
+
+
+def test_tilted_optimum_matches_a_numerical_optimiser():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(3)
+    alpha, p_aligned, p_unaligned, rewards = random_instance(rng, 4)
+    p_ref = alpha * p_aligned + (1 - alpha) * p_unaligned
+    beta = 0.7
+    logits = torch.zeros(4, dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([logits], max_iter=500, tolerance_grad=1e-12, tolerance_change=1e-14)
+    r, ref = torch.as_tensor(rewards), torch.as_tensor(p_ref)
+
+    def negative_objective():
+        optimizer.zero_grad()
+        p = logits.softmax(-1)
+        loss = -((p * r).sum() - beta * (p * (p / ref).log()).sum())
+        loss.backward()
+        return loss
+
+    optimizer.step(negative_objective)
+    found = logits.softmax(-1).detach().numpy()
+    assert np.allclose(found, tilted_optimum(p_ref, rewards, beta), atol=1e-6)
+    assert objective(tilted_optimum(p_ref, rewards, beta), p_ref, rewards, beta) >= objective(found, p_ref, rewards, beta) - 1e-12
+
+
+def test_theorem2_table_flags_match_assumptions_and_the_proof_reading_never_fails():
+    betas = np.geomspace(1e-3, 1e3, 7)
+    table = theorem2_table(40, 5, betas, seed=4)
+    assert len(table) == 40 * 7
+    row = table.iloc[9]
+    rng = np.random.default_rng(4)
+    instances = [random_instance(rng, 5) for _ in range(2)]
+    assert assumptions(*instances[1], row["beta"]) == {"as_stated": row["as_stated"], "proof_needs": row["proof_needs"]}
+    assert table.loc[table["proof_needs"], "holds"].all()
+    assert np.allclose(table["tpm_aligned"] + np.exp(table["log_tpm_unaligned"]), 1.0)
+    assert lemma1_max_error(20, 5, betas, seed=4) < 1e-12
+
+
+def _claims_inputs(stated_holds: bool, amplified: bool):
+    theorem = pd.DataFrame(
+        {
+            "instance": [0, 1, 2],
+            "beta": [1.0, 1.0, 1.0],
+            "alpha": [0.5, 0.5, 0.5],
+            "as_stated": [True, True, False],
+            "proof_needs": [True, False, False],
+            "tpm_aligned": [0.6, 0.55 if stated_holds else 0.4, 0.3],
+            "log_tpm_unaligned": np.log([0.4, 0.45 if stated_holds else 0.6, 0.7]),
+            "holds": [True, stated_holds, False],
+        }
+    )
+    masses = pd.DataFrame(
+        {"seed": 0, "beta": 0.1, "step": [0, 0, 5, 5], "prompt": [1, 2, 1, 2], "log_unaligned": np.log([0.2, 0.1, 0.05, 1e-30])}
+    )
+    hot = 0.3 if amplified else 0.01
+    temperatures = pd.DataFrame(
+        {
+            "seed": 0,
+            "beta": 0.1,
+            "temperature": [1.0, 1.0, 2.0, 2.0],
+            "prompt": [1, 2, 1, 2],
+            "log_unaligned": np.log([0.05, 0.05, hot, hot]),
+        }
+    )
+    return theorem, masses, temperatures
+
+
+@pytest.mark.parametrize(
+    ("stated_holds", "amplified", "expected"),
+    [
+        (True, True, ["reproduced", "reproduced", "reproduced", "reproduced"]),
+        (False, False, ["reproduced", "partly", "reproduced", "partly"]),
+    ],
+)
+def test_mixture_claims_verdicts(stated_holds, amplified, expected):
+    claims = mixture_claims(1e-16, *_claims_inputs(stated_holds, amplified))
+    assert claims["verdict"].tolist() == expected
+    assert "10^-30.0" in claims.loc[3, "our_value"]
+    assert "100%" in claims.loc[3, "our_value"]  # both prompts' mass fell below the reference's
+    assert mixture_claims(1e-6, *_claims_inputs(True, True))["verdict"].iloc[0] == "not reproduced"
+
+
+def test_mixture_claims_need_the_baseline_temperature():
+    theorem, masses, temperatures = _claims_inputs(True, True)
+    with pytest.raises(ValueError, match="must include T = 1"):
+        mixture_claims(0.0, theorem, masses, temperatures.assign(temperature=[0.5, 0.5, 2.0, 2.0]))
+
+
+def test_mass_summary_by_hand():
+    masses = pd.DataFrame({"seed": 0, "beta": 0.1, "step": [3, 3], "prompt": [1, 2], "log_unaligned": np.log([0.2, 1e-5])})
+    row = mass_summary(masses).iloc[0]
+    assert row["mean_mass"] == pytest.approx((0.2 + 1e-5) / 2)
+    assert row["min_log10_mass"] == pytest.approx(-5.0)

@@ -2,6 +2,8 @@ import pytest
 
 from dpo_toolkit import runs as runs_module
 from dpo_toolkit.config import ConfigError, DPOConfig, EvalConfig, TrainConfig
+from dpo_toolkit.metrics import weight_delta
+from dpo_toolkit.model import load_model
 from dpo_toolkit.runs import run_sft_then_dpo
 
 SFT = TrainConfig(lr=1e-3, epochs=1, batch_size=32, n_evals=1)
@@ -50,3 +52,26 @@ def test_bad_input_fails_before_any_training(tiny_data_cfg, tiny_model_cfg, tmp_
         _run(tiny_data_cfg, tiny_model_cfg, tmp_path, betas=betas, seeds=seeds)
     assert message in str(info.value)
     assert isinstance(info.value, ConfigError) or "must" in str(info.value)
+
+
+def test_kept_weights_are_saved_at_every_evaluation(tiny_data_cfg, tiny_model_cfg, tmp_path):
+    df = run_sft_then_dpo(
+        tiny_data_cfg, tiny_model_cfg, SFT, DPO, EVAL, betas=[0.1, 0.5], seeds=[0], cache_dir=tmp_path,
+        progress=False, keep_betas=[0.5],
+    )  # fmt: skip
+    dpo = df[df["phase"] == "dpo"]
+    kept, other = dpo[dpo["beta"] == 0.5], dpo[dpo["beta"] == 0.1]
+    assert (other["weights"] == "").all() and len(kept) == 2
+    reference = load_model(kept["weights"].iloc[0], tiny_model_cfg)  # step 0: the SFT reference
+    final = load_model(kept["weights"].iloc[-1], tiny_model_cfg)
+    assert kept["weight_delta"].iloc[0] == 0.0
+    assert kept["weight_delta"].iloc[-1] == pytest.approx(weight_delta(final, reference), rel=1e-6)
+    assert kept["attention_delta"].iloc[-1] == pytest.approx(weight_delta(final, reference, "attention"), rel=1e-6)
+
+
+def test_unknown_keep_beta_fails_before_training(tiny_data_cfg, tiny_model_cfg, tmp_path, monkeypatch):
+    monkeypatch.setattr(runs_module, "train_sft", lambda *a, **k: pytest.fail("trained before validating"))
+    with pytest.raises(ValueError, match=r"keep_betas: 0\.3 is not one of the trained betas"):
+        run_sft_then_dpo(
+            tiny_data_cfg, tiny_model_cfg, SFT, DPO, EVAL, betas=[0.1, 0.5], seeds=[0], cache_dir=tmp_path, keep_betas=[0.3]
+        )

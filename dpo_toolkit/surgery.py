@@ -1,0 +1,206 @@
+"""Model surgery (Park §3.4, §4.3): replace chosen parameter groups of one model with a
+donor's, then measure what the transplant changes.
+
+Groups are those of ``model.PARAM_GROUPS``; "attention" is every parameter of the
+multi-head attention module, projections and biases included (Park footnote 3).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .claims import claims_frame
+from .ensemble import Ensemble
+from .evaluate import Evaluator
+from .metrics import group_weight_deltas
+from .model import PARAM_GROUPS, Transformer, load_model, param_group
+
+NON_ATTENTION = tuple(g for g in PARAM_GROUPS if g != "attention")
+
+# The two surgeries of Park Fig. 4: A with B's attention, and A with every other group of B.
+SURGERIES: dict[str, tuple[str, ...]] = {"attention": ("attention",), "non-attention": NON_ATTENTION}
+
+
+def transplant(model: Transformer, donor: Transformer, groups: Iterable[str]) -> Transformer:
+    """A new model: `model`'s weights, with every parameter in `groups` copied from `donor`.
+
+    Neither input is modified. Swapping every group gives a copy of the donor; swapping
+    none gives a copy of the model.
+    """
+    groups = set(groups)
+    unknown = groups - set(PARAM_GROUPS)
+    if unknown:
+        raise ValueError(f"groups must be drawn from {list(PARAM_GROUPS)}, got unknown {sorted(unknown)}")
+    if model.cfg != donor.cfg:
+        raise ValueError(f"surgery needs two models of one architecture, got {model.cfg} and {donor.cfg}")
+    patient = copy.deepcopy(model)
+    donor_params = dict(donor.named_parameters())
+    with torch.no_grad():
+        for name, p in patient.named_parameters():
+            if param_group(name) in groups:
+                p.copy_(donor_params[name])
+    return patient
+
+
+def surgery_curves(
+    policy_paths: Sequence[str],
+    donor_paths: Sequence[str],
+    steps: Sequence[int],
+    reference: Transformer,
+    evaluator: Evaluator,
+    beta: float,
+) -> pd.DataFrame:
+    """OOD, KL and the other Evaluator metrics of A, of A with B's attention, and of A with
+    B's non-attention weights, at every checkpoint (Park Figs. 4–5).
+
+    policy_paths[k] and donor_paths[k] hold A and B after steps[k] DPO steps (B at the
+    same step as A). All 3·K models are evaluated as one ensemble; accuracy and margin
+    use A's β. Also returns, per checkpoint of A, the WeightDelta from the reference,
+    its attention share, and the attention share of the change since the previous
+    checkpoint (FracWeightDelta, Park Eq. 8; NaN at the first).
+    Returns one row per checkpoint and variant ('A', 'attention', 'non-attention').
+    """
+    if not len(policy_paths) == len(donor_paths) == len(steps):
+        raise ValueError("surgery_curves needs one policy path and one donor path per step")
+    policies = [load_model(p, reference.cfg) for p in policy_paths]
+    donors = [load_model(p, reference.cfg) for p in donor_paths]
+    variants = {"A": policies}
+    for name, groups in SURGERIES.items():
+        variants[name] = [transplant(a, b, groups) for a, b in zip(policies, donors, strict=True)]
+    models = [m for group in variants.values() for m in group]
+    metrics = evaluator(Ensemble(models), beta=[beta] * len(models))
+    rows = []
+    for v, name in enumerate(variants):
+        for k, step in enumerate(steps):
+            rows.append({"variant": name, "step": step, **metrics[v * len(steps) + k]})
+    df = pd.DataFrame(rows)
+
+    reference_params = dict(reference.named_parameters())
+    stacked = Ensemble(policies).params  # (K, *shape) each
+    from_reference = group_weight_deltas(stacked, reference_params)  # {group: (K,)}
+    step_change = {g: torch.full((len(steps),), float("nan"), dtype=torch.float64) for g in PARAM_GROUPS}
+    for k in range(1, len(steps)):
+        for g, d in group_weight_deltas(dict(policies[k].named_parameters()), dict(policies[k - 1].named_parameters())).items():
+            step_change[g][k] = d
+    total_from_reference = sum(from_reference.values())
+    total_step = sum(step_change.values())
+    deltas = pd.DataFrame(
+        {
+            "step": list(steps),
+            "weight_delta": total_from_reference.numpy(),
+            "attention_share_from_reference": (from_reference["attention"] / total_from_reference).numpy(),
+            "attention_share_step": (step_change["attention"] / total_step).numpy(),
+        }
+    )
+    return df.merge(deltas, on="step", how="left")
+
+
+def pick_contrast_prompt(prompts: np.ndarray, answers_a: list, answers_b: list, window: int) -> int:
+    """The prompt of Park Fig. 3 (left): A's greedy answer is OOD, B's is in the window.
+
+    Among such prompts, the one where B is closest to the prompt, then the smallest
+    prompt. Raises if there is none.
+    """
+    candidates = []
+    for s, a, b in zip(prompts.tolist(), answers_a, answers_b, strict=True):
+        a_ood = a is None or abs(a - s) > window
+        if a_ood and b is not None and abs(b - s) <= window:
+            candidates.append((abs(b - s), s))
+    if not candidates:
+        raise ValueError("no test prompt where A answers OOD and B answers in the window")
+    return min(candidates)[1]
+
+
+# Verdict thresholds, fixed before any run.
+KL_GAP = 2.0  # C7: KL of the smallest β over the largest, at matched WeightDelta
+TAMED = 0.5  # C8: a surgery tames A when KL(A') ≤ TAMED · KL(A)
+SMALL_SHARE = 0.35  # C9: the paper's "only ever 25 %", with room for noise
+PAPER_ATTENTION_SHARE = 0.25
+
+
+def matched_kl_ratio(low: pd.DataFrame, high: pd.DataFrame, n_points: int = 10) -> float:
+    """Median over n_points WeightDelta values in the range both runs cover of
+    KL_low(WD) / KL_high(WD), each interpolated linearly in WD along its run's checkpoints
+    (step > 0, sorted by WD). NaN when the ranges do not overlap."""
+    low, high = (d[d["step"] > 0].sort_values("weight_delta") for d in (low, high))
+    lo = max(low["weight_delta"].min(), high["weight_delta"].min())
+    hi = min(low["weight_delta"].max(), high["weight_delta"].max())
+    if not lo < hi:
+        return float("nan")
+    grid = np.linspace(lo, hi, n_points)
+    kl_low = np.interp(grid, low["weight_delta"], low["kl"])
+    kl_high = np.interp(grid, high["weight_delta"], high["kl"])
+    return float(np.median(kl_low / kl_high))
+
+
+def surgery_claims(sweep: pd.DataFrame, curves: pd.DataFrame, param_counts: dict[str, int]) -> pd.DataFrame:
+    """The C7–C9 claims table.
+
+    sweep: DPO rows of ``run_sft_then_dpo`` over the β grid (with weight_delta and kl);
+    curves: ``surgery_curves`` of each seed with a `seed` column; param_counts:
+    ``group_param_counts`` of the model. Each statistic is computed per seed; verdicts
+    use the seed mean.
+    """
+    beta_low, beta_high = sweep["beta"].min(), sweep["beta"].max()
+    ratios = pd.Series(
+        {seed: matched_kl_ratio(g[g["beta"] == beta_low], g[g["beta"] == beta_high]) for seed, g in sweep.groupby("seed")}
+    )
+    c7 = (
+        "reproduced"
+        if (ratios >= KL_GAP).all()
+        else "partly"
+        if (ratios >= KL_GAP).any() or ratios.mean() >= KL_GAP
+        else "not reproduced"
+    )
+
+    final = curves[curves["step"] == curves["step"].max()].pivot_table(index="seed", columns="variant", values=["kl", "ood_rate"])
+    kl_ratio = {v: final["kl"][v] / final["kl"]["A"] for v in SURGERIES}  # per seed
+    ood_change = {v: final["ood_rate"][v] - final["ood_rate"]["A"] for v in SURGERIES}
+    attention_tames = kl_ratio["attention"].mean() <= TAMED and ood_change["attention"].mean() <= 0
+    rest_does_not = kl_ratio["non-attention"].mean() > TAMED
+    c8 = "reproduced" if attention_tames and rest_does_not else "partly" if attention_tames or rest_does_not else "not reproduced"
+
+    param_share = param_counts["attention"] / sum(param_counts.values())
+    a = curves[curves["variant"] == "A"]
+    share = a.groupby("seed")["attention_share_step"].median()
+    share_max = a["attention_share_step"].max()
+    c9 = "reproduced" if share.mean() <= SMALL_SHARE else "partly" if share.mean() < param_share else "not reproduced"
+
+    def pm(s: pd.Series, fmt: str = ".2f") -> str:
+        return f"{s.mean():{fmt}} ± {s.std(ddof=0):.2f}"
+
+    n_seeds = curves["seed"].nunique()
+    return claims_frame(
+        [
+            {
+                "claim_id": "C7",
+                "statement": "Equal weight deltas give different KL at different β.",
+                "paper_value": "same WeightDelta, different KL across β (Fig. 3 right)",
+                "our_value": f"KL(β={beta_low:g}) / KL(β={beta_high:g}) at matched WeightDelta: {pm(ratios)} "
+                f"over {n_seeds} seeds (median over the shared WeightDelta range)",
+                "verdict": c7,
+            },
+            {
+                "claim_id": "C8",
+                "statement": "Swapping in B's attention weights tames A's KL and OOD; swapping the rest does not.",
+                "paper_value": "attention swap: KL grows slowly, OOD dips; non-attention swap: KL explodes, OOD barely moves",
+                "our_value": f"at A's last checkpoint, KL(A')/KL(A) = {pm(kl_ratio['attention'])} (attention swapped) vs "
+                f"{pm(kl_ratio['non-attention'])} (rest swapped); OOD(A') − OOD(A) = {pm(ood_change['attention'], '+.2f')} "
+                f"vs {pm(ood_change['non-attention'], '+.2f')}; OOD(A) = {pm(final['ood_rate']['A'])}",
+                "verdict": c8,
+            },
+            {
+                "claim_id": "C9",
+                "statement": "Attention receives about 25 % of the weight change while holding about 65 % of the parameters.",
+                "paper_value": f"{PAPER_ATTENTION_SHARE:.0%} of the change; attention holds 65K of 104K parameters",
+                "our_value": f"median share of A's change between checkpoints in attention {pm(share)} (max {share_max:.2f}); "
+                f"attention holds {param_share:.1%} of the parameters",
+                "verdict": c9,
+            },
+        ]
+    )

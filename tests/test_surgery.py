@@ -1,0 +1,124 @@
+import copy
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from dpo_toolkit.config import EvalConfig
+from dpo_toolkit.ensemble import Ensemble
+from dpo_toolkit.evaluate import Evaluator
+from dpo_toolkit.metrics import group_weight_deltas, weight_delta
+from dpo_toolkit.model import PARAM_GROUPS, build_model, param_group
+from dpo_toolkit.surgery import matched_kl_ratio, pick_contrast_prompt, surgery_curves, transplant
+
+
+def _state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _same(state_a, state_b):
+    return state_a.keys() == state_b.keys() and all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+
+
+@pytest.fixture
+def pair(tiny_model_cfg):
+    return build_model(tiny_model_cfg, seed=0), build_model(tiny_model_cfg, seed=1)
+
+
+def test_swapping_every_group_gives_the_donor_and_none_the_original(pair):
+    model, donor = pair
+    assert _same(transplant(model, donor, PARAM_GROUPS).state_dict(), donor.state_dict())
+    assert _same(transplant(model, donor, []).state_dict(), model.state_dict())
+
+
+def test_swapping_attention_changes_exactly_the_attention_parameters(pair):
+    model, donor = pair
+    patient = dict(transplant(model, donor, ["attention"]).named_parameters())
+    for name, p in model.named_parameters():
+        source = dict(donor.named_parameters())[name] if name.startswith("attn.") else p
+        assert torch.equal(patient[name], source), name
+
+
+def test_surgery_leaves_both_inputs_untouched(pair):
+    model, donor = pair
+    before_model, before_donor = _state(model), _state(donor)
+    patient = transplant(model, donor, ["attention", "mlp"])
+    with torch.no_grad():
+        for p in patient.parameters():
+            p.add_(1.0)  # the result shares no storage with its inputs
+    assert _same(model.state_dict(), before_model)
+    assert _same(donor.state_dict(), before_donor)
+
+
+def test_groups_partition_the_parameters(tiny_model):
+    for name, _ in tiny_model.named_parameters():
+        owners = [g for g, prefixes in PARAM_GROUPS.items() if name.startswith(prefixes)]
+        assert owners == [param_group(name)], name  # exactly one group each
+    assert {param_group(n) for n, _ in tiny_model.named_parameters()} == set(PARAM_GROUPS)
+
+
+def test_unknown_group_and_mismatched_models_are_rejected(pair, tiny_model_cfg):
+    model, donor = pair
+    with pytest.raises(ValueError, match="groups must be drawn from"):
+        transplant(model, donor, ["attn"])
+    other = build_model(type(tiny_model_cfg)(d_model=16, n_heads=2, d_mlp=32, n_ctx=8), seed=0)
+    with pytest.raises(ValueError, match="one architecture"):
+        transplant(model, other, ["attention"])
+
+
+def test_group_deltas_of_an_ensemble_match_each_member(pair, tiny_model):
+    model, donor = pair
+    deltas = group_weight_deltas(Ensemble([model, donor]).params, dict(tiny_model.named_parameters()))
+    for i, m in enumerate([model, donor]):
+        for g in PARAM_GROUPS:
+            assert deltas[g][i].item() == pytest.approx(weight_delta(m, tiny_model, g), rel=1e-9)
+
+
+def test_surgery_curves_on_saved_checkpoints(pair, tiny_pairs, tiny_data_cfg, tmp_path):
+    reference, donor = pair
+    moved = copy.deepcopy(reference)
+    with torch.no_grad():
+        moved.attn.W_O.weight.add_(0.3)  # change since the reference: attention only
+        moved.mlp[0].bias.add_(0.4)  # … and the MLP
+    paths = {}
+    for name, m in {"ref": reference, "moved": moved, "donor": donor}.items():
+        paths[name] = str(tmp_path / f"{name}.pt")
+        torch.save(m.state_dict(), paths[name])
+    _, test = tiny_pairs
+    evaluator = Evaluator(test, tiny_data_cfg, EvalConfig(kl_samples=2), reference=reference)
+    df = surgery_curves([paths["ref"], paths["moved"]], [paths["ref"], paths["donor"]], [0, 5], reference, evaluator, 0.1)
+    assert len(df) == 6 and set(df["variant"]) == {"A", "attention", "non-attention"}
+    at0 = df[df["step"] == 0]
+    assert np.allclose(at0["kl"], 0.0, atol=1e-6)  # A = B = reference at step 0: every surgery is the reference
+    a5 = df[(df["step"] == 5) & (df["variant"] == "A")].iloc[0]
+    assert a5["weight_delta"] == pytest.approx(weight_delta(moved, reference), rel=1e-9)
+    share = weight_delta(moved, reference, "attention") / weight_delta(moved, reference)
+    assert a5["attention_share_step"] == pytest.approx(share, rel=1e-9)
+    assert a5["attention_share_from_reference"] == pytest.approx(share, rel=1e-9)
+    assert np.isnan(df.loc[df["step"] == 0, "attention_share_step"]).all()
+    swapped = Evaluator(test, tiny_data_cfg, EvalConfig(kl_samples=2), reference=reference)(
+        transplant(moved, donor, ["attention"]), beta=0.1
+    )
+    row = df[(df["step"] == 5) & (df["variant"] == "attention")].iloc[0]
+    assert row["kl"] == pytest.approx(swapped["kl"], rel=1e-4, abs=1e-6)
+    assert row["ood_rate"] == pytest.approx(swapped["ood_rate"])
+
+
+def test_matched_kl_ratio_on_known_curves():
+    wd = np.array([0.0, 1.0, 2.0, 3.0])
+    low = pd.DataFrame({"step": [0, 1, 2, 3], "weight_delta": wd, "kl": 2 * wd})
+    high = pd.DataFrame({"step": [0, 1, 2, 3], "weight_delta": wd, "kl": wd})
+    assert matched_kl_ratio(low, high) == pytest.approx(2.0)
+    apart = high.assign(weight_delta=wd + 10)
+    assert np.isnan(matched_kl_ratio(low, apart))
+
+
+def test_contrast_prompt_is_ood_for_a_and_in_window_for_b():
+    prompts = np.array([10, 20, 30, 40])
+    a = [10, None, 99, 45]
+    b = [10, 23, 30, 40]
+    assert pick_contrast_prompt(prompts, a, b, window=2) == 30  # 20 also qualifies but B is 3 off there (> W)
+    assert pick_contrast_prompt(prompts, a, [10, 21, 31, 40], window=2) == 40  # B exact at 40, 1 off at 30
+    with pytest.raises(ValueError, match="no test prompt"):
+        pick_contrast_prompt(prompts, b, b, window=2)
