@@ -149,6 +149,65 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class RLTaskConfig:
+    """The enumerable RL fine-tuning task of the vanishing-gradients chapter.
+
+    Prompts are 3-digit numbers s; a response is exactly two tokens, read as a 2-digit
+    number, and its target is s mod 100. A seeded `hard_fraction` of the prompts is
+    pretrained on labels shifted by `shift`, so that the pretrained policy is confidently
+    wrong there.
+    """
+
+    prompt_min: int = 100
+    """Smallest prompt. Must be in [100, 999] (prompts have three digits)."""
+    prompt_max: int = 499
+    """Largest prompt. Must be in [prompt_min, 999]."""
+    test_fraction: float = 0.5
+    """Fraction of prompts held out from SFT and RL fine-tuning. Must be in (0, 1)."""
+    hard_fraction: float = 0.5
+    """Fraction of prompts pretrained on shifted labels. Must be in [0, 1]."""
+    shift: int = 30
+    """Label shift (mod 100) on the hard prompts. Must be in [1, 99]."""
+    seed: int = 0
+    """Seed of the split and of the choice of hard prompts. Must be ≥ 0."""
+
+    def __post_init__(self) -> None:
+        _require(_is_int(self.prompt_min) and 100 <= self.prompt_min <= 999, self, "prompt_min", "an integer in [100, 999]")
+        _require(
+            _is_int(self.prompt_max) and self.prompt_min <= self.prompt_max <= 999,
+            self,
+            "prompt_max",
+            f"an integer in [prompt_min={self.prompt_min}, 999]",
+        )
+        _require(_is_real(self.test_fraction) and 0 < self.test_fraction < 1, self, "test_fraction", "a number in (0, 1)")
+        _require(_is_real(self.hard_fraction) and 0 <= self.hard_fraction <= 1, self, "hard_fraction", "a number in [0, 1]")
+        _require(_is_int(self.shift) and 1 <= self.shift <= 99, self, "shift", "an integer in [1, 99]")
+        _require(_is_int(self.seed) and self.seed >= 0, self, "seed", "an integer ≥ 0")
+        n_prompts = self.prompt_max - self.prompt_min + 1
+        _require(
+            round(n_prompts * self.test_fraction) not in (0, n_prompts),
+            self,
+            "test_fraction",
+            f"a fraction that leaves ≥ 1 prompt in train and in test of the {n_prompts} prompts",
+        )
+
+
+@dataclass(frozen=True)
+class SmallSFTConfig:
+    """The cheap SFT phase of Razin et al.: a fraction of the labelled samples, trained for
+    a fraction of the steps of full SFT."""
+
+    label_fraction: float = 0.01
+    """Share of the labelled training prompts used. Must be in (0, 1]."""
+    step_fraction: float = 0.4
+    """Optimizer steps, as a share of full SFT's. Must be in (0, 1]."""
+
+    def __post_init__(self) -> None:
+        _require(_is_real(self.label_fraction) and 0 < self.label_fraction <= 1, self, "label_fraction", "a number in (0, 1]")
+        _require(_is_real(self.step_fraction) and 0 < self.step_fraction <= 1, self, "step_fraction", "a number in (0, 1]")
+
+
+@dataclass(frozen=True)
 class DPOConfig(TrainConfig):
     """A DPO run: optimisation plus the KL strength β."""
 

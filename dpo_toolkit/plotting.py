@@ -239,3 +239,52 @@ def plot_temperature(temperatures: pd.DataFrame) -> plt.Figure:
     ax.set(yscale="log", xlabel="sampling temperature T", ylabel="mean unaligned mass")
     fig.tight_layout()
     return fig
+
+
+ARM_PALETTE = {"no SFT": "tab:red", "full SFT": "tab:blue", "small SFT": "tab:green"}
+
+
+def plot_gradient_bound(inputs: pd.DataFrame, bound: float, env: pd.DataFrame) -> plt.Figure:
+    """‖∇V_x‖ against std_{y∼π}[r] on log-log axes for every (training input, checkpoint),
+    coloured by arm, with the envelope bound · std^(2/3) and the binned maxima of ``envelope``."""
+    data = inputs[(inputs["split"] == "train") & (inputs["std"] > 0) & (inputs["grad_norm"] > 0)]
+    fig, ax = plt.subplots(figsize=(7, 5))
+    sns.scatterplot(data=data, x="std", y="grad_norm", hue="arm", palette=ARM_PALETTE, s=6, alpha=0.35, linewidth=0, ax=ax)
+    grid = np.geomspace(data["std"].min(), data["std"].max(), 50)
+    ax.plot(grid, bound * grid ** (2 / 3), color="black", lw=1.5, label=f"{bound:.3g} · std^(2/3)")
+    ax.plot(10 ** env["log10_std"], 10 ** env["log10_grad"], "k^", ms=6, label="largest ‖∇V‖ per half-decade")
+    ax.set(xscale="log", yscale="log", xlabel="reward std under π(·|x)", ylabel="‖∇V_x‖ (exact)")
+    ax.legend(frameon=False, fontsize=8, markerscale=2)
+    fig.tight_layout()
+    return fig
+
+
+def plot_gain_by_std(stall: pd.DataFrame, n_bins: int = 6) -> plt.Figure:
+    """Reward gain over RL fine-tuning of the low-reward training inputs (``stall_table``
+    rows with `low`), in equal-count bins of their reward std when RFT began, by arm; and
+    each input's gain against that std."""
+    low = stall[stall["low"]]
+    data = low.assign(std_bin=pd.qcut(low["initial_std"], n_bins, duplicates="drop").map(lambda b: f"{b.left:.3f}–{b.right:.3f}"))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4))
+    sns.barplot(data=data, x="std_bin", y="gain", color="grey", errorbar="sd", ax=left)
+    left.set(xlabel="initial reward std (equal-count bins)", ylabel="V_final − V_initial", title="low-reward inputs, all arms")
+    left.tick_params(axis="x", rotation=30)
+    sns.scatterplot(data=data, x="initial_std", y="gain", hue="arm", palette=ARM_PALETTE, s=14, ax=right)
+    right.axvline(0.05, color="grey", ls="--", lw=0.8)
+    right.set(xscale="log", xlabel="initial reward std", ylabel="V_final − V_initial", title="each low-reward input")
+    fig.tight_layout()
+    return fig
+
+
+def plot_rft_curves(curves: pd.DataFrame) -> plt.Figure:
+    """Expected training reward and the number of small-std, low-reward training inputs
+    against RFT step, one line per arm (mean ± sd over seeds)."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    sns.lineplot(data=curves, x="step", y="reward_train", hue="arm", palette=ARM_PALETTE, errorbar="sd", ax=left)
+    left.set(xlabel="RFT step", ylabel="mean V_x over training inputs", title="expected reward")
+    sns.lineplot(
+        data=curves, x="step", y="small_std_low_reward", hue="arm", palette=ARM_PALETTE, errorbar="sd", ax=right, legend=False
+    )
+    right.set(xlabel="RFT step", ylabel="inputs", title="small-std, low-reward training inputs")
+    fig.tight_layout()
+    return fig

@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from .config import DPOConfig, TrainConfig
-from .data import PairSet, collate, collate_pairs
+from .data import Batch, PairSet, collate, collate_pairs
 from .ensemble import Ensemble
 from .evaluate import pair_logps
 from .losses import dpo_loss, sequence_logps, sft_loss
@@ -121,17 +121,23 @@ def _optimize(
 
 
 def train_sft(
-    model: Transformer, train: PairSet, cfg: TrainConfig, evaluate: Callable[[Transformer], dict], progress: bool | None = None
+    model: Transformer,
+    train: PairSet | Batch,
+    cfg: TrainConfig,
+    evaluate: Callable[[Transformer], dict],
+    progress: bool | None = None,
 ) -> pd.DataFrame:
-    """SFT on (s, y_w) of every training pair (Park Eq. 4), in place. Returns one row per evaluation."""
-    batch = collate(train.prompt, train.chosen)
+    """SFT (Park Eq. 4), in place: on (s, y_w) of every training pair, or on the sequences
+    of a Batch (its response_mask marks the tokens scored). Returns one row per evaluation."""
+    batch = train if isinstance(train, Batch) else collate(train.prompt, train.chosen)
 
     def batch_loss(index: torch.Tensor) -> torch.Tensor:
         b = batch.select(index)
         return sft_loss(sequence_logps(model(b.tokens), b.tokens, b.response_mask))[None]
 
     params = list(model.parameters())
-    df = _optimize(params, len(train), cfg, batch_loss, lambda: evaluate(model), torch.nn.utils.clip_grad_norm_, "SFT", progress)
+    n_items = batch.tokens.shape[0]
+    df = _optimize(params, n_items, cfg, batch_loss, lambda: evaluate(model), torch.nn.utils.clip_grad_norm_, "SFT", progress)
     return df.drop(columns="member")
 
 

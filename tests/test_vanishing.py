@@ -1,0 +1,87 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from dpo_toolkit import vanishing
+from dpo_toolkit.config import ModelConfig, RLTaskConfig, SmallSFTConfig, TrainConfig
+from dpo_toolkit.vanishing import ARMS, envelope, run_vanishing_gradients, small_sft_config, stall_table, vanishing_claims
+
+CFG = TrainConfig(optimizer="adam", lr=1e-3, weight_decay=0.0, epochs=10, batch_size=16, grad_clip=None, n_evals=10)
+
+
+def test_small_sft_takes_the_stated_share_of_steps():
+    small = small_sft_config(CFG, n_train=200, n_small=2, fix=SmallSFTConfig(label_fraction=0.01, step_fraction=0.4))
+    full_steps = 10 * 13  # ceil(200 / 16) steps per epoch
+    assert small.batch_size == 2 and small.epochs == round(0.4 * full_steps) and small.n_evals == 10
+    bigger = small_sft_config(CFG, n_train=200, n_small=40, fix=SmallSFTConfig(label_fraction=0.2, step_fraction=0.4))
+    assert bigger.batch_size == 16 and bigger.epochs * 3 == pytest.approx(0.4 * full_steps, abs=2)
+
+
+def _inputs(std_small_gain: float) -> pd.DataFrame:
+    """Two arms × 4 training prompts at steps 0 and 10; prompts 0–1 start small-std, 2–3 larger-std, all low-reward."""
+    rows = []
+    for arm in ("no SFT", "small SFT"):
+        for prompt, std in zip(range(4), [0.01, 0.02, 0.2, 0.3], strict=True):
+            gain = std_small_gain if std < 0.05 else 0.4
+            for step, value in ((0, 0.4), (10, 0.4 + gain)):
+                grad = 3 * std**2 if step == 0 else 0.1 * std
+                rows.append({"arm": arm, "seed": 0, "prompt": prompt, "split": "train", "hard": True, "step": step,
+                             "value": value, "std": std, "grad_norm": grad})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def _curves(small_reward: float) -> pd.DataFrame:
+    final = {"no SFT": 0.7, "full SFT": 1.0, "small SFT": small_reward}
+    return pd.DataFrame(
+        [{"arm": a, "seed": 0, "step": s, "reward_train": final[a] if s else 0.5, "small_std_low_reward": 3 if s == 0 else 1}
+         for a in ARMS for s in (0, 10)]
+    )  # fmt: skip
+
+
+def test_stall_table_by_hand():
+    table = stall_table(_inputs(0.01))
+    assert len(table) == 8
+    assert table.loc[table["prompt"] == 0, "gain"].tolist() == pytest.approx([0.01, 0.01])
+    assert table["small_low"].tolist() == [True, True, False, False] * 2
+
+
+@pytest.mark.parametrize(
+    ("small_gain", "small_reward", "expected"),
+    [(0.01, 0.95, ["reproduced", "reproduced"]), (0.15, 0.8, ["partly", "partly"]), (0.4, 0.6, ["not reproduced"] * 2)],
+)
+def test_claim_verdicts(small_gain, small_reward, expected):
+    claims = vanishing_claims(_curves(small_reward), _inputs(small_gain))
+    assert claims["verdict"].tolist()[1:] == expected
+
+
+def test_envelope_recovers_a_known_slope():
+    rng = np.random.default_rng(0)
+    std = 10 ** rng.uniform(-4, 0, 2000)
+    inputs = pd.DataFrame({"std": std, "grad_norm": 2 * std ** (2 / 3) * rng.uniform(0.5, 1, 2000)})
+    env = envelope(inputs)
+    slope = np.polyfit(env["log10_std"], env["log10_grad"], 1)[0]
+    assert slope == pytest.approx(2 / 3, abs=0.05)
+    assert (env["n"] >= 5).all()
+
+
+def test_end_to_end_on_a_tiny_task_is_cached_and_deterministic(tmp_path, monkeypatch):
+    task = RLTaskConfig(prompt_min=100, prompt_max=115, test_fraction=0.5, hard_fraction=0.5, shift=30, seed=0)
+    model_cfg = ModelConfig(d_model=16, n_heads=2, d_mlp=16, n_ctx=6)
+    short = TrainConfig(optimizer="adam", lr=1e-2, weight_decay=0.0, epochs=2, batch_size=8, grad_clip=None, n_evals=2)
+    args = (task, model_cfg, short, short, SmallSFTConfig(label_fraction=0.2, step_fraction=0.5), short)
+    curves, inputs = run_vanishing_gradients(*args, seeds=[0], cache_dir=tmp_path, progress=False)
+    assert set(curves["arm"]) == set(ARMS) and len(curves) == 3 * 3  # evaluations at steps 0, 1, 2
+    assert len(inputs) == 3 * 3 * 16 and inputs.loc[inputs["split"] == "test", "grad_norm"].isna().all()
+    assert (inputs.loc[inputs["split"] == "train", "grad_norm"] > 0).all()
+    fresh_curves, fresh_inputs = run_vanishing_gradients(*args, seeds=[0], cache_dir=tmp_path / "fresh", progress=False)
+    pd.testing.assert_frame_equal(fresh_inputs, inputs)  # same seed, same numbers
+    pd.testing.assert_frame_equal(fresh_curves, curves)
+    monkeypatch.setattr(vanishing, "train_rft", lambda *a, **k: pytest.fail("retrained a cached run"))
+    again_curves, again_inputs = run_vanishing_gradients(*args, seeds=[0], cache_dir=tmp_path, progress=False)
+    pd.testing.assert_frame_equal(again_inputs, inputs)
+    pd.testing.assert_frame_equal(again_curves, curves)
+
+
+def test_bad_seeds_fail_before_training(tmp_path):
+    with pytest.raises(ValueError, match="seeds must be a non-empty list"):
+        run_vanishing_gradients(RLTaskConfig(), ModelConfig(), CFG, CFG, SmallSFTConfig(), CFG, seeds=[], cache_dir=tmp_path)
