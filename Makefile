@@ -1,5 +1,6 @@
 # make book   — execute every chapter at PROFILE (paper by default) and build the HTML book
-# make test   — lint, pytest on the toolkit, nbval on every notebook
+# make test   — lint, pytest on the toolkit, nbval on every notebook, and a headless-browser
+#               check of the book built at the quick profile
 # Both create .venv and install what they need on first use.
 
 PYTHON  ?= python3
@@ -7,13 +8,16 @@ PROFILE ?= paper
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
-STEMS   := $(basename $(notdir $(wildcard notebooks/*.md)))
-EXECUTED := $(patsubst %,_build/executed/%.ipynb,$(STEMS))
+# Chapters in the order of the table of contents (its generated scorecard page excluded).
+STEMS   := $(filter-out scorecard,$(shell sed -n 's|^ *- file: book/chapters/||p' _toc.yml))
 PROFILES := quick $(patsubst params/%/,%,$(wildcard params/*/))
+EXECUTED ?= _build/executed
+RESULTS  ?= _build/results
+TEST_BOOK := _build/test-book
 
 export PYTHONHASHSEED := 0
 
-.PHONY: install book notebooks test lint clean
+.PHONY: install book test-book notebooks test lint clean
 .DELETE_ON_ERROR:
 
 $(STAMP): pyproject.toml constraints.txt
@@ -23,19 +27,35 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+# Each chapter runs unless its notebook, parameters and the toolkit are unchanged since its
+# last successful run at this PROFILE (tools/bookbuild.py keys it by their hash). A failed
+# chapter is reported on its page and in the scorecard, and makes `make book` exit 1.
 book: $(STAMP)
 	@case " $(PROFILES) " in *" $(PROFILE) "*) ;; *) echo "PROFILE must be one of: $(PROFILES); got '$(PROFILE)'" >&2; exit 2;; esac
-	@mkdir -p _build/executed
 	@for stem in $(STEMS); do \
-	  params=params/$(PROFILE)/$$stem.yaml; \
 	  echo "== $$stem ($(PROFILE) profile)"; \
-	  start=$$(date +%s); \
-	  $(BIN)/papermill notebooks/$$stem.ipynb _build/executed/$$stem.ipynb --cwd notebooks \
-	    --log-level ERROR --no-progress-bar $$( [ -f $$params ] && echo "-f $$params" ) || exit 1; \
-	  echo "   $$stem took $$(( $$(date +%s) - start )) s"; \
+	  $(BIN)/python -m tools.bookbuild chapter $$stem --profile $(PROFILE) --executed $(EXECUTED) --results $(RESULTS) || exit 1; \
 	done
-	$(BIN)/jupyter-book build . --warningiserror --nitpick --quiet
-	@echo "Book: _build/html/index.html"
+	@$(BIN)/python -m tools.bookbuild config _build/book-config.yml
+	@$(BIN)/python -m tools.bookbuild scorecard $(STEMS) --executed $(EXECUTED) --results $(RESULTS); status=$$?; \
+	  $(BIN)/jupyter-book build . --config _build/book-config.yml --warningiserror --nitpick --quiet || exit 1; \
+	  echo "Book: _build/html/index.html"; exit $$status
+
+# The book at the quick profile in its own tree (_build/test-book), sharing nbval's result
+# caches, so that testing never overwrites the book `make book` built.
+test-book: $(STAMP)
+	@rm -rf $(TEST_BOOK)/book $(TEST_BOOK)/_build
+	@mkdir -p $(TEST_BOOK)/book
+	@cp _toc.yml $(TEST_BOOK)/
+	@$(BIN)/python -m tools.bookbuild config $(TEST_BOOK)/_config.yml
+	@cp -R book/. $(TEST_BOOK)/book/
+	@ln -sfn ../executed $(TEST_BOOK)/book/chapters
+	@for stem in $(STEMS); do \
+	  $(BIN)/python -m tools.bookbuild chapter $$stem --profile quick --executed $(TEST_BOOK)/executed \
+	    --results _build/test-results || exit 1; \
+	done
+	$(BIN)/python -m tools.bookbuild scorecard $(STEMS) --executed $(TEST_BOOK)/executed --results _build/test-results
+	$(BIN)/jupyter-book build $(TEST_BOOK) --warningiserror --nitpick --quiet
 
 # Re-execute the committed notebooks at their quick defaults (their stored outputs are what nbval compares).
 notebooks: $(STAMP)
@@ -46,12 +66,14 @@ notebooks: $(STAMP)
 	done
 
 lint: $(STAMP)
-	$(BIN)/ruff check dpo_toolkit tests benchmarks
-	$(BIN)/ruff format --check dpo_toolkit tests benchmarks
+	$(BIN)/ruff check dpo_toolkit tests benchmarks tools
+	$(BIN)/ruff format --check dpo_toolkit tests benchmarks tools
 
 test: $(STAMP) lint
 	$(BIN)/pytest
 	DPO_RESULTS_ROOT=$(CURDIR)/_build/test-results $(BIN)/pytest --nbval-lax --nbval-current-env -p no:cacheprovider notebooks
+	$(MAKE) --no-print-directory test-book
+	$(BIN)/python -m tools.check_site $(TEST_BOOK) --screenshots _build/screenshots
 
 clean:
 	rm -rf _build

@@ -84,3 +84,14 @@ def test_papermill_negative_beta_fails_before_training(tmp_path):
     assert result.returncode != 0
     assert "DPOConfig.beta must be a number in (0, 1000], got -0.5" in result.stdout + result.stderr
     assert not (tmp_path / "grokking" / "runs").exists() or not any((tmp_path / "grokking" / "runs").rglob("*.csv"))
+
+
+def test_every_chapter_is_in_the_book_with_its_paper_profile_parameters_declared():
+    toc = (ROOT / "_toc.yml").read_text()
+    for md in NOTEBOOKS:
+        assert f"file: book/chapters/{md.stem}\n" in toc, f"{md.stem} is not in _toc.yml, so `make book` would skip it"
+    from tools.bookbuild import profile_overrides
+
+    for params in (ROOT / "params").glob("*/*.yaml"):
+        assert (ROOT / "notebooks" / f"{params.stem}.md").exists(), f"{params} names no chapter"
+        profile_overrides(params.stem, params.parent.name)  # raises on a parameter the notebook does not declare

@@ -1,0 +1,121 @@
+import json
+
+import nbformat
+import pytest
+
+from tools import bookbuild
+
+
+@pytest.fixture
+def repo(tmp_path, monkeypatch):
+    """A minimal project: one chapter notebook with a parameters cell, a paper profile, a toolkit file."""
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "params" / "paper").mkdir(parents=True)
+    (tmp_path / "dpo_toolkit").mkdir()
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell("seeds = [0]  # training seeds\nn_evals = 5  # evaluations", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("print(len(seeds) * n_evals)"),
+    ]
+    nbformat.write(nb, tmp_path / "notebooks" / "demo.ipynb")
+    (tmp_path / "notebooks" / "demo.md").write_text("# A demo chapter\n")
+    (tmp_path / "params" / "paper" / "demo.yaml").write_text("seeds: [0, 1, 2]\n")
+    (tmp_path / "dpo_toolkit" / "core.py").write_text("X = 1\n")
+    monkeypatch.setattr(bookbuild, "ROOT", tmp_path)
+    monkeypatch.delenv("BOOK_REPOSITORY_URL", raising=False)
+    return tmp_path
+
+
+@pytest.fixture
+def executions(monkeypatch):
+    """Replace papermill's execution by a copy of the notebook, counting the runs."""
+    calls = []
+
+    def fake_execute(source, output, parameters, **kwargs):
+        calls.append(parameters)
+        nbformat.write(nbformat.read(source, as_version=4), output)
+
+    monkeypatch.setattr(bookbuild.papermill, "execute_notebook", fake_execute)
+    return calls
+
+
+def test_unchanged_chapter_is_skipped_and_any_change_reruns_it(repo, executions, tmp_path):
+    executed, results = tmp_path / "out", tmp_path / "results"
+    assert bookbuild.run_chapter("demo", "paper", executed, results) == "ran"
+    assert executions == [{"seeds": [0, 1, 2]}]
+    assert bookbuild.run_chapter("demo", "paper", executed, results) == "cached"
+    assert len(executions) == 1
+    for change in (
+        lambda: (repo / "dpo_toolkit" / "core.py").write_text("X = 2\n"),
+        lambda: (repo / "params" / "paper" / "demo.yaml").write_text("seeds: [0, 1]\n"),
+        lambda: (repo / "notebooks" / "demo.ipynb").write_text((repo / "notebooks" / "demo.ipynb").read_text() + "\n"),
+    ):
+        change()
+        assert bookbuild.run_chapter("demo", "paper", executed, results) == "ran"
+        assert bookbuild.run_chapter("demo", "paper", executed, results) == "cached"
+    assert bookbuild.run_chapter("demo", "quick", executed, results) == "ran"  # another profile is another run
+    assert executions[-1] == {}
+
+
+def test_provenance_cell_names_parameters_commit_machine_and_downloads(repo, executions, tmp_path):
+    results = tmp_path / "results"
+    (results / "demo").mkdir(parents=True)
+    (results / "demo" / "claims.csv").write_text("claim_id,statement,paper_value,our_value,verdict\n")
+    (results / "demo" / "runs").mkdir()  # caches are not offered for download
+    bookbuild.run_chapter("demo", "paper", tmp_path / "out", results)
+    last = nbformat.read(tmp_path / "out" / "demo.ipynb", as_version=4).cells[-1].source
+    assert "| `seeds` | `[0, 1, 2]` | `[0]` | training seeds |" in last
+    assert "| `n_evals` | `5` | `5` | evaluations |" in last
+    assert "papermill notebooks/demo.ipynb demo-out.ipynb --cwd notebooks -f params/paper/demo.yaml" in last
+    assert "CPUs" in last and "torch" in last and "wall time" in last
+    assert "{download}`claims.csv <downloads/demo/claims.csv>`" in last
+    assert (tmp_path / "out" / "downloads" / "demo" / "claims.csv").exists()
+    assert not (tmp_path / "out" / "downloads" / "demo" / "runs").exists()
+
+
+def test_a_failed_chapter_is_recorded_and_rerun(repo, monkeypatch, tmp_path):
+    def failing(source, output, parameters, **kwargs):
+        nbformat.write(nbformat.read(source, as_version=4), output)
+        raise RuntimeError("boom\nValueError: seeds must be a non-empty list")
+
+    monkeypatch.setattr(bookbuild.papermill, "execute_notebook", failing)
+    executed = tmp_path / "out"
+    assert bookbuild.run_chapter("demo", "paper", executed, tmp_path / "results") == "failed"
+    assert "seeds must be a non-empty list" in (executed / "demo.failed").read_text()
+    assert "**This chapter failed:**" in nbformat.read(executed / "demo.ipynb", as_version=4).cells[-1].source
+    assert bookbuild.run_chapter("demo", "paper", executed, tmp_path / "results") == "failed"  # never cached
+
+
+def test_unknown_parameter_in_a_profile_is_an_error(repo, executions, tmp_path):
+    (repo / "params" / "paper" / "demo.yaml").write_text("sedes: [0]\n")
+    with pytest.raises(ValueError, match=r"unknown parameters \['sedes'\]"):
+        bookbuild.run_chapter("demo", "paper", tmp_path / "out", tmp_path / "results")
+
+
+def test_scorecard_counts_verdicts_and_names_missing_and_failed_chapters(repo, tmp_path):
+    results, executed = tmp_path / "results", tmp_path / "out"
+    (results / "demo").mkdir(parents=True)
+    (results / "demo" / "claims.csv").write_text(
+        "claim_id,statement,paper_value,our_value,verdict\n"
+        "C1,It holds,1,1,reproduced\nC2,It | splits,2,3,partly\nC3,No,a,b,not reproduced\nC4,Also,x,x,reproduced\n"
+    )
+    for stem in ("gone", "broken"):
+        (repo / "notebooks" / f"{stem}.md").write_text(f"# The {stem} chapter\n")
+    executed.mkdir()
+    (executed / "broken.failed").write_text("RuntimeError: out of memory\n")
+    page, summary, failed = bookbuild.scorecard(["demo", "gone", "broken"], executed, results)
+    assert summary.startswith("2 reproduced, 1 partly, 1 not reproduced — 4 claims from 1 of 3 chapters")
+    assert "2 chapters without claims" in summary and failed
+    assert "| C2 | **partly** | It \\| splits | 2 | 3 | {doc}`A demo chapter <demo>` |" in page
+    assert "The gone chapter <gone>`: **no claims table**" in page
+    assert "The broken chapter <broken>`: **the chapter failed** (`RuntimeError: out of memory`)" in page
+
+
+def test_book_config_adds_the_repository_when_known(repo, monkeypatch):
+    (repo / "_config.yml").write_text("title: demo\nhtml:\n  home_page_in_navbar: true\n")
+    assert "repository" not in bookbuild.book_config() or bookbuild.repository() is not None
+    monkeypatch.setenv("BOOK_REPOSITORY_URL", "git@github.com:someone/book.git")
+    config = bookbuild.book_config()
+    assert config["repository"] == {"url": "https://github.com/someone/book", "branch": "main"}
+    assert config["html"]["use_repository_button"] is True and config["html"]["home_page_in_navbar"] is True
+    assert json.dumps(config)  # plain data, writable as YAML

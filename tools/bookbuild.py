@@ -1,0 +1,320 @@
+"""Build steps of the Jupyter Book behind `make book`.
+
+python -m tools.bookbuild chapter STEM --profile P --executed DIR --results DIR
+    Execute notebooks/STEM.ipynb with papermill into DIR/STEM.ipynb, unless the
+    notebook, its parameter file and the toolkit code are unchanged since its last
+    successful run at this profile. Append the chapter's provenance (parameters,
+    commit, wall time, machine), a re-run box and download links. Exit 0 whether the
+    chapter ran, was cached or failed; a failure is recorded in DIR/STEM.failed.
+python -m tools.bookbuild scorecard STEM... --executed DIR --results DIR
+    Write DIR/scorecard.md and DIR/scorecard_summary.md from every chapter's
+    claims.csv, naming each chapter that failed or has no claims. Exit 1 if any
+    chapter failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import datetime
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import papermill
+import torch
+import yaml
+
+from dpo_toolkit import __version__
+from dpo_toolkit.claims import read_claims
+
+ROOT = Path(__file__).resolve().parents[1]
+VERDICTS = ("reproduced", "partly", "not reproduced")
+DOWNLOADABLE = (".csv",)  # result files copied next to the executed chapter for download; caches (runs/) are not
+
+
+def repository() -> tuple[str, str] | None:
+    """(https URL, branch) of the book's GitHub repository, or None when unknown.
+
+    From $BOOK_REPOSITORY_URL (and $BOOK_REPOSITORY_BRANCH, default main), else from the
+    git remote 'origin' when it is on github.com.
+    """
+    url = os.environ.get("BOOK_REPOSITORY_URL") or _git("remote", "get-url", "origin")
+    if url.startswith("git@github.com:"):
+        url = "https://github.com/" + url.removeprefix("git@github.com:")
+    url = url.removesuffix(".git")
+    if not url.startswith("https://github.com/"):
+        return None
+    return url, os.environ.get("BOOK_REPOSITORY_BRANCH", "main")
+
+
+def book_config() -> dict:
+    """_config.yml, with the repository and its buttons when the repository is known."""
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    repo = repository()
+    if repo:
+        config["repository"] = {"url": repo[0], "branch": repo[1]}
+        config.setdefault("html", {}).update(use_repository_button=True, use_issues_button=True)
+    return config
+
+
+def params_file(stem: str, profile: str) -> Path | None:
+    """params/<profile>/<stem>.yaml when it exists (the quick profile has none)."""
+    path = ROOT / "params" / profile / f"{stem}.yaml"
+    return path if path.exists() else None
+
+
+def chapter_key(stem: str, profile: str) -> str:
+    """Hash of everything a chapter's output depends on: its notebook, its parameter file at
+    this profile, every file of the toolkit, this build script, and the profile's name."""
+    digest = hashlib.sha256(profile.encode())
+    digest.update(repr(repository()).encode())  # the launch links on the page name it
+    params = params_file(stem, profile)
+    sources = [ROOT / "notebooks" / f"{stem}.ipynb", *([params] if params else []), Path(__file__).resolve()]
+    sources += sorted((ROOT / "dpo_toolkit").rglob("*.py"))
+    for path in sources:
+        digest.update(str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path.name).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def notebook_parameters(stem: str) -> dict[str, tuple[str, str]]:
+    """The defaults of the cell tagged `parameters`: {name: (value source, comment)}."""
+    nb = nbformat.read(ROOT / "notebooks" / f"{stem}.ipynb", as_version=4)
+    cells = [c for c in nb.cells if c.cell_type == "code" and "parameters" in c.metadata.get("tags", [])]
+    if len(cells) != 1:
+        raise ValueError(f"notebooks/{stem}.ipynb must have exactly one cell tagged 'parameters', found {len(cells)}")
+    source = cells[0].source
+    lines = source.splitlines()
+    out = {}
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            line = lines[node.lineno - 1]
+            comment = line.split("#", 1)[1].strip() if "#" in line[node.value.end_col_offset :] else ""
+            out[node.targets[0].id] = (ast.get_source_segment(source, node.value), comment)
+    return out
+
+
+def profile_overrides(stem: str, profile: str) -> dict:
+    """The parameters params/<profile>/<stem>.yaml sets; each must be one the notebook declares."""
+    params = params_file(stem, profile)
+    overrides = yaml.safe_load(params.read_text()) if params else {}
+    if not isinstance(overrides, dict | None):
+        raise ValueError(f"{params}: expected a mapping of parameter names to values")
+    overrides = overrides or {}
+    unknown = sorted(set(overrides) - set(notebook_parameters(stem)))
+    if unknown:
+        raise ValueError(f"{params}: unknown parameters {unknown}; the notebook's are {sorted(notebook_parameters(stem))}")
+    return overrides
+
+
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes} min {secs} s" if minutes else f"{secs} s"
+
+
+def provenance_markdown(stem: str, profile: str, wall_s: float, downloads: list[str], error: str | None) -> str:
+    """The closing cell of an executed chapter: re-run box, parameters, provenance, downloads."""
+    machine = f"{os.cpu_count()} CPUs, {platform.machine()} {platform.system()}, Python {platform.python_version()}"
+    machine += f", torch {torch.__version__}"
+    defaults = notebook_parameters(stem)
+    params = params_file(stem, profile)
+    overrides = profile_overrides(stem, profile)
+    commit = _git("rev-parse", "--short", "HEAD") or "unknown"
+    dirty = " with uncommitted changes" if _git("status", "--porcelain", "--untracked-files=no") else ""
+    command = f".venv/bin/papermill notebooks/{stem}.ipynb {stem}-out.ipynb --cwd notebooks"
+    if params:
+        command += f" -f params/{profile}/{stem}.yaml"
+    repo = repository()
+    launch = ""
+    if repo:
+        path = f"{repo[0].removeprefix('https://github.com/')}/blob/{repo[1]}/notebooks/{stem}.ipynb"
+        binder = (
+            f"https://mybinder.org/v2/gh/{repo[0].removeprefix('https://github.com/')}/{repo[1]}?labpath=notebooks/{stem}.ipynb"
+        )
+        launch = f"\nOr open it in [Binder]({binder}) or [Colab](https://colab.research.google.com/github/{path}).\n"
+    rows = "\n".join(
+        f"| `{name}` | `{overrides[name]!r}` | `{value}` | {comment} |"
+        if name in overrides
+        else f"| `{name}` | `{value}` | `{value}` | {comment} |"
+        for name, (value, comment) in defaults.items()
+    )
+    status = f"**This chapter failed:** `{error}`" if error else "The chapter ran to the end."
+    links = ", ".join(f"{{download}}`{Path(d).name} <{d}>`" for d in downloads)
+    return f"""## Provenance
+
+{status}
+
+:::{{admonition}} Re-run this chapter
+:class: tip
+From the repository root, after `make install`, this runs the chapter as the book did
+(the `{profile}` profile):
+
+```bash
+{command}
+```
+
+Add `-p NAME VALUE` to change a parameter, for example `-p seeds "[0, 1, 2, 3]"`.
+{launch}:::
+
+| parameter | this run | default | note |
+| --- | --- | --- | --- |
+{rows}
+
+| run | |
+| --- | --- |
+| profile | `{profile}` |
+| toolkit | dpo_toolkit {__version__}, commit `{commit}`{dirty} |
+| wall time | {_duration(wall_s)} |
+| finished | {datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")} |
+| machine | {machine} |
+
+Downloads: {links}.
+"""
+
+
+def run_chapter(stem: str, profile: str, executed: Path, results: Path) -> str:
+    """Run one chapter unless cached; returns 'cached', 'ran' or 'failed'."""
+    executed.mkdir(parents=True, exist_ok=True)
+    output, key_file, failed_file = executed / f"{stem}.ipynb", executed / f"{stem}.key", executed / f"{stem}.failed"
+    key = chapter_key(stem, profile)
+    if output.exists() and key_file.exists() and key_file.read_text() == key and not failed_file.exists():
+        return "cached"
+    overrides = profile_overrides(stem, profile)  # a bad parameter file fails here, before any work
+    key_file.unlink(missing_ok=True)
+    failed_file.unlink(missing_ok=True)
+    os.environ["DPO_RESULTS_ROOT"] = str(results.resolve())
+    start, error = time.time(), None
+    try:
+        papermill.execute_notebook(
+            str(ROOT / "notebooks" / f"{stem}.ipynb"),
+            str(output),
+            parameters=overrides,
+            cwd=str(ROOT / "notebooks"),
+            progress_bar=False,
+            log_output=False,
+        )
+    except Exception as e:  # any failure is reported on the chapter's page and in the scorecard
+        error = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
+    wall_s = time.time() - start
+    downloads = [f"{stem}.ipynb"]
+    target = executed / "downloads" / stem
+    shutil.rmtree(target, ignore_errors=True)
+    for path in sorted((results / stem).glob("*")):
+        if path.is_file() and path.suffix in DOWNLOADABLE:
+            target.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target / path.name)
+            downloads.append(f"downloads/{stem}/{path.name}")
+    if output.exists():
+        nb = nbformat.read(output, as_version=4)
+        nb.cells.append(nbformat.v4.new_markdown_cell(provenance_markdown(stem, profile, wall_s, downloads, error)))
+        nbformat.write(nb, output)
+    if error:
+        failed_file.write_text(error + "\n")
+        return "failed"
+    key_file.write_text(key)
+    return "ran"
+
+
+def chapter_title(stem: str) -> str:
+    """The first '# ' heading of notebooks/<stem>.md."""
+    for line in (ROOT / "notebooks" / f"{stem}.md").read_text().splitlines():
+        if line.startswith("# "):
+            return line[2:].strip()
+    return stem
+
+
+def scorecard(stems: list[str], executed: Path, results: Path) -> tuple[str, str, bool]:
+    """(page, summary line, any chapter failed) from every chapter's claims.csv."""
+    rows, problems, counts, failed = [], [], dict.fromkeys(VERDICTS, 0), False
+    for stem in stems:
+        link = f"{{doc}}`{chapter_title(stem)} <{stem}>`"
+        failure = executed / f"{stem}.failed"
+        claims_path = results / stem / "claims.csv"
+        if failure.exists():
+            failed = True
+            problems.append(f"- {link}: **the chapter failed** (`{failure.read_text().strip()}`); its claims are missing.")
+            continue
+        try:
+            claims = read_claims(claims_path)
+        except (OSError, ValueError) as e:
+            problems.append(f"- {link}: **no claims table** ({type(e).__name__}: {e}).")
+            continue
+        for claim in claims.itertuples():
+            counts[claim.verdict] += 1
+            cells = [claim.claim_id, f"**{claim.verdict}**", claim.statement, claim.paper_value, claim.our_value, link]
+            rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    n = sum(counts.values())
+    summary = (
+        f"{counts['reproduced']} reproduced, {counts['partly']} partly, {counts['not reproduced']} not reproduced "
+        f"— {n} claims from {len(stems) - len(problems)} of {len(stems)} chapters"
+    )
+    if problems:
+        summary += f"; {len(problems)} chapter{'s' if len(problems) > 1 else ''} without claims (see the scorecard)"
+    table = "| claim | verdict | statement | paper | ours | chapter |\n| --- | --- | --- | --- | --- | --- |\n" + "\n".join(rows)
+    page = f"""# Claims scorecard
+
+**{summary}.**
+
+Every claim the chapters test, as its chapter's `claims.csv` states it: the published
+value, ours (mean ± sd over seeds where the chapter ran several), and a verdict computed
+by code with thresholds fixed in the toolkit before any run. Each chapter explains its
+thresholds and the readings it chose where its source is ambiguous.
+
+{table}
+"""
+    if problems:
+        page += "\n## Chapters without claims\n\n" + "\n".join(problems) + "\n"
+    return page, summary, failed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tools.bookbuild", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    chapter = sub.add_parser("chapter")
+    chapter.add_argument("stem")
+    chapter.add_argument("--profile", required=True)
+    config = sub.add_parser("config")
+    config.add_argument("out", type=Path)
+    card = sub.add_parser("scorecard")
+    card.add_argument("stems", nargs="+")
+    for p in (chapter, card):
+        p.add_argument("--executed", type=Path, required=True)
+        p.add_argument("--results", type=Path, required=True)
+    args = parser.parse_args(argv)
+    if args.command == "config":
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(yaml.safe_dump(book_config(), sort_keys=False, allow_unicode=True))
+        return 0
+    if args.command == "chapter":
+        if not (ROOT / "notebooks" / f"{args.stem}.ipynb").exists():
+            parser.error(f"no notebook notebooks/{args.stem}.ipynb")
+        start = time.time()
+        outcome = run_chapter(args.stem, args.profile, args.executed, args.results)
+        print(f"   {args.stem}: {outcome} ({_duration(time.time() - start)})")
+        return 0
+    page, summary, failed = scorecard(args.stems, args.executed, args.results)
+    args.executed.mkdir(parents=True, exist_ok=True)
+    (args.executed / "scorecard.md").write_text(page)
+    (args.executed / "scorecard_summary.md").write_text(
+        f"**Scorecard:** {summary} ({{doc}}`details </book/chapters/scorecard>`).\n"
+    )
+    print(f"scorecard: {summary}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""Open every page of the built book in headless Chromium and check it.
+
+    python -m tools.check_site BOOK_ROOT [--screenshots DIR]
+
+BOOK_ROOT holds _toc.yml and the built _build/html. The site is served on localhost and
+driven with Selenium through the distribution's chromium and chromedriver (never a
+downloaded browser). For the intro, every page of the table of contents and the
+bibliography, it checks that the page loads with no console errors, that every image
+has a non-zero natural size, that every link within the site resolves (and every
+#fragment names an element of its page), and that the scorecard links every chapter.
+It saves a screenshot of each page and exits 1 listing every failure.
+
+Resources on other hosts (MathJax from its CDN) cannot load on an offline machine; the
+console errors that say so (net::ERR_NAME_NOT_RESOLVED and the like, for a URL that is
+not this site's) are reported as skipped, not as failures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import http.server
+import shutil
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from urllib.parse import urldefrag, urljoin, urlparse
+
+import yaml
+from selenium import webdriver
+from selenium.webdriver.chrome.options import Options
+from selenium.webdriver.chrome.service import Service
+
+
+def toc_pages(book_root: Path) -> list[str]:
+    """Site paths of the root page and of every file in _toc.yml, in order."""
+    toc = yaml.safe_load((book_root / "_toc.yml").read_text())
+    files = [toc["root"]]
+    for part in toc.get("parts", []):
+        files += [c["file"] for c in part.get("chapters", [])]
+    return [f"{f}.html" for f in files]
+
+
+def _serve(directory: Path) -> tuple[http.server.ThreadingHTTPServer, str]:
+    handler = functools.partial(_QuietHandler, directory=str(directory))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}/"
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+    def handle(self) -> None:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the browser moved on mid-download
+            super().handle()
+
+
+OFFLINE = ("net::ERR_NAME_NOT_RESOLVED", "net::ERR_INTERNET_DISCONNECTED", "net::ERR_CONNECTION_REFUSED")
+
+
+def _driver() -> webdriver.Chrome:
+    browser, driver = shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
+    if not (browser and driver):
+        raise SystemExit(
+            "check_site needs the distribution's chromium and chromedriver (apt-get install chromium chromium-driver)"
+        )
+    options = Options()
+    options.binary_location = browser
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1600"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(options=options, service=Service(driver))
+
+
+def _resolves(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:  # only this site's own URLs reach here
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def check_page(driver: webdriver.Chrome, base: str, page: str, screenshots: Path) -> list[str]:
+    """Every failure found on one page, as lines naming the page."""
+    url = urljoin(base, page)
+    driver.get(url)
+    failures = []
+    deadline = time.time() + 20
+    while driver.execute_script("return document.readyState") != "complete" and time.time() < deadline:
+        time.sleep(0.2)
+    if driver.execute_script("return document.readyState") != "complete":
+        failures.append(f"{page}: did not finish loading within 20 s")
+    for entry in driver.get_log("browser"):
+        if entry["level"] != "SEVERE":
+            continue
+        message = entry["message"]
+        if any(code in message for code in OFFLINE) and urlparse(message.split()[0]).netloc != urlparse(base).netloc:
+            print(f"skipped (offline): {page}: {message}")
+            continue
+        failures.append(f"{page}: console error: {message}")
+    images = driver.execute_script(
+        "return [...document.images].map(i => [i.currentSrc || i.src, i.naturalWidth, i.naturalHeight])"
+    )
+    failures += [f"{page}: image {src} has natural size {w}×{h}" for src, w, h in images if not (w and h)]
+    links = driver.execute_script("return [...document.querySelectorAll('a[href]')].map(a => a.href)")
+    checked: dict[str, bool] = {}
+    for link in links:
+        target, fragment = urldefrag(link)
+        if urlparse(target).netloc != urlparse(base).netloc:
+            continue  # external: not this site's to check
+        if target not in checked:
+            checked[target] = _resolves(target)
+        if not checked[target]:
+            failures.append(f"{page}: broken link {link}")
+        elif (
+            fragment
+            and target == url
+            and not driver.execute_script("return document.getElementById(arguments[0]) !== null", fragment)
+        ):
+            failures.append(f"{page}: link to missing anchor #{fragment}")
+    screenshots.mkdir(parents=True, exist_ok=True)
+    driver.save_screenshot(str(screenshots / (page.replace("/", "__").removesuffix(".html") + ".png")))
+    return failures
+
+
+def check_site(book_root: Path, screenshots: Path) -> list[str]:
+    """All failures over the site's pages; empty when the site passes."""
+    html = book_root / "_build" / "html"
+    if not (html / "index.html").exists():
+        return [f"no built site at {html} (run jupyter-book build first)"]
+    pages = toc_pages(book_root)
+    server, base = _serve(html)
+    driver = _driver()
+    failures = []
+    try:
+        for page in pages:
+            if not (html / page).exists():
+                failures.append(f"{page}: listed in _toc.yml but not built")
+                continue
+            failures += check_page(driver, base, page, screenshots)
+        scorecards = [p for p in pages if p.endswith("/scorecard.html")]
+        if not scorecards:
+            failures.append("no scorecard page in _toc.yml")
+        else:
+            driver.get(urljoin(base, scorecards[0]))
+            hrefs = driver.execute_script("return [...document.querySelectorAll('a[href]')].map(a => a.getAttribute('href'))")
+            for page in pages:
+                name = Path(page).name
+                if "/chapters/" in page and name != "scorecard.html" and not any(h.split("#")[0].endswith(name) for h in hrefs):
+                    failures.append(f"scorecard does not list the chapter {page}")
+    finally:
+        driver.quit()
+        server.shutdown()
+    return failures
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tools.check_site", description=__doc__.split("\n\n")[0])
+    parser.add_argument("book_root", type=Path)
+    parser.add_argument("--screenshots", type=Path, default=Path("_build/screenshots"))
+    args = parser.parse_args(argv)
+    failures = check_site(args.book_root, args.screenshots)
+    for failure in failures:
+        print(f"FAIL {failure}")
+    n_pages = len(toc_pages(args.book_root))
+    print(f"check_site: {n_pages} pages, {len(failures)} failures; screenshots in {args.screenshots}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
