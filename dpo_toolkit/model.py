@@ -74,6 +74,13 @@ class Transformer(nn.Module):
 
     def forward(self, tokens: torch.Tensor, return_pattern: bool = False):
         """Logits (batch, seq, d_vocab); with return_pattern, also the attention pattern (batch, n_heads, seq, seq)."""
+        hidden, pattern = self.hidden(tokens)  # (B, T, D)
+        logits = self.unembed(hidden)  # (B, T, V)
+        return (logits, pattern) if return_pattern else logits
+
+    def hidden(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The last hidden embedding h (batch, seq, d_model), after the final LayerNorm, so that
+        logits = unembed.weight @ h + unembed.bias; and the attention pattern (batch, n_heads, seq, seq)."""
         T = tokens.shape[1]
         if self.cfg.n_ctx < T:
             raise ValueError(f"sequence length {T} exceeds ModelConfig.n_ctx={self.cfg.n_ctx}")
@@ -82,8 +89,7 @@ class Transformer(nn.Module):
         attn_out, pattern = self.attn(self.ln1(resid_pre))  # (B, T, D)
         resid_mid = resid_pre + attn_out  # (B, T, D)
         resid_post = resid_mid + self.mlp(self.ln2(resid_mid))  # (B, T, D)
-        logits = self.unembed(self.ln_final(resid_post))  # (B, T, V)
-        return (logits, pattern) if return_pattern else logits
+        return self.ln_final(resid_post), pattern
 
 
 def build_model(cfg: ModelConfig, seed: int) -> Transformer:

@@ -288,3 +288,38 @@ def plot_rft_curves(curves: pd.DataFrame) -> plt.Figure:
     right.set(xlabel="RFT step", ylabel="inputs", title="small-std, low-reward training inputs")
     fig.tight_layout()
     return fig
+
+
+def plot_similarity(similarity: np.ndarray, labels: list[str]) -> plt.Figure:
+    """Cosine similarity of token unembeddings as an annotated heat map."""
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    sns.heatmap(similarity, xticklabels=labels, yticklabels=labels, cmap="RdBu_r", vmin=-1, vmax=1, annot=True, fmt=".1f",
+                annot_kws={"size": 7}, square=True, ax=ax)  # fmt: skip
+    ax.set_title("cosine similarity of unembeddings W_z")
+    fig.tight_layout()
+    return fig
+
+
+def plot_displacement_geometry(geometry: pd.DataFrame, pairs: pd.DataFrame, features: pd.DataFrame) -> plt.Figure:
+    """Left: one-step change of log π(z) (standardised over z within each run) against
+    ⟨W_z, W_y+ − W_y−⟩ for z ∉ {y+, y−}, in the tiny LM and in its unconstrained-features
+    model. Middle: change of log π(y+) against ⟨W_y+, W_y−⟩ over every pair of answer tokens
+    (LM). Right: the same over random instances of the unconstrained-features model."""
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    runs = geometry.groupby(["seed", "statement", "pair"])
+    columns = ("dlogp_lm", "dlogp_features")
+    centred = geometry.assign(**{c: (geometry[c] - runs[c].transform("mean")) / runs[c].transform("std") for c in columns})
+    long = centred.melt(id_vars=["inner"], value_vars=["dlogp_lm", "dlogp_features"], var_name="model", value_name="dlogp")
+    long["model"] = long["model"].map({"dlogp_lm": "tiny LM", "dlogp_features": "unconstrained features"})
+    sns.scatterplot(data=long, x="inner", y="dlogp", hue="model", s=10, alpha=0.6, ax=axes[0])
+    axes[0].set(
+        xlabel="⟨W_z, W_y+ − W_y−⟩", ylabel="Δ log π(z) after one step, standardised per run", title="where the mass goes"
+    )
+    sns.scatterplot(data=pairs, x="inner_pos_neg", y="dlogp_pos", hue="seed", palette="deep", s=14, ax=axes[1])
+    axes[1].axhline(0, color="grey", lw=0.8)
+    axes[1].set(xlabel="⟨W_y+, W_y−⟩", ylabel="Δ log π(y+) after one step", title="tiny LM, every answer pair")
+    sns.scatterplot(data=features, x="inner_pos_neg", y="dlogp_pos_first_order", s=10, color="tab:purple", ax=axes[2])
+    axes[2].axhline(0, color="grey", lw=0.8)
+    axes[2].set(xlabel="⟨W_y+, W_y−⟩", ylabel="d log π(y+) / dη", title="unconstrained features, random instances")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,126 @@
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from dpo_toolkit.config import ConfigError, ModelConfig, TrainConfig
+from dpo_toolkit.displacement import (
+    ANSWER_GROUPS,
+    PersonaConfig,
+    displacement_claims,
+    displacement_row,
+    first_order_logp_change,
+    one_step_geometry,
+    persona_corpus,
+    random_features_study,
+    single_token_dpo_loss,
+    train_persona_lm,
+    unconstrained_logps,
+)
+
+
+def _instance(seed=0, V=7, d=5):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(d, generator=g, dtype=torch.float64), torch.randn(V, d, generator=g, dtype=torch.float64)
+
+
+def test_loss_is_log2_at_the_reference_and_falls_with_the_margin():
+    logps = torch.log_softmax(torch.tensor([1.0, 0.5, -0.2], dtype=torch.float64), -1)
+    assert single_token_dpo_loss(logps, logps, 0, 1, 0.1).item() == pytest.approx(math.log(2))
+    shifted = logps + torch.tensor([0.3, -0.2, 0.0], dtype=torch.float64)
+    assert single_token_dpo_loss(shifted, logps, 0, 1, 0.1).item() == pytest.approx(-math.log(1 / (1 + math.exp(-0.05))))
+
+
+def test_loss_gradient_matches_finite_differences():
+    h, W = _instance()
+    reference = unconstrained_logps(h, W).detach()
+    h0 = h + 0.1  # away from the reference, so that the margin is not zero
+    h_var = h0.clone().requires_grad_(True)
+    single_token_dpo_loss(unconstrained_logps(h_var, W), reference, 2, 4, 0.5).backward()
+    eps = 1e-6
+    for i in range(len(h)):
+        step = torch.zeros_like(h)
+        step[i] = eps
+        plus = single_token_dpo_loss(unconstrained_logps(h0 + step, W), reference, 2, 4, 0.5)
+        minus = single_token_dpo_loss(unconstrained_logps(h0 - step, W), reference, 2, 4, 0.5)
+        assert h_var.grad[i].item() == pytest.approx(((plus - minus) / (2 * eps)).item(), rel=1e-6, abs=1e-10)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_one_step_change_matches_the_closed_form_for_a_small_step(bias):
+    h, W = _instance(seed=3)
+    b = torch.linspace(-1, 1, len(W), dtype=torch.float64) if bias else torch.zeros(len(W), dtype=torch.float64)
+    reference = (W @ h + b).log_softmax(-1).detach()
+    h_var, W_var = h.clone().requires_grad_(True), W.clone().requires_grad_(True)
+    loss = single_token_dpo_loss((W_var @ h_var + b).log_softmax(-1), reference, 1, 3, 0.2)
+    grad_h, grad_W = torch.autograd.grad(loss, [h_var, W_var])
+    lr = 1e-6
+    after = ((W - lr * grad_W) @ (h - lr * grad_h) + b).log_softmax(-1)
+    predicted = first_order_logp_change(h, W, reference, 1, 3, 0.2, bias=b if bias else None)
+    assert torch.allclose((after - reference) / lr, predicted, rtol=1e-4, atol=1e-8)
+
+
+def test_mass_moves_in_proportion_to_the_inner_product_in_the_features_model():
+    study = random_features_study(5, n_tokens=8, dim=4, h_scale=0.3, beta=0.1, lr=0.05, steps=3, seed=0)
+    assert (study["z_corr"] > 0.999).all()  # exact at first order: Δlogit_z = c ⟨W_z, W_y+ − W_y−⟩
+    assert len(study) == 5 and study["p_pos_before"].between(0, 1).all()
+
+
+def test_one_step_geometry_of_the_lm_has_exact_features_theory():
+    cfg = PersonaConfig(n_statements=8)
+    model = train_persona_lm(cfg, cfg.model_config(d_model=16, n_heads=2), TrainConfig(lr=1e-2, epochs=5, weight_decay=0.0), 0)
+    prompts, _, _ = persona_corpus(cfg)
+    geometry = one_step_geometry(model, prompts[0], cfg.token("Yes"), cfg.token("No"), 0.1, 1e-5)
+    assert np.allclose(geometry["dlogp_features"], geometry["dlogp_theory"], rtol=1e-3, atol=1e-10)
+    assert len(geometry) == len(cfg.vocab)
+
+
+def test_corpus_targets_and_stances():
+    cfg = PersonaConfig(n_statements=10, hedge_fraction=0.2, lead_weight=0.5)
+    prompts, stances, targets = persona_corpus(cfg)
+    assert prompts.shape == (10, 3) and (prompts[:, 0] == cfg.token("Q")).all()
+    assert sorted(stances.tolist()) == ["agree"] * 4 + ["disagree"] * 4 + ["hedge"] * 2
+    assert torch.allclose(targets.sum(-1), torch.ones(10, dtype=torch.float64))
+    agree = int(np.flatnonzero(stances == "agree")[0])
+    assert targets[agree, cfg.token("Yes")].item() == 0.5
+    assert targets[agree, cfg.token("Sure")].item() == pytest.approx(0.5 / 3)
+    assert targets[agree, cfg.token("No")].item() == 0.0
+
+
+def test_displacement_row_classes_benign_and_catastrophic():
+    cfg = PersonaConfig()
+    before = torch.zeros(len(cfg.vocab), dtype=torch.float64)
+    after = before.clone()
+    before[cfg.token("No")], after[cfg.token("No")] = 0.8, 0.1
+    after[cfg.token("Yes")], after[cfg.token("no")], after[cfg.token("Maybe")] = 0.5, 0.2, 0.01
+    row = displacement_row(cfg, before, after, "No", "Never")
+    assert row["displaced"] and row["p_pos_before"] == 0.8 and row["p_pos_after"] == 0.1
+    assert row["benign"] == "no" and row["catastrophic"] == "Yes, Maybe" and row["is_catastrophic"]
+    assert {t for g in ANSWER_GROUPS.values() for t in g} <= set(cfg.vocab)
+    kept = displacement_row(cfg, before, after.clone().index_fill_(0, torch.tensor([cfg.token("No")]), 0.9), "No", "Never")
+    assert not kept["displaced"] and kept["catastrophic"] == "Yes, Maybe" and not kept["is_catastrophic"]
+
+
+def test_bad_configs():
+    with pytest.raises(ConfigError, match=r"PersonaConfig\.lead_weight must be a number in"):
+        PersonaConfig(lead_weight=1.0)
+    with pytest.raises(ConfigError, match="d_vocab="):
+        train_persona_lm(PersonaConfig(), ModelConfig(), TrainConfig(), 0)
+
+
+def test_claim_verdicts():
+    features = pd.DataFrame({"inner_pos_neg": [0.0, 1.0, 2.0], "dlogp_pos_first_order": [0.3, 0.2, 0.1], "z_corr": [1.0] * 3,
+                             "p_pos_before": [0.5] * 3, "p_pos_after": [0.4, 0.6, 0.7]})  # fmt: skip
+    geometry = pd.DataFrame({"seed": 0, "statement": 0, "pair": "Yes/No", "inner": [0.0, 1.0, 2.0], "dlogp_lm": [0.0, 0.1, 0.2],
+                             "dlogp_features": [0.0, 0.1, 0.2]})  # fmt: skip
+    falling = pd.DataFrame({"inner_pos_neg": [0.0, 1.0, 2.0], "dlogp_pos": [0.1, 0.0, -0.1]})
+    table = pd.DataFrame({"displaced": [True, False], "is_catastrophic": [True, False]})
+    assert displacement_claims(features, geometry, falling, table)["verdict"].item() == "reproduced"
+    rising = falling.assign(dlogp_pos=[-0.1, 0.0, 0.1])
+    none = table.assign(is_catastrophic=False)
+    flat = geometry.assign(dlogp_lm=[0.1, -0.2, 0.1])
+    assert displacement_claims(features, flat, rising, none)["verdict"].item() == "partly"  # the theory's setting holds
+    no_features = features.assign(z_corr=0.0, dlogp_pos_first_order=[0.1, 0.2, 0.3], p_pos_after=0.9)
+    assert displacement_claims(no_features, flat, rising, none)["verdict"].item() == "not reproduced"
