@@ -323,3 +323,27 @@ def plot_displacement_geometry(geometry: pd.DataFrame, pairs: pd.DataFrame, feat
     axes[2].set(xlabel="⟨W_y+, W_y−⟩", ylabel="d log π(y+) / dη", title="unconstrained features, random instances")
     fig.tight_layout()
     return fig
+
+
+def plot_ches_ranking(table: pd.DataFrame, measures: dict[str, str]) -> plt.Figure:
+    """One panel per score: the score of each pair against its displacement Δ log π(y+)
+    (first seed); and a last panel with Spearman(score, −displacement) per seed."""
+    first = table[table["seed"] == table["seed"].min()]
+    fig, axes = plt.subplots(1, len(measures) + 1, figsize=(4.2 * (len(measures) + 1), 3.8))
+    for ax, (column, title) in zip(axes, measures.items(), strict=False):
+        sns.scatterplot(data=first, x=column, y="displacement", s=12, ax=ax)
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set(xlabel=title, ylabel="Δ log π(y+) (single-pair DPO)")
+    rho = (
+        table.groupby("seed")
+        .apply(lambda g: pd.Series({measures[m]: g[m].rank().corr((-g["displacement"]).rank()) for m in measures}),
+               include_groups=False)
+        .reset_index()
+        .melt(id_vars="seed", var_name="score", value_name="rho")
+    )  # fmt: skip
+    sns.barplot(data=rho, x="score", y="rho", errorbar="sd", color="tab:blue", ax=axes[-1])
+    axes[-1].axhline(0, color="grey", lw=0.8)
+    axes[-1].set(xlabel="", ylabel="Spearman ρ with −Δ log π(y+)", title="mean ± sd over seeds")
+    axes[-1].tick_params(axis="x", rotation=20)
+    fig.tight_layout()
+    return fig

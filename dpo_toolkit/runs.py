@@ -52,6 +52,8 @@ def sft_reference(
     """
     cfg = dataclasses.replace(sft_cfg, seed=seed)
     key = config_hash(data_cfg, model_cfg, cfg)
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
     weights, curve = cache_dir / f"sft-seed{seed}-{key}.pt", cache_dir / f"sft-seed{seed}-{key}.csv"
     reference = build_model(model_cfg, seed)
     if weights.exists() and curve.exists():

@@ -1,9 +1,25 @@
+import copy
+
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
-from dpo_toolkit.ches import ches, ches_filter, ches_from_sums, hf_ches, response_hidden_sums
+from dpo_toolkit.ches import (
+    ches,
+    ches_claims,
+    ches_filter,
+    ches_from_sums,
+    edit_similarity,
+    hf_ches,
+    hidden_cosine,
+    response_hidden_sums,
+    single_pair_displacement,
+)
+from dpo_toolkit.config import TrainConfig
 from dpo_toolkit.data import PairSet, collate_pairs
+from dpo_toolkit.losses import dpo_loss, sequence_logps
+from dpo_toolkit.train import make_optimizer
 
 
 def _brute_force(model, pairs):
@@ -78,3 +94,54 @@ def test_hf_path_on_a_tiny_gpt2_matches_a_direct_computation():
     good, bad = direct("no ."), direct("never .")
     assert scores[0].item() == pytest.approx(float(good @ bad - good @ good), rel=1e-6)
     assert abs(scores[1].item()) < 1e-9  # y+ = y− gives 0
+
+
+def test_single_pair_displacement_matches_training_each_pair_alone(tiny_model, tiny_pairs):
+    train, _ = tiny_pairs
+    pairs = PairSet(train.prompt[:3], train.chosen[:3], train.rejected[:3])
+    cfg = TrainConfig(optimizer="adam", lr=1e-2, weight_decay=0.0)
+    reference = tiny_model.eval().requires_grad_(False)
+    batched = single_pair_displacement(reference, pairs, cfg, beta=0.5, steps=4, chunk=2)
+    assert batched.shape == (3,)
+    for i in range(3):
+        batch = collate_pairs(pairs, np.array([i]))
+        policy = copy.deepcopy(reference).requires_grad_(True)
+        with torch.no_grad():
+            ref_chosen, ref_rejected = sequence_logps(reference(batch.tokens), batch.tokens, batch.response_mask)
+        optimizer = make_optimizer(policy.parameters(), cfg)
+        for _ in range(4):
+            chosen, rejected = sequence_logps(policy(batch.tokens), batch.tokens, batch.response_mask)
+            loss, _, _ = dpo_loss(chosen[None], rejected[None], ref_chosen[None], ref_rejected[None], 0.5)
+            optimizer.zero_grad()
+            loss.sum().backward()
+            optimizer.step()
+        with torch.no_grad():
+            after = sequence_logps(policy(batch.tokens), batch.tokens, batch.response_mask)[0]
+        assert batched[i] == pytest.approx(float(after - ref_chosen), abs=1e-4)
+
+
+def test_edit_similarity_and_hidden_cosine(tiny_model):
+    assert edit_similarity("123", "124") == pytest.approx(2 / 3)
+    assert edit_similarity("99", "100") == pytest.approx(0.0)
+    assert edit_similarity("7", "7") == 1.0
+    same = PairSet(np.array([5]), np.array([4]), np.array([4]))
+    assert hidden_cosine(tiny_model, same).item() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    ("ches_sign", "edit_sign", "expected"),
+    [(1, 0, "reproduced"), (1, 1, "partly"), (-1, 1, "not reproduced")],
+)
+def test_ches_claim_verdicts(ches_sign, edit_sign, expected):
+    displacement = -np.arange(20.0)  # pair i displaces by i
+    noise = np.random.default_rng(0).normal(size=20)
+    table = pd.DataFrame(
+        {
+            "seed": 0,
+            "displacement": displacement,
+            "ches": ches_sign * np.arange(20.0) + (3 if edit_sign else 0.1) * noise,
+            "edit": edit_sign * np.arange(20.0) + noise * (3 if edit_sign == 0 else 0.01),
+            "cosine": noise,
+        }
+    )
+    assert ches_claims(table)["verdict"].item() == expected
