@@ -36,9 +36,9 @@ book: $(STAMP)
 	  echo "== $$stem ($(PROFILE) profile)"; \
 	  $(BIN)/python -m tools.bookbuild chapter $$stem --profile $(PROFILE) --executed $(EXECUTED) --results $(RESULTS) || exit 1; \
 	done
-	@$(BIN)/python -m tools.bookbuild config _build/book-config.yml
+	@$(BIN)/python -m tools.bookbuild config .book-config.yml  # at the root: its relative paths resolve from there
 	@$(BIN)/python -m tools.bookbuild scorecard $(STEMS) --executed $(EXECUTED) --results $(RESULTS); status=$$?; \
-	  $(BIN)/jupyter-book build . --config _build/book-config.yml --warningiserror --nitpick --quiet || exit 1; \
+	  $(BIN)/jupyter-book build . --config .book-config.yml --warningiserror --nitpick --quiet || exit 1; \
 	  echo "Book: _build/html/index.html"; exit $$status
 
 # The book at the quick profile in its own tree (_build/test-book), sharing nbval's result
