@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from .claims import claims_frame
 from .config import ModelConfig, RLTaskConfig, SmallSFTConfig, TrainConfig, config_hash
@@ -55,7 +56,7 @@ def _no_evaluation(model) -> dict:
 
 class _Probe:
     """The RFT evaluation: mean rewards per model, and per-prompt V_x, std and (on training
-    prompts) the exact ‖∇V_x‖, stamped with the step by ``stamp``."""
+    prompts) the exact ‖∇V_x‖, all in float64, stamped with the step by ``stamp``."""
 
     def __init__(self, policies: Ensemble, prompts: np.ndarray, is_train: np.ndarray, is_hard: np.ndarray):
         self.policies, self.prompts, self.is_train, self.is_hard = policies, prompts, is_train, is_hard
@@ -65,12 +66,15 @@ class _Probe:
         self._pending: pd.DataFrame | None = None
 
     def __call__(self) -> list[dict]:
-        value, std = value_and_std(response_logps(self.policies, self.prompts, self.responses), self.rewards)  # (M, n)
         train = self.is_train
-        frames = []
+        frames, values, stds = [], [], []
         for i, arm in enumerate(ARMS):
+            # float64: near-deterministic policies have gradients and stds below float32's resolution
+            model = self.policies.member(i).double()
+            value_i, std_i = value_and_std(response_logps(model, self.prompts, self.responses), self.rewards)  # (n,)
+            values.append(value_i)
+            stds.append(std_i)
             grad_norm = np.full(len(self.prompts), np.nan)
-            model = self.policies.member(i)
             grad_norm[train] = value_gradient_norms(model, self.prompts[train], self.responses, self.rewards[train])
             frames.append(
                 pd.DataFrame(
@@ -79,13 +83,14 @@ class _Probe:
                         "prompt": self.prompts,
                         "split": np.where(train, "train", "test"),
                         "hard": self.is_hard,
-                        "value": value[i].numpy(),
-                        "std": std[i].numpy(),
+                        "value": value_i.numpy(),
+                        "std": std_i.numpy(),
                         "grad_norm": grad_norm,
                     }
                 )
             )
         self._pending = pd.concat(frames, ignore_index=True)
+        value, std = torch.stack(values), torch.stack(stds)  # (M, n)
         small_low = (std < SMALL_STD) & (value < LOW_REWARD)
         return [
             {
