@@ -32,10 +32,7 @@ install: $(STAMP)
 # chapter is reported on its page and in the scorecard, and makes `make book` exit 1.
 book: $(STAMP)
 	@case " $(PROFILES) " in *" $(PROFILE) "*) ;; *) echo "PROFILE must be one of: $(PROFILES); got '$(PROFILE)'" >&2; exit 2;; esac
-	@for stem in $(STEMS); do \
-	  echo "== $$stem ($(PROFILE) profile)"; \
-	  $(BIN)/python -m tools.bookbuild chapter $$stem --profile $(PROFILE) --executed $(EXECUTED) --results $(RESULTS) || exit 1; \
-	done
+	@$(BIN)/python -m tools.bookbuild chapter $(STEMS) --profile $(PROFILE) --executed $(EXECUTED) --results $(RESULTS)
 	@$(BIN)/python -m tools.bookbuild config .book-config.yml  # at the root: its relative paths resolve from there
 	@$(BIN)/python -m tools.bookbuild scorecard $(STEMS) --executed $(EXECUTED) --results $(RESULTS); status=$$?; \
 	  $(BIN)/jupyter-book build . --config .book-config.yml --warningiserror --nitpick --quiet || exit 1; \
@@ -50,10 +47,8 @@ test-book: $(STAMP)
 	@$(BIN)/python -m tools.bookbuild config $(TEST_BOOK)/_config.yml
 	@cp -R book/. $(TEST_BOOK)/book/
 	@ln -sfn ../executed $(TEST_BOOK)/book/chapters
-	@for stem in $(STEMS); do \
-	  $(BIN)/python -m tools.bookbuild chapter $$stem --profile quick --executed $(TEST_BOOK)/executed \
-	    --results _build/test-results || exit 1; \
-	done
+	@$(BIN)/python -m tools.bookbuild chapter $(STEMS) --profile quick --executed $(TEST_BOOK)/executed \
+	  --results _build/test-results
 	$(BIN)/python -m tools.bookbuild scorecard $(STEMS) --executed $(TEST_BOOK)/executed --results _build/test-results
 	$(BIN)/jupyter-book build $(TEST_BOOK) --warningiserror --nitpick --quiet
 

@@ -119,3 +119,20 @@ def test_book_config_adds_the_repository_when_known(repo, monkeypatch):
     assert config["repository"] == {"url": "https://github.com/someone/book", "branch": "main"}
     assert config["html"]["use_repository_button"] is True and config["html"]["home_page_in_navbar"] is True
     assert json.dumps(config)  # plain data, writable as YAML
+
+
+def test_cli_runs_several_chapters_and_leaves_an_unchanged_scorecard_untouched(repo, executions, tmp_path, capsys):
+    nb = nbformat.read(repo / "notebooks" / "demo.ipynb", as_version=4)
+    nbformat.write(nb, repo / "notebooks" / "other.ipynb")
+    (repo / "notebooks" / "other.md").write_text("# Another chapter\n")
+    executed, results = tmp_path / "out", tmp_path / "results"
+    common = ["--executed", str(executed), "--results", str(results)]
+    assert bookbuild.main(["chapter", "demo", "other", "--profile", "quick", *common]) == 0
+    assert "demo: ran" in capsys.readouterr().out and len(executions) == 2
+    assert bookbuild.main(["scorecard", "demo", "other", *common]) == 0
+    page = executed / "scorecard.md"
+    first = page.stat().st_mtime_ns
+    assert bookbuild.main(["scorecard", "demo", "other", *common]) == 0
+    assert page.stat().st_mtime_ns == first  # unchanged content is not rewritten, so the site need not re-render it
+    with pytest.raises(SystemExit):
+        bookbuild.main(["chapter", "missing", "--profile", "quick", *common])

@@ -285,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.bookbuild", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     chapter = sub.add_parser("chapter")
-    chapter.add_argument("stem")
+    chapter.add_argument("stems", nargs="+")
     chapter.add_argument("--profile", required=True)
     config = sub.add_parser("config")
     config.add_argument("out", type=Path)
@@ -300,18 +300,22 @@ def main(argv: list[str] | None = None) -> int:
         args.out.write_text(yaml.safe_dump(book_config(), sort_keys=False, allow_unicode=True))
         return 0
     if args.command == "chapter":
-        if not (ROOT / "notebooks" / f"{args.stem}.ipynb").exists():
-            parser.error(f"no notebook notebooks/{args.stem}.ipynb")
-        start = time.time()
-        outcome = run_chapter(args.stem, args.profile, args.executed, args.results)
-        print(f"   {args.stem}: {outcome} ({_duration(time.time() - start)})")
+        missing = [stem for stem in args.stems if not (ROOT / "notebooks" / f"{stem}.ipynb").exists()]
+        if missing:
+            parser.error(f"no notebook for {missing} in notebooks/")
+        for stem in args.stems:
+            print(f"== {stem} ({args.profile} profile)", flush=True)
+            start = time.time()
+            outcome = run_chapter(stem, args.profile, args.executed, args.results)
+            print(f"   {stem}: {outcome} ({_duration(time.time() - start)})", flush=True)
         return 0
     page, summary, failed = scorecard(args.stems, args.executed, args.results)
     args.executed.mkdir(parents=True, exist_ok=True)
-    (args.executed / "scorecard.md").write_text(page)
-    (args.executed / "scorecard_summary.md").write_text(
-        f"**Scorecard:** {summary} ({{doc}}`details </book/chapters/scorecard>`).\n"
-    )
+    summary_line = f"**Scorecard:** {summary} ({{doc}}`details </book/chapters/scorecard>`).\n"
+    for name, text in (("scorecard.md", page), ("scorecard_summary.md", summary_line)):
+        path = args.executed / name
+        if not path.exists() or path.read_text() != text:  # unchanged pages keep their mtime: no re-render
+            path.write_text(text)
     print(f"scorecard: {summary}")
     return 1 if failed else 0
 
