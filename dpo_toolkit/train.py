@@ -75,7 +75,8 @@ def _optimize(
     total = cfg.epochs * steps_per_epoch
     at = eval_steps(total, cfg.n_evals)
     rows, losses, step = [], [], 0
-    if checkpoint is not None and checkpoint.exists():
+    resumed = checkpoint is not None and checkpoint.exists()
+    if resumed:
         state = torch.load(checkpoint)
         with torch.no_grad():
             for p, saved in zip(params, state["params"], strict=True):
@@ -98,7 +99,7 @@ def _optimize(
             torch.save(state, checkpoint.with_suffix(".tmp"))
             checkpoint.with_suffix(".tmp").replace(checkpoint)
 
-    if step == 0:
+    if not resumed:  # a checkpoint holds every evaluation up to its step, step 0 included
         record()
     with tqdm(total=total, initial=start, desc=desc, disable=None if progress is None else not progress, leave=False) as bar:
         for epoch in range(cfg.epochs):

@@ -7,7 +7,7 @@ import torch
 
 from dpo_toolkit.config import DPOConfig, EvalConfig, TrainConfig
 from dpo_toolkit.evaluate import Evaluator
-from dpo_toolkit.train import eval_steps, make_optimizer, train_dpo, train_sft
+from dpo_toolkit.train import _optimize, clip_per_model, eval_steps, make_optimizer, train_dpo, train_sft
 
 
 def test_eval_steps():
@@ -73,3 +73,31 @@ def test_same_seed_same_numbers_other_seed_other_numbers(tiny_model_cfg, tiny_pa
         runs.append(pd.concat([sft, dpo]))
     pd.testing.assert_frame_equal(runs[0], runs[1])
     assert not runs[0]["loss"].equals(runs[2]["loss"])
+
+
+def test_resume_from_the_step_zero_checkpoint_adds_no_duplicate_rows(tmp_path):
+    cfg = TrainConfig(optimizer="adam", lr=0.1, weight_decay=0.0, epochs=2, batch_size=2, grad_clip=None, n_evals=2)
+
+    def run(evaluate_hook=None, checkpoint=None):
+        params = [torch.ones(1, 3, requires_grad=True)]
+
+        def evaluate():
+            if evaluate_hook is not None:
+                evaluate_hook()
+            return {"value": float(params[0].sum())}
+
+        return _optimize(params, 4, cfg, lambda index: (params[0] ** 2).sum(-1), evaluate, clip_per_model, "t", False, checkpoint)
+
+    unbroken = run()
+    calls = []
+
+    def killed_after_the_first_evaluation():
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # dies after the step-0 checkpoint was written
+
+    checkpoint = tmp_path / "run.ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        run(killed_after_the_first_evaluation, checkpoint)
+    assert checkpoint.exists()
+    pd.testing.assert_frame_equal(run(checkpoint=checkpoint), unbroken)
