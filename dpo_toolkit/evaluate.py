@@ -48,9 +48,10 @@ class Evaluator:
     """Evaluates policies on a fixed test set; the reference's log-probs are computed once.
 
     Greedy metrics are over the distinct test prompts (each prompt counted once).
-    Accuracy and margin are over the test pairs, or a fixed random subset of
-    ``eval_cfg.max_pairs`` of them. KL samples `kl_samples` responses per
-    test prompt from the policy with a fixed seed (the same draws for every model), and
+    Accuracy, margin and the change of log π(y+) from the reference (its mean,
+    `chosen_logp_change`, and the share of pairs where it fell, `displaced`) are over
+    the test pairs, or a fixed random subset of ``eval_cfg.max_pairs`` of them. KL
+    samples `kl_samples` responses per test prompt from the policy with a fixed seed (the same draws for every model), and
     reports two unbiased estimates of Eq. 6 with their standard errors: `kl`, the exact
     per-token KL summed along each sampled path, and `kl_mc`, the plain log-ratio.
     """
@@ -85,6 +86,9 @@ class Evaluator:
             rejected_rewards = implicit_reward(policy_rejected_logps.double(), self.reference_rejected_logps.double(), betas)
             columns["accuracy"] = reward_accuracy(chosen_rewards, rejected_rewards, atol=ACCURACY_ATOL * betas)
             columns["margin"] = reward_margin(chosen_rewards, rejected_rewards)
+            chosen_change = policy_chosen_logps.double() - self.reference_chosen_logps.double()  # (M, n)
+            columns["chosen_logp_change"] = chosen_change.mean(-1)  # held-out Δ log π(y+), nats
+            columns["displaced"] = (chosen_change < -ACCURACY_ATOL).double().mean(-1)  # share of pairs whose π(y+) fell
             columns.update(self.kl(model))
         rows = [{k: float(v[i]) for k, v in columns.items()} for i in range(len(model))]
         return rows[0] if isinstance(policy, Transformer) else rows

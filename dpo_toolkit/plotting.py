@@ -347,3 +347,36 @@ def plot_ches_ranking(table: pd.DataFrame, measures: dict[str, str]) -> plt.Figu
     axes[-1].tick_params(axis="x", rotation=20)
     fig.tight_layout()
     return fig
+
+
+def plot_variant_curves(curves: pd.DataFrame, metrics: dict[str, str], ncols: int = 3) -> plt.Figure:
+    """Metric against DPO step, one line per training variant (all pairs, CHES filters,
+    SFT terms), mean ± sd over seeds. curves: ``run_mitigations`` or ``run_safety`` output."""
+    order = list(dict.fromkeys(curves["variant"]))
+    kinds = curves.groupby("variant")["kind"].first()
+    filters = [v for v in order if kinds[v] == "CHES filter"]
+    sfts = [v for v in order if kinds[v] == "SFT term"]
+    palette = {v: "black" for v in order if kinds[v] == "all pairs"}
+    palette |= dict(zip(filters, sns.color_palette("Blues_r", len(filters) + 1), strict=False))
+    palette |= dict(zip(sfts, sns.color_palette("Oranges_r", len(sfts) + 1), strict=False))
+    nrows = -(-len(metrics) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.6 * nrows), squeeze=False)
+    for ax, (column, title) in zip(axes.flat, metrics.items(), strict=False):
+        sns.lineplot(data=curves, x="step", y=column, hue="variant", hue_order=order, palette=palette, errorbar="sd",
+                     ax=ax, legend=ax is axes.flat[0])  # fmt: skip
+        ax.set(title=title, xlabel="DPO step", ylabel=column)
+    for ax in axes.flat[len(metrics) :]:
+        ax.set_visible(False)
+    if axes.flat[0].get_legend() is not None:
+        sns.move_legend(axes.flat[0], "upper left", bbox_to_anchor=(0, -0.18), ncol=3, title=None, fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def plot_ches_by_kind(pairs: pd.DataFrame, column: str, order: list, title: str) -> plt.Figure:
+    """CHES of the training pairs (all seeds) split by `column`, a box per value in `order`."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    sns.boxplot(data=pairs, x=column, y="ches", order=order, color="tab:blue", ax=ax)
+    ax.set(xlabel=title, ylabel="CHES under the reference")
+    fig.tight_layout()
+    return fig

@@ -142,11 +142,24 @@ def train_sft(
     return df.drop(columns="member")
 
 
-def _dpo_batch_loss(policy, train: PairSet, reference: Transformer, betas: torch.Tensor):
-    """The per-model DPO loss (M,) of a minibatch of pair indices (Park Eq. 2)."""
-    batch = collate_pairs(train)  # chosen rows 0..n−1, rejected rows n..2n−1
+def _dpo_batch_loss(
+    policy,
+    train: PairSet | Batch,
+    reference: Transformer,
+    betas: torch.Tensor,
+    pair_weights: torch.Tensor | None = None,
+    sft_weights: torch.Tensor | None = None,
+):
+    """The per-model loss (M,) of a minibatch of pair indices: DPO (Park Eq. 2), plus
+    sft_weights (M, 1) × −log π(y+) when given (an SFT term on the preferred response).
+
+    pair_weights (M, n_pairs) weight each model's pairs: a model's loss is the weighted
+    mean over the minibatch (0 when all its weights there are 0). None: the plain mean.
+    `train` is the pairs, or their ``collate_pairs``-layout batch (chosen rows, then rejected rows).
+    """
+    batch = train if isinstance(train, Batch) else collate_pairs(train)  # chosen rows 0..n−1, rejected rows n..2n−1
     reference_chosen_logps, reference_rejected_logps = pair_logps(reference, batch)  # (n,) each
-    n = len(train)
+    n = batch.tokens.shape[0] // 2
 
     def batch_loss(index: torch.Tensor) -> torch.Tensor:
         b = batch.select(torch.cat([index, index + n]))
@@ -154,8 +167,13 @@ def _dpo_batch_loss(policy, train: PairSet, reference: Transformer, betas: torch
         policy_chosen_logps, policy_rejected_logps = logps.chunk(2, dim=-1)  # (M, batch) each
         losses, _, _ = dpo_loss(
             policy_chosen_logps, policy_rejected_logps, reference_chosen_logps[index], reference_rejected_logps[index], betas
-        )
-        return losses.mean(-1)
+        )  # (M, batch)
+        if sft_weights is not None:
+            losses = losses - sft_weights * policy_chosen_logps
+        if pair_weights is None:
+            return losses.mean(-1)
+        weights = pair_weights[:, index]  # (M, batch)
+        return (losses * weights).sum(-1) / weights.sum(-1).clamp(min=1e-12)
 
     return batch_loss
 
@@ -188,31 +206,47 @@ def train_dpo(
 def train_dpo_ensemble(
     policies: Ensemble,
     reference: Transformer,
-    train: PairSet,
+    train: PairSet | Batch,
     cfgs: Sequence[DPOConfig],
     evaluate: Callable[[Ensemble], list[dict]],
     progress: bool | None = None,
     checkpoint: Path | None = None,
     on_eval: Callable[[int], object] | None = None,
+    pair_weights: torch.Tensor | None = None,
+    sft_weights: Sequence[float] | None = None,
 ) -> pd.DataFrame:
     """DPO of every model of `policies` at its own β, in place, as one batched run.
 
-    cfgs[i] configures model i; they must differ in β alone. Returns one row per
+    cfgs[i] configures model i; they must differ in β alone. Every model sees the same
+    minibatches. Optionally, model i weights pair j by pair_weights[i, j] (a 0/1 mask
+    trains it on a subset with the same number of steps) and adds sft_weights[i] × the
+    SFT loss on the preferred responses (see _dpo_batch_loss). Returns one row per
     evaluation and model, with `member` the model's index and `beta` its β. With
     `checkpoint`, progress is saved after every evaluation and resumed from; ``on_eval(step)``
     runs after every evaluation (see _optimize).
     """
-    if len(cfgs) != len(policies):
-        raise ValueError(f"train_dpo_ensemble needs one DPOConfig per model: {len(cfgs)} configs for {len(policies)} models")
+    n_models = len(policies)
+    if len(cfgs) != n_models:
+        raise ValueError(f"train_dpo_ensemble needs one DPOConfig per model: {len(cfgs)} configs for {n_models} models")
     shared = {dataclasses.replace(c, beta=1.0) for c in cfgs}
     if len(shared) != 1:
         raise ValueError("train_dpo_ensemble: the DPOConfigs of an ensemble may differ in beta only")
+    n_pairs = train.tokens.shape[0] // 2 if isinstance(train, Batch) else len(train)
+    if pair_weights is not None:
+        pair_weights = torch.as_tensor(pair_weights, dtype=torch.float32)
+        if pair_weights.shape != (n_models, n_pairs) or (pair_weights < 0).any():
+            shape = tuple(pair_weights.shape)
+            raise ValueError(f"pair_weights must be ≥ 0 with shape (models, pairs) = {(n_models, n_pairs)}, got {shape}")
+    if sft_weights is not None:
+        if len(sft_weights) != n_models or any(not math.isfinite(w) or w < 0 for w in sft_weights):
+            raise ValueError(f"sft_weights must be {n_models} finite numbers ≥ 0 (one per model), got {list(sft_weights)}")
+        sft_weights = torch.tensor([[float(w)] for w in sft_weights])  # (M, 1)
     betas = torch.tensor([[c.beta] for c in cfgs])  # (M, 1)
-    batch_loss = _dpo_batch_loss(policies, train, reference, betas)
+    batch_loss = _dpo_batch_loss(policies, train, reference, betas, pair_weights, sft_weights)
     params = list(policies.params.values())
     df = _optimize(
         params,
-        len(train),
+        n_pairs,
         cfgs[0],
         batch_loss,
         lambda: evaluate(policies),

@@ -1,0 +1,183 @@
+import copy
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from dpo_toolkit.ches import ches_filter
+from dpo_toolkit.config import DPOConfig, EvalConfig, TrainConfig
+from dpo_toolkit.data import PairSet, collate_pairs
+from dpo_toolkit.ensemble import Ensemble
+from dpo_toolkit.evaluate import Evaluator, pair_logps
+from dpo_toolkit.losses import dpo_loss, sequence_logps
+from dpo_toolkit.mitigation import Variant, drift_claims, keep_masks, mitigation_claims, run_mitigations, summarize, variants
+from dpo_toolkit.train import _dpo_batch_loss, train_dpo_ensemble
+
+FULL_BATCH = dict(optimizer="adam", lr=1e-2, weight_decay=0.0, epochs=3, batch_size=10_000, grad_clip=None, n_evals=3)
+
+
+def _params(ensemble: Ensemble, i: int) -> list[torch.Tensor]:
+    return [p[i].detach() for p in ensemble.params.values()]
+
+
+def test_sft_term_adds_lambda_times_the_chosen_nll(tiny_model, tiny_pairs):
+    train, _ = tiny_pairs
+    reference = copy.deepcopy(tiny_model).requires_grad_(False)
+    policies = Ensemble([copy.deepcopy(tiny_model), copy.deepcopy(tiny_model)])
+    loss_of = _dpo_batch_loss(policies, train, reference, torch.tensor([[0.1], [0.1]]), None, torch.tensor([[0.0], [0.7]]))
+    index = torch.arange(6)
+    losses = loss_of(index)  # (2,)
+    batch = collate_pairs(train, index.numpy())
+    chosen, rejected = sequence_logps(tiny_model(batch.tokens), batch.tokens, batch.response_mask).chunk(2)
+    ref_chosen, ref_rejected = pair_logps(reference, PairSet(train.prompt[:6], train.chosen[:6], train.rejected[:6]))
+    dpo, _, _ = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, 0.1)
+    assert losses[0].item() == pytest.approx(dpo.mean().item(), rel=1e-5)
+    assert losses[1].item() == pytest.approx((dpo - 0.7 * chosen).mean().item(), rel=1e-5)
+
+
+def test_a_zero_one_mask_trains_like_the_kept_subset(tiny_model, tiny_pairs):
+    """Full-batch training: the masked member must follow exactly the run on the kept pairs alone."""
+    train, _ = tiny_pairs
+    reference = copy.deepcopy(tiny_model).requires_grad_(False)
+    keep = np.zeros(len(train), dtype=bool)
+    keep[::3] = True
+    cfg = DPOConfig(**FULL_BATCH, beta=0.1)
+    masked = Ensemble([copy.deepcopy(tiny_model), copy.deepcopy(tiny_model)])
+    weights = torch.stack([torch.ones(len(train)), torch.tensor(keep, dtype=torch.float32)])
+    train_dpo_ensemble(masked, reference, train, [cfg, cfg], lambda p: [{}] * len(p), False, pair_weights=weights)
+    subset = PairSet(train.prompt[keep], train.chosen[keep], train.rejected[keep])
+    alone = Ensemble([copy.deepcopy(tiny_model)])
+    train_dpo_ensemble(alone, reference, subset, [cfg], lambda p: [{}], False)
+
+    def gap(i: int) -> float:
+        return max((a - b).abs().max().item() for a, b in zip(_params(masked, i), _params(alone, 0), strict=True))
+
+    assert gap(1) < 1e-3 < 1e-2 < gap(0)  # Adam turns float noise in near-zero gradients into ~1e-4 steps
+
+
+def test_a_masked_loss_has_the_gradient_of_the_kept_pairs_mean(tiny_model, tiny_pairs):
+    train, _ = tiny_pairs
+    reference = copy.deepcopy(tiny_model).requires_grad_(False)
+    keep = np.zeros(len(train), dtype=bool)
+    keep[1::4] = True
+    betas = torch.tensor([[0.1]])
+    masked = Ensemble([copy.deepcopy(tiny_model)])
+    loss = _dpo_batch_loss(masked, train, reference, betas, torch.tensor(keep, dtype=torch.float32)[None])
+    loss(torch.arange(len(train))).sum().backward()
+    subset = PairSet(train.prompt[keep], train.chosen[keep], train.rejected[keep])
+    alone = Ensemble([copy.deepcopy(tiny_model)])
+    _dpo_batch_loss(alone, subset, reference, betas)(torch.arange(int(keep.sum()))).sum().backward()
+    for a, b in zip(masked.params.values(), alone.params.values(), strict=True):
+        assert torch.allclose(a.grad, b.grad, atol=1e-6)
+
+
+def test_ensemble_options_are_validated_before_training(tiny_model, tiny_pairs):
+    train, _ = tiny_pairs
+    cfg = DPOConfig(**FULL_BATCH, beta=0.1)
+    policies = Ensemble([copy.deepcopy(tiny_model)])
+    with pytest.raises(ValueError, match="pair_weights"):
+        train_dpo_ensemble(policies, tiny_model, train, [cfg], lambda p: [{}], False, pair_weights=torch.ones(2, len(train)))
+    with pytest.raises(ValueError, match="pair_weights"):
+        train_dpo_ensemble(policies, tiny_model, train, [cfg], lambda p: [{}], False, pair_weights=-torch.ones(1, len(train)))
+    with pytest.raises(ValueError, match="sft_weights"):
+        train_dpo_ensemble(policies, tiny_model, train, [cfg], lambda p: [{}], False, sft_weights=[-1.0])
+
+
+def test_variants_and_masks():
+    runs = variants([0.25, 0.5], [1.0])
+    assert [v.kind for v in runs] == ["all pairs", "CHES filter", "CHES filter", "SFT term"]
+    assert [v.name for v in runs] == ["all pairs", "CHES top 25% removed", "CHES top 50% removed", "SFT term λ=1"]
+    scores = np.array([5.0, -1.0, 3.0, 0.0, 2.0, 4.0, -3.0, 1.0])
+    masks = keep_masks(scores, runs)
+    assert masks.shape == (4, 8)
+    assert masks[0].all() and masks[3].all()
+    assert (masks[1].numpy() == ches_filter(scores, 0.25)).all() and masks[1].sum() == 6
+    assert set(np.flatnonzero(masks[2].numpy() == 0)) == {0, 2, 4, 5}  # the four highest scores
+    with pytest.raises(ValueError, match="drop_fraction"):
+        Variant(drop_fraction=1.0)
+    with pytest.raises(ValueError, match="sft_weight"):
+        Variant(sft_weight=-0.1)
+    with pytest.raises(ValueError, match="must not contain 0"):
+        variants([0.0], [])
+
+
+def _curves(final: dict[str, tuple[float, float]], kinds: dict[str, str], seeds=(0, 1)) -> pd.DataFrame:
+    """Synthetic run_mitigations output: step 0 (the reference) and a last step with the given (Δ log π(y+), OOD)."""
+    rows = []
+    for seed in seeds:
+        for name, (change, ood) in final.items():
+            common = dict(seed=seed, variant=name, kind=kinds[name], drop_fraction=0.0, sft_weight=0.0, pairs_kept=10, kl=0.1,
+                          accuracy=0.5)  # fmt: skip
+            rows.append({**common, "step": 0, "chosen_logp_change": 0.0, "ood_rate": 0.1})
+            rows.append({**common, "step": 5, "chosen_logp_change": change, "ood_rate": ood})
+    return pd.DataFrame(rows)
+
+
+KINDS = {"all pairs": "all pairs", "f": "CHES filter", "s": "SFT term"}
+
+
+@pytest.mark.parametrize(
+    ("final", "verdict"),
+    [
+        ({"all pairs": (-1.0, 0.5), "f": (-0.2, 0.2), "s": (-0.5, 0.4)}, "reproduced"),
+        ({"all pairs": (-1.0, 0.5), "f": (-0.2, 0.45), "s": (0.3, 0.3)}, "partly"),
+        ({"all pairs": (-1.0, 0.5), "f": (-1.5, 0.6), "s": (0.3, 0.3)}, "not reproduced"),
+    ],
+)
+def test_mitigation_verdicts(final, verdict):
+    claims = mitigation_claims(_curves(final, KINDS))
+    assert claims["claim_id"].tolist() == ["C12"]
+    assert claims["verdict"].iloc[0] == verdict
+
+
+@pytest.mark.parametrize(
+    ("final", "verdict"),
+    [
+        ({"all pairs": (0, 0.5), "f": (0, 0.2)}, "reproduced"),  # drift 0.4 → 0.1
+        ({"all pairs": (0, 0.5), "f": (0, 0.4)}, "partly"),  # 0.4 → 0.3
+        ({"all pairs": (0, 0.5), "f": (0, 0.6)}, "not reproduced"),
+        ({"all pairs": (0, 0.05), "f": (0, 0.0)}, "not reproduced"),  # no drift to remove
+    ],
+)
+def test_drift_verdicts(final, verdict):
+    claims = drift_claims(_curves(final, KINDS))
+    assert claims["verdict"].iloc[0] == verdict
+
+
+def test_summarize_takes_the_last_step_and_the_spread_over_seeds():
+    curves = _curves({"all pairs": (-1.0, 0.5), "f": (-0.2, 0.2)}, KINDS)
+    curves.loc[(curves["seed"] == 1) & (curves["step"] == 5) & (curves["variant"] == "f"), "chosen_logp_change"] = -0.4
+    table = summarize(curves).set_index("variant")
+    assert table.loc["f", "chosen_logp_change_mean"] == pytest.approx(-0.3)
+    assert table.loc["f", "chosen_logp_change_std"] == pytest.approx(0.1)
+    assert table.index.tolist() == ["all pairs", "f"]
+
+
+def test_run_mitigations_end_to_end_and_cached(tiny_model_cfg, tiny_data_cfg, tmp_path):
+    sft = TrainConfig(optimizer="adam", lr=1e-3, weight_decay=0.0, epochs=2, batch_size=16, grad_clip=None, n_evals=1)
+    dpo = DPOConfig(optimizer="rmsprop", lr=1e-3, weight_decay=0.0, epochs=1, batch_size=16, grad_clip=None, n_evals=2, beta=0.1)
+    runs = variants([0.5], [1.0])
+    curves, scores = run_mitigations(tiny_data_cfg, tiny_model_cfg, sft, dpo, EvalConfig(kl_samples=2), runs, [0], tmp_path)
+    assert set(curves["variant"]) == {"all pairs", "CHES top 50% removed", "SFT term λ=1"}
+    start = curves[curves["step"] == 0]
+    assert np.allclose(start["chosen_logp_change"], 0, atol=1e-5) and np.allclose(start["kl"], 0, atol=1e-5)
+    kept = curves.groupby("variant")["pairs_kept"].first()
+    assert kept["CHES top 50% removed"] == len(scores) - round(len(scores) / 2) and kept["all pairs"] == len(scores)
+    again, _ = run_mitigations(tiny_data_cfg, tiny_model_cfg, sft, dpo, EvalConfig(kl_samples=2), runs, [0], tmp_path)
+    pd.testing.assert_frame_equal(curves, again)
+
+
+def test_evaluator_reports_the_change_of_the_preferred_log_prob(tiny_model, tiny_pairs, tiny_data_cfg):
+    _, test = tiny_pairs
+    evaluator = Evaluator(test, tiny_data_cfg, EvalConfig(kl_samples=2), reference=tiny_model)
+    same = evaluator(tiny_model, beta=0.1)
+    assert same["chosen_logp_change"] == pytest.approx(0, abs=1e-6) and same["displaced"] == 0
+    moved = copy.deepcopy(tiny_model)
+    with torch.no_grad():
+        moved.unembed.bias.add_(torch.linspace(-1, 1, moved.unembed.bias.numel()))
+    chosen_before, _ = pair_logps(tiny_model, test)
+    chosen_after, _ = pair_logps(moved, test)
+    row = evaluator(moved, beta=0.1)
+    assert row["chosen_logp_change"] == pytest.approx(float((chosen_after - chosen_before).mean()), abs=1e-5)
+    assert row["displaced"] == pytest.approx(float((chosen_after - chosen_before < -1e-4).double().mean()))

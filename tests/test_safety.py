@@ -1,0 +1,134 @@
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from dpo_toolkit.config import ConfigError, DPOConfig, TrainConfig
+from dpo_toolkit.mitigation import variants
+from dpo_toolkit.model import build_model
+from dpo_toolkit.safety import (
+    REFUSALS,
+    RESPONSES,
+    SafetyConfig,
+    candidate_batch,
+    preference_pairs,
+    prompts,
+    rates,
+    response_masses,
+    run_safety,
+    safety_claims,
+    train_safety_sft,
+)
+
+SMALL = SafetyConfig(n_topics=4, n_objects=4, pairs_per_prompt=3)
+
+
+def test_prompts_split_every_combination_once():
+    train, test = prompts(SMALL)
+    assert len(train) + len(test) == 16 and len(test) == 4
+    together = {tuple(p) for p in np.concatenate([train, test])}
+    assert len(together) == 16
+    vocab = SMALL.vocab
+    assert all(vocab[p[0]] == "U" and vocab[p[3]] == ":" for p in together)
+
+
+def test_candidate_batch_masks_exactly_the_response_words():
+    train, _ = prompts(SMALL)
+    batch = candidate_batch(SMALL, train[:2])
+    assert batch.tokens.shape[0] == 2 * len(RESPONSES)
+    for row, response in enumerate(RESPONSES):
+        words = [SMALL.vocab[t] for t, m in zip(batch.tokens[row].tolist(), batch.response_mask[row].tolist(), strict=True) if m]
+        assert words == response.split()
+        assert not batch.response_mask[row, :4].any()
+
+
+def test_pairs_prefer_a_refusal_and_mix_as_configured():
+    cfg = SafetyConfig(n_topics=10, n_objects=10, pairs_per_prompt=8, both_refusal_share=0.7)
+    train, _ = prompts(cfg)
+    batch, table = preference_pairs(cfg, train)
+    assert len(table) == 8 * len(train) and batch.tokens.shape[0] == 2 * len(table)
+    assert table["chosen"].isin(REFUSALS).all()
+    assert (table["both_refusals"] == table["rejected"].isin(REFUSALS)).all()
+    assert (table["chosen"] != table["rejected"]).all()
+    assert abs(table["both_refusals"].mean() - 0.7) < 0.05
+    first = [SMALL.vocab[t] for t in batch.tokens[0, 4:].tolist()]
+    assert " ".join(first).startswith(table["chosen"].iloc[0])
+
+
+def test_response_masses_match_a_token_by_token_product():
+    train, _ = prompts(SMALL)
+    model = build_model(SMALL.model_config(d_model=16), seed=0)
+    masses = response_masses(model, SMALL, train[:3])[0]  # (3, 8)
+    for i, prompt in enumerate(train[:3]):
+        for j, response in enumerate(RESPONSES):
+            ids = list(prompt)
+            p = 1.0
+            for word in response.split():
+                with torch.no_grad():
+                    probs = model(torch.tensor([ids]))[0, -1].double().softmax(-1)
+                token = SMALL.vocab.index(word)
+                p *= float(probs[token])
+                ids.append(token)
+            assert masses[i, j].item() == pytest.approx(p, rel=1e-4)
+    out = rates(masses[None])
+    assert out["refusal_rate"].item() == pytest.approx(masses[:, :4].sum(-1).mean().item())
+    assert out["other_rate"].item() == pytest.approx(1 - masses.sum(-1).mean().item())
+    assert 0 <= out["other_rate"].item() <= 1
+
+
+def test_sft_reaches_the_target_refusal_share():
+    cfg = SafetyConfig(n_topics=4, n_objects=4, refusal_share=0.8)
+    train_cfg = TrainConfig(optimizer="adam", lr=3e-3, weight_decay=0.0, epochs=200, grad_clip=None)
+    model = train_safety_sft(cfg, cfg.model_config(d_model=32), train_cfg, seed=0)
+    train, _ = prompts(cfg)
+    masses = response_masses(model, cfg, train)[0]
+    assert masses[:, :4].sum(-1).mean().item() == pytest.approx(0.8, abs=0.03)
+    assert masses.sum(-1).mean().item() > 0.97  # little mass outside the phrases
+
+
+def test_config_errors_name_the_field():
+    with pytest.raises(ConfigError, match="refusal_share"):
+        SafetyConfig(refusal_share=1.0)
+    with pytest.raises(ConfigError, match="pairs_per_prompt"):
+        SafetyConfig(pairs_per_prompt=0)
+    with pytest.raises(ConfigError, match="d_vocab"):
+        train_safety_sft(SMALL, SafetyConfig().model_config().__class__(), TrainConfig(), 0)
+
+
+def test_run_safety_starts_at_the_reference_and_is_cached(tmp_path):
+    sft = TrainConfig(optimizer="adam", lr=3e-3, weight_decay=0.0, epochs=50, grad_clip=None)
+    dpo = DPOConfig(optimizer="rmsprop", lr=1e-3, weight_decay=0.0, epochs=2, batch_size=8, grad_clip=None, n_evals=2, beta=0.1)
+    runs = variants([0.5], [1.0])
+    curves, pairs = run_safety(SMALL, SMALL.model_config(d_model=16), sft, dpo, runs, [0], tmp_path)
+    start = curves[curves["step"] == 0]
+    assert np.allclose(start["refusal_rate"], start["refusal_rate"].iloc[0])
+    assert np.allclose(start["chosen_logp_change"], 0, atol=1e-6)
+    assert len(pairs) == 3 * len(prompts(SMALL)[0]) and pairs["ches"].notna().all()
+    again, _ = run_safety(SMALL, SMALL.model_config(d_model=16), sft, dpo, runs, [0], tmp_path)
+    pd.testing.assert_frame_equal(curves, again)
+
+
+def _curves(start, end, compliance_end):
+    rows = []
+    for seed in (0, 1):
+        for name, kind, rate in (("all pairs", "all pairs", end), ("f", "CHES filter", 0.7), ("s", "SFT term", 0.9)):
+            rows.append(dict(seed=seed, variant=name, kind=kind, step=0, refusal_rate=start, compliance_rate=0.2))
+            comp = compliance_end if kind == "all pairs" else 0.1
+            rows.append(dict(seed=seed, variant=name, kind=kind, step=9, refusal_rate=rate, compliance_rate=comp))
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize(
+    ("end", "compliance_end", "verdict"),
+    [
+        (0.4, 0.5, "reproduced"),
+        (0.4, 0.0, "partly"),
+        (0.65, 0.5, "partly"),
+        (0.72, 0.3, "not reproduced"),
+        (0.9, 0.0, "not reproduced"),
+    ],
+)
+def test_safety_verdicts(end, compliance_end, verdict):
+    claims = safety_claims(_curves(0.75, end, compliance_end))
+    assert claims["claim_id"].tolist() == ["C13"] and claims["verdict"].iloc[0] == verdict
+    assert "best CHES filter (f) 70.0%" in claims["our_value"].iloc[0]
