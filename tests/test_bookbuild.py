@@ -136,3 +136,24 @@ def test_cli_runs_several_chapters_and_leaves_an_unchanged_scorecard_untouched(r
     assert page.stat().st_mtime_ns == first  # unchanged content is not rewritten, so the site need not re-render it
     with pytest.raises(SystemExit):
         bookbuild.main(["chapter", "missing", "--profile", "quick", *common])
+
+
+def test_peak_memory_sees_a_child_process_and_timings_keep_one_row_per_chapter(tmp_path):
+    import csv
+    import subprocess
+    import sys
+
+    from tools.bookbuild import PeakMemory, record_timing
+
+    with PeakMemory(0.05) as memory:
+        subprocess.run([sys.executable, "-c", "x = bytearray(200 * 2**20); import time; time.sleep(0.5)"], check=True)
+    assert 200 <= memory.mib < 1000
+    record_timing(tmp_path, "a", "quick", "ran", 1.0, 10.0)
+    record_timing(tmp_path, "b", "quick", "ran", 2.0, 20.0)
+    record_timing(tmp_path, "a", "paper", "failed", 3.0, 30.0)
+    with (tmp_path / "timings.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["chapter"], r["profile"], r["outcome"], r["wall_s"]) for r in rows] == [
+        ("a", "paper", "failed", "3.0"),
+        ("b", "quick", "ran", "2.0"),
+    ]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import csv
 import datetime
 import hashlib
 import os
@@ -23,6 +24,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -186,6 +188,70 @@ Downloads: {links}.
 """
 
 
+def _descendants(root: int) -> list[int]:
+    """Process ids below `root` (Linux /proc; empty elsewhere)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+class PeakMemory:
+    """Peak resident memory (MiB) of this process's descendants while the block runs (the
+    papermill kernel), from their VmHWM, polled every `interval` seconds; NaN off Linux."""
+
+    def __init__(self, interval: float = 0.5):
+        self.interval, self.peak_kib, self._stop = interval, 0, threading.Event()
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.interval):
+            for pid in _descendants(os.getpid()):
+                try:
+                    status = Path(f"/proc/{pid}/status").read_text()
+                except OSError:
+                    continue
+                for line in status.splitlines():
+                    if line.startswith("VmHWM:"):
+                        self.peak_kib = max(self.peak_kib, int(line.split()[1]))
+
+    def __enter__(self) -> PeakMemory:
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def mib(self) -> float:
+        return self.peak_kib / 1024 if self.peak_kib else float("nan")
+
+
+def record_timing(executed: Path, stem: str, profile: str, outcome: str, wall_s: float, peak_mib: float) -> None:
+    """Keep one row per chapter in executed/timings.csv: its last real run's wall time and kernel peak memory."""
+    path = executed / "timings.csv"
+    rows = {}
+    if path.exists():
+        with path.open() as f:
+            rows = {row["chapter"]: row for row in csv.DictReader(f)}
+    fields = ["chapter", "profile", "outcome", "wall_s", "peak_rss_mib"]
+    rows[stem] = dict(zip(fields, [stem, profile, outcome, f"{wall_s:.1f}", f"{peak_mib:.0f}"], strict=True))
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows.values())
+
+
 def run_chapter(stem: str, profile: str, executed: Path, results: Path) -> str:
     """Run one chapter unless cached; returns 'cached', 'ran' or 'failed'."""
     executed.mkdir(parents=True, exist_ok=True)
@@ -198,18 +264,20 @@ def run_chapter(stem: str, profile: str, executed: Path, results: Path) -> str:
     failed_file.unlink(missing_ok=True)
     os.environ["DPO_RESULTS_ROOT"] = str(results.resolve())
     start, error = time.time(), None
-    try:
-        papermill.execute_notebook(
-            str(ROOT / "notebooks" / f"{stem}.ipynb"),
-            str(output),
-            parameters=overrides,
-            cwd=str(ROOT / "notebooks"),
-            progress_bar=False,
-            log_output=False,
-        )
-    except Exception as e:  # any failure is reported on the chapter's page and in the scorecard
-        error = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
+    with PeakMemory() as memory:
+        try:
+            papermill.execute_notebook(
+                str(ROOT / "notebooks" / f"{stem}.ipynb"),
+                str(output),
+                parameters=overrides,
+                cwd=str(ROOT / "notebooks"),
+                progress_bar=False,
+                log_output=False,
+            )
+        except Exception as e:  # any failure is reported on the chapter's page and in the scorecard
+            error = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
     wall_s = time.time() - start
+    record_timing(executed, stem, profile, "failed" if error else "ran", wall_s, memory.mib)
     downloads = [f"{stem}.ipynb"]
     target = executed / "downloads" / stem
     shutil.rmtree(target, ignore_errors=True)
