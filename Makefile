@@ -9,7 +9,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 # Chapters in the order of the table of contents (its generated scorecard page excluded).
-STEMS   := $(filter-out scorecard,$(shell sed -n 's|^ *- file: book/chapters/||p' _toc.yml))
+STEMS   := $(filter-out scorecard performance,$(shell sed -n 's|^ *- file: book/chapters/||p' _toc.yml))
 PROFILES := quick $(patsubst params/%/,%,$(wildcard params/*/))
 EXECUTED ?= _build/executed
 RESULTS  ?= _build/results
@@ -17,7 +17,7 @@ TEST_BOOK := _build/test-book
 
 export PYTHONHASHSEED := 0
 
-.PHONY: install book test-book notebooks test lint clean
+.PHONY: install book test-book notebooks test lint bench clean
 .DELETE_ON_ERROR:
 
 $(STAMP): pyproject.toml constraints.txt
@@ -34,6 +34,7 @@ book: $(STAMP)
 	@case " $(PROFILES) " in *" $(PROFILE) "*) ;; *) echo "PROFILE must be one of: $(PROFILES); got '$(PROFILE)'" >&2; exit 2;; esac
 	@$(BIN)/python -m tools.bookbuild chapter $(STEMS) --profile $(PROFILE) --executed $(EXECUTED) --results $(RESULTS)
 	@$(BIN)/python -m tools.bookbuild config .book-config.yml  # at the root: its relative paths resolve from there
+	@$(BIN)/python -m benchmarks.report --executed $(EXECUTED)
 	@$(BIN)/python -m tools.bookbuild scorecard $(STEMS) --executed $(EXECUTED) --results $(RESULTS); status=$$?; \
 	  $(BIN)/jupyter-book build . --config .book-config.yml --warningiserror --nitpick --quiet || exit 1; \
 	  echo "Book: _build/html/index.html"; exit $$status
@@ -49,6 +50,7 @@ test-book: $(STAMP)
 	@ln -sfn ../executed $(TEST_BOOK)/book/chapters
 	@$(BIN)/python -m tools.bookbuild chapter $(STEMS) --profile quick --executed $(TEST_BOOK)/executed \
 	  --results _build/test-results
+	$(BIN)/python -m benchmarks.report --executed $(TEST_BOOK)/executed
 	$(BIN)/python -m tools.bookbuild scorecard $(STEMS) --executed $(TEST_BOOK)/executed --results _build/test-results
 	$(BIN)/jupyter-book build $(TEST_BOOK) --warningiserror --nitpick --quiet
 
@@ -69,6 +71,17 @@ test: $(STAMP) lint
 	DPO_RESULTS_ROOT=$(CURDIR)/_build/test-results $(BIN)/pytest --nbval-lax --nbval-current-env -p no:cacheprovider notebooks
 	$(MAKE) --no-print-directory test-book
 	$(BIN)/python -m tools.check_site $(TEST_BOOK) --screenshots _build/screenshots
+
+# The benchmark suite (benchmarks/) in its own environment: TRL needs transformers 5,
+# while the test environment pins the [hf] extra's version.
+BENCH_VENV := .venv-bench
+$(BENCH_VENV)/.installed: pyproject.toml
+	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet -e ".[bench]"
+	touch $@
+
+bench: $(BENCH_VENV)/.installed
+	$(BENCH_VENV)/bin/python -m benchmarks
 
 clean:
 	rm -rf _build

@@ -1,14 +1,20 @@
-"""Speed of the KL sweep: the batched ensemble against a plain per-β loop, on the paper's data.
+"""The 30-β sweep, the real workload, in pair-updates per second (pairs × models).
 
-    python benchmarks/sweep_speed.py [--betas-subset 3] [--seed 0]
+    python -m benchmarks.sweep_speed [--steps 100] [--subset 2]
 
-Times, in one run and on the same SFT reference:
-  1. the plain loop (``train_dpo``, one β after another) on a subset of β, scaled up to 30 β;
-  2. the batched ensemble (``train_dpo_ensemble``) on all 30 β;
-both over the paper's 3 DPO epochs with a single evaluation, so the ratio compares training.
-  3. the full paper-scale sweep of one seed, 30 evaluations included (``run_sft_then_dpo``).
-Each phase runs in its own process, so its peak resident memory is its own. Prints a table
-and writes ``_build/benchmarks/sweep_speed.csv``.
+On the KL sweep's data (Park §4.2), batch 16, RMSprop 5e-5, one SFT reference, `steps`
+optimizer steps of every model, in one run:
+
+- **batched**: ``train_dpo_ensemble``, all 30 β as one ensemble;
+- **plain loop**: ``train_dpo``, one β after another, timed on `subset` β and scaled to 30;
+- **TRL**: DPOTrainer on the GPT-2 of the same shape (see benchmarks.throughput), one β
+  after another, timed on `subset` β and scaled (skipped when TRL is not installed).
+
+Then the machine's limit: torch's FlopCounterMode counts the FLOPs of one batched
+training step (forward and backward of every model on chosen and rejected, prompt not
+shared; reference log-probs cached, so not counted), and the achieved rate is compared
+with the peak matmul rate measured in the same run (benchmarks.peak).
+Writes ``_build/benchmarks/sweep_speed.csv``.
 """
 
 from __future__ import annotations
@@ -16,103 +22,108 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import multiprocessing as mp
-import resource
+import importlib.util
 import tempfile
-import time
-from pathlib import Path
 
 import pandas as pd
 import torch
 
-from dpo_toolkit.config import DataConfig, DPOConfig, EvalConfig, ModelConfig, TrainConfig
-from dpo_toolkit.data import make_pairs
+from benchmarks.common import flops, seconds, write
+from benchmarks.peak import peak_gflops
+from benchmarks.throughput import BATCH, LR, pairs_subset, run_trl
+from dpo_toolkit.config import DPOConfig, ModelConfig
+from dpo_toolkit.data import PairSet
 from dpo_toolkit.ensemble import Ensemble
-from dpo_toolkit.runs import run_sft_then_dpo, sft_reference
+from dpo_toolkit.model import build_model
 from dpo_toolkit.sweep import beta_grid
-from dpo_toolkit.train import train_dpo, train_dpo_ensemble
+from dpo_toolkit.train import _dpo_batch_loss, train_dpo, train_dpo_ensemble
 
-DATA = DataConfig(prompt_min=100, prompt_max=500, window=10, test_fraction=0.5)
-SFT = TrainConfig(optimizer="adam", lr=1e-3, weight_decay=0.0, epochs=10, batch_size=16, grad_clip=None, n_evals=1)
-DPO = DPOConfig(optimizer="rmsprop", lr=5e-5, weight_decay=0.0, epochs=3, batch_size=16, grad_clip=None, n_evals=1)
-EVAL = EvalConfig(kl_samples=4, max_pairs=1024)
 BETAS = beta_grid(30, 1e-2, 1.0)
-ROOT = Path(__file__).resolve().parents[1]
+DPO = DPOConfig(optimizer="rmsprop", lr=LR, weight_decay=0.0, epochs=1, batch_size=BATCH, grad_clip=None, n_evals=1)
 
 
-def _reference(seed: int, cache: Path):
-    return sft_reference(DATA, ModelConfig(), SFT, EVAL, seed, cache, progress=False)[0]
+def reference_model() -> torch.nn.Module:
+    """A fixed model standing in for the SFT reference (speed does not depend on its weights)."""
+    return build_model(ModelConfig(), seed=0).requires_grad_(False)
 
 
-def plain_loop(seed: int, cache: Path, subset: int) -> dict:
-    reference = _reference(seed, cache)
-    train, _ = make_pairs(DATA)
-    betas = BETAS[:: len(BETAS) // subset][:subset]
-    start = time.perf_counter()
-    for beta in betas:
-        policy = copy.deepcopy(reference).requires_grad_(True)
-        train_dpo(policy, reference, train, dataclasses.replace(DPO, beta=beta), lambda p: {}, progress=False)
-    seconds = time.perf_counter() - start
-    return {"phase": f"plain loop, {subset} β scaled to {len(BETAS)}", "seconds": seconds * len(BETAS) / subset}
+def batched(pairs: PairSet, betas: list[float]) -> float:
+    reference = reference_model()
+    cfgs = [dataclasses.replace(DPO, beta=b) for b in betas]
+    policies = Ensemble([copy.deepcopy(reference) for _ in betas])
+    return seconds(lambda: train_dpo_ensemble(policies, reference, pairs, cfgs, lambda e: [{}] * len(e), progress=False))
 
 
-def batched(seed: int, cache: Path, subset: int) -> dict:
-    reference = _reference(seed, cache)
-    train, _ = make_pairs(DATA)
-    cfgs = [dataclasses.replace(DPO, beta=b) for b in BETAS]
-    start = time.perf_counter()
-    train_dpo_ensemble(
-        Ensemble([copy.deepcopy(reference) for _ in BETAS]), reference, train, cfgs, lambda e: [{}] * len(cfgs), progress=False
-    )
-    return {"phase": f"batched ensemble, {len(BETAS)} β", "seconds": time.perf_counter() - start}
+def plain_loop(pairs: PairSet, betas: list[float]) -> float:
+    reference = reference_model()
+
+    def run() -> None:
+        for beta in betas:
+            policy = copy.deepcopy(reference).requires_grad_(True)
+            train_dpo(policy, reference, pairs, dataclasses.replace(DPO, beta=beta), lambda p: {}, progress=False)
+
+    return seconds(run)
 
 
-def full_sweep(seed: int, cache: Path, subset: int) -> dict:
-    _reference(seed, cache)  # SFT is not part of the sweep's time
-    dpo = dataclasses.replace(DPO, n_evals=30)
-    start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        for f in cache.glob("sft-*"):
-            (Path(tmp) / f.name).symlink_to(f)
-        run_sft_then_dpo(DATA, ModelConfig(), SFT, dpo, EVAL, BETAS, [seed], tmp, progress=False)
-    return {
-        "phase": f"full sweep, {len(BETAS)} β × 30 evaluations (KL {EVAL.kl_samples} samples/prompt)",
-        "seconds": time.perf_counter() - start,
-    }
+def trl_loop(pairs: PairSet, betas: list[float]) -> float:
+    import benchmarks.throughput as throughput
+
+    def run() -> None:
+        for beta in betas:
+            throughput.BETA = beta
+            with tempfile.TemporaryDirectory() as workdir:
+                run_trl(pairs, workdir)
+
+    return seconds(run)
 
 
-def _child(fn, args, queue) -> None:
-    row = fn(*args)
-    row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    queue.put(row)
+def step_flops(pairs: PairSet, n_models: int) -> float:
+    """FLOPs of one batched training step (loss, backward) of n_models on one minibatch."""
+    reference = reference_model()
+    policies = Ensemble([copy.deepcopy(reference) for _ in range(n_models)])
+    loss = _dpo_batch_loss(policies, pairs, reference, torch.full((n_models, 1), 0.1))
+    index = torch.arange(BATCH)
+    return flops(lambda: loss(index).sum().backward())
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--betas-subset", type=int, default=3, help="β run by the plain loop (1–30)")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    if not 1 <= args.betas_subset <= len(BETAS):
-        parser.error(f"--betas-subset must be in [1, {len(BETAS)}], got {args.betas_subset}")
-    cache = ROOT / "_build" / "benchmarks" / "cache"
-    cache.mkdir(parents=True, exist_ok=True)
-    _reference(args.seed, cache)
-    ctx = mp.get_context("spawn")
-    rows = []
-    for fn in (plain_loop, batched, full_sweep):
-        queue = ctx.Queue()
-        proc = ctx.Process(target=_child, args=(fn, (args.seed, cache, args.betas_subset), queue))
-        proc.start()
-        rows.append(queue.get())
-        proc.join()
+    parser.add_argument("--steps", type=int, default=100, help="optimizer steps of every model (≥ 10)")
+    parser.add_argument("--subset", type=int, default=2, help="β timed one after another, then scaled to 30 (1–30)")
+    args = parser.parse_args(argv)
+    if args.steps < 10 or not 1 <= args.subset <= len(BETAS):
+        parser.error(f"--steps must be ≥ 10 and --subset in [1, {len(BETAS)}], got {args.steps} and {args.subset}")
+    pairs = pairs_subset(args.steps * BATCH)
+    subset = BETAS[:: len(BETAS) // args.subset][: args.subset]
+    scale = len(BETAS) / len(subset)
+    updates = len(pairs) * len(BETAS)  # pair-updates of the whole sweep
+    rows = [
+        {"method": "batched ensemble (train_dpo_ensemble)", "betas_timed": len(BETAS), "seconds_30_betas": batched(pairs, BETAS)}
+    ]
+    rows.append(
+        {
+            "method": "plain per-β loop (train_dpo)",
+            "betas_timed": len(subset),
+            "seconds_30_betas": plain_loop(pairs, subset) * scale,
+        }
+    )
+    if importlib.util.find_spec("trl") is not None:
+        rows.append(
+            {"method": "TRL DPOTrainer per β", "betas_timed": len(subset), "seconds_30_betas": trl_loop(pairs, subset) * scale}
+        )
     df = pd.DataFrame(rows)
-    df["speedup_vs_plain"] = df["seconds"].iloc[0] / df["seconds"]
-    df.loc[2, "speedup_vs_plain"] = float("nan")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(df.to_string(index=False, float_format=lambda x: f"{x:.2f}"))
-    out = ROOT / "_build" / "benchmarks" / "sweep_speed.csv"
-    df.to_csv(out, index=False)
-    print(f"written to {out}")
+    df["pair_updates_per_s"] = updates / df["seconds_30_betas"]
+    batched_rate = df["pair_updates_per_s"].iloc[0]
+    df["batched_speedup"] = batched_rate / df["pair_updates_per_s"]
+    per_update = step_flops(pairs, len(BETAS)) / (len(BETAS) * BATCH)
+    peak = peak_gflops()
+    df["mflop_per_pair_update"] = per_update / 1e6
+    df["gflops"] = df["pair_updates_per_s"] * per_update / 1e9
+    df["peak_gflops"] = peak
+    df["fraction_of_peak"] = df["gflops"] / peak
+    df["steps"] = args.steps
+    write(df, "sweep_speed")
+    return df
 
 
 if __name__ == "__main__":

@@ -1,0 +1,40 @@
+"""Run the whole benchmark suite: ``python -m benchmarks`` (after ``pip install .[bench]``).
+
+Each script runs in its own process, one after another (never two timed jobs at once), and
+writes its CSV under ``_build/benchmarks/``; then the Performance page is regenerated.
+Pass --quick for a short smoke run (fewer steps and repeats).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from benchmarks.common import ROOT
+
+FULL = [
+    ["benchmarks.peak"],
+    ["benchmarks.throughput"],
+    ["benchmarks.sweep_speed"],
+    ["benchmarks.scaling"],
+    ["benchmarks.book"],
+]
+QUICK = [
+    ["benchmarks.peak"],
+    ["benchmarks.throughput", "--steps", "20", "--repeats", "1"],
+    ["benchmarks.sweep_speed", "--steps", "20", "--subset", "1"],
+    ["benchmarks.scaling", "--steps", "5"],
+    ["benchmarks.book"],
+]
+
+
+def main() -> int:
+    suite = QUICK if "--quick" in sys.argv[1:] else FULL
+    for module, *args in suite:
+        print(f"== {module} {' '.join(args)}", flush=True)
+        subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, check=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

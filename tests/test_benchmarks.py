@@ -1,0 +1,74 @@
+"""The benchmark suite's plumbing (never its timings): the Performance page from CSVs, and
+the GPT-2 twin that TRL trains."""
+
+import pandas as pd
+import pytest
+
+from benchmarks import report
+
+MACHINE = {"cpu": "Test CPU", "cores": 2, "threads": 2, "torch": "2.13.0"}
+
+
+def _write_suite(folder):
+    folder.mkdir(parents=True)
+    pd.DataFrame([
+        {"method": "toolkit (train_dpo)", "steps": 100, "pairs": 1600, "best_s": 0.5, "pairs_per_s": 3200.0, "vs_trl": 6.4},
+        {"method": "TRL DPOTrainer, HF GPT-2", "steps": 100, "pairs": 1600, "best_s": 3.2, "pairs_per_s": 500.0, "vs_trl": 1.0},
+    ]).assign(**MACHINE).to_csv(folder / "throughput.csv", index=False)  # fmt: skip
+    common = {"steps": 100, "mflop_per_pair_update": 10.0, "peak_gflops": 200.0}
+    pd.DataFrame([
+        {"method": "batched ensemble (train_dpo_ensemble)", "betas_timed": 30, "seconds_30_betas": 10.0,
+         "pair_updates_per_s": 4800.0, "batched_speedup": 1.0, "gflops": 48.0, "fraction_of_peak": 0.24, **common},
+        {"method": "plain per-β loop (train_dpo)", "betas_timed": 2, "seconds_30_betas": 30.0,
+         "pair_updates_per_s": 1600.0, "batched_speedup": 3.0, "gflops": 16.0, "fraction_of_peak": 0.08, **common},
+        {"method": "TRL DPOTrainer per β", "betas_timed": 2, "seconds_30_betas": 120.0,
+         "pair_updates_per_s": 400.0, "batched_speedup": 12.0, "gflops": 4.0, "fraction_of_peak": 0.02, **common},
+    ]).assign(**MACHINE).to_csv(folder / "sweep_speed.csv", index=False)  # fmt: skip
+    by_models = [{"axis": "models (β)", "size": m, "pairs": 800, "seconds": m / 10, "pair_updates_per_s": 8e3} for m in (1, 2, 4)]
+    by_data = [{"axis": "training pairs (30 β, one epoch)", "size": n, "pairs": n, "seconds": n / 100, "pair_updates_per_s": 3e3}
+               for n in (100, 200)]  # fmt: skip
+    pd.DataFrame(by_models + by_data).assign(**MACHINE).to_csv(folder / "scaling.csv", index=False)
+
+
+def test_performance_page_quotes_every_ratio_and_judges_each_target(tmp_path, monkeypatch):
+    fresh = tmp_path / "fresh"
+    _write_suite(fresh)
+    monkeypatch.setattr(report, "SOURCES", (fresh, tmp_path / "committed"))
+    page = report.render(tmp_path / "executed")
+    text = page.read_text()
+    assert "Test CPU, 2 cores, torch 2.13.0 on 2 threads" in text
+    assert "| one model vs TRL | ≥ 5 | **met** (6.40 ≥ 5) |" in text
+    assert "| sweep vs TRL | ≥ 10 | **met** (12.00 ≥ 10) |" in text
+    assert "| sweep vs plain loop | ≥ 10 | **not met** (3.00 < 10) |" in text
+    assert "| fraction of peak | ≥ 0.4 | **not met** (0.24 < 0.4) |" in text
+    assert "Not measured yet: run `python -m benchmarks.peak`" in text  # no peak.csv: its section says so
+    assert (tmp_path / "executed" / "performance" / "scaling.png").stat().st_size > 1000
+    before = page.stat().st_mtime_ns
+    report.render(tmp_path / "executed")
+    assert page.stat().st_mtime_ns == before  # unchanged inputs leave the page untouched
+
+
+def test_a_csv_from_an_older_suite_is_named_in_the_error(tmp_path, monkeypatch):
+    folder = tmp_path / "fresh"
+    folder.mkdir()
+    pd.DataFrame({"phase": ["x"], "seconds": [1.0]}).to_csv(folder / "sweep_speed.csv", index=False)
+    monkeypatch.setattr(report, "SOURCES", (folder,))
+    with pytest.raises(ValueError, match=r"sweep_speed\.csv.*benchmarks\.sweep_speed"):
+        report.render(tmp_path / "executed")
+
+
+def test_the_gpt2_twin_tokenizes_characters_and_has_the_toolkit_shape():
+    pytest.importorskip("transformers")
+    from benchmarks.throughput import _gpt2_batch, hf_model, hf_tokenizer
+    from dpo_toolkit.data import VOCAB, PairSet
+
+    tokenizer = hf_tokenizer()
+    assert tokenizer("123=")["input_ids"] == [VOCAB.index(c) for c in "123="]
+    model = hf_model()
+    assert (model.config.n_layer, model.config.n_embd, model.config.n_head, model.config.n_inner) == (1, 128, 4, 128)
+    assert model.config.vocab_size == len(VOCAB) + 2
+    ids, mask = _gpt2_batch(tokenizer, PairSet([12, 7], [13, 8], [15, 10]))
+    assert ids.shape[0] == 4
+    assert tokenizer.decode(ids[0][mask[0]]).replace(" ", "") == "13.<eos>"
+    assert tokenizer.decode(ids[3][mask[3]]).replace(" ", "") == "10.<eos>"
+    assert not mask[:, :2].any()
