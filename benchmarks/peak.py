@@ -26,12 +26,14 @@ SHAPES = {
 }
 
 
-def rate(m: int, k: int, n: int) -> float:
-    """Best GFLOP/s of (m×k) @ (k×n) in float32 over 5 repeats."""
-    a, b = torch.randn(m, k), torch.randn(k, n)
+def rate(m: int, k: int, n: int, device: str | torch.device = "cpu") -> float:
+    """Best GFLOP/s of (m×k) @ (k×n) in float32 over 5 repeats, on `device`."""
+    device = torch.device(device)
+    a, b = torch.randn(m, k, device=device), torch.randn(k, n, device=device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     def run(calls: int) -> float:
-        return seconds(lambda: [a @ b for _ in range(calls)])
+        return seconds(lambda: ([a @ b for _ in range(calls)], sync()))
 
     calls = 1
     while run(calls) < 0.2:
@@ -48,9 +50,9 @@ def main() -> pd.DataFrame:
     return df
 
 
-def peak_gflops() -> float:
-    """The measured peak (best over SHAPES), as main() reports it."""
-    return max(rate(*shape) for shape in SHAPES.values())
+def peak_gflops(device: str | torch.device = "cpu") -> float:
+    """The measured peak on `device` (best over SHAPES), as main() reports it for the CPU."""
+    return max(rate(*shape, device=device) for shape in SHAPES.values())
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ REQUIRED = {
     "throughput": {"method", "steps", "pairs_per_s", "best_s", "vs_trl"},
     "sweep_speed": {"method", "steps", "betas_timed", "seconds_30_betas", "pair_updates_per_s", "batched_speedup",
                     "mflop_per_pair_update", "gflops", "peak_gflops", "fraction_of_peak"},
+    "sweep_speed_gpu": {"method", "steps", "pair_updates_per_s", "fraction_of_peak", "device"},
     "peak": {"shape", "gflops", "fraction_of_peak"},
     "scaling": {"axis", "size", "seconds", "pair_updates_per_s"},
     "book": {"source", "profile", "chapter", "wall_s", "peak_rss_mib"},
@@ -198,8 +199,18 @@ def render(executed: Path) -> Path:
                                    "peak_rss_mib": "peak memory (MiB)"}, {"wall_s": ",.0f", "peak_rss_mib": ",.0f"}))  # fmt: skip
         parts.append(_source(path))
 
+    gpu, path = load("sweep_speed_gpu")
     parts.append("## Beyond the laptop\n")
-    parts.append("No GPU was available where these numbers were taken, so this page has no GPU row.\n")
+    if gpu is None:
+        parts.append(
+            "No GPU was available where these numbers were taken, so this page has no GPU row. On a machine with CUDA, "
+            "`python -m benchmarks.sweep_speed --device cuda` adds one.\n"
+        )
+    else:
+        parts.append(f"The sweep benchmark on {gpu['device'].iloc[0]} (`--device cuda`; TRL not run there):\n")
+        columns = {"method": "method", "pair_updates_per_s": "pair-updates / s", "fraction_of_peak": "of the GPU's matmul peak"}
+        parts.append(_table(gpu, columns, {"pair_updates_per_s": ",.0f", "fraction_of_peak": ".0%"}))
+        parts.append(_source(path))
     page = executed / "performance.md"
     text = "\n".join(parts)
     if not page.exists() or page.read_text() != text:

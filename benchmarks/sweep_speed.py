@@ -33,6 +33,7 @@ from benchmarks.peak import peak_gflops
 from benchmarks.throughput import BATCH, LR, pairs_subset, run_trl
 from dpo_toolkit.config import DPOConfig, ModelConfig
 from dpo_toolkit.data import PairSet
+from dpo_toolkit.device import resolve_device
 from dpo_toolkit.ensemble import Ensemble
 from dpo_toolkit.model import build_model
 from dpo_toolkit.sweep import beta_grid
@@ -42,9 +43,12 @@ BETAS = beta_grid(30, 1e-2, 1.0)
 DPO = DPOConfig(optimizer="rmsprop", lr=LR, weight_decay=0.0, epochs=1, batch_size=BATCH, grad_clip=None, n_evals=1)
 
 
+DEVICE = torch.device("cpu")  # set by --device
+
+
 def reference_model() -> torch.nn.Module:
-    """A fixed model standing in for the SFT reference (speed does not depend on its weights)."""
-    return build_model(ModelConfig(), seed=0).requires_grad_(False)
+    """A fixed model standing in for the SFT reference (speed does not depend on its weights), on DEVICE."""
+    return build_model(ModelConfig(), seed=0).requires_grad_(False).to(DEVICE)
 
 
 def batched(pairs: PairSet, betas: list[float]) -> float:
@@ -90,7 +94,13 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=100, help="optimizer steps of every model (≥ 10)")
     parser.add_argument("--subset", type=int, default=2, help="β timed one after another, then scaled to 30 (1–30)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (TRL runs only on the CPU)")
     args = parser.parse_args(argv)
+    global DEVICE
+    try:
+        DEVICE = resolve_device(args.device)
+    except ValueError as e:
+        parser.error(str(e))
     if args.steps < 10 or not 1 <= args.subset <= len(BETAS):
         parser.error(f"--steps must be ≥ 10 and --subset in [1, {len(BETAS)}], got {args.steps} and {args.subset}")
     pairs = pairs_subset(args.steps * BATCH)
@@ -107,7 +117,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
             "seconds_30_betas": plain_loop(pairs, subset) * scale,
         }
     )
-    if importlib.util.find_spec("trl") is not None:
+    if importlib.util.find_spec("trl") is not None and DEVICE.type == "cpu":
         rows.append(
             {"method": "TRL DPOTrainer per β", "betas_timed": len(subset), "seconds_30_betas": trl_loop(pairs, subset) * scale}
         )
@@ -116,13 +126,14 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     batched_rate = df["pair_updates_per_s"].iloc[0]
     df["batched_speedup"] = batched_rate / df["pair_updates_per_s"]
     per_update = step_flops(pairs, len(BETAS)) / (len(BETAS) * BATCH)
-    peak = peak_gflops()
+    peak = peak_gflops(DEVICE)
     df["mflop_per_pair_update"] = per_update / 1e6
     df["gflops"] = df["pair_updates_per_s"] * per_update / 1e9
     df["peak_gflops"] = peak
     df["fraction_of_peak"] = df["gflops"] / peak
     df["steps"] = args.steps
-    write(df, "sweep_speed")
+    df["device"] = torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else "cpu"
+    write(df, "sweep_speed" if DEVICE.type == "cpu" else "sweep_speed_gpu")
     return df
 
 

@@ -156,8 +156,14 @@ def _dpo_batch_loss(
     pair_weights (M, n_pairs) weight each model's pairs: a model's loss is the weighted
     mean over the minibatch (0 when all its weights there are 0). None: the plain mean.
     `train` is the pairs, or their ``collate_pairs``-layout batch (chosen rows, then rejected rows).
+    Everything runs on the reference's device (the policy's weights must be there too).
     """
+    device = next(reference.parameters()).device  # the policy's too: data and weights follow the reference
     batch = train if isinstance(train, Batch) else collate_pairs(train)  # chosen rows 0..n−1, rejected rows n..2n−1
+    batch = Batch(batch.tokens.to(device), batch.response_mask.to(device))
+    betas = betas.to(device)
+    pair_weights = None if pair_weights is None else pair_weights.to(device)
+    sft_weights = None if sft_weights is None else sft_weights.to(device)
     reference_chosen_logps, reference_rejected_logps = pair_logps(reference, batch)  # (n,) each
     n = batch.tokens.shape[0] // 2
 
