@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmarks.common import ROOT, write
-from tools.bookbuild import PeakMemory
+from tools.peakmem import PeakMemory
 
 SOURCES = {"make book": ROOT / "_build" / "executed", "make test (quick book)": ROOT / "_build" / "test-book" / "executed"}
 

@@ -143,7 +143,8 @@ def test_peak_memory_sees_a_child_process_and_timings_keep_one_row_per_chapter(t
     import subprocess
     import sys
 
-    from tools.bookbuild import PeakMemory, record_timing
+    from tools.bookbuild import record_timing
+    from tools.peakmem import PeakMemory
 
     with PeakMemory(0.05) as memory:
         subprocess.run([sys.executable, "-c", "x = bytearray(200 * 2**20); import time; time.sleep(0.5)"], check=True)
