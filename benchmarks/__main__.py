@@ -17,7 +17,7 @@ FULL = [
     ["benchmarks.throughput"],
     ["benchmarks.sweep_speed"],
     ["benchmarks.scaling"],
-    ["benchmarks.book"],
+    ["benchmarks.book", "--run-quick"],
 ]
 QUICK = [
     ["benchmarks.peak"],

@@ -367,9 +367,10 @@ def plot_variant_curves(curves: pd.DataFrame, metrics: dict[str, str], ncols: in
         ax.set(title=title, xlabel="DPO step", ylabel=column)
     for ax in axes.flat[len(metrics) :]:
         ax.set_visible(False)
-    if axes.flat[0].get_legend() is not None:
-        sns.move_legend(axes.flat[0], "upper left", bbox_to_anchor=(0, -0.18), ncol=3, title=None, fontsize="small")
-    fig.tight_layout()
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    axes.flat[0].get_legend().remove()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), frameon=False)
+    fig.tight_layout(rect=(0, 0.12 / nrows, 1, 1))
     return fig
 
 
