@@ -7,10 +7,12 @@ Same data (the KL sweep's number-line pairs, Park §4.2), batch size 16, RMSprop
 
 - **toolkit**: ``train_dpo`` on its transformer (1 layer, d_model 128, 4 heads, MLP 128,
   12-token vocabulary); reference log-probs computed once for the whole set;
-- **TRL DPOTrainer** (sigmoid loss, its defaults otherwise: the reference model, a copy
-  of the initial policy, runs on every batch) on a Hugging Face GPT-2 of the same shape (1 layer, n_embd 128, 4 heads,
-  n_inner 128, vocabulary 12 + pad + EOS), built from a config with a local character
-  tokenizer: no download;
+- **TRL DPOTrainer** on a Hugging Face GPT-2 of the same shape (1 layer, n_embd 128,
+  4 heads, n_inner 128, vocabulary 12 + pad + EOS), built from a config with a local
+  character tokenizer (no download): sigmoid loss, float32 and no gradient checkpointing
+  as in the toolkit, TRL's defaults otherwise (the reference model, a copy of the
+  initial policy, runs on every batch); a second row keeps TRL 1.16's own defaults,
+  bf16 autocast and gradient checkpointing;
 - **plain PyTorch on the GPT-2**: the textbook loop (policy and reference forward on
   each batch, DPO loss, RMSprop step), the floor of what any trainer on that model costs.
 
@@ -91,7 +93,10 @@ def run_toolkit(pairs: PairSet) -> None:
     train_dpo(policy, reference, pairs, cfg, lambda p: {}, progress=False)
 
 
-def run_trl(pairs: PairSet, workdir: str) -> None:
+def run_trl(pairs: PairSet, workdir: str, defaults: bool = False) -> None:
+    """TRL's DPOTrainer for one epoch over pairs. In float32 without gradient checkpointing,
+    as the toolkit runs, unless `defaults`: then TRL 1.16's own defaults, bf16 autocast and
+    gradient checkpointing, which are slow on a CPU without native bf16."""
     from datasets import Dataset
     from trl import DPOConfig as TRLConfig
     from trl import DPOTrainer
@@ -99,7 +104,7 @@ def run_trl(pairs: PairSet, workdir: str) -> None:
     args = TRLConfig(output_dir=workdir, per_device_train_batch_size=BATCH, learning_rate=LR, optim="rmsprop", beta=BETA,
                      num_train_epochs=1, lr_scheduler_type="constant", warmup_steps=0, logging_strategy="no",
                      save_strategy="no", report_to="none", use_cpu=True, dataloader_num_workers=0, disable_tqdm=True,
-                     max_length=16, seed=0)  # fmt: skip
+                     max_length=16, seed=0, bf16=defaults, gradient_checkpointing=defaults)  # fmt: skip
     model = hf_model()
     reference = copy.deepcopy(model)  # passed explicitly: TRL would otherwise reload it from a hub path
     trainer = DPOTrainer(model, ref_model=reference, args=args, train_dataset=Dataset.from_dict(texts(pairs)),
@@ -162,6 +167,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     methods = {"toolkit (train_dpo)": lambda: run_toolkit(pairs), "plain PyTorch, HF GPT-2": lambda: run_plain_gpt2(pairs)}
     with tempfile.TemporaryDirectory() as workdir:
         methods["TRL DPOTrainer, HF GPT-2"] = lambda: run_trl(pairs, workdir)
+        methods["TRL DPOTrainer, its defaults (bf16, checkpointing)"] = lambda: run_trl(pairs, workdir, defaults=True)
         times: dict[str, list[float]] = {name: [] for name in methods}
         for _ in range(args.repeats):
             for name, fn in methods.items():
@@ -169,7 +175,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     rows = [{"method": name, "steps": args.steps, "pairs": len(pairs), "best_s": min(t), "pairs_per_s": len(pairs) / min(t)}
             for name, t in times.items()]  # fmt: skip
     df = pd.DataFrame(rows)
-    trl = df.loc[df["method"].str.startswith("TRL"), "pairs_per_s"].iloc[0]
+    trl = df.loc[df["method"] == "TRL DPOTrainer, HF GPT-2", "pairs_per_s"].iloc[0]
     df["vs_trl"] = df["pairs_per_s"] / trl
     write(df, "throughput")
     return df

@@ -106,18 +106,16 @@ class Batch:
 
 def collate(prompts: np.ndarray, responses: np.ndarray) -> Batch:
     """Tokenize (s, y) pairs into one batch, right-padded to its longest sequence."""
-    seqs, masks = [], []
-    for s, y in zip(prompts.tolist(), responses.tolist(), strict=True):
-        p, r = encode_prompt(s), encode_response(y)
-        seqs.append(p + r)
-        masks.append([False] * len(p) + [True] * len(r))
-    width = max(len(q) for q in seqs)
-    tokens = torch.full((len(seqs), width), PAD, dtype=torch.long)
-    response_mask = torch.zeros((len(seqs), width), dtype=torch.bool)
-    for i, (q, m) in enumerate(zip(seqs, masks, strict=True)):
-        tokens[i, : len(q)] = torch.tensor(q)
-        response_mask[i, : len(m)] = torch.tensor(m)
-    return Batch(tokens, response_mask)
+    seqs = [encode_prompt(s) + encode_response(y) for s, y in zip(prompts.tolist(), responses.tolist(), strict=True)]
+    prompt_lengths = np.array([seq.index(EQ) + 1 for seq in seqs])
+    lengths = np.array([len(seq) for seq in seqs])
+    width = int(lengths.max())
+    tokens = np.full((len(seqs), width), PAD, dtype=np.int64)
+    for i, seq in enumerate(seqs):
+        tokens[i, : len(seq)] = seq
+    positions = np.arange(width)
+    response_mask = (positions >= prompt_lengths[:, None]) & (positions < lengths[:, None])  # (batch, seq)
+    return Batch(torch.from_numpy(tokens), torch.from_numpy(response_mask))
 
 
 def collate_pairs(pairs: PairSet, index: np.ndarray | slice = slice(None)) -> Batch:
