@@ -201,6 +201,13 @@ def mitigation_claims(curves: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+def ood_drift(curves: pd.DataFrame) -> pd.Series:
+    """OOD rate at the last evaluation minus at step 0 (the reference), mean over seeds, per variant."""
+    first = curves[curves["step"] == 0].set_index(["seed", "variant"])["ood_rate"]
+    final = final_rows(curves).set_index(["seed", "variant"])["ood_rate"]
+    return (final - first).groupby("variant").mean()
+
+
 DRIFT_REDUCTION = 0.5  # C21: the filter must remove at least this share of the OOD drift
 
 
@@ -209,9 +216,8 @@ def drift_claims(curves: pd.DataFrame) -> pd.DataFrame:
     grokking setup? Drift = OOD at the last evaluation minus OOD of the reference (step 0),
     mean over seeds. Reproduced if the best filter removes ≥ DRIFT_REDUCTION of the all-pairs
     drift, partly if it removes some, not reproduced otherwise (or if there is no drift to remove)."""
-    first = curves[curves["step"] == 0].set_index(["seed", "variant"])["ood_rate"]
+    drift = ood_drift(curves)
     final = final_rows(curves).set_index(["seed", "variant"])
-    drift = (final["ood_rate"] - first).groupby("variant").mean()
     kinds = final.groupby("variant")["kind"].first()
     base = float(drift[kinds == "all pairs"].iloc[0])
     filtered = drift[kinds == "CHES filter"]
