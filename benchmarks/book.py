@@ -7,7 +7,8 @@ Per chapter: the wall time and the papermill kernel's peak resident memory that
 unchanged keeps its last run's row): ``_build/executed`` for ``make book`` (paper
 profile by default) and ``_build/test-book/executed`` for the quick book of ``make test``.
 With --run-quick, first executes every chapter at the quick profile from scratch (fresh
-result caches in a temporary folder) and times the whole run.
+result caches in a temporary folder) and times the whole run; without it, the rows of the
+last such run in book.csv are kept.
 Writes ``_build/benchmarks/book.csv``.
 """
 
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmarks.common import ROOT, write
+from benchmarks.common import OUT, ROOT, machine, write
 from tools.peakmem import PeakMemory
 
 SOURCES = {"make book": ROOT / "_build" / "executed", "make test (quick book)": ROOT / "_build" / "test-book" / "executed"}
@@ -53,7 +54,14 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run-quick", action="store_true", help="first build every chapter at the quick profile from scratch")
     args = parser.parse_args(argv)
-    frames = [run_quick()] if args.run_quick else []
+    previous = OUT / "book.csv"
+    if args.run_quick:
+        frames = [run_quick()]
+    elif previous.exists():  # keep the last from-scratch quick run
+        old = pd.read_csv(previous)
+        frames = [old[old["source"].str.startswith("fresh")].drop(columns=list(machine()), errors="ignore")]
+    else:
+        frames = []
     for source, folder in SOURCES.items():
         if (folder / "timings.csv").exists():
             frames.append(pd.read_csv(folder / "timings.csv").assign(source=source))
