@@ -22,7 +22,7 @@ FULL = [
 QUICK = [
     ["benchmarks.peak"],
     ["benchmarks.throughput", "--steps", "20", "--repeats", "1"],
-    ["benchmarks.sweep_speed", "--steps", "20", "--subset", "1"],
+    ["benchmarks.sweep_speed", "--steps", "20", "--subset", "1", "--repeats", "1"],
     ["benchmarks.scaling", "--steps", "5"],
     ["benchmarks.book"],
 ]

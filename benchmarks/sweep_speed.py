@@ -3,9 +3,9 @@
     python -m benchmarks.sweep_speed [--steps 100] [--subset 2]
 
 On the KL sweep's data (Park §4.2), batch 16, RMSprop 5e-5, one SFT reference, `steps`
-optimizer steps of every model, in one run:
+optimizer steps of every model, in one run, each method timed `repeats` times (best kept):
 
-- **batched**: ``train_dpo_ensemble``, all 30 β as one ensemble;
+- **batched**: ``train_dpo_ensemble``, all 30 β as one ensemble (after a short warm-up run);
 - **plain loop**: ``train_dpo``, one β after another, timed on `subset` β and scaled to 30;
 - **TRL**: DPOTrainer on the GPT-2 of the same shape (see benchmarks.throughput), one β
   after another, timed on `subset` β and scaled (skipped when TRL is not installed).
@@ -95,32 +95,29 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser.add_argument("--steps", type=int, default=100, help="optimizer steps of every model (≥ 10)")
     parser.add_argument("--subset", type=int, default=2, help="β timed one after another, then scaled to 30 (1–30)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (TRL runs only on the CPU)")
+    parser.add_argument("--repeats", type=int, default=2, help="timings of each method; the best is kept (≥ 1)")
     args = parser.parse_args(argv)
     global DEVICE
     try:
         DEVICE = resolve_device(args.device)
     except ValueError as e:
         parser.error(str(e))
-    if args.steps < 10 or not 1 <= args.subset <= len(BETAS):
-        parser.error(f"--steps must be ≥ 10 and --subset in [1, {len(BETAS)}], got {args.steps} and {args.subset}")
+    if args.steps < 10 or not 1 <= args.subset <= len(BETAS) or args.repeats < 1:
+        parser.error(f"--steps must be ≥ 10, --subset in [1, {len(BETAS)}] and --repeats ≥ 1, "
+                     f"got {args.steps}, {args.subset} and {args.repeats}")  # fmt: skip
     pairs = pairs_subset(args.steps * BATCH)
     subset = BETAS[:: len(BETAS) // args.subset][: args.subset]
     scale = len(BETAS) / len(subset)
     updates = len(pairs) * len(BETAS)  # pair-updates of the whole sweep
-    rows = [
-        {"method": "batched ensemble (train_dpo_ensemble)", "betas_timed": len(BETAS), "seconds_30_betas": batched(pairs, BETAS)}
-    ]
-    rows.append(
-        {
-            "method": "plain per-β loop (train_dpo)",
-            "betas_timed": len(subset),
-            "seconds_30_betas": plain_loop(pairs, subset) * scale,
-        }
-    )
+    batched(pairs_subset(10 * BATCH), BETAS[:2])  # warm-up: the first training call of a process pays one-off costs
+    methods = {
+        "batched ensemble (train_dpo_ensemble)": (len(BETAS), lambda: batched(pairs, BETAS)),
+        "plain per-β loop (train_dpo)": (len(subset), lambda: plain_loop(pairs, subset) * scale),
+    }
     if importlib.util.find_spec("trl") is not None and DEVICE.type == "cpu":
-        rows.append(
-            {"method": "TRL DPOTrainer per β", "betas_timed": len(subset), "seconds_30_betas": trl_loop(pairs, subset) * scale}
-        )
+        methods["TRL DPOTrainer per β"] = (len(subset), lambda: trl_loop(pairs, subset) * scale)
+    best = {name: min(run() for _ in range(args.repeats)) for name, (_, run) in methods.items()}
+    rows = [{"method": name, "betas_timed": n, "seconds_30_betas": best[name]} for name, (n, _) in methods.items()]
     df = pd.DataFrame(rows)
     df["pair_updates_per_s"] = updates / df["seconds_30_betas"]
     batched_rate = df["pair_updates_per_s"].iloc[0]
