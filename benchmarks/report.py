@@ -134,13 +134,17 @@ def render(executed: Path) -> Path:
             checks.append(("sweep vs TRL", float(trl.iloc[0])))
         checks.append(("sweep vs plain loop", float(plain.iloc[0])))
         batched = sweep.iloc[0]
+        plain_fraction = float(sweep.loc[sweep["method"].str.startswith("plain"), "fraction_of_peak"].iloc[0])
         checks.append(("fraction of peak", float(batched["fraction_of_peak"])))
         parts.append(
             f"\n**The machine's limit.** One pair-update costs {batched['mflop_per_pair_update']:.1f} MFLOP as the toolkit "
             "computes it (torch's FlopCounterMode on one batched step: forward and backward of the policy on chosen and "
             "rejected, each sequence computed in full, so the shared prompt is computed twice; the reference log-probs are "
             f"cached once per run and not counted). The batched sweep's training runs at {batched['gflops']:.1f} GFLOP/s "
-            f"against a measured peak of {batched['peak_gflops']:.0f} GFLOP/s: {batched['fraction_of_peak']:.0%} of peak.\n"
+            f"against a measured peak of {batched['peak_gflops']:.0f} GFLOP/s: {batched['fraction_of_peak']:.0%} of peak. "
+            f"The plain per-β loop already runs at {plain_fraction:.0%} of peak, so 10× over it would need "
+            f"{10 * plain_fraction:.0%} of peak with the same FLOPs per pair-update. This machine's matmul rate drifts by "
+            "tens of percent from one run to the next, so compare ratios taken within one run.\n"
         )
         parts.append(_source(path))
 
