@@ -73,6 +73,15 @@ def keep_masks(scores: np.ndarray, runs: Sequence[Variant]) -> torch.Tensor:
     return torch.tensor(np.stack([ches_filter(scores, v.drop_fraction) for v in runs]), dtype=torch.float32)
 
 
+def label_members(df: pd.DataFrame, runs: Sequence[Variant], masks: torch.Tensor) -> pd.DataFrame:
+    """Replace the ensemble's `member` column of df by each member's variant: its name, kind,
+    drop fraction, SFT weight and the number of pairs its mask keeps."""
+    described = pd.DataFrame({"member": range(len(runs)), "variant": [v.name for v in runs], "kind": [v.kind for v in runs],
+                              "drop_fraction": [v.drop_fraction for v in runs], "sft_weight": [v.sft_weight for v in runs],
+                              "pairs_kept": masks.sum(1).int().numpy()})  # fmt: skip
+    return df.merge(described, on="member").drop(columns="member")
+
+
 def run_mitigations(
     data_cfg: DataConfig,
     model_cfg: ModelConfig,
@@ -121,10 +130,7 @@ def run_mitigations(
             )  # fmt: skip
             _write_csv(df, curve)
             (out / f"mitigation-seed{seed}-{key}.ckpt").unlink()
-        described = pd.DataFrame({"member": range(len(runs)), "variant": [v.name for v in runs], "kind": [v.kind for v in runs],
-                                  "drop_fraction": [v.drop_fraction for v in runs], "sft_weight": [v.sft_weight for v in runs],
-                                  "pairs_kept": masks.sum(1).int().numpy()})  # fmt: skip
-        curves.append(df.merge(described, on="member").drop(columns="member").assign(seed=seed))
+        curves.append(label_members(df, runs, masks).assign(seed=seed))
     return pd.concat(curves, ignore_index=True), pd.concat(scores, ignore_index=True)
 
 

@@ -29,7 +29,7 @@ from .config import ConfigError, DPOConfig, ModelConfig, TrainConfig, config_has
 from .data import Batch
 from .ensemble import Ensemble, as_ensemble
 from .losses import sequence_logps
-from .mitigation import Variant, keep_masks
+from .mitigation import Variant, keep_masks, label_members
 from .model import Transformer, build_model
 from .runs import _write_csv
 from .train import make_optimizer, train_dpo_ensemble
@@ -259,10 +259,7 @@ def run_safety(
                                     pair_weights=masks, sft_weights=[v.sft_weight for v in runs])  # fmt: skip
             _write_csv(df, curve)
             checkpoint.unlink()
-        described = pd.DataFrame({"member": range(len(runs)), "variant": [v.name for v in runs], "kind": [v.kind for v in runs],
-                                  "drop_fraction": [v.drop_fraction for v in runs], "sft_weight": [v.sft_weight for v in runs],
-                                  "pairs_kept": masks.sum(1).int().numpy()})  # fmt: skip
-        curves.append(df.merge(described, on="member").drop(columns="member").assign(seed=seed))
+        curves.append(label_members(df, runs, masks).assign(seed=seed))
     return pd.concat(curves, ignore_index=True), pd.concat(tables, ignore_index=True)
 
 
