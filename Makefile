@@ -73,11 +73,11 @@ test: $(STAMP) lint
 	$(BIN)/python -m tools.check_site $(TEST_BOOK) --screenshots _build/screenshots
 
 # The benchmark suite (benchmarks/) in its own environment: TRL needs transformers 5,
-# while the test environment pins the [hf] extra's version.
+# while the test environment pins the [hf] extra's version; benchmarks/constraints.txt pins its versions.
 BENCH_VENV := .venv-bench
-$(BENCH_VENV)/.installed: pyproject.toml
+$(BENCH_VENV)/.installed: pyproject.toml benchmarks/constraints.txt
 	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
-	$(BENCH_VENV)/bin/python -m pip install --quiet -e ".[bench]"
+	$(BENCH_VENV)/bin/python -m pip install --quiet -c benchmarks/constraints.txt -e ".[bench]"
 	touch $@
 
 bench: $(BENCH_VENV)/.installed

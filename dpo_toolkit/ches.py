@@ -25,8 +25,78 @@ from .data import Batch, PairSet, collate_pairs
 from .ensemble import Ensemble
 from .losses import dpo_loss, sequence_logps
 from .model import Transformer
+from .parameters import (
+    BATCH_SIZE,
+    BETA,
+    EPOCHS,
+    LEARNING_RATE,
+    NUMBER_LINE,
+    RESULTS_ROOT,
+    SEEDS,
+    check,
+    check_evals,
+    fail,
+    integer,
+    number_line_config,
+    real,
+    reals,
+    steps,
+)
 from .sweep import spearman
 from .train import make_optimizer
+
+# The notebook's `parameters` cell, one spec per variable (notebooks/ches.md).
+PARAMETERS = {
+    "seeds": SEEDS,
+    **NUMBER_LINE,
+    "sft_epochs": EPOCHS,
+    "sft_lr": LEARNING_RATE,
+    "batch_size": BATCH_SIZE,
+    "n_pairs": integer(1),
+    "pair_seed": integer(0),
+    "beta": BETA,
+    "dpo_steps": EPOCHS,
+    "dpo_lr": LEARNING_RATE,
+    "mitigation_beta": BETA,
+    "mitigation_epochs": EPOCHS,
+    "mitigation_lr": LEARNING_RATE,
+    "mitigation_evals": integer(1),
+    "kl_samples": integer(2),
+    "drop_fractions": reals(0, 1, open_low=True, open_high=True),
+    "sft_weights": reals(0, open_low=True),
+    "grokking_beta": BETA,
+    "grokking_dpo_epochs": EPOCHS,
+    "safety_refusal_share": real(0, 1, open_low=True, open_high=True),
+    "safety_both_refusal_share": real(0, 1),
+    "safety_sft_steps": EPOCHS,
+    "safety_beta": BETA,
+    "safety_lr": LEARNING_RATE,
+    "safety_epochs": EPOCHS,
+    "results_root": RESULTS_ROOT,
+}
+SAFETY_EVALS = 20  # evaluations over the toy safety task's DPO run
+SAFETY_BATCH = 16  # its DPO batch size
+
+
+def check_parameters(values) -> None:
+    """Check the CHES notebook's parameters (PARAMETERS) and the rules between them: n_pairs
+    fits the training pairs, and no run has more evaluations than optimizer steps."""
+    from .data import make_pairs
+    from .safety import SafetyConfig, preference_pairs, prompts  # safety builds on this module
+
+    check(PARAMETERS, values)
+    train, _ = make_pairs(number_line_config(values))
+    if values["n_pairs"] > len(train):
+        fail("n_pairs", f"≤ {len(train)}, the training pairs", values["n_pairs"])
+    total = steps(len(train), values["batch_size"], values["mitigation_epochs"])
+    in_words = f"C12's DPO ({values['mitigation_epochs']} epochs of {len(train)} pairs in batches of {values['batch_size']})"
+    check_evals("mitigation_evals", values["mitigation_evals"], total, in_words)
+    safety = SafetyConfig(refusal_share=values["safety_refusal_share"], both_refusal_share=values["safety_both_refusal_share"])
+    n_safety = len(preference_pairs(safety, prompts(safety)[0])[1])
+    if steps(n_safety, SAFETY_BATCH, values["safety_epochs"]) < SAFETY_EVALS:
+        least = -(-SAFETY_EVALS // steps(n_safety, SAFETY_BATCH))
+        allowed = f"≥ {least}, so that the toy safety task's {SAFETY_EVALS} evaluations fit its optimizer steps"
+        fail("safety_epochs", allowed, values["safety_epochs"])
 
 
 def ches_from_sums(chosen_sums: torch.Tensor, rejected_sums: torch.Tensor) -> torch.Tensor:

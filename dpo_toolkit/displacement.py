@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from .claims import claims_frame
 from .config import ConfigError, ModelConfig, TrainConfig
 from .model import Transformer, build_model
+from .parameters import BETA, EPOCHS, LEARNING_RATE, RESULTS_ROOT, SEEDS, check, fail, integer
 from .train import make_optimizer
 
 # Answer tokens by meaning; the first of each group is the most frequent in the corpus.
@@ -195,6 +196,38 @@ def persona_corpus(cfg: PersonaConfig) -> tuple[torch.Tensor, np.ndarray, torch.
             targets[i, cfg.token(t)] = cfg.lead_weight if k == 0 else rest
     prompts = torch.tensor([[cfg.token("Q"), cfg.token(f"s{i}"), cfg.token("A")] for i in range(cfg.n_statements)])
     return prompts, stances, targets
+
+
+# The notebook's `parameters` cell, one spec per variable (notebooks/likelihood_displacement.md).
+PARAMETERS = {
+    "n_statements": integer(6),
+    "seeds": SEEDS,
+    "d_model": integer(4),
+    "sft_steps": EPOCHS,
+    "sft_lr": LEARNING_RATE,
+    "beta": BETA,
+    "dpo_steps": EPOCHS,
+    "dpo_lr": LEARNING_RATE,
+    "prompts_per_pair": integer(1),
+    "one_step_lr": LEARNING_RATE,
+    "n_instances": integer(1),
+    "results_root": RESULTS_ROOT,
+}
+N_HEADS = 4  # heads of the persona LM (PersonaConfig.model_config)
+
+
+def check_parameters(values) -> None:
+    """Check the likelihood-displacement notebook's parameters (PARAMETERS) and the rules between
+    them: d_model splits into N_HEADS heads, and every row of the talk's table has
+    prompts_per_pair statements of y+'s stance."""
+    check(PARAMETERS, values)
+    if values["d_model"] % N_HEADS:
+        fail("d_model", f"a multiple of {N_HEADS} (the persona LM's heads)", values["d_model"])
+    _, stances, _ = persona_corpus(PersonaConfig(n_statements=values["n_statements"]))
+    available = min(int((stances == GROUP_OF[y_pos]).sum()) for y_pos, _ in TABLE_PAIRS)
+    if values["prompts_per_pair"] > available:
+        allowed = f"≤ {available}, the statements of each table row's stance among n_statements = {values['n_statements']}"
+        fail("prompts_per_pair", allowed, values["prompts_per_pair"])
 
 
 def answer_logps(model: Transformer, prompts: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,57 @@ import numpy as np
 import pandas as pd
 
 from .claims import claims_frame
+from .config import ModelConfig
+from .data import make_pairs
+from .parameters import (
+    BATCH_SIZE,
+    BETA,
+    EPOCHS,
+    LEARNING_RATE,
+    NUMBER_LINE,
+    RESULTS_ROOT,
+    SEEDS,
+    check,
+    choice,
+    fail,
+    integer,
+    number_line_config,
+    real,
+    reals,
+    steps,
+)
+
+# The notebook's `parameters` cell, one spec per variable (notebooks/grokking.md).
+PARAMETERS = {
+    "betas": reals(BETA.low, BETA.high, open_low=True, scalar_ok=True),
+    "seeds": SEEDS,
+    **NUMBER_LINE,
+    "sft_epochs": EPOCHS,
+    "dpo_epochs": EPOCHS,
+    "optimizer": choice("adamw", "adam", "rmsprop"),
+    "lr": LEARNING_RATE,
+    "weight_decay": real(0),
+    "batch_size": BATCH_SIZE,
+    "grad_clip": real(0, open_low=True, optional=True),
+    "evals_per_epoch": integer(1),
+    "kl_samples": integer(2),
+    "budget_batch_size": integer(0),
+    "results_root": RESULTS_ROOT,
+}
+
+
+def check_parameters(values) -> None:
+    """Check the grokking notebook's parameters (PARAMETERS) and the rules between them."""
+    check(PARAMETERS, values)
+    train, _ = make_pairs(number_line_config(values, ModelConfig().n_ctx))
+    per_epoch = steps(len(train), values["batch_size"])
+    if values["evals_per_epoch"] > per_epoch:
+        fail(
+            "evals_per_epoch",
+            f"≤ {per_epoch}, the optimizer steps per epoch ({len(train)} training pairs in batches of {values['batch_size']})",
+            values["evals_per_epoch"],
+        )
+
 
 SFT_NEAR_ZERO = 0.05  # C1 reproduced: final SFT OOD rate ≤ 5 %
 SFT_LOW = 0.15  # C1 partly: ≤ 15 %

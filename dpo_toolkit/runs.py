@@ -49,6 +49,7 @@ def sft_reference(
     Cached under cache_dir by seed and a hash of the data, model and SFT configs (SFT is
     evaluated by greedy answers alone, which no EvalConfig field changes): a second call
     loads it, and runs that differ only in their KL or pair settings share one reference.
+    SFT leaves a checkpoint after every evaluation, so a killed run resumes where it stopped.
     """
     cfg = dataclasses.replace(sft_cfg, seed=seed)
     key = config_hash(data_cfg, model_cfg, cfg)
@@ -61,9 +62,11 @@ def sft_reference(
         df = pd.read_csv(curve)
     else:
         train, test = make_pairs(data_cfg)
-        df = train_sft(reference, train, cfg, Evaluator(test, data_cfg, eval_cfg), progress)
+        checkpoint = weights.with_suffix(".ckpt")
+        df = train_sft(reference, train, cfg, Evaluator(test, data_cfg, eval_cfg), progress, checkpoint)
         torch.save(reference.state_dict(), weights)
         _write_csv(df, curve)
+        checkpoint.unlink()
     return reference.eval().requires_grad_(False), df
 
 

@@ -19,6 +19,20 @@ from .ensemble import Ensemble
 from .evaluate import Evaluator
 from .metrics import group_weight_deltas
 from .model import PARAM_GROUPS, Transformer, load_model, param_group
+from .parameters import BETA, SWEEP_SETUP, check, check_sweep_setup, fail, integer
+
+# The notebook's `parameters` cell, one spec per variable (notebooks/surgery.md).
+PARAMETERS = {"beta_a": BETA, "beta_b": BETA, "n_betas": integer(2), **SWEEP_SETUP}
+
+
+def check_parameters(values) -> None:
+    """Check the surgery notebook's parameters (PARAMETERS) and the rules between them:
+    policy A is the lower β, policy B the higher one."""
+    check(PARAMETERS, values)
+    if values["beta_b"] <= values["beta_a"]:
+        fail("beta_b", f"> beta_a = {values['beta_a']} (B is the policy that stays in distribution)", values["beta_b"])
+    check_sweep_setup(values)
+
 
 NON_ATTENTION = tuple(g for g in PARAM_GROUPS if g != "attention")
 

@@ -9,6 +9,18 @@ import numpy as np
 import pandas as pd
 
 from .claims import claims_frame
+from .parameters import BETA, SWEEP_SETUP, check, check_sweep_setup, fail, integer
+
+# The notebook's `parameters` cell, one spec per variable (notebooks/kl_sweep.md).
+PARAMETERS = {"n_betas": integer(1), "beta_min": BETA, "beta_max": BETA, **SWEEP_SETUP}
+
+
+def check_parameters(values) -> None:
+    """Check the KL-sweep notebook's parameters (PARAMETERS) and the rules between them."""
+    check(PARAMETERS, values)
+    if values["beta_max"] < values["beta_min"]:
+        fail("beta_max", f"≥ beta_min = {values['beta_min']}", values["beta_max"])
+    check_sweep_setup(values)
 
 
 def beta_grid(n: int, low: float, high: float) -> list[float]:

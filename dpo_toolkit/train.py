@@ -128,9 +128,11 @@ def train_sft(
     cfg: TrainConfig,
     evaluate: Callable[[Transformer], dict],
     progress: bool | None = None,
+    checkpoint: Path | None = None,
 ) -> pd.DataFrame:
     """SFT (Park Eq. 4), in place: on (s, y_w) of every training pair, or on the sequences
-    of a Batch (its response_mask marks the tokens scored). Returns one row per evaluation."""
+    of a Batch (its response_mask marks the tokens scored). Returns one row per evaluation.
+    With `checkpoint`, a killed run resumes from its last evaluation (see ``_optimize``)."""
     batch = train if isinstance(train, Batch) else collate(train.prompt, train.chosen)
 
     def batch_loss(index: torch.Tensor) -> torch.Tensor:
@@ -139,7 +141,8 @@ def train_sft(
 
     params = list(model.parameters())
     n_items = batch.tokens.shape[0]
-    df = _optimize(params, n_items, cfg, batch_loss, lambda: evaluate(model), torch.nn.utils.clip_grad_norm_, "SFT", progress)
+    clip = torch.nn.utils.clip_grad_norm_
+    df = _optimize(params, n_items, cfg, batch_loss, lambda: evaluate(model), clip, "SFT", progress, checkpoint)
     return df.drop(columns="member")
 
 

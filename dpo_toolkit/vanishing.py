@@ -20,6 +20,8 @@ from .claims import claims_frame
 from .config import ModelConfig, RLTaskConfig, SmallSFTConfig, TrainConfig, config_hash
 from .ensemble import Ensemble
 from .model import build_model
+from .parameters import BATCH_SIZE, EPOCHS, LEARNING_RATE, RESULTS_ROOT, SEEDS, check, check_evals, fail, integer, real
+from .parameters import steps as optimizer_steps
 from .rl import (
     all_responses,
     closeness_reward,
@@ -38,6 +40,47 @@ from .train import train_sft
 ARMS = ("no SFT", "full SFT", "small SFT")  # the starting points of RL fine-tuning, in Ensemble order
 SMALL_STD = 0.05  # a reward std below this counts as small
 LOW_REWARD = 0.8  # an expected reward below this counts as low (off by more than 10 on average)
+
+# The notebook's `parameters` cell, one spec per variable (notebooks/vanishing_gradients.md).
+PARAMETERS = {
+    "prompt_min": integer(100, 999),
+    "prompt_max": integer(100, 999),
+    "test_fraction": real(0, 1, open_low=True, open_high=True),
+    "hard_fraction": real(0, 1),
+    "shift": integer(1, 99),
+    "task_seed": integer(0),
+    "seeds": SEEDS,
+    "pretrain_epochs": EPOCHS,
+    "pretrain_lr": LEARNING_RATE,
+    "sft_epochs": EPOCHS,
+    "sft_lr": LEARNING_RATE,
+    "label_fraction": real(0, 1, open_low=True),
+    "step_fraction": real(0, 1, open_low=True),
+    "rft_epochs": EPOCHS,
+    "rft_lr": LEARNING_RATE,
+    "batch_size": BATCH_SIZE,
+    "n_evals": integer(1),
+    "results_root": RESULTS_ROOT,
+}
+
+
+def check_parameters(values) -> None:
+    """Check the vanishing-gradients notebook's parameters (PARAMETERS) and the rules between them."""
+    check(PARAMETERS, values)
+    if values["prompt_max"] < values["prompt_min"]:
+        fail("prompt_max", f"an integer in [prompt_min = {values['prompt_min']}, 999]", values["prompt_max"])
+    n_prompts = values["prompt_max"] - values["prompt_min"] + 1
+    n_test = round(n_prompts * values["test_fraction"])
+    if n_test in (0, n_prompts):
+        fail(
+            "test_fraction",
+            f"a share leaving ≥ 1 prompt in train and in test of the {n_prompts} prompts",
+            values["test_fraction"],
+        )
+    total = optimizer_steps(n_prompts - n_test, values["batch_size"], values["rft_epochs"])
+    epochs, batch_size = values["rft_epochs"], values["batch_size"]
+    in_words = f"RL fine-tuning ({epochs} epochs of {n_prompts - n_test} training prompts in batches of {batch_size})"
+    check_evals("n_evals", values["n_evals"], total, in_words)
 
 
 def small_sft_config(sft_cfg: TrainConfig, n_train: int, n_small: int, fix: SmallSFTConfig) -> TrainConfig:

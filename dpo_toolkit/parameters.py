@@ -1,0 +1,225 @@
+"""Notebook parameters, checked in the reader's words before any work starts.
+
+Each chapter module declares ``PARAMETERS``: one :class:`Spec` per variable of its
+notebook's ``parameters`` cell (a test keeps the two in step). A notebook's first code
+cell calls the chapter's ``check_parameters(globals())``, which checks every value
+against its spec, then the rules that tie parameters together (more evaluations than
+optimizer steps, a prompt too long for the model's context, …). A bad value raises
+:class:`ParameterError` naming the notebook parameter and its allowed range, e.g.
+``notebook parameter `beta` must be a number in (0, 1000], got -1``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+
+class ParameterError(ValueError):
+    """A notebook parameter outside its allowed range."""
+
+
+def is_int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def is_real(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What one notebook parameter accepts.
+
+    kind: 'int' or 'real' (one number), 'ints' or 'reals' (a non-empty list of them),
+    'choice' (one of `choices`), 'text' (any string). low/high bound the numbers (of a
+    list: every element), closed unless open_low/open_high. optional: None is allowed.
+    scalar_ok: a list parameter also takes a single number. unique: list elements differ.
+    """
+
+    kind: str
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    open_high: bool = False
+    choices: tuple = ()
+    optional: bool = False
+    scalar_ok: bool = False
+    unique: bool = False
+
+    def _number_ok(self, x: object) -> bool:
+        if not (is_int(x) if self.kind in ("int", "ints") else is_real(x)):
+            return False
+        if self.low is not None and (x <= self.low if self.open_low else x < self.low):
+            return False
+        return self.high is None or (x < self.high if self.open_high else x <= self.high)
+
+    def accepts(self, value: object) -> bool:
+        if value is None:
+            return self.optional
+        if self.kind == "choice":
+            return isinstance(value, str) and value in self.choices
+        if self.kind == "text":
+            return isinstance(value, str)
+        if self.kind in ("int", "real"):
+            return self._number_ok(value)
+        if self.scalar_ok and self._number_ok(value):
+            return True
+        if not isinstance(value, (list, tuple)) or not value:
+            return False
+        return all(self._number_ok(x) for x in value) and (not self.unique or len(set(value)) == len(value))
+
+    def _range(self) -> str:
+        lo, hi = self.low, self.high
+        if lo is not None and hi is not None:
+            return f" in {'(' if self.open_low else '['}{lo:g}, {hi:g}{')' if self.open_high else ']'}"
+        if lo is not None:
+            return f" {'>' if self.open_low else '≥'} {lo:g}"
+        if hi is not None:
+            return f" {'<' if self.open_high else '≤'} {hi:g}"
+        return ""
+
+    def describe(self) -> str:
+        """The allowed values in words: 'an integer ≥ 1', 'a non-empty list of numbers in (0, 1000]'."""
+        if self.kind == "choice":
+            text = "one of " + ", ".join(repr(c) for c in self.choices)
+        elif self.kind == "text":
+            text = "a string"
+        elif self.kind in ("int", "real"):
+            text = ("an integer" if self.kind == "int" else "a number") + self._range()
+        else:
+            noun = "integers" if self.kind == "ints" else "numbers"
+            text = f"a non-empty list of {'distinct ' if self.unique else ''}{noun}{self._range()}"
+            if self.scalar_ok:
+                text += " (or one such number)"
+        return f"None or {text}" if self.optional else text
+
+
+def integer(low: int | None = None, high: int | None = None, *, optional: bool = False) -> Spec:
+    return Spec("int", low, high, optional=optional)
+
+
+def real(low=None, high=None, *, open_low=False, open_high=False, optional=False) -> Spec:
+    return Spec("real", low, high, open_low, open_high, optional=optional)
+
+
+def integers(low: int | None = None, high: int | None = None, *, unique: bool = True) -> Spec:
+    return Spec("ints", low, high, unique=unique)
+
+
+def reals(low=None, high=None, *, open_low=False, open_high=False, scalar_ok=False, unique=True) -> Spec:
+    return Spec("reals", low, high, open_low, open_high, scalar_ok=scalar_ok, unique=unique)
+
+
+def choice(*values: str) -> Spec:
+    return Spec("choice", choices=tuple(values))
+
+
+# Shared specs, one wording for the parameters every chapter has.
+SEEDS = integers(0)
+RESULTS_ROOT = Spec("text", optional=True)  # a folder; None means $DPO_RESULTS_ROOT or _build/results
+LEARNING_RATE = real(0, 1, open_low=True)
+EPOCHS = integer(1)
+BATCH_SIZE = integer(1)
+BETA = real(0, 1000, open_low=True)
+
+
+def fail(name: str, allowed: str, value: object) -> None:
+    """Raise the ParameterError of notebook parameter `name`."""
+    raise ParameterError(f"notebook parameter `{name}` must be {allowed}, got {value!r}")
+
+
+def check(specs: Mapping[str, Spec], values: Mapping[str, object]) -> None:
+    """Check every parameter of specs in values (e.g. a notebook's ``globals()``), in order."""
+    for name, spec in specs.items():
+        if name not in values:
+            raise ParameterError(f"notebook parameter `{name}` is not set")
+        if not spec.accepts(values[name]):
+            fail(name, spec.describe(), values[name])
+
+
+def check_evals(name: str, n_evals: int, total_steps: int, steps_in_words: str) -> None:
+    """Evaluations spread over training cannot outnumber its optimizer steps."""
+    if n_evals > total_steps:
+        fail(name, f"≤ {total_steps}, the optimizer steps of {steps_in_words}", n_evals)
+
+
+def steps(n_items: int, batch_size: int, epochs: int = 1) -> int:
+    """Optimizer steps of `epochs` passes over n_items in minibatches of batch_size."""
+    return epochs * math.ceil(n_items / batch_size)
+
+
+# ---- the number-line data of Park §3.2, shared by five chapters -------------------------
+
+NUMBER_LINE = {
+    "prompt_min": integer(0),
+    "prompt_max": integer(0),
+    "window": integer(1),
+    "test_fraction": real(0, 1, open_low=True, open_high=True),
+    "split_seed": integer(0),
+}
+
+
+def largest_prompt(window: int, n_ctx: int) -> int:
+    """The largest prompt_max whose longest sequence 'prompt=answer.' fits n_ctx positions
+    (−1 if none does). The sequence length only grows where prompt_max or prompt_max + window
+    gains a digit, so the answer is 10^k − 1 or 10^k − 1 − window for some k."""
+    fits = [
+        c
+        for k in range(1, n_ctx + 1)
+        for c in (10**k - 1, 10**k - 1 - window)
+        if c >= 0 and len(str(c)) + len(str(c + window)) + 2 <= n_ctx
+    ]
+    return max(fits, default=-1)
+
+
+def number_line_config(values: Mapping[str, object], n_ctx: int = 10):
+    """Check the number-line parameters (NUMBER_LINE) and the rules between them, for a
+    model with n_ctx positions; return the DataConfig they make."""
+    from .config import DataConfig
+
+    check(NUMBER_LINE, values)
+    prompt_min, prompt_max, window, test_fraction = (values[k] for k in ("prompt_min", "prompt_max", "window", "test_fraction"))
+    if prompt_max < prompt_min:
+        fail("prompt_max", f"an integer ≥ prompt_min = {prompt_min}", prompt_max)
+    cap = largest_prompt(window, n_ctx)
+    if prompt_max > cap:
+        fail(
+            "prompt_max",
+            f"≤ {cap}: with window = {window}, the longest sequence 'prompt=answer.' must fit the model's {n_ctx} positions",
+            prompt_max,
+        )
+    n_prompts = prompt_max - prompt_min + 1
+    if round(n_prompts * test_fraction) < 1 or round(n_prompts * (1 - test_fraction)) < 1:
+        fail("test_fraction", f"a share leaving ≥ 1 prompt on each side of the split of {n_prompts} prompts", test_fraction)
+    return DataConfig(prompt_min, prompt_max, window, test_fraction, values["split_seed"])
+
+
+# ---- the KL sweep's set-up (Park §4.2), shared by the KL-sweep, surgery and TPM chapters --
+
+SWEEP_SETUP = {
+    "seeds": SEEDS,
+    **NUMBER_LINE,
+    "sft_epochs": EPOCHS,
+    "sft_lr": LEARNING_RATE,
+    "dpo_epochs": EPOCHS,
+    "dpo_lr": LEARNING_RATE,
+    "batch_size": BATCH_SIZE,
+    "n_evals": integer(1),
+    "kl_samples": integer(2),
+    "margin_pairs": integer(1, optional=True),
+    "results_root": RESULTS_ROOT,
+}
+
+
+def check_sweep_setup(values: Mapping[str, object], n_ctx: int = 10) -> None:
+    """Check the SWEEP_SETUP parameters and the rules between them: the data fit the model,
+    and the DPO evaluations do not outnumber the DPO optimizer steps."""
+    from .data import make_pairs
+
+    check(SWEEP_SETUP, values)
+    train, _ = make_pairs(number_line_config(values, n_ctx))
+    total = steps(len(train), values["batch_size"], values["dpo_epochs"])
+    in_words = f"DPO ({values['dpo_epochs']} epochs of {len(train)} training pairs in batches of {values['batch_size']})"
+    check_evals("n_evals", values["n_evals"], total, in_words)
