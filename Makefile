@@ -14,10 +14,18 @@ PROFILES := quick $(patsubst params/%/,%,$(wildcard params/*/))
 EXECUTED ?= _build/executed
 RESULTS  ?= _build/results
 TEST_BOOK := _build/test-book
+# Runs of make test and make notebooks, cached apart from make book's: made under the reference path only.
+TEST_RESULTS := _build/test-results-reference
 
 export PYTHONHASHSEED := 0
 
-.PHONY: install book test-book notebooks test lint bench clean
+# The reference kernel path: what the stored notebook outputs are made with and compared under
+# (README, "Testing"). PyTorch's own kernels take their AVX2 code, MKL its CPU-independent
+# CNR branch, oneDNN is off (dpo_toolkit/__init__.py), and two threads split every reduction,
+# so the quick profile computes the same bits on any x86-64 CPU with AVX2, Intel or AMD.
+REFERENCE_PATH := DPO_REFERENCE_KERNELS=1 ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=COMPATIBLE OMP_NUM_THREADS=2 MKL_NUM_THREADS=2
+
+.PHONY: install book test-book notebooks test test-kernel-path lint bench clean
 .DELETE_ON_ERROR:
 
 $(STAMP): pyproject.toml constraints.txt
@@ -48,17 +56,17 @@ test-book: $(STAMP)
 	@$(BIN)/python -m tools.bookbuild config $(TEST_BOOK)/_config.yml
 	@cp -R book/. $(TEST_BOOK)/book/
 	@ln -sfn ../executed $(TEST_BOOK)/book/chapters
-	@$(BIN)/python -m tools.bookbuild chapter $(STEMS) --profile quick --executed $(TEST_BOOK)/executed \
-	  --results _build/test-results
+	@env $(REFERENCE_PATH) $(BIN)/python -m tools.bookbuild chapter $(STEMS) --profile quick --executed $(TEST_BOOK)/executed \
+	  --results $(TEST_RESULTS)
 	$(BIN)/python -m benchmarks.report --executed $(TEST_BOOK)/executed
-	$(BIN)/python -m tools.bookbuild scorecard $(STEMS) --executed $(TEST_BOOK)/executed --results _build/test-results
+	$(BIN)/python -m tools.bookbuild scorecard $(STEMS) --executed $(TEST_BOOK)/executed --results $(TEST_RESULTS)
 	$(BIN)/jupyter-book build $(TEST_BOOK) --warningiserror --nitpick --quiet
 
 # Re-execute the committed notebooks at their quick defaults (their stored outputs are what nbval compares).
 notebooks: $(STAMP)
 	@for stem in $(STEMS); do \
 	  $(BIN)/jupytext --sync notebooks/$$stem.md && \
-	  DPO_RESULTS_ROOT=$(CURDIR)/_build/test-results $(BIN)/papermill notebooks/$$stem.ipynb notebooks/$$stem.ipynb \
+	  env $(REFERENCE_PATH) DPO_RESULTS_ROOT=$(CURDIR)/$(TEST_RESULTS) $(BIN)/papermill notebooks/$$stem.ipynb notebooks/$$stem.ipynb \
 	    --cwd notebooks --log-level ERROR --no-progress-bar || exit 1; \
 	done
 
@@ -68,9 +76,23 @@ lint: $(STAMP)
 
 test: $(STAMP) lint
 	$(BIN)/pytest
-	DPO_RESULTS_ROOT=$(CURDIR)/_build/test-results $(BIN)/pytest --nbval-lax --nbval-current-env -p no:cacheprovider notebooks
+	env $(REFERENCE_PATH) DPO_RESULTS_ROOT=$(CURDIR)/$(TEST_RESULTS) \
+	  $(BIN)/pytest --nbval-lax --nbval-current-env -p no:cacheprovider notebooks
+	$(MAKE) --no-print-directory test-kernel-path
 	$(MAKE) --no-print-directory test-book
 	$(BIN)/python -m tools.check_site $(TEST_BOOK) --screenshots _build/screenshots
+
+# nbval again, from scratch, as on a CPU with a smaller vector unit than this one
+# (tools/kernel_paths.py: MKL and oneDNN dispatch capped to AVX2 on an AVX-512 machine, to
+# SSE4.2 otherwise) under the reference path, which must make the dispatch irrelevant:
+# the stored outputs still pass and every verdict is the same as in the first run.
+ALT_RESULTS := _build/test-results-reference-alt
+test-kernel-path: $(STAMP)
+	@$(BIN)/python -m tools.kernel_paths describe
+	@rm -rf $(ALT_RESULTS)
+	env $(REFERENCE_PATH) $$($(BIN)/python -m tools.kernel_paths env) DPO_RESULTS_ROOT=$(CURDIR)/$(ALT_RESULTS) \
+	  $(BIN)/pytest --nbval-lax --nbval-current-env -p no:cacheprovider notebooks
+	$(BIN)/python -m tools.kernel_paths compare $(TEST_RESULTS) $(ALT_RESULTS)
 
 # The benchmark suite (benchmarks/) in its own environment: TRL needs transformers 5,
 # while the test environment pins the [hf] extra's version; benchmarks/constraints.txt pins its versions.

@@ -41,7 +41,8 @@ class DataConfig:
     prompt_min: int = 1
     """Smallest prompt s in S = [prompt_min, prompt_max]. Must be ≥ 0."""
     prompt_max: int = 99
-    """Largest prompt s. Must be ≥ prompt_min and ≤ 99,999."""
+    """Largest prompt s. Must be in [prompt_min, 99,999]; the model's context caps it further
+    (``check_fits``: 9,994 with W = 5 and the 10 positions of Park's model)."""
     window: int = 5
     """Window W: responses lie in [s − W, s + W] (clipped at 0). Must be ≥ 1."""
     test_fraction: float = 0.3
