@@ -158,3 +158,12 @@ def test_peak_memory_sees_a_child_process_and_timings_keep_one_row_per_chapter(t
         ("a", "paper", "failed", "3.0"),
         ("b", "quick", "ran", "2.0"),
     ]
+
+
+@pytest.mark.parametrize("stem", ["grokking", "ches", "vanishing_gradients"])
+def test_provenance_reads_every_typed_parameter_as_papermill_does(stem):
+    """Parameters cells read `name: type = value  # help`; the provenance table lists each one,
+    with the default and help `papermill --help-notebook` shows."""
+    inspected = bookbuild.papermill.inspect_notebook(str(bookbuild.ROOT / "notebooks" / f"{stem}.ipynb"))
+    assert bookbuild.notebook_parameters(stem) == {name: (p["default"], p["help"]) for name, p in inspected.items()}
+    assert "results_root" in inspected and len(inspected) >= 12

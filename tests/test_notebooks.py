@@ -62,30 +62,6 @@ def test_nbval_fails_when_a_checked_output_is_altered(tmp_path):
     assert "41" in result.stdout and "42" in result.stdout
 
 
-def test_papermill_negative_beta_fails_before_training(tmp_path):
-    result = subprocess.run(
-        [
-            str(BIN / "papermill"),
-            str(ROOT / "notebooks" / "grokking.ipynb"),
-            str(tmp_path / "out.ipynb"),
-            "--cwd",
-            str(ROOT / "notebooks"),
-            "-p",
-            "betas",
-            "-0.5",
-            "-p",
-            "results_root",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode != 0
-    assert "DPOConfig.beta must be a number in (0, 1000], got -0.5" in result.stdout + result.stderr
-    assert not (tmp_path / "grokking" / "runs").exists() or not any((tmp_path / "grokking" / "runs").rglob("*.csv"))
-
-
 def test_every_chapter_is_in_the_book_with_its_paper_profile_parameters_declared():
     toc = (ROOT / "_toc.yml").read_text()
     for md in NOTEBOOKS:

@@ -15,7 +15,6 @@ python -m tools.bookbuild scorecard STEM... --executed DIR --results DIR
 from __future__ import annotations
 
 import argparse
-import ast
 import csv
 import datetime
 import hashlib
@@ -31,6 +30,7 @@ import nbformat
 import papermill
 import torch
 import yaml
+from papermill.translators import PythonTranslator
 
 from dpo_toolkit import __version__
 from dpo_toolkit.claims import read_claims
@@ -87,20 +87,13 @@ def chapter_key(stem: str, profile: str) -> str:
 
 
 def notebook_parameters(stem: str) -> dict[str, tuple[str, str]]:
-    """The defaults of the cell tagged `parameters`: {name: (value source, comment)}."""
+    """The defaults of the cell tagged `parameters`, as `papermill --help-notebook` reads them
+    (lines `name: type = value  # help`): {name: (value source, help)}."""
     nb = nbformat.read(ROOT / "notebooks" / f"{stem}.ipynb", as_version=4)
     cells = [c for c in nb.cells if c.cell_type == "code" and "parameters" in c.metadata.get("tags", [])]
     if len(cells) != 1:
         raise ValueError(f"notebooks/{stem}.ipynb must have exactly one cell tagged 'parameters', found {len(cells)}")
-    source = cells[0].source
-    lines = source.splitlines()
-    out = {}
-    for node in ast.parse(source).body:
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-            line = lines[node.lineno - 1]
-            comment = line.split("#", 1)[1].strip() if "#" in line[node.value.end_col_offset :] else ""
-            out[node.targets[0].id] = (ast.get_source_segment(source, node.value), comment)
-    return out
+    return {p.name: (p.default, p.help) for p in PythonTranslator.inspect(cells[0])}
 
 
 def profile_overrides(stem: str, profile: str) -> dict:
