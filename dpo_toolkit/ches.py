@@ -42,7 +42,7 @@ from .parameters import (
     reals,
     steps,
 )
-from .sweep import spearman
+from .stats import spearman
 from .train import make_optimizer
 
 # The notebook's `parameters` cell, one spec per variable (notebooks/ches.md).

@@ -10,8 +10,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 from dataclasses import dataclass
+
+from .parameters import is_int, is_real
 
 OPTIMIZERS = ("adamw", "adam", "rmsprop")
 
@@ -24,14 +25,6 @@ def _require(ok: bool, obj: object, field: str, allowed: str) -> None:
     if not ok:
         value = getattr(obj, field)
         raise ConfigError(f"{type(obj).__name__}.{field} must be {allowed}, got {value!r}")
-
-
-def _is_int(x: object) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _is_real(x: object) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 @dataclass(frozen=True)
@@ -51,21 +44,21 @@ class DataConfig:
     """Seed of the random train/test split by prompt."""
 
     def __post_init__(self) -> None:
-        _require(_is_int(self.prompt_min) and self.prompt_min >= 0, self, "prompt_min", "an integer ≥ 0")
+        _require(is_int(self.prompt_min) and self.prompt_min >= 0, self, "prompt_min", "an integer ≥ 0")
         _require(
-            _is_int(self.prompt_max) and self.prompt_min <= self.prompt_max <= 99_999,
+            is_int(self.prompt_max) and self.prompt_min <= self.prompt_max <= 99_999,
             self,
             "prompt_max",
             f"an integer in [prompt_min={self.prompt_min}, 99999]",
         )
-        _require(_is_int(self.window) and self.window >= 1, self, "window", "an integer ≥ 1")
+        _require(is_int(self.window) and self.window >= 1, self, "window", "an integer ≥ 1")
         _require(
-            _is_real(self.test_fraction) and 0 < self.test_fraction < 1,
+            is_real(self.test_fraction) and 0 < self.test_fraction < 1,
             self,
             "test_fraction",
             "a number in the open interval (0, 1)",
         )
-        _require(_is_int(self.seed) and self.seed >= 0, self, "seed", "an integer ≥ 0")
+        _require(is_int(self.seed) and self.seed >= 0, self, "seed", "an integer ≥ 0")
         n_prompts = self.prompt_max - self.prompt_min + 1
         _require(
             round(n_prompts * self.test_fraction) >= 1 and round(n_prompts * (1 - self.test_fraction)) >= 1,
@@ -96,16 +89,16 @@ class ModelConfig:
     """Vocabulary: 10 digits, '=' and '.', with '.' doubling as pad. Must be ≥ 12."""
 
     def __post_init__(self) -> None:
-        _require(_is_int(self.n_heads) and self.n_heads >= 1, self, "n_heads", "an integer ≥ 1")
+        _require(is_int(self.n_heads) and self.n_heads >= 1, self, "n_heads", "an integer ≥ 1")
         _require(
-            _is_int(self.d_model) and self.d_model >= 1 and self.d_model % self.n_heads == 0,
+            is_int(self.d_model) and self.d_model >= 1 and self.d_model % self.n_heads == 0,
             self,
             "d_model",
             f"a positive integer divisible by n_heads={self.n_heads}",
         )
-        _require(_is_int(self.d_mlp) and self.d_mlp >= 1, self, "d_mlp", "an integer ≥ 1")
-        _require(_is_int(self.n_ctx) and self.n_ctx >= 4, self, "n_ctx", "an integer ≥ 4")
-        _require(_is_int(self.d_vocab) and self.d_vocab >= 12, self, "d_vocab", "an integer ≥ 12")
+        _require(is_int(self.d_mlp) and self.d_mlp >= 1, self, "d_mlp", "an integer ≥ 1")
+        _require(is_int(self.n_ctx) and self.n_ctx >= 4, self, "n_ctx", "an integer ≥ 4")
+        _require(is_int(self.d_vocab) and self.d_vocab >= 12, self, "d_vocab", "an integer ≥ 12")
 
     @property
     def d_head(self) -> int:
@@ -135,18 +128,18 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _require(self.optimizer in OPTIMIZERS, self, "optimizer", f"one of {OPTIMIZERS}")
-        _require(_is_real(self.lr) and 0 < self.lr <= 1, self, "lr", "a number in (0, 1]")
-        _require(_is_real(self.weight_decay) and self.weight_decay >= 0, self, "weight_decay", "a number ≥ 0")
-        _require(_is_int(self.epochs) and self.epochs >= 1, self, "epochs", "an integer ≥ 1")
-        _require(_is_int(self.batch_size) and self.batch_size >= 1, self, "batch_size", "an integer ≥ 1")
+        _require(is_real(self.lr) and 0 < self.lr <= 1, self, "lr", "a number in (0, 1]")
+        _require(is_real(self.weight_decay) and self.weight_decay >= 0, self, "weight_decay", "a number ≥ 0")
+        _require(is_int(self.epochs) and self.epochs >= 1, self, "epochs", "an integer ≥ 1")
+        _require(is_int(self.batch_size) and self.batch_size >= 1, self, "batch_size", "an integer ≥ 1")
         _require(
-            self.grad_clip is None or (_is_real(self.grad_clip) and self.grad_clip > 0),
+            self.grad_clip is None or (is_real(self.grad_clip) and self.grad_clip > 0),
             self,
             "grad_clip",
             "None or a number > 0",
         )
-        _require(_is_int(self.n_evals) and self.n_evals >= 1, self, "n_evals", "an integer ≥ 1")
-        _require(_is_int(self.seed) and self.seed >= 0, self, "seed", "an integer ≥ 0")
+        _require(is_int(self.n_evals) and self.n_evals >= 1, self, "n_evals", "an integer ≥ 1")
+        _require(is_int(self.seed) and self.seed >= 0, self, "seed", "an integer ≥ 0")
 
 
 @dataclass(frozen=True)
@@ -173,17 +166,17 @@ class RLTaskConfig:
     """Seed of the split and of the choice of hard prompts. Must be ≥ 0."""
 
     def __post_init__(self) -> None:
-        _require(_is_int(self.prompt_min) and 100 <= self.prompt_min <= 999, self, "prompt_min", "an integer in [100, 999]")
+        _require(is_int(self.prompt_min) and 100 <= self.prompt_min <= 999, self, "prompt_min", "an integer in [100, 999]")
         _require(
-            _is_int(self.prompt_max) and self.prompt_min <= self.prompt_max <= 999,
+            is_int(self.prompt_max) and self.prompt_min <= self.prompt_max <= 999,
             self,
             "prompt_max",
             f"an integer in [prompt_min={self.prompt_min}, 999]",
         )
-        _require(_is_real(self.test_fraction) and 0 < self.test_fraction < 1, self, "test_fraction", "a number in (0, 1)")
-        _require(_is_real(self.hard_fraction) and 0 <= self.hard_fraction <= 1, self, "hard_fraction", "a number in [0, 1]")
-        _require(_is_int(self.shift) and 1 <= self.shift <= 99, self, "shift", "an integer in [1, 99]")
-        _require(_is_int(self.seed) and self.seed >= 0, self, "seed", "an integer ≥ 0")
+        _require(is_real(self.test_fraction) and 0 < self.test_fraction < 1, self, "test_fraction", "a number in (0, 1)")
+        _require(is_real(self.hard_fraction) and 0 <= self.hard_fraction <= 1, self, "hard_fraction", "a number in [0, 1]")
+        _require(is_int(self.shift) and 1 <= self.shift <= 99, self, "shift", "an integer in [1, 99]")
+        _require(is_int(self.seed) and self.seed >= 0, self, "seed", "an integer ≥ 0")
         n_prompts = self.prompt_max - self.prompt_min + 1
         _require(
             round(n_prompts * self.test_fraction) not in (0, n_prompts),
@@ -204,8 +197,8 @@ class SmallSFTConfig:
     """Optimizer steps, as a share of full SFT's. Must be in (0, 1]."""
 
     def __post_init__(self) -> None:
-        _require(_is_real(self.label_fraction) and 0 < self.label_fraction <= 1, self, "label_fraction", "a number in (0, 1]")
-        _require(_is_real(self.step_fraction) and 0 < self.step_fraction <= 1, self, "step_fraction", "a number in (0, 1]")
+        _require(is_real(self.label_fraction) and 0 < self.label_fraction <= 1, self, "label_fraction", "a number in (0, 1]")
+        _require(is_real(self.step_fraction) and 0 < self.step_fraction <= 1, self, "step_fraction", "a number in (0, 1]")
 
 
 @dataclass(frozen=True)
@@ -217,7 +210,7 @@ class DPOConfig(TrainConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _require(_is_real(self.beta) and 0 < self.beta <= 1000, self, "beta", "a number in (0, 1000]")
+        _require(is_real(self.beta) and 0 < self.beta <= 1000, self, "beta", "a number in (0, 1000]")
 
 
 @dataclass(frozen=True)
@@ -232,14 +225,14 @@ class EvalConfig:
     """Seed of the KL sampling and of the pair subset."""
 
     def __post_init__(self) -> None:
-        _require(_is_int(self.kl_samples) and self.kl_samples >= 2, self, "kl_samples", "an integer ≥ 2")
+        _require(is_int(self.kl_samples) and self.kl_samples >= 2, self, "kl_samples", "an integer ≥ 2")
         _require(
-            self.max_pairs is None or (_is_int(self.max_pairs) and self.max_pairs >= 1),
+            self.max_pairs is None or (is_int(self.max_pairs) and self.max_pairs >= 1),
             self,
             "max_pairs",
             "None or an integer ≥ 1",
         )
-        _require(_is_int(self.seed) and self.seed >= 0, self, "seed", "an integer ≥ 0")
+        _require(is_int(self.seed) and self.seed >= 0, self, "seed", "an integer ≥ 0")
 
 
 def check_fits(model_cfg: ModelConfig, data_cfg: DataConfig) -> None:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from .claims import claims_frame
 from .config import ConfigError, ModelConfig, TrainConfig
+from .losses import dpo_loss
 from .model import Transformer, build_model
 from .parameters import BETA, EPOCHS, LEARNING_RATE, RESULTS_ROOT, SEEDS, check, fail, integer
 from .train import make_optimizer
@@ -43,10 +44,12 @@ TABLE_PAIRS = (("Yes", "No"), ("No", "Never"), ("Sure", "Yes"))  # the rows of t
 def single_token_dpo_loss(
     policy_logps: torch.Tensor, reference_logps: torch.Tensor, y_pos: int, y_neg: int, beta: float
 ) -> torch.Tensor:
-    """DPO loss −log σ(β[(log π(y+) − log π_ref(y+)) − (log π(y−) − log π_ref(y−))]) of one
-    prompt with single-token responses. policy_logps, reference_logps: (..., V) log-probs. Returns (...)."""
-    margin = (policy_logps[..., y_pos] - reference_logps[..., y_pos]) - (policy_logps[..., y_neg] - reference_logps[..., y_neg])
-    return -F.logsigmoid(beta * margin)
+    """``losses.dpo_loss`` of one prompt with single-token responses y+ and y−.
+    policy_logps, reference_logps: (..., V) log-probs over the vocabulary. Returns (...)."""
+    losses, _, _ = dpo_loss(
+        policy_logps[..., y_pos], policy_logps[..., y_neg], reference_logps[..., y_pos], reference_logps[..., y_neg], beta
+    )
+    return losses
 
 
 def unconstrained_logps(h: torch.Tensor, W: torch.Tensor) -> torch.Tensor:

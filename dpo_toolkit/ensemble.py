@@ -47,7 +47,7 @@ class Ensemble:
         return model
 
 
-class _Single:
+class SingleModel:
     """A view of one Transformer as an ensemble of one, sharing its parameters (no copy)."""
 
     def __init__(self, model: Transformer):
@@ -60,6 +60,6 @@ class _Single:
         return self.model(tokens if tokens.ndim == 2 else tokens[0])[None]
 
 
-def as_ensemble(policy: Transformer | Ensemble) -> Ensemble | _Single:
+def as_ensemble(policy: Transformer | Ensemble) -> Ensemble | SingleModel:
     """The policy itself if it is an Ensemble, else a one-model view of it."""
-    return policy if isinstance(policy, Ensemble | _Single) else _Single(policy)
+    return policy if isinstance(policy, Ensemble | SingleModel) else SingleModel(policy)

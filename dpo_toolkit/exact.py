@@ -18,6 +18,7 @@ from .config import ModelConfig
 from .data import END, decode_response, encode_prompt
 from .ensemble import Ensemble, as_ensemble, rows_per_call
 from .model import Transformer, load_model
+from .stats import logsumexp
 
 MAX_ENUMERATED = 10**6  # leaves that enumerate_responses may visit
 
@@ -35,10 +36,6 @@ def in_window_strings(s: int, window: int, max_digits: int) -> list[list[int]]:
         digits = [int(c) for c in str(y)]
         strings += [[0] * pad + digits for pad in range(max_digits - len(digits) + 1)]
     return strings
-
-
-def _logsumexp(x: np.ndarray, axis: int = 0) -> np.ndarray:
-    return torch.logsumexp(torch.from_numpy(x), dim=axis).numpy()
 
 
 @torch.no_grad()
@@ -84,12 +81,12 @@ def response_masses(
                 nodes[key][2].add(token)
                 node_logp = node_logp + next_logps[:, token]
             completions.append(node_logp)
-        log_aligned[:, p] = _logsumexp(np.stack(completions))
+        log_aligned[:, p] = logsumexp(np.stack(completions))
         leaving = []
         for node_logp, next_logps, children in nodes.values():
             out = [t for t in range(next_logps.shape[-1]) if t not in children]
-            leaving.append(node_logp + _logsumexp(next_logps[:, out], axis=-1))
-        log_unaligned[:, p] = _logsumexp(np.stack(leaving))
+            leaving.append(node_logp + logsumexp(next_logps[:, out], axis=-1))
+        log_unaligned[:, p] = logsumexp(np.stack(leaving))
     if isinstance(policy, Transformer):
         return log_aligned[0], log_unaligned[0]
     return log_aligned, log_unaligned

@@ -11,12 +11,12 @@ import numpy as np
 import torch
 
 from .data import END, PAD, Batch, decode_response, encode_prompt
-from .ensemble import Ensemble, _Single, as_ensemble, rows_per_call
+from .ensemble import Ensemble, SingleModel, as_ensemble, rows_per_call
 from .model import Transformer
 
 
 @torch.no_grad()
-def _decode(policy: Ensemble | _Single, prompts: np.ndarray, generator: torch.Generator | None) -> Batch:
+def _decode(policy: Ensemble | SingleModel, prompts: np.ndarray, generator: torch.Generator | None) -> Batch:
     """Decode one response per prompt and model; greedy when generator is None, else sampled at temperature 1.
 
     Sampling draws one uniform per prompt row and step, shared by all models, so a
@@ -56,7 +56,7 @@ def _decode(policy: Ensemble | _Single, prompts: np.ndarray, generator: torch.Ge
     return Batch(tokens, response_mask)
 
 
-def greedy_answers(policy: Transformer | Ensemble | _Single, prompts: np.ndarray) -> list:
+def greedy_answers(policy: Transformer | Ensemble | SingleModel, prompts: np.ndarray) -> list:
     """The integer each prompt's greedy response spells, None when unparseable.
 
     A list over prompts for one Transformer; a list (models) of such lists for an ensemble.
@@ -75,7 +75,7 @@ def greedy_sequences(policy: Transformer, prompts: np.ndarray) -> Batch:
     return Batch(batch.tokens[0], batch.response_mask[0])
 
 
-def sample_responses(policy: Transformer | Ensemble | _Single, prompts: np.ndarray, n_samples: int, seed: int) -> Batch:
+def sample_responses(policy: Transformer | Ensemble | SingleModel, prompts: np.ndarray, n_samples: int, seed: int) -> Batch:
     """n_samples ancestral samples per prompt, rows ordered prompt-major (prompt i → rows i·n … i·n + n − 1).
 
     Shapes (n_prompts · n_samples, n_ctx) for one Transformer, (M, n_prompts · n_samples, n_ctx) for an ensemble.

@@ -27,7 +27,8 @@ from .config import DataConfig, DPOConfig, EvalConfig, ModelConfig, TrainConfig,
 from .data import make_pairs
 from .ensemble import Ensemble
 from .evaluate import Evaluator
-from .runs import _write_csv, sft_reference, validate_grid
+from .runs import sft_reference, validate_grid
+from .storage import write_csv
 from .train import train_dpo_ensemble
 
 
@@ -128,7 +129,7 @@ def run_mitigations(
                 policies, reference, train, [cfg] * len(runs), partial(evaluator, beta=cfg.beta), progress,
                 out / f"mitigation-seed{seed}-{key}.ckpt", pair_weights=masks, sft_weights=[v.sft_weight for v in runs],
             )  # fmt: skip
-            _write_csv(df, curve)
+            write_csv(df, curve)
             (out / f"mitigation-seed{seed}-{key}.ckpt").unlink()
         curves.append(label_members(df, runs, masks).assign(seed=seed))
     return pd.concat(curves, ignore_index=True), pd.concat(scores, ignore_index=True)

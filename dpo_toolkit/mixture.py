@@ -12,6 +12,7 @@ import pandas as pd
 
 from .claims import claims_frame
 from .parameters import BETA, SWEEP_SETUP, check, check_sweep_setup, fail, integer, reals
+from .stats import logsumexp
 
 # The notebook's `parameters` cell, one spec per variable (notebooks/mixture_tpm.md).
 PARAMETERS = {
@@ -66,11 +67,6 @@ def tilt_weights(alpha: float, p_aligned, p_unaligned, rewards, beta: float) -> 
     return alpha * scaled / z, (1 - alpha) * scaled / z
 
 
-def _logsumexp(x: np.ndarray) -> float:
-    top = x[np.isfinite(x)].max()
-    return float(top + np.log(np.exp(x - top).sum()))
-
-
 def log_total_probability_mass(alpha: float, p_aligned, p_unaligned, rewards, beta: float) -> tuple[float, float]:
     """log TPM(A) and log TPM(U) of Theorem 2, in log space, so that a mass too small for
     float64 (e^{−5000}, say) still shows as a finite logarithm rather than as 0."""
@@ -81,8 +77,8 @@ def log_total_probability_mass(alpha: float, p_aligned, p_unaligned, rewards, be
     with np.errstate(divide="ignore"):
         log_aligned = np.log(alpha) + np.log(p_aligned) + rewards / beta  # log of α p_A e^{r/β}
         log_unaligned = np.log(1 - alpha) + np.log(p_unaligned) + rewards / beta
-    log_z = _logsumexp(np.concatenate([log_aligned, log_unaligned]))
-    return _logsumexp(log_aligned) - log_z, _logsumexp(log_unaligned) - log_z
+    log_z = float(logsumexp(np.concatenate([log_aligned, log_unaligned])))
+    return float(logsumexp(log_aligned)) - log_z, float(logsumexp(log_unaligned)) - log_z
 
 
 def total_probability_mass(alpha: float, p_aligned, p_unaligned, rewards, beta: float) -> tuple[float, float]:

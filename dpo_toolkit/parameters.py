@@ -21,10 +21,12 @@ class ParameterError(ValueError):
 
 
 def is_int(x: object) -> bool:
+    """An int that is not a bool."""
     return isinstance(x, int) and not isinstance(x, bool)
 
 
 def is_real(x: object) -> bool:
+    """A finite int or float that is not a bool."""
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 

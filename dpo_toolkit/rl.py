@@ -21,7 +21,7 @@ from .data import Batch, encode_prompt
 from .ensemble import Ensemble, as_ensemble, rows_per_call
 from .losses import sequence_logps
 from .model import Transformer
-from .train import _optimize, clip_per_model
+from .train import clip_per_model, optimize
 
 RESPONSE_LENGTH = 2
 
@@ -166,7 +166,7 @@ def train_rft(
 ) -> pd.DataFrame:
     """Policy-gradient fine-tuning with exact expected gradients: every model of the ensemble
     ascends the mean of V_x over a minibatch of prompts, in place. rewards: (n, R) for
-    `prompts` over ``all_responses``. Returns one row per evaluation and model (see _optimize)."""
+    `prompts` over ``all_responses``. Returns one row per evaluation and model (see optimize)."""
     responses = all_responses(policies.cfg.d_vocab)
     tokens, response_mask = _response_tokens(prompts, responses)  # (n, R, T)
     reward_table = rewards.float()
@@ -178,4 +178,4 @@ def train_rft(
         return -value.mean(-1)
 
     params = list(policies.params.values())
-    return _optimize(params, len(prompts), cfg, batch_loss, evaluate, clip_per_model, "RFT", progress, None, on_eval)
+    return optimize(params, len(prompts), cfg, batch_loss, evaluate, clip_per_model, "RFT", progress, None, on_eval)

@@ -25,14 +25,8 @@ from .ensemble import Ensemble
 from .evaluate import Evaluator
 from .metrics import group_weight_deltas
 from .model import Transformer, build_model
+from .storage import write_csv
 from .train import train_dpo_ensemble, train_sft
-
-
-def _write_csv(df: pd.DataFrame, path: Path) -> None:
-    """Write atomically, so that an interrupted write never looks like a finished run."""
-    tmp = path.with_suffix(".tmp")
-    df.to_csv(tmp, index=False)
-    tmp.replace(path)
 
 
 def sft_reference(
@@ -65,7 +59,7 @@ def sft_reference(
         checkpoint = weights.with_suffix(".ckpt")
         df = train_sft(reference, train, cfg, Evaluator(test, data_cfg, eval_cfg), progress, checkpoint)
         torch.save(reference.state_dict(), weights)
-        _write_csv(df, curve)
+        write_csv(df, curve)
         checkpoint.unlink()
     return reference.eval().requires_grad_(False), df
 
@@ -163,7 +157,7 @@ def run_sft_then_dpo(
             keep = partial(_save_members, policies, {i: partial(paths, cfgs[i].beta) for i in kept})
             checkpoint = out / f"dpo-seed{seed}-{key}.ckpt"
             dpo = train_dpo_ensemble(policies, reference, train, cfgs, evaluate, progress, checkpoint, keep)
-            _write_csv(dpo, curve)
+            write_csv(dpo, curve)
             checkpoint.unlink()
         weights = {(b, t): str(weights_path(out, seed, key, b, t)) for b in kept_betas for t in dpo["step"]}
         dpo["weights"] = [weights.get((b, t), "") for b, t in zip(dpo["beta"], dpo["step"], strict=True)]

@@ -31,7 +31,7 @@ from .ensemble import Ensemble, as_ensemble
 from .losses import sequence_logps
 from .mitigation import Variant, keep_masks, label_members
 from .model import Transformer, build_model
-from .runs import _write_csv
+from .storage import write_csv
 from .train import make_optimizer, train_dpo_ensemble
 
 REFUSALS = ("I cannot help .", "I cannot assist .", "Sorry I cannot help .", "I will not help .")
@@ -257,7 +257,7 @@ def run_safety(
             policies = Ensemble([copy.deepcopy(reference) for _ in runs])
             df = train_dpo_ensemble(policies, reference, pair_batch, [cfg_seed] * len(runs), evaluate, progress, checkpoint,
                                     pair_weights=masks, sft_weights=[v.sft_weight for v in runs])  # fmt: skip
-            _write_csv(df, curve)
+            write_csv(df, curve)
             checkpoint.unlink()
         curves.append(label_members(df, runs, masks).assign(seed=seed))
     return pd.concat(curves, ignore_index=True), pd.concat(tables, ignore_index=True)

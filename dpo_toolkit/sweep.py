@@ -10,6 +10,7 @@ import pandas as pd
 
 from .claims import claims_frame
 from .parameters import BETA, SWEEP_SETUP, check, check_sweep_setup, fail, integer
+from .stats import spearman
 
 # The notebook's `parameters` cell, one spec per variable (notebooks/kl_sweep.md).
 PARAMETERS = {"n_betas": integer(1), "beta_min": BETA, "beta_max": BETA, **SWEEP_SETUP}
@@ -39,12 +40,6 @@ BAND_WIDTH = 2.0  # C5: one band = the 10–90 % range of optimal KLs spans at m
 PAPER_BAND = (0.25, 0.5)  # C5: the paper's band
 U_RISE = 0.05  # C6: each arm of the U rises ≥ 5 points of OOD above its bottom
 U_BINS = 10  # C6: equal-count bins of KL over all checkpoints
-
-
-def spearman(x: np.ndarray, y: np.ndarray) -> float:
-    """Spearman rank correlation (average ranks for ties); NaN when either input is constant."""
-    x, y = pd.Series(np.asarray(x, dtype=float)).rank(), pd.Series(np.asarray(y, dtype=float)).rank()
-    return float(x.corr(y)) if x.std() > 0 and y.std() > 0 else float("nan")
 
 
 def checkpoints(sweep: pd.DataFrame) -> pd.DataFrame:

@@ -47,7 +47,7 @@ def clip_per_model(params: list[torch.Tensor], max_norm: float) -> None:
         p.grad.mul_(scale.view(-1, *([1] * (p.ndim - 1))))
 
 
-def _optimize(
+def optimize(
     params: list[torch.Tensor],
     n_items: int,
     cfg: TrainConfig,
@@ -132,7 +132,7 @@ def train_sft(
 ) -> pd.DataFrame:
     """SFT (Park Eq. 4), in place: on (s, y_w) of every training pair, or on the sequences
     of a Batch (its response_mask marks the tokens scored). Returns one row per evaluation.
-    With `checkpoint`, a killed run resumes from its last evaluation (see ``_optimize``)."""
+    With `checkpoint`, a killed run resumes from its last evaluation (see ``optimize``)."""
     batch = train if isinstance(train, Batch) else collate(train.prompt, train.chosen)
 
     def batch_loss(index: torch.Tensor) -> torch.Tensor:
@@ -142,7 +142,7 @@ def train_sft(
     params = list(model.parameters())
     n_items = batch.tokens.shape[0]
     clip = torch.nn.utils.clip_grad_norm_
-    df = _optimize(params, n_items, cfg, batch_loss, lambda: evaluate(model), clip, "SFT", progress, checkpoint)
+    df = optimize(params, n_items, cfg, batch_loss, lambda: evaluate(model), clip, "SFT", progress, checkpoint)
     return df.drop(columns="member")
 
 
@@ -200,7 +200,7 @@ def train_dpo(
     betas = torch.tensor([[cfg.beta]])  # (1, 1)
     batch_loss = _dpo_batch_loss(lambda tokens: policy(tokens)[None], train, reference, betas)
     params = list(policy.parameters())
-    df = _optimize(
+    df = optimize(
         params,
         len(train),
         cfg,
@@ -233,7 +233,7 @@ def train_dpo_ensemble(
     SFT loss on the preferred responses (see _dpo_batch_loss). Returns one row per
     evaluation and model, with `member` the model's index and `beta` its β. With
     `checkpoint`, progress is saved after every evaluation and resumed from; ``on_eval(step)``
-    runs after every evaluation (see _optimize).
+    runs after every evaluation (see optimize).
     """
     n_models = len(policies)
     if len(cfgs) != n_models:
@@ -254,7 +254,7 @@ def train_dpo_ensemble(
     betas = torch.tensor([[c.beta] for c in cfgs])  # (M, 1)
     batch_loss = _dpo_batch_loss(policies, train, reference, betas, pair_weights, sft_weights)
     params = list(policies.params.values())
-    df = _optimize(
+    df = optimize(
         params,
         n_pairs,
         cfgs[0],

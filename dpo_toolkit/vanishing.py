@@ -34,7 +34,7 @@ from .rl import (
     value_and_std,
     value_gradient_norms,
 )
-from .runs import _write_csv
+from .storage import write_csv
 from .train import train_sft
 
 ARMS = ("no SFT", "full SFT", "small SFT")  # the starting points of RL fine-tuning, in Ensemble order
@@ -199,8 +199,8 @@ def run_vanishing_gradients(
             rewards = closeness_reward(train, all_responses(model_cfg.d_vocab))
             curve = train_rft(policies, train, rewards, dataclasses.replace(rft_cfg, seed=seed), probe, probe.stamp, progress)
             curve = curve.assign(arm=curve["member"].map(dict(enumerate(ARMS)))).drop(columns="member")
-            _write_csv(pd.concat(probe.rows, ignore_index=True), inputs_path)
-            _write_csv(curve, curve_path)
+            write_csv(pd.concat(probe.rows, ignore_index=True), inputs_path)
+            write_csv(curve, curve_path)
         curves.append(pd.read_csv(curve_path).assign(seed=seed))
         inputs.append(pd.read_csv(inputs_path).assign(seed=seed))
     return pd.concat(curves, ignore_index=True), pd.concat(inputs, ignore_index=True)

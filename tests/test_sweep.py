@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dpo_toolkit.sweep import beta_grid, kl_band, least_ood_checkpoints, spearman, sweep_claims, u_shape, u_shape_bins
+from dpo_toolkit.stats import spearman
+from dpo_toolkit.sweep import beta_grid, kl_band, least_ood_checkpoints, sweep_claims, u_shape, u_shape_bins
 
 
 def test_beta_grid_is_log_spaced():

@@ -7,7 +7,7 @@ import torch
 
 from dpo_toolkit.config import DPOConfig, EvalConfig, TrainConfig
 from dpo_toolkit.evaluate import Evaluator
-from dpo_toolkit.train import _optimize, clip_per_model, eval_steps, make_optimizer, train_dpo, train_sft
+from dpo_toolkit.train import clip_per_model, eval_steps, make_optimizer, optimize, train_dpo, train_sft
 
 
 def test_eval_steps():
@@ -86,7 +86,7 @@ def test_resume_from_the_step_zero_checkpoint_adds_no_duplicate_rows(tmp_path):
                 evaluate_hook()
             return {"value": float(params[0].sum())}
 
-        return _optimize(params, 4, cfg, lambda index: (params[0] ** 2).sum(-1), evaluate, clip_per_model, "t", False, checkpoint)
+        return optimize(params, 4, cfg, lambda index: (params[0] ** 2).sum(-1), evaluate, clip_per_model, "t", False, checkpoint)
 
     unbroken = run()
     calls = []
