@@ -10,6 +10,7 @@ import pandas as pd
 
 COLUMNS = ["claim_id", "statement", "paper_value", "our_value", "verdict"]
 VERDICTS = ("reproduced", "partly", "not reproduced")
+HEADERS = {"claim_id": "claim", "statement": "statement", "paper_value": "paper", "our_value": "ours", "verdict": "verdict"}
 
 
 def claims_frame(rows: list[dict[str, str]]) -> pd.DataFrame:
@@ -27,6 +28,24 @@ def _validate(df: pd.DataFrame, where: str) -> None:
     bad = sorted(set(df["verdict"]) - set(VERDICTS))
     if bad:
         raise ValueError(f"{where}: verdict must be one of {VERDICTS}, got {bad}")
+
+
+class ClaimsTable:
+    """A claims table as a chapter shows it: every cell in full (pandas would cut cells at 50
+    characters), one row per claim, no positional index. Plain text lists one claim per block."""
+
+    def __init__(self, df: pd.DataFrame):
+        _validate(df, "claims table")
+        self.df = df
+
+    def _repr_html_(self) -> str:
+        return self.df.rename(columns=HEADERS).to_html(index=False, border=0, classes="claims-table")
+
+    def __repr__(self) -> str:
+        return "\n".join(
+            f"{r.claim_id} [{r.verdict}] {r.statement}\n  paper: {r.paper_value}\n  ours:  {r.our_value}"
+            for r in self.df.itertuples()
+        )
 
 
 def results_dir(stem: str, root: str | Path | None = None) -> Path:

@@ -38,3 +38,19 @@ def test_results_dir_respects_env(tmp_path, monkeypatch):
     assert results_dir("chap") == tmp_path / "chap"
     assert (tmp_path / "chap").is_dir()
     assert results_dir("x", tmp_path / "other") == tmp_path / "other" / "x"
+
+
+def test_claims_table_shows_every_cell_in_full_without_a_positional_index():
+    from dpo_toolkit.claims import ClaimsTable
+
+    long = "final OOD β=0.01: 13 %, β=0.1: 13 %, β=0.5: 13 %, and more text than pandas shows by default"
+    table = ClaimsTable(
+        claims_frame(
+            [{"claim_id": "C1", "statement": "DPO drifts", "paper_value": "80 %", "our_value": long, "verdict": "partly"}]
+        )
+    )
+    html, text = table._repr_html_(), repr(table)
+    assert long in html and long in text
+    assert "…" not in html and "..." not in html
+    assert "<th>claim</th>" in html and "<th></th>" not in html  # no positional index column
+    assert text.startswith("C1 [partly] DPO drifts")

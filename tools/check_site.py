@@ -108,6 +108,10 @@ def check_page(driver: webdriver.Chrome, base: str, page: str, screenshots: Path
         "return [...document.images].map(i => [i.currentSrc || i.src, i.naturalWidth, i.naturalHeight])"
     )
     failures += [f"{page}: image {src} has natural size {w}×{h}" for src, w, h in images if not (w and h)]
+    cells = driver.execute_script("return [...document.querySelectorAll('table.claims-table td')].map(td => td.textContent)")
+    failures += [f"{page}: claims table cell cut short: {text[-60:]!r}" for text in cells if text.rstrip().endswith(("…", "..."))]
+    if "chapters/" in page and Path(page).stem not in ("scorecard", "performance") and not cells:
+        failures.append(f"{page}: no claims table (class claims-table)")
     links = driver.execute_script("return [...document.querySelectorAll('a[href]')].map(a => a.href)")
     checked: dict[str, bool] = {}
     for link in links:
