@@ -212,6 +212,12 @@ class DPOConfig(TrainConfig):
         super().__post_init__()
         _require(is_real(self.beta) and 0 < self.beta <= 1000, self, "beta", "a number in (0, 1000]")
 
+    @classmethod
+    def from_train(cls, cfg: TrainConfig, **changes) -> DPOConfig:
+        """The DPO run with cfg's optimisation settings (an SFT config, say), then `changes`:
+        ``DPOConfig.from_train(sft_cfg, epochs=10, beta=0.5)``. Validated like any DPOConfig."""
+        return cls(**{**dataclasses.asdict(cfg), **changes})
+
 
 @dataclass(frozen=True)
 class EvalConfig:

@@ -71,3 +71,11 @@ def test_config_hash_is_stable_and_sensitive():
     assert config_hash(DataConfig(), TrainConfig()) == config_hash(DataConfig(), TrainConfig())
     assert config_hash(DataConfig(), TrainConfig()) != config_hash(DataConfig(window=6), TrainConfig())
     assert config_hash(DPOConfig(beta=0.1)) != config_hash(DPOConfig(beta=0.2))
+
+
+def test_dpo_config_from_a_train_config_keeps_its_optimisation_and_validates():
+    sft = TrainConfig(optimizer="adam", lr=3e-4, weight_decay=0.0, epochs=100, batch_size=512, grad_clip=None, n_evals=100)
+    dpo = DPOConfig.from_train(sft, epochs=10, n_evals=10, beta=0.5)
+    assert (dpo.optimizer, dpo.lr, dpo.batch_size, dpo.grad_clip, dpo.epochs, dpo.beta) == ("adam", 3e-4, 512, None, 10, 0.5)
+    with pytest.raises(ConfigError, match=r"DPOConfig\.beta"):
+        DPOConfig.from_train(sft, beta=-1.0)

@@ -14,7 +14,7 @@ BIN = Path(sys.executable).parent
 
 
 def _cells(nb):
-    return [(c.cell_type, c.source.strip()) for c in nb.cells]
+    return [(c.cell_type, c.source.strip(), tuple(c.metadata.get("tags", []))) for c in nb.cells]
 
 
 @pytest.mark.parametrize("md", NOTEBOOKS, ids=lambda p: p.stem)
