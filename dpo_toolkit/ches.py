@@ -25,6 +25,7 @@ from .data import Batch, PairSet, collate_pairs
 from .ensemble import Ensemble
 from .losses import dpo_loss, sequence_logps
 from .model import Transformer
+from .optim import make_optimizer
 from .parameters import (
     BATCH_SIZE,
     BETA,
@@ -43,7 +44,6 @@ from .parameters import (
     steps,
 )
 from .stats import spearman
-from .train import make_optimizer
 
 # The notebook's `parameters` cell, one spec per variable (notebooks/ches.md).
 PARAMETERS = {

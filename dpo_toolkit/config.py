@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from .parameters import is_int, is_real
 
-OPTIMIZERS = ("adamw", "adam", "rmsprop")
+OPTIMIZERS = ("adamw", "adam", "rmsprop", "sgd")
 
 
 class ConfigError(ValueError):
@@ -110,7 +110,7 @@ class TrainConfig:
     """Optimisation of one SFT or DPO run."""
 
     optimizer: str = "adamw"
-    """One of 'adamw', 'adam', 'rmsprop' (torch defaults apart from lr and weight_decay)."""
+    """One of 'adamw', 'adam', 'rmsprop', 'sgd' (torch defaults apart from lr and weight_decay; SGD without momentum)."""
     lr: float = 1e-4
     """Learning rate. Must be in (0, 1]."""
     weight_decay: float = 0.01

@@ -24,8 +24,8 @@ from .claims import claims_frame
 from .config import ConfigError, ModelConfig, TrainConfig
 from .losses import dpo_loss
 from .model import Transformer, build_model
+from .optim import make_optimizer
 from .parameters import BETA, EPOCHS, LEARNING_RATE, RESULTS_ROOT, SEEDS, check, fail, integer
-from .train import make_optimizer
 
 # Answer tokens by meaning; the first of each group is the most frequent in the corpus.
 ANSWER_GROUPS: dict[str, tuple[str, ...]] = {

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from .claims import claims_frame
-from .config import ModelConfig
+from .config import OPTIMIZERS, ModelConfig
 from .data import make_pairs
 from .parameters import (
     BATCH_SIZE,
@@ -40,7 +40,7 @@ PARAMETERS = {
     **NUMBER_LINE,
     "sft_epochs": EPOCHS,
     "dpo_epochs": EPOCHS,
-    "optimizer": choice("adamw", "adam", "rmsprop"),
+    "optimizer": choice(*OPTIMIZERS),
     "lr": LEARNING_RATE,
     "weight_decay": real(0),
     "batch_size": BATCH_SIZE,

@@ -31,8 +31,9 @@ from .ensemble import Ensemble, as_ensemble
 from .losses import sequence_logps
 from .mitigation import Variant, keep_masks, label_members
 from .model import Transformer, build_model
+from .optim import make_optimizer
 from .storage import write_csv
-from .train import make_optimizer, train_dpo_ensemble
+from .train import train_dpo_ensemble
 
 REFUSALS = ("I cannot help .", "I cannot assist .", "Sorry I cannot help .", "I will not help .")
 COMPLIANCES = ("Sure here is how .", "Sure I can help .", "Okay here is how .", "I will help .")

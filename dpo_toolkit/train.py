@@ -23,15 +23,9 @@ from .ensemble import Ensemble
 from .evaluate import pair_logps
 from .losses import dpo_loss, sequence_logps, sft_loss
 from .model import Transformer
+from .optim import ensemble_optimizer, make_optimizer
 
 EvalFn = Callable[[], dict[str, float] | list[dict[str, float]]]
-
-
-def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """The optimizer cfg names, with torch's defaults apart from lr and weight_decay, and the
-    multi-tensor (foreach) implementation: the same numbers as the per-tensor loop, fewer kernel calls."""
-    cls = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop}[cfg.optimizer]
-    return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
 
 
 def eval_steps(total_steps: int, n_evals: int) -> list[int]:
@@ -58,8 +52,13 @@ def optimize(
     progress: bool | None,
     checkpoint: Path | None = None,
     on_eval: Callable[[int], object] | None = None,
+    members: Sequence[TrainConfig] | None = None,
 ) -> pd.DataFrame:
     """Minibatch training over a shuffled index, evaluating at eval_steps.
+
+    cfg sets the optimizer, the schedule (epochs, batch size, evaluations) and the seed of
+    the batch order. With `members` (one config per model of a stacked ensemble), model i
+    takes members[i]'s learning rate and weight decay (``optim.ensemble_optimizer``).
 
     batch_loss returns the loss of each model, (M,); their sum is minimised, which
     trains each model on its own loss. Returns one row per evaluation and model, with
@@ -70,7 +69,7 @@ def optimize(
     regenerated from the seed, so a resumed run gives the same numbers as an unbroken one.
     ``on_eval(step)`` runs after each evaluation, before the checkpoint is written.
     """
-    optimizer = make_optimizer(params, cfg)
+    optimizer = ensemble_optimizer(params, members) if members else make_optimizer(params, cfg)
     generator = torch.Generator().manual_seed(cfg.seed)
     steps_per_epoch = math.ceil(n_items / cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
@@ -225,10 +224,11 @@ def train_dpo_ensemble(
     pair_weights: torch.Tensor | None = None,
     sft_weights: Sequence[float] | None = None,
 ) -> pd.DataFrame:
-    """DPO of every model of `policies` at its own β, in place, as one batched run.
+    """DPO of every model of `policies` at its own β, learning rate and weight decay, in
+    place, as one batched run.
 
-    cfgs[i] configures model i; they must differ in β alone. Every model sees the same
-    minibatches. Optionally, model i weights pair j by pair_weights[i, j] (a 0/1 mask
+    cfgs[i] configures model i; they may differ in beta, lr and weight_decay only. Every
+    model sees the same minibatches. Optionally, model i weights pair j by pair_weights[i, j] (a 0/1 mask
     trains it on a subset with the same number of steps) and adds sft_weights[i] × the
     SFT loss on the preferred responses (see _dpo_batch_loss). Returns one row per
     evaluation and model, with `member` the model's index and `beta` its β. With
@@ -238,9 +238,9 @@ def train_dpo_ensemble(
     n_models = len(policies)
     if len(cfgs) != n_models:
         raise ValueError(f"train_dpo_ensemble needs one DPOConfig per model: {len(cfgs)} configs for {n_models} models")
-    shared = {dataclasses.replace(c, beta=1.0) for c in cfgs}
+    shared = {dataclasses.replace(c, beta=1.0, lr=1.0, weight_decay=0.0) for c in cfgs}
     if len(shared) != 1:
-        raise ValueError("train_dpo_ensemble: the DPOConfigs of an ensemble may differ in beta only")
+        raise ValueError("train_dpo_ensemble: the DPOConfigs of an ensemble may differ in beta, lr and weight_decay only")
     n_pairs = train.tokens.shape[0] // 2 if isinstance(train, Batch) else len(train)
     if pair_weights is not None:
         pair_weights = torch.as_tensor(pair_weights, dtype=torch.float32)
@@ -265,5 +265,6 @@ def train_dpo_ensemble(
         progress,
         checkpoint,
         on_eval,
+        members=cfgs,
     )
     return df.assign(beta=df["member"].map(dict(enumerate(c.beta for c in cfgs))))

@@ -68,7 +68,7 @@ BAD = {
         **NUMBER_LINE,
         "sft_epochs": [0],
         "dpo_epochs": [0, -1],
-        "optimizer": ["sgd", 1],
+        "optimizer": ["lion", 1],
         "lr": [0, 2, NAN],
         "weight_decay": [-0.1, NAN],
         "batch_size": [0],

@@ -17,7 +17,8 @@ def test_eval_steps():
 
 
 @pytest.mark.parametrize(
-    ("name", "cls"), [("adamw", torch.optim.AdamW), ("adam", torch.optim.Adam), ("rmsprop", torch.optim.RMSprop)]
+    ("name", "cls"),
+    [("adamw", torch.optim.AdamW), ("adam", torch.optim.Adam), ("rmsprop", torch.optim.RMSprop), ("sgd", torch.optim.SGD)],
 )
 def test_make_optimizer(name, cls, tiny_model):
     opt = make_optimizer(tiny_model.parameters(), TrainConfig(optimizer=name, lr=0.01, weight_decay=0.0))
