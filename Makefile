@@ -43,7 +43,7 @@ book: $(STAMP)
 	@$(BIN)/python -m tools.bookbuild chapter $(STEMS) --profile $(PROFILE) --executed $(EXECUTED) --results $(RESULTS)
 	@$(BIN)/python -m tools.bookbuild config .book-config.yml  # at the root: its relative paths resolve from there
 	@$(BIN)/python -m benchmarks.report --executed $(EXECUTED)
-	@$(BIN)/python -m tools.bookbuild scorecard $(STEMS) --executed $(EXECUTED) --results $(RESULTS); status=$$?; \
+	@$(BIN)/python -m tools.bookbuild scorecard $(STEMS) --profile $(PROFILE) --executed $(EXECUTED) --results $(RESULTS); status=$$?; \
 	  $(BIN)/jupyter-book build . --config .book-config.yml --warningiserror --nitpick --quiet || exit 1; \
 	  echo "Book: _build/html/index.html"; exit $$status
 
@@ -59,7 +59,7 @@ test-book: $(STAMP)
 	@env $(REFERENCE_PATH) $(BIN)/python -m tools.bookbuild chapter $(STEMS) --profile quick --executed $(TEST_BOOK)/executed \
 	  --results $(TEST_RESULTS)
 	$(BIN)/python -m benchmarks.report --executed $(TEST_BOOK)/executed
-	$(BIN)/python -m tools.bookbuild scorecard $(STEMS) --executed $(TEST_BOOK)/executed --results $(TEST_RESULTS)
+	$(BIN)/python -m tools.bookbuild scorecard $(STEMS) --profile quick --executed $(TEST_BOOK)/executed --results $(TEST_RESULTS)
 	$(BIN)/jupyter-book build $(TEST_BOOK) --warningiserror --nitpick --quiet
 
 # Re-execute the committed notebooks at their quick defaults (their stored outputs are what nbval compares).

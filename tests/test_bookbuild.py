@@ -103,10 +103,15 @@ def test_scorecard_counts_verdicts_and_names_missing_and_failed_chapters(repo, t
         (repo / "notebooks" / f"{stem}.md").write_text(f"# The {stem} chapter\n")
     executed.mkdir()
     (executed / "broken.failed").write_text("RuntimeError: out of memory\n")
-    page, summary, failed = bookbuild.scorecard(["demo", "gone", "broken"], executed, results)
+    page, summary, failed = bookbuild.scorecard(["demo", "gone", "broken"], executed, results, "paper")
     assert summary.startswith("2 reproduced, 1 partly, 1 not reproduced — 4 claims from 1 of 3 chapters")
     assert "2 chapters without claims" in summary and failed
-    assert "| C2 | **partly** | It \\| splits | 2 | 3 | {doc}`A demo chapter <demo>` |" in page
+    assert "| C2 | **partly** | It \\| splits | {doc}`A demo chapter <demo>` |" in page
+    assert 'data-profile="paper"' in page and "Built at the <b>paper</b> profile (3 seeds per chapter)" in page
+    matrix_row = next(line for line in page.splitlines() if line.startswith("| {doc}`A demo chapter"))
+    assert matrix_row.count('class="verdict-badge"') == 4  # one badge per claim
+    assert 'data-verdict="partly"' in matrix_row and 'title="C2: partly. It &#124; splits"' in matrix_row  # | ends a cell
+    assert "| {doc}`The broken chapter <broken>` | chapter failed |" in page
     assert "The gone chapter <gone>`: **no claims table**" in page
     assert "The broken chapter <broken>`: **the chapter failed** (`RuntimeError: out of memory`)" in page
 
@@ -129,10 +134,10 @@ def test_cli_runs_several_chapters_and_leaves_an_unchanged_scorecard_untouched(r
     common = ["--executed", str(executed), "--results", str(results)]
     assert bookbuild.main(["chapter", "demo", "other", "--profile", "quick", *common]) == 0
     assert "demo: ran" in capsys.readouterr().out and len(executions) == 2
-    assert bookbuild.main(["scorecard", "demo", "other", *common]) == 0
+    assert bookbuild.main(["scorecard", "demo", "other", "--profile", "paper", *common]) == 0
     page = executed / "scorecard.md"
     first = page.stat().st_mtime_ns
-    assert bookbuild.main(["scorecard", "demo", "other", *common]) == 0
+    assert bookbuild.main(["scorecard", "demo", "other", "--profile", "paper", *common]) == 0
     assert page.stat().st_mtime_ns == first  # unchanged content is not rewritten, so the site need not re-render it
     with pytest.raises(SystemExit):
         bookbuild.main(["chapter", "missing", "--profile", "quick", *common])

@@ -15,9 +15,11 @@ python -m tools.bookbuild scorecard STEM... --executed DIR --results DIR
 from __future__ import annotations
 
 import argparse
+import ast
 import csv
 import datetime
 import hashlib
+import html
 import os
 import platform
 import shutil
@@ -249,9 +251,50 @@ def chapter_title(stem: str) -> str:
     return stem
 
 
-def scorecard(stems: list[str], executed: Path, results: Path) -> tuple[str, str, bool]:
-    """(page, summary line, any chapter failed) from every chapter's claims.csv."""
-    rows, problems, counts, failed = [], [], dict.fromkeys(VERDICTS, 0), False
+BADGE_COLOURS = {  # verdict → background; white text on each passes WCAG AA contrast
+    "reproduced": "#1b7f3b",
+    "partly": "#9a5b00",
+    "not reproduced": "#b3261e",
+    "untestable here": "#5f6368",
+    "verified (identity)": "#1a5fb4",
+}
+
+
+def badge(claim_id: str, verdict: str, title: str, kind: str = "verdict-badge") -> str:
+    """An inline HTML badge: the claim's id on its verdict's colour, the verdict and statement on hover."""
+    colour = BADGE_COLOURS.get(verdict, "#444444")
+    tip = html.escape(f"{claim_id}: {verdict}. {title}", quote=True).replace("|", "&#124;")  # a | would end the table cell
+    return (
+        f'<span class="{kind}" data-verdict="{html.escape(verdict)}" title="{tip}" style="background:{colour};'
+        f'color:#fff;border-radius:4px;padding:1px 6px;margin:0 4px 2px 0;display:inline-block;font-weight:600">{claim_id}</span>'
+    )
+
+
+def seeds_in_words(stems: list[str], profile: str) -> str:
+    """How many training seeds the chapters ran at this profile: '3 seeds per chapter' or a range."""
+    counts = set()
+    for stem in stems:
+        try:
+            seeds = profile_overrides(stem, profile).get("seeds")
+            if seeds is None and "seeds" in notebook_parameters(stem):
+                seeds = ast.literal_eval(notebook_parameters(stem)["seeds"][0])
+        except (OSError, ValueError):  # a chapter without its notebook: reported below the matrix
+            continue
+        if seeds is not None:
+            counts.add(len(seeds) if isinstance(seeds, list) else 1)
+    if not counts:
+        return "seeds: none declared"
+    low, high = min(counts), max(counts)
+    return f"{low} seed{'s' if low > 1 else ''} per chapter" if low == high else f"{low}–{high} seeds per chapter"
+
+
+def scorecard(stems: list[str], executed: Path, results: Path, profile: str) -> tuple[str, str, bool]:
+    """(page, summary line, any chapter failed) from every chapter's claims.csv.
+
+    The page opens with a banner (profile, seeds, commit, date) and a verdict matrix: one row
+    per chapter, one coloured badge per claim; below it one short line per claim, linked to
+    its chapter, whose claims table holds the long numbers."""
+    rows, matrix, problems, counts, failed = [], [], [], dict.fromkeys(VERDICTS, 0), False
     for stem in stems:
         link = f"{{doc}}`{chapter_title(stem)} <{stem}>`"
         failure = executed / f"{stem}.failed"
@@ -259,15 +302,18 @@ def scorecard(stems: list[str], executed: Path, results: Path) -> tuple[str, str
         if failure.exists():
             failed = True
             problems.append(f"- {link}: **the chapter failed** (`{failure.read_text().strip()}`); its claims are missing.")
+            matrix.append(f"| {link} | chapter failed |")
             continue
         try:
             claims = read_claims(claims_path)
         except (OSError, ValueError) as e:
             problems.append(f"- {link}: **no claims table** ({type(e).__name__}: {e}).")
+            matrix.append(f"| {link} | no claims table |")
             continue
+        matrix.append(f"| {link} | " + " ".join(badge(c.claim_id, c.verdict, c.statement) for c in claims.itertuples()) + " |")
         for claim in claims.itertuples():
             counts[claim.verdict] += 1
-            cells = [claim.claim_id, f"**{claim.verdict}**", claim.statement, claim.paper_value, claim.our_value, link]
+            cells = [claim.claim_id, f"**{claim.verdict}**", claim.statement, link]
             rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     n = sum(counts.values())
     summary = (
@@ -276,15 +322,30 @@ def scorecard(stems: list[str], executed: Path, results: Path) -> tuple[str, str
     )
     if problems:
         summary += f"; {len(problems)} chapter{'s' if len(problems) > 1 else ''} without claims (see the scorecard)"
-    table = "| claim | verdict | statement | paper | ours | chapter |\n| --- | --- | --- | --- | --- | --- |\n" + "\n".join(rows)
+    commit = _git("rev-parse", "--short", "HEAD") or "unknown"
+    banner = (
+        f'<div class="scorecard-banner" data-profile="{html.escape(profile)}" style="border-left:6px solid #1a5fb4;'
+        f'padding:6px 12px;margin-bottom:1em;background:#f3f6fb">Built at the <b>{html.escape(profile)}</b> profile'
+        f" ({html.escape(seeds_in_words(stems, profile))}) from commit <code>{html.escape(commit)}</code> on "
+        f"{datetime.date.today().isoformat()}.</div>"
+    )
+    legend = " ".join(badge(v, v, "the colour of this verdict", kind="verdict-legend") for v in BADGE_COLOURS)
+    table = "| claim | verdict | statement | chapter |\n| --- | --- | --- | --- |\n" + "\n".join(rows)
+    matrix_table = "| chapter | claims |\n| --- | --- |\n" + "\n".join(matrix)
     page = f"""# Claims scorecard
+
+{banner}
 
 **{summary}.**
 
-Every claim the chapters test, as its chapter's `claims.csv` states it: the published
-value, ours (mean ± sd over seeds where the chapter ran several), and a verdict computed
-by code with thresholds fixed in the toolkit before any run. Each chapter explains its
-thresholds and the readings it chose where its source is ambiguous.
+{matrix_table}
+
+Badges: {legend}
+
+Every claim the chapters test, with its verdict, computed by code with thresholds fixed in
+the toolkit before any run. The published value and ours (mean ± sd over seeds where the
+chapter ran several) are in each chapter's claims table, with the thresholds and the
+readings it chose where its source is ambiguous.
 
 {table}
 """
@@ -303,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     config.add_argument("out", type=Path)
     card = sub.add_parser("scorecard")
     card.add_argument("stems", nargs="+")
+    card.add_argument("--profile", required=True)
     for p in (chapter, card):
         p.add_argument("--executed", type=Path, required=True)
         p.add_argument("--results", type=Path, required=True)
@@ -321,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
             outcome = run_chapter(stem, args.profile, args.executed, args.results)
             print(f"   {stem}: {outcome} ({_duration(time.time() - start)})", flush=True)
         return 0
-    page, summary, failed = scorecard(args.stems, args.executed, args.results)
+    page, summary, failed = scorecard(args.stems, args.executed, args.results, args.profile)
     args.executed.mkdir(parents=True, exist_ok=True)
     summary_line = f"**Scorecard:** {summary} ({{doc}}`details </book/chapters/scorecard>`).\n"
     for name, text in (("scorecard.md", page), ("scorecard_summary.md", summary_line)):

@@ -154,6 +154,19 @@ def check_site(book_root: Path, screenshots: Path) -> list[str]:
         else:
             driver.get(urljoin(base, scorecards[0]))
             hrefs = driver.execute_script("return [...document.querySelectorAll('a[href]')].map(a => a.getAttribute('href'))")
+            banner = driver.execute_script(
+                "const b = document.querySelector('.scorecard-banner'); return b ? [b.dataset.profile, b.textContent] : null"
+            )
+            if not banner or not banner[0] or f"{banner[0]} profile" not in banner[1]:
+                failures.append(f"scorecard: no banner naming the profile the book was built at (found {banner!r})")
+            badges, claims = driver.execute_script(
+                "const tables = [...document.querySelectorAll('table')];"
+                "const rows = tables.filter(t => t.querySelector('th')?.textContent.trim() === 'claim')"
+                "  .flatMap(t => [...t.querySelectorAll('tbody tr')]);"
+                "return [document.querySelectorAll('.verdict-badge').length, rows.length]"
+            )
+            if badges != claims or not claims:
+                failures.append(f"scorecard: {badges} verdict badges for {claims} claims in its table")
             generated = ("scorecard.html", "performance.html")  # pages of the book, not chapters
             for page in pages:
                 name = Path(page).name
