@@ -28,7 +28,7 @@ BAD = [
     (ModelConfig, {"d_mlp": 0}, "ModelConfig.d_mlp"),
     (ModelConfig, {"n_ctx": 3}, "ModelConfig.n_ctx must be an integer ≥ 4"),
     (ModelConfig, {"d_vocab": 11}, "ModelConfig.d_vocab must be an integer ≥ 12"),
-    (TrainConfig, {"optimizer": "sgd"}, "TrainConfig.optimizer must be one of ('adamw', 'adam', 'rmsprop'), got 'sgd'"),
+    (TrainConfig, {"optimizer": "lion"}, "TrainConfig.optimizer must be one of ('adamw', 'adam', 'rmsprop', 'sgd'), got 'lion'"),
     (TrainConfig, {"lr": 0.0}, "TrainConfig.lr must be a number in (0, 1]"),
     (TrainConfig, {"lr": float("nan")}, "TrainConfig.lr"),
     (TrainConfig, {"weight_decay": -0.1}, "TrainConfig.weight_decay must be a number ≥ 0"),
