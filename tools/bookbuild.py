@@ -35,11 +35,10 @@ import yaml
 from papermill.translators import PythonTranslator
 
 from dpo_toolkit import __version__
-from dpo_toolkit.claims import read_claims
+from dpo_toolkit.claims import VERDICTS, read_claims
 from tools.peakmem import PeakMemory
 
 ROOT = Path(__file__).resolve().parents[1]
-VERDICTS = ("reproduced", "partly", "not reproduced")
 DOWNLOADABLE = (".csv",)  # result files copied next to the executed chapter for download; caches (runs/) are not
 
 
@@ -329,7 +328,7 @@ def scorecard(stems: list[str], executed: Path, results: Path, profile: str) -> 
         f" ({html.escape(seeds_in_words(stems, profile))}) from commit <code>{html.escape(commit)}</code> on "
         f"{datetime.date.today().isoformat()}.</div>"
     )
-    legend = " ".join(badge(v, v, "the colour of this verdict", kind="verdict-legend") for v in BADGE_COLOURS)
+    legend = " ".join(badge(v, v, "the colour of this verdict", kind="verdict-legend") for v in VERDICTS)
     table = "| claim | verdict | statement | chapter |\n| --- | --- | --- | --- |\n" + "\n".join(rows)
     matrix_table = "| chapter | claims |\n| --- | --- |\n" + "\n".join(matrix)
     page = f"""# Claims scorecard
