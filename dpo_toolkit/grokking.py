@@ -7,6 +7,7 @@ comes back", "near-monotonic").
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -17,7 +18,7 @@ from .config import OPTIMIZERS, ModelConfig
 from .data import make_pairs
 from .parameters import (
     BATCH_SIZE,
-    BETA,
+    BETAS,
     EPOCHS,
     LEARNING_RATE,
     NUMBER_LINE,
@@ -29,13 +30,12 @@ from .parameters import (
     integer,
     number_line_config,
     real,
-    reals,
     steps,
 )
 
 # The notebook's `parameters` cell, one spec per variable (notebooks/grokking.md).
 PARAMETERS = {
-    "betas": reals(BETA.low, BETA.high, open_low=True, scalar_ok=True),
+    "betas": dataclasses.replace(BETAS, scalar_ok=True),  # a single β also works
     "seeds": SEEDS,
     **NUMBER_LINE,
     "sft_epochs": EPOCHS,

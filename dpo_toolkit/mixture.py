@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from .claims import claims_frame
-from .parameters import BETA, SWEEP_SETUP, check, check_sweep_setup, fail, integer, reals
+from .parameters import BETAS, SWEEP_SETUP, check, check_sweep_setup, fail, integer, reals
 from .stats import logsumexp
 
 # The notebook's `parameters` cell, one spec per variable (notebooks/mixture_tpm.md).
@@ -20,7 +20,7 @@ PARAMETERS = {
     "n_outputs": integer(2),
     "n_theory_betas": integer(1),
     "theory_seed": integer(0),
-    "betas": reals(BETA.low, BETA.high, open_low=True),
+    "betas": BETAS,
     **SWEEP_SETUP,
     "temperatures": reals(0, open_low=True),
 }

@@ -124,7 +124,8 @@ RESULTS_ROOT = Spec("text", optional=True)  # a folder; None means $DPO_RESULTS_
 LEARNING_RATE = real(0, 1, open_low=True)
 EPOCHS = integer(1)
 BATCH_SIZE = integer(1)
-BETA = real(0, 1000, open_low=True)
+BETA = real(0, 1000, open_low=True)  # DPOConfig.beta's range
+BETAS = reals(0, 1000, open_low=True)  # a list of them
 
 
 def fail(name: str, allowed: str, value: object) -> None:

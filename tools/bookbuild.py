@@ -275,8 +275,9 @@ def seeds_in_words(stems: list[str], profile: str) -> str:
     for stem in stems:
         try:
             seeds = profile_overrides(stem, profile).get("seeds")
-            if seeds is None and "seeds" in notebook_parameters(stem):
-                seeds = ast.literal_eval(notebook_parameters(stem)["seeds"][0])
+            defaults = notebook_parameters(stem)
+            if seeds is None and "seeds" in defaults:
+                seeds = ast.literal_eval(defaults["seeds"][0])
         except (OSError, ValueError):  # a chapter without its notebook: reported below the matrix
             continue
         if seeds is not None:
