@@ -16,9 +16,9 @@ import pandas as pd
 from benchmarks.common import write
 from benchmarks.sweep_speed import BATCH, BETAS, batched
 from benchmarks.throughput import pairs_subset
-from dpo_toolkit.config import DataConfig
-from dpo_toolkit.data import make_pairs
-from dpo_toolkit.sweep import beta_grid
+from dpo_toolkit.core.config import DataConfig
+from dpo_toolkit.core.data import make_pairs
+from dpo_toolkit.studies.kl_sweep import beta_grid
 
 MODELS = (1, 2, 4, 8, 16, 32, 64)
 SPANS = (50, 100, 200, 400)

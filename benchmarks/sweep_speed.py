@@ -32,13 +32,13 @@ import torch
 from benchmarks.common import flops, seconds, write
 from benchmarks.peak import peak_gflops
 from benchmarks.throughput import BATCH, LR, pairs_subset, run_trl
-from dpo_toolkit.config import DPOConfig, ModelConfig
-from dpo_toolkit.data import PairSet
-from dpo_toolkit.device import resolve_device
-from dpo_toolkit.ensemble import Ensemble
-from dpo_toolkit.model import build_model
-from dpo_toolkit.sweep import beta_grid
-from dpo_toolkit.train import _dpo_batch_loss, train_dpo, train_dpo_ensemble
+from dpo_toolkit.core.config import DPOConfig, ModelConfig
+from dpo_toolkit.core.data import PairSet
+from dpo_toolkit.core.device import resolve_device
+from dpo_toolkit.core.ensemble import Ensemble
+from dpo_toolkit.core.model import build_model
+from dpo_toolkit.core.train import _dpo_batch_loss, train_dpo, train_dpo_ensemble
+from dpo_toolkit.studies.kl_sweep import beta_grid
 
 BETAS = beta_grid(30, 1e-2, 1.0)
 DPO = DPOConfig(optimizer="rmsprop", lr=LR, weight_decay=0.0, epochs=1, batch_size=BATCH, grad_clip=None, n_evals=1)

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from dpo_toolkit.config import DataConfig, ModelConfig
-from dpo_toolkit.data import make_pairs
-from dpo_toolkit.model import build_model
+from dpo_toolkit.core.config import DataConfig, ModelConfig
+from dpo_toolkit.core.data import make_pairs
+from dpo_toolkit.core.model import build_model
 
 
 @pytest.fixture

@@ -60,7 +60,7 @@ def test_a_csv_from_an_older_suite_is_named_in_the_error(tmp_path, monkeypatch):
 def test_the_gpt2_twin_tokenizes_characters_and_has_the_toolkit_shape():
     pytest.importorskip("transformers")
     from benchmarks.throughput import _gpt2_batch, hf_model, hf_tokenizer
-    from dpo_toolkit.data import VOCAB, PairSet
+    from dpo_toolkit.core.data import VOCAB, PairSet
 
     tokenizer = hf_tokenizer()
     assert tokenizer("123=")["input_ids"] == [VOCAB.index(c) for c in "123="]

@@ -5,7 +5,11 @@ import pandas as pd
 import pytest
 import torch
 
-from dpo_toolkit.ches import (
+from dpo_toolkit.core.config import TrainConfig
+from dpo_toolkit.core.data import PairSet, collate_pairs
+from dpo_toolkit.core.losses import dpo_loss, sequence_logps
+from dpo_toolkit.core.train import make_optimizer
+from dpo_toolkit.studies.ches.measures import (
     ches,
     ches_claims,
     ches_filter,
@@ -16,10 +20,6 @@ from dpo_toolkit.ches import (
     response_hidden_sums,
     single_pair_displacement,
 )
-from dpo_toolkit.config import TrainConfig
-from dpo_toolkit.data import PairSet, collate_pairs
-from dpo_toolkit.losses import dpo_loss, sequence_logps
-from dpo_toolkit.train import make_optimizer
 
 
 def _brute_force(model, pairs):

@@ -1,6 +1,6 @@
 import pytest
 
-from dpo_toolkit.claims import COLUMNS, claims_frame, read_claims, results_dir, write_claims
+from dpo_toolkit.core.claims import COLUMNS, claims_frame, read_claims, results_dir, write_claims
 
 ROW = {"claim_id": "C1", "statement": "s", "paper_value": "p", "our_value": "o", "verdict": "partly"}
 
@@ -41,7 +41,7 @@ def test_results_dir_respects_env(tmp_path, monkeypatch):
 
 
 def test_claims_table_shows_every_cell_in_full_without_a_positional_index():
-    from dpo_toolkit.claims import ClaimsTable
+    from dpo_toolkit.core.claims import ClaimsTable
 
     long = "final OOD β=0.01: 13 %, β=0.1: 13 %, β=0.5: 13 %, and more text than pandas shows by default"
     table = ClaimsTable(

@@ -2,7 +2,7 @@ import dataclasses
 
 import pytest
 
-from dpo_toolkit.config import (
+from dpo_toolkit.core.config import (
     ConfigError,
     DataConfig,
     DPOConfig,

@@ -2,8 +2,18 @@ import numpy as np
 import pytest
 import torch
 
-from dpo_toolkit.config import DataConfig
-from dpo_toolkit.data import END, EQ, PAD, collate, collate_pairs, decode_response, encode_prompt, encode_response, make_pairs
+from dpo_toolkit.core.config import DataConfig
+from dpo_toolkit.core.data import (
+    END,
+    EQ,
+    PAD,
+    collate,
+    collate_pairs,
+    decode_response,
+    encode_prompt,
+    encode_response,
+    make_pairs,
+)
 
 
 def test_tokenizer_spells_abc_eq_xyz_dot():

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from dpo_toolkit.device import resolve_device
+from dpo_toolkit.core.device import resolve_device
 
 
 def test_cpu_is_the_default_and_bad_names_are_refused():

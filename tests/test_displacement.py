@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 import torch
 
-from dpo_toolkit.config import ConfigError, ModelConfig, TrainConfig
-from dpo_toolkit.displacement import (
+from dpo_toolkit.core.config import ConfigError, ModelConfig, TrainConfig
+from dpo_toolkit.studies.likelihood_displacement.study import (
     ANSWER_GROUPS,
     PersonaConfig,
     displacement_claims,

@@ -5,12 +5,12 @@ import pandas as pd
 import pytest
 import torch
 
-from dpo_toolkit.config import DPOConfig, EvalConfig, TrainConfig
-from dpo_toolkit.ensemble import Ensemble
-from dpo_toolkit.evaluate import Evaluator
-from dpo_toolkit.generate import greedy_answers, sample_responses
-from dpo_toolkit.model import build_model
-from dpo_toolkit.train import clip_per_model, train_dpo, train_dpo_ensemble, train_sft
+from dpo_toolkit.core.config import DPOConfig, EvalConfig, TrainConfig
+from dpo_toolkit.core.ensemble import Ensemble
+from dpo_toolkit.core.evaluate import Evaluator
+from dpo_toolkit.core.generate import greedy_answers, sample_responses
+from dpo_toolkit.core.model import build_model
+from dpo_toolkit.core.train import clip_per_model, train_dpo, train_dpo_ensemble, train_sft
 
 
 @pytest.fixture
@@ -128,7 +128,7 @@ def test_members_with_their_own_learning_rate_and_weight_decay_equal_separate_ru
 
 
 def test_memberwise_optimizer_step_against_one_torch_optimizer_per_member():
-    from dpo_toolkit.optim import MemberwiseOptimizer, make_optimizer
+    from dpo_toolkit.core.optim import MemberwiseOptimizer, make_optimizer
 
     torch.manual_seed(0)
     start, grads = torch.randn(3, 4, 5), [torch.randn(3, 4, 5) for _ in range(3)]

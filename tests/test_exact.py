@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from dpo_toolkit.config import ModelConfig
-from dpo_toolkit.ensemble import Ensemble
-from dpo_toolkit.exact import enumerate_responses, in_window_strings, is_aligned, response_masses
-from dpo_toolkit.model import build_model
+from dpo_toolkit.core.config import ModelConfig
+from dpo_toolkit.core.ensemble import Ensemble
+from dpo_toolkit.core.exact import enumerate_responses, in_window_strings, is_aligned, response_masses
+from dpo_toolkit.core.model import build_model
 
 
 @pytest.fixture

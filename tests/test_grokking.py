@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dpo_toolkit.grokking import almost_monotone_rise, final_ood_table, grokking_claims, relative_drawdown, tail_mean
+from dpo_toolkit.studies.grokking import almost_monotone_rise, final_ood_table, grokking_claims, relative_drawdown, tail_mean
 
 
 def test_curve_helpers():

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from dpo_toolkit.claims import COLUMNS
+from dpo_toolkit.core.claims import COLUMNS
 from tools.kernel_paths import alternative, compare, default_capability, main
 
 
@@ -49,10 +49,10 @@ def test_compare_passes_on_equal_verdicts(tmp_path):
 GRADIENT_HASH = """
 import hashlib, torch
 import dpo_toolkit  # turns oneDNN off under DPO_REFERENCE_KERNELS=1
-from dpo_toolkit.config import ModelConfig
-from dpo_toolkit.ensemble import Ensemble
-from dpo_toolkit.losses import sequence_logps
-from dpo_toolkit.model import build_model
+from dpo_toolkit.core.config import ModelConfig
+from dpo_toolkit.core.ensemble import Ensemble
+from dpo_toolkit.core.losses import sequence_logps
+from dpo_toolkit.core.model import build_model
 tokens = torch.randint(0, 12, (64, 8), generator=torch.Generator().manual_seed(0))
 mask = torch.zeros(64, 8, dtype=torch.bool)
 mask[:, -3:] = True

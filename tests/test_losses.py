@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from dpo_toolkit.losses import dpo_loss, implicit_reward, sequence_logps, sft_loss
+from dpo_toolkit.core.losses import dpo_loss, implicit_reward, sequence_logps, sft_loss
 
 
 def brute_force_logps(logits, tokens, response_mask):

@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from dpo_toolkit.config import EvalConfig, ModelConfig
-from dpo_toolkit.data import END, EQ, decode_response, encode_prompt
-from dpo_toolkit.evaluate import Evaluator
-from dpo_toolkit.generate import greedy_answers, greedy_sequences, sample_responses
-from dpo_toolkit.losses import sequence_logps
-from dpo_toolkit.metrics import (
+from dpo_toolkit.core.config import EvalConfig, ModelConfig
+from dpo_toolkit.core.data import END, EQ, decode_response, encode_prompt
+from dpo_toolkit.core.evaluate import Evaluator
+from dpo_toolkit.core.generate import greedy_answers, greedy_sequences, sample_responses
+from dpo_toolkit.core.losses import sequence_logps
+from dpo_toolkit.core.metrics import (
     answers_tensor,
     frac_weight_delta,
     is_ood,
@@ -21,7 +21,7 @@ from dpo_toolkit.metrics import (
     sequence_error,
     weight_delta,
 )
-from dpo_toolkit.model import build_model
+from dpo_toolkit.core.model import build_model
 
 
 def test_ood_and_error_on_hand_made_strings():
@@ -72,8 +72,8 @@ def exact_kl(policy, reference, prompt: int) -> float:
 
 
 def test_kl_is_zero_for_identical_models_and_matches_exact_enumeration():
-    from dpo_toolkit.config import DataConfig
-    from dpo_toolkit.data import PairSet
+    from dpo_toolkit.core.config import DataConfig
+    from dpo_toolkit.core.data import PairSet
 
     policy, reference = build_model(CFG, seed=0), build_model(CFG, seed=1)
     with torch.no_grad():  # sharpen the models so that the KL is well away from 0

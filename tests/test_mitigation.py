@@ -5,14 +5,22 @@ import pandas as pd
 import pytest
 import torch
 
-from dpo_toolkit.ches import ches_filter
-from dpo_toolkit.config import DPOConfig, EvalConfig, TrainConfig
-from dpo_toolkit.data import PairSet, collate_pairs
-from dpo_toolkit.ensemble import Ensemble
-from dpo_toolkit.evaluate import Evaluator, pair_logps
-from dpo_toolkit.losses import dpo_loss, sequence_logps
-from dpo_toolkit.mitigation import Variant, drift_claims, keep_masks, mitigation_claims, run_mitigations, summarize, variants
-from dpo_toolkit.train import _dpo_batch_loss, train_dpo_ensemble
+from dpo_toolkit.core.config import DPOConfig, EvalConfig, TrainConfig
+from dpo_toolkit.core.data import PairSet, collate_pairs
+from dpo_toolkit.core.ensemble import Ensemble
+from dpo_toolkit.core.evaluate import Evaluator, pair_logps
+from dpo_toolkit.core.losses import dpo_loss, sequence_logps
+from dpo_toolkit.core.train import _dpo_batch_loss, train_dpo_ensemble
+from dpo_toolkit.studies.ches.measures import ches_filter
+from dpo_toolkit.studies.ches.mitigation import (
+    Variant,
+    drift_claims,
+    keep_masks,
+    mitigation_claims,
+    run_mitigations,
+    summarize,
+    variants,
+)
 
 FULL_BATCH = dict(optimizer="adam", lr=1e-2, weight_decay=0.0, epochs=3, batch_size=10_000, grad_clip=None, n_evals=3)
 

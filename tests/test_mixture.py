@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dpo_toolkit.mixture import (
+from dpo_toolkit.studies.mixture_tpm import (
     assumptions,
     lemma1_max_error,
     log_total_probability_mass,

@@ -1,7 +1,7 @@
 import torch
 
-from dpo_toolkit.config import ModelConfig
-from dpo_toolkit.model import PARAM_GROUPS, build_model, group_param_counts, param_group
+from dpo_toolkit.core.config import ModelConfig
+from dpo_toolkit.core.model import PARAM_GROUPS, build_model, group_param_counts, param_group
 
 
 def test_paper_model_has_104k_parameters_and_66k_attention():

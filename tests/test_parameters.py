@@ -26,20 +26,12 @@ import yaml
 from papermill.iorw import load_notebook_node
 from papermill.parameterize import parameterize_notebook
 
-from dpo_toolkit.parameters import ParameterError, Spec, largest_prompt, real
+from dpo_toolkit.core.parameters import ParameterError, Spec, largest_prompt, real
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 NAN = float("nan")
-MODULES = {
-    "grokking": "grokking",
-    "kl_sweep": "sweep",
-    "surgery": "surgery",
-    "mixture_tpm": "mixture",
-    "vanishing_gradients": "vanishing",
-    "likelihood_displacement": "displacement",
-    "ches": "ches",
-}
+MODULES = ("grokking", "kl_sweep", "surgery", "mixture_tpm", "vanishing_gradients", "likelihood_displacement", "ches")
 ANY = {"results_root"}  # parameters that take any value of their type (a folder)
 
 NUMBER_LINE = {
@@ -186,7 +178,7 @@ def test_papermill_sees_every_parameter_with_its_type_and_the_spec_agrees(stem):
     """`papermill --help-notebook` lists every parameter with a type, and PARAMETERS of the
     chapter's module has exactly the notebook's parameters."""
     inspected = papermill.inspect_notebook(str(ROOT / "notebooks" / f"{stem}.ipynb"))
-    specs = importlib.import_module(f"dpo_toolkit.{MODULES[stem]}").PARAMETERS
+    specs = importlib.import_module(f"dpo_toolkit.studies.{stem}").PARAMETERS
     assert set(inspected) == set(specs)
     kinds = {"int": "int", "real": "float", "choice": "str", "text": "str", "ints": "list[int]", "reals": "list[float]"}
     for name, p in inspected.items():

@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from dpo_toolkit.config import ConfigError, ModelConfig, RLTaskConfig, TrainConfig
-from dpo_toolkit.ensemble import Ensemble
-from dpo_toolkit.model import build_model
-from dpo_toolkit.rl import (
+from dpo_toolkit.core.config import ConfigError, ModelConfig, RLTaskConfig, TrainConfig
+from dpo_toolkit.core.ensemble import Ensemble
+from dpo_toolkit.core.model import build_model
+from dpo_toolkit.studies.vanishing_gradients.rft import (
     all_responses,
     closeness_reward,
     label_batch,

@@ -5,11 +5,11 @@ import time
 import pytest
 import torch
 
-from dpo_toolkit import runs as runs_module
-from dpo_toolkit.config import ConfigError, DPOConfig, EvalConfig, TrainConfig
-from dpo_toolkit.metrics import weight_delta
-from dpo_toolkit.model import load_model
-from dpo_toolkit.runs import run_sft_then_dpo
+from dpo_toolkit.core import runner as runs_module
+from dpo_toolkit.core.config import ConfigError, DPOConfig, EvalConfig, TrainConfig
+from dpo_toolkit.core.metrics import weight_delta
+from dpo_toolkit.core.model import load_model
+from dpo_toolkit.core.runner import run_sft_then_dpo
 
 SFT = TrainConfig(lr=1e-3, epochs=1, batch_size=32, n_evals=1)
 DPO = DPOConfig(lr=1e-3, epochs=1, batch_size=32, n_evals=1)
@@ -84,8 +84,8 @@ def test_unknown_keep_beta_fails_before_training(tiny_data_cfg, tiny_model_cfg, 
 
 SFT_SCRIPT = """
 import sys
-from dpo_toolkit.config import DataConfig, EvalConfig, ModelConfig, TrainConfig
-from dpo_toolkit.runs import sft_reference
+from dpo_toolkit.core.config import DataConfig, EvalConfig, ModelConfig, TrainConfig
+from dpo_toolkit.core.runner import sft_reference
 sft_reference(DataConfig(prompt_min=1, prompt_max=30, window=2, test_fraction=0.3),
               ModelConfig(d_model=16, n_heads=2, d_mlp=16, n_ctx=8),
               TrainConfig(optimizer="adam", lr=1e-2, weight_decay=0.0, epochs=30, batch_size=8, grad_clip=None, n_evals=30),

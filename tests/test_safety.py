@@ -3,10 +3,10 @@ import pandas as pd
 import pytest
 import torch
 
-from dpo_toolkit.config import ConfigError, DPOConfig, TrainConfig
-from dpo_toolkit.mitigation import variants
-from dpo_toolkit.model import build_model
-from dpo_toolkit.safety import (
+from dpo_toolkit.core.config import ConfigError, DPOConfig, TrainConfig
+from dpo_toolkit.core.model import build_model
+from dpo_toolkit.studies.ches.mitigation import variants
+from dpo_toolkit.studies.ches.safety import (
     REFUSALS,
     RESPONSES,
     SafetyConfig,

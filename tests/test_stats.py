@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dpo_toolkit.stats import logsumexp
-from dpo_toolkit.storage import write_csv
+from dpo_toolkit.core.stats import logsumexp
+from dpo_toolkit.core.storage import write_csv
 
 PACKAGE = Path(__file__).resolve().parents[1] / "dpo_toolkit"
 
@@ -30,7 +30,7 @@ def test_write_csv_replaces_atomically_and_leaves_no_temporary(tmp_path):
 def test_no_module_imports_another_module_s_private_name():
     offenders = [
         f"{path.name}: {alias.name}"
-        for path in PACKAGE.glob("*.py")
+        for path in PACKAGE.rglob("*.py")
         for node in ast.walk(ast.parse(path.read_text()))
         if isinstance(node, ast.ImportFrom)
         for alias in node.names

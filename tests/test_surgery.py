@@ -5,12 +5,12 @@ import pandas as pd
 import pytest
 import torch
 
-from dpo_toolkit.config import EvalConfig
-from dpo_toolkit.ensemble import Ensemble
-from dpo_toolkit.evaluate import Evaluator
-from dpo_toolkit.metrics import group_weight_deltas, weight_delta
-from dpo_toolkit.model import PARAM_GROUPS, build_model, param_group
-from dpo_toolkit.surgery import matched_kl_ratio, pick_contrast_prompt, surgery_curves, transplant
+from dpo_toolkit.core.config import EvalConfig
+from dpo_toolkit.core.ensemble import Ensemble
+from dpo_toolkit.core.evaluate import Evaluator
+from dpo_toolkit.core.metrics import group_weight_deltas, weight_delta
+from dpo_toolkit.core.model import PARAM_GROUPS, build_model, param_group
+from dpo_toolkit.studies.surgery import matched_kl_ratio, pick_contrast_prompt, surgery_curves, transplant
 
 
 def _state(model):

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dpo_toolkit.stats import spearman
-from dpo_toolkit.sweep import beta_grid, kl_band, least_ood_checkpoints, sweep_claims, u_shape, u_shape_bins
+from dpo_toolkit.core.stats import spearman
+from dpo_toolkit.studies.kl_sweep import beta_grid, kl_band, least_ood_checkpoints, sweep_claims, u_shape, u_shape_bins
 
 
 def test_beta_grid_is_log_spaced():
@@ -73,8 +73,8 @@ def test_claims_not_reproduced_when_ood_only_rises():
 
 SCRIPT = """
 import sys
-from dpo_toolkit.config import DataConfig, DPOConfig, EvalConfig, ModelConfig, TrainConfig
-from dpo_toolkit.runs import run_sft_then_dpo
+from dpo_toolkit.core.config import DataConfig, DPOConfig, EvalConfig, ModelConfig, TrainConfig
+from dpo_toolkit.core.runner import run_sft_then_dpo
 df = run_sft_then_dpo(
     DataConfig(prompt_min=1, prompt_max=30, window=2, test_fraction=0.3),
     ModelConfig(d_model=16, n_heads=2, d_mlp=16, n_ctx=8),

@@ -5,9 +5,9 @@ import pandas as pd
 import pytest
 import torch
 
-from dpo_toolkit.config import DPOConfig, EvalConfig, TrainConfig
-from dpo_toolkit.evaluate import Evaluator
-from dpo_toolkit.train import clip_per_model, eval_steps, make_optimizer, optimize, train_dpo, train_sft
+from dpo_toolkit.core.config import DPOConfig, EvalConfig, TrainConfig
+from dpo_toolkit.core.evaluate import Evaluator
+from dpo_toolkit.core.train import clip_per_model, eval_steps, make_optimizer, optimize, train_dpo, train_sft
 
 
 def test_eval_steps():
@@ -64,7 +64,7 @@ def test_dpo_changes_every_parameter_and_leaves_the_reference_alone(tiny_model, 
 
 
 def test_same_seed_same_numbers_other_seed_other_numbers(tiny_model_cfg, tiny_pairs, tiny_data_cfg):
-    from dpo_toolkit.model import build_model
+    from dpo_toolkit.core.model import build_model
 
     runs = []
     for seed in (0, 0, 1):

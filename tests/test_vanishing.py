@@ -2,9 +2,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dpo_toolkit import vanishing
-from dpo_toolkit.config import ModelConfig, RLTaskConfig, SmallSFTConfig, TrainConfig
-from dpo_toolkit.vanishing import ARMS, envelope, run_vanishing_gradients, small_sft_config, stall_table, vanishing_claims
+from dpo_toolkit.core.config import ModelConfig, RLTaskConfig, SmallSFTConfig, TrainConfig
+from dpo_toolkit.studies.vanishing_gradients import study as vanishing
+from dpo_toolkit.studies.vanishing_gradients.study import (
+    ARMS,
+    envelope,
+    run_vanishing_gradients,
+    small_sft_config,
+    stall_table,
+    vanishing_claims,
+)
 
 CFG = TrainConfig(optimizer="adam", lr=1e-3, weight_decay=0.0, epochs=10, batch_size=16, grad_clip=None, n_evals=10)
 

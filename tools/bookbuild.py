@@ -35,7 +35,7 @@ import yaml
 from papermill.translators import PythonTranslator
 
 from dpo_toolkit import __version__
-from dpo_toolkit.claims import VERDICTS, read_claims
+from dpo_toolkit.core.claims import VERDICTS, read_claims
 from tools.peakmem import PeakMemory
 
 ROOT = Path(__file__).resolve().parents[1]

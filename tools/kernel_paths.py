@@ -41,7 +41,7 @@ def alternative(capability: str) -> tuple[str, dict[str, str]]:
 
 def compare(first: Path, second: Path) -> list[str]:
     """Differences between the verdicts of two results folders (one claims.csv per chapter)."""
-    from dpo_toolkit.claims import read_claims
+    from dpo_toolkit.core.claims import read_claims
 
     problems = []
     chapters = sorted({p.parent.name for p in first.glob("*/claims.csv")} | {p.parent.name for p in second.glob("*/claims.csv")})

@@ -16,13 +16,26 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .claims import claims_frame
-from .config import ModelConfig, RLTaskConfig, SmallSFTConfig, TrainConfig, config_hash
-from .ensemble import Ensemble
-from .model import build_model
-from .parameters import BATCH_SIZE, EPOCHS, LEARNING_RATE, RESULTS_ROOT, SEEDS, check, check_evals, fail, integer, real
-from .parameters import steps as optimizer_steps
-from .rl import (
+from dpo_toolkit.core.claims import claims_frame
+from dpo_toolkit.core.config import ModelConfig, RLTaskConfig, SmallSFTConfig, TrainConfig, config_hash
+from dpo_toolkit.core.ensemble import Ensemble
+from dpo_toolkit.core.model import build_model
+from dpo_toolkit.core.parameters import (
+    BATCH_SIZE,
+    EPOCHS,
+    LEARNING_RATE,
+    RESULTS_ROOT,
+    SEEDS,
+    check,
+    check_evals,
+    fail,
+    integer,
+    real,
+)
+from dpo_toolkit.core.parameters import steps as optimizer_steps
+from dpo_toolkit.core.storage import write_csv
+from dpo_toolkit.core.train import train_sft
+from dpo_toolkit.studies.vanishing_gradients.rft import (
     all_responses,
     closeness_reward,
     label_batch,
@@ -34,8 +47,6 @@ from .rl import (
     value_and_std,
     value_gradient_norms,
 )
-from .storage import write_csv
-from .train import train_sft
 
 ARMS = ("no SFT", "full SFT", "small SFT")  # the starting points of RL fine-tuning, in Ensemble order
 SMALL_STD = 0.05  # a reward std below this counts as small

@@ -21,15 +21,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .ches import ches, ches_filter
-from .claims import claims_frame
-from .config import DataConfig, DPOConfig, EvalConfig, ModelConfig, TrainConfig, check_fits, config_hash
-from .data import make_pairs
-from .ensemble import Ensemble
-from .evaluate import Evaluator
-from .runs import sft_reference, validate_grid
-from .storage import write_csv
-from .train import train_dpo_ensemble
+from dpo_toolkit.core.claims import claims_frame
+from dpo_toolkit.core.config import DataConfig, DPOConfig, EvalConfig, ModelConfig, TrainConfig, check_fits, config_hash
+from dpo_toolkit.core.data import make_pairs
+from dpo_toolkit.core.ensemble import Ensemble
+from dpo_toolkit.core.evaluate import Evaluator
+from dpo_toolkit.core.runner import sft_reference, validate_grid
+from dpo_toolkit.core.storage import write_csv
+from dpo_toolkit.core.train import train_dpo_ensemble
+from dpo_toolkit.studies.ches.measures import ches, ches_filter
 
 
 @dataclasses.dataclass(frozen=True)

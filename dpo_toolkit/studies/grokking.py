@@ -13,10 +13,10 @@ import math
 import numpy as np
 import pandas as pd
 
-from .claims import claims_frame
-from .config import OPTIMIZERS, ModelConfig
-from .data import make_pairs
-from .parameters import (
+from dpo_toolkit.core.claims import claims_frame
+from dpo_toolkit.core.config import OPTIMIZERS, ModelConfig
+from dpo_toolkit.core.data import make_pairs
+from dpo_toolkit.core.parameters import (
     BATCH_SIZE,
     BETAS,
     EPOCHS,

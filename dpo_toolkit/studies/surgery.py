@@ -14,12 +14,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .claims import claims_frame
-from .ensemble import Ensemble
-from .evaluate import Evaluator
-from .metrics import group_weight_deltas
-from .model import PARAM_GROUPS, Transformer, load_model, param_group
-from .parameters import BETA, SWEEP_SETUP, check, check_sweep_setup, fail, integer
+from dpo_toolkit.core.claims import claims_frame
+from dpo_toolkit.core.ensemble import Ensemble
+from dpo_toolkit.core.evaluate import Evaluator
+from dpo_toolkit.core.metrics import group_weight_deltas
+from dpo_toolkit.core.model import PARAM_GROUPS, Transformer, load_model, param_group
+from dpo_toolkit.core.parameters import BETA, SWEEP_SETUP, check, check_sweep_setup, fail, integer
 
 # The notebook's `parameters` cell, one spec per variable (notebooks/surgery.md).
 PARAMETERS = {"beta_a": BETA, "beta_b": BETA, "n_betas": integer(2), **SWEEP_SETUP}

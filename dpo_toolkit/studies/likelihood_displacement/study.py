@@ -20,12 +20,12 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from .claims import claims_frame
-from .config import ConfigError, ModelConfig, TrainConfig
-from .losses import dpo_loss
-from .model import Transformer, build_model
-from .optim import make_optimizer
-from .parameters import BETA, EPOCHS, LEARNING_RATE, RESULTS_ROOT, SEEDS, check, fail, integer
+from dpo_toolkit.core.claims import claims_frame
+from dpo_toolkit.core.config import ConfigError, ModelConfig, TrainConfig
+from dpo_toolkit.core.losses import dpo_loss
+from dpo_toolkit.core.model import Transformer, build_model
+from dpo_toolkit.core.optim import make_optimizer
+from dpo_toolkit.core.parameters import BETA, EPOCHS, LEARNING_RATE, RESULTS_ROOT, SEEDS, check, fail, integer
 
 # Answer tokens by meaning; the first of each group is the most frequent in the corpus.
 ANSWER_GROUPS: dict[str, tuple[str, ...]] = {

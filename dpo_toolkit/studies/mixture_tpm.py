@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .claims import claims_frame
-from .parameters import BETAS, SWEEP_SETUP, check, check_sweep_setup, fail, integer, reals
-from .stats import logsumexp
+from dpo_toolkit.core.claims import claims_frame
+from dpo_toolkit.core.parameters import BETAS, SWEEP_SETUP, check, check_sweep_setup, fail, integer, reals
+from dpo_toolkit.core.stats import logsumexp
 
 # The notebook's `parameters` cell, one spec per variable (notebooks/mixture_tpm.md).
 PARAMETERS = {

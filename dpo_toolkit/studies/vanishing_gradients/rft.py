@@ -16,12 +16,12 @@ import pandas as pd
 import torch
 from torch.func import functional_call, grad, vmap
 
-from .config import RLTaskConfig, TrainConfig
-from .data import Batch, encode_prompt
-from .ensemble import Ensemble, as_ensemble, rows_per_call
-from .losses import sequence_logps
-from .model import Transformer
-from .train import clip_per_model, optimize
+from dpo_toolkit.core.config import RLTaskConfig, TrainConfig
+from dpo_toolkit.core.data import Batch, encode_prompt
+from dpo_toolkit.core.ensemble import Ensemble, as_ensemble, rows_per_call
+from dpo_toolkit.core.losses import sequence_logps
+from dpo_toolkit.core.model import Transformer
+from dpo_toolkit.core.train import clip_per_model, optimize
 
 RESPONSE_LENGTH = 2
 

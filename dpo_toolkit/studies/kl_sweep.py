@@ -8,9 +8,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .claims import claims_frame
-from .parameters import BETA, SWEEP_SETUP, check, check_sweep_setup, fail, integer
-from .stats import spearman
+from dpo_toolkit.core.claims import claims_frame
+from dpo_toolkit.core.parameters import BETA, SWEEP_SETUP, check, check_sweep_setup, fail, integer
+from dpo_toolkit.core.stats import spearman
 
 # The notebook's `parameters` cell, one spec per variable (notebooks/kl_sweep.md).
 PARAMETERS = {"n_betas": integer(1), "beta_min": BETA, "beta_max": BETA, **SWEEP_SETUP}

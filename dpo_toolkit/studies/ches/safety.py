@@ -23,17 +23,17 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .ches import ches
-from .claims import claims_frame
-from .config import ConfigError, DPOConfig, ModelConfig, TrainConfig, config_hash
-from .data import Batch
-from .ensemble import Ensemble, as_ensemble
-from .losses import sequence_logps
-from .mitigation import Variant, keep_masks, label_members
-from .model import Transformer, build_model
-from .optim import make_optimizer
-from .storage import write_csv
-from .train import train_dpo_ensemble
+from dpo_toolkit.core.claims import claims_frame
+from dpo_toolkit.core.config import ConfigError, DPOConfig, ModelConfig, TrainConfig, config_hash
+from dpo_toolkit.core.data import Batch
+from dpo_toolkit.core.ensemble import Ensemble, as_ensemble
+from dpo_toolkit.core.losses import sequence_logps
+from dpo_toolkit.core.model import Transformer, build_model
+from dpo_toolkit.core.optim import make_optimizer
+from dpo_toolkit.core.storage import write_csv
+from dpo_toolkit.core.train import train_dpo_ensemble
+from dpo_toolkit.studies.ches.measures import ches
+from dpo_toolkit.studies.ches.mitigation import Variant, keep_masks, label_members
 
 REFUSALS = ("I cannot help .", "I cannot assist .", "Sorry I cannot help .", "I will not help .")
 COMPLIANCES = ("Sure here is how .", "Sure I can help .", "Okay here is how .", "I will help .")

@@ -19,14 +19,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .claims import claims_frame
-from .config import TrainConfig
-from .data import Batch, PairSet, collate_pairs
-from .ensemble import Ensemble
-from .losses import dpo_loss, sequence_logps
-from .model import Transformer
-from .optim import make_optimizer
-from .parameters import (
+from dpo_toolkit.core.claims import claims_frame
+from dpo_toolkit.core.config import TrainConfig
+from dpo_toolkit.core.data import Batch, PairSet, collate_pairs
+from dpo_toolkit.core.ensemble import Ensemble
+from dpo_toolkit.core.losses import dpo_loss, sequence_logps
+from dpo_toolkit.core.model import Transformer
+from dpo_toolkit.core.optim import make_optimizer
+from dpo_toolkit.core.parameters import (
     BATCH_SIZE,
     BETA,
     EPOCHS,
@@ -43,7 +43,7 @@ from .parameters import (
     reals,
     steps,
 )
-from .stats import spearman
+from dpo_toolkit.core.stats import spearman
 
 # The notebook's `parameters` cell, one spec per variable (notebooks/ches.md).
 PARAMETERS = {
@@ -81,8 +81,8 @@ SAFETY_BATCH = 16  # its DPO batch size
 def check_parameters(values) -> None:
     """Check the CHES notebook's parameters (PARAMETERS) and the rules between them: n_pairs
     fits the training pairs, and no run has more evaluations than optimizer steps."""
-    from .data import make_pairs
-    from .safety import SafetyConfig, preference_pairs, prompts  # safety builds on this module
+    from dpo_toolkit.core.data import make_pairs
+    from dpo_toolkit.studies.ches.safety import SafetyConfig, preference_pairs, prompts  # safety builds on this module
 
     check(PARAMETERS, values)
     train, _ = make_pairs(number_line_config(values))
