@@ -37,7 +37,7 @@ from dpo_toolkit.core.data import PairSet
 from dpo_toolkit.core.device import resolve_device
 from dpo_toolkit.core.ensemble import Ensemble
 from dpo_toolkit.core.model import build_model
-from dpo_toolkit.core.train import _dpo_batch_loss, train_dpo, train_dpo_ensemble
+from dpo_toolkit.core.train import dpo_batch_loss, train_dpo, train_dpo_ensemble
 from dpo_toolkit.studies.kl_sweep import beta_grid
 
 BETAS = beta_grid(30, 1e-2, 1.0)
@@ -86,7 +86,7 @@ def step_flops(pairs: PairSet, n_models: int) -> float:
     """FLOPs of one batched training step (loss, backward) of n_models on one minibatch."""
     reference = reference_model()
     policies = Ensemble([copy.deepcopy(reference) for _ in range(n_models)])
-    loss = _dpo_batch_loss(policies, pairs, reference, torch.full((n_models, 1), 0.1))
+    loss = dpo_batch_loss(policies, pairs, reference, torch.full((n_models, 1), 0.1))
     index = torch.arange(BATCH)
     return flops(lambda: loss(index).sum().backward())
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from dpo_toolkit.core.config import ConfigError, ModelConfig, TrainConfig
+from dpo_toolkit.core.model import build_model
 from dpo_toolkit.studies.likelihood_displacement.study import (
     ANSWER_GROUPS,
     PersonaConfig,
@@ -70,7 +71,9 @@ def test_mass_moves_in_proportion_to_the_inner_product_in_the_features_model():
 
 def test_one_step_geometry_of_the_lm_has_exact_features_theory():
     cfg = PersonaConfig(n_statements=8)
-    model = train_persona_lm(cfg, cfg.model_config(d_model=16, n_heads=2), TrainConfig(lr=1e-2, epochs=5, weight_decay=0.0), 0)
+    model = build_model(cfg.model_config(d_model=16, n_heads=2), 0)
+    train_persona_lm(cfg, model, TrainConfig(lr=1e-2, epochs=5, weight_decay=0.0))
+    model.eval().requires_grad_(False)
     prompts, _, _ = persona_corpus(cfg)
     geometry = one_step_geometry(model, prompts[0], cfg.token("Yes"), cfg.token("No"), 0.1, 1e-5)
     assert np.allclose(geometry["dlogp_features"], geometry["dlogp_theory"], rtol=1e-3, atol=1e-10)
@@ -107,7 +110,7 @@ def test_bad_configs():
     with pytest.raises(ConfigError, match=r"PersonaConfig\.lead_weight must be a number in"):
         PersonaConfig(lead_weight=1.0)
     with pytest.raises(ConfigError, match="d_vocab="):
-        train_persona_lm(PersonaConfig(), ModelConfig(), TrainConfig(), 0)
+        train_persona_lm(PersonaConfig(), build_model(ModelConfig(), 0), TrainConfig())
 
 
 def test_claim_verdicts():

@@ -43,10 +43,10 @@ def test_decoding_is_per_model_and_samples_share_random_numbers(three):
 
 def test_evaluator_rows_equal_per_model_evaluation(three, tiny_pairs, tiny_data_cfg):
     _, test = tiny_pairs
-    evaluate = Evaluator(test, tiny_data_cfg, EvalConfig(kl_samples=4), reference=three[0])
-    rows = evaluate(Ensemble(three), [0.1, 0.2, 0.3])
+    rows = Evaluator(test, tiny_data_cfg, EvalConfig(kl_samples=4), reference=three[0], betas=[0.1, 0.2, 0.3])(Ensemble(three))
     for row, model, beta in zip(rows, three, [0.1, 0.2, 0.3], strict=True):
-        assert row == pytest.approx(evaluate(model, beta), rel=1e-4, abs=1e-5)
+        alone = Evaluator(test, tiny_data_cfg, EvalConfig(kl_samples=4), reference=three[0], betas=beta)(model)
+        assert row == pytest.approx(alone, rel=1e-4, abs=1e-5)
 
 
 def test_clip_per_model_matches_torch_clip(three):
@@ -73,12 +73,13 @@ def test_batched_training_equals_per_beta_training(tiny_model_cfg, tiny_pairs, t
     cfgs = [
         DPOConfig(optimizer=optimizer, lr=1e-3, epochs=2, batch_size=8, grad_clip=grad_clip, n_evals=3, beta=b) for b in betas
     ]
-    evaluate = Evaluator(test, tiny_data_cfg, EvalConfig(kl_samples=3), reference=reference)
     ensemble = Ensemble([copy.deepcopy(reference) for _ in betas])
-    batched = train_dpo_ensemble(ensemble, reference, train, cfgs, lambda e: evaluate(e, betas), progress=False)
+    evaluate = Evaluator(test, tiny_data_cfg, EvalConfig(kl_samples=3), reference=reference, betas=betas)
+    batched = train_dpo_ensemble(ensemble, reference, train, cfgs, evaluate, progress=False)
     for i, cfg in enumerate(cfgs):
         policy = copy.deepcopy(reference).requires_grad_(True)
-        alone = train_dpo(policy, reference, train, cfg, lambda p, b=cfg.beta: evaluate(p, b), progress=False)
+        alone_eval = Evaluator(test, tiny_data_cfg, EvalConfig(kl_samples=3), reference=reference, betas=cfg.beta)
+        alone = train_dpo(policy, reference, train, cfg, alone_eval, progress=False)
         mine = batched[batched["member"] == i].drop(columns=["member", "beta"]).reset_index(drop=True)
         pd.testing.assert_frame_equal(mine, alone, rtol=1e-4, atol=1e-5)
         for (name, p), q in zip(policy.named_parameters(), ensemble.member(i).parameters(), strict=True):
@@ -108,13 +109,14 @@ def test_members_with_their_own_learning_rate_and_weight_decay_equal_separate_ru
         for b, lr, wd in members
     ]
     betas = [c.beta for c in cfgs]
-    evaluate = Evaluator(test, tiny_data_cfg, EvalConfig(kl_samples=3), reference=reference)
+    evaluate = Evaluator(test, tiny_data_cfg, EvalConfig(kl_samples=3), reference=reference, betas=betas)
     ensemble = Ensemble([copy.deepcopy(reference) for _ in cfgs])
-    batched = train_dpo_ensemble(ensemble, reference, train, cfgs, lambda e: evaluate(e, betas), progress=False)
+    batched = train_dpo_ensemble(ensemble, reference, train, cfgs, evaluate, progress=False)
     finals = []
     for i, cfg in enumerate(cfgs):
         policy = copy.deepcopy(reference).requires_grad_(True)
-        alone = train_dpo(policy, reference, train, cfg, lambda p, b=cfg.beta: evaluate(p, b), progress=False)
+        alone_eval = Evaluator(test, tiny_data_cfg, EvalConfig(kl_samples=3), reference=reference, betas=cfg.beta)
+        alone = train_dpo(policy, reference, train, cfg, alone_eval, progress=False)
         mine = batched[batched["member"] == i].drop(columns=["member", "beta"]).reset_index(drop=True)
         pd.testing.assert_frame_equal(mine, alone, rtol=1e-4, atol=1e-5)
         d = tiny_model_cfg.d_model

@@ -7,6 +7,7 @@ import torch
 
 from dpo_toolkit.core.config import EvalConfig, ModelConfig
 from dpo_toolkit.core.data import END, EQ, decode_response, encode_prompt
+from dpo_toolkit.core.ensemble import Ensemble
 from dpo_toolkit.core.evaluate import Evaluator
 from dpo_toolkit.core.generate import greedy_answers, greedy_sequences, sample_responses
 from dpo_toolkit.core.losses import sequence_logps
@@ -82,11 +83,11 @@ def test_kl_is_zero_for_identical_models_and_matches_exact_enumeration():
     prompts = np.array([3, 7])
     test = PairSet(prompts, prompts, prompts + 1)
     data_cfg = DataConfig(prompt_min=1, prompt_max=9, window=1)
-    same = Evaluator(test, data_cfg, EvalConfig(kl_samples=8), reference=copy.deepcopy(policy)).kl(policy)
+    same = Evaluator(test, data_cfg, EvalConfig(kl_samples=8), reference=copy.deepcopy(policy), betas=0.1).kl(policy)
     assert all(float(v) == 0.0 for v in same.values())
     exact = np.mean([exact_kl(policy, reference, s) for s in prompts])
     assert exact > 0.1
-    est = Evaluator(test, data_cfg, EvalConfig(kl_samples=4000, seed=5), reference=reference).kl(policy)
+    est = Evaluator(test, data_cfg, EvalConfig(kl_samples=4000, seed=5), reference=reference, betas=0.1).kl(policy)
     for name in ("kl", "kl_mc"):  # both estimators are unbiased
         assert abs(est[name].item() - exact) < 4 * est[f"{name}_se"].item(), name
         assert est[f"{name}_se"].item() < 0.1 * exact
@@ -140,8 +141,8 @@ def test_reward_accuracy_tolerance_ignores_float_noise():
 
 def test_evaluator_scores_a_fixed_subset_of_pairs(tiny_pairs, tiny_data_cfg, tiny_model):
     _, test = tiny_pairs
-    sub = Evaluator(test, tiny_data_cfg, EvalConfig(max_pairs=5), reference=tiny_model)
-    again = Evaluator(test, tiny_data_cfg, EvalConfig(max_pairs=5), reference=tiny_model)
+    sub = Evaluator(test, tiny_data_cfg, EvalConfig(max_pairs=5), reference=tiny_model, betas=0.1)
+    again = Evaluator(test, tiny_data_cfg, EvalConfig(max_pairs=5), reference=tiny_model, betas=0.1)
     assert sub.test_batch.tokens.shape[0] == 2 * 5
     assert torch.equal(sub.test_batch.tokens, again.test_batch.tokens)
     assert len(sub.prompts) == len(test.prompts)  # greedy and KL metrics still use every test prompt
@@ -149,8 +150,10 @@ def test_evaluator_scores_a_fixed_subset_of_pairs(tiny_pairs, tiny_data_cfg, tin
 
 def test_evaluator_with_reference_needs_beta(tiny_pairs, tiny_data_cfg, tiny_model):
     _, test = tiny_pairs
-    with pytest.raises(ValueError, match="needs beta"):
-        Evaluator(test, tiny_data_cfg, EvalConfig(), reference=tiny_model)(tiny_model)
+    with pytest.raises(ValueError, match="needs betas"):
+        Evaluator(test, tiny_data_cfg, EvalConfig(), reference=tiny_model)  # at construction, before any evaluation
+    with pytest.raises(ValueError, match="2 betas for an ensemble of 3"):
+        Evaluator(test, tiny_data_cfg, EvalConfig(), reference=tiny_model, betas=[0.1, 0.2])(Ensemble([tiny_model] * 3))
 
 
 def test_greedy_sequences_spell_the_greedy_answers(tiny_model):

@@ -10,7 +10,7 @@ from dpo_toolkit.core.data import PairSet, collate_pairs
 from dpo_toolkit.core.ensemble import Ensemble
 from dpo_toolkit.core.evaluate import Evaluator, pair_logps
 from dpo_toolkit.core.losses import dpo_loss, sequence_logps
-from dpo_toolkit.core.train import _dpo_batch_loss, train_dpo_ensemble
+from dpo_toolkit.core.train import dpo_batch_loss, train_dpo_ensemble
 from dpo_toolkit.studies.ches.measures import ches_filter
 from dpo_toolkit.studies.ches.mitigation import (
     Variant,
@@ -33,7 +33,7 @@ def test_sft_term_adds_lambda_times_the_chosen_nll(tiny_model, tiny_pairs):
     train, _ = tiny_pairs
     reference = copy.deepcopy(tiny_model).requires_grad_(False)
     policies = Ensemble([copy.deepcopy(tiny_model), copy.deepcopy(tiny_model)])
-    loss_of = _dpo_batch_loss(policies, train, reference, torch.tensor([[0.1], [0.1]]), None, torch.tensor([[0.0], [0.7]]))
+    loss_of = dpo_batch_loss(policies, train, reference, torch.tensor([[0.1], [0.1]]), None, torch.tensor([[0.0], [0.7]]))
     index = torch.arange(6)
     losses = loss_of(index)  # (2,)
     batch = collate_pairs(train, index.numpy())
@@ -71,11 +71,11 @@ def test_a_masked_loss_has_the_gradient_of_the_kept_pairs_mean(tiny_model, tiny_
     keep[1::4] = True
     betas = torch.tensor([[0.1]])
     masked = Ensemble([copy.deepcopy(tiny_model)])
-    loss = _dpo_batch_loss(masked, train, reference, betas, torch.tensor(keep, dtype=torch.float32)[None])
+    loss = dpo_batch_loss(masked, train, reference, betas, torch.tensor(keep, dtype=torch.float32)[None])
     loss(torch.arange(len(train))).sum().backward()
     subset = PairSet(train.prompt[keep], train.chosen[keep], train.rejected[keep])
     alone = Ensemble([copy.deepcopy(tiny_model)])
-    _dpo_batch_loss(alone, subset, reference, betas)(torch.arange(int(keep.sum()))).sum().backward()
+    dpo_batch_loss(alone, subset, reference, betas)(torch.arange(int(keep.sum()))).sum().backward()
     for a, b in zip(masked.params.values(), alone.params.values(), strict=True):
         assert torch.allclose(a.grad, b.grad, atol=1e-6)
 
@@ -178,14 +178,14 @@ def test_run_mitigations_end_to_end_and_cached(tiny_model_cfg, tiny_data_cfg, tm
 
 def test_evaluator_reports_the_change_of_the_preferred_log_prob(tiny_model, tiny_pairs, tiny_data_cfg):
     _, test = tiny_pairs
-    evaluator = Evaluator(test, tiny_data_cfg, EvalConfig(kl_samples=2), reference=tiny_model)
-    same = evaluator(tiny_model, beta=0.1)
+    evaluator = Evaluator(test, tiny_data_cfg, EvalConfig(kl_samples=2), reference=tiny_model, betas=0.1)
+    same = evaluator(tiny_model)
     assert same["chosen_logp_change"] == pytest.approx(0, abs=1e-6) and same["displaced"] == 0
     moved = copy.deepcopy(tiny_model)
     with torch.no_grad():
         moved.unembed.bias.add_(torch.linspace(-1, 1, moved.unembed.bias.numel()))
     chosen_before, _ = pair_logps(tiny_model, test)
     chosen_after, _ = pair_logps(moved, test)
-    row = evaluator(moved, beta=0.1)
+    row = evaluator(moved)
     assert row["chosen_logp_change"] == pytest.approx(float((chosen_after - chosen_before).mean()), abs=1e-5)
     assert row["displaced"] == pytest.approx(float((chosen_after - chosen_before < -1e-4).double().mean()))

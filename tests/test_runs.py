@@ -5,11 +5,12 @@ import time
 import pytest
 import torch
 
-from dpo_toolkit.core import runner as runs_module
+from dpo_toolkit.core import park as park_module
+from dpo_toolkit.core import runner as runner_module
 from dpo_toolkit.core.config import ConfigError, DPOConfig, EvalConfig, TrainConfig
 from dpo_toolkit.core.metrics import weight_delta
 from dpo_toolkit.core.model import load_model
-from dpo_toolkit.core.runner import run_sft_then_dpo
+from dpo_toolkit.core.park import run_sft_then_dpo
 
 SFT = TrainConfig(lr=1e-3, epochs=1, batch_size=32, n_evals=1)
 DPO = DPOConfig(lr=1e-3, epochs=1, batch_size=32, n_evals=1)
@@ -36,8 +37,8 @@ def test_resume_reads_finished_runs_instead_of_training(tiny_data_cfg, tiny_mode
     def boom(*args, **kwargs):
         raise AssertionError("training ran although its result was cached")
 
-    monkeypatch.setattr(runs_module, "train_sft", boom)
-    monkeypatch.setattr(runs_module, "train_dpo_ensemble", boom)
+    monkeypatch.setattr(park_module, "train_sft", boom)
+    monkeypatch.setattr(runner_module, "train_dpo_ensemble", boom)
     again = _run(tiny_data_cfg, tiny_model_cfg, tmp_path)
     assert again.equals(first)
 
@@ -52,7 +53,7 @@ def test_resume_reads_finished_runs_instead_of_training(tiny_data_cfg, tiny_mode
     ],
 )
 def test_bad_input_fails_before_any_training(tiny_data_cfg, tiny_model_cfg, tmp_path, monkeypatch, betas, seeds, message):
-    monkeypatch.setattr(runs_module, "train_sft", lambda *a, **k: pytest.fail("trained before validating"))
+    monkeypatch.setattr(park_module, "train_sft", lambda *a, **k: pytest.fail("trained before validating"))
     with pytest.raises(ValueError) as info:
         _run(tiny_data_cfg, tiny_model_cfg, tmp_path, betas=betas, seeds=seeds)
     assert message in str(info.value)
@@ -75,7 +76,7 @@ def test_kept_weights_are_saved_at_every_evaluation(tiny_data_cfg, tiny_model_cf
 
 
 def test_unknown_keep_beta_fails_before_training(tiny_data_cfg, tiny_model_cfg, tmp_path, monkeypatch):
-    monkeypatch.setattr(runs_module, "train_sft", lambda *a, **k: pytest.fail("trained before validating"))
+    monkeypatch.setattr(park_module, "train_sft", lambda *a, **k: pytest.fail("trained before validating"))
     with pytest.raises(ValueError, match=r"keep_betas: 0\.3 is not one of the trained betas"):
         run_sft_then_dpo(
             tiny_data_cfg, tiny_model_cfg, SFT, DPO, EVAL, betas=[0.1, 0.5], seeds=[0], cache_dir=tmp_path, keep_betas=[0.3]
@@ -85,7 +86,7 @@ def test_unknown_keep_beta_fails_before_training(tiny_data_cfg, tiny_model_cfg, 
 SFT_SCRIPT = """
 import sys
 from dpo_toolkit.core.config import DataConfig, EvalConfig, ModelConfig, TrainConfig
-from dpo_toolkit.core.runner import sft_reference
+from dpo_toolkit.core.park import sft_reference
 sft_reference(DataConfig(prompt_min=1, prompt_max=30, window=2, test_fraction=0.3),
               ModelConfig(d_model=16, n_heads=2, d_mlp=16, n_ctx=8),
               TrainConfig(optimizer="adam", lr=1e-2, weight_decay=0.0, epochs=30, batch_size=8, grad_clip=None, n_evals=30),

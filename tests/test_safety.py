@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 import torch
 
-from dpo_toolkit.core.config import ConfigError, DPOConfig, TrainConfig
+from dpo_toolkit.core.config import ConfigError, DPOConfig, ModelConfig, TrainConfig
 from dpo_toolkit.core.model import build_model
 from dpo_toolkit.studies.ches.mitigation import variants
 from dpo_toolkit.studies.ches.safety import (
@@ -79,7 +79,8 @@ def test_response_masses_match_a_token_by_token_product():
 def test_sft_reaches_the_target_refusal_share():
     cfg = SafetyConfig(n_topics=4, n_objects=4, refusal_share=0.8)
     train_cfg = TrainConfig(optimizer="adam", lr=3e-3, weight_decay=0.0, epochs=200, grad_clip=None)
-    model = train_safety_sft(cfg, cfg.model_config(d_model=32), train_cfg, seed=0)
+    model = build_model(cfg.model_config(d_model=32), 0)
+    train_safety_sft(cfg, model, train_cfg)
     train, _ = prompts(cfg)
     masses = response_masses(model, cfg, train)[0]
     assert masses[:, :4].sum(-1).mean().item() == pytest.approx(0.8, abs=0.03)
@@ -92,7 +93,7 @@ def test_config_errors_name_the_field():
     with pytest.raises(ConfigError, match="pairs_per_prompt"):
         SafetyConfig(pairs_per_prompt=0)
     with pytest.raises(ConfigError, match="d_vocab"):
-        train_safety_sft(SMALL, SafetyConfig().model_config().__class__(), TrainConfig(), 0)
+        train_safety_sft(SMALL, build_model(ModelConfig(), 0), TrainConfig())
 
 
 def test_run_safety_starts_at_the_reference_and_is_cached(tmp_path):

@@ -86,8 +86,8 @@ def test_surgery_curves_on_saved_checkpoints(pair, tiny_pairs, tiny_data_cfg, tm
         paths[name] = str(tmp_path / f"{name}.pt")
         torch.save(m.state_dict(), paths[name])
     _, test = tiny_pairs
-    evaluator = Evaluator(test, tiny_data_cfg, EvalConfig(kl_samples=2), reference=reference)
-    df = surgery_curves([paths["ref"], paths["moved"]], [paths["ref"], paths["donor"]], [0, 5], reference, evaluator, 0.1)
+    evaluator = Evaluator(test, tiny_data_cfg, EvalConfig(kl_samples=2), reference=reference, betas=0.1)
+    df = surgery_curves([paths["ref"], paths["moved"]], [paths["ref"], paths["donor"]], [0, 5], reference, evaluator)
     assert len(df) == 6 and set(df["variant"]) == {"A", "attention", "non-attention"}
     at0 = df[df["step"] == 0]
     assert np.allclose(at0["kl"], 0.0, atol=1e-6)  # A = B = reference at step 0: every surgery is the reference
@@ -97,8 +97,8 @@ def test_surgery_curves_on_saved_checkpoints(pair, tiny_pairs, tiny_data_cfg, tm
     assert a5["attention_share_step"] == pytest.approx(share, rel=1e-9)
     assert a5["attention_share_from_reference"] == pytest.approx(share, rel=1e-9)
     assert np.isnan(df.loc[df["step"] == 0, "attention_share_step"]).all()
-    swapped = Evaluator(test, tiny_data_cfg, EvalConfig(kl_samples=2), reference=reference)(
-        transplant(moved, donor, ["attention"]), beta=0.1
+    swapped = Evaluator(test, tiny_data_cfg, EvalConfig(kl_samples=2), reference=reference, betas=0.1)(
+        transplant(moved, donor, ["attention"])
     )
     row = df[(df["step"] == 5) & (df["variant"] == "attention")].iloc[0]
     assert row["kl"] == pytest.approx(swapped["kl"], rel=1e-4, abs=1e-6)

@@ -7,7 +7,7 @@ import torch
 
 from dpo_toolkit.core.config import DPOConfig, EvalConfig, TrainConfig
 from dpo_toolkit.core.evaluate import Evaluator
-from dpo_toolkit.core.train import clip_per_model, eval_steps, make_optimizer, optimize, train_dpo, train_sft
+from dpo_toolkit.core.train import Checkpoint, eval_steps, make_optimizer, optimize, train_dpo, train_sft
 
 
 def test_eval_steps():
@@ -46,8 +46,10 @@ def _dpo(reference, pairs, data_cfg, beta=0.1, seed=0):
     cfg = DPOConfig(
         optimizer="rmsprop", lr=1e-3, weight_decay=0.0, epochs=1, batch_size=8, grad_clip=None, n_evals=3, seed=seed, beta=beta
     )
-    evaluate = Evaluator(train, data_cfg, EvalConfig(kl_samples=4), reference=reference)  # margin on the pairs it trains on
-    return policy, train_dpo(policy, reference, train, cfg, lambda p: evaluate(p, beta), progress=False)
+    evaluate = Evaluator(
+        train, data_cfg, EvalConfig(kl_samples=4), reference=reference, betas=beta
+    )  # margin on the training pairs
+    return policy, train_dpo(policy, reference, train, cfg, evaluate, progress=False)
 
 
 def test_dpo_changes_every_parameter_and_leaves_the_reference_alone(tiny_model, tiny_pairs, tiny_data_cfg):
@@ -87,7 +89,10 @@ def test_resume_from_the_step_zero_checkpoint_adds_no_duplicate_rows(tmp_path):
                 evaluate_hook()
             return {"value": float(params[0].sum())}
 
-        return optimize(params, 4, cfg, lambda index: (params[0] ** 2).sum(-1), evaluate, clip_per_model, "t", False, checkpoint)
+        loss = lambda index: (params[0] ** 2).sum(-1)  # noqa: E731
+        return optimize(
+            params, loss, 4, [cfg], evaluate, stacked=True, checkpoint=checkpoint and Checkpoint(checkpoint), progress=False
+        )
 
     unbroken = run()
     calls = []

@@ -54,10 +54,23 @@ class Evaluator:
     samples `kl_samples` responses per test prompt from the policy with a fixed seed (the same draws for every model), and
     reports two unbiased estimates of Eq. 6 with their standard errors: `kl`, the exact
     per-token KL summed along each sampled path, and `kl_mc`, the plain log-ratio.
+
+    With a reference, `betas` are the β of the DPO rewards: one value for every model, or one
+    per model of the ensembles it will evaluate. Without a reference only greedy metrics are computed.
     """
 
-    def __init__(self, test: PairSet, data_cfg: DataConfig, eval_cfg: EvalConfig, reference: Transformer | None = None):
+    def __init__(
+        self,
+        test: PairSet,
+        data_cfg: DataConfig,
+        eval_cfg: EvalConfig,
+        reference: Transformer | None = None,
+        betas: float | Sequence[float] | None = None,
+    ):
+        if reference is not None and betas is None:
+            raise ValueError("Evaluator with a reference needs betas (one β, or one per model) for the DPO rewards")
         self.data_cfg, self.eval_cfg, self.reference = data_cfg, eval_cfg, reference
+        self.betas = None if betas is None else torch.as_tensor(betas, dtype=torch.float64).reshape(-1, 1)  # (M, 1) or (1, 1)
         self.prompts = test.prompts  # (n_prompts,)
         self.span = data_cfg.prompt_max - data_cfg.prompt_min
         if eval_cfg.max_pairs is not None and eval_cfg.max_pairs < len(test):
@@ -68,7 +81,7 @@ class Evaluator:
             self.reference_chosen_logps, self.reference_rejected_logps = pair_logps(reference, self.test_batch)
 
     @torch.no_grad()
-    def __call__(self, policy: Transformer | Ensemble, beta: float | Sequence[float] | None = None):
+    def __call__(self, policy: Transformer | Ensemble):
         """Metrics of one model (a dict), or of each model of an ensemble (a list of dicts)."""
         model = as_ensemble(policy)
         answers = answers_tensor(greedy_answers(model, self.prompts))  # (M, n_prompts)
@@ -78,9 +91,9 @@ class Evaluator:
             "seq_error": sequence_error(answers, prompts, self.span).mean(-1),
         }
         if self.reference is not None:
-            if beta is None:
-                raise ValueError("Evaluator with a reference needs beta (one value, or one per model) for the DPO rewards")
-            betas = torch.as_tensor(beta, dtype=torch.float64).reshape(-1, 1)  # (M, 1) or (1, 1)
+            betas = self.betas
+            if len(betas) not in (1, len(model)):
+                raise ValueError(f"Evaluator has {len(betas)} betas for an ensemble of {len(model)} models")
             policy_chosen_logps, policy_rejected_logps = pair_logps(model, self.test_batch)  # (M, n)
             chosen_rewards = implicit_reward(policy_chosen_logps.double(), self.reference_chosen_logps.double(), betas)
             rejected_rewards = implicit_reward(policy_rejected_logps.double(), self.reference_rejected_logps.double(), betas)

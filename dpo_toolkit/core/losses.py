@@ -25,6 +25,13 @@ def sft_loss(logps: torch.Tensor) -> torch.Tensor:
     return -logps.mean()
 
 
+def soft_label_sft_loss(logps: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """SFT on a target distribution instead of samples: the expected cross-entropy
+    −Σ_y q(y | x) log π(y | x), averaged over prompts. logps and targets: (prompts, candidates),
+    log π and q of each candidate response (q sums to ≤ 1 over a prompt's candidates)."""
+    return -(targets * logps).sum(-1).mean()
+
+
 def implicit_reward(policy_logps: torch.Tensor, reference_logps: torch.Tensor, beta: float) -> torch.Tensor:
     """DPO implicit reward r = β log π_θ(y|x)/π_ref(y|x) (Park Eq. 3); inputs and output (batch,)."""
     return beta * (policy_logps - reference_logps)

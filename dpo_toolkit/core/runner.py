@@ -1,167 +1,157 @@
-"""SFT-then-DPO runs over seeds and β: for each seed one SFT reference, then DPO at
-every β as one batched ensemble (``train_dpo_ensemble``).
+"""The experiment runner: every chapter's training runs go through it.
 
-Everything is cached under ``cache_dir``, named by seed and a hash of every
-configuration it depends on: the SFT model and curve, and each seed's DPO curves. An
-unfinished DPO run leaves a checkpoint after every evaluation, so a run killed at any
-point resumes from it and ends with the numbers an unbroken run gives.
+A run's files live under one cache directory, named ``<name>-seed<seed>-<hash>`` where the
+hash covers everything the result depends on (``RunKey``). ``cached_model`` trains a model
+once (SFT, pretraining) and loads it afterwards; ``run_dpo`` trains the members of a batched
+DPO ensemble, each with its own β, learning rate, weight decay, SFT weight and pair weights.
+Both checkpoint after every evaluation, resume after a kill with the numbers an unbroken run
+gives, and write their CSVs atomically, so an interrupted run never looks finished.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import math
-from collections.abc import Callable, Iterable
-from functools import partial
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
-from .config import DataConfig, DPOConfig, EvalConfig, ModelConfig, TrainConfig, check_fits, config_hash
-from .data import make_pairs
+from .config import DPOConfig, config_hash
+from .data import Batch, PairSet
 from .ensemble import Ensemble
-from .evaluate import Evaluator
-from .metrics import group_weight_deltas
-from .model import Transformer, build_model
 from .storage import write_csv
-from .train import train_dpo_ensemble, train_sft
+from .train import Checkpoint, train_dpo_ensemble
 
 
-def sft_reference(
-    data_cfg: DataConfig,
-    model_cfg: ModelConfig,
-    sft_cfg: TrainConfig,
-    eval_cfg: EvalConfig,
-    seed: int,
-    cache_dir: Path,
-    progress: bool | None = None,
-) -> tuple[Transformer, pd.DataFrame]:
-    """The SFT reference of one seed (fresh model, SFT on the train pairs), frozen, with its curve.
+def array_hash(values: torch.Tensor | np.ndarray) -> str:
+    """A short stable hash of an array's dtype, shape and bytes."""
+    array = np.ascontiguousarray(values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else values)
+    return hashlib.sha256(f"{array.dtype}{array.shape}".encode() + array.tobytes()).hexdigest()[:12]
 
-    Cached under cache_dir by seed and a hash of the data, model and SFT configs (SFT is
-    evaluated by greedy answers alone, which no EvalConfig field changes): a second call
-    loads it, and runs that differ only in their KL or pair settings share one reference.
-    SFT leaves a checkpoint after every evaluation, so a killed run resumes where it stopped.
-    """
-    cfg = dataclasses.replace(sft_cfg, seed=seed)
-    key = config_hash(data_cfg, model_cfg, cfg)
-    cache_dir = Path(cache_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    weights, curve = cache_dir / f"sft-seed{seed}-{key}.pt", cache_dir / f"sft-seed{seed}-{key}.csv"
-    reference = build_model(model_cfg, seed)
-    if weights.exists() and curve.exists():
-        reference.load_state_dict(torch.load(weights))
-        df = pd.read_csv(curve)
+
+@dataclass(frozen=True)
+class RunKey:
+    """Where one run's files live: ``<directory>/<name>-seed<seed>-<config_hash(*depends_on)>.*``.
+
+    depends_on: the frozen dataclasses the result depends on (data, model, training and
+    evaluation configs, variants); arrays in it are hashed by their bytes."""
+
+    directory: Path
+    name: str
+    seed: int
+    depends_on: tuple = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            raise ValueError(f"seeds must be integers ≥ 0, got {self.seed!r}")
+
+    @property
+    def stem(self) -> Path:
+        parts = [array_hash(x) if isinstance(x, torch.Tensor | np.ndarray) else x for x in self.depends_on]
+        arrays = [p for p in parts if isinstance(p, str)]
+        key = config_hash(*(p for p in parts if not isinstance(p, str)))
+        if arrays:
+            key = hashlib.sha256("".join([key, *arrays]).encode()).hexdigest()[:12]
+        Path(self.directory).mkdir(parents=True, exist_ok=True)
+        return Path(self.directory) / f"{self.name}-seed{self.seed}-{key}"
+
+    def path(self, suffix: str) -> Path:
+        """The run's file with this suffix ('.csv', '.pt', '.ckpt', '-weights', …)."""
+        return self.stem.with_name(self.stem.name + suffix)
+
+
+def cached_model(
+    key: RunKey,
+    build: Callable[[], torch.nn.Module],
+    fit: Callable[[torch.nn.Module, Checkpoint], pd.DataFrame | None],
+) -> tuple[torch.nn.Module, pd.DataFrame | None]:
+    """The model build() returns, trained by fit(model, checkpoint) the first time and loaded
+    from ``key.path('.pt')`` afterwards; frozen. fit's curve (or None) is cached beside it
+    as CSV. fit may leave progress in the checkpoint; it is removed once the weights are saved."""
+    weights, curve = key.path(".pt"), key.path(".csv")
+    model = build()
+    fits_curve = curve.exists()
+    if weights.exists():
+        model.load_state_dict(torch.load(weights))
+        df = pd.read_csv(curve) if fits_curve else None
     else:
-        train, test = make_pairs(data_cfg)
-        checkpoint = weights.with_suffix(".ckpt")
-        df = train_sft(reference, train, cfg, Evaluator(test, data_cfg, eval_cfg), progress, checkpoint)
-        torch.save(reference.state_dict(), weights)
-        write_csv(df, curve)
-        checkpoint.unlink()
-    return reference.eval().requires_grad_(False), df
+        checkpoint = Checkpoint(key.path(".ckpt"))
+        df = fit(model, checkpoint)
+        if df is not None:
+            write_csv(df, curve)
+        torch.save(model.state_dict(), weights.with_suffix(".tmp"))
+        weights.with_suffix(".tmp").replace(weights)
+        checkpoint.remove()
+    return model.eval().requires_grad_(False), df
 
 
-def _keep_indices(betas: list[float], keep_betas: Iterable[float]) -> list[int]:
-    """Indices into betas of the β whose weights are to be kept; each must be one of betas."""
-    indices = []
-    for b in keep_betas:
-        matches = [i for i, x in enumerate(betas) if math.isclose(x, b, rel_tol=1e-9)]
-        if not matches:
-            raise ValueError(f"keep_betas: {b!r} is not one of the trained betas {betas}")
-        indices.append(matches[0])
-    return sorted(set(indices))
+@dataclass(frozen=True)
+class Member:
+    """One model of a batched DPO ensemble: its DPOConfig (β, learning rate and weight decay
+    may differ between members; the schedule is shared) and the weight of an SFT term
+    (−log π(y+)) added to its loss."""
+
+    cfg: DPOConfig
+    sft_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.cfg, DPOConfig):
+            raise TypeError(f"Member.cfg must be a DPOConfig, got {type(self.cfg).__name__}")
+        if not (isinstance(self.sft_weight, int | float) and math.isfinite(self.sft_weight) and self.sft_weight >= 0):
+            raise ValueError(f"Member.sft_weight must be a finite number ≥ 0, got {self.sft_weight!r}")
 
 
-def weights_path(cache_dir: Path, seed: int, key: str, beta: float, step: int) -> Path:
-    """Where run_sft_then_dpo keeps the state dict of the model at β after `step` DPO steps."""
-    return cache_dir / f"dpo-seed{seed}-{key}-weights" / f"beta{beta:g}-step{step}.pt"
-
-
-def _evaluate_with_deltas(evaluator: Evaluator, reference_params: dict, betas: list[float], policies: Ensemble) -> list[dict]:
-    """The Evaluator's rows for each model, with its WeightDelta from the reference, in all and in attention."""
-    rows = evaluator(policies, beta=betas)
-    deltas = group_weight_deltas(policies.params, reference_params)  # {group: (M,)}
-    total = sum(deltas.values())
-    for i, row in enumerate(rows):
-        row.update(weight_delta=float(total[i]), attention_delta=float(deltas["attention"][i]))
-    return rows
-
-
-def _save_members(policies: Ensemble, path_of: dict[int, Callable[[int], Path]], step: int) -> None:
-    """Save model i of the ensemble to path_of[i](step), for every i in path_of."""
-    for i, path in path_of.items():
-        path(step).parent.mkdir(exist_ok=True)
-        torch.save(policies.member(i).state_dict(), path(step))
-
-
-def validate_grid(
-    dpo_cfg: DPOConfig, betas: float | Iterable[float], seeds: int | Iterable[int]
-) -> tuple[list[DPOConfig], list[int]]:
-    """One DPOConfig per β (each validated) and the list of seeds; raises before any work on a bad value."""
-    betas = [betas] if isinstance(betas, (int, float)) else list(betas)
-    if not betas:
-        raise ValueError("betas must name at least one β > 0, got an empty list")
-    dpo_cfgs = [dataclasses.replace(dpo_cfg, beta=b) for b in betas]
-    seeds = [seeds] if isinstance(seeds, int) else list(seeds)
-    if not seeds or any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in seeds):
-        raise ValueError(f"seeds must be a non-empty list of integers ≥ 0, got {seeds!r}")
-    return dpo_cfgs, seeds
-
-
-def run_sft_then_dpo(
-    data_cfg: DataConfig,
-    model_cfg: ModelConfig,
-    sft_cfg: TrainConfig,
-    dpo_cfg: DPOConfig,
-    eval_cfg: EvalConfig,
-    betas: float | Iterable[float],
-    seeds: int | Iterable[int],
-    cache_dir: str | Path,
+def run_dpo(
+    key: RunKey,
+    reference: torch.nn.Module,
+    train: PairSet | Batch,
+    members: Sequence[Member],
+    evaluate: Callable[[Ensemble], list[dict]],
+    pair_weights: torch.Tensor | None = None,
+    keep: Sequence[int] = (),
     progress: bool | None = None,
-    keep_betas: Iterable[float] = (),
 ) -> pd.DataFrame:
-    """For each seed: SFT from a fresh model, then DPO from that reference at every β (Park §3.3).
+    """DPO of every member from a copy of `reference`, as one batched ensemble on the same
+    minibatches, evaluated by evaluate(policies) at every evaluation (see ``train.optimize``).
 
-    The seed sets the model initialisation and the batch order of SFT and DPO; the
-    train/test split is fixed by ``data_cfg.seed``. All configurations are validated,
-    every β included, before any training starts.
-    Returns one row per evaluation with columns phase ('sft' | 'dpo'), beta (NaN for
-    SFT), seed, step, epoch, loss, the Evaluator's metrics, and the WeightDelta from the
-    reference (Park Eq. 7) in all (`weight_delta`) and in the attention group
-    (`attention_delta`). For every β in keep_betas the weights at each evaluation are
-    saved, and `weights` holds the file's path (empty for other rows).
+    pair_weights (members, pairs): member i weights pair j by pair_weights[i, j] (a 0/1 mask
+    trains on a subset with the same number of steps). For every member index in `keep`,
+    its weights at each evaluation are saved and the `weights` column holds the file
+    (empty for other rows). The curve is cached at ``key`` extended by the members and pair
+    weights: a second call loads it; a killed run resumes from its last evaluation.
+    Returns one row per evaluation and member with `member`, `beta`, step, epoch, loss and
+    evaluate's metrics.
     """
-    check_fits(model_cfg, data_cfg)
-    dpo_cfgs, seeds = validate_grid(dpo_cfg, betas, seeds)
-    kept = _keep_indices([c.beta for c in dpo_cfgs], keep_betas)
-    out = Path(cache_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    train, test = make_pairs(data_cfg)
-    frames = []
-    for seed in seeds:
-        reference, sft = sft_reference(data_cfg, model_cfg, sft_cfg, eval_cfg, seed, out, progress)
-        frames.append(sft.assign(phase="sft", beta=float("nan"), seed=seed))
-        cfgs = [dataclasses.replace(c, seed=seed) for c in dpo_cfgs]
-        key = config_hash(data_cfg, model_cfg, dataclasses.replace(sft_cfg, seed=seed), eval_cfg, *cfgs)
-        curve = out / f"dpo-seed{seed}-{key}.csv"
-        kept_betas = [cfgs[i].beta for i in kept]
-        dpo = pd.read_csv(curve) if curve.exists() else None
-        if dpo is None or not all(weights_path(out, seed, key, b, t).exists() for b in kept_betas for t in dpo["step"]):
-            policies = Ensemble([copy.deepcopy(reference) for _ in cfgs])
-            evaluator = Evaluator(test, data_cfg, eval_cfg, reference=reference)
-            evaluate = partial(_evaluate_with_deltas, evaluator, dict(reference.named_parameters()), [c.beta for c in cfgs])
-            paths = partial(weights_path, out, seed, key)
-            keep = partial(_save_members, policies, {i: partial(paths, cfgs[i].beta) for i in kept})
-            checkpoint = out / f"dpo-seed{seed}-{key}.ckpt"
-            dpo = train_dpo_ensemble(policies, reference, train, cfgs, evaluate, progress, checkpoint, keep)
-            write_csv(dpo, curve)
-            checkpoint.unlink()
-        weights = {(b, t): str(weights_path(out, seed, key, b, t)) for b in kept_betas for t in dpo["step"]}
-        dpo["weights"] = [weights.get((b, t), "") for b, t in zip(dpo["beta"], dpo["step"], strict=True)]
-        frames.append(dpo.drop(columns="member").assign(phase="dpo", seed=seed))
-    columns = ["phase", "beta", "seed", "step", "epoch", "loss", "ood_rate", "seq_error", "accuracy", "margin"]
-    columns += ["kl", "kl_se", "kl_mc", "kl_mc_se", "weight_delta", "attention_delta", "weights"]
-    return pd.concat(frames, ignore_index=True).reindex(columns=columns)
+    if not members:
+        raise ValueError("run_dpo needs at least one Member")
+    extra = (*members, *(() if pair_weights is None else (torch.as_tensor(pair_weights),)))
+    key = dataclasses.replace(key, depends_on=(*key.depends_on, *extra))
+    curve, weights_dir = key.path(".csv"), key.path("-weights")
+
+    def weights_path(member: int, step: int) -> Path:
+        return weights_dir / f"member{member}-step{step}.pt"
+
+    df = pd.read_csv(curve) if curve.exists() else None
+    if df is None or not all(weights_path(i, t).exists() for i in keep for t in df["step"].unique()):
+        policies = Ensemble([copy.deepcopy(reference) for _ in members])
+
+        def save_kept(step: int) -> None:
+            weights_dir.mkdir(exist_ok=True)
+            for i in keep:
+                torch.save(policies.member(i).state_dict(), weights_path(i, step))
+
+        checkpoint = Checkpoint(key.path(".ckpt"))
+        sft_weights = [m.sft_weight for m in members] if any(m.sft_weight for m in members) else None
+        df = train_dpo_ensemble(policies, reference, train, [m.cfg for m in members], evaluate, progress, checkpoint,
+                                save_kept if keep else None, pair_weights=pair_weights, sft_weights=sft_weights)  # fmt: skip
+        write_csv(df, curve)
+        checkpoint.remove()
+    if keep:
+        df["weights"] = [str(weights_path(i, t)) if i in keep else "" for i, t in zip(df["member"], df["step"], strict=True)]
+    return df

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -41,35 +42,70 @@ def clip_per_model(params: list[torch.Tensor], max_norm: float) -> None:
         p.grad.mul_(scale.view(-1, *([1] * (p.ndim - 1))))
 
 
+class Checkpoint:
+    """A run's progress on disk: weights, optimizer state, the rows evaluated so far and the
+    step, written atomically (temporary file, then rename) after every evaluation."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    def save(self, params: list[torch.Tensor], optimizer, rows: list[dict], step: int) -> None:
+        state = {"params": [p.detach() for p in params], "optimizer": optimizer.state_dict(), "rows": rows, "step": step}
+        torch.save(state, self.path.with_suffix(".tmp"))
+        self.path.with_suffix(".tmp").replace(self.path)
+
+    def restore(self, params: list[torch.Tensor], optimizer) -> tuple[list[dict], int]:
+        """Load the saved weights into params and the optimizer; returns (rows, step)."""
+        state = torch.load(self.path)
+        with torch.no_grad():
+            for p, saved in zip(params, state["params"], strict=True):
+                p.copy_(saved)
+        optimizer.load_state_dict(state["optimizer"])
+        return state["rows"], state["step"]
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
 def optimize(
     params: list[torch.Tensor],
-    n_items: int,
-    cfg: TrainConfig,
     batch_loss: Callable[[torch.Tensor], torch.Tensor],
+    n_items: int,
+    members: Sequence[TrainConfig],
     evaluate: EvalFn,
-    clip: Callable[[list[torch.Tensor], float], object],
-    desc: str,
-    progress: bool | None,
-    checkpoint: Path | None = None,
+    *,
+    stacked: bool = False,
+    checkpoint: Checkpoint | None = None,
     on_eval: Callable[[int], object] | None = None,
-    members: Sequence[TrainConfig] | None = None,
+    progress: bool | None = None,
+    desc: str = "train",
 ) -> pd.DataFrame:
-    """Minibatch training over a shuffled index, evaluating at eval_steps.
+    """The project's one trainer: minibatch training over a shuffled index of n_items,
+    evaluating at eval_steps. Every chapter's SFT, DPO and RFT runs go through it.
 
-    cfg sets the optimizer, the schedule (epochs, batch size, evaluations) and the seed of
-    the batch order. With `members` (one config per model of a stacked ensemble), model i
-    takes members[i]'s learning rate and weight decay (``optim.ensemble_optimizer``).
+    members[0] sets the schedule (optimizer, epochs, batch size, evaluations, clipping and
+    the seed of the batch order), which all members share. With `stacked` (params are an
+    ensemble's stacked weights, leading dimension the member), member i takes members[i]'s
+    learning rate and weight decay (``optim.ensemble_optimizer``) and gradients are clipped
+    per member; otherwise params are one model's, and len(members) must be 1.
 
     batch_loss returns the loss of each model, (M,); their sum is minimised, which
     trains each model on its own loss. Returns one row per evaluation and model, with
     `member` the model's index and `loss` its mean training loss since the last evaluation.
 
-    With `checkpoint`, the weights, optimizer state and rows are saved there (atomically)
-    after every evaluation, and a run that finds one resumes from it. Batch order is
-    regenerated from the seed, so a resumed run gives the same numbers as an unbroken one.
-    ``on_eval(step)`` runs after each evaluation, before the checkpoint is written.
+    With a `checkpoint`, progress is saved after every evaluation and a run that finds one
+    resumes from it. Batch order is regenerated from the seed, so a resumed run gives the
+    same numbers as an unbroken one. ``on_eval(step)`` runs after each evaluation, before
+    the checkpoint is written.
     """
-    optimizer = ensemble_optimizer(params, members) if members else make_optimizer(params, cfg)
+    cfg = members[0]
+    if not stacked and len(members) != 1:
+        raise ValueError(f"optimize: unstacked params are one model, so one config; got {len(members)}")
+    optimizer = ensemble_optimizer(params, members) if stacked else make_optimizer(params, cfg)
+    clip = clip_per_model if stacked else torch.nn.utils.clip_grad_norm_
     generator = torch.Generator().manual_seed(cfg.seed)
     steps_per_epoch = math.ceil(n_items / cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
@@ -77,12 +113,7 @@ def optimize(
     rows, losses, step = [], [], 0
     resumed = checkpoint is not None and checkpoint.exists()
     if resumed:
-        state = torch.load(checkpoint)
-        with torch.no_grad():
-            for p, saved in zip(params, state["params"], strict=True):
-                p.copy_(saved)
-        optimizer.load_state_dict(state["optimizer"])
-        rows, step = state["rows"], state["step"]
+        rows, step = checkpoint.restore(params, optimizer)
     start = step
 
     def record() -> None:
@@ -95,9 +126,7 @@ def optimize(
         if on_eval is not None:
             on_eval(step)
         if checkpoint is not None:
-            state = {"params": [p.detach() for p in params], "optimizer": optimizer.state_dict(), "rows": rows, "step": step}
-            torch.save(state, checkpoint.with_suffix(".tmp"))
-            checkpoint.with_suffix(".tmp").replace(checkpoint)
+            checkpoint.save(params, optimizer, rows, step)
 
     if not resumed:  # a checkpoint holds every evaluation up to its step, step 0 included
         record()
@@ -121,13 +150,24 @@ def optimize(
     return pd.DataFrame(rows)
 
 
+def fit_full_batch(model: torch.nn.Module, loss_of: Callable[[torch.nn.Module], torch.Tensor], cfg: TrainConfig) -> None:
+    """cfg.epochs full-batch steps of cfg's optimizer on the scalar loss_of(model), in place
+    (no clipping, no evaluation): the loop of the tiny tasks whose data is one batch."""
+    optimizer = make_optimizer(model.parameters(), cfg)
+    for _ in range(cfg.epochs):
+        loss = loss_of(model)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
 def train_sft(
     model: Transformer,
     train: PairSet | Batch,
     cfg: TrainConfig,
     evaluate: Callable[[Transformer], dict],
     progress: bool | None = None,
-    checkpoint: Path | None = None,
+    checkpoint: Checkpoint | None = None,
 ) -> pd.DataFrame:
     """SFT (Park Eq. 4), in place: on (s, y_w) of every training pair, or on the sequences
     of a Batch (its response_mask marks the tokens scored). Returns one row per evaluation.
@@ -139,13 +179,14 @@ def train_sft(
         return sft_loss(sequence_logps(model(b.tokens), b.tokens, b.response_mask))[None]
 
     params = list(model.parameters())
-    n_items = batch.tokens.shape[0]
-    clip = torch.nn.utils.clip_grad_norm_
-    df = optimize(params, n_items, cfg, batch_loss, lambda: evaluate(model), clip, "SFT", progress, checkpoint)
+    evaluation = partial(evaluate, model)
+    df = optimize(
+        params, batch_loss, batch.tokens.shape[0], [cfg], evaluation, checkpoint=checkpoint, progress=progress, desc="SFT"
+    )
     return df.drop(columns="member")
 
 
-def _dpo_batch_loss(
+def dpo_batch_loss(
     policy,
     train: PairSet | Batch,
     reference: Transformer,
@@ -197,18 +238,10 @@ def train_dpo(
 ) -> pd.DataFrame:
     """DPO of `policy` against a frozen `reference` (Park Eq. 2), in place. Returns one row per evaluation."""
     betas = torch.tensor([[cfg.beta]])  # (1, 1)
-    batch_loss = _dpo_batch_loss(lambda tokens: policy(tokens)[None], train, reference, betas)
+    batch_loss = dpo_batch_loss(lambda tokens: policy(tokens)[None], train, reference, betas)
     params = list(policy.parameters())
-    df = optimize(
-        params,
-        len(train),
-        cfg,
-        batch_loss,
-        lambda: evaluate(policy),
-        torch.nn.utils.clip_grad_norm_,
-        f"DPO β={cfg.beta:g}",
-        progress,
-    )
+    evaluation = partial(evaluate, policy)
+    df = optimize(params, batch_loss, len(train), [cfg], evaluation, progress=progress, desc=f"DPO β={cfg.beta:g}")
     return df.drop(columns="member")
 
 
@@ -219,7 +252,7 @@ def train_dpo_ensemble(
     cfgs: Sequence[DPOConfig],
     evaluate: Callable[[Ensemble], list[dict]],
     progress: bool | None = None,
-    checkpoint: Path | None = None,
+    checkpoint: Checkpoint | None = None,
     on_eval: Callable[[int], object] | None = None,
     pair_weights: torch.Tensor | None = None,
     sft_weights: Sequence[float] | None = None,
@@ -230,7 +263,7 @@ def train_dpo_ensemble(
     cfgs[i] configures model i; they may differ in beta, lr and weight_decay only. Every
     model sees the same minibatches. Optionally, model i weights pair j by pair_weights[i, j] (a 0/1 mask
     trains it on a subset with the same number of steps) and adds sft_weights[i] × the
-    SFT loss on the preferred responses (see _dpo_batch_loss). Returns one row per
+    SFT loss on the preferred responses (see dpo_batch_loss). Returns one row per
     evaluation and model, with `member` the model's index and `beta` its β. With
     `checkpoint`, progress is saved after every evaluation and resumed from; ``on_eval(step)``
     runs after every evaluation (see optimize).
@@ -252,19 +285,9 @@ def train_dpo_ensemble(
             raise ValueError(f"sft_weights must be {n_models} finite numbers ≥ 0 (one per model), got {list(sft_weights)}")
         sft_weights = torch.tensor([[float(w)] for w in sft_weights])  # (M, 1)
     betas = torch.tensor([[c.beta] for c in cfgs])  # (M, 1)
-    batch_loss = _dpo_batch_loss(policies, train, reference, betas, pair_weights, sft_weights)
+    batch_loss = dpo_batch_loss(policies, train, reference, betas, pair_weights, sft_weights)
     params = list(policies.params.values())
-    df = optimize(
-        params,
-        n_pairs,
-        cfgs[0],
-        batch_loss,
-        lambda: evaluate(policies),
-        clip_per_model,
-        f"DPO ×{len(cfgs)}",
-        progress,
-        checkpoint,
-        on_eval,
-        members=cfgs,
-    )
+    evaluation = partial(evaluate, policies)
+    df = optimize(params, batch_loss, n_pairs, cfgs, evaluation, stacked=True, checkpoint=checkpoint, on_eval=on_eval,
+                  progress=progress, desc=f"DPO ×{len(cfgs)}")  # fmt: skip
     return df.assign(beta=df["member"].map(dict(enumerate(c.beta for c in cfgs))))

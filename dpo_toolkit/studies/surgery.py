@@ -67,14 +67,13 @@ def surgery_curves(
     steps: Sequence[int],
     reference: Transformer,
     evaluator: Evaluator,
-    beta: float,
 ) -> pd.DataFrame:
     """OOD, KL and the other Evaluator metrics of A, of A with B's attention, and of A with
     B's non-attention weights, at every checkpoint (Park Figs. 4–5).
 
     policy_paths[k] and donor_paths[k] hold A and B after steps[k] DPO steps (B at the
     same step as A). All 3·K models are evaluated as one ensemble; accuracy and margin
-    use A's β. Also returns, per checkpoint of A, the WeightDelta from the reference,
+    use the evaluator's β (A's). Also returns, per checkpoint of A, the WeightDelta from the reference,
     its attention share, and the attention share of the change since the previous
     checkpoint (FracWeightDelta, Park Eq. 8; NaN at the first).
     Returns one row per checkpoint and variant ('A', 'attention', 'non-attention').
@@ -87,7 +86,7 @@ def surgery_curves(
     for name, groups in SURGERIES.items():
         variants[name] = [transplant(a, b, groups) for a, b in zip(policies, donors, strict=True)]
     models = [m for group in variants.values() for m in group]
-    metrics = evaluator(Ensemble(models), beta=[beta] * len(models))
+    metrics = evaluator(Ensemble(models))
     rows = []
     for v, name in enumerate(variants):
         for k, step in enumerate(steps):

@@ -10,11 +10,9 @@ over the pairs it keeps); an SFT variant minimises L_DPO + λ · (−log π(y+))
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 from collections.abc import Sequence
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -22,13 +20,11 @@ import pandas as pd
 import torch
 
 from dpo_toolkit.core.claims import claims_frame
-from dpo_toolkit.core.config import DataConfig, DPOConfig, EvalConfig, ModelConfig, TrainConfig, check_fits, config_hash
+from dpo_toolkit.core.config import DataConfig, DPOConfig, EvalConfig, ModelConfig, TrainConfig, check_fits
 from dpo_toolkit.core.data import make_pairs
-from dpo_toolkit.core.ensemble import Ensemble
 from dpo_toolkit.core.evaluate import Evaluator
-from dpo_toolkit.core.runner import sft_reference, validate_grid
-from dpo_toolkit.core.storage import write_csv
-from dpo_toolkit.core.train import train_dpo_ensemble
+from dpo_toolkit.core.park import sft_reference, validate_grid
+from dpo_toolkit.core.runner import Member, RunKey, run_dpo
 from dpo_toolkit.studies.ches.measures import ches, ches_filter
 
 
@@ -107,30 +103,21 @@ def run_mitigations(
     (dpo_cfg,), seeds = validate_grid(dpo_cfg, dpo_cfg.beta, seeds)
     if not runs:
         raise ValueError("run_mitigations needs at least one Variant")
-    out = Path(cache_dir)
-    out.mkdir(parents=True, exist_ok=True)
     train, test = make_pairs(data_cfg)
     curves, scores = [], []
     for seed in seeds:
-        reference, _ = sft_reference(data_cfg, model_cfg, sft_cfg, eval_cfg, seed, out, progress)
+        reference, _ = sft_reference(data_cfg, model_cfg, sft_cfg, eval_cfg, seed, Path(cache_dir), progress)
         pair_ches = ches(reference, train).numpy()
         scores.append(pd.DataFrame({"seed": seed, "prompt": train.prompt, "chosen": train.chosen,
                                     "rejected": train.rejected, "ches": pair_ches}))  # fmt: skip
         masks = keep_masks(pair_ches, runs)
         cfg = dataclasses.replace(dpo_cfg, seed=seed)
-        key = config_hash(data_cfg, model_cfg, dataclasses.replace(sft_cfg, seed=seed), eval_cfg, cfg, *runs)
-        curve = out / f"mitigation-seed{seed}-{key}.csv"
-        if curve.exists():
-            df = pd.read_csv(curve)
-        else:
-            policies = Ensemble([copy.deepcopy(reference) for _ in runs])
-            evaluator = Evaluator(test, data_cfg, eval_cfg, reference=reference)
-            df = train_dpo_ensemble(
-                policies, reference, train, [cfg] * len(runs), partial(evaluator, beta=cfg.beta), progress,
-                out / f"mitigation-seed{seed}-{key}.ckpt", pair_weights=masks, sft_weights=[v.sft_weight for v in runs],
-            )  # fmt: skip
-            write_csv(df, curve)
-            (out / f"mitigation-seed{seed}-{key}.ckpt").unlink()
+        members = [Member(cfg, v.sft_weight) for v in runs]
+        key = RunKey(
+            Path(cache_dir), "mitigation", seed, (data_cfg, model_cfg, dataclasses.replace(sft_cfg, seed=seed), eval_cfg)
+        )
+        evaluator = Evaluator(test, data_cfg, eval_cfg, reference=reference, betas=cfg.beta)
+        df = run_dpo(key, reference, train, members, evaluator, pair_weights=masks, progress=progress)
         curves.append(label_members(df, runs, masks).assign(seed=seed))
     return pd.concat(curves, ignore_index=True), pd.concat(scores, ignore_index=True)
 

@@ -12,7 +12,6 @@ rate is exact: the probability mass π puts on the refusal phrases, averaged ove
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,14 +23,13 @@ import pandas as pd
 import torch
 
 from dpo_toolkit.core.claims import claims_frame
-from dpo_toolkit.core.config import ConfigError, DPOConfig, ModelConfig, TrainConfig, config_hash
+from dpo_toolkit.core.config import ConfigError, DPOConfig, ModelConfig, TrainConfig
 from dpo_toolkit.core.data import Batch
 from dpo_toolkit.core.ensemble import Ensemble, as_ensemble
-from dpo_toolkit.core.losses import sequence_logps
+from dpo_toolkit.core.losses import sequence_logps, soft_label_sft_loss
 from dpo_toolkit.core.model import Transformer, build_model
-from dpo_toolkit.core.optim import make_optimizer
-from dpo_toolkit.core.storage import write_csv
-from dpo_toolkit.core.train import train_dpo_ensemble
+from dpo_toolkit.core.runner import Member, RunKey, cached_model, run_dpo
+from dpo_toolkit.core.train import fit_full_batch
 from dpo_toolkit.studies.ches.measures import ches
 from dpo_toolkit.studies.ches.mitigation import Variant, keep_masks, label_members
 
@@ -157,29 +155,27 @@ def rates(masses: torch.Tensor) -> dict[str, torch.Tensor]:
     return {"refusal_rate": refusal, "compliance_rate": compliance, "other_rate": 1 - refusal - compliance}
 
 
-def train_safety_sft(cfg: SafetyConfig, model_cfg: ModelConfig, train_cfg: TrainConfig, seed: int) -> Transformer:
-    """A fresh model trained by full-batch SFT on the expected cross-entropy of the target
-    distribution at every training prompt (refusal_share on refusals, the rest on compliances,
-    each spread evenly over its phrases). train_cfg.epochs full-batch steps. Returns it frozen."""
-    if model_cfg.d_vocab != len(cfg.vocab):
-        raise ConfigError(f"ModelConfig.d_vocab must be {len(cfg.vocab)} for this task, got {model_cfg.d_vocab}")
+def train_safety_sft(cfg: SafetyConfig, model: Transformer, train_cfg: TrainConfig) -> None:
+    """Full-batch SFT of model, in place, on the expected cross-entropy of the target
+    distribution at every training prompt (refusal_share on refusals, the rest on
+    compliances, each spread evenly over its phrases): train_cfg.epochs steps."""
+    if model.cfg.d_vocab != len(cfg.vocab):
+        raise ConfigError(f"ModelConfig.d_vocab must be {len(cfg.vocab)} for this task, got {model.cfg.d_vocab}")
     train_prompts, _ = prompts(cfg)
     batch = candidate_batch(cfg, train_prompts)
     per_prompt = [cfg.refusal_share / len(REFUSALS)] * len(REFUSALS) + [(1 - cfg.refusal_share) / len(COMPLIANCES)] * len(
         COMPLIANCES
     )
-    target = torch.tensor(per_prompt).repeat(len(train_prompts))  # (n_prompts · 8,), prompts outer
-    model = build_model(model_cfg, seed)
-    optimizer = make_optimizer(model.parameters(), train_cfg)
-    for _ in range(train_cfg.epochs):
-        loss = -(target * sequence_logps(model(batch.tokens), batch.tokens, batch.response_mask)).sum() / len(train_prompts)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return model.eval().requires_grad_(False)
+    targets = torch.tensor(per_prompt).repeat(len(train_prompts), 1)  # (n_prompts, 8)
+
+    def loss_of(model: Transformer) -> torch.Tensor:
+        logps = sequence_logps(model(batch.tokens), batch.tokens, batch.response_mask)  # (n_prompts · 8,), prompts outer
+        return soft_label_sft_loss(logps.view(len(train_prompts), len(RESPONSES)), targets)
+
+    fit_full_batch(model, loss_of, train_cfg)
 
 
-def _evaluate(
+def evaluate_safety(
     cfg: SafetyConfig,
     train_prompts: np.ndarray,
     test_prompts: np.ndarray,
@@ -225,41 +221,27 @@ def run_safety(
         raise ValueError(f"seeds must be a non-empty list of integers ≥ 0, got {seeds!r}")
     if model_cfg.d_vocab != len(cfg.vocab):
         raise ConfigError(f"ModelConfig.d_vocab must be {len(cfg.vocab)} for this task, got {model_cfg.d_vocab}")
-    out = Path(cache_dir)
-    out.mkdir(parents=True, exist_ok=True)
     train_prompts, test_prompts = prompts(cfg)
     pair_batch, pair_table = preference_pairs(cfg, train_prompts)
     n_pairs = len(pair_table)
     curves, tables = [], []
     for seed in seeds:
         sft = dataclasses.replace(sft_cfg, seed=seed)
-        weights = out / f"safety-sft-seed{seed}-{config_hash(cfg, model_cfg, sft)}.pt"
-        if weights.exists():
-            reference = build_model(model_cfg, seed)
-            reference.load_state_dict(torch.load(weights))
-            reference = reference.eval().requires_grad_(False)
-        else:
-            reference = train_safety_sft(cfg, model_cfg, sft, seed)
-            torch.save(reference.state_dict(), weights)
+        reference, _ = cached_model(
+            RunKey(Path(cache_dir), "safety-sft", seed, (cfg, model_cfg, sft)),
+            partial(build_model, model_cfg, seed),
+            lambda model, _, sft=sft: train_safety_sft(cfg, model, sft),
+        )
         pair_ches = ches(reference, pair_batch).numpy()
         tables.append(pair_table.assign(seed=seed, ches=pair_ches))
         masks = keep_masks(pair_ches, runs)
         with torch.no_grad():
             reference_chosen = sequence_logps(reference(pair_batch.tokens[:n_pairs]), pair_batch.tokens[:n_pairs],
                                               pair_batch.response_mask[:n_pairs])  # (n,)  # fmt: skip
-
-        evaluate = partial(_evaluate, cfg, train_prompts, test_prompts, pair_batch, reference_chosen)
-        cfg_seed = dataclasses.replace(dpo_cfg, seed=seed)
-        key = config_hash(cfg, model_cfg, sft, cfg_seed, *runs)
-        curve, checkpoint = out / f"safety-seed{seed}-{key}.csv", out / f"safety-seed{seed}-{key}.ckpt"
-        if curve.exists():
-            df = pd.read_csv(curve)
-        else:
-            policies = Ensemble([copy.deepcopy(reference) for _ in runs])
-            df = train_dpo_ensemble(policies, reference, pair_batch, [cfg_seed] * len(runs), evaluate, progress, checkpoint,
-                                    pair_weights=masks, sft_weights=[v.sft_weight for v in runs])  # fmt: skip
-            write_csv(df, curve)
-            checkpoint.unlink()
+        evaluate = partial(evaluate_safety, cfg, train_prompts, test_prompts, pair_batch, reference_chosen)
+        members = [Member(dataclasses.replace(dpo_cfg, seed=seed), v.sft_weight) for v in runs]
+        key = RunKey(Path(cache_dir), "safety", seed, (cfg, model_cfg, sft))
+        df = run_dpo(key, reference, pair_batch, members, evaluate, pair_weights=masks, progress=progress)
         curves.append(label_members(df, runs, masks).assign(seed=seed))
     return pd.concat(curves, ignore_index=True), pd.concat(tables, ignore_index=True)
 

@@ -22,10 +22,10 @@ import torch.nn.functional as F
 
 from dpo_toolkit.core.claims import claims_frame
 from dpo_toolkit.core.config import ConfigError, ModelConfig, TrainConfig
-from dpo_toolkit.core.losses import dpo_loss
+from dpo_toolkit.core.losses import dpo_loss, soft_label_sft_loss
 from dpo_toolkit.core.model import Transformer, build_model
-from dpo_toolkit.core.optim import make_optimizer
 from dpo_toolkit.core.parameters import BETA, EPOCHS, LEARNING_RATE, RESULTS_ROOT, SEEDS, check, fail, integer
+from dpo_toolkit.core.train import fit_full_batch
 
 # Answer tokens by meaning; the first of each group is the most frequent in the corpus.
 ANSWER_GROUPS: dict[str, tuple[str, ...]] = {
@@ -238,20 +238,13 @@ def answer_logps(model: Transformer, prompts: torch.Tensor) -> torch.Tensor:
     return model(prompts)[:, -1].log_softmax(-1)
 
 
-def train_persona_lm(cfg: PersonaConfig, model_cfg: ModelConfig, train_cfg: TrainConfig, seed: int) -> Transformer:
-    """A fresh model trained by full-batch SFT on the corpus's expected cross-entropy
-    (soft labels: the exact answer distribution of each statement). Returns it frozen."""
-    if model_cfg.d_vocab != len(cfg.vocab) or model_cfg.n_ctx < 3:
-        raise ConfigError(f"ModelConfig must have d_vocab={len(cfg.vocab)} and n_ctx ≥ 3 for this corpus, got {model_cfg}")
+def train_persona_lm(cfg: PersonaConfig, model: Transformer, train_cfg: TrainConfig) -> None:
+    """Full-batch SFT of model, in place, on the corpus's expected cross-entropy (soft labels:
+    the exact answer distribution of each statement): train_cfg.epochs steps."""
+    if model.cfg.d_vocab != len(cfg.vocab) or model.cfg.n_ctx < 3:
+        raise ConfigError(f"ModelConfig must have d_vocab={len(cfg.vocab)} and n_ctx ≥ 3 for this corpus, got {model.cfg}")
     prompts, _, targets = persona_corpus(cfg)
-    model = build_model(model_cfg, seed)
-    optimizer = make_optimizer(model.parameters(), train_cfg)
-    for _ in range(train_cfg.epochs):
-        loss = -(targets.float() * answer_logps(model, prompts)).sum(-1).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return model.eval().requires_grad_(False)
+    fit_full_batch(model, lambda m: soft_label_sft_loss(answer_logps(m, prompts), targets.float()), train_cfg)
 
 
 def single_prompt_dpo(
@@ -261,12 +254,9 @@ def single_prompt_dpo(
     full steps. Returns (π_ref(·|x), π_θ(·|x)) over the vocabulary, (V,) each, float64."""
     policy = copy.deepcopy(reference).train().requires_grad_(True)
     reference_logps = answer_logps(reference, prompt[None])[0].detach()
-    optimizer = make_optimizer(policy.parameters(), train_cfg)
-    for _ in range(train_cfg.epochs):
-        loss = single_token_dpo_loss(answer_logps(policy, prompt[None])[0], reference_logps, y_pos, y_neg, beta)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    fit_full_batch(
+        policy, lambda m: single_token_dpo_loss(answer_logps(m, prompt[None])[0], reference_logps, y_pos, y_neg, beta), train_cfg
+    )
     with torch.no_grad():
         return reference_logps.double().exp(), answer_logps(policy, prompt[None])[0].double().exp()
 
@@ -352,7 +342,9 @@ def lm_study(
     answer_ids = [cfg.token(t) for t in ANSWERS]
     similarity, table, geometry, pairs = {}, [], [], []
     for seed in seeds:
-        model = train_persona_lm(cfg, model_cfg, sft_cfg, seed)
+        model = build_model(model_cfg, seed)
+        train_persona_lm(cfg, model, sft_cfg)
+        model.eval().requires_grad_(False)
         W = model.unembed.weight.detach()
         similarity[seed] = cosine_matrix(W, answer_ids)
         for y_pos, y_neg in TABLE_PAIRS:

@@ -21,7 +21,7 @@ from dpo_toolkit.core.data import Batch, encode_prompt
 from dpo_toolkit.core.ensemble import Ensemble, as_ensemble, rows_per_call
 from dpo_toolkit.core.losses import sequence_logps
 from dpo_toolkit.core.model import Transformer
-from dpo_toolkit.core.train import clip_per_model, optimize
+from dpo_toolkit.core.train import optimize
 
 RESPONSE_LENGTH = 2
 
@@ -178,4 +178,6 @@ def train_rft(
         return -value.mean(-1)
 
     params = list(policies.params.values())
-    return optimize(params, len(prompts), cfg, batch_loss, evaluate, clip_per_model, "RFT", progress, None, on_eval)
+    return optimize(
+        params, batch_loss, len(prompts), [cfg], evaluate, stacked=True, on_eval=on_eval, progress=progress, desc="RFT"
+    )

@@ -17,9 +17,10 @@ import pandas as pd
 import torch
 
 from dpo_toolkit.core.claims import claims_frame
-from dpo_toolkit.core.config import ModelConfig, RLTaskConfig, SmallSFTConfig, TrainConfig, config_hash
+from dpo_toolkit.core.config import ModelConfig, RLTaskConfig, SmallSFTConfig, TrainConfig
+from dpo_toolkit.core.data import Batch
 from dpo_toolkit.core.ensemble import Ensemble
-from dpo_toolkit.core.model import build_model
+from dpo_toolkit.core.model import Transformer, build_model
 from dpo_toolkit.core.parameters import (
     BATCH_SIZE,
     EPOCHS,
@@ -33,8 +34,9 @@ from dpo_toolkit.core.parameters import (
     real,
 )
 from dpo_toolkit.core.parameters import steps as optimizer_steps
+from dpo_toolkit.core.runner import RunKey, cached_model
 from dpo_toolkit.core.storage import write_csv
-from dpo_toolkit.core.train import train_sft
+from dpo_toolkit.core.train import Checkpoint, train_sft
 from dpo_toolkit.studies.vanishing_gradients.rft import (
     all_responses,
     closeness_reward,
@@ -103,12 +105,12 @@ def small_sft_config(sft_cfg: TrainConfig, n_train: int, n_small: int, fix: Smal
     return dataclasses.replace(sft_cfg, batch_size=batch_size, epochs=epochs, n_evals=min(sft_cfg.n_evals, epochs))
 
 
-def _no_evaluation(model) -> dict:
+def no_evaluation(model) -> dict:
     """SFT phases are judged by the RFT probe at step 0, not during SFT."""
     return {}
 
 
-class _Probe:
+class Probe:
     """The RFT evaluation: mean rewards per model, and per-prompt V_x, std and (on training
     prompts) the exact ‖∇V_x‖, all in float64, stamped with the step by ``stamp``."""
 
@@ -184,29 +186,33 @@ def run_vanishing_gradients(
     seeds = list(seeds)
     if not seeds or any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in seeds):
         raise ValueError(f"seeds must be a non-empty list of integers ≥ 0, got {seeds!r}")
-    out = Path(cache_dir)
-    out.mkdir(parents=True, exist_ok=True)
     train, test, hard = split_prompts(task_cfg)
     prompts = np.sort(np.concatenate([train, test]))
     curves, inputs = [], []
     for seed in seeds:
-        key = config_hash(task_cfg, model_cfg, pretrain_cfg, sft_cfg, fix, rft_cfg)
-        curve_path, inputs_path = out / f"rft-seed{seed}-{key}-curves.csv", out / f"rft-seed{seed}-{key}-inputs.csv"
+
+        def sft(start: Transformer, name: str, data: Batch, cfg: TrainConfig, *depends_on, seed: int = seed) -> Transformer:
+            """A copy of start after SFT on data, cached by everything it depends on; a killed run resumes."""
+            cfg = dataclasses.replace(cfg, seed=seed)
+
+            def fit(model: Transformer, checkpoint: Checkpoint) -> None:
+                train_sft(model.train().requires_grad_(True), data, cfg, no_evaluation, progress, checkpoint)
+
+            key = RunKey(Path(cache_dir), name, seed, (task_cfg, model_cfg, *depends_on, cfg))
+            return cached_model(key, lambda: copy.deepcopy(start), fit)[0]
+
+        pretrain_data = label_batch(prompts, pretrain_labels(task_cfg, prompts, hard))
+        pretrained = sft(build_model(model_cfg, seed), "pretrain", pretrain_data, pretrain_cfg)
+        full = sft(pretrained, "full-sft", label_batch(train, targets(train)), sft_cfg, pretrain_cfg)
+        n_small = max(1, round(fix.label_fraction * len(train)))
+        labelled = np.sort(np.random.default_rng(seed).choice(train, n_small, replace=False))
+        small_cfg = small_sft_config(sft_cfg, len(train), n_small, fix)
+        small = sft(pretrained, "small-sft", label_batch(labelled, targets(labelled)), small_cfg, pretrain_cfg, fix)
+        key = RunKey(Path(cache_dir), "rft", seed, (task_cfg, model_cfg, pretrain_cfg, sft_cfg, fix, rft_cfg))
+        curve_path, inputs_path = key.path("-curves.csv"), key.path("-inputs.csv")
         if not (curve_path.exists() and inputs_path.exists()):
-            pretrained = build_model(model_cfg, seed)
-            labels = pretrain_labels(task_cfg, prompts, hard)
-            train_sft(
-                pretrained, label_batch(prompts, labels), dataclasses.replace(pretrain_cfg, seed=seed), _no_evaluation, progress
-            )
-            full = copy.deepcopy(pretrained)
-            train_sft(full, label_batch(train, targets(train)), dataclasses.replace(sft_cfg, seed=seed), _no_evaluation, progress)
-            n_small = max(1, round(fix.label_fraction * len(train)))
-            labelled = np.sort(np.random.default_rng(seed).choice(train, n_small, replace=False))
-            small = copy.deepcopy(pretrained)
-            small_cfg = dataclasses.replace(small_sft_config(sft_cfg, len(train), n_small, fix), seed=seed)
-            train_sft(small, label_batch(labelled, targets(labelled)), small_cfg, _no_evaluation, progress)
             policies = Ensemble([pretrained, full, small])
-            probe = _Probe(policies, prompts, np.isin(prompts, train), np.isin(prompts, hard))
+            probe = Probe(policies, prompts, np.isin(prompts, train), np.isin(prompts, hard))
             rewards = closeness_reward(train, all_responses(model_cfg.d_vocab))
             curve = train_rft(policies, train, rewards, dataclasses.replace(rft_cfg, seed=seed), probe, probe.stamp, progress)
             curve = curve.assign(arm=curve["member"].map(dict(enumerate(ARMS)))).drop(columns="member")

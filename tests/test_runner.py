@@ -1,0 +1,130 @@
+"""The experiment runner: members with their own hyperparameters equal separate runs, results
+are cached by everything they depend on, and a killed run resumes with an unbroken run's numbers."""
+
+import copy
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from dpo_toolkit.core import runner as runner_module
+from dpo_toolkit.core.config import DPOConfig, EvalConfig, TrainConfig
+from dpo_toolkit.core.evaluate import Evaluator
+from dpo_toolkit.core.model import build_model
+from dpo_toolkit.core.runner import Member, RunKey, array_hash, cached_model, run_dpo
+from dpo_toolkit.core.train import train_sft
+
+DPO = DPOConfig(optimizer="adam", lr=1e-3, weight_decay=0.0, epochs=2, batch_size=8, grad_clip=1.0, n_evals=2, beta=0.1)
+
+
+@pytest.fixture
+def reference(tiny_model_cfg, tiny_pairs):
+    model = build_model(tiny_model_cfg, seed=0)
+    train_sft(model, tiny_pairs[0], TrainConfig(lr=1e-2, epochs=2, batch_size=16, n_evals=1), lambda m: {}, progress=False)
+    return model.requires_grad_(False)
+
+
+def _evaluator(tiny_pairs, tiny_data_cfg, reference, betas):
+    return Evaluator(tiny_pairs[1], tiny_data_cfg, EvalConfig(kl_samples=2), reference=reference, betas=betas)
+
+
+def test_members_with_their_own_beta_lr_weight_decay_and_sft_weight_equal_separate_runs(
+    reference, tiny_pairs, tiny_data_cfg, tmp_path
+):
+    members = [
+        Member(DPO),
+        Member(DPOConfig(**{**DPO.__dict__, "beta": 0.5, "lr": 3e-3, "weight_decay": 0.1})),
+        Member(DPOConfig(**{**DPO.__dict__, "lr": 3e-4}), sft_weight=0.5),
+    ]
+    n_pairs = len(tiny_pairs[0])
+    weights = torch.stack([torch.ones(n_pairs), torch.ones(n_pairs), (torch.arange(n_pairs) % 2).float()])  # (members, pairs)
+    betas = [m.cfg.beta for m in members]
+    key = RunKey(tmp_path, "together", 0, (tiny_data_cfg,))
+    together = run_dpo(key, reference, tiny_pairs[0], members, _evaluator(tiny_pairs, tiny_data_cfg, reference, betas), weights)
+    for i, member in enumerate(members):
+        alone_key = RunKey(tmp_path, f"alone{i}", 0, (tiny_data_cfg,))
+        evaluate = _evaluator(tiny_pairs, tiny_data_cfg, reference, member.cfg.beta)
+        alone = run_dpo(alone_key, reference, tiny_pairs[0], [member], evaluate, weights[i : i + 1])
+        mine = together[together["member"] == i].drop(columns="member").reset_index(drop=True)
+        pd.testing.assert_frame_equal(mine, alone.drop(columns="member"), rtol=1e-4, atol=1e-5)
+    assert together.groupby("member")["loss"].last().nunique() == 3  # the members did train differently
+
+
+def test_a_second_call_reads_the_cache_and_a_changed_member_does_not(reference, tiny_pairs, tiny_data_cfg, tmp_path, monkeypatch):
+    key = RunKey(tmp_path, "dpo", 0, (tiny_data_cfg,))
+    evaluate = _evaluator(tiny_pairs, tiny_data_cfg, reference, 0.1)
+    first = run_dpo(key, reference, tiny_pairs[0], [Member(DPO)], evaluate, keep=[0])
+    assert first["weights"].str.endswith(".pt").all()
+    calls = []
+    monkeypatch.setattr(runner_module, "train_dpo_ensemble", lambda *a, **k: calls.append(1) or first.drop(columns="weights"))
+    again = run_dpo(key, reference, tiny_pairs[0], [Member(DPO)], evaluate, keep=[0])
+    pd.testing.assert_frame_equal(again, first)
+    assert calls == []
+    run_dpo(key, reference, tiny_pairs[0], [Member(DPO, sft_weight=0.1)], evaluate)
+    assert calls == [1]  # another member is another result
+
+
+def test_a_killed_run_resumes_with_the_numbers_of_an_unbroken_one(reference, tiny_pairs, tiny_data_cfg, tmp_path):
+    members = [Member(DPO), Member(DPOConfig(**{**DPO.__dict__, "lr": 3e-3}))]
+    evaluate = _evaluator(tiny_pairs, tiny_data_cfg, reference, [0.1, 0.1])
+    unbroken = run_dpo(RunKey(tmp_path / "a", "dpo", 0), reference, tiny_pairs[0], members, evaluate)
+    calls = []
+
+    def dies_at_the_second_evaluation(policies):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return evaluate(policies)
+
+    key = RunKey(tmp_path / "b", "dpo", 0)
+    with pytest.raises(KeyboardInterrupt):
+        run_dpo(key, reference, tiny_pairs[0], members, dies_at_the_second_evaluation)
+    assert list((tmp_path / "b").glob("*.ckpt")) and not list((tmp_path / "b").glob("*.csv"))
+    resumed = run_dpo(key, reference, tiny_pairs[0], members, evaluate)
+    pd.testing.assert_frame_equal(resumed, unbroken)
+    assert not list((tmp_path / "b").glob("*.ckpt"))
+
+
+def test_cached_model_trains_once_and_removes_its_checkpoint(tiny_model_cfg, tmp_path):
+    fits = []
+
+    def fit(model, checkpoint):
+        fits.append(checkpoint.path)
+        checkpoint.path.write_text("progress")
+        with torch.no_grad():
+            next(model.parameters()).add_(1.0)
+        return pd.DataFrame({"step": [0, 1]})
+
+    key = RunKey(tmp_path, "sft", 3, (tiny_model_cfg,))
+    first, curve = cached_model(key, lambda: build_model(tiny_model_cfg, 3), fit)
+    second, again = cached_model(key, lambda: build_model(tiny_model_cfg, 3), fit)
+    assert len(fits) == 1 and not fits[0].exists()
+    assert all(torch.equal(p, q) for p, q in zip(first.parameters(), second.parameters(), strict=True))
+    assert not torch.equal(next(first.parameters()), next(build_model(tiny_model_cfg, 3).parameters()))
+    pd.testing.assert_frame_equal(curve, again)
+    assert not any(p.requires_grad for p in second.parameters())
+
+
+def test_run_keys_hash_what_the_result_depends_on(tiny_data_cfg, tiny_model_cfg, tmp_path):
+    base = RunKey(tmp_path, "dpo", 0, (tiny_data_cfg, tiny_model_cfg))
+    assert base.stem == RunKey(tmp_path, "dpo", 0, (tiny_data_cfg, copy.deepcopy(tiny_model_cfg))).stem
+    assert base.stem != RunKey(tmp_path, "dpo", 1, (tiny_data_cfg, tiny_model_cfg)).stem
+    assert base.stem != RunKey(tmp_path, "dpo", 0, (tiny_data_cfg,)).stem
+    mask = np.array([1.0, 0.0, 0.0])
+    with_mask = RunKey(tmp_path, "dpo", 0, (tiny_data_cfg, tiny_model_cfg, mask)).stem
+    assert with_mask != base.stem
+    assert with_mask != RunKey(tmp_path, "dpo", 0, (tiny_data_cfg, tiny_model_cfg, mask[::-1].copy())).stem
+    assert array_hash(mask) == array_hash(torch.tensor(mask))
+    assert array_hash(mask) != array_hash(mask.astype(np.float32))
+    with pytest.raises(ValueError, match="seeds must be integers ≥ 0"):
+        RunKey(tmp_path, "dpo", -1)
+
+
+def test_members_validate_themselves():
+    with pytest.raises(TypeError, match="DPOConfig"):
+        Member(TrainConfig())
+    with pytest.raises(ValueError, match="sft_weight"):
+        Member(DPO, sft_weight=-1.0)
+    with pytest.raises(ValueError, match="at least one Member"):
+        run_dpo(RunKey("unused", "x", 0), None, None, [], None)
