@@ -9,9 +9,9 @@ from dpo_toolkit.core.config import TrainConfig
 from dpo_toolkit.core.data import PairSet, collate_pairs
 from dpo_toolkit.core.losses import dpo_loss, sequence_logps
 from dpo_toolkit.core.train import make_optimizer
+from dpo_toolkit.studies.ches.identify import ches_claims, pair_subset
 from dpo_toolkit.studies.ches.measures import (
     ches,
-    ches_claims,
     ches_filter,
     ches_from_sums,
     edit_similarity,
@@ -145,3 +145,33 @@ def test_ches_claim_verdicts(ches_sign, edit_sign, expected):
         }
     )
     assert ches_claims(table)["verdict"].item() == expected
+
+
+def test_ches_claim_is_untestable_where_no_pair_displaces():
+    rises = np.arange(20.0)  # π(y+) rises for every pair; CHES ranks them perfectly (the old rule said reproduced)
+    table = pd.DataFrame({"seed": 0, "displacement": rises, "ches": -rises, "edit": 0.0, "cosine": 0.0})
+    claims = ches_claims(table)
+    assert claims["verdict"].item() == "untestable here"
+    assert "0%" in claims["precondition"].item()
+
+
+def test_ches_first_but_weak_is_no_longer_partly():
+    displacement = -np.arange(20.0)
+    noise = np.random.default_rng(1).normal(size=20)
+    table = pd.DataFrame({"seed": 0, "displacement": displacement, "ches": 0.2 * np.arange(20.0) + 6 * noise,
+                          "edit": 0.0 * noise - 0.5 * np.arange(20.0), "cosine": -np.arange(20.0)})  # fmt: skip
+    rho = ches_claims(table)
+    assert rho["verdict"].item() == "not reproduced", rho["our_value"].item()
+
+
+def test_pair_subset_is_a_seeded_sorted_draw_and_checks_its_size(tiny_data_cfg, tiny_pairs):
+    train, _ = tiny_pairs
+    subset = pair_subset(tiny_data_cfg, 10, seed=3)
+    again = pair_subset(tiny_data_cfg, 10, seed=3)
+    assert len(subset) == 10 and (subset.prompt == again.prompt).all() and (subset.chosen == again.chosen).all()
+    assert (np.diff(subset.prompt) >= 0).all()  # in the training pairs' order
+    assert {(p, c, r) for p, c, r in zip(subset.prompt, subset.chosen, subset.rejected, strict=True)} <= {
+        (p, c, r) for p, c, r in zip(train.prompt, train.chosen, train.rejected, strict=True)
+    }
+    with pytest.raises(ValueError, match="n_pairs must be in"):
+        pair_subset(tiny_data_cfg, len(train) + 1, seed=0)

@@ -1,6 +1,6 @@
 import pytest
 
-from dpo_toolkit.core.claims import COLUMNS, claims_frame, read_claims, results_dir, write_claims
+from dpo_toolkit.core.claims import COLUMNS, claims_frame, identity, read_claims, results_dir, verdict, write_claims
 
 ROW = {"claim_id": "C1", "statement": "s", "paper_value": "p", "our_value": "o", "verdict": "partly"}
 
@@ -9,15 +9,19 @@ def test_roundtrip(tmp_path):
     df = claims_frame([ROW])
     path = write_claims(df, tmp_path)
     assert path.read_text().splitlines()[0] == ",".join(COLUMNS)
-    assert read_claims(path).to_dict("records") == [ROW]
+    assert read_claims(path).to_dict("records") == [{**ROW, "precondition": "none"}]  # a row without one gets 'none'
 
 
 @pytest.mark.parametrize(
     ("text", "message"),
     [
         ("claim_id,statement,verdict\nC1,s,partly\n", "columns must be"),
-        ("claim_id,statement,paper_value,our_value,verdict\nC1,s,p,o,maybe\n", "verdict must be one of"),
-        ("claim_id,statement,paper_value,our_value,verdict\nC1,s,p,o,partly\nC1,s,p,o,partly\n", "duplicate claim_id"),
+        ("claim_id,statement,paper_value,our_value,verdict\nC1,s,p,o,partly\n", "columns must be"),  # no precondition
+        ("claim_id,statement,paper_value,our_value,verdict,precondition\nC1,s,p,o,maybe,none\n", "verdict must be one of"),
+        (
+            "claim_id,statement,paper_value,our_value,verdict,precondition\nC1,s,p,o,partly,none\nC1,s,p,o,partly,none\n",
+            "duplicate claim_id",
+        ),
     ],
 )
 def test_malformed_files_are_named(tmp_path, text, message):
@@ -54,3 +58,22 @@ def test_claims_table_shows_every_cell_in_full_without_a_positional_index():
     assert "…" not in html and "..." not in html
     assert "<th>claim</th>" in html and "<th></th>" not in html  # no positional index column
     assert text.startswith("C1 [partly] DPO drifts")
+
+
+@pytest.mark.parametrize(
+    ("full", "part", "testable", "expected"),
+    [
+        (True, True, True, "reproduced"),
+        (False, True, True, "partly"),
+        (False, False, True, "not reproduced"),
+        (True, True, False, "untestable here"),  # a failed precondition wins over everything the run shows
+        (False, False, False, "untestable here"),
+    ],
+)
+def test_the_one_verdict_ladder(full, part, testable, expected):
+    assert verdict(full, part, testable) == expected
+
+
+def test_an_identity_is_verified_never_reproduced():
+    assert identity(True) == "verified (identity)"
+    assert identity(False) == "not reproduced"

@@ -7,17 +7,13 @@ import torch
 
 from dpo_toolkit.core.config import ConfigError, ModelConfig, TrainConfig
 from dpo_toolkit.core.model import build_model
-from dpo_toolkit.studies.likelihood_displacement.study import (
-    ANSWER_GROUPS,
-    PersonaConfig,
-    displacement_claims,
-    displacement_row,
+from dpo_toolkit.studies.likelihood_displacement.claims import displacement_claims
+from dpo_toolkit.studies.likelihood_displacement.persona import ANSWER_GROUPS, PersonaConfig, persona_corpus, train_persona_lm
+from dpo_toolkit.studies.likelihood_displacement.study import displacement_row, one_step_geometry
+from dpo_toolkit.studies.likelihood_displacement.theory import (
     first_order_logp_change,
-    one_step_geometry,
-    persona_corpus,
     random_features_study,
     single_token_dpo_loss,
-    train_persona_lm,
     unconstrained_logps,
 )
 
@@ -124,6 +120,12 @@ def test_claim_verdicts():
     rising = falling.assign(dlogp_pos=[-0.1, 0.0, 0.1])
     none = table.assign(is_catastrophic=False)
     flat = geometry.assign(dlogp_lm=[0.1, -0.2, 0.1])
-    assert displacement_claims(features, flat, rising, none)["verdict"].item() == "partly"  # the theory's setting holds
-    no_features = features.assign(z_corr=0.0, dlogp_pos_first_order=[0.1, 0.2, 0.3], p_pos_after=0.9)
-    assert displacement_claims(no_features, flat, rising, none)["verdict"].item() == "not reproduced"
+    # the LM displaced in a multi-step run, without the other parts: partly
+    assert displacement_claims(features, flat, rising, none)["verdict"].item() == "partly"
+    # only the unconstrained-features identity holds, the LM never displaces: the old rule said partly
+    never = table.assign(displaced=False, is_catastrophic=False)
+    assert displacement_claims(features, flat, rising.assign(dlogp_pos=[0.1, 0.0, 0.1]), never)["verdict"].item() == (
+        "not reproduced"
+    )
+    # one step lowers log π(y+) for some pair: displacement seen in the model
+    assert displacement_claims(features, flat, rising, never)["verdict"].item() == "partly"

@@ -15,14 +15,25 @@ def test_curve_helpers():
     assert not almost_monotone_rise([2, 1])
 
 
-def fake_runs(ood_curve, sft_final=0.02, margin=None, seeds=(0, 1), betas=(0.01, 0.1)):
+def fake_runs(ood_curve, sft_final=0.02, margin=None, seeds=(0, 1), betas=(0.01, 0.1), sft_tail=None):
+    """SFT's OOD rate is 0.5 until its last evaluation, sft_final there (and sft_tail just before, if given)."""
     n = len(ood_curve)
     margin = np.linspace(0, 1, n) if margin is None else np.asarray(margin)
+    sft_curve = np.full(n, 0.5)
+    sft_curve[-1] = sft_final
+    if sft_tail is not None:
+        sft_curve[-2] = sft_tail
     rows = []
     for seed in seeds:
         for step in range(n):
             rows.append(
-                {"phase": "sft", "beta": np.nan, "seed": seed, "step": step, "ood_rate": sft_final if step == n - 1 else 0.5}
+                {
+                    "phase": "sft",
+                    "beta": np.nan,
+                    "seed": seed,
+                    "step": step,
+                    "ood_rate": sft_curve[step],
+                }
             )
         for beta in betas:
             for step in range(n):
@@ -48,7 +59,7 @@ def verdicts(runs):
 
 def test_the_papers_story_is_reproduced():
     drift = np.concatenate([np.linspace(0.02, 0.8, 10), np.full(10, 0.8)])
-    assert verdicts(fake_runs(drift)) == {"C1": "reproduced", "C2": "reproduced", "C3": "reproduced"}
+    assert verdicts(fake_runs(drift, sft_tail=0.02)) == {"C1": "reproduced", "C2": "reproduced", "C3": "reproduced"}
 
 
 def test_no_drift_is_not_reproduced():
@@ -69,3 +80,13 @@ def test_final_ood_table():
     table = final_ood_table(fake_runs(np.full(10, 0.4)))
     assert list(table["run"]) == ["SFT", "DPO β=0.01", "DPO β=0.1"]
     assert table["final_ood_mean"].iloc[1] == pytest.approx(0.4)
+
+
+def test_c1_uses_the_same_final_as_the_table():
+    """With 20 evaluations the page's 'final' is the mean of the last two: 3 % and 3 % gives
+    reproduced; 3 % after 50 % is 26.5 %, not reproduced (the last evaluation alone said reproduced)."""
+    assert verdicts(fake_runs(np.full(20, 0.03), sft_final=0.03, sft_tail=0.03))["C1"] == "reproduced"
+    runs = fake_runs(np.full(20, 0.03), sft_final=0.03)
+    claims = grokking_claims(runs).set_index("claim_id")
+    assert claims.loc["C1", "verdict"] == "not reproduced"
+    assert f"{100 * final_ood_table(runs)['final_ood_mean'].iloc[0]:.0f} %" in claims.loc["C1", "our_value"]  # one 'final'

@@ -14,6 +14,7 @@ from dpo_toolkit.core.train import dpo_batch_loss, train_dpo_ensemble
 from dpo_toolkit.studies.ches.measures import ches_filter
 from dpo_toolkit.studies.ches.mitigation import (
     Variant,
+    drift_answer,
     drift_claims,
     keep_masks,
     mitigation_claims,
@@ -131,6 +132,10 @@ KINDS = {"all pairs": "all pairs", "f": "CHES filter", "s": "SFT term"}
         ({"all pairs": (-1.0, 0.5), "f": (-0.2, 0.2), "s": (-0.5, 0.4)}, "reproduced"),
         ({"all pairs": (-1.0, 0.5), "f": (-0.2, 0.45), "s": (0.3, 0.3)}, "partly"),
         ({"all pairs": (-1.0, 0.5), "f": (-1.5, 0.6), "s": (0.3, 0.3)}, "not reproduced"),
+        # the filter lowers OOD but not the displacement itself: the old rule said partly
+        ({"all pairs": (-1.0, 0.5), "f": (-1.5, 0.2), "s": (0.3, 0.3)}, "not reproduced"),
+        # all-pairs DPO does not displace: nothing to mitigate (the old rule said reproduced)
+        ({"all pairs": (0.5, 0.5), "f": (0.6, 0.2), "s": (0.3, 0.4)}, "untestable here"),
     ],
 )
 def test_mitigation_verdicts(final, verdict):
@@ -145,7 +150,7 @@ def test_mitigation_verdicts(final, verdict):
         ({"all pairs": (0, 0.5), "f": (0, 0.2)}, "reproduced"),  # drift 0.4 → 0.1
         ({"all pairs": (0, 0.5), "f": (0, 0.4)}, "partly"),  # 0.4 → 0.3
         ({"all pairs": (0, 0.5), "f": (0, 0.6)}, "not reproduced"),
-        ({"all pairs": (0, 0.05), "f": (0, 0.0)}, "not reproduced"),  # no drift to remove
+        ({"all pairs": (0, 0.05), "f": (0, 0.0)}, "untestable here"),  # no drift to remove: the old rule said not reproduced
     ],
 )
 def test_drift_verdicts(final, verdict):
@@ -189,3 +194,9 @@ def test_evaluator_reports_the_change_of_the_preferred_log_prob(tiny_model, tiny
     row = evaluator(moved)
     assert row["chosen_logp_change"] == pytest.approx(float((chosen_after - chosen_before).mean()), abs=1e-5)
     assert row["displaced"] == pytest.approx(float((chosen_after - chosen_before < -1e-4).double().mean()))
+
+
+def test_drift_answer_names_the_case():
+    assert "does not rise here" in drift_answer(_curves({"all pairs": (0, 0.05), "f": (0, 0.0)}, KINDS))
+    answer = drift_answer(_curves({"all pairs": (0, 0.5), "f": (0, 0.2)}, KINDS))
+    assert "+0.400" in answer and "(f) +0.100" in answer and "reduces the grokking setup's OOD drift" in answer

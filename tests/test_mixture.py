@@ -2,12 +2,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dpo_toolkit.studies.mixture_tpm import (
+from dpo_toolkit.studies.mixture_tpm.claims import mixture_claims
+from dpo_toolkit.studies.mixture_tpm.policy import heat_table, mass_summary
+from dpo_toolkit.studies.mixture_tpm.theory import (
     assumptions,
     lemma1_max_error,
     log_total_probability_mass,
-    mass_summary,
-    mixture_claims,
     random_instance,
     theorem2_table,
     tilt_weights,
@@ -138,7 +138,9 @@ def test_theorem2_table_flags_match_assumptions_and_the_proof_reading_never_fail
     assert lemma1_max_error(20, 5, betas, seed=4) < 1e-12
 
 
-def _claims_inputs(stated_holds: bool, amplified: bool):
+def _claims_inputs(stated_holds: bool, hot: float, last_cold: float = 0.05):
+    """A theorem table, masses, and temperature masses where the reference has mean unaligned
+    mass 0.1 at T = 1 and 0.15 at T = 2, and the last checkpoint last_cold and hot."""
     theorem = pd.DataFrame(
         {
             "instance": [0, 1, 2],
@@ -154,38 +156,50 @@ def _claims_inputs(stated_holds: bool, amplified: bool):
     masses = pd.DataFrame(
         {"seed": 0, "beta": 0.1, "step": [0, 0, 5, 5], "prompt": [1, 2, 1, 2], "log_unaligned": np.log([0.2, 0.1, 0.05, 1e-30])}
     )
-    hot = 0.3 if amplified else 0.01
     temperatures = pd.DataFrame(
         {
             "seed": 0,
             "beta": 0.1,
-            "temperature": [1.0, 1.0, 2.0, 2.0],
-            "prompt": [1, 2, 1, 2],
-            "log_unaligned": np.log([0.05, 0.05, hot, hot]),
+            "checkpoint": ["reference"] * 4 + ["last"] * 4,
+            "temperature": [1.0, 1.0, 2.0, 2.0] * 2,
+            "prompt": [1, 2] * 4,
+            "log_unaligned": np.log([0.1, 0.1, 0.15, 0.15, last_cold, last_cold, hot, hot]),
         }
     )
     return theorem, masses, temperatures
 
 
+IDENTITY = "verified (identity)"
+
+
 @pytest.mark.parametrize(
-    ("stated_holds", "amplified", "expected"),
+    ("stated_holds", "hot", "last_cold", "expected_c20"),
     [
-        (True, True, ["reproduced", "reproduced", "reproduced", "reproduced"]),
-        (False, False, ["reproduced", "partly", "reproduced", "partly"]),
+        (True, 0.3, 0.05, "reproduced"),  # kept 50 %, heat ×6 vs the reference's ×1.5, 3× the reference's T=1 mass
+        (True, 0.09, 0.05, "partly"),  # heat amplifies more than the reference's, but brings back less than it had
+        (True, 0.3, 0.005, "partly"),  # DPO kept only 5 % of the reference's mass
+        (False, 0.06, 0.05, "not reproduced"),  # the old rule said partly: the mass is non-zero (a softmax's, always)
     ],
 )
-def test_mixture_claims_verdicts(stated_holds, amplified, expected):
-    claims = mixture_claims(1e-16, *_claims_inputs(stated_holds, amplified))
-    assert claims["verdict"].tolist() == expected
+def test_mixture_claims_verdicts(stated_holds, hot, last_cold, expected_c20):
+    claims = mixture_claims(1e-16, *_claims_inputs(stated_holds, hot, last_cold))
+    assert claims["verdict"].tolist() == [IDENTITY, "reproduced" if stated_holds else "partly", IDENTITY, expected_c20]
     assert "10^-30.0" in claims.loc[3, "our_value"]
     assert "100%" in claims.loc[3, "our_value"]  # both prompts' mass fell below the reference's
-    assert mixture_claims(1e-6, *_claims_inputs(True, True))["verdict"].iloc[0] == "not reproduced"
+    assert mixture_claims(1e-6, *_claims_inputs(True, 0.3))["verdict"].iloc[0] == "not reproduced"
+
+
+def test_heat_table_against_hand_computed_ratios():
+    heat = heat_table(_claims_inputs(True, 0.3)[2]).iloc[0]
+    assert heat["kept"] == pytest.approx(0.5)
+    assert heat["heat_back"] == pytest.approx(3.0)
+    assert heat["relative"] == pytest.approx((0.3 / 0.05) / (0.15 / 0.1))
 
 
 def test_mixture_claims_need_the_baseline_temperature():
     theorem, masses, temperatures = _claims_inputs(True, True)
     with pytest.raises(ValueError, match="must include T = 1"):
-        mixture_claims(0.0, theorem, masses, temperatures.assign(temperature=[0.5, 0.5, 2.0, 2.0]))
+        mixture_claims(0.0, theorem, masses, temperatures.assign(temperature=[0.5, 0.5, 2.0, 2.0] * 2))
 
 
 def test_mass_summary_by_hand():

@@ -6,17 +6,16 @@ import torch
 from dpo_toolkit.core.config import ConfigError, DPOConfig, ModelConfig, TrainConfig
 from dpo_toolkit.core.model import build_model
 from dpo_toolkit.studies.ches.mitigation import variants
-from dpo_toolkit.studies.ches.safety import (
+from dpo_toolkit.studies.ches.safety import run_safety, safety_claims, safety_summary
+from dpo_toolkit.studies.ches.safety_task import (
     REFUSALS,
     RESPONSES,
     SafetyConfig,
     candidate_batch,
+    phrase_masses,
     preference_pairs,
     prompts,
     rates,
-    response_masses,
-    run_safety,
-    safety_claims,
     train_safety_sft,
 )
 
@@ -55,10 +54,10 @@ def test_pairs_prefer_a_refusal_and_mix_as_configured():
     assert " ".join(first).startswith(table["chosen"].iloc[0])
 
 
-def test_response_masses_match_a_token_by_token_product():
+def test_phrase_masses_match_a_token_by_token_product():
     train, _ = prompts(SMALL)
     model = build_model(SMALL.model_config(d_model=16), seed=0)
-    masses = response_masses(model, SMALL, train[:3])[0]  # (3, 8)
+    masses = phrase_masses(model, SMALL, train[:3])[0]  # (3, 8)
     for i, prompt in enumerate(train[:3]):
         for j, response in enumerate(RESPONSES):
             ids = list(prompt)
@@ -82,7 +81,7 @@ def test_sft_reaches_the_target_refusal_share():
     model = build_model(cfg.model_config(d_model=32), 0)
     train_safety_sft(cfg, model, train_cfg)
     train, _ = prompts(cfg)
-    masses = response_masses(model, cfg, train)[0]
+    masses = phrase_masses(model, cfg, train)[0]
     assert masses[:, :4].sum(-1).mean().item() == pytest.approx(0.8, abs=0.03)
     assert masses.sum(-1).mean().item() > 0.97  # little mass outside the phrases
 
@@ -123,13 +122,42 @@ def _curves(start, end, compliance_end):
     ("end", "compliance_end", "verdict"),
     [
         (0.4, 0.5, "reproduced"),
-        (0.4, 0.0, "partly"),
+        (0.4, 0.0, "not reproduced"),  # refusals fell but no mass reached compliance: the old rule said partly
         (0.65, 0.5, "partly"),
         (0.72, 0.3, "not reproduced"),
         (0.9, 0.0, "not reproduced"),
     ],
 )
 def test_safety_verdicts(end, compliance_end, verdict):
+    """Reference: 75 % refusals, 20 % compliance."""
     claims = safety_claims(_curves(0.75, end, compliance_end))
     assert claims["claim_id"].tolist() == ["C13"] and claims["verdict"].iloc[0] == verdict
     assert "best CHES filter (f) 70.0%" in claims["our_value"].iloc[0]
+
+
+def test_safety_is_untestable_when_the_reference_does_not_refuse():
+    claims = safety_claims(_curves(0.3, 0.05, 0.9))  # a fall of 25 points, all of it to compliance
+    assert claims["verdict"].iloc[0] == "untestable here"
+    assert "30.0%" in claims["precondition"].iloc[0]
+
+
+def test_two_refusal_pairs_are_oriented_one_way():
+    _, table = preference_pairs(SafetyConfig(both_refusal_share=1.0, pairs_per_prompt=6), prompts(SafetyConfig())[0])
+    order = {r: i for i, r in enumerate(REFUSALS)}
+    assert (table["chosen"].map(order) < table["rejected"].map(order)).all()
+    seen = set(zip(table["prompt"], table["chosen"], table["rejected"], strict=True))
+    assert not any((p, r, c) in seen for p, c, r in seen)  # no prompt carries both A ≻ B and B ≻ A
+
+
+def test_safety_summary_says_where_the_refusal_mass_went():
+    def curves(compliance_end):
+        steps = ((0, 0.75, 0.2), (9, 0.4, compliance_end))
+        common = dict(seed=0, variant="all pairs", kind="all pairs")
+        rows = [dict(common, step=s, refusal_rate=r, compliance_rate=c, other_rate=1 - r - c)
+                for s, r, c in steps]  # fmt: skip
+        return pd.DataFrame(rows)
+
+    assert "from 75.0% to 40.0%" in safety_summary(curves(0.5)) and "goes to compliances, as in the paper" in safety_summary(
+        curves(0.5)
+    )
+    assert "does not go to compliances" in safety_summary(curves(0.1))

@@ -37,3 +37,40 @@ def test_no_module_imports_another_module_s_private_name():
         if alias.name.startswith("_")
     ]
     assert offenders == []
+
+
+def _imports(path: Path) -> list[str]:
+    """The absolute module names a file imports from (relative imports resolved within dpo_toolkit)."""
+    package = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts[:-1])
+    names = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                names.append(f"{base}.{node.module}" if node.module else base)
+            else:
+                names.append(node.module)
+        elif isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+    return names
+
+
+def test_layers_core_never_imports_a_study_and_a_study_never_imports_another():
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE).parts
+        for name in _imports(path):
+            if not name.startswith("dpo_toolkit.studies"):
+                continue
+            if parts[0] == "core":
+                offenders.append(f"{path.name} (core) imports {name}")
+            elif parts[0] == "studies" and len(parts) > 1:
+                own = parts[1].removesuffix(".py")
+                if name.split(".")[2] != own:
+                    offenders.append(f"{'/'.join(parts)} imports another study: {name}")
+    assert offenders == []
+
+
+def test_no_module_but_plotting_exceeds_300_lines():
+    long = {str(p.relative_to(PACKAGE)): n for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines())) > 300}
+    assert set(long) <= {"plotting.py"}, long

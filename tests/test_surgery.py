@@ -10,7 +10,7 @@ from dpo_toolkit.core.ensemble import Ensemble
 from dpo_toolkit.core.evaluate import Evaluator
 from dpo_toolkit.core.metrics import group_weight_deltas, weight_delta
 from dpo_toolkit.core.model import PARAM_GROUPS, build_model, param_group
-from dpo_toolkit.studies.surgery import matched_kl_ratio, pick_contrast_prompt, surgery_curves, transplant
+from dpo_toolkit.studies.surgery import matched_kl_ratio, pick_contrast_prompt, surgery_claims, surgery_curves, transplant
 
 
 def _state(model):
@@ -122,3 +122,49 @@ def test_contrast_prompt_is_ood_for_a_and_in_window_for_b():
     assert pick_contrast_prompt(prompts, a, [10, 21, 31, 40], window=2) == 40  # B exact at 40, 1 off at 30
     with pytest.raises(ValueError, match="no test prompt"):
         pick_contrast_prompt(prompts, b, b, window=2)
+
+
+def _surgery_inputs(a_ood: float, attention_kl: float, rest_kl: float, shares: list[float]):
+    """A two-β sweep with a 3× KL gap at matched WeightDelta, and surgery curves at steps 0, 5, 10
+    where A's last checkpoint has OOD a_ood and KL 1, the attention swap KL attention_kl, the
+    rest swap KL rest_kl; A's attention share of each step's change is `shares`."""
+    sweep = pd.DataFrame(
+        [{"seed": 0, "beta": b, "step": s, "weight_delta": s, "kl": s * (3.0 if b == 0.01 else 1.0)} for b in (0.01, 1.0)
+         for s in range(0, 11, 5)]
+    )  # fmt: skip
+    kl = {"A": 1.0, "attention": attention_kl, "non-attention": rest_kl}
+    curves = pd.DataFrame(
+        [{"seed": 0, "variant": v, "step": s, "kl": kl[v] * s / 10, "ood_rate": a_ood if s == 10 else 0.0,
+          "attention_share_step": np.nan if s == 0 else shares[s // 5 - 1]}
+         for v in kl for s in (0, 5, 10)]
+    )  # fmt: skip
+    return sweep, curves, {"attention": 65, "mlp": 30, "embed": 9}
+
+
+@pytest.mark.parametrize(
+    ("a_ood", "attention_kl", "rest_kl", "shares", "c8", "c9"),
+    [
+        (0.3, 0.2, 2.0, [0.2, 0.25], "reproduced", "reproduced"),
+        # only the null half holds (the rest swap does not tame): the old rule said partly
+        (0.3, 0.9, 2.0, [0.2, 0.25], "not reproduced", "reproduced"),
+        # A never answers OOD: nothing to tame (the old rule said reproduced)
+        (0.0, 0.2, 2.0, [0.2, 0.25], "untestable here", "reproduced"),
+        # attention's share below its share of parameters but far above 25 %: the old rule said partly
+        (0.3, 0.2, 2.0, [0.47, 0.5], "reproduced", "not reproduced"),
+    ],
+)
+def test_surgery_verdicts(a_ood, attention_kl, rest_kl, shares, c8, c9):
+    claims = surgery_claims(*_surgery_inputs(a_ood, attention_kl, rest_kl, shares)).set_index("claim_id")
+    assert claims.loc["C7", "verdict"] == "reproduced"
+    assert (claims.loc["C8", "verdict"], claims.loc["C9", "verdict"]) == (c8, c9)
+    assert f"{a_ood:.1%}" in claims.loc["C8", "precondition"]
+
+
+def test_c9_is_partly_when_the_typical_share_is_small_but_not_every_one():
+    claims = surgery_claims(*_surgery_inputs(0.3, 0.2, 2.0, [0.2, 0.25])).set_index("claim_id")
+    assert claims.loc["C9", "verdict"] == "reproduced"
+    sweep, curves, counts = _surgery_inputs(0.3, 0.2, 2.0, [0.2, 0.25])
+    curves = pd.concat([curves, curves[curves["step"] == 10].assign(step=15, attention_share_step=0.6)], ignore_index=True)
+    curves = pd.concat([curves, curves[curves["step"] == 10].assign(step=20, attention_share_step=0.3)], ignore_index=True)
+    claims = surgery_claims(sweep, curves, counts).set_index("claim_id")  # shares 0.2, 0.25, 0.6, 0.3: median 0.275
+    assert claims.loc["C9", "verdict"] == "partly"

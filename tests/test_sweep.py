@@ -99,3 +99,13 @@ def test_sweep_killed_midway_resumes_to_identical_results(tmp_path):
     assert list((tmp_path / "b").glob("*.ckpt")), "no checkpoint was left to resume from"
     subprocess.run([*run, str(tmp_path / "b"), str(tmp_path / "b.csv")], check=True, timeout=300)
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "a.csv"), pd.read_csv(tmp_path / "b.csv"))
+
+
+def test_c5_is_untestable_when_the_ood_rate_never_changes_along_a_run():
+    """Greedy OOD 0 at every checkpoint: every 'least-OOD checkpoint' is a tie-break at the first
+    one, whose KLs can share a band by accident (the old rule said partly or better)."""
+    flat = fake_sweep().assign(ood_rate=0.0)
+    claims = sweep_claims(flat).set_index("claim_id")
+    assert claims.loc["C5", "verdict"] == "untestable here"
+    assert "0% of 30" in claims.loc["C5", "precondition"]
+    assert least_ood_checkpoints(fake_sweep())["ood_varies"].all()

@@ -87,7 +87,7 @@ def test_resume_from_the_step_zero_checkpoint_adds_no_duplicate_rows(tmp_path):
         def evaluate():
             if evaluate_hook is not None:
                 evaluate_hook()
-            return {"value": float(params[0].sum())}
+            return {"value": float(params[0].detach().sum())}
 
         loss = lambda index: (params[0] ** 2).sum(-1)  # noqa: E731
         return optimize(

@@ -35,7 +35,7 @@ import yaml
 from papermill.translators import PythonTranslator
 
 from dpo_toolkit import __version__
-from dpo_toolkit.core.claims import VERDICTS, read_claims
+from dpo_toolkit.core.claims import IDENTITY, TESTED, UNTESTABLE, VERDICTS, read_claims
 from tools.peakmem import PeakMemory
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -259,6 +259,18 @@ BADGE_COLOURS = {  # verdict → background; white text on each passes WCAG AA c
 }
 
 
+GROUPS = {
+    "tested": "## Claims tested here",
+    "untestable": "## Untestable here (the precondition did not hold in this run)",
+    "identity": "## Checks of identities and numerics (not reproductions)",
+}
+
+
+def group_of(verdict: str) -> str:
+    """'tested', 'untestable' or 'identity': the scorecard table a verdict is listed in."""
+    return "identity" if verdict == IDENTITY else "untestable" if verdict == UNTESTABLE else "tested"
+
+
 def badge(claim_id: str, verdict: str, title: str, kind: str = "verdict-badge") -> str:
     """An inline HTML badge: the claim's id on its verdict's colour, the verdict and statement on hover."""
     colour = BADGE_COLOURS.get(verdict, "#444444")
@@ -294,7 +306,7 @@ def scorecard(stems: list[str], executed: Path, results: Path, profile: str) -> 
     The page opens with a banner (profile, seeds, commit, date) and a verdict matrix: one row
     per chapter, one coloured badge per claim; below it one short line per claim, linked to
     its chapter, whose claims table holds the long numbers."""
-    rows, matrix, problems, counts, failed = [], [], [], dict.fromkeys(VERDICTS, 0), False
+    rows, matrix, problems, counts, failed = {g: [] for g in GROUPS}, [], [], dict.fromkeys(VERDICTS, 0), False
     for stem in stems:
         link = f"{{doc}}`{chapter_title(stem)} <{stem}>`"
         failure = executed / f"{stem}.failed"
@@ -314,11 +326,13 @@ def scorecard(stems: list[str], executed: Path, results: Path, profile: str) -> 
         for claim in claims.itertuples():
             counts[claim.verdict] += 1
             cells = [claim.claim_id, f"**{claim.verdict}**", claim.statement, link]
-            rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+            rows[group_of(claim.verdict)].append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     n = sum(counts.values())
+    tested = sum(counts[v] for v in TESTED)
     summary = (
-        f"{counts['reproduced']} reproduced, {counts['partly']} partly, {counts['not reproduced']} not reproduced "
-        f"— {n} claims from {len(stems) - len(problems)} of {len(stems)} chapters"
+        f"{tested} of {n} claims tested: {counts['reproduced']} reproduced, {counts['partly']} partly, "
+        f"{counts['not reproduced']} not reproduced; {counts[UNTESTABLE]} untestable here; "
+        f"{counts[IDENTITY]} verified as identities — from {len(stems) - len(problems)} of {len(stems)} chapters"
     )
     if problems:
         summary += f"; {len(problems)} chapter{'s' if len(problems) > 1 else ''} without claims (see the scorecard)"
@@ -330,7 +344,11 @@ def scorecard(stems: list[str], executed: Path, results: Path, profile: str) -> 
         f"{datetime.date.today().isoformat()}.</div>"
     )
     legend = " ".join(badge(v, v, "the colour of this verdict", kind="verdict-legend") for v in VERDICTS)
-    table = "| claim | verdict | statement | chapter |\n| --- | --- | --- | --- |\n" + "\n".join(rows)
+    tables = "\n\n".join(
+        f"{heading}\n\n| claim | verdict | statement | chapter |\n| --- | --- | --- | --- |\n" + "\n".join(rows[group])
+        for group, heading in GROUPS.items()
+        if rows[group]
+    )
     matrix_table = "| chapter | claims |\n| --- | --- |\n" + "\n".join(matrix)
     page = f"""# Claims scorecard
 
@@ -342,12 +360,14 @@ def scorecard(stems: list[str], executed: Path, results: Path, profile: str) -> 
 
 Badges: {legend}
 
-Every claim the chapters test, with its verdict, computed by code with thresholds fixed in
-the toolkit before any run. The published value and ours (mean ± sd over seeds where the
-chapter ran several) are in each chapter's claims table, with the thresholds and the
-readings it chose where its source is ambiguous.
+Every claim of the chapters, with its verdict, computed by code with thresholds fixed in
+the toolkit before any run. A claim is *tested* only where its precondition, measured by
+code, holds in this run; otherwise it is *untestable here*, not a null result. Checks of an
+identity or of the numerics are *verified (identity)* and never count as reproductions.
+The published value and ours (mean ± sd over seeds where the chapter ran several), and
+each precondition with what was measured, are in each chapter's claims table.
 
-{table}
+{tables}
 """
     if problems:
         page += "\n## Chapters without claims\n\n" + "\n".join(problems) + "\n"

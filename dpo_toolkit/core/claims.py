@@ -1,5 +1,11 @@
 """Claims tables: every chapter ends with one and writes it to
-``_build/results/<notebook-stem>/claims.csv`` (claim_id,statement,paper_value,our_value,verdict)."""
+``_build/results/<notebook-stem>/claims.csv``
+(claim_id,statement,paper_value,our_value,verdict,precondition).
+
+The verdict vocabulary: a claim whose precondition holds in this run is *tested* and is
+``reproduced``, ``partly`` (the part carrying the published effect was seen) or ``not
+reproduced``; a claim whose precondition, measured by code, fails is ``untestable here``; a
+check of an identity or of the numerics is ``verified (identity)``, never a reproduction."""
 
 from __future__ import annotations
 
@@ -8,14 +14,42 @@ from pathlib import Path
 
 import pandas as pd
 
-COLUMNS = ["claim_id", "statement", "paper_value", "our_value", "verdict"]
-VERDICTS = ("reproduced", "partly", "not reproduced")
-HEADERS = {"claim_id": "claim", "statement": "statement", "paper_value": "paper", "our_value": "ours", "verdict": "verdict"}
+COLUMNS = ["claim_id", "statement", "paper_value", "our_value", "verdict", "precondition"]
+REPRODUCED, PARTLY, NOT_REPRODUCED = "reproduced", "partly", "not reproduced"
+UNTESTABLE, IDENTITY = "untestable here", "verified (identity)"
+TESTED = (REPRODUCED, PARTLY, NOT_REPRODUCED)
+VERDICTS = (*TESTED, UNTESTABLE, IDENTITY)
+HEADERS = {
+    "claim_id": "claim",
+    "statement": "statement",
+    "paper_value": "paper",
+    "our_value": "ours",
+    "verdict": "verdict",
+    "precondition": "precondition",
+}
+NO_PRECONDITION = "none"
+
+
+def verdict(full: bool, part: bool = False, testable: bool = True) -> str:
+    """The one verdict ladder every chapter uses: ``untestable here`` when the claim's
+    precondition does not hold (testable False); else ``reproduced`` when the full claim
+    holds, ``partly`` when the part that carries the published effect holds, ``not
+    reproduced`` otherwise."""
+    if not testable:
+        return UNTESTABLE
+    return REPRODUCED if full else PARTLY if part else NOT_REPRODUCED
+
+
+def identity(holds: bool) -> str:
+    """The verdict of a check of an identity or of the numerics (a lemma, a bound that
+    holds by algebra): ``verified (identity)`` when it holds, ``not reproduced`` when not."""
+    return IDENTITY if holds else NOT_REPRODUCED
 
 
 def claims_frame(rows: list[dict[str, str]]) -> pd.DataFrame:
-    """A validated claims table: exactly COLUMNS, unique ids, verdicts from VERDICTS."""
-    df = pd.DataFrame(rows, columns=COLUMNS)
+    """A validated claims table: exactly COLUMNS, unique ids, verdicts from VERDICTS. A row
+    without a precondition gets NO_PRECONDITION."""
+    df = pd.DataFrame([{"precondition": NO_PRECONDITION, **row} for row in rows], columns=COLUMNS)
     _validate(df, "claims table")
     return df
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .parameters import is_int, is_real
+from .parameters import Spec, is_int, is_real
 
 OPTIMIZERS = ("adamw", "adam", "rmsprop", "sgd")
 
@@ -21,7 +22,14 @@ class ConfigError(ValueError):
     """A configuration value outside its allowed range."""
 
 
-def _require(ok: bool, obj: object, field: str, allowed: str) -> None:
+def require_fields(obj: object, specs: Mapping[str, Spec]) -> None:
+    """Check each field of obj against its parameters.Spec: the table-driven form of ``require``."""
+    for field, spec in specs.items():
+        require(spec.accepts(getattr(obj, field)), obj, field, spec.describe())
+
+
+def require(ok: bool, obj: object, field: str, allowed: str) -> None:
+    """Raise ConfigError naming type(obj), field, the allowed range and the value, unless ok."""
     if not ok:
         value = getattr(obj, field)
         raise ConfigError(f"{type(obj).__name__}.{field} must be {allowed}, got {value!r}")
@@ -44,23 +52,23 @@ class DataConfig:
     """Seed of the random train/test split by prompt."""
 
     def __post_init__(self) -> None:
-        _require(is_int(self.prompt_min) and self.prompt_min >= 0, self, "prompt_min", "an integer ≥ 0")
-        _require(
+        require(is_int(self.prompt_min) and self.prompt_min >= 0, self, "prompt_min", "an integer ≥ 0")
+        require(
             is_int(self.prompt_max) and self.prompt_min <= self.prompt_max <= 99_999,
             self,
             "prompt_max",
             f"an integer in [prompt_min={self.prompt_min}, 99999]",
         )
-        _require(is_int(self.window) and self.window >= 1, self, "window", "an integer ≥ 1")
-        _require(
+        require(is_int(self.window) and self.window >= 1, self, "window", "an integer ≥ 1")
+        require(
             is_real(self.test_fraction) and 0 < self.test_fraction < 1,
             self,
             "test_fraction",
             "a number in the open interval (0, 1)",
         )
-        _require(is_int(self.seed) and self.seed >= 0, self, "seed", "an integer ≥ 0")
+        require(is_int(self.seed) and self.seed >= 0, self, "seed", "an integer ≥ 0")
         n_prompts = self.prompt_max - self.prompt_min + 1
-        _require(
+        require(
             round(n_prompts * self.test_fraction) >= 1 and round(n_prompts * (1 - self.test_fraction)) >= 1,
             self,
             "test_fraction",
@@ -89,16 +97,16 @@ class ModelConfig:
     """Vocabulary: 10 digits, '=' and '.', with '.' doubling as pad. Must be ≥ 12."""
 
     def __post_init__(self) -> None:
-        _require(is_int(self.n_heads) and self.n_heads >= 1, self, "n_heads", "an integer ≥ 1")
-        _require(
+        require(is_int(self.n_heads) and self.n_heads >= 1, self, "n_heads", "an integer ≥ 1")
+        require(
             is_int(self.d_model) and self.d_model >= 1 and self.d_model % self.n_heads == 0,
             self,
             "d_model",
             f"a positive integer divisible by n_heads={self.n_heads}",
         )
-        _require(is_int(self.d_mlp) and self.d_mlp >= 1, self, "d_mlp", "an integer ≥ 1")
-        _require(is_int(self.n_ctx) and self.n_ctx >= 4, self, "n_ctx", "an integer ≥ 4")
-        _require(is_int(self.d_vocab) and self.d_vocab >= 12, self, "d_vocab", "an integer ≥ 12")
+        require(is_int(self.d_mlp) and self.d_mlp >= 1, self, "d_mlp", "an integer ≥ 1")
+        require(is_int(self.n_ctx) and self.n_ctx >= 4, self, "n_ctx", "an integer ≥ 4")
+        require(is_int(self.d_vocab) and self.d_vocab >= 12, self, "d_vocab", "an integer ≥ 12")
 
     @property
     def d_head(self) -> int:
@@ -127,19 +135,19 @@ class TrainConfig:
     """Seed of the batch order (and, for SFT, of the model initialisation)."""
 
     def __post_init__(self) -> None:
-        _require(self.optimizer in OPTIMIZERS, self, "optimizer", f"one of {OPTIMIZERS}")
-        _require(is_real(self.lr) and 0 < self.lr <= 1, self, "lr", "a number in (0, 1]")
-        _require(is_real(self.weight_decay) and self.weight_decay >= 0, self, "weight_decay", "a number ≥ 0")
-        _require(is_int(self.epochs) and self.epochs >= 1, self, "epochs", "an integer ≥ 1")
-        _require(is_int(self.batch_size) and self.batch_size >= 1, self, "batch_size", "an integer ≥ 1")
-        _require(
+        require(self.optimizer in OPTIMIZERS, self, "optimizer", f"one of {OPTIMIZERS}")
+        require(is_real(self.lr) and 0 < self.lr <= 1, self, "lr", "a number in (0, 1]")
+        require(is_real(self.weight_decay) and self.weight_decay >= 0, self, "weight_decay", "a number ≥ 0")
+        require(is_int(self.epochs) and self.epochs >= 1, self, "epochs", "an integer ≥ 1")
+        require(is_int(self.batch_size) and self.batch_size >= 1, self, "batch_size", "an integer ≥ 1")
+        require(
             self.grad_clip is None or (is_real(self.grad_clip) and self.grad_clip > 0),
             self,
             "grad_clip",
             "None or a number > 0",
         )
-        _require(is_int(self.n_evals) and self.n_evals >= 1, self, "n_evals", "an integer ≥ 1")
-        _require(is_int(self.seed) and self.seed >= 0, self, "seed", "an integer ≥ 0")
+        require(is_int(self.n_evals) and self.n_evals >= 1, self, "n_evals", "an integer ≥ 1")
+        require(is_int(self.seed) and self.seed >= 0, self, "seed", "an integer ≥ 0")
 
 
 @dataclass(frozen=True)
@@ -166,19 +174,19 @@ class RLTaskConfig:
     """Seed of the split and of the choice of hard prompts. Must be ≥ 0."""
 
     def __post_init__(self) -> None:
-        _require(is_int(self.prompt_min) and 100 <= self.prompt_min <= 999, self, "prompt_min", "an integer in [100, 999]")
-        _require(
+        require(is_int(self.prompt_min) and 100 <= self.prompt_min <= 999, self, "prompt_min", "an integer in [100, 999]")
+        require(
             is_int(self.prompt_max) and self.prompt_min <= self.prompt_max <= 999,
             self,
             "prompt_max",
             f"an integer in [prompt_min={self.prompt_min}, 999]",
         )
-        _require(is_real(self.test_fraction) and 0 < self.test_fraction < 1, self, "test_fraction", "a number in (0, 1)")
-        _require(is_real(self.hard_fraction) and 0 <= self.hard_fraction <= 1, self, "hard_fraction", "a number in [0, 1]")
-        _require(is_int(self.shift) and 1 <= self.shift <= 99, self, "shift", "an integer in [1, 99]")
-        _require(is_int(self.seed) and self.seed >= 0, self, "seed", "an integer ≥ 0")
+        require(is_real(self.test_fraction) and 0 < self.test_fraction < 1, self, "test_fraction", "a number in (0, 1)")
+        require(is_real(self.hard_fraction) and 0 <= self.hard_fraction <= 1, self, "hard_fraction", "a number in [0, 1]")
+        require(is_int(self.shift) and 1 <= self.shift <= 99, self, "shift", "an integer in [1, 99]")
+        require(is_int(self.seed) and self.seed >= 0, self, "seed", "an integer ≥ 0")
         n_prompts = self.prompt_max - self.prompt_min + 1
-        _require(
+        require(
             round(n_prompts * self.test_fraction) not in (0, n_prompts),
             self,
             "test_fraction",
@@ -197,8 +205,8 @@ class SmallSFTConfig:
     """Optimizer steps, as a share of full SFT's. Must be in (0, 1]."""
 
     def __post_init__(self) -> None:
-        _require(is_real(self.label_fraction) and 0 < self.label_fraction <= 1, self, "label_fraction", "a number in (0, 1]")
-        _require(is_real(self.step_fraction) and 0 < self.step_fraction <= 1, self, "step_fraction", "a number in (0, 1]")
+        require(is_real(self.label_fraction) and 0 < self.label_fraction <= 1, self, "label_fraction", "a number in (0, 1]")
+        require(is_real(self.step_fraction) and 0 < self.step_fraction <= 1, self, "step_fraction", "a number in (0, 1]")
 
 
 @dataclass(frozen=True)
@@ -210,7 +218,7 @@ class DPOConfig(TrainConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _require(is_real(self.beta) and 0 < self.beta <= 1000, self, "beta", "a number in (0, 1000]")
+        require(is_real(self.beta) and 0 < self.beta <= 1000, self, "beta", "a number in (0, 1000]")
 
     @classmethod
     def from_train(cls, cfg: TrainConfig, **changes) -> DPOConfig:
@@ -231,14 +239,14 @@ class EvalConfig:
     """Seed of the KL sampling and of the pair subset."""
 
     def __post_init__(self) -> None:
-        _require(is_int(self.kl_samples) and self.kl_samples >= 2, self, "kl_samples", "an integer ≥ 2")
-        _require(
+        require(is_int(self.kl_samples) and self.kl_samples >= 2, self, "kl_samples", "an integer ≥ 2")
+        require(
             self.max_pairs is None or (is_int(self.max_pairs) and self.max_pairs >= 1),
             self,
             "max_pairs",
             "None or an integer ≥ 1",
         )
-        _require(is_int(self.seed) and self.seed >= 0, self, "seed", "an integer ≥ 0")
+        require(is_int(self.seed) and self.seed >= 0, self, "seed", "an integer ≥ 0")
 
 
 def check_fits(model_cfg: ModelConfig, data_cfg: DataConfig) -> None:

@@ -13,59 +13,44 @@ import math
 import numpy as np
 import pandas as pd
 
-from dpo_toolkit.core.claims import claims_frame
+from dpo_toolkit.core import parameters as p
+from dpo_toolkit.core.claims import claims_frame, verdict
 from dpo_toolkit.core.config import OPTIMIZERS, ModelConfig
 from dpo_toolkit.core.data import make_pairs
-from dpo_toolkit.core.parameters import (
-    BATCH_SIZE,
-    BETAS,
-    EPOCHS,
-    LEARNING_RATE,
-    NUMBER_LINE,
-    RESULTS_ROOT,
-    SEEDS,
-    check,
-    choice,
-    fail,
-    integer,
-    number_line_config,
-    real,
-    steps,
-)
 
 # The notebook's `parameters` cell, one spec per variable (notebooks/grokking.md).
 PARAMETERS = {
-    "betas": dataclasses.replace(BETAS, scalar_ok=True),  # a single β also works
-    "seeds": SEEDS,
-    **NUMBER_LINE,
-    "sft_epochs": EPOCHS,
-    "dpo_epochs": EPOCHS,
-    "optimizer": choice(*OPTIMIZERS),
-    "lr": LEARNING_RATE,
-    "weight_decay": real(0),
-    "batch_size": BATCH_SIZE,
-    "grad_clip": real(0, open_low=True, optional=True),
-    "evals_per_epoch": integer(1),
-    "kl_samples": integer(2),
-    "budget_batch_size": integer(0),
-    "results_root": RESULTS_ROOT,
+    "betas": dataclasses.replace(p.BETAS, scalar_ok=True),  # a single β also works
+    "seeds": p.SEEDS,
+    **p.NUMBER_LINE,
+    "sft_epochs": p.EPOCHS,
+    "dpo_epochs": p.EPOCHS,
+    "optimizer": p.choice(*OPTIMIZERS),
+    "lr": p.LEARNING_RATE,
+    "weight_decay": p.real(0),
+    "batch_size": p.BATCH_SIZE,
+    "grad_clip": p.real(0, open_low=True, optional=True),
+    "evals_per_epoch": p.integer(1),
+    "kl_samples": p.integer(2),
+    "budget_batch_size": p.integer(0),
+    "results_root": p.RESULTS_ROOT,
 }
 
 
 def check_parameters(values) -> None:
     """Check the grokking notebook's parameters (PARAMETERS) and the rules between them."""
-    check(PARAMETERS, values)
-    train, _ = make_pairs(number_line_config(values, ModelConfig().n_ctx))
-    per_epoch = steps(len(train), values["batch_size"])
+    p.check(PARAMETERS, values)
+    train, _ = make_pairs(p.number_line_config(values, ModelConfig().n_ctx))
+    per_epoch = p.steps(len(train), values["batch_size"])
     if values["evals_per_epoch"] > per_epoch:
-        fail(
+        p.fail(
             "evals_per_epoch",
             f"≤ {per_epoch}, the optimizer steps per epoch ({len(train)} training pairs in batches of {values['batch_size']})",
             values["evals_per_epoch"],
         )
 
 
-SFT_NEAR_ZERO = 0.05  # C1 reproduced: final SFT OOD rate ≤ 5 %
+SFT_NEAR_ZERO = 0.05  # C1 reproduced: final SFT OOD rate (tail mean, as on the whole page) ≤ 5 %
 SFT_LOW = 0.15  # C1 partly: ≤ 15 %
 DRIFTED = 0.5  # C2: a β has drifted when its final OOD rate is ≥ 50 % and rose by ≥ WORSENS
 ABOUT_80 = (0.6, 1.0)  # C2: "about 80 %"
@@ -107,9 +92,10 @@ def seed_mean_curves(runs: pd.DataFrame) -> pd.DataFrame:
 def grokking_claims(runs: pd.DataFrame) -> pd.DataFrame:
     """The C1–C3 claims table from the output of ``run_sft_then_dpo``."""
     sft = runs[runs["phase"] == "sft"]
-    sft_final = sft.loc[sft.groupby("seed")["step"].idxmax(), "ood_rate"]
+    # "final" is the tail mean everywhere on the page (final_ood_table too), per seed
+    sft_final = pd.Series([tail_mean(s.sort_values("step")["ood_rate"].to_numpy()) for _, s in sft.groupby("seed")])
     sft_mean = float(sft_final.mean())
-    c1 = "reproduced" if sft_mean <= SFT_NEAR_ZERO else "partly" if sft_mean <= SFT_LOW else "not reproduced"
+    c1 = verdict(sft_mean <= SFT_NEAR_ZERO, sft_mean <= SFT_LOW)
 
     curves = seed_mean_curves(runs)
     per_beta = {}
@@ -126,18 +112,15 @@ def grokking_claims(runs: pd.DataFrame) -> pd.DataFrame:
         }
     finals = [v["final"] for v in per_beta.values()]
     any_recovered = any(v["recovered"] for v in per_beta.values())
-    if all(v["drifted"] for v in per_beta.values()) and ABOUT_80[0] <= np.mean(finals) <= ABOUT_80[1] and not any_recovered:
-        c2 = "reproduced"
-    elif any(v["drifted"] for v in per_beta.values()) and not any_recovered:
-        c2 = "partly"
-    else:
-        c2 = "not reproduced"
-    if all(v["monotone"] and v["worsens"] for v in per_beta.values()):
-        c3 = "reproduced"
-    elif any(v["monotone"] and v["worsens"] for v in per_beta.values()):
-        c3 = "partly"
-    else:
-        c3 = "not reproduced"
+    all_drifted = all(v["drifted"] for v in per_beta.values())
+    c2 = verdict(
+        all_drifted and ABOUT_80[0] <= np.mean(finals) <= ABOUT_80[1] and not any_recovered,
+        any(v["drifted"] for v in per_beta.values()) and not any_recovered,
+    )
+    c3 = verdict(
+        all(v["monotone"] and v["worsens"] for v in per_beta.values()),
+        any(v["monotone"] and v["worsens"] for v in per_beta.values()),
+    )
 
     n_seeds = runs["seed"].nunique()
     finals_text = ", ".join(f"β={b:g}: {_pct(v['final'])}" for b, v in per_beta.items())
@@ -147,7 +130,8 @@ def grokking_claims(runs: pd.DataFrame) -> pd.DataFrame:
                 "claim_id": "C1",
                 "statement": "The SFT reference gives almost no OOD answers.",
                 "paper_value": "nearly 0 % OOD",
-                "our_value": f"{_pct(sft_mean)} OOD (sd {_pct(float(sft_final.std(ddof=0)))} over {n_seeds} seeds)",
+                "our_value": f"final (mean of the last {TAIL:.0%} of evaluations) {_pct(sft_mean)} OOD "
+                f"(sd {_pct(float(sft_final.std(ddof=0)))} over {n_seeds} seeds)",
                 "verdict": c1,
             },
             {

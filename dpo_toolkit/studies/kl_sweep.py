@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from dpo_toolkit.core.claims import claims_frame
+from dpo_toolkit.core.claims import claims_frame, verdict
 from dpo_toolkit.core.parameters import BETA, SWEEP_SETUP, check, check_sweep_setup, fail, integer
 from dpo_toolkit.core.stats import spearman
 
@@ -40,6 +40,10 @@ BAND_WIDTH = 2.0  # C5: one band = the 10–90 % range of optimal KLs spans at m
 PAPER_BAND = (0.25, 0.5)  # C5: the paper's band
 U_RISE = 0.05  # C6: each arm of the U rises ≥ 5 points of OOD above its bottom
 U_BINS = 10  # C6: equal-count bins of KL over all checkpoints
+VARYING_SHARE = 0.5
+"""C5's precondition: a least-OOD checkpoint is an argmin over ties when a run's OOD rate is
+the same at every checkpoint, so at least this share of (seed, β) runs must have an OOD rate
+that changes along the run; the band is taken over those runs."""
 
 
 def checkpoints(sweep: pd.DataFrame) -> pd.DataFrame:
@@ -48,9 +52,13 @@ def checkpoints(sweep: pd.DataFrame) -> pd.DataFrame:
 
 
 def least_ood_checkpoints(sweep: pd.DataFrame) -> pd.DataFrame:
-    """For each (seed, β): the DPO checkpoint with the lowest OOD rate, ties going to the earliest."""
+    """For each (seed, β): the DPO checkpoint with the lowest OOD rate, ties going to the earliest.
+    Column `ood_varies`: whether that run's OOD rate changes along its checkpoints (else the
+    choice is a tie-break, not an optimum)."""
     dpo = checkpoints(sweep).sort_values(["seed", "beta", "ood_rate", "step"])
-    return dpo.groupby(["seed", "beta"], as_index=False).first()
+    spread = dpo.groupby(["seed", "beta"])["ood_rate"].agg(lambda x: x.max() - x.min())
+    optimal = dpo.groupby(["seed", "beta"], as_index=False).first()
+    return optimal.assign(ood_varies=(spread.to_numpy() > 0))
 
 
 def kl_band(optimal: pd.DataFrame) -> tuple[float, float]:
@@ -85,28 +93,30 @@ def u_shape(bins: pd.DataFrame) -> dict[str, float]:
 
 def sweep_claims(sweep: pd.DataFrame) -> pd.DataFrame:
     """The C4–C6 claims table from the DPO rows of ``run_sft_then_dpo`` (any number of seeds)."""
+    n_seeds = sweep["seed"].nunique()
     mean = sweep.groupby(["beta", "step"], as_index=False)[["kl", "ood_rate"]].mean()
     grows = [spearman(g["step"], g["kl"]) for _, g in mean.groupby("beta")]
     final = mean[mean["step"] == mean["step"].max()]
     falls = spearman(final["beta"], final["kl"])
     share_growing = float(np.mean(np.array(grows) >= RANK_CORR))
     c4_grow, c4_fall = share_growing >= 0.9, falls <= -RANK_CORR
-    c4 = "reproduced" if c4_grow and c4_fall else "partly" if c4_grow or c4_fall else "not reproduced"
+    c4 = verdict(c4_grow and c4_fall, c4_grow or c4_fall)
 
-    optimal = least_ood_checkpoints(sweep)
+    all_optima = least_ood_checkpoints(sweep)
+    varying = float(all_optima["ood_varies"].mean())
+    optimal = all_optima[all_optima["ood_varies"]] if varying >= VARYING_SHARE else all_optima
     lo, hi = kl_band(optimal)
     per_seed = optimal.groupby("seed")["kl"].median()
     one_band = lo > 0 and hi / lo <= BAND_WIDTH
     overlaps = lo <= PAPER_BAND[1] and hi >= PAPER_BAND[0]
-    c5 = "reproduced" if one_band and overlaps else "partly" if one_band or overlaps else "not reproduced"
+    c5 = verdict(one_band and overlaps, one_band, testable=varying >= VARYING_SHARE)
 
     dpo = checkpoints(sweep)
     fit = u_shape(u_shape_bins(dpo["kl"].to_numpy(), dpo["ood_rate"].to_numpy()))
     u_shaped = fit["interior"] and min(fit["left_rise"], fit["right_rise"]) >= U_RISE
     one_arm = max(fit["left_rise"], fit["right_rise"]) >= U_RISE
-    c6 = "reproduced" if u_shaped else "partly" if one_arm else "not reproduced"
+    c6 = verdict(u_shaped, one_arm)
 
-    n_seeds = sweep["seed"].nunique()
     return claims_frame(
         [
             {
@@ -124,6 +134,8 @@ def sweep_claims(sweep: pd.DataFrame) -> pd.DataFrame:
                 "our_value": f"KL {lo:.2f}–{hi:.2f} (10–90 % of {len(optimal)} optima over {n_seeds} seeds; "
                 f"per-seed median {per_seed.mean():.2f} ± {per_seed.std(ddof=0):.2f})",
                 "verdict": c5,
+                "precondition": f"OOD rate changes along the run in ≥ {VARYING_SHARE:.0%} of (seed, β) runs "
+                f"(else the least-OOD checkpoint is a tie-break): {varying:.0%} of {len(all_optima)}",
             },
             {
                 "claim_id": "C6",

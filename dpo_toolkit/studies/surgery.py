@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from dpo_toolkit.core.claims import claims_frame
+from dpo_toolkit.core.claims import claims_frame, verdict
 from dpo_toolkit.core.ensemble import Ensemble
 from dpo_toolkit.core.evaluate import Evaluator
 from dpo_toolkit.core.metrics import group_weight_deltas
@@ -133,6 +133,9 @@ def pick_contrast_prompt(prompts: np.ndarray, answers_a: list, answers_b: list, 
 KL_GAP = 2.0  # C7: KL of the smallest β over the largest, at matched WeightDelta
 TAMED = 0.5  # C8: a surgery tames A when KL(A') ≤ TAMED · KL(A)
 SMALL_SHARE = 0.35  # C9: the paper's "only ever 25 %", with room for noise
+A_OOD = 0.05
+"""C8's precondition: there is OOD behaviour to tame, i.e. A answers OOD on at least this
+share of the test prompts at its last checkpoint (one prompt in twenty)."""
 PAPER_ATTENTION_SHARE = 0.25
 
 
@@ -163,26 +166,22 @@ def surgery_claims(sweep: pd.DataFrame, curves: pd.DataFrame, param_counts: dict
     ratios = pd.Series(
         {seed: matched_kl_ratio(g[g["beta"] == beta_low], g[g["beta"] == beta_high]) for seed, g in sweep.groupby("seed")}
     )
-    c7 = (
-        "reproduced"
-        if (ratios >= KL_GAP).all()
-        else "partly"
-        if (ratios >= KL_GAP).any() or ratios.mean() >= KL_GAP
-        else "not reproduced"
-    )
+    c7 = verdict(bool((ratios >= KL_GAP).all()), bool((ratios >= KL_GAP).any() or ratios.mean() >= KL_GAP))
 
     final = curves[curves["step"] == curves["step"].max()].pivot_table(index="seed", columns="variant", values=["kl", "ood_rate"])
     kl_ratio = {v: final["kl"][v] / final["kl"]["A"] for v in SURGERIES}  # per seed
     ood_change = {v: final["ood_rate"][v] - final["ood_rate"]["A"] for v in SURGERIES}
     attention_tames = kl_ratio["attention"].mean() <= TAMED and ood_change["attention"].mean() <= 0
     rest_does_not = kl_ratio["non-attention"].mean() > TAMED
-    c8 = "reproduced" if attention_tames and rest_does_not else "partly" if attention_tames or rest_does_not else "not reproduced"
+    a_ood = float(final["ood_rate"]["A"].mean())
+    c8 = verdict(attention_tames and rest_does_not, attention_tames, testable=a_ood >= A_OOD)  # the swap that tames is the effect
 
     param_share = param_counts["attention"] / sum(param_counts.values())
     a = curves[curves["variant"] == "A"]
     share = a.groupby("seed")["attention_share_step"].median()
     share_max = a["attention_share_step"].max()
-    c9 = "reproduced" if share.mean() <= SMALL_SHARE else "partly" if share.mean() < param_share else "not reproduced"
+    share_max_per_seed = a.groupby("seed")["attention_share_step"].max()
+    c9 = verdict(share_max_per_seed.mean() <= SMALL_SHARE, share.mean() <= SMALL_SHARE)  # "only ever": the largest share
 
     def pm(s: pd.Series, fmt: str = ".2f") -> str:
         return f"{s.mean():{fmt}} ± {s.std(ddof=0):.2f}"
@@ -206,6 +205,7 @@ def surgery_claims(sweep: pd.DataFrame, curves: pd.DataFrame, param_counts: dict
                 f"{pm(kl_ratio['non-attention'])} (rest swapped); OOD(A') − OOD(A) = {pm(ood_change['attention'], '+.2f')} "
                 f"vs {pm(ood_change['non-attention'], '+.2f')}; OOD(A) = {pm(final['ood_rate']['A'])}",
                 "verdict": c8,
+                "precondition": f"A answers OOD on ≥ {A_OOD:.0%} of test prompts at its last checkpoint: {a_ood:.1%}",
             },
             {
                 "claim_id": "C9",

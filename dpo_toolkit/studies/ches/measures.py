@@ -16,87 +16,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import pandas as pd
 import torch
 
-from dpo_toolkit.core.claims import claims_frame
 from dpo_toolkit.core.config import TrainConfig
 from dpo_toolkit.core.data import Batch, PairSet, collate_pairs
 from dpo_toolkit.core.ensemble import Ensemble
 from dpo_toolkit.core.losses import dpo_loss, sequence_logps
 from dpo_toolkit.core.model import Transformer
 from dpo_toolkit.core.optim import make_optimizer
-from dpo_toolkit.core.parameters import (
-    BATCH_SIZE,
-    BETA,
-    EPOCHS,
-    LEARNING_RATE,
-    NUMBER_LINE,
-    RESULTS_ROOT,
-    SEEDS,
-    check,
-    check_evals,
-    fail,
-    integer,
-    number_line_config,
-    real,
-    reals,
-    steps,
-)
-from dpo_toolkit.core.stats import spearman
-
-# The notebook's `parameters` cell, one spec per variable (notebooks/ches.md).
-PARAMETERS = {
-    "seeds": SEEDS,
-    **NUMBER_LINE,
-    "sft_epochs": EPOCHS,
-    "sft_lr": LEARNING_RATE,
-    "batch_size": BATCH_SIZE,
-    "n_pairs": integer(1),
-    "pair_seed": integer(0),
-    "beta": BETA,
-    "dpo_steps": EPOCHS,
-    "dpo_lr": LEARNING_RATE,
-    "mitigation_beta": BETA,
-    "mitigation_epochs": EPOCHS,
-    "mitigation_lr": LEARNING_RATE,
-    "mitigation_evals": integer(1),
-    "kl_samples": integer(2),
-    "drop_fractions": reals(0, 1, open_low=True, open_high=True),
-    "sft_weights": reals(0, open_low=True),
-    "grokking_beta": BETA,
-    "grokking_dpo_epochs": EPOCHS,
-    "safety_refusal_share": real(0, 1, open_low=True, open_high=True),
-    "safety_both_refusal_share": real(0, 1),
-    "safety_sft_steps": EPOCHS,
-    "safety_beta": BETA,
-    "safety_lr": LEARNING_RATE,
-    "safety_epochs": EPOCHS,
-    "results_root": RESULTS_ROOT,
-}
-SAFETY_EVALS = 20  # evaluations over the toy safety task's DPO run
-SAFETY_BATCH = 16  # its DPO batch size
-
-
-def check_parameters(values) -> None:
-    """Check the CHES notebook's parameters (PARAMETERS) and the rules between them: n_pairs
-    fits the training pairs, and no run has more evaluations than optimizer steps."""
-    from dpo_toolkit.core.data import make_pairs
-    from dpo_toolkit.studies.ches.safety import SafetyConfig, preference_pairs, prompts  # safety builds on this module
-
-    check(PARAMETERS, values)
-    train, _ = make_pairs(number_line_config(values))
-    if values["n_pairs"] > len(train):
-        fail("n_pairs", f"≤ {len(train)}, the training pairs", values["n_pairs"])
-    total = steps(len(train), values["batch_size"], values["mitigation_epochs"])
-    in_words = f"C12's DPO ({values['mitigation_epochs']} epochs of {len(train)} pairs in batches of {values['batch_size']})"
-    check_evals("mitigation_evals", values["mitigation_evals"], total, in_words)
-    safety = SafetyConfig(refusal_share=values["safety_refusal_share"], both_refusal_share=values["safety_both_refusal_share"])
-    n_safety = len(preference_pairs(safety, prompts(safety)[0])[1])
-    if steps(n_safety, SAFETY_BATCH, values["safety_epochs"]) < SAFETY_EVALS:
-        least = -(-SAFETY_EVALS // steps(n_safety, SAFETY_BATCH))
-        allowed = f"≥ {least}, so that the toy safety task's {SAFETY_EVALS} evaluations fit its optimizer steps"
-        fail("safety_epochs", allowed, values["safety_epochs"])
 
 
 def ches_from_sums(chosen_sums: torch.Tensor, rejected_sums: torch.Tensor) -> torch.Tensor:
@@ -216,36 +143,3 @@ def hidden_cosine(model: Transformer, pairs: PairSet) -> torch.Tensor:
     hidden, _ = model.hidden(batch.tokens)
     chosen_sums, rejected_sums = response_hidden_sums(hidden.double(), batch.response_mask).chunk(2)
     return torch.nn.functional.cosine_similarity(chosen_sums, rejected_sums, dim=-1)
-
-
-MEASURES = {"ches": "CHES", "edit": "edit-distance similarity", "cosine": "hidden-embedding cosine"}
-RANK_CORRELATION = 0.3  # C11: Spearman(score, −displacement) that counts as "identifies"
-
-
-def ches_claims(table: pd.DataFrame) -> pd.DataFrame:
-    """The C11 claims table from one row per (seed, pair) with columns seed, displacement
-    (``single_pair_displacement``) and one column per measure of MEASURES. Each measure's
-    Spearman correlation with −displacement is taken per seed, then averaged."""
-    rho = pd.DataFrame(
-        {m: table.groupby("seed").apply(lambda g, m=m: spearman(g[m], -g["displacement"]), include_groups=False)
-         for m in MEASURES}
-    )  # fmt: skip
-    mean, spread = rho.mean(), rho.std(ddof=0)
-    best = mean.idxmax()
-    strong, first = mean["ches"] >= RANK_CORRELATION, best == "ches"
-    verdict = "reproduced" if strong and first else "partly" if strong or first else "not reproduced"
-    ours = "; ".join(f"{MEASURES[m]} {mean[m]:+.2f} ± {spread[m]:.2f}" for m in MEASURES)
-    return claims_frame(
-        [
-            {
-                "claim_id": "C11",
-                "statement": "The CHES score identifies the training pairs that cause likelihood displacement; "
-                "edit-distance and hidden-embedding similarity do not.",
-                "paper_value": "CHES ranks displacing pairs first; the alternatives do not (talk, 'Identifying sources')",
-                "our_value": f"Spearman(score, −Δ log π(y+)) over {len(table) // table['seed'].nunique()} pairs, "
-                f"mean ± sd over {table['seed'].nunique()} seeds: {ours}; π(y+) fell for "
-                f"{(table['displacement'] < 0).mean():.0%} of pairs",
-                "verdict": verdict,
-            }
-        ]
-    )

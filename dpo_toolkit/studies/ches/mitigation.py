@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from dpo_toolkit.core.claims import claims_frame
+from dpo_toolkit.core.claims import claims_frame, verdict
 from dpo_toolkit.core.config import DataConfig, DPOConfig, EvalConfig, ModelConfig, TrainConfig, check_fits
 from dpo_toolkit.core.data import make_pairs
 from dpo_toolkit.core.evaluate import Evaluator
@@ -152,8 +152,10 @@ def mitigation_claims(curves: pd.DataFrame) -> pd.DataFrame:
     Δ log π(y+) and OOD rate at the last evaluation) better than an SFT term?
 
     For each of the two measures: 'mitigates' if the best filter beats all pairs, 'beats
-    SFT' if it also beats the best SFT weight (means over seeds). Reproduced when both hold
-    on both measures; not reproduced when the filter mitigates on neither; partly otherwise.
+    SFT' if it also beats the best SFT weight (means over seeds). Precondition: all-pairs DPO
+    displaces (its held-out Δ log π(y+) is < 0), else there is nothing to mitigate. Reproduced
+    when both hold on both measures; partly when the filter mitigates the displacement
+    itself (held-out Δ log π(y+)); not reproduced otherwise.
     """
     table = summarize(curves)
     base = table[table["kind"] == "all pairs"].iloc[0]
@@ -174,12 +176,8 @@ def mitigation_claims(curves: pd.DataFrame) -> pd.DataFrame:
             f"best filter ({filt['variant']}) {filt[f'{metric}_mean']:+.3f} ± {filt[f'{metric}_std']:.3f}, "
             f"best SFT ({sft['variant']}) {sft[f'{metric}_mean']:+.3f} ± {sft[f'{metric}_std']:.3f}"
         )
-    if all(m and b for m, b in checks):
-        verdict = "reproduced"
-    elif not any(m for m, _ in checks):
-        verdict = "not reproduced"
-    else:
-        verdict = "partly"
+    displacement = float(base["chosen_logp_change_mean"])
+    c12 = verdict(all(m and b for m, b in checks), checks[0][0], testable=displacement < 0)
     n_seeds = curves["seed"].nunique()
     return claims_frame(
         [
@@ -189,7 +187,8 @@ def mitigation_claims(curves: pd.DataFrame) -> pd.DataFrame:
                 "and does so better than adding an SFT term to the loss.",
                 "paper_value": "filtering mitigates; the SFT term helps less (talk, 'Data filtering via CHES')",
                 "our_value": f"last evaluation, mean ± sd over {n_seeds} seeds; " + "; ".join(parts),
-                "verdict": verdict,
+                "verdict": c12,
+                "precondition": f"all-pairs DPO lowers held-out log π(y+) (displacement to mitigate): {displacement:+.3f}",
             }
         ]
     )
@@ -208,8 +207,9 @@ DRIFT_REDUCTION = 0.5  # C21: the filter must remove at least this share of the 
 def drift_claims(curves: pd.DataFrame) -> pd.DataFrame:
     """The cross-study row C21 (no source): does CHES filtering reduce the OOD drift of the
     grokking setup? Drift = OOD at the last evaluation minus OOD of the reference (step 0),
-    mean over seeds. Reproduced if the best filter removes ≥ DRIFT_REDUCTION of the all-pairs
-    drift, partly if it removes some, not reproduced otherwise (or if there is no drift to remove)."""
+    mean over seeds. Untestable here when all-pairs DPO does not drift (drift ≤ 0: nothing to
+    reduce); else reproduced if the best filter removes ≥ DRIFT_REDUCTION of the all-pairs
+    drift, partly if it removes some, not reproduced otherwise."""
     drift = ood_drift(curves)
     final = final_rows(curves).set_index(["seed", "variant"])
     kinds = final.groupby("variant")["kind"].first()
@@ -218,11 +218,8 @@ def drift_claims(curves: pd.DataFrame) -> pd.DataFrame:
     if filtered.empty:
         raise ValueError("drift_claims needs at least one CHES-filter variant")
     best_name, best = filtered.idxmin(), float(filtered.min())
-    if base <= 0:
-        verdict = "not reproduced"
-    else:
-        removed = (base - best) / base
-        verdict = "reproduced" if removed >= DRIFT_REDUCTION else "partly" if removed > 0 else "not reproduced"
+    removed = (base - best) / base if base > 0 else float("nan")
+    c21 = verdict(removed >= DRIFT_REDUCTION, removed > 0, testable=base > 0)
     per_variant = "; ".join(f"{name} {drift[name]:+.3f}" for name in dict.fromkeys(final_rows(curves)["variant"]))
     return claims_frame(
         [
@@ -232,7 +229,23 @@ def drift_claims(curves: pd.DataFrame) -> pd.DataFrame:
                 "paper_value": "no source answers it (the project's question)",
                 "our_value": f"OOD at the last evaluation minus the reference's, mean over {curves['seed'].nunique()} seeds: "
                 f"{per_variant}; best filter {best_name}",
-                "verdict": verdict,
+                "verdict": c21,
+                "precondition": f"all-pairs DPO drifts out of distribution (OOD rises above the reference's): {base:+.3f}",
             }
         ]
+    )
+
+
+def drift_answer(curves: pd.DataFrame) -> str:
+    """One Markdown sentence answering C21's question from ``ood_drift`` of the grokking runs."""
+    drift = ood_drift(curves)
+    base, filtered = drift["all pairs"], drift.drop("all pairs")
+    answer = (
+        f"CHES filtering {'reduces' if filtered.min() < base else 'does not reduce'} the grokking setup's OOD drift here."
+        if base > 0
+        else "On all pairs the OOD rate does not rise here, so there is no drift for filtering to reduce (C21 is untestable)."
+    )
+    return (
+        f"**Answer, from this run:** OOD drift on all pairs {base:+.3f}; with the best CHES filter "
+        f"({filtered.idxmin()}) {filtered.min():+.3f}. {answer}"
     )

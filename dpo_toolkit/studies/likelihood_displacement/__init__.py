@@ -1,4 +1,6 @@
-"""Chapter 'Likelihood displacement' (Razin et al., arXiv 2410.08847): C10 and the talk's table."""
+"""Chapter 'Likelihood displacement' (Razin et al., arXiv 2410.08847): the unconstrained-features
+theory (``theory``), the persona corpus and its LM (``persona``), the LM experiments
+(``study``) and C10 (``claims``)."""
 
 from .study import PARAMETERS, check_parameters
 

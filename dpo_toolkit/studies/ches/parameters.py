@@ -1,0 +1,58 @@
+"""The CHES chapter's notebook parameters (notebooks/ches.md) and the rules between them."""
+
+from __future__ import annotations
+
+from dpo_toolkit.core import parameters as p
+
+# The notebook's `parameters` cell, one spec per variable (notebooks/ches.md).
+PARAMETERS = {
+    "seeds": p.SEEDS,
+    **p.NUMBER_LINE,
+    "sft_epochs": p.EPOCHS,
+    "sft_lr": p.LEARNING_RATE,
+    "batch_size": p.BATCH_SIZE,
+    "n_pairs": p.integer(1),
+    "pair_seed": p.integer(0),
+    "beta": p.BETA,
+    "dpo_steps": p.EPOCHS,
+    "dpo_lr": p.LEARNING_RATE,
+    "mitigation_beta": p.BETA,
+    "mitigation_epochs": p.EPOCHS,
+    "mitigation_lr": p.LEARNING_RATE,
+    "mitigation_evals": p.integer(1),
+    "kl_samples": p.integer(2),
+    "drop_fractions": p.reals(0, 1, open_low=True, open_high=True),
+    "sft_weights": p.reals(0, open_low=True),
+    "grokking_beta": p.BETA,
+    "grokking_dpo_epochs": p.EPOCHS,
+    "safety_refusal_share": p.real(0, 1, open_low=True, open_high=True),
+    "safety_both_refusal_share": p.real(0, 1),
+    "safety_sft_steps": p.EPOCHS,
+    "safety_beta": p.BETA,
+    "safety_lr": p.LEARNING_RATE,
+    "safety_epochs": p.EPOCHS,
+    "results_root": p.RESULTS_ROOT,
+}
+SAFETY_EVALS = 20  # evaluations over the toy safety task's DPO run
+SAFETY_BATCH = 16  # its DPO batch size
+
+
+def check_parameters(values) -> None:
+    """Check the CHES notebook's parameters (PARAMETERS) and the rules between them: n_pairs
+    fits the training pairs, and no run has more evaluations than optimizer steps."""
+    from dpo_toolkit.core.data import make_pairs
+    from dpo_toolkit.studies.ches.safety import SafetyConfig, preference_pairs, prompts
+
+    p.check(PARAMETERS, values)
+    train, _ = make_pairs(p.number_line_config(values))
+    if values["n_pairs"] > len(train):
+        p.fail("n_pairs", f"≤ {len(train)}, the training pairs", values["n_pairs"])
+    total = p.steps(len(train), values["batch_size"], values["mitigation_epochs"])
+    in_words = f"C12's DPO ({values['mitigation_epochs']} epochs of {len(train)} pairs in batches of {values['batch_size']})"
+    p.check_evals("mitigation_evals", values["mitigation_evals"], total, in_words)
+    safety = SafetyConfig(refusal_share=values["safety_refusal_share"], both_refusal_share=values["safety_both_refusal_share"])
+    n_safety = len(preference_pairs(safety, prompts(safety)[0])[1])
+    if p.steps(n_safety, SAFETY_BATCH, values["safety_epochs"]) < SAFETY_EVALS:
+        least = -(-SAFETY_EVALS // p.steps(n_safety, SAFETY_BATCH))
+        allowed = f"≥ {least}, so that the toy safety task's {SAFETY_EVALS} evaluations fit its optimizer steps"
+        p.fail("safety_epochs", allowed, values["safety_epochs"])

@@ -1,0 +1,103 @@
+"""Likelihood displacement in the paper's theory (Razin et al., arXiv 2410.08847; Razin's talk,
+part 2): single-token DPO in the *unconstrained-features* model, where the hidden embedding
+h of the prompt and the unembedding matrix W are the trained parameters and
+π(·|x) = softmax(W h). One DPO step lowers log π(y+) when ⟨W_y+, W_y−⟩ is large, and moves
+mass to tokens z in proportion to ⟨W_z, W_y+ − W_y−⟩.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from dpo_toolkit.core.losses import dpo_loss
+
+
+def single_token_dpo_loss(
+    policy_logps: torch.Tensor, reference_logps: torch.Tensor, y_pos: int, y_neg: int, beta: float
+) -> torch.Tensor:
+    """``losses.dpo_loss`` of one prompt with single-token responses y+ and y−.
+    policy_logps, reference_logps: (..., V) log-probs over the vocabulary. Returns (...)."""
+    losses, _, _ = dpo_loss(
+        policy_logps[..., y_pos], policy_logps[..., y_neg], reference_logps[..., y_pos], reference_logps[..., y_neg], beta
+    )
+    return losses
+
+
+def unconstrained_logps(h: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    """log softmax(W h): h (d,), W (V, d) → (V,)."""
+    return (W @ h).log_softmax(-1)
+
+
+def first_order_logp_change(
+    h: torch.Tensor,
+    W: torch.Tensor,
+    reference_logps: torch.Tensor,
+    y_pos: int,
+    y_neg: int,
+    beta: float,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """d/dη log π(z) at η = 0 for one gradient-descent step of size η on (h, W), every z: (V,).
+
+    π = softmax(W h + bias), with the bias (if any) held fixed. With c = β σ(−β margin), the
+    step is Δh = η c (W_y+ − W_y−), ΔW_y+ = η c h, ΔW_y− = −η c h, so the logit of
+    z ∉ {y+, y−} moves by η c ⟨W_z, W_y+ − W_y−⟩, and Δ log π(z) = Δlogit_z − Σ_k π(k) Δlogit_k:
+    the paper's theorem that mass goes to z in proportion to ⟨W_z, W_y+ − W_y−⟩.
+    """
+    logps = (W @ h + (0 if bias is None else bias)).log_softmax(-1)
+    margin = (logps[y_pos] - reference_logps[y_pos]) - (logps[y_neg] - reference_logps[y_neg])
+    c = beta * torch.sigmoid(-beta * margin)
+    dlogit = c * (W @ (W[y_pos] - W[y_neg]))  # (V,), from Δh
+    dlogit[y_pos] = dlogit[y_pos] + c * (h @ h)  # from ΔW_y+
+    dlogit[y_neg] = dlogit[y_neg] - c * (h @ h)  # from ΔW_y−
+    return dlogit - (logps.exp() * dlogit).sum()
+
+
+def features_dpo(
+    h: torch.Tensor, W: torch.Tensor, bias: torch.Tensor, y_pos: int, y_neg: int, beta: float, lr: float, steps: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Single-token DPO by plain gradient descent on (h, W) of the unconstrained-features model
+    softmax(W h + bias), bias fixed, from π_ref = the starting point. Returns (π_ref, π_θ), (V,) each."""
+    h, W = h.detach().double().clone().requires_grad_(True), W.detach().double().clone().requires_grad_(True)
+    bias = bias.detach().double()
+    with torch.no_grad():
+        reference_logps = (W @ h + bias).log_softmax(-1)
+    for _ in range(steps):
+        loss = single_token_dpo_loss((W @ h + bias).log_softmax(-1), reference_logps, y_pos, y_neg, beta)
+        grad_h, grad_W = torch.autograd.grad(loss, [h, W])
+        with torch.no_grad():
+            h -= lr * grad_h
+            W -= lr * grad_W
+    with torch.no_grad():
+        return reference_logps.exp(), (W @ h + bias).softmax(-1)
+
+
+def random_features_study(
+    n_instances: int, n_tokens: int, dim: int, h_scale: float, beta: float, lr: float, steps: int, seed: int
+) -> pd.DataFrame:
+    """The paper's theoretical setting on random instances: W with N(0, 1) rows, h with
+    N(0, h_scale²) entries, (y+, y−) = tokens (0, 1). One row per instance: inner_pos_neg =
+    ⟨W_y+, W_y−⟩; dlogp_pos_first_order, the one-step change of log π(y+) per unit step
+    (``first_order_logp_change``); z_corr, Pearson over z ∉ {y+, y−} of ⟨W_z, W_y+ − W_y−⟩
+    against that change; and p_pos_before, p_pos_after after `steps` steps of ``features_dpo``."""
+    generator = torch.Generator().manual_seed(seed)
+    rows = []
+    for _ in range(n_instances):
+        W = torch.randn(n_tokens, dim, generator=generator, dtype=torch.float64)
+        h = h_scale * torch.randn(dim, generator=generator, dtype=torch.float64)
+        reference_logps = (W @ h).log_softmax(-1)
+        change = first_order_logp_change(h, W, reference_logps, 0, 1, beta)
+        inner_z = W[2:] @ (W[0] - W[1])
+        before, after = features_dpo(h, W, torch.zeros(n_tokens, dtype=torch.float64), 0, 1, beta, lr, steps)
+        rows.append(
+            {
+                "inner_pos_neg": float(W[0] @ W[1]),
+                "dlogp_pos_first_order": float(change[0]),
+                "z_corr": float(np.corrcoef(inner_z.numpy(), change[2:].numpy())[0, 1]),
+                "p_pos_before": float(before[0]),
+                "p_pos_after": float(after[0]),
+            }
+        )
+    return pd.DataFrame(rows)

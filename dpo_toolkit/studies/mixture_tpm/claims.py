@@ -1,0 +1,96 @@
+"""The C17–C20 claims table of the mixture-TPM chapter."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from dpo_toolkit.core.claims import claims_frame, identity, verdict
+from dpo_toolkit.studies.mixture_tpm.policy import heat_table
+
+LEMMA_TOLERANCE = 1e-12  # C17: float64 agreement that counts as an identity
+
+
+KEPT_SHARE = 0.1
+"""C20: DPO 'keeps' the unaligned mass when the trained policy's mean unaligned mass at T = 1
+is at least this share of the reference's (a softmax never gives exactly zero, so 'non-zero'
+alone is no evidence; a tenth of the reference's mass is not negligible)."""
+
+
+def mixture_claims(lemma_error: float, theorem: pd.DataFrame, masses: pd.DataFrame, temperatures: pd.DataFrame) -> pd.DataFrame:
+    """The C17–C20 claims table.
+
+    lemma_error: ``lemma1_max_error``; theorem: ``theorem2_table``; masses: the trained
+    policies' ``masses_at_checkpoints`` rows with seed and beta columns (step 0 is the
+    SFT reference); temperatures: ``temperature_masses`` (the reference and the last
+    checkpoint at several temperatures, T = 1 among them).
+
+    C17 and C19 are checks of an identity and of a near-certainty on random instances:
+    ``verified (identity)``, never counted as reproductions. C20 needs more than a softmax's
+    positivity: DPO keeps ≥ KEPT_SHARE of the reference's unaligned mass, and heat
+    amplifies the trained policy's mass more than the reference's (partly: the latter), with
+    heat bringing back at least the reference's T = 1 mass for 'reproduced'.
+    """
+    heat = heat_table(temperatures)
+    c17 = identity(lemma_error <= LEMMA_TOLERANCE)
+
+    proof, stated = theorem[theorem["proof_needs"]], theorem[theorem["as_stated"]]
+    proof_fails, stated_fails = int((~proof["holds"]).sum()), int((~stated["holds"]).sum())
+    c18 = verdict(proof_fails == stated_fails == 0, proof_fails == 0)
+    stated_broken = stated.loc[~stated["holds"], "instance"].nunique()
+
+    failed = theorem[~theorem["as_stated"]]
+    below = failed[failed["tpm_aligned"] < failed["alpha"]]
+    shortfall = float((below["alpha"] - below["tpm_aligned"]).max()) if len(below) else 0.0
+    c19 = identity(len(below) > 0)
+
+    trained = masses[masses["step"] > 0]
+    floor = float(trained["log_unaligned"].min()) / np.log(10)  # log10 of the smallest unaligned mass
+    kept = bool((heat["kept"] >= KEPT_SHARE).all())
+    more_than_reference = bool((heat["relative"] > 1).all())
+    brought_back = bool((heat["heat_back"] >= 1).all())
+    c20 = verdict(kept and more_than_reference and brought_back, more_than_reference)
+    hottest = heat["hottest"].iloc[0]
+    last = masses[masses["step"] == masses["step"].max()].set_index(["seed", "beta", "prompt"])["log_unaligned"]
+    reference = masses[masses["step"] == 0].set_index(["seed", "beta", "prompt"])["log_unaligned"]
+    shrank = float((last <= reference.loc[last.index]).mean())
+    return claims_frame(
+        [
+            {
+                "claim_id": "C17",
+                "statement": "Lemma 1: the KL-regularised optimum is a per-sample tilt of the mixture.",
+                "paper_value": "an identity",
+                "our_value": f"max |difference| {lemma_error:.1e} over random instances and β in [1e-3, 1e3]",
+                "verdict": c17,
+            },
+            {
+                "claim_id": "C18",
+                "statement": "Theorem 2: TPM(A) ≥ α and 0 < TPM(U) ≤ 1 − α for every β > 0 under its assumptions.",
+                "paper_value": "holds for every β > 0",
+                "our_value": f"{proof_fails} failures in {len(proof)} (instance, β) cases meeting the covariance the proof uses; "
+                f"{stated_fails} failures in {len(stated)} cases meeting the assumptions as worded "
+                f"({stated_broken} instances)",
+                "verdict": c18,
+            },
+            {
+                "claim_id": "C19",
+                "statement": "When an assumption fails, TPM(A) < α can happen.",
+                "paper_value": "not stated (the theorem needs its assumptions)",
+                "our_value": f"TPM(A) < α in {len(below)} of {len(failed)} cases violating the worded assumptions; "
+                f"largest shortfall α − TPM(A) = {shortfall:.2f}",
+                "verdict": c19,
+            },
+            {
+                "claim_id": "C20",
+                "statement": "A DPO-trained policy keeps non-zero unaligned (OOD) mass at every checkpoint, "
+                "and sampling temperature re-amplifies it.",
+                "paper_value": "this project's claim, from Theorem 2 and the post's jailbreak remark",
+                "our_value": f"over {len(heat)} runs: DPO keeps {heat['kept'].min():.0%}–{heat['kept'].max():.0%} of the "
+                f"reference's mean unaligned mass (final mass ≤ the reference's at {shrank:.0%} of prompts); at T={hottest:g} "
+                f"the trained policy has {heat['heat_back'].min():.2f}–{heat['heat_back'].max():.2f}× the reference's T=1 mass, "
+                f"and heat amplifies it {heat['relative'].min():.2f}–{heat['relative'].max():.2f}× as much as the reference's; "
+                f"smallest mass 10^{floor:.1f}",
+                "verdict": c20,
+            },
+        ]
+    )

@@ -1,0 +1,26 @@
+"""The mixture-TPM chapter's notebook parameters (notebooks/mixture_tpm.md) and the rules between them."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dpo_toolkit.core.parameters import BETAS, SWEEP_SETUP, check, check_sweep_setup, fail, integer, reals
+
+# The notebook's `parameters` cell, one spec per variable (notebooks/mixture_tpm.md).
+PARAMETERS = {
+    "n_instances": integer(1),
+    "n_outputs": integer(2),
+    "n_theory_betas": integer(1),
+    "theory_seed": integer(0),
+    "betas": BETAS,
+    **SWEEP_SETUP,
+    "temperatures": reals(0, open_low=True),
+}
+
+
+def check_parameters(values) -> None:
+    """Check the mixture-TPM notebook's parameters (PARAMETERS) and the rules between them."""
+    check(PARAMETERS, values)
+    if not any(np.isclose(t, 1.0) for t in values["temperatures"]):
+        fail("temperatures", "a list of numbers > 0 that includes 1.0 (the policy as trained)", values["temperatures"])
+    check_sweep_setup(values)
