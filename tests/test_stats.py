@@ -74,3 +74,14 @@ def test_layers_core_never_imports_a_study_and_a_study_never_imports_another():
 def test_no_module_but_plotting_exceeds_300_lines():
     long = {str(p.relative_to(PACKAGE)): n for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines())) > 300}
     assert set(long) <= {"plotting.py"}, long
+
+
+def test_short_paths_are_the_core_objects_and_unknown_names_fail():
+    import dpo_toolkit
+    from dpo_toolkit.core.config import DPOConfig
+    from dpo_toolkit.core.park import run_sft_then_dpo
+
+    assert dpo_toolkit.DPOConfig is DPOConfig and dpo_toolkit.run_sft_then_dpo is run_sft_then_dpo
+    assert all(getattr(dpo_toolkit, name) is not None for name in dpo_toolkit.__all__)
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        dpo_toolkit.nothing  # noqa: B018

@@ -110,6 +110,11 @@ def check_page(driver: webdriver.Chrome, base: str, page: str, screenshots: Path
     failures += [f"{page}: image {src} has natural size {w}×{h}" for src, w, h in images if not (w and h)]
     cells = driver.execute_script("return [...document.querySelectorAll('table.claims-table td')].map(td => td.textContent)")
     failures += [f"{page}: claims table cell cut short: {text[-60:]!r}" for text in cells if text.rstrip().endswith(("…", "..."))]
+    raw_tables = driver.execute_script(
+        "return [...document.querySelectorAll('article p, article div.output pre, article div.cell_output')]"
+        "  .map(e => e.innerText).filter(t => /^\\s*\\|.*\\|\\s*$/m.test(t) && /\\|\\s*-{3,}/.test(t))"
+    )
+    failures += [f"{page}: Markdown table shown as raw text: {text.strip()[:60]!r}" for text in raw_tables]
     if "chapters/" in page and Path(page).stem not in ("scorecard", "performance") and not cells:
         failures.append(f"{page}: no claims table (class claims-table)")
     links = driver.execute_script("return [...document.querySelectorAll('a[href]')].map(a => a.href)")
