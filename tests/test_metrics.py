@@ -12,6 +12,7 @@ from dpo_toolkit.core.evaluate import Evaluator
 from dpo_toolkit.core.generate import greedy_answers, greedy_sequences, sample_responses
 from dpo_toolkit.core.losses import sequence_logps
 from dpo_toolkit.core.metrics import (
+    TRL_NAMES,
     answers_tensor,
     frac_weight_delta,
     is_ood,
@@ -20,6 +21,7 @@ from dpo_toolkit.core.metrics import (
     reward_accuracy,
     reward_margin,
     sequence_error,
+    trl_metrics,
     weight_delta,
 )
 from dpo_toolkit.core.model import build_model
@@ -165,3 +167,26 @@ def test_greedy_sequences_spell_the_greedy_answers(tiny_model):
     assert [row[: len(encode_prompt(s))].tolist() for row, s in zip(batch.tokens, prompts, strict=True)] == [
         encode_prompt(s) for s in prompts.tolist()
     ]
+
+
+def test_trl_metrics_against_hand_computed_values():
+    """TRL's DPOTrainer logs means over the batch; accuracy is strict (a tie is wrong)."""
+    chosen = torch.tensor([0.3, -0.1, 0.2])
+    rejected = torch.tensor([0.1, 0.4, 0.2])
+    out = trl_metrics(chosen, rejected, torch.tensor([-1.0, -2.0, -3.0]), torch.tensor([-4.0, -5.0, -6.0]))
+    assert list(out) == list(TRL_NAMES)
+    assert out["rewards/chosen"].item() == pytest.approx(0.4 / 3)
+    assert out["rewards/rejected"].item() == pytest.approx(0.7 / 3)
+    assert out["rewards/accuracies"].item() == pytest.approx(1 / 3)  # 0.3 > 0.1 only
+    assert out["rewards/margins"].item() == pytest.approx((0.2 - 0.5 + 0.0) / 3)
+    assert out["logps/chosen"].item() == pytest.approx(-2.0) and out["logps/rejected"].item() == pytest.approx(-5.0)
+    batched = trl_metrics(torch.stack([chosen, rejected]), torch.stack([rejected, chosen]), torch.zeros(2, 3), torch.zeros(2, 3))
+    assert batched["rewards/margins"].tolist() == pytest.approx([-0.1, 0.1])  # one value per model of an ensemble
+
+
+def test_the_evaluator_reports_trl_metrics_consistent_with_its_own(tiny_pairs, tiny_data_cfg, tiny_model, tiny_model_cfg):
+    _, test = tiny_pairs
+    policy = build_model(tiny_model_cfg, seed=5)
+    row = Evaluator(test, tiny_data_cfg, EvalConfig(kl_samples=2), reference=tiny_model, betas=0.5)(policy)
+    assert row["rewards/margins"] == pytest.approx(row["margin"])
+    assert row["rewards/chosen"] == pytest.approx(0.5 * row["chosen_logp_change"])

@@ -47,7 +47,8 @@ def test_members_with_their_own_beta_lr_weight_decay_and_sft_weight_equal_separa
         evaluate = _evaluator(tiny_pairs, tiny_data_cfg, reference, member.cfg.beta)
         alone = run_dpo(alone_key, reference, tiny_pairs[0], [member], evaluate, weights[i : i + 1])
         mine = together[together["member"] == i].drop(columns="member").reset_index(drop=True)
-        pd.testing.assert_frame_equal(mine, alone.drop(columns="member"), rtol=1e-4, atol=1e-5)
+        strict = ["member", "rewards/accuracies"]  # TRL's strict accuracy: float noise decides the ties at step 0
+        pd.testing.assert_frame_equal(mine.drop(columns=strict[1:]), alone.drop(columns=strict), rtol=1e-4, atol=1e-5)
     assert together.groupby("member")["loss"].last().nunique() == 3  # the members did train differently
 
 

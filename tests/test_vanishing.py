@@ -83,6 +83,31 @@ def test_end_to_end_on_a_tiny_task_is_cached_and_deterministic(tmp_path, monkeyp
     pd.testing.assert_frame_equal(again_curves, curves)
 
 
+def test_a_killed_rft_run_resumes_with_the_numbers_of_an_unbroken_one(tmp_path, monkeypatch):
+    task = RLTaskConfig(prompt_min=100, prompt_max=115, test_fraction=0.5, hard_fraction=0.5, shift=30, seed=0)
+    model_cfg = ModelConfig(d_model=16, n_heads=2, d_mlp=16, n_ctx=6)
+    short = TrainConfig(optimizer="adam", lr=1e-2, weight_decay=0.0, epochs=2, batch_size=4, grad_clip=None, n_evals=4)
+    args = (task, model_cfg, short, short, SmallSFTConfig(label_fraction=0.2, step_fraction=0.5), short)
+    unbroken = run_vanishing_gradients(*args, seeds=[0], cache_dir=tmp_path / "a", progress=False)
+    calls, probe_call = [], vanishing.Probe.__call__
+
+    def dies_at_the_third_evaluation(self):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return probe_call(self)
+
+    monkeypatch.setattr(vanishing.Probe, "__call__", dies_at_the_third_evaluation)
+    with pytest.raises(KeyboardInterrupt):
+        run_vanishing_gradients(*args, seeds=[0], cache_dir=tmp_path / "b", progress=False)
+    assert list((tmp_path / "b").glob("rft-*.ckpt")) and list((tmp_path / "b").glob("*.partial.csv"))
+    monkeypatch.setattr(vanishing.Probe, "__call__", probe_call)
+    resumed = run_vanishing_gradients(*args, seeds=[0], cache_dir=tmp_path / "b", progress=False)
+    pd.testing.assert_frame_equal(resumed[0], unbroken[0])
+    pd.testing.assert_frame_equal(resumed[1], unbroken[1])
+    assert not list((tmp_path / "b").glob("rft-*.ckpt")) and not list((tmp_path / "b").glob("*.partial.csv"))
+
+
 def test_bad_seeds_fail_before_training(tmp_path):
     with pytest.raises(ValueError, match="seeds must be a non-empty list"):
         run_vanishing_gradients(RLTaskConfig(), ModelConfig(), CFG, CFG, SmallSFTConfig(), CFG, seeds=[], cache_dir=tmp_path)

@@ -17,7 +17,16 @@ from .data import Batch, PairSet, collate_pairs
 from .ensemble import Ensemble, as_ensemble, rows_per_call
 from .generate import greedy_answers, sample_responses
 from .losses import implicit_reward, sequence_logps
-from .metrics import answers_tensor, is_ood, kl_estimate, path_kl, reward_accuracy, reward_margin, sequence_error
+from .metrics import (
+    answers_tensor,
+    is_ood,
+    kl_estimate,
+    path_kl,
+    reward_accuracy,
+    reward_margin,
+    sequence_error,
+    trl_metrics,
+)
 from .model import Transformer
 
 ACCURACY_ATOL = 1e-4  # nats: a pair counts as won when its log-ratio margin exceeds this, not float noise
@@ -102,6 +111,7 @@ class Evaluator:
             chosen_change = policy_chosen_logps.double() - self.reference_chosen_logps.double()  # (M, n)
             columns["chosen_logp_change"] = chosen_change.mean(-1)  # held-out Δ log π(y+), nats
             columns["displaced"] = (chosen_change < -ACCURACY_ATOL).double().mean(-1)  # share of pairs whose π(y+) fell
+            columns.update(trl_metrics(chosen_rewards, rejected_rewards, policy_chosen_logps, policy_rejected_logps))
             columns.update(self.kl(model))
         rows = [{k: float(v[i]) for k, v in columns.items()} for i in range(len(model))]
         return rows[0] if isinstance(policy, Transformer) else rows

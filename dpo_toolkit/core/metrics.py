@@ -46,6 +46,29 @@ def reward_margin(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) 
     return (chosen_rewards - rejected_rewards).double().mean(-1)
 
 
+TRL_NAMES = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen", "logps/rejected")
+
+
+def trl_metrics(
+    chosen_rewards: torch.Tensor,
+    rejected_rewards: torch.Tensor,
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+) -> dict[str, torch.Tensor]:
+    """The DPO metrics Hugging Face TRL's DPOTrainer logs, under its names and definitions, so
+    that a TRL user can compare logs: means over the batch of β·log(π/π_ref) of y_w and y_l,
+    of 1[r(y_w) > r(y_l)] (strict, no tolerance), of r(y_w) − r(y_l), and of the summed
+    response log-probs of y_w and y_l under the policy. Inputs (..., batch); outputs (...)."""
+    return {
+        "rewards/chosen": chosen_rewards.double().mean(-1),
+        "rewards/rejected": rejected_rewards.double().mean(-1),
+        "rewards/accuracies": (chosen_rewards > rejected_rewards).double().mean(-1),
+        "rewards/margins": (chosen_rewards - rejected_rewards).double().mean(-1),
+        "logps/chosen": policy_chosen_logps.double().mean(-1),
+        "logps/rejected": policy_rejected_logps.double().mean(-1),
+    }
+
+
 def kl_estimate(log_ratios: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """KL(π_θ ‖ π_ref) averaged over prompts (Park Eq. 6) from per-sample estimates, with its standard error.
 

@@ -20,7 +20,7 @@ from .config import DataConfig, DPOConfig, EvalConfig, ModelConfig, TrainConfig,
 from .data import make_pairs
 from .ensemble import Ensemble
 from .evaluate import Evaluator
-from .metrics import group_weight_deltas
+from .metrics import TRL_NAMES, group_weight_deltas
 from .model import Transformer, build_model
 from .runner import Member, RunKey, cached_model, run_dpo
 from .train import train_sft
@@ -108,7 +108,8 @@ def run_sft_then_dpo(
     Returns one row per evaluation with columns phase ('sft' | 'dpo'), beta (NaN for
     SFT), seed, step, epoch, loss, the Evaluator's metrics, and the WeightDelta from the
     reference (Park Eq. 7) in all (`weight_delta`) and in the attention group
-    (`attention_delta`). For every β in keep_betas the weights at each evaluation are
+    (`attention_delta`), and TRL's DPO metrics under TRL's names (``metrics.trl_metrics``,
+    on the held-out pairs). For every β in keep_betas the weights at each evaluation are
     saved, and `weights` holds the file's path (empty for other rows).
     """
     check_fits(model_cfg, data_cfg)
@@ -128,5 +129,5 @@ def run_sft_then_dpo(
             dpo["weights"] = ""
         frames.append(dpo.drop(columns="member").assign(phase="dpo", seed=seed))
     columns = ["phase", "beta", "seed", "step", "epoch", "loss", "ood_rate", "seq_error", "accuracy", "margin"]
-    columns += ["kl", "kl_se", "kl_mc", "kl_mc_se", "weight_delta", "attention_delta", "weights"]
+    columns += ["kl", "kl_se", "kl_mc", "kl_mc_se", "weight_delta", "attention_delta", *TRL_NAMES, "weights"]
     return pd.concat(frames, ignore_index=True).reindex(columns=columns)

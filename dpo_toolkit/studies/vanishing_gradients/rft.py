@@ -21,7 +21,7 @@ from dpo_toolkit.core.data import Batch, encode_prompt
 from dpo_toolkit.core.ensemble import Ensemble, as_ensemble, rows_per_call
 from dpo_toolkit.core.losses import sequence_logps
 from dpo_toolkit.core.model import Transformer
-from dpo_toolkit.core.train import optimize
+from dpo_toolkit.core.train import Checkpoint, optimize
 
 RESPONSE_LENGTH = 2
 
@@ -163,10 +163,12 @@ def train_rft(
     evaluate: Callable[[], list[dict]],
     on_eval: Callable[[int], object] | None = None,
     progress: bool | None = None,
+    checkpoint: Checkpoint | None = None,
 ) -> pd.DataFrame:
     """Policy-gradient fine-tuning with exact expected gradients: every model of the ensemble
     ascends the mean of V_x over a minibatch of prompts, in place. rewards: (n, R) for
-    `prompts` over ``all_responses``. Returns one row per evaluation and model (see optimize)."""
+    `prompts` over ``all_responses``. Returns one row per evaluation and model; with a
+    checkpoint, a killed run resumes from its last evaluation (see optimize)."""
     responses = all_responses(policies.cfg.d_vocab)
     tokens, response_mask = _response_tokens(prompts, responses)  # (n, R, T)
     reward_table = rewards.float()
@@ -179,5 +181,14 @@ def train_rft(
 
     params = list(policies.params.values())
     return optimize(
-        params, batch_loss, len(prompts), [cfg], evaluate, stacked=True, on_eval=on_eval, progress=progress, desc="RFT"
+        params,
+        batch_loss,
+        len(prompts),
+        [cfg],
+        evaluate,
+        stacked=True,
+        checkpoint=checkpoint,
+        on_eval=on_eval,
+        progress=progress,
+        desc="RFT",
     )

@@ -104,13 +104,19 @@ def no_evaluation(model) -> dict:
 
 class Probe:
     """The RFT evaluation: mean rewards per model, and per-prompt V_x, std and (on training
-    prompts) the exact ‖∇V_x‖, all in float64, stamped with the step by ``stamp``."""
+    prompts) the exact ‖∇V_x‖, all in float64, stamped with the step by ``stamp``.
 
-    def __init__(self, policies: Ensemble, prompts: np.ndarray, is_train: np.ndarray, is_hard: np.ndarray):
+    With `partial`, the rows stamped so far are written there (atomically) at every stamp and
+    read back on construction, so a resumed run keeps the rows of the evaluations it skips."""
+
+    def __init__(
+        self, policies: Ensemble, prompts: np.ndarray, is_train: np.ndarray, is_hard: np.ndarray, partial: Path | None = None
+    ):
         self.policies, self.prompts, self.is_train, self.is_hard = policies, prompts, is_train, is_hard
         self.responses = all_responses(policies.cfg.d_vocab)
         self.rewards = closeness_reward(prompts, self.responses)  # (n, R)
-        self.rows: list[pd.DataFrame] = []
+        self.partial = partial
+        self.rows: list[pd.DataFrame] = [pd.read_csv(partial)] if partial is not None and partial.exists() else []
         self._pending: pd.DataFrame | None = None
 
     def __call__(self) -> list[dict]:
@@ -151,6 +157,13 @@ class Probe:
 
     def stamp(self, step: int) -> None:
         self.rows.append(self._pending.assign(step=step))
+        if self.partial is not None:
+            write_csv(self.table(), self.partial)
+
+    def table(self) -> pd.DataFrame:
+        """Every stamped row; a step stamped twice (a resumed run redoing the evaluation after its
+        checkpoint) keeps its last stamp."""
+        return pd.concat(self.rows, ignore_index=True).drop_duplicates(["arm", "prompt", "step"], keep="last")
 
 
 def run_vanishing_gradients(
@@ -204,12 +217,16 @@ def run_vanishing_gradients(
         curve_path, inputs_path = key.path("-curves.csv"), key.path("-inputs.csv")
         if not (curve_path.exists() and inputs_path.exists()):
             policies = Ensemble([pretrained, full, small])
-            probe = Probe(policies, prompts, np.isin(prompts, train), np.isin(prompts, hard))
+            partial, rft_checkpoint = key.path("-inputs.partial.csv"), Checkpoint(key.path(".ckpt"))
+            probe = Probe(policies, prompts, np.isin(prompts, train), np.isin(prompts, hard), partial)
             rewards = closeness_reward(train, all_responses(model_cfg.d_vocab))
-            curve = train_rft(policies, train, rewards, dataclasses.replace(rft_cfg, seed=seed), probe, probe.stamp, progress)
+            cfg = dataclasses.replace(rft_cfg, seed=seed)
+            curve = train_rft(policies, train, rewards, cfg, probe, probe.stamp, progress, rft_checkpoint)
             curve = curve.assign(arm=curve["member"].map(dict(enumerate(ARMS)))).drop(columns="member")
-            write_csv(pd.concat(probe.rows, ignore_index=True), inputs_path)
+            write_csv(probe.table(), inputs_path)
             write_csv(curve, curve_path)
+            rft_checkpoint.remove()
+            partial.unlink(missing_ok=True)
         curves.append(pd.read_csv(curve_path).assign(seed=seed))
         inputs.append(pd.read_csv(inputs_path).assign(seed=seed))
     return pd.concat(curves, ignore_index=True), pd.concat(inputs, ignore_index=True)
