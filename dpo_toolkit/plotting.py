@@ -84,7 +84,7 @@ def plot_kl_heatmap(sweep: pd.DataFrame, optimal: pd.DataFrame) -> plt.Figure:
 
 def plot_ood_vs_kl(sweep: pd.DataFrame, band: tuple[float, float], bins: pd.DataFrame) -> plt.Figure:
     """OOD rate against KL for every checkpoint (colour: β), the binned means that
-    ``sweep.u_shape_bins`` computed, and the band of least-OOD KLs (Park Fig. 2 right)."""
+    ``kl_sweep.u_shape_bins`` computed, and the band of least-OOD KLs (Park Fig. 2 right)."""
     data = sweep[(sweep["step"] > 0) & (sweep["kl"] > 0)].assign(log10_beta=lambda d: np.log10(d["beta"]))
     fig, ax = plt.subplots(figsize=(8, 4.8))
     ax.axvspan(*band, color="tab:pink", alpha=0.25, label=f"least-OOD band, KL {band[0]:.2f}–{band[1]:.2f}")

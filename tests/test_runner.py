@@ -2,6 +2,7 @@
 are cached by everything they depend on, and a killed run resumes with an unbroken run's numbers."""
 
 import copy
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -129,3 +130,31 @@ def test_members_validate_themselves():
         Member(DPO, sft_weight=-1.0)
     with pytest.raises(ValueError, match="at least one Member"):
         run_dpo(RunKey("unused", "x", 0), None, None, [], None)
+
+
+def test_a_run_killed_without_kept_weights_resumes_with_every_kept_step(reference, tiny_pairs, tiny_data_cfg, tmp_path):
+    evaluate = _evaluator(tiny_pairs, tiny_data_cfg, reference, 0.1)
+    calls = []
+
+    def dies_at_the_second_evaluation(policies):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return evaluate(policies)
+
+    key = RunKey(tmp_path, "dpo", 0)
+    with pytest.raises(KeyboardInterrupt):
+        run_dpo(key, reference, tiny_pairs[0], [Member(DPO)], dies_at_the_second_evaluation)  # keeps no weights
+    df = run_dpo(key, reference, tiny_pairs[0], [Member(DPO)], evaluate, keep=[0])
+    assert all(Path(w).exists() for w in df["weights"])  # step 0 too: not resumed from a checkpoint that kept none
+    assert not list(tmp_path.glob("*-keep0.ckpt"))  # the finished run removed its own checkpoint
+
+
+def test_a_checkpoint_left_beside_a_finished_curve_is_removed(reference, tiny_pairs, tiny_data_cfg, tmp_path):
+    key = RunKey(tmp_path, "dpo", 0)
+    evaluate = _evaluator(tiny_pairs, tiny_data_cfg, reference, 0.1)
+    first = run_dpo(key, reference, tiny_pairs[0], [Member(DPO)], evaluate)
+    (curve,) = tmp_path.glob("*.csv")
+    curve.with_suffix(".ckpt").write_text("killed after the curve was written")
+    pd.testing.assert_frame_equal(run_dpo(key, reference, tiny_pairs[0], [Member(DPO)], evaluate), first)
+    assert not list(tmp_path.glob("*.ckpt"))

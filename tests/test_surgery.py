@@ -168,3 +168,11 @@ def test_c9_is_partly_when_the_typical_share_is_small_but_not_every_one():
     curves = pd.concat([curves, curves[curves["step"] == 10].assign(step=20, attention_share_step=0.3)], ignore_index=True)
     claims = surgery_claims(sweep, curves, counts).set_index("claim_id")  # shares 0.2, 0.25, 0.6, 0.3: median 0.275
     assert claims.loc["C9", "verdict"] == "partly"
+
+
+def test_c7_is_untestable_when_the_weight_delta_ranges_do_not_overlap():
+    sweep, curves, counts = _surgery_inputs(0.3, 0.2, 2.0, [0.2, 0.25])
+    sweep.loc[sweep["beta"] == 1.0, "weight_delta"] += 100  # the large-β run moves far more: no matched WeightDelta
+    claims = surgery_claims(sweep, curves, counts).set_index("claim_id")
+    assert claims.loc["C7", "verdict"] == "untestable here"  # the old rule said not reproduced (a NaN ratio)
+    assert "0 of 1" in claims.loc["C7", "precondition"]

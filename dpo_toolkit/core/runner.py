@@ -28,6 +28,11 @@ from .ensemble import Ensemble
 from .storage import write_csv
 from .train import Checkpoint, train_dpo_ensemble
 
+RESULTS_VERSION = 2
+"""Part of every run key: bump it when what a run writes changes (new columns, another
+evaluation), so that results cached by an older toolkit are not read as current ones.
+2: the curves carry TRL's DPO metrics."""
+
 
 def array_hash(values: torch.Tensor | np.ndarray) -> str:
     """A short stable hash of an array's dtype, shape and bytes."""
@@ -56,13 +61,14 @@ class RunKey:
         parts = [array_hash(x) if isinstance(x, torch.Tensor | np.ndarray) else x for x in self.depends_on]
         arrays = [p for p in parts if isinstance(p, str)]
         key = config_hash(*(p for p in parts if not isinstance(p, str)))
+        key = hashlib.sha256(f"v{RESULTS_VERSION}-{key}".encode()).hexdigest()[:12]
         if arrays:
             key = hashlib.sha256("".join([key, *arrays]).encode()).hexdigest()[:12]
-        Path(self.directory).mkdir(parents=True, exist_ok=True)
         return Path(self.directory) / f"{self.name}-seed{self.seed}-{key}"
 
     def path(self, suffix: str) -> Path:
-        """The run's file with this suffix ('.csv', '.pt', '.ckpt', '-weights', …)."""
+        """The run's file with this suffix ('.csv', '.pt', '.ckpt', '-weights', …); creates the directory."""
+        Path(self.directory).mkdir(parents=True, exist_ok=True)
         return self.stem.with_name(self.stem.name + suffix)
 
 
@@ -80,13 +86,15 @@ def cached_model(
     if weights.exists():
         model.load_state_dict(torch.load(weights))
         df = pd.read_csv(curve) if fits_curve else None
+        Checkpoint(key.path(".ckpt")).remove()  # left by a run killed after saving its weights
     else:
         checkpoint = Checkpoint(key.path(".ckpt"))
         df = fit(model, checkpoint)
         if df is not None:
             write_csv(df, curve)
-        torch.save(model.state_dict(), weights.with_suffix(".tmp"))
-        weights.with_suffix(".tmp").replace(weights)
+        tmp = weights.with_name(weights.name + ".tmp")
+        torch.save(model.state_dict(), tmp)
+        tmp.replace(weights)
         checkpoint.remove()
     return model.eval().requires_grad_(False), df
 
@@ -137,6 +145,8 @@ def run_dpo(
     def weights_path(member: int, step: int) -> Path:
         return weights_dir / f"member{member}-step{step}.pt"
 
+    # a checkpoint of a run that kept other members' weights cannot give these members' earlier weights
+    checkpoint = Checkpoint(key.path(f"-keep{'-'.join(map(str, keep))}.ckpt" if keep else ".ckpt"))
     df = pd.read_csv(curve) if curve.exists() else None
     if df is None or not all(weights_path(i, t).exists() for i in keep for t in df["step"].unique()):
         policies = Ensemble([copy.deepcopy(reference) for _ in members])
@@ -146,12 +156,11 @@ def run_dpo(
             for i in keep:
                 torch.save(policies.member(i).state_dict(), weights_path(i, step))
 
-        checkpoint = Checkpoint(key.path(".ckpt"))
         sft_weights = [m.sft_weight for m in members] if any(m.sft_weight for m in members) else None
         df = train_dpo_ensemble(policies, reference, train, [m.cfg for m in members], evaluate, progress, checkpoint,
                                 save_kept if keep else None, pair_weights=pair_weights, sft_weights=sft_weights)  # fmt: skip
         write_csv(df, curve)
-        checkpoint.remove()
+    checkpoint.remove()  # also one left by a run killed after writing its curve
     if keep:
         df["weights"] = [str(weights_path(i, t)) if i in keep else "" for i, t in zip(df["member"], df["step"], strict=True)]
     return df

@@ -10,6 +10,6 @@ import pandas as pd
 def write_csv(df: pd.DataFrame, path: Path) -> None:
     """Write df to path (no index) through a temporary file renamed into place: atomic."""
     path = Path(path)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(path.name + ".tmp")
     df.to_csv(tmp, index=False)
     tmp.replace(path)

@@ -54,8 +54,9 @@ class Checkpoint:
 
     def save(self, params: list[torch.Tensor], optimizer, rows: list[dict], step: int) -> None:
         state = {"params": [p.detach() for p in params], "optimizer": optimizer.state_dict(), "rows": rows, "step": step}
-        torch.save(state, self.path.with_suffix(".tmp"))
-        self.path.with_suffix(".tmp").replace(self.path)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        torch.save(state, tmp)
+        tmp.replace(self.path)
 
     def restore(self, params: list[torch.Tensor], optimizer) -> tuple[list[dict], int]:
         """Load the saved weights into params and the optimizer; returns (rows, step)."""

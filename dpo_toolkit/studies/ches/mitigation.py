@@ -239,7 +239,8 @@ def drift_claims(curves: pd.DataFrame) -> pd.DataFrame:
 def drift_answer(curves: pd.DataFrame) -> str:
     """One Markdown sentence answering C21's question from ``ood_drift`` of the grokking runs."""
     drift = ood_drift(curves)
-    base, filtered = drift["all pairs"], drift.drop("all pairs")
+    kinds = curves.groupby("variant")["kind"].first()
+    base, filtered = drift["all pairs"], drift[kinds.reindex(drift.index) == "CHES filter"]
     answer = (
         f"CHES filtering {'reduces' if filtered.min() < base else 'does not reduce'} the grokking setup's OOD drift here."
         if base > 0

@@ -10,6 +10,8 @@ from dpo_toolkit.core.claims import claims_frame, verdict
 CORRELATION = 0.8  # |Pearson| that counts as "in proportion to"
 
 
+FLOAT64_NOISE = 1e-9
+"""A one-step change of log π(y+) (computed in float64) counts as a fall only below −FLOAT64_NOISE."""
 RANK_CORRELATION = 0.5  # −Spearman(⟨W+, W−⟩, Δ log π(y+)) that counts as "grows with"
 
 
@@ -36,7 +38,7 @@ def displacement_claims(features: pd.DataFrame, geometry: pd.DataFrame, pairs: p
     r_features = float(features["z_corr"].min())
     rank_features = float(features[["inner_pos_neg", "dlogp_pos_first_order"]].corr(method="spearman").iloc[0, 1])
     displaced_features = float((features["p_pos_after"] < features["p_pos_before"]).mean())
-    one_step_displaced = float((pairs["dlogp_pos"] < 0).mean())
+    one_step_displaced = float((pairs["dlogp_pos"] < -FLOAT64_NOISE).mean())
     lm_parts = [r_lm >= CORRELATION, rank_lm <= -RANK_CORRELATION, share_catastrophic > 0]
     c10 = verdict(all(lm_parts), share_displaced > 0 or one_step_displaced > 0)
     return claims_frame(

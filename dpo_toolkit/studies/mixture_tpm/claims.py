@@ -26,17 +26,20 @@ def mixture_claims(lemma_error: float, theorem: pd.DataFrame, masses: pd.DataFra
     checkpoint at several temperatures, T = 1 among them).
 
     C17 and C19 are checks of an identity and of a near-certainty on random instances:
-    ``verified (identity)``, never counted as reproductions. C20 needs more than a softmax's
-    positivity: DPO keeps ≥ KEPT_SHARE of the reference's unaligned mass, and heat
-    amplifies the trained policy's mass more than the reference's (partly: the latter), with
-    heat bringing back at least the reference's T = 1 mass for 'reproduced'.
+    ``verified (identity)``, never counted as reproductions. C18 is tested on the assumptions
+    as worded (precondition: some random instance meets them); that it holds under the
+    covariance the proof uses is reported, never counted (the proof's own premise makes it
+    hold). C20 needs more than a softmax's positivity: DPO keeps ≥ KEPT_SHARE of the
+    reference's unaligned mass and heat amplifies the trained policy's mass more than the
+    reference's (partly: both), with heat bringing back at least the reference's T = 1 mass
+    for 'reproduced'.
     """
     heat = heat_table(temperatures)
     c17 = identity(lemma_error <= LEMMA_TOLERANCE)
 
     proof, stated = theorem[theorem["proof_needs"]], theorem[theorem["as_stated"]]
     proof_fails, stated_fails = int((~proof["holds"]).sum()), int((~stated["holds"]).sum())
-    c18 = verdict(proof_fails == stated_fails == 0, proof_fails == 0)
+    c18 = verdict(stated_fails == 0, testable=len(stated) > 0)
     stated_broken = stated.loc[~stated["holds"], "instance"].nunique()
 
     failed = theorem[~theorem["as_stated"]]
@@ -49,7 +52,7 @@ def mixture_claims(lemma_error: float, theorem: pd.DataFrame, masses: pd.DataFra
     kept = bool((heat["kept"] >= KEPT_SHARE).all())
     more_than_reference = bool((heat["relative"] > 1).all())
     brought_back = bool((heat["heat_back"] >= 1).all())
-    c20 = verdict(kept and more_than_reference and brought_back, more_than_reference)
+    c20 = verdict(kept and more_than_reference and brought_back, kept and more_than_reference)
     hottest = heat["hottest"].iloc[0]
     last = masses[masses["step"] == masses["step"].max()].set_index(["seed", "beta", "prompt"])["log_unaligned"]
     reference = masses[masses["step"] == 0].set_index(["seed", "beta", "prompt"])["log_unaligned"]
@@ -71,6 +74,7 @@ def mixture_claims(lemma_error: float, theorem: pd.DataFrame, masses: pd.DataFra
                 f"{stated_fails} failures in {len(stated)} cases meeting the assumptions as worded "
                 f"({stated_broken} instances)",
                 "verdict": c18,
+                "precondition": f"random instances meet the assumptions as worded: {len(stated)} (instance, β) cases",
             },
             {
                 "claim_id": "C19",

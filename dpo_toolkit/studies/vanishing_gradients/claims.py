@@ -63,14 +63,22 @@ def vanishing_claims(curves: pd.DataFrame, inputs: pd.DataFrame) -> pd.DataFrame
     decades = float(env["log10_std"].max() - env["log10_std"].min()) if len(env) else 0.0
     # Constant-free: the theorem's constant (Razin et al., Thm. 1) could not be read from the sources
     # reachable here (the talk states O(std^(2/3)) only), so the exponent is what is tested.
-    c14 = verdict(slope >= BOUND_EXPONENT - SLOPE_TOLERANCE, slope > 0, testable=decades >= MIN_DECADES and len(env) >= 2)
+    # partly: the gradient vanishes at least half as fast as the bound says (a positive slope alone
+    # is close to implied: ∇V_x → 0 as std → 0 anyway)
+    c14 = verdict(
+        slope >= BOUND_EXPONENT - SLOPE_TOLERANCE,
+        slope >= BOUND_EXPONENT / 2,
+        testable=decades >= MIN_DECADES and len(env) >= 2,
+    )
 
     stall = stall_table(inputs)
     low = stall[stall["low"]]
     stalled, others = low[low["small_low"]], low[~low["small_low"]]
-    gain_ratio = stalled["gain"].mean() / others["gain"].mean() if len(stalled) and len(others) else float("nan")
-    # precondition: there are small-std, low-reward inputs, and other low-reward inputs to compare them with
-    c15 = verdict(gain_ratio <= STALL_RATIO, gain_ratio <= 2 * STALL_RATIO, testable=bool(len(stalled) and len(others)))
+    comparable = bool(len(stalled) and len(others)) and others["gain"].mean() > 0
+    gain_ratio = stalled["gain"].mean() / others["gain"].mean() if comparable else float("nan")
+    # precondition: small-std and larger-std low-reward inputs both exist, and the latter improve
+    # (a ratio to a gain ≤ 0 says nothing about stalling)
+    c15 = verdict(gain_ratio <= STALL_RATIO, gain_ratio <= 2 * STALL_RATIO, testable=comparable)
 
     final = curves[curves["step"] == curves["step"].max()].groupby("arm")["reward_train"]
     start = curves[curves["step"] == 0].groupby("arm")["small_std_low_reward"].mean()
@@ -94,7 +102,7 @@ def vanishing_claims(curves: pd.DataFrame, inputs: pd.DataFrame) -> pd.DataFrame
                 f"envelope {slope:.2f} over {decades:.1f} decades of std; largest ‖∇V_x‖ / std^(2/3) = {ratio.max():.3g} "
                 f"over {len(positive)} (input, checkpoint) cases (a fitted C, reported, not tested)",
                 "verdict": c14,
-                "precondition": f"the reward stds span ≥ {MIN_DECADES:g} decades: {decades:.1f}",
+                "precondition": f"the envelope's populated bins of reward std span ≥ {MIN_DECADES:g} decades: {decades:.1f}",
             },
             {
                 "claim_id": "C15",
@@ -104,8 +112,8 @@ def vanishing_claims(curves: pd.DataFrame, inputs: pd.DataFrame) -> pd.DataFrame
                 f"{len(stalled)} with small std gain {stalled['gain'].mean():.3f} on average, "
                 f"{len(others)} with larger std gain {others['gain'].mean():.3f} (ratio {gain_ratio:.2f})",
                 "verdict": c15,
-                "precondition": "low-reward training inputs with small std and with larger std, to compare: "
-                f"{len(stalled)} and {len(others)}",
+                "precondition": "low-reward training inputs with small std and with larger std, the latter improving: "
+                f"{len(stalled)} and {len(others)} (mean gain {others['gain'].mean():+.3f})",
             },
             {
                 "claim_id": "C16",

@@ -133,7 +133,8 @@ def _bound_inputs(exponent: float, low: float = -4) -> pd.DataFrame:
     ("exponent", "low", "expected"),
     [
         (2 / 3, -4, "reproduced"),
-        (0.3, -4, "partly"),  # vanishes with the std, but slower than the theorem's exponent
+        (0.45, -4, "partly"),  # vanishes with the std, slower than the bound but at least half its exponent
+        (0.2, -4, "not reproduced"),  # a positive slope alone (the old rule said partly): ∇V_x → 0 with std anyway
         (2 / 3, -1, "untestable here"),  # one decade of std: no exponent to measure (the old rule said partly)
     ],
 )
@@ -141,3 +142,13 @@ def test_c14_exponent_check(exponent, low, expected):
     claims = vanishing_claims(_curves(0.95), _bound_inputs(exponent, low)).set_index("claim_id")
     assert claims.loc["C14", "verdict"] == expected
     assert "constant-free check" in claims.loc["C14", "our_value"]
+
+
+def test_c15_is_untestable_when_the_larger_std_inputs_do_not_improve():
+    """A negative gain of the others made the ratio negative, which the old rule read as stalling (reproduced)."""
+    inputs = _inputs(0.3)
+    larger = (inputs["std"] >= 0.05) & (inputs["step"] == 10)
+    inputs.loc[larger, "value"] = 0.3  # the larger-std inputs lose 0.1
+    claims = vanishing_claims(_curves(0.95), inputs).set_index("claim_id")
+    assert claims.loc["C15", "verdict"] == "untestable here"
+    assert "-0.100" in claims.loc["C15", "precondition"]

@@ -129,3 +129,6 @@ def test_claim_verdicts():
     )
     # one step lowers log π(y+) for some pair: displacement seen in the model
     assert displacement_claims(features, flat, rising, never)["verdict"].item() == "partly"
+    # a fall at float64 noise level is not displacement
+    noise = rising.assign(dlogp_pos=[-1e-12, 0.0, 0.1])
+    assert displacement_claims(features, flat, noise, never)["verdict"].item() == "not reproduced"

@@ -177,13 +177,14 @@ IDENTITY = "verified (identity)"
     [
         (True, 0.3, 0.05, "reproduced"),  # kept 50 %, heat ×6 vs the reference's ×1.5, 3× the reference's T=1 mass
         (True, 0.09, 0.05, "partly"),  # heat amplifies more than the reference's, but brings back less than it had
-        (True, 0.3, 0.005, "partly"),  # DPO kept only 5 % of the reference's mass
+        (True, 0.3, 0.005, "not reproduced"),  # DPO kept only 5 % of the reference's mass: heat amplifies 60×, by 1/kept
         (False, 0.06, 0.05, "not reproduced"),  # the old rule said partly: the mass is non-zero (a softmax's, always)
     ],
 )
 def test_mixture_claims_verdicts(stated_holds, hot, last_cold, expected_c20):
     claims = mixture_claims(1e-16, *_claims_inputs(stated_holds, hot, last_cold))
-    assert claims["verdict"].tolist() == [IDENTITY, "reproduced" if stated_holds else "partly", IDENTITY, expected_c20]
+    # C18 as worded: a failure there is not reproduced; holding under the proof's own premise no longer makes it partly
+    assert claims["verdict"].tolist() == [IDENTITY, "reproduced" if stated_holds else "not reproduced", IDENTITY, expected_c20]
     assert "10^-30.0" in claims.loc[3, "our_value"]
     assert "100%" in claims.loc[3, "our_value"]  # both prompts' mass fell below the reference's
     assert mixture_claims(1e-6, *_claims_inputs(True, 0.3))["verdict"].iloc[0] == "not reproduced"
@@ -207,3 +208,10 @@ def test_mass_summary_by_hand():
     row = mass_summary(masses).iloc[0]
     assert row["mean_mass"] == pytest.approx((0.2 + 1e-5) / 2)
     assert row["min_log10_mass"] == pytest.approx(-5.0)
+
+
+def test_c18_is_untestable_when_no_random_case_meets_the_worded_assumptions():
+    theorem, masses, temperatures = _claims_inputs(True, 0.3)
+    claims = mixture_claims(0.0, theorem.assign(as_stated=False), masses, temperatures).set_index("claim_id")
+    assert claims.loc["C18", "verdict"] == "untestable here"
+    assert "0 (instance, β) cases" in claims.loc["C18", "precondition"]
