@@ -26,6 +26,19 @@ def reference(tiny_model_cfg, tiny_pairs):
     return model.requires_grad_(False)
 
 
+def _dying(evaluate, at_call: int):
+    """evaluate, except that its at_call-th call raises KeyboardInterrupt (a run killed there)."""
+    calls = []
+
+    def dies(policies):
+        calls.append(1)
+        if len(calls) == at_call:
+            raise KeyboardInterrupt
+        return evaluate(policies)
+
+    return dies
+
+
 def _evaluator(tiny_pairs, tiny_data_cfg, reference, betas):
     return Evaluator(tiny_pairs[1], tiny_data_cfg, EvalConfig(kl_samples=2), reference=reference, betas=betas)
 
@@ -71,14 +84,7 @@ def test_a_killed_run_resumes_with_the_numbers_of_an_unbroken_one(reference, tin
     members = [Member(DPO), Member(DPOConfig(**{**DPO.__dict__, "lr": 3e-3}))]
     evaluate = _evaluator(tiny_pairs, tiny_data_cfg, reference, [0.1, 0.1])
     unbroken = run_dpo(RunKey(tmp_path / "a", "dpo", 0), reference, tiny_pairs[0], members, evaluate)
-    calls = []
-
-    def dies_at_the_second_evaluation(policies):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return evaluate(policies)
-
+    dies_at_the_second_evaluation = _dying(evaluate, at_call=2)
     key = RunKey(tmp_path / "b", "dpo", 0)
     with pytest.raises(KeyboardInterrupt):
         run_dpo(key, reference, tiny_pairs[0], members, dies_at_the_second_evaluation)
@@ -134,14 +140,7 @@ def test_members_validate_themselves():
 
 def test_a_run_killed_without_kept_weights_resumes_with_every_kept_step(reference, tiny_pairs, tiny_data_cfg, tmp_path):
     evaluate = _evaluator(tiny_pairs, tiny_data_cfg, reference, 0.1)
-    calls = []
-
-    def dies_at_the_second_evaluation(policies):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return evaluate(policies)
-
+    dies_at_the_second_evaluation = _dying(evaluate, at_call=2)
     key = RunKey(tmp_path, "dpo", 0)
     with pytest.raises(KeyboardInterrupt):
         run_dpo(key, reference, tiny_pairs[0], [Member(DPO)], dies_at_the_second_evaluation)  # keeps no weights
