@@ -50,6 +50,17 @@ def test_no_room_for_an_in_window_answer_means_all_mass_unaligned(short_model):
     assert not aligned.any()
 
 
+def test_prompts_of_different_lengths_in_one_call_match_brute_force(short_model):
+    # 1-digit prompts walk three-digit trees, "10=" a one-digit tree, "12=" none; all in one call
+    prompts = [5, 12, 1, 10, 8, 0]
+    log_aligned, log_unaligned = response_masses(short_model, np.array(prompts), 2, 1.5)
+    for i, prompt in enumerate(prompts):
+        logps, aligned = _brute_force_masses(short_model, prompt, 2, 1.5)
+        expected_aligned = np.logaddexp.reduce(logps[aligned]) if aligned.any() else -np.inf
+        assert log_aligned[i] == pytest.approx(expected_aligned, abs=1e-9)
+        assert log_unaligned[i] == pytest.approx(np.logaddexp.reduce(logps[~aligned]), abs=1e-9)
+
+
 def test_masses_sum_to_one_on_the_paper_model_and_an_ensemble_matches_its_members():
     models = [build_model(ModelConfig(), seed) for seed in (0, 1)]
     prompts = np.array([100, 257, 499])

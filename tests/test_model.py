@@ -30,7 +30,7 @@ def test_forward_shape_and_causality(tiny_model, tiny_model_cfg):
 def test_attention_matches_torch_fused_attention(tiny_model):
     x = torch.randn(4, 6, 16)
     attn = tiny_model.attn
-    out, pattern = attn(x)
+    out, pattern, _ = attn(x)
     q, k, v = (t.view(4, 6, 2, 8).transpose(1, 2) for t in attn.W_QKV(x).split(16, dim=-1))
     z = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
     assert torch.allclose(out, attn.W_O(z.transpose(1, 2).reshape(4, 6, 16)), atol=1e-5)

@@ -31,6 +31,7 @@ class Ensemble:
         params, _ = stack_module_state(models)
         self.params = {name: p.detach().clone().requires_grad_(True) for name, p in params.items()}
         self._skeleton = copy.deepcopy(models[0]).to("meta")
+        self._extender = _Extender(self._skeleton)
 
     def __len__(self) -> int:
         return next(iter(self.params.values())).shape[0]
@@ -40,11 +41,30 @@ class Ensemble:
         in_dims = (0, None) if tokens.ndim == 2 else (0, 0)
         return vmap(partial(functional_call, self._skeleton), in_dims=in_dims)(self.params, (tokens,))
 
+    def extend(self, tokens: torch.Tensor, past=None):
+        """Incremental decoding (``Transformer.extend``) of every model: tokens (M, batch, seq) continue the
+        sequences cached in `past` (None: they start them); returns logits (M, batch, seq, vocab) and the cache."""
+
+        params = {f"model.{name}": p for name, p in self.params.items()}
+        run = partial(functional_call, self._extender)
+        return vmap(run, in_dims=(0, (0, None if past is None else 0)))(params, (tokens, past))
+
     def member(self, i: int) -> Transformer:
         """A standalone copy of model i."""
         model = Transformer(self.cfg)
         model.load_state_dict({name: p[i].detach().clone() for name, p in self.params.items()})
         return model
+
+
+class _Extender(torch.nn.Module):
+    """A module whose forward is ``Transformer.extend``, for ``functional_call`` (which calls forward)."""
+
+    def __init__(self, model: Transformer):
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens: torch.Tensor, past):
+        return self.model.extend(tokens, past)
 
 
 class SingleModel:
@@ -58,6 +78,12 @@ class SingleModel:
 
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.model(tokens if tokens.ndim == 2 else tokens[0])[None]
+
+    def extend(self, tokens: torch.Tensor, past=None):
+        """``Transformer.extend`` on tokens (1, batch, seq); logits (1, batch, seq, vocab) and the cache,
+        with a leading model dimension like an Ensemble's."""
+        logits, cache = self.model.extend(tokens[0], None if past is None else tuple(c[0] for c in past))
+        return logits[None], tuple(c[None] for c in cache)
 
 
 def as_ensemble(policy: Transformer | Ensemble) -> Ensemble | SingleModel:

@@ -10,6 +10,9 @@ next-token distribution is softmax(logits / T).
 
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 import torch
@@ -18,7 +21,6 @@ from .config import ModelConfig
 from .data import END, decode_response, encode_prompt
 from .ensemble import Ensemble, as_ensemble, rows_per_call
 from .model import Transformer, load_model
-from .stats import logsumexp
 
 MAX_ENUMERATED = 10**6  # leaves that enumerate_responses may visit
 
@@ -38,6 +40,63 @@ def in_window_strings(s: int, window: int, max_digits: int) -> list[list[int]]:
     return strings
 
 
+@dataclass(frozen=True)
+class _Level:
+    """The nodes at one depth of the aligned prefix trees of a group of prompts (one row per node).
+
+    parent: index of the node's parent in the previous level; token: the token leading to it from
+    the parent; prompt: the prompt (position in the group) whose tree it belongs to; children
+    (nodes, vocab): the tokens that stay inside the tree ('.' when the node spells an aligned answer).
+    """
+
+    parent: torch.Tensor
+    token: torch.Tensor
+    prompt: torch.Tensor
+    children: torch.Tensor
+
+
+@functools.lru_cache(maxsize=256)  # a chapter evaluates the same test prompts at every checkpoint
+def _aligned_levels(prompts: tuple[int, ...], window: int, max_digits: int, vocab: int) -> list[_Level]:
+    """Depth by depth, the prefix trees of the aligned responses of prompts that share one encoded
+    length (``in_window_strings`` followed by '.'). Level 0 holds the roots, one per prompt."""
+    strings = [in_window_strings(s, window, max_digits) for s in prompts]
+    index: dict[tuple[int, tuple[int, ...]], int] = {}  # (prompt, prefix) → row in its level
+    levels: list[dict] = []
+    for depth in range(max_digits + 1):
+        rows = {"parent": [], "token": [], "prompt": [], "children": []}
+        for p, digits in enumerate(strings):
+            for d in digits:
+                if len(d) < depth or (p, tuple(d[:depth])) in index:
+                    continue
+                prefix = tuple(d[:depth])
+                index[p, prefix] = len(rows["prompt"])
+                rows["parent"].append(index[p, prefix[:-1]] if depth else p)
+                rows["token"].append(prefix[-1] if depth else END)
+                rows["prompt"].append(p)
+                rows["children"].append(set())
+            for d in digits:  # the tokens that continue each node of this depth inside the tree
+                if len(d) >= depth:
+                    rows["children"][index[p, tuple(d[:depth])]].add(d[depth] if len(d) > depth else END)
+        if not rows["prompt"]:
+            break
+        children = torch.zeros((len(rows["prompt"]), vocab), dtype=torch.bool)
+        for n, kids in enumerate(rows["children"]):
+            children[n, list(kids)] = True
+        levels.append(rows | {"children": children})
+    return [_Level(torch.tensor(r["parent"]), torch.tensor(r["token"]), torch.tensor(r["prompt"]), r["children"]) for r in levels]
+
+
+def _segment_logsumexp(values: torch.Tensor, segment: torch.Tensor, n_segments: int) -> torch.Tensor:
+    """log Σ exp over the last axis of values (M, n) within each segment (n,) → (M, n_segments); -inf when empty."""
+    index = segment.expand_as(values)
+    peak = torch.full((values.shape[0], n_segments), -torch.inf, dtype=values.dtype).scatter_reduce(
+        1, index, values, reduce="amax"
+    )
+    shift = torch.where(peak.isfinite(), peak, 0.0)
+    total = torch.zeros_like(peak).index_add_(1, segment, (values - shift.gather(1, index)).exp())
+    return total.log() + shift
+
+
 @torch.no_grad()
 def response_masses(
     policy: Transformer | Ensemble, prompts: np.ndarray, window: int, temperature: float = 1.0
@@ -49,44 +108,45 @@ def response_masses(
     the next-token probability of every token that leads out of it, times the node's
     probability. Both are summed in log space, so an unaligned mass far below float64's
     resolution of 1 still shows as a finite logarithm. The two masses sum to 1.
-    Returns two arrays of shape (n_prompts,) for a model, (M, n_prompts) for an ensemble.
+
+    The trees are walked depth by depth with the attention cache (``Transformer.extend``), so
+    each node's next-token distribution is computed once, for all prompts of one encoded
+    length together. Returns two arrays of shape (n_prompts,) for a model, (M, n_prompts) for an ensemble.
     """
     _check_temperature(temperature)
     model = as_ensemble(policy)
-    n_models, n_ctx = len(model), model.cfg.n_ctx
-    log_aligned = np.full((n_models, len(prompts)), -np.inf)
-    log_unaligned = np.full((n_models, len(prompts)), -np.inf)
-    for p, s in enumerate(np.asarray(prompts).tolist()):
-        prompt = encode_prompt(int(s))
-        strings = in_window_strings(int(s), window, n_ctx - len(prompt) - 1)
-        if not strings:  # the context cannot hold any in-window answer
-            log_unaligned[:, p] = 0.0
-            continue
-        length = len(prompt) + max(len(d) for d in strings) + 1
-        tokens = torch.full((len(strings), length), END, dtype=torch.long)
-        for i, d in enumerate(strings):
-            tokens[i, : len(prompt) + len(d) + 1] = torch.tensor(prompt + d + [END])
-        chunk = rows_per_call(n_models)
-        logits = torch.cat([model(tokens[i : i + chunk]) for i in range(0, len(strings), chunk)], dim=1)
-        logps = (logits.double() / temperature).log_softmax(-1).numpy()  # (M, n_strings, length, vocab)
-        nodes: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray, set[int]]] = {}
-        completions = []
-        for i, d in enumerate(strings):
-            node_logp = np.zeros(n_models)
-            for k, token in enumerate([*d, END]):
-                next_logps = logps[:, i, len(prompt) - 1 + k]  # (M, vocab): π(· | prompt, d[:k])
-                key = tuple(d[:k])
-                if key not in nodes:
-                    nodes[key] = (node_logp, next_logps, set())
-                nodes[key][2].add(token)
-                node_logp = node_logp + next_logps[:, token]
-            completions.append(node_logp)
-        log_aligned[:, p] = logsumexp(np.stack(completions))
-        leaving = []
-        for node_logp, next_logps, children in nodes.values():
-            out = [t for t in range(next_logps.shape[-1]) if t not in children]
-            leaving.append(node_logp + logsumexp(next_logps[:, out], axis=-1))
-        log_unaligned[:, p] = logsumexp(np.stack(leaving))
+    n_models, n_ctx, vocab = len(model), model.cfg.n_ctx, model.cfg.d_vocab
+    prompts = [int(s) for s in np.asarray(prompts).tolist()]
+    log_aligned = torch.full((n_models, len(prompts)), -torch.inf, dtype=torch.float64)
+    log_unaligned = torch.zeros((n_models, len(prompts)), dtype=torch.float64)  # stays 0 (all mass) without a tree
+    by_length: dict[int, list[int]] = {}
+    for i, s in enumerate(prompts):
+        by_length.setdefault(len(encode_prompt(s)), []).append(i)
+    chunk = max(1, rows_per_call(n_models) // 8)  # prompts per pass: each brings up to a few dozen nodes per depth
+    for length, members in by_length.items():
+        max_digits = n_ctx - length - 1
+        members = [i for i in members if in_window_strings(prompts[i], window, max_digits)]
+        for start in range(0, len(members), chunk):
+            group = members[start : start + chunk]
+            levels = _aligned_levels(tuple(prompts[i] for i in group), window, max_digits, vocab)
+            tokens = torch.tensor([encode_prompt(prompts[i]) for i in group]).expand(n_models, -1, -1)  # (M, g, length)
+            logits, cache = model.extend(tokens)  # (M, g, length, vocab)
+            next_logps = (logits[:, :, -1].double() / temperature).log_softmax(-1)  # (M, g, vocab) at the roots
+            node_logps = torch.zeros((n_models, len(group)), dtype=torch.float64)  # log-prob of reaching each root
+            aligned, leaving = [], []
+            for depth, level in enumerate(levels):
+                if depth:  # this level's nodes: their parents' cache and log-prob, extended by one token
+                    node_logps = node_logps[:, level.parent] + next_logps[:, level.parent, level.token]
+                    cache = tuple(c[:, level.parent] for c in cache)
+                    logits, cache = model.extend(level.token.expand(n_models, -1)[..., None], cache)
+                    next_logps = (logits[:, :, -1].double() / temperature).log_softmax(-1)  # (M, nodes, vocab)
+                aligned.append(node_logps + next_logps[..., END].masked_fill(~level.children[:, END], -torch.inf))
+                leaving.append(node_logps + next_logps.masked_fill(level.children, -torch.inf).logsumexp(-1))
+            owner = torch.cat([level.prompt for level in levels])  # (all nodes,) → prompt within the group
+            rows = torch.tensor(group)
+            log_aligned[:, rows] = _segment_logsumexp(torch.cat(aligned, dim=1), owner, len(group))
+            log_unaligned[:, rows] = _segment_logsumexp(torch.cat(leaving, dim=1), owner, len(group))
+    log_aligned, log_unaligned = log_aligned.numpy(), log_unaligned.numpy()
     if isinstance(policy, Transformer):
         return log_aligned[0], log_unaligned[0]
     return log_aligned, log_unaligned

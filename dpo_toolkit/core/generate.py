@@ -22,7 +22,9 @@ def _decode(policy: Ensemble | SingleModel, prompts: np.ndarray, generator: torc
     Sampling draws one uniform per prompt row and step, shared by all models, so a
     model's samples do not depend on which ensemble it is evaluated in.
 
-    Prompts are grouped by length, and each group decodes in chunks of rows_per_call rows.
+    Prompts are grouped by length, and each group decodes in chunks of rows_per_call rows,
+    incrementally: each step computes only the new token, against the cached attention keys and
+    values of the earlier ones (``Transformer.extend``).
     Returns sequences (M, n_prompts, n_ctx), right-padded, in the order of `prompts`,
     with response_mask True on generated tokens up to and including the first '.'.
     """
@@ -39,8 +41,9 @@ def _decode(policy: Ensemble | SingleModel, prompts: np.ndarray, generator: torc
             rows = torch.tensor(group[start : start + chunk])
             seq = torch.tensor([encoded[i] for i in rows.tolist()]).expand(n_models, -1, -1)  # (M, rows, length)
             alive = torch.ones(n_models, len(rows), dtype=torch.bool)
+            logits, cache = policy.extend(seq)  # (M, rows, length, vocab); keys/values of the prompt
             for t in range(length, n_ctx):
-                next_logits = policy(seq)[:, :, -1]  # (M, rows, vocab)
+                next_logits = logits[:, :, -1]  # (M, rows, vocab)
                 if generator is None:
                     next_token = next_logits.argmax(-1)  # (M, rows)
                 else:  # inverse-CDF sampling with one uniform per row shared by all models (common random numbers)
@@ -50,8 +53,9 @@ def _decode(policy: Ensemble | SingleModel, prompts: np.ndarray, generator: torc
                 seq = torch.cat([seq, next_token[..., None]], dim=-1)
                 response_mask[:, rows, t] = alive
                 alive &= next_token != END
-                if not alive.any():
+                if not alive.any() or t + 1 == n_ctx:
                     break
+                logits, cache = policy.extend(next_token[..., None], cache)  # only the new token is computed
             tokens[:, rows, : seq.shape[-1]] = seq
     return Batch(tokens, response_mask)
 

@@ -43,18 +43,24 @@ class Attention(nn.Module):
         self.W_QKV = nn.Linear(cfg.d_model, 3 * cfg.d_model)
         self.W_O = nn.Linear(cfg.d_model, cfg.d_model)
 
-    def forward(self, x: torch.Tensor):
-        """Attention output (B, T, D) and pattern (B, n_heads, T, T). Plain matmuls, so that
-        torch.func.vmap batches it over stacked weights (fused SDPA has no batching rule)."""
+    def forward(self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None = None):
+        """Attention output (B, T, D), pattern (B, n_heads, T, T_all) and this layer's keys and values
+        (each (B, n_heads, T_all, d_head)) for x of positions T_past … T_past + T − 1, where `past` holds
+        the keys and values of the T_past earlier positions (None: x starts the sequence) and
+        T_all = T_past + T. Plain matmuls, so that torch.func.vmap batches it over stacked weights
+        (fused SDPA has no batching rule)."""
         B, T, D = x.shape
         q, k, v = self.W_QKV(x).split(D, dim=-1)  # 3 × (B, T, D)
         q, k, v = (t.view(B, T, self.n_heads, self.d_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, dh)
-        scores = q @ k.transpose(-1, -2) / self.d_head**0.5  # (B, nh, T, T)
-        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
-        pattern = scores.masked_fill(~causal, float("-inf")).softmax(-1)  # (B, nh, T, T)
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=-2), torch.cat([past[1], v], dim=-2)  # (B, nh, T_all, dh)
+        T_all = k.shape[-2]
+        scores = q @ k.transpose(-1, -2) / self.d_head**0.5  # (B, nh, T, T_all)
+        causal = torch.ones(T, T_all, dtype=torch.bool, device=x.device).tril(diagonal=T_all - T)
+        pattern = scores.masked_fill(~causal, float("-inf")).softmax(-1)  # (B, nh, T, T_all)
         z = pattern @ v  # (B, nh, T, dh)
         attn_out = self.W_O(z.transpose(1, 2).reshape(B, T, D))  # (B, T, D)
-        return attn_out, pattern
+        return attn_out, pattern, (k, v)
 
 
 class Transformer(nn.Module):
@@ -74,22 +80,36 @@ class Transformer(nn.Module):
 
     def forward(self, tokens: torch.Tensor, return_pattern: bool = False):
         """Logits (batch, seq, d_vocab); with return_pattern, also the attention pattern (batch, n_heads, seq, seq)."""
-        hidden, pattern = self.hidden(tokens)  # (B, T, D)
+        hidden, pattern, _ = self._run(tokens, None)  # (B, T, D)
         logits = self.unembed(hidden)  # (B, T, V)
         return (logits, pattern) if return_pattern else logits
+
+    def extend(self, tokens: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None = None):
+        """Incremental decoding: the logits (batch, seq, d_vocab) of `tokens`, which continue the
+        sequence whose attention keys and values are `past` (None: they start it), and the keys and
+        values of the whole sequence so far, to pass back with the next tokens. Equal, up to float
+        rounding, to the last positions of ``forward`` on the whole sequence."""
+        hidden, _, cache = self._run(tokens, past)
+        return self.unembed(hidden), cache
 
     def hidden(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The last hidden embedding h (batch, seq, d_model), after the final LayerNorm, so that
         logits = unembed.weight @ h + unembed.bias; and the attention pattern (batch, n_heads, seq, seq)."""
-        T = tokens.shape[1]
-        if self.cfg.n_ctx < T:
-            raise ValueError(f"sequence length {T} exceeds ModelConfig.n_ctx={self.cfg.n_ctx}")
-        positions = torch.arange(T, device=tokens.device)
+        hidden, pattern, _ = self._run(tokens, None)
+        return hidden, pattern
+
+    def _run(self, tokens: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None):
+        """Final hidden states (B, T, D), attention pattern and keys/values of tokens at positions T_past … T_past + T − 1."""
+        start = 0 if past is None else past[0].shape[-2]
+        end = start + tokens.shape[1]
+        if self.cfg.n_ctx < end:
+            raise ValueError(f"sequence length {end} exceeds ModelConfig.n_ctx={self.cfg.n_ctx}")
+        positions = torch.arange(start, end, device=tokens.device)
         resid_pre = self.embed(tokens) + self.pos_embed(positions)  # (B, T, D)
-        attn_out, pattern = self.attn(self.ln1(resid_pre))  # (B, T, D)
+        attn_out, pattern, cache = self.attn(self.ln1(resid_pre), past)  # (B, T, D)
         resid_mid = resid_pre + attn_out  # (B, T, D)
         resid_post = resid_mid + self.mlp(self.ln2(resid_mid))  # (B, T, D)
-        return self.ln_final(resid_post), pattern
+        return self.ln_final(resid_post), pattern, cache
 
 
 def build_model(cfg: ModelConfig, seed: int) -> Transformer:

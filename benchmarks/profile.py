@@ -1,0 +1,211 @@
+"""Where a chapter's time goes: run it in-process at a profile and attribute its wall time.
+
+    python -m benchmarks.profile [STEM ...] [--profile paper|quick]
+
+Each chapter's notebook source (``notebooks/<stem>.md``) is executed in this process with the
+profile's parameters (``params/<profile>/<stem>.yaml``, as ``make book`` applies them) and
+fresh result caches in a temporary folder, so every model is trained from scratch. The
+toolkit's entry points are wrapped by timers that attribute *exclusive* wall time (a call's
+time minus that of wrapped calls inside it) to one category each:
+
+- training: ``train.optimize`` and ``train.fit_full_batch`` (every SFT, DPO and RFT loop), the
+  unconstrained-features DPO and CHES's single-pair runs, the evaluation callbacks excluded;
+- greedy decoding / sampling: ``generate._decode`` without / with a random generator;
+- KL scoring: ``Evaluator.kl`` after its sampling (policy and reference log-probs of the samples);
+- evaluation (log-probs, metrics): the rest of ``Evaluator.__call__``;
+- exact enumeration: ``exact.response_masses`` and ``exact.enumerate_responses``;
+- per-input gradients: the vanishing-gradients chapter's exact gradient norms;
+- plotting: every ``dpo_toolkit.plotting`` function;
+- I/O: ``torch.save``/``torch.load``, CSV reads and writes;
+- other: everything else (chapter logic, imports, Python).
+
+Writes ``_build/benchmarks/profile.csv`` (one row per chapter and category, merged with the
+rows of chapters not re-run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import importlib
+import io
+import os
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import jupytext
+import matplotlib.pyplot as plt
+import pandas as pd
+import yaml
+
+from benchmarks.book import stems
+from benchmarks.common import OUT, ROOT, write
+
+# (module, attribute path, category); a category may be a function of the call's arguments.
+TARGETS: list[tuple[str, str, object]] = [
+    ("dpo_toolkit.core.train", "optimize", "training"),
+    ("dpo_toolkit.core.train", "fit_full_batch", "training"),
+    ("dpo_toolkit.studies.likelihood_displacement.theory", "features_dpo", "training"),
+    ("dpo_toolkit.studies.ches.measures", "single_pair_displacement", "training"),
+    (
+        "dpo_toolkit.core.generate",
+        "_decode",
+        lambda args, kwargs: "sampling" if (args[2:] or [kwargs.get("generator")])[0] is not None else "greedy decoding",
+    ),
+    ("dpo_toolkit.core.evaluate", "Evaluator.kl", "KL scoring"),
+    ("dpo_toolkit.core.evaluate", "Evaluator.__call__", "evaluation (log-probs, metrics)"),
+    ("dpo_toolkit.core.exact", "response_masses", "exact enumeration"),
+    ("dpo_toolkit.core.exact", "enumerate_responses", "exact enumeration"),
+    ("dpo_toolkit.studies.vanishing_gradients.rft", "value_gradient_norms", "per-input gradients"),
+    ("torch", "save", "I/O"),
+    ("torch", "load", "I/O"),
+    ("pandas", "read_csv", "I/O"),
+    ("pandas", "DataFrame.to_csv", "I/O"),
+]
+CATEGORIES = [
+    "training",
+    "greedy decoding",
+    "sampling",
+    "KL scoring",
+    "evaluation (log-probs, metrics)",
+    "exact enumeration",
+    "per-input gradients",
+    "plotting",
+    "I/O",
+    "other",
+]
+
+
+class Attribution:
+    """Exclusive wall time per category, from a stack of the wrapped calls in progress."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.stack: list[list] = []  # [category, start, time spent in nested wrapped calls]
+
+    def wrap(self, fn, category):
+        @functools.wraps(fn)
+        def timed(*args, **kwargs):
+            name = category(args, kwargs) if callable(category) else category
+            self.stack.append([name, time.perf_counter(), 0.0])
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                name, start, nested = self.stack.pop()
+                elapsed = time.perf_counter() - start
+                self.seconds[name] += elapsed - nested
+                if self.stack:
+                    self.stack[-1][2] += elapsed
+
+        return timed
+
+
+@contextlib.contextmanager
+def instrumented(attribution: Attribution):
+    """Replace every target (and every plotting function) by its timed wrapper wherever a loaded module holds it."""
+    import dpo_toolkit.plotting as plotting
+
+    targets = list(TARGETS) + [("dpo_toolkit.plotting", n, "plotting") for n in dir(plotting) if n.startswith("plot_")]
+    for module_name in ["dpo_toolkit.core.runner", "dpo_toolkit.core.park", *[m for m, _, _ in targets]]:
+        importlib.import_module(module_name)
+    for stem in stems():  # every study module, so that names they imported are replaced too
+        with contextlib.suppress(ModuleNotFoundError):
+            importlib.import_module(f"dpo_toolkit.studies.{stem}")
+    restore = []
+    for module_name, path, category in targets:
+        owner = importlib.import_module(module_name)
+        *parents, attr = path.split(".")
+        for parent in parents:
+            owner = getattr(owner, parent)
+        original = getattr(owner, attr)
+        timed = attribution.wrap(original, category)
+        holders = [owner] + [m for n, m in list(sys.modules.items()) if n.startswith("dpo_toolkit") and m is not owner]
+        for holder in holders:
+            if getattr(holder, attr, None) is original:
+                setattr(holder, attr, timed)
+                restore.append((holder, attr, original))
+    try:
+        yield
+    finally:
+        for holder, attr, original in reversed(restore):
+            setattr(holder, attr, original)
+
+
+def chapter_source(stem: str, profile: str) -> str:
+    """The notebook's code cells as one script, the profile's parameter overrides after the parameters cell."""
+    notebook = jupytext.read(ROOT / "notebooks" / f"{stem}.md")
+    overrides = {}
+    params = ROOT / "params" / profile / f"{stem}.yaml"
+    if profile != "quick" and params.exists():
+        overrides = yaml.safe_load(params.read_text()) or {}
+    parts = []
+    for cell in notebook.cells:
+        if cell.cell_type != "code":
+            continue
+        parts.append(cell.source)
+        if "parameters" in cell.metadata.get("tags", []):
+            parts += [f"{name} = {value!r}" for name, value in overrides.items()]
+    return "\n\n".join(parts)
+
+
+def profile_chapter(stem: str, profile: str) -> pd.DataFrame:
+    """One chapter's wall time by category, from scratch."""
+    source = chapter_source(stem, profile)
+    attribution = Attribution()
+    with tempfile.TemporaryDirectory() as tmp, instrumented(attribution):
+        previous_env, previous_cwd = os.environ.get("DPO_RESULTS_ROOT"), Path.cwd()
+        os.environ["DPO_RESULTS_ROOT"] = tmp
+        os.chdir(ROOT / "notebooks")
+        plt.show = lambda *a, **k: None
+        try:
+            start = time.perf_counter()
+            with contextlib.redirect_stdout(io.StringIO()):
+                exec(compile(source, f"notebooks/{stem}.md", "exec"), {"__name__": "__main__"})
+            total = time.perf_counter() - start
+        finally:
+            os.chdir(previous_cwd)
+            plt.close("all")
+            if previous_env is None:
+                os.environ.pop("DPO_RESULTS_ROOT", None)
+            else:
+                os.environ["DPO_RESULTS_ROOT"] = previous_env
+    seconds = dict(attribution.seconds)
+    seconds["other"] = total - sum(seconds.values())
+    rows = [{"chapter": stem, "profile": profile, "category": c, "seconds": seconds.get(c, 0.0)} for c in CATEGORIES]
+    table = pd.DataFrame(rows)
+    return table.assign(share=table["seconds"] / total, chapter_s=total)
+
+
+def main(argv: list[str] | None = None) -> pd.DataFrame:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("stems", nargs="*", help="chapters to profile (default: all, in the book's order)")
+    parser.add_argument("--profile", default="paper", choices=["quick", "paper"])
+    args = parser.parse_args(argv)
+    chosen = args.stems or stems()
+    unknown = sorted(set(chosen) - set(stems()))
+    if unknown:
+        parser.error(f"unknown chapters {unknown}; the book's are {stems()}")
+    frames = []
+    for stem in chosen:
+        print(f"== {stem} at the {args.profile} profile", flush=True)
+        frames.append(profile_chapter(stem, args.profile))
+    table = pd.concat(frames, ignore_index=True)
+    previous = OUT / "profile.csv"
+    if previous.exists():  # keep the rows of chapters and profiles not re-run
+        old = pd.read_csv(previous)
+        done = set(zip(table["chapter"], table["profile"], strict=True))
+        keep = [(c, p) not in done for c, p in zip(old["chapter"], old["profile"], strict=True)]
+        table = pd.concat([old[keep][table.columns], table], ignore_index=True)
+    write(table, "profile")
+    return table
+
+
+if __name__ == "__main__":
+    main()
