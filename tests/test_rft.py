@@ -3,7 +3,9 @@ import pytest
 import torch
 
 from dpo_toolkit.core.config import ConfigError, ModelConfig, RLTaskConfig, TrainConfig
+from dpo_toolkit.core.data import encode_prompt
 from dpo_toolkit.core.ensemble import Ensemble
+from dpo_toolkit.core.losses import sequence_logps
 from dpo_toolkit.core.model import build_model
 from dpo_toolkit.studies.vanishing_gradients.rft import (
     all_responses,
@@ -35,13 +37,23 @@ def test_response_space_and_reward_by_hand():
 
 def test_response_probabilities_sum_to_one_and_ensembles_agree(small_model):
     prompts = np.array([100, 345])
-    logps = response_logps(small_model, prompts, RESPONSES)
+    logps = response_logps(small_model, prompts)
     assert logps.shape == (2, 144)
     assert torch.allclose(logps.double().exp().sum(-1), torch.ones(2, dtype=torch.float64), atol=1e-5)
     other = build_model(small_model.cfg, seed=1)
-    stacked = response_logps(Ensemble([small_model, other]), prompts, RESPONSES)
+    stacked = response_logps(Ensemble([small_model, other]), prompts)
     assert torch.allclose(stacked[0], logps, atol=1e-5)
-    assert torch.allclose(stacked[1], response_logps(other, prompts, RESPONSES), atol=1e-5)
+    assert torch.allclose(stacked[1], response_logps(other, prompts), atol=1e-5)
+
+
+def test_tree_log_probs_equal_every_response_scored_in_full(small_model):
+    # the slow path: every (prompt, response) sequence through the whole model
+    prompts = np.array([100, 345, 287])
+    tokens = torch.tensor([encode_prompt(int(s)) + r for s in prompts for r in RESPONSES.tolist()])  # (n·R, 6)
+    mask = torch.zeros_like(tokens, dtype=torch.bool)
+    mask[:, -2:] = True
+    full = sequence_logps(small_model(tokens), tokens, mask).view(3, 144)
+    assert torch.allclose(response_logps(small_model, prompts), full, atol=1e-5)
 
 
 def test_value_and_std_by_brute_force():
@@ -56,7 +68,7 @@ def test_value_and_std_by_brute_force():
 def test_exact_gradient_matches_finite_differences(small_model):
     model = small_model.double()
     rewards = closeness_reward(np.array([231]), RESPONSES)[0]
-    gradient = value_gradient(model, 231, RESPONSES, rewards)
+    gradient = value_gradient(model, 231, rewards)
     direction = torch.randn(gradient.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     eps = 1e-5
 
@@ -67,7 +79,7 @@ def test_exact_gradient_matches_finite_differences(small_model):
             for p_shifted, p in zip(shifted.parameters(), model.parameters(), strict=True):
                 p_shifted.copy_(p + shift * direction[offset : offset + p.numel()].view_as(p))
                 offset += p.numel()
-        value, _ = value_and_std(response_logps(shifted, np.array([231]), RESPONSES), rewards[None])
+        value, _ = value_and_std(response_logps(shifted, np.array([231])), rewards[None])
         return value.item()
 
     numeric = (value_at(eps) - value_at(-eps)) / (2 * eps)
@@ -77,15 +89,15 @@ def test_exact_gradient_matches_finite_differences(small_model):
 def test_per_input_gradient_norms_match_one_at_a_time(small_model):
     prompts = np.array([120, 199, 403])
     rewards = closeness_reward(prompts, RESPONSES)
-    norms = value_gradient_norms(small_model, prompts, RESPONSES, rewards)
-    expected = [value_gradient(small_model, int(s), RESPONSES, rewards[i]).norm().item() for i, s in enumerate(prompts)]
+    norms = value_gradient_norms(small_model, prompts, rewards)
+    expected = [value_gradient(small_model, int(s), rewards[i]).norm().item() for i, s in enumerate(prompts)]
     assert norms == pytest.approx(expected, rel=1e-4)
 
 
 def test_reinforce_estimate_is_unbiased(small_model):
     model = small_model.double()
     rewards = closeness_reward(np.array([150]), RESPONSES)[0]
-    exact = value_gradient(model, 150, RESPONSES, rewards)
+    exact = value_gradient(model, 150, rewards)
     estimates = torch.stack([reinforce_gradient(model, 150, RESPONSES, rewards, 2000, seed) for seed in range(40)])
     mean, stderr = estimates.mean(0), estimates.std(0) / np.sqrt(len(estimates))
     z = (mean - exact) / (stderr + 1e-12)
@@ -99,20 +111,20 @@ def test_deterministic_policy_has_zero_std_and_zero_gradient(small_model):
         small_model.unembed.bias.copy_(torch.tensor([0.0] * 7 + [1e4] + [0.0] * 4))  # always emits '7'
     prompts = np.array([177, 300])
     rewards = closeness_reward(prompts, RESPONSES)
-    value, std = value_and_std(response_logps(small_model, prompts, RESPONSES), rewards)
+    value, std = value_and_std(response_logps(small_model, prompts), rewards)
     assert std.tolist() == [0.0, 0.0]
     assert value.tolist() == pytest.approx([1.0, 1 - 23 / 50])  # '77' against targets 77 and 0
-    assert value_gradient_norms(small_model, prompts, RESPONSES, rewards).tolist() == [0.0, 0.0]
+    assert value_gradient_norms(small_model, prompts, rewards).tolist() == [0.0, 0.0]
 
 
 def test_rft_raises_the_expected_reward(small_model):
     prompts = np.arange(100, 132)
     rewards = closeness_reward(prompts, RESPONSES)
     policies = Ensemble([small_model])
-    before = value_and_std(response_logps(policies, prompts, RESPONSES), rewards)[0].mean().item()
+    before = value_and_std(response_logps(policies, prompts), rewards)[0].mean().item()
     cfg = TrainConfig(optimizer="adam", lr=1e-2, weight_decay=0.0, epochs=5, batch_size=8, grad_clip=None, n_evals=1)
     df = train_rft(policies, prompts, rewards, cfg, evaluate=lambda: [{}], progress=False)
-    after = value_and_std(response_logps(policies, prompts, RESPONSES), rewards)[0].mean().item()
+    after = value_and_std(response_logps(policies, prompts), rewards)[0].mean().item()
     assert len(df) == 2 and after > before + 0.05
 
 

@@ -9,7 +9,7 @@ from functools import partial
 import torch
 from torch.func import functional_call, stack_module_state, vmap
 
-from .model import Transformer
+from .model import Transformer, extend_with
 
 SEQS_PER_CALL = 1024  # sequences (over all models) per forward pass in evaluation: small enough to stay in cache
 
@@ -31,7 +31,6 @@ class Ensemble:
         params, _ = stack_module_state(models)
         self.params = {name: p.detach().clone().requires_grad_(True) for name, p in params.items()}
         self._skeleton = copy.deepcopy(models[0]).to("meta")
-        self._extender = _Extender(self._skeleton)
 
     def __len__(self) -> int:
         return next(iter(self.params.values())).shape[0]
@@ -45,26 +44,13 @@ class Ensemble:
         """Incremental decoding (``Transformer.extend``) of every model: tokens (M, batch, seq) continue the
         sequences cached in `past` (None: they start them); returns logits (M, batch, seq, vocab) and the cache."""
 
-        params = {f"model.{name}": p for name, p in self.params.items()}
-        run = partial(functional_call, self._extender)
-        return vmap(run, in_dims=(0, (0, None if past is None else 0)))(params, (tokens, past))
+        return vmap(partial(extend_with, self._skeleton), in_dims=(0, 0, None if past is None else 0))(self.params, tokens, past)
 
     def member(self, i: int) -> Transformer:
         """A standalone copy of model i."""
         model = Transformer(self.cfg)
         model.load_state_dict({name: p[i].detach().clone() for name, p in self.params.items()})
         return model
-
-
-class _Extender(torch.nn.Module):
-    """A module whose forward is ``Transformer.extend``, for ``functional_call`` (which calls forward)."""
-
-    def __init__(self, model: Transformer):
-        super().__init__()
-        self.model = model
-
-    def forward(self, tokens: torch.Tensor, past):
-        return self.model.extend(tokens, past)
 
 
 class SingleModel:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.func import functional_call
 
 from .config import ModelConfig
 
@@ -110,6 +111,23 @@ class Transformer(nn.Module):
         resid_mid = resid_pre + attn_out  # (B, T, D)
         resid_post = resid_mid + self.mlp(self.ln2(resid_mid))  # (B, T, D)
         return self.ln_final(resid_post), pattern, cache
+
+
+class _Extender(nn.Module):
+    """A module whose forward is ``Transformer.extend``, for ``functional_call`` (which calls forward)."""
+
+    def __init__(self, model: Transformer):
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens: torch.Tensor, past):
+        return self.model.extend(tokens, past)
+
+
+def extend_with(model: Transformer, params: dict[str, torch.Tensor], tokens: torch.Tensor, past=None):
+    """``model.extend(tokens, past)`` computed with `params` (named like model.named_parameters())
+    in place of the model's own, so that torch.func transforms (grad, vmap) apply to it."""
+    return functional_call(_Extender(model), {f"model.{name}": p for name, p in params.items()}, (tokens, past))
 
 
 def build_model(cfg: ModelConfig, seed: int) -> Transformer:

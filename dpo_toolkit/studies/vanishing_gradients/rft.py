@@ -10,17 +10,18 @@ r = 1 − d / 50 with d the cyclic distance (0 ≤ d ≤ 50); 0 when a token is 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 import pandas as pd
 import torch
-from torch.func import functional_call, grad, vmap
+from torch.func import grad, vmap
 
 from dpo_toolkit.core.config import RLTaskConfig, TrainConfig
 from dpo_toolkit.core.data import Batch, encode_prompt
 from dpo_toolkit.core.ensemble import Ensemble, as_ensemble, rows_per_call
 from dpo_toolkit.core.losses import sequence_logps
-from dpo_toolkit.core.model import Transformer
+from dpo_toolkit.core.model import Transformer, extend_with
 from dpo_toolkit.core.train import Checkpoint, optimize
 
 RESPONSE_LENGTH = 2
@@ -84,18 +85,44 @@ def _response_tokens(prompts: np.ndarray, responses: torch.Tensor) -> tuple[torc
     return tokens, response_mask
 
 
+def _prompt_tokens(prompts: np.ndarray) -> torch.Tensor:
+    """The encoded prompts, (n, P): they share one length (RLTaskConfig keeps them at three digits)."""
+    return torch.tensor([encode_prompt(int(s)) for s in np.asarray(prompts).tolist()])
+
+
+def _tree_logps(extend: Callable, prompt_tokens: torch.Tensor) -> torch.Tensor:
+    """log π(y | x) of every two-token response y (``all_responses`` order) to prompts (..., n, P).
+
+    The response space is a two-level tree: the prompt is computed once, then each of its V
+    first tokens once against the prompt's cached keys and values (``Transformer.extend``), so
+    log π(y1 y2 | x) = log π(y1 | x) + log π(y2 | x, y1) costs P + V positions per prompt
+    instead of V² sequences. extend(tokens, past) is a model's or an ensemble's ``extend``.
+    Returns (..., n, V²).
+    """
+    logits, cache = extend(prompt_tokens, None)  # (..., n, P, V)
+    first = logits[..., -1, :].log_softmax(-1)  # (..., n, V): log π(y1 | x)
+    n, vocab = prompt_tokens.shape[-2], first.shape[-1]
+    batch_dim = prompt_tokens.ndim - 2
+    y1 = torch.arange(vocab, device=prompt_tokens.device).repeat(n).expand(*prompt_tokens.shape[:-2], -1)[..., None]
+    cache = tuple(c.repeat_interleave(vocab, dim=batch_dim) for c in cache)  # each prompt's cache, once per y1
+    logits, _ = extend(y1, cache)  # (..., n·V, 1, V)
+    second = logits[..., -1, :].log_softmax(-1).unflatten(-2, (n, vocab))  # (..., n, V, V): log π(y2 | x, y1)
+    return (first[..., :, None] + second).flatten(-2)
+
+
 @torch.no_grad()
-def response_logps(policy: Transformer | Ensemble, prompts: np.ndarray, responses: torch.Tensor) -> torch.Tensor:
-    """log π(y | s) of every response to every prompt: (n, R), or (M, n, R) for an ensemble."""
+def response_logps(policy: Transformer | Ensemble, prompts: np.ndarray) -> torch.Tensor:
+    """log π(y | s) of every response (``all_responses``) to every prompt: (n, R), or (M, n, R) for an ensemble."""
     model = as_ensemble(policy)
-    tokens, response_mask = _response_tokens(prompts, responses)
-    flat = tokens.flatten(0, 1)  # (n·R, T)
-    chunk = rows_per_call(len(model)) * 8
+    prompt_tokens = _prompt_tokens(prompts)
+    chunk = max(1, 8 * rows_per_call(len(model)) // model.cfg.d_vocab)
     logps = torch.cat(
-        [sequence_logps(model(flat[i : i + chunk]), flat[i : i + chunk], response_mask.expand(len(flat[i : i + chunk]), -1))
-         for i in range(0, len(flat), chunk)],
-        dim=-1,
-    ).view(len(model), *tokens.shape[:2])  # fmt: skip
+        [
+            _tree_logps(model.extend, prompt_tokens[i : i + chunk].expand(len(model), -1, -1))
+            for i in range(0, len(prompts), chunk)
+        ],
+        dim=1,
+    )  # (M, n, R)
     return logps[0] if isinstance(policy, Transformer) else logps
 
 
@@ -111,30 +138,29 @@ def value_and_std(logps: torch.Tensor, rewards: torch.Tensor) -> tuple[torch.Ten
     return value, std
 
 
-def _value_fn(model: Transformer, response_mask: torch.Tensor):
-    def value(params: dict, tokens: torch.Tensor, rewards: torch.Tensor) -> torch.Tensor:  # tokens (R, T), rewards (R,)
-        logps = sequence_logps(functional_call(model, params, (tokens,)), tokens, response_mask.expand(len(tokens), -1))
+def _value_fn(model: Transformer):
+    def value(params: dict, prompt_tokens: torch.Tensor, rewards: torch.Tensor) -> torch.Tensor:  # (P,), rewards (R,)
+        logps = _tree_logps(partial(extend_with, model, params), prompt_tokens[None])[0]  # (R,)
         return (logps.exp() * rewards.to(logps.dtype)).sum()
 
     return value
 
 
-def value_gradient(model: Transformer, prompt: int, responses: torch.Tensor, rewards: torch.Tensor) -> torch.Tensor:
+def value_gradient(model: Transformer, prompt: int, rewards: torch.Tensor) -> torch.Tensor:
     """The exact ∇_θ V_x of one prompt, flattened over model.named_parameters() in order. rewards: (R,)."""
-    tokens, response_mask = _response_tokens(np.array([prompt]), responses)
     params = {k: v.detach() for k, v in model.named_parameters()}
-    grads = grad(_value_fn(model, response_mask))(params, tokens[0], rewards)
+    grads = grad(_value_fn(model))(params, _prompt_tokens(np.array([prompt]))[0], rewards)
     return torch.cat([g.flatten() for g in grads.values()])
 
 
-def value_gradient_norms(model: Transformer, prompts: np.ndarray, responses: torch.Tensor, rewards: torch.Tensor) -> np.ndarray:
+def value_gradient_norms(model: Transformer, prompts: np.ndarray, rewards: torch.Tensor) -> np.ndarray:
     """‖∇_θ V_x‖₂ of every prompt, exactly (per-input gradients by vmap over prompts). rewards: (n, R). Returns (n,)."""
-    tokens, response_mask = _response_tokens(prompts, responses)
+    prompt_tokens = _prompt_tokens(prompts)
     params = {k: v.detach() for k, v in model.named_parameters()}
-    per_input = vmap(grad(_value_fn(model, response_mask)), in_dims=(None, 0, 0))
+    per_input = vmap(grad(_value_fn(model)), in_dims=(None, 0, 0))
     norms = []
-    for i in range(0, len(prompts), 16):
-        grads = per_input(params, tokens[i : i + 16], rewards[i : i + 16])
+    for i in range(0, len(prompts), 64):
+        grads = per_input(params, prompt_tokens[i : i + 64], rewards[i : i + 64])
         norms.append(torch.stack([g.flatten(1).double().pow(2).sum(1) for g in grads.values()]).sum(0).sqrt())
     return torch.cat(norms).numpy()
 
@@ -169,14 +195,12 @@ def train_rft(
     ascends the mean of V_x over a minibatch of prompts, in place. rewards: (n, R) for
     `prompts` over ``all_responses``. Returns one row per evaluation and model; with a
     checkpoint, a killed run resumes from its last evaluation (see optimize)."""
-    responses = all_responses(policies.cfg.d_vocab)
-    tokens, response_mask = _response_tokens(prompts, responses)  # (n, R, T)
+    prompt_tokens = _prompt_tokens(prompts).expand(len(policies), -1, -1)  # (M, n, P)
     reward_table = rewards.float()
 
     def batch_loss(index: torch.Tensor) -> torch.Tensor:
-        batch_tokens = tokens[index].flatten(0, 1)  # (b·R, T)
-        logps = sequence_logps(policies(batch_tokens), batch_tokens, response_mask.expand(len(batch_tokens), -1))
-        value = (logps.view(len(policies), len(index), -1).exp() * reward_table[index]).sum(-1)  # (M, b)
+        logps = _tree_logps(policies.extend, prompt_tokens[:, index])  # (M, b, R)
+        value = (logps.exp() * reward_table[index]).sum(-1)  # (M, b)
         return -value.mean(-1)
 
     params = list(policies.params.values())

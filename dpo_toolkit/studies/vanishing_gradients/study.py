@@ -125,11 +125,11 @@ class Probe:
         for i, arm in enumerate(ARMS):
             # float64: near-deterministic policies have gradients and stds below float32's resolution
             model = self.policies.member(i).double()
-            value_i, std_i = value_and_std(response_logps(model, self.prompts, self.responses), self.rewards)  # (n,)
+            value_i, std_i = value_and_std(response_logps(model, self.prompts), self.rewards)  # (n,)
             values.append(value_i)
             stds.append(std_i)
             grad_norm = np.full(len(self.prompts), np.nan)
-            grad_norm[train] = value_gradient_norms(model, self.prompts[train], self.responses, self.rewards[train])
+            grad_norm[train] = value_gradient_norms(model, self.prompts[train], self.rewards[train])
             frames.append(
                 pd.DataFrame(
                     {
