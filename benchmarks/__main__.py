@@ -18,6 +18,8 @@ FULL = [
     ["benchmarks.sweep_speed"],
     ["benchmarks.scaling"],
     ["benchmarks.book", "--run-quick"],
+    ["benchmarks.profile", "--profile", "quick"],
+    ["benchmarks.profile", "--profile", "paper"],
 ]
 QUICK = [
     ["benchmarks.peak"],
@@ -25,6 +27,7 @@ QUICK = [
     ["benchmarks.sweep_speed", "--steps", "20", "--subset", "1", "--repeats", "1"],
     ["benchmarks.scaling", "--steps", "5"],
     ["benchmarks.book"],
+    ["benchmarks.profile", "likelihood_displacement", "--profile", "quick"],
 ]
 
 

@@ -35,6 +35,8 @@ REQUIRED = {
     "peak": {"shape", "gflops", "fraction_of_peak"},
     "scaling": {"axis", "size", "seconds", "pair_updates_per_s"},
     "book": {"source", "profile", "chapter", "wall_s", "peak_rss_mib"},
+    "profile": {"chapter", "profile", "category", "seconds", "chapter_s"},
+    "profile_baseline": {"chapter", "profile", "category", "seconds", "chapter_s", "commit"},
 }  # fmt: skip
 
 
@@ -44,7 +46,7 @@ def load(name: str) -> tuple[pd.DataFrame | None, Path | None]:
         path = folder / f"{name}.csv"
         if path.exists():
             df = pd.read_csv(path)
-            missing = REQUIRED[name] - set(df.columns) if name == "book" else (REQUIRED[name] | set(MACHINE)) - set(df.columns)
+            missing = (REQUIRED[name] | set(MACHINE)) - set(df.columns) if name != "book" else REQUIRED[name] - set(df.columns)
             if missing or df.empty:
                 raise ValueError(f"{path}: lacks columns {sorted(missing)} or rows; re-run `python -m benchmarks.{name}`")
             return df, path
@@ -85,17 +87,75 @@ def _save(fig: plt.Figure, path: Path) -> None:
         path.write_bytes(buffer.getvalue())
 
 
+def _chapter_seconds(profile: pd.DataFrame) -> pd.DataFrame:
+    """One row per (profile, chapter) in the book's order: the chapter's in-process wall time."""
+    return profile.groupby(["profile", "chapter"], sort=False)["chapter_s"].first().reset_index()
+
+
+def _time_breakdown() -> tuple[str, list[str]]:
+    """The page's opening sentence, and the sections on where each chapter's time goes and the times before and after."""
+    profile, path = load("profile")
+    baseline, baseline_path = load("profile_baseline")
+    if profile is None:
+        return "", ["## Where the time goes\n", "Not measured yet: run `python -m benchmarks.profile`.\n"]
+    totals = _chapter_seconds(profile).groupby("profile")["chapter_s"].sum()
+    opening = "; ".join(f"{totals[p] / 60:.1f} min at the {p} profile" for p in totals.index)
+    opening = (
+        f"**The whole book's computation, every chapter from scratch: {opening}, on {_machine(profile)}** "
+        "(chapters run one after another in one process by `python -m benchmarks.profile`; a `make book` run adds "
+        "about 7 s per chapter for starting the kernel, importing and rendering figures). No GPU was lent where "
+        "these numbers were taken.\n"
+    )
+    parts = [
+        "## Where the time goes\n",
+        "`benchmarks/profile.py` executes each chapter's notebook source with the profile's parameters and fresh "
+        "caches, and times the toolkit's entry points: the exclusive wall time of training loops (evaluation "
+        "excluded), greedy decoding, sampling for the KL estimate, scoring those samples (KL), the rest of "
+        "evaluation (test-pair log-probs, metrics), exact enumeration of response masses, the vanishing-gradients "
+        "chapter's exact per-input gradients, plotting, and file I/O; `other` is everything else.\n",
+    ]
+    for name, frame in profile.groupby("profile", sort=False):
+        table = frame.pivot_table(index="chapter", columns="category", values="seconds", sort=False).fillna(0.0)
+        table = table.loc[:, table.sum() > 0.05]
+        table["total"] = frame.groupby("chapter", sort=False)["chapter_s"].first()
+        shown = table.reset_index()
+        parts.append(f"Seconds per category, {name} profile:\n")
+        parts.append(_table(shown, {c: c for c in shown.columns}, {c: ".1f" for c in shown.columns if c != "chapter"}))
+    parts.append(_source(path))
+    if baseline is not None:
+        before = _chapter_seconds(baseline).rename(columns={"chapter_s": "before"})
+        after = _chapter_seconds(profile).rename(columns={"chapter_s": "after"})
+        both = before.merge(after, on=["profile", "chapter"])
+        if len(both):
+            sums = both.groupby("profile")[["before", "after"]].sum().reset_index().assign(chapter="all chapters")
+            both = pd.concat([both, sums], ignore_index=True)
+            both["speedup"] = both["before"] / both["after"]
+            commit = baseline["commit"].iloc[0]
+            parts.append(
+                f"Before and after the evaluation speed-ups (before: commit `{commit}`, measured the same way on "
+                f"{_machine(baseline)}):\n"
+            )
+            parts.append(_table(both, {"profile": "profile", "chapter": "chapter", "before": "before (s)",
+                                       "after": "after (s)", "speedup": "×"},
+                                {"before": ".1f", "after": ".1f", "speedup": ".2f"}))  # fmt: skip
+            parts.append(_source(baseline_path))
+    return opening, parts
+
+
 def render(executed: Path) -> Path:
     figures = executed / "performance"
     figures.mkdir(parents=True, exist_ok=True)
+    opening, breakdown = _time_breakdown()
     parts = [
         "# Performance\n",
+        opening,
         "How fast the toolkit trains DPO on this book's tasks, measured against Hugging Face TRL's "
         "`DPOTrainer` and against the machine's own matmul limit. Every number comes from the scripts in "
         "`benchmarks/` (`pip install .[bench]`, then `python -m benchmarks`); this page is regenerated "
         "from their CSVs at every `make book`.\n",
     ]
     checks: list[tuple[str, float]] = []
+    parts += breakdown
 
     throughput, path = load("throughput")
     parts.append("## One model: the toolkit against TRL\n")

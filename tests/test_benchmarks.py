@@ -48,6 +48,34 @@ def test_performance_page_quotes_every_ratio_and_judges_each_target(tmp_path, mo
     assert page.stat().st_mtime_ns == before  # unchanged inputs leave the page untouched
 
 
+def _profile_rows(seconds_by_chapter: dict[str, dict[str, float]]) -> pd.DataFrame:
+    rows = []
+    for chapter, seconds in seconds_by_chapter.items():
+        total = sum(seconds.values())
+        rows += [{"chapter": chapter, "profile": "quick", "category": c, "seconds": s, "share": s / total, "chapter_s": total}
+                 for c, s in seconds.items()]  # fmt: skip
+    return pd.DataFrame(rows).assign(**MACHINE)
+
+
+def test_performance_page_opens_with_the_book_time_and_shows_where_it_goes(tmp_path, monkeypatch):
+    fresh, committed = tmp_path / "fresh", tmp_path / "committed"
+    fresh.mkdir()
+    committed.mkdir()
+    _profile_rows({"grokking": {"training": 20.0, "sampling": 10.0}, "ches": {"training": 50.0, "other": 10.0}}).to_csv(
+        fresh / "profile.csv", index=False
+    )
+    _profile_rows({"grokking": {"training": 20.0, "sampling": 40.0}, "ches": {"training": 80.0, "other": 10.0}}).assign(
+        commit="abc1234"
+    ).to_csv(committed / "profile_baseline.csv", index=False)
+    monkeypatch.setattr(report, "SOURCES", (fresh, committed))
+    text = report.render(tmp_path / "executed").read_text()
+    assert text.startswith("# Performance\n\n**The whole book's computation, every chapter from scratch: 1.5 min at the quick")
+    assert "| grokking | 20.0 | 10.0 | 0.0 | 30.0 |" in text  # training, sampling, other, total
+    assert "| quick | grokking | 60.0 | 30.0 | 2.00 |" in text
+    assert "| quick | all chapters | 150.0 | 90.0 | 1.67 |" in text
+    assert "commit `abc1234`" in text
+
+
 def test_a_csv_from_an_older_suite_is_named_in_the_error(tmp_path, monkeypatch):
     folder = tmp_path / "fresh"
     folder.mkdir()

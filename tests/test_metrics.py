@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from dpo_toolkit.core.config import EvalConfig, ModelConfig
-from dpo_toolkit.core.data import END, EQ, decode_response, encode_prompt
+from dpo_toolkit.core.data import END, EQ, collate_pairs, decode_response, encode_prompt
 from dpo_toolkit.core.ensemble import Ensemble
-from dpo_toolkit.core.evaluate import Evaluator
+from dpo_toolkit.core.evaluate import Evaluator, score
 from dpo_toolkit.core.generate import greedy_answers, greedy_sequences, sample_responses
 from dpo_toolkit.core.losses import sequence_logps
 from dpo_toolkit.core.metrics import (
@@ -190,3 +190,15 @@ def test_the_evaluator_reports_trl_metrics_consistent_with_its_own(tiny_pairs, t
     row = Evaluator(test, tiny_data_cfg, EvalConfig(kl_samples=2), reference=tiny_model, betas=0.5)(policy)
     assert row["rewards/margins"] == pytest.approx(row["margin"])
     assert row["rewards/chosen"] == pytest.approx(0.5 * row["chosen_logp_change"])
+
+
+def test_score_counts_each_distinct_sequence_once_and_returns_every_row(tiny_pairs, tiny_model):
+    train, _ = tiny_pairs
+    batch = collate_pairs(train)
+    assert len(torch.unique(batch.tokens, dim=0)) < len(batch.tokens)  # pairs share answers
+    expected = sequence_logps(tiny_model(batch.tokens), batch.tokens, batch.response_mask)  # every row in full
+    assert torch.allclose(score(tiny_model, batch), expected, atol=1e-5)
+    other = build_model(tiny_model.cfg, seed=7)
+    both = score(Ensemble([tiny_model, other]), batch)
+    assert both.shape == (2, len(batch.tokens))
+    assert torch.allclose(both[1], sequence_logps(other(batch.tokens), batch.tokens, batch.response_mask), atol=1e-5)

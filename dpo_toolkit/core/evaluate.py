@@ -34,13 +34,24 @@ ACCURACY_ATOL = 1e-4  # nats: a pair counts as won when its log-ratio margin exc
 
 @torch.no_grad()
 def score(policy: Transformer | Ensemble, batch: Batch) -> torch.Tensor:
-    """Summed response log-probs of every sequence: (batch,) for a model, (M, batch) for an ensemble."""
+    """Summed response log-probs of every sequence: (batch,) for a model, (M, batch) for an ensemble.
+
+    Sequences shared by several rows (test pairs repeat a prompt's chosen or rejected answer) are scored once.
+    """
     model = as_ensemble(policy)
+    if batch.tokens.ndim == 2:  # one batch for every model: score its distinct rows
+        keys, inverse = torch.unique(torch.cat([batch.tokens, batch.response_mask.long()], dim=-1), dim=0, return_inverse=True)
+        width = batch.tokens.shape[-1]
+        distinct = Batch(keys[:, :width], keys[:, width:].bool())
+    else:
+        distinct, inverse = batch, None
     chunk, chunks = rows_per_call(len(model)), []
-    for i in range(0, batch.tokens.shape[-2], chunk):
-        tokens, mask = batch.tokens[..., i : i + chunk, :], batch.response_mask[..., i : i + chunk, :]
+    for i in range(0, distinct.tokens.shape[-2], chunk):
+        tokens, mask = distinct.tokens[..., i : i + chunk, :], distinct.response_mask[..., i : i + chunk, :]
         chunks.append(sequence_logps(model(tokens), tokens, mask))
-    logps = torch.cat(chunks, dim=-1)  # (M, batch)
+    logps = torch.cat(chunks, dim=-1)  # (M, distinct rows)
+    if inverse is not None:
+        logps = logps[:, inverse]  # (M, batch)
     return logps[0] if isinstance(policy, Transformer) else logps
 
 

@@ -28,10 +28,11 @@ from .ensemble import Ensemble
 from .storage import write_csv
 from .train import Checkpoint, train_dpo_ensemble
 
-RESULTS_VERSION = 2
+RESULTS_VERSION = 3
 """Part of every run key: bump it when what a run writes changes (new columns, another
 evaluation), so that results cached by an older toolkit are not read as current ones.
-2: the curves carry TRL's DPO metrics."""
+2: the curves carry TRL's DPO metrics. 3: decoding and exact masses use the attention cache
+(equal up to float rounding, so a stored output made with either is reproduced from scratch)."""
 
 
 def array_hash(values: torch.Tensor | np.ndarray) -> str:
