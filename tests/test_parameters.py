@@ -22,6 +22,7 @@ from pathlib import Path
 import nbformat
 import papermill
 import pytest
+import torch
 import yaml
 from papermill.iorw import load_notebook_node
 from papermill.parameterize import parameterize_notebook
@@ -41,7 +42,9 @@ NUMBER_LINE = {
     "test_fraction": [0.0, 1.0, NAN, 0.001],  # 0.001 leaves no prompt in test
     "split_seed": [-1, 0.5],
 }
+DEVICE = ["gpu", "cuda:x", 0, *([] if torch.cuda.is_available() else ["cuda", "cuda:0"])]  # CUDA asked for, absent
 SWEEP_SETUP = {
+    "device": DEVICE,
     "seeds": [[-1], 0, [], "abc", [0, 0]],
     **NUMBER_LINE,
     "sft_epochs": [0, 2.5],
@@ -68,6 +71,7 @@ BAD = {
         "evals_per_epoch": [0, 100],  # 100 > the single optimizer step per epoch at batch 512
         "kl_samples": [1],
         "budget_batch_size": [-1, 1.5],
+        "device": DEVICE,
     },
     "kl_sweep": {"n_betas": [0, 2.5], "beta_min": [0, -0.01, NAN], "beta_max": [0.001, 1e9], **SWEEP_SETUP},
     "surgery": {"beta_a": [0, NAN], "beta_b": [0.001, 0.01], "n_betas": [1], **SWEEP_SETUP},
@@ -81,6 +85,7 @@ BAD = {
         "temperatures": [[0.5, 2.0], [0.0, 1.0], []],  # must include 1.0, all > 0
     },
     "vanishing_gradients": {
+        "device": DEVICE,
         "prompt_min": [99, 1000],
         "prompt_max": [99, 1000],  # below the default prompt_min = 100; above 999
         "test_fraction": [0.0, 0.001],
@@ -100,6 +105,7 @@ BAD = {
         "n_evals": [0, 100_000],
     },
     "likelihood_displacement": {
+        "device": DEVICE,
         "n_statements": [5, 0],
         "seeds": [[-1], "abc"],
         "d_model": [0, 66],  # 66 is not a multiple of the 4 heads
@@ -113,6 +119,7 @@ BAD = {
         "n_instances": [0],
     },
     "ches": {
+        "device": DEVICE,
         "seeds": [[-1]],
         **NUMBER_LINE,
         "sft_epochs": [0],
@@ -180,7 +187,8 @@ def test_papermill_sees_every_parameter_with_its_type_and_the_spec_agrees(stem):
     inspected = papermill.inspect_notebook(str(ROOT / "notebooks" / f"{stem}.ipynb"))
     specs = importlib.import_module(f"dpo_toolkit.studies.{stem}").PARAMETERS
     assert set(inspected) == set(specs)
-    kinds = {"int": "int", "real": "float", "choice": "str", "text": "str", "ints": "list[int]", "reals": "list[float]"}
+    kinds = {"int": "int", "real": "float", "choice": "str", "text": "str", "device": "str", "ints": "list[int]"}
+    kinds["reals"] = "list[float]"
     for name, p in inspected.items():
         assert p["help"], f"{stem}.{name} has no help comment"
         spec = specs[name]

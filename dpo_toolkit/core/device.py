@@ -20,3 +20,14 @@ def resolve_device(device: str | torch.device = "cpu") -> torch.device:
         if index >= torch.cuda.device_count():
             raise ValueError(f"device={name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return torch.device(name)
+
+
+def model_device(policy) -> torch.device:
+    """The device of a model's weights (a Transformer, an Ensemble or a one-model view): the
+    device every tensor of its training and evaluation is created on ("device follows the model")."""
+    from .ensemble import Ensemble, SingleModel
+
+    if isinstance(policy, Ensemble):
+        return next(iter(policy.params.values())).device
+    module = policy.model if isinstance(policy, SingleModel) else policy
+    return next(module.parameters()).device

@@ -48,7 +48,7 @@ class Ensemble:
 
     def member(self, i: int) -> Transformer:
         """A standalone copy of model i."""
-        model = Transformer(self.cfg)
+        model = Transformer(self.cfg).to(next(iter(self.params.values())).device)
         model.load_state_dict({name: p[i].detach().clone() for name, p in self.params.items()})
         return model
 

@@ -14,6 +14,7 @@ import torch
 
 from .config import DataConfig, EvalConfig
 from .data import Batch, PairSet, collate_pairs
+from .device import model_device
 from .ensemble import Ensemble, as_ensemble, rows_per_call
 from .generate import greedy_answers, sample_responses
 from .losses import implicit_reward, sequence_logps
@@ -39,6 +40,8 @@ def score(policy: Transformer | Ensemble, batch: Batch) -> torch.Tensor:
     Sequences shared by several rows (test pairs repeat a prompt's chosen or rejected answer) are scored once.
     """
     model = as_ensemble(policy)
+    device = model_device(model)
+    batch = Batch(batch.tokens.to(device), batch.response_mask.to(device))
     if batch.tokens.ndim == 2:  # one batch for every model: score its distinct rows
         keys, inverse = torch.unique(torch.cat([batch.tokens, batch.response_mask.long()], dim=-1), dim=0, return_inverse=True)
         width = batch.tokens.shape[-1]
@@ -49,7 +52,7 @@ def score(policy: Transformer | Ensemble, batch: Batch) -> torch.Tensor:
     for i in range(0, distinct.tokens.shape[-2], chunk):
         tokens, mask = distinct.tokens[..., i : i + chunk, :], distinct.response_mask[..., i : i + chunk, :]
         chunks.append(sequence_logps(model(tokens), tokens, mask))
-    logps = torch.cat(chunks, dim=-1)  # (M, distinct rows)
+    logps = torch.cat(chunks, dim=-1)  # (M, distinct rows), on the model's device
     if inverse is not None:
         logps = logps[:, inverse]  # (M, batch)
     return logps[0] if isinstance(policy, Transformer) else logps
@@ -75,6 +78,9 @@ class Evaluator:
     reports two unbiased estimates of Eq. 6 with their standard errors: `kl`, the exact
     per-token KL summed along each sampled path, and `kl_mc`, the plain log-ratio.
 
+    Models compute on their own device (the reference on the policies'); the metrics are
+    computed from their outputs on the CPU, in float64.
+
     With a reference, `betas` are the β of the DPO rewards: one value for every model, or one
     per model of the ensembles it will evaluate. Without a reference only greedy metrics are computed.
     """
@@ -97,8 +103,8 @@ class Evaluator:
             keep = np.sort(np.random.default_rng(eval_cfg.seed).choice(len(test), eval_cfg.max_pairs, replace=False))
             test = PairSet(test.prompt[keep], test.chosen[keep], test.rejected[keep])
         self.test_batch = collate_pairs(test)
-        if reference is not None:
-            self.reference_chosen_logps, self.reference_rejected_logps = pair_logps(reference, self.test_batch)
+        if reference is not None:  # kept on the CPU, where the metrics are computed
+            self.reference_chosen_logps, self.reference_rejected_logps = (x.cpu() for x in pair_logps(reference, self.test_batch))
 
     @torch.no_grad()
     def __call__(self, policy: Transformer | Ensemble):
@@ -114,7 +120,7 @@ class Evaluator:
             betas = self.betas
             if len(betas) not in (1, len(model)):
                 raise ValueError(f"Evaluator has {len(betas)} betas for an ensemble of {len(model)} models")
-            policy_chosen_logps, policy_rejected_logps = pair_logps(model, self.test_batch)  # (M, n)
+            policy_chosen_logps, policy_rejected_logps = (x.cpu() for x in pair_logps(model, self.test_batch))  # (M, n)
             chosen_rewards = implicit_reward(policy_chosen_logps.double(), self.reference_chosen_logps.double(), betas)
             rejected_rewards = implicit_reward(policy_rejected_logps.double(), self.reference_rejected_logps.double(), betas)
             columns["accuracy"] = reward_accuracy(chosen_rewards, rejected_rewards, atol=ACCURACY_ATOL * betas)
@@ -141,6 +147,6 @@ class Evaluator:
             path.append(path_kl(policy_logits, reference_logits, mask))
             mc.append(sequence_logps(policy_logits, tokens, mask) - sequence_logps(reference_logits, tokens, mask))
         n_models = len(model)
-        kl, kl_se = kl_estimate(torch.cat(path, dim=-1).view(n_models, -1, n))
-        kl_mc, kl_mc_se = kl_estimate(torch.cat(mc, dim=-1).view(n_models, -1, n))
+        kl, kl_se = kl_estimate(torch.cat(path, dim=-1).view(n_models, -1, n).cpu())
+        kl_mc, kl_mc_se = kl_estimate(torch.cat(mc, dim=-1).view(n_models, -1, n).cpu())
         return {"kl": kl, "kl_se": kl_se, "kl_mc": kl_mc, "kl_mc_se": kl_mc_se}

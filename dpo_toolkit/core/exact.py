@@ -19,6 +19,7 @@ import torch
 
 from .config import ModelConfig
 from .data import END, decode_response, encode_prompt
+from .device import model_device
 from .ensemble import Ensemble, as_ensemble, rows_per_call
 from .model import Transformer, load_model
 
@@ -53,6 +54,9 @@ class _Level:
     token: torch.Tensor
     prompt: torch.Tensor
     children: torch.Tensor
+
+    def to(self, device: torch.device) -> _Level:
+        return _Level(*(t.to(device) for t in (self.parent, self.token, self.prompt, self.children)))
 
 
 @functools.lru_cache(maxsize=256)  # a chapter evaluates the same test prompts at every checkpoint
@@ -89,7 +93,7 @@ def _aligned_levels(prompts: tuple[int, ...], window: int, max_digits: int, voca
 def _segment_logsumexp(values: torch.Tensor, segment: torch.Tensor, n_segments: int) -> torch.Tensor:
     """log Σ exp over the last axis of values (M, n) within each segment (n,) → (M, n_segments); -inf when empty."""
     index = segment.expand_as(values)
-    peak = torch.full((values.shape[0], n_segments), -torch.inf, dtype=values.dtype).scatter_reduce(
+    peak = torch.full((values.shape[0], n_segments), -torch.inf, dtype=values.dtype, device=values.device).scatter_reduce(
         1, index, values, reduce="amax"
     )
     shift = torch.where(peak.isfinite(), peak, 0.0)
@@ -115,7 +119,7 @@ def response_masses(
     """
     _check_temperature(temperature)
     model = as_ensemble(policy)
-    n_models, n_ctx, vocab = len(model), model.cfg.n_ctx, model.cfg.d_vocab
+    n_models, n_ctx, vocab, device = len(model), model.cfg.n_ctx, model.cfg.d_vocab, model_device(model)
     prompts = [int(s) for s in np.asarray(prompts).tolist()]
     log_aligned = torch.full((n_models, len(prompts)), -torch.inf, dtype=torch.float64)
     log_unaligned = torch.zeros((n_models, len(prompts)), dtype=torch.float64)  # stays 0 (all mass) without a tree
@@ -128,11 +132,13 @@ def response_masses(
         members = [i for i in members if in_window_strings(prompts[i], window, max_digits)]
         for start in range(0, len(members), chunk):
             group = members[start : start + chunk]
-            levels = _aligned_levels(tuple(prompts[i] for i in group), window, max_digits, vocab)
-            tokens = torch.tensor([encode_prompt(prompts[i]) for i in group]).expand(n_models, -1, -1)  # (M, g, length)
+            levels = [level.to(device) for level in _aligned_levels(tuple(prompts[i] for i in group), window, max_digits, vocab)]
+            tokens = torch.tensor([encode_prompt(prompts[i]) for i in group], device=device).expand(
+                n_models, -1, -1
+            )  # (M, g, length)
             logits, cache = model.extend(tokens)  # (M, g, length, vocab)
             next_logps = (logits[:, :, -1].double() / temperature).log_softmax(-1)  # (M, g, vocab) at the roots
-            node_logps = torch.zeros((n_models, len(group)), dtype=torch.float64)  # log-prob of reaching each root
+            node_logps = torch.zeros((n_models, len(group)), dtype=torch.float64, device=device)  # reaching each root
             aligned, leaving = [], []
             for depth, level in enumerate(levels):
                 if depth:  # this level's nodes: their parents' cache and log-prob, extended by one token
@@ -144,8 +150,8 @@ def response_masses(
                 leaving.append(node_logps + next_logps.masked_fill(level.children, -torch.inf).logsumexp(-1))
             owner = torch.cat([level.prompt for level in levels])  # (all nodes,) → prompt within the group
             rows = torch.tensor(group)
-            log_aligned[:, rows] = _segment_logsumexp(torch.cat(aligned, dim=1), owner, len(group))
-            log_unaligned[:, rows] = _segment_logsumexp(torch.cat(leaving, dim=1), owner, len(group))
+            log_aligned[:, rows] = _segment_logsumexp(torch.cat(aligned, dim=1), owner, len(group)).cpu()
+            log_unaligned[:, rows] = _segment_logsumexp(torch.cat(leaving, dim=1), owner, len(group)).cpu()
     log_aligned, log_unaligned = log_aligned.numpy(), log_unaligned.numpy()
     if isinstance(policy, Transformer):
         return log_aligned[0], log_unaligned[0]
@@ -171,9 +177,9 @@ def enumerate_responses(policy: Transformer, prompt: int, temperature: float = 1
             "use response_masses for aligned/unaligned masses"
         )
     leaves = []
-    frontier, frontier_logps = torch.tensor([start]), torch.zeros(1, dtype=torch.float64)
+    frontier, frontier_logps = torch.tensor([start]), torch.zeros(1, dtype=torch.float64)  # on the CPU; the model on its device
     while len(frontier):
-        next_logps = (policy(frontier)[:, -1].double() / temperature).log_softmax(-1)  # (n, vocab)
+        next_logps = (policy(frontier.to(model_device(policy)))[:, -1].double().cpu() / temperature).log_softmax(-1)  # (n, vocab)
         children = torch.cat([frontier.repeat_interleave(vocab, 0), torch.arange(vocab).repeat(len(frontier))[:, None]], 1)
         child_logps = (frontier_logps[:, None] + next_logps).flatten()
         done = (children[:, -1] == END) | (children.shape[1] == policy.cfg.n_ctx)
@@ -189,13 +195,19 @@ def is_aligned(response: tuple[int, ...], prompt: int, window: int) -> bool:
 
 
 def masses_at_checkpoints(
-    weights: list[str], steps: list[int], cfg: ModelConfig, prompts: np.ndarray, window: int, temperature: float = 1.0
+    weights: list[str],
+    steps: list[int],
+    cfg: ModelConfig,
+    prompts: np.ndarray,
+    window: int,
+    temperature: float = 1.0,
+    device: str | torch.device = "cpu",
 ) -> pd.DataFrame:
     """``response_masses`` of the models saved at `weights` (one per step), evaluated as one
-    ensemble. Returns one row per checkpoint and prompt: step, prompt, log_aligned, log_unaligned."""
+    ensemble on `device`. Returns one row per checkpoint and prompt: step, prompt, log_aligned, log_unaligned."""
     if len(weights) != len(steps):
         raise ValueError(f"one weights file per step: {len(weights)} files for {len(steps)} steps")
-    models = [load_model(path, cfg) for path in weights]
+    models = [load_model(path, cfg, device) for path in weights]
     log_aligned, log_unaligned = response_masses(Ensemble(models), prompts, window, temperature)  # (K, n) each
     return pd.DataFrame(
         {

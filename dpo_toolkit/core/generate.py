@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from .data import END, PAD, Batch, decode_response, encode_prompt
+from .device import model_device
 from .ensemble import Ensemble, SingleModel, as_ensemble, rows_per_call
 from .model import Transformer
 
@@ -22,6 +23,7 @@ def _decode(policy: Ensemble | SingleModel, prompts: np.ndarray, generator: torc
     Sampling draws one uniform per prompt row and step, shared by all models, so a
     model's samples do not depend on which ensemble it is evaluated in.
 
+    Everything runs on the policy's device; the result is there too.
     Prompts are grouped by length, and each group decodes in chunks of rows_per_call rows,
     incrementally: each step computes only the new token, against the cached attention keys and
     values of the earlier ones (``Transformer.extend``).
@@ -29,18 +31,19 @@ def _decode(policy: Ensemble | SingleModel, prompts: np.ndarray, generator: torc
     with response_mask True on generated tokens up to and including the first '.'.
     """
     n_models, n_ctx = len(policy), policy.cfg.n_ctx
-    tokens = torch.full((n_models, len(prompts), n_ctx), PAD, dtype=torch.long)
-    response_mask = torch.zeros((n_models, len(prompts), n_ctx), dtype=torch.bool)
-    if generator is not None:  # drawn up front, so that chunking never changes which row gets which number
-        uniforms = torch.rand((len(prompts), n_ctx), generator=generator, dtype=torch.float64)
+    device = model_device(policy)
+    tokens = torch.full((n_models, len(prompts), n_ctx), PAD, dtype=torch.long, device=device)
+    response_mask = torch.zeros((n_models, len(prompts), n_ctx), dtype=torch.bool, device=device)
+    if generator is not None:  # drawn up front on the CPU, so that neither chunking nor the device changes them
+        uniforms = torch.rand((len(prompts), n_ctx), generator=generator, dtype=torch.float64).to(device)
     encoded = [encode_prompt(int(s)) for s in prompts]
     chunk = rows_per_call(n_models)
     for length in sorted({len(p) for p in encoded}):
         group = [i for i, p in enumerate(encoded) if len(p) == length]
         for start in range(0, len(group), chunk):
-            rows = torch.tensor(group[start : start + chunk])
-            seq = torch.tensor([encoded[i] for i in rows.tolist()]).expand(n_models, -1, -1)  # (M, rows, length)
-            alive = torch.ones(n_models, len(rows), dtype=torch.bool)
+            rows = torch.tensor(group[start : start + chunk], device=device)
+            seq = torch.tensor([encoded[i] for i in rows.tolist()], device=device).expand(n_models, -1, -1)  # (M, rows, length)
+            alive = torch.ones(n_models, len(rows), dtype=torch.bool, device=device)
             logits, cache = policy.extend(seq)  # (M, rows, length, vocab); keys/values of the prompt
             for t in range(length, n_ctx):
                 next_logits = logits[:, :, -1]  # (M, rows, vocab)
@@ -68,7 +71,7 @@ def greedy_answers(policy: Transformer | Ensemble | SingleModel, prompts: np.nda
     batch = _decode(as_ensemble(policy), prompts, generator=None)
     answers = [
         [decode_response(row[mask]) for row, mask in zip(tokens, masks, strict=True)]
-        for tokens, masks in zip(batch.tokens, batch.response_mask, strict=True)
+        for tokens, masks in zip(batch.tokens.cpu(), batch.response_mask.cpu(), strict=True)
     ]
     return answers[0] if isinstance(policy, Transformer) else answers
 

@@ -130,11 +130,12 @@ def extend_with(model: Transformer, params: dict[str, torch.Tensor], tokens: tor
     return functional_call(_Extender(model), {f"model.{name}": p for name, p in params.items()}, (tokens, past))
 
 
-def build_model(cfg: ModelConfig, seed: int) -> Transformer:
-    """A freshly initialised model; the global RNG state is left untouched."""
+def build_model(cfg: ModelConfig, seed: int, device: str | torch.device = "cpu") -> Transformer:
+    """A freshly initialised model on `device`; the global RNG state is left untouched. The weights
+    are drawn on the CPU, so that a seed gives the same initial model on every device."""
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        return Transformer(cfg)
+        return Transformer(cfg).to(device)
 
 
 def group_param_counts(model: nn.Module) -> dict[str, int]:
@@ -145,8 +146,8 @@ def group_param_counts(model: nn.Module) -> dict[str, int]:
     return counts
 
 
-def load_model(path: str | Path, cfg: ModelConfig) -> Transformer:
-    """A frozen model of architecture cfg with the state dict saved at `path`."""
-    model = Transformer(cfg)
-    model.load_state_dict(torch.load(path))
+def load_model(path: str | Path, cfg: ModelConfig, device: str | torch.device = "cpu") -> Transformer:
+    """A frozen model of architecture cfg on `device`, with the state dict saved at `path`."""
+    model = Transformer(cfg).to(device)
+    model.load_state_dict(torch.load(path, map_location=device))
     return model.eval().requires_grad_(False)

@@ -45,7 +45,7 @@ class MemberwiseOptimizer:
 
     @staticmethod
     def _per_member(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        return values.to(like.dtype).view(-1, *([1] * (like.ndim - 1)))  # (M, 1, …) broadcasts over one member's weights
+        return values.to(like).view(-1, *([1] * (like.ndim - 1)))  # (M, 1, …) broadcasts over one member's weights
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.base.zero_grad(set_to_none=set_to_none)

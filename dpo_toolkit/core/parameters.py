@@ -35,7 +35,8 @@ class Spec:
     """What one notebook parameter accepts.
 
     kind: 'int' or 'real' (one number), 'ints' or 'reals' (a non-empty list of them),
-    'choice' (one of `choices`), 'text' (any string). low/high bound the numbers (of a
+    'choice' (one of `choices`), 'text' (any string), 'device' (a torch device this machine has:
+    'cpu', or 'cuda'/'cuda:N' where CUDA is present). low/high bound the numbers (of a
     list: every element), closed unless open_low/open_high. optional: None is allowed.
     scalar_ok: a list parameter also takes a single number. unique: list elements differ.
     """
@@ -64,6 +65,14 @@ class Spec:
             return isinstance(value, str) and value in self.choices
         if self.kind == "text":
             return isinstance(value, str)
+        if self.kind == "device":
+            from .device import resolve_device
+
+            try:
+                resolve_device(value)
+            except ValueError:
+                return False
+            return isinstance(value, str)
         if self.kind in ("int", "real"):
             return self._number_ok(value)
         if self.scalar_ok and self._number_ok(value):
@@ -88,6 +97,12 @@ class Spec:
             text = "one of " + ", ".join(repr(c) for c in self.choices)
         elif self.kind == "text":
             text = "a string"
+        elif self.kind == "device":
+            import torch
+
+            found = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            text = "'cpu', 'cuda' or 'cuda:N' naming a device this machine has"
+            text += f" (CUDA devices here: {found}{', torch ' + torch.__version__ if not found else ''})"
         elif self.kind in ("int", "real"):
             text = ("an integer" if self.kind == "int" else "a number") + self._range()
         else:
@@ -121,6 +136,7 @@ def choice(*values: str) -> Spec:
 # Shared specs, one wording for the parameters every chapter has.
 SEEDS = integers(0)
 RESULTS_ROOT = Spec("text", optional=True)  # a folder; None means $DPO_RESULTS_ROOT or _build/results
+DEVICE = Spec("device")  # where every model, tensor and evaluation of the chapter computes
 LEARNING_RATE = real(0, 1, open_low=True)
 EPOCHS = integer(1)
 BATCH_SIZE = integer(1)
@@ -213,6 +229,7 @@ SWEEP_SETUP = {
     "kl_samples": integer(2),
     "margin_pairs": integer(1, optional=True),
     "results_root": RESULTS_ROOT,
+    "device": DEVICE,
 }
 
 

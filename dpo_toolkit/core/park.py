@@ -15,9 +15,11 @@ from functools import partial
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from .config import DataConfig, DPOConfig, EvalConfig, ModelConfig, TrainConfig, check_fits
 from .data import make_pairs
+from .device import resolve_device
 from .ensemble import Ensemble
 from .evaluate import Evaluator
 from .metrics import TRL_NAMES, group_weight_deltas
@@ -34,8 +36,10 @@ def sft_reference(
     seed: int,
     cache_dir: Path,
     progress: bool | None = None,
+    device: str | torch.device = "cpu",
 ) -> tuple[Transformer, pd.DataFrame]:
-    """The SFT reference of one seed (fresh model, SFT on the train pairs), frozen, with its curve.
+    """The SFT reference of one seed (fresh model, SFT on the train pairs), frozen, with its curve,
+    on `device` (trained there; a CPU and a GPU reference are cached apart).
 
     Cached by seed and a hash of the data, model and SFT configs (SFT is evaluated by greedy
     answers alone, which no EvalConfig field changes): runs that differ only in their KL or
@@ -47,7 +51,7 @@ def sft_reference(
     key = RunKey(Path(cache_dir), "sft", seed, (data_cfg, model_cfg, cfg))
     return cached_model(
         key,
-        partial(build_model, model_cfg, seed),
+        partial(build_model, model_cfg, seed, resolve_device(device)),
         lambda model, checkpoint: train_sft(model, train, cfg, evaluator, progress, checkpoint),
     )
 
@@ -99,12 +103,14 @@ def run_sft_then_dpo(
     cache_dir: str | Path,
     progress: bool | None = None,
     keep_betas: Iterable[float] = (),
+    device: str | torch.device = "cpu",
 ) -> pd.DataFrame:
     """For each seed: SFT from a fresh model, then DPO from that reference at every β (Park §3.3).
 
     The seed sets the model initialisation and the batch order of SFT and DPO; the
-    train/test split is fixed by ``data_cfg.seed``. All configurations are validated,
-    every β included, before any training starts.
+    train/test split is fixed by ``data_cfg.seed``. Every model trains and is evaluated on
+    `device` ('cpu', 'cuda' or 'cuda:N'). All configurations are validated, every β and the
+    device included, before any training starts.
     Returns one row per evaluation with columns phase ('sft' | 'dpo'), beta (NaN for
     SFT), seed, step, epoch, loss, the Evaluator's metrics, and the WeightDelta from the
     reference (Park Eq. 7) in all (`weight_delta`) and in the attention group
@@ -113,12 +119,13 @@ def run_sft_then_dpo(
     saved, and `weights` holds the file's path (empty for other rows).
     """
     check_fits(model_cfg, data_cfg)
+    device = resolve_device(device)
     dpo_cfgs, seeds = validate_grid(dpo_cfg, betas, seeds)
     kept = keep_indices([c.beta for c in dpo_cfgs], keep_betas)
     train, test = make_pairs(data_cfg)
     frames = []
     for seed in seeds:
-        reference, sft = sft_reference(data_cfg, model_cfg, sft_cfg, eval_cfg, seed, Path(cache_dir), progress)
+        reference, sft = sft_reference(data_cfg, model_cfg, sft_cfg, eval_cfg, seed, Path(cache_dir), progress, device)
         frames.append(sft.assign(phase="sft", beta=float("nan"), seed=seed))
         members = [Member(dataclasses.replace(c, seed=seed)) for c in dpo_cfgs]
         key = RunKey(Path(cache_dir), "dpo", seed, (data_cfg, model_cfg, dataclasses.replace(sft_cfg, seed=seed), eval_cfg))

@@ -46,23 +46,30 @@ class RunKey:
     """Where one run's files live: ``<directory>/<name>-seed<seed>-<config_hash(*depends_on)>.*``.
 
     depends_on: the frozen dataclasses the result depends on (data, model, training and
-    evaluation configs, variants); arrays in it are hashed by their bytes."""
+    evaluation configs, variants); arrays in it are hashed by their bytes. device: the kind of
+    device the run computes on ('cpu' or 'cuda'), part of the hash for every device but the CPU,
+    so that a GPU run (whose float rounding differs) never reads a CPU run's files or the reverse;
+    ``cached_model`` and ``run_dpo`` set it from the model they train."""
 
     directory: Path
     name: str
     seed: int
     depends_on: tuple = ()
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise ValueError(f"seeds must be integers ≥ 0, got {self.seed!r}")
+        if self.device not in ("cpu", "cuda"):
+            raise ValueError(f"RunKey.device must be 'cpu' or 'cuda' (a device type), got {self.device!r}")
 
     @property
     def stem(self) -> Path:
         parts = [array_hash(x) if isinstance(x, torch.Tensor | np.ndarray) else x for x in self.depends_on]
         arrays = [p for p in parts if isinstance(p, str)]
         key = config_hash(*(p for p in parts if not isinstance(p, str)))
-        key = hashlib.sha256(f"v{RESULTS_VERSION}-{key}".encode()).hexdigest()[:12]
+        on = "" if self.device == "cpu" else f"-{self.device}"
+        key = hashlib.sha256(f"v{RESULTS_VERSION}{on}-{key}".encode()).hexdigest()[:12]
         if arrays:
             key = hashlib.sha256("".join([key, *arrays]).encode()).hexdigest()[:12]
         return Path(self.directory) / f"{self.name}-seed{self.seed}-{key}"
@@ -81,11 +88,12 @@ def cached_model(
     """The model build() returns, trained by fit(model, checkpoint) the first time and loaded
     from ``key.path('.pt')`` afterwards; frozen. fit's curve (or None) is cached beside it
     as CSV. fit may leave progress in the checkpoint; it is removed once the weights are saved."""
-    weights, curve = key.path(".pt"), key.path(".csv")
     model = build()
+    key = dataclasses.replace(key, device=next(model.parameters()).device.type)
+    weights, curve = key.path(".pt"), key.path(".csv")
     fits_curve = curve.exists()
     if weights.exists():
-        model.load_state_dict(torch.load(weights))
+        model.load_state_dict(torch.load(weights, map_location=next(model.parameters()).device))
         df = pd.read_csv(curve) if fits_curve else None
         Checkpoint(key.path(".ckpt")).remove()  # left by a run killed after saving its weights
     else:
@@ -140,7 +148,7 @@ def run_dpo(
     if not members:
         raise ValueError("run_dpo needs at least one Member")
     extra = (*members, *(() if pair_weights is None else (torch.as_tensor(pair_weights),)))
-    key = dataclasses.replace(key, depends_on=(*key.depends_on, *extra))
+    key = dataclasses.replace(key, depends_on=(*key.depends_on, *extra), device=next(reference.parameters()).device.type)
     curve, weights_dir = key.path(".csv"), key.path("-weights")
 
     def weights_path(member: int, step: int) -> Path:

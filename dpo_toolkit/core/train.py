@@ -60,7 +60,7 @@ class Checkpoint:
 
     def restore(self, params: list[torch.Tensor], optimizer) -> tuple[list[dict], int]:
         """Load the saved weights into params and the optimizer; returns (rows, step)."""
-        state = torch.load(self.path)
+        state = torch.load(self.path, map_location=params[0].device)
         with torch.no_grad():
             for p, saved in zip(params, state["params"], strict=True):
                 p.copy_(saved)
@@ -174,6 +174,8 @@ def train_sft(
     of a Batch (its response_mask marks the tokens scored). Returns one row per evaluation.
     With `checkpoint`, a killed run resumes from its last evaluation (see ``optimize``)."""
     batch = train if isinstance(train, Batch) else collate(train.prompt, train.chosen)
+    device = next(model.parameters()).device  # the data follow the model
+    batch = Batch(batch.tokens.to(device), batch.response_mask.to(device))
 
     def batch_loss(index: torch.Tensor) -> torch.Tensor:
         b = batch.select(index)

@@ -34,6 +34,7 @@ PARAMETERS = {
     "kl_samples": p.integer(2),
     "budget_batch_size": p.integer(0),
     "results_root": p.RESULTS_ROOT,
+    "device": p.DEVICE,
 }
 
 

@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 
 from dpo_toolkit.core.claims import claims_frame, verdict
+from dpo_toolkit.core.device import model_device
 from dpo_toolkit.core.ensemble import Ensemble
 from dpo_toolkit.core.evaluate import Evaluator
 from dpo_toolkit.core.metrics import group_weight_deltas
@@ -80,8 +81,9 @@ def surgery_curves(
     """
     if not len(policy_paths) == len(donor_paths) == len(steps):
         raise ValueError("surgery_curves needs one policy path and one donor path per step")
-    policies = [load_model(p, reference.cfg) for p in policy_paths]
-    donors = [load_model(p, reference.cfg) for p in donor_paths]
+    device = model_device(reference)  # every checkpoint is loaded beside the reference
+    policies = [load_model(p, reference.cfg, device) for p in policy_paths]
+    donors = [load_model(p, reference.cfg, device) for p in donor_paths]
     variants = {"A": policies}
     for name, groups in SURGERIES.items():
         variants[name] = [transplant(a, b, groups) for a, b in zip(policies, donors, strict=True)]
@@ -95,11 +97,11 @@ def surgery_curves(
 
     reference_params = dict(reference.named_parameters())
     stacked = Ensemble(policies).params  # (K, *shape) each
-    from_reference = group_weight_deltas(stacked, reference_params)  # {group: (K,)}
+    from_reference = {g: d.cpu() for g, d in group_weight_deltas(stacked, reference_params).items()}  # {group: (K,)}
     step_change = {g: torch.full((len(steps),), float("nan"), dtype=torch.float64) for g in PARAM_GROUPS}
     for k in range(1, len(steps)):
         for g, d in group_weight_deltas(dict(policies[k].named_parameters()), dict(policies[k - 1].named_parameters())).items():
-            step_change[g][k] = d
+            step_change[g][k] = float(d)
     total_from_reference = sum(from_reference.values())
     total_step = sum(step_change.values())
     deltas = pd.DataFrame(

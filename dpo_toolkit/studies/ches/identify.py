@@ -37,14 +37,15 @@ def score_pairs(
     pairs: PairSet,
     seeds: Sequence[int],
     cache_dir: str | Path,
+    device: str = "cpu",
 ) -> pd.DataFrame:
     """For each seed's SFT reference (``park.sft_reference``, cached) and each pair: its
     displacement when DPO (dpo_cfg's optimizer, β, dpo_steps steps) trains on it alone, and
     its three scores. One row per (seed, pair): seed, prompt, chosen, rejected, displacement,
-    and one column per measure of MEASURES."""
+    and one column per measure of MEASURES. Every model trains and is scored on `device`."""
     frames = []
     for seed in seeds:
-        reference, _ = sft_reference(data_cfg, ModelConfig(), sft_cfg, EvalConfig(), seed, Path(cache_dir))
+        reference, _ = sft_reference(data_cfg, ModelConfig(), sft_cfg, EvalConfig(), seed, Path(cache_dir), device=device)
         frames.append(pd.DataFrame({
             "seed": seed, "prompt": pairs.prompt, "chosen": pairs.chosen, "rejected": pairs.rejected,
             "displacement": single_pair_displacement(reference, pairs, dpo_cfg, beta, dpo_steps),

@@ -20,6 +20,7 @@ import torch
 
 from dpo_toolkit.core.config import TrainConfig
 from dpo_toolkit.core.data import Batch, PairSet, collate_pairs
+from dpo_toolkit.core.device import model_device
 from dpo_toolkit.core.ensemble import Ensemble
 from dpo_toolkit.core.losses import dpo_loss, sequence_logps
 from dpo_toolkit.core.model import Transformer
@@ -42,15 +43,16 @@ def response_hidden_sums(hidden: torch.Tensor, response_mask: torch.Tensor) -> t
 
 @torch.no_grad()
 def ches(model: Transformer, pairs: PairSet | Batch) -> torch.Tensor:
-    """CHES of every pair under `model`, in float64: (n,).
+    """CHES of every pair under `model`, in float64: (n,), on the CPU (computed on the model's device).
 
     Takes the pairs, or their ``collate_pairs`` batch (chosen rows, then rejected rows).
     """
     batch = pairs if isinstance(pairs, Batch) else collate_pairs(pairs)
-    hidden, _ = model.hidden(batch.tokens)  # (2n, seq, d)
-    sums = response_hidden_sums(hidden.double(), batch.response_mask)
+    device = model_device(model)
+    hidden, _ = model.hidden(batch.tokens.to(device))  # (2n, seq, d)
+    sums = response_hidden_sums(hidden.double(), batch.response_mask.to(device))
     chosen_sums, rejected_sums = sums.chunk(2)
-    return ches_from_sums(chosen_sums, rejected_sums)
+    return ches_from_sums(chosen_sums, rejected_sums).cpu()
 
 
 @torch.no_grad()
@@ -97,7 +99,7 @@ def single_pair_displacement(
     """Likelihood displacement of each pair trained on alone: log π(y+) after `steps` DPO
     steps on that one pair (from the reference, optimizer of cfg) minus log π_ref(y+). (n,).
 
-    The pairs train as independent models of one Ensemble, `chunk` at a time.
+    The pairs train as independent models of one Ensemble, `chunk` at a time, on the reference's device.
     """
     if steps < 1:
         raise ValueError(f"steps must be ≥ 1, got {steps}")
@@ -106,8 +108,9 @@ def single_pair_displacement(
         index = np.arange(start, min(start + chunk, len(pairs)))
         batch = collate_pairs(pairs, index)
         n = len(index)
-        tokens = torch.stack([batch.tokens[:n], batch.tokens[n:]], dim=1)  # (M, 2, T): chosen, rejected
-        mask = torch.stack([batch.response_mask[:n], batch.response_mask[n:]], dim=1)  # (M, 2, T)
+        device = model_device(reference)
+        tokens = torch.stack([batch.tokens[:n], batch.tokens[n:]], dim=1).to(device)  # (M, 2, T): chosen, rejected
+        mask = torch.stack([batch.response_mask[:n], batch.response_mask[n:]], dim=1).to(device)  # (M, 2, T)
         with torch.no_grad():
             reference_logps = sequence_logps(reference(tokens.flatten(0, 1)), tokens.flatten(0, 1), mask.flatten(0, 1))
             reference_logps = reference_logps.view(n, 2)  # (M, 2)
@@ -121,7 +124,7 @@ def single_pair_displacement(
             optimizer.step()
         with torch.no_grad():
             chosen_after = sequence_logps(policies(tokens), tokens, mask)[:, 0]
-        out.append((chosen_after - reference_logps[:, 0]).double().numpy())
+        out.append((chosen_after - reference_logps[:, 0]).double().cpu().numpy())
     return np.concatenate(out)
 
 
@@ -138,8 +141,9 @@ def edit_similarity(a: str, b: str) -> float:
 
 @torch.no_grad()
 def hidden_cosine(model: Transformer, pairs: PairSet) -> torch.Tensor:
-    """Cosine similarity of the summed hidden embeddings of y+ and y− (not centred): (n,)."""
+    """Cosine similarity of the summed hidden embeddings of y+ and y− (not centred): (n,), on the CPU."""
     batch = collate_pairs(pairs)
-    hidden, _ = model.hidden(batch.tokens)
-    chosen_sums, rejected_sums = response_hidden_sums(hidden.double(), batch.response_mask).chunk(2)
-    return torch.nn.functional.cosine_similarity(chosen_sums, rejected_sums, dim=-1)
+    device = model_device(model)
+    hidden, _ = model.hidden(batch.tokens.to(device))
+    chosen_sums, rejected_sums = response_hidden_sums(hidden.double(), batch.response_mask.to(device)).chunk(2)
+    return torch.nn.functional.cosine_similarity(chosen_sums, rejected_sums, dim=-1).cpu()

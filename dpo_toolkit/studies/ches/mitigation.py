@@ -89,9 +89,11 @@ def run_mitigations(
     seeds: Sequence[int],
     cache_dir: str | Path,
     progress: bool | None = None,
+    device: str = "cpu",
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """For each seed: the SFT reference, the CHES of every training pair under it, then DPO
-    of every variant as one ensemble, evaluated on the test pairs (see Evaluator).
+    of every variant as one ensemble, evaluated on the test pairs (see Evaluator); every
+    model on `device`.
 
     Returns (curves, scores): one row per seed, variant and evaluation, with columns
     seed, variant, kind, drop_fraction, sft_weight, pairs_kept, step, epoch, loss and the
@@ -106,7 +108,7 @@ def run_mitigations(
     train, test = make_pairs(data_cfg)
     curves, scores = [], []
     for seed in seeds:
-        reference, _ = sft_reference(data_cfg, model_cfg, sft_cfg, eval_cfg, seed, Path(cache_dir), progress)
+        reference, _ = sft_reference(data_cfg, model_cfg, sft_cfg, eval_cfg, seed, Path(cache_dir), progress, device)
         pair_ches = ches(reference, train).numpy()
         scores.append(pd.DataFrame({"seed": seed, "prompt": train.prompt, "chosen": train.chosen,
                                     "rejected": train.rejected, "ches": pair_ches}))  # fmt: skip

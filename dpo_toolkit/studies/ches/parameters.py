@@ -32,6 +32,7 @@ PARAMETERS = {
     "safety_lr": p.LEARNING_RATE,
     "safety_epochs": p.EPOCHS,
     "results_root": p.RESULTS_ROOT,
+    "device": p.DEVICE,
 }
 SAFETY_EVALS = 20  # evaluations over the toy safety task's DPO run
 SAFETY_BATCH = 16  # its DPO batch size

@@ -18,6 +18,7 @@ import torch
 from dpo_toolkit.core.claims import claims_frame, verdict
 from dpo_toolkit.core.config import ConfigError, DPOConfig, ModelConfig, TrainConfig
 from dpo_toolkit.core.data import Batch
+from dpo_toolkit.core.device import resolve_device
 from dpo_toolkit.core.ensemble import Ensemble
 from dpo_toolkit.core.losses import sequence_logps
 from dpo_toolkit.core.model import build_model
@@ -41,7 +42,7 @@ def evaluate_safety(
     n = len(reference_chosen)
     with torch.no_grad():
         chosen_logps = sequence_logps(policies(pairs.tokens[:n]), pairs.tokens[:n], pairs.response_mask[:n])  # (M, n)
-    change = chosen_logps.double() - reference_chosen.double()
+    change = chosen_logps.double().cpu() - reference_chosen.double().cpu()
     columns["chosen_logp_change"] = change.mean(-1)
     columns["displaced"] = (change < -1e-4).double().mean(-1)
     return [{k: float(v[i]) for k, v in columns.items()} for i in range(len(policies))]
@@ -56,9 +57,11 @@ def run_safety(
     seeds: Sequence[int],
     cache_dir: str | Path,
     progress: bool | None = None,
+    device: str = "cpu",
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """For each seed: the SFT model, CHES of every DPO pair under it, then DPO of every
-    variant (``mitigation.Variant``) as one ensemble, from that model as reference.
+    variant (``mitigation.Variant``) as one ensemble, from that model as reference; every
+    model on `device`.
 
     Returns (curves, pairs): one row per seed, variant and evaluation with refusal,
     compliance and other rates on the training prompts and (suffix _test) the held-out
@@ -73,15 +76,17 @@ def run_safety(
         raise ValueError(f"seeds must be a non-empty list of integers ≥ 0, got {seeds!r}")
     if model_cfg.d_vocab != len(cfg.vocab):
         raise ConfigError(f"ModelConfig.d_vocab must be {len(cfg.vocab)} for this task, got {model_cfg.d_vocab}")
+    device = resolve_device(device)
     train_prompts, test_prompts = prompts(cfg)
     pair_batch, pair_table = preference_pairs(cfg, train_prompts)
+    pair_batch = Batch(pair_batch.tokens.to(device), pair_batch.response_mask.to(device))
     n_pairs = len(pair_table)
     curves, tables = [], []
     for seed in seeds:
         sft = dataclasses.replace(sft_cfg, seed=seed)
         reference, _ = cached_model(
             RunKey(Path(cache_dir), "safety-sft", seed, (cfg, model_cfg, sft)),
-            partial(build_model, model_cfg, seed),
+            partial(build_model, model_cfg, seed, device),
             lambda model, _, sft=sft: train_safety_sft(cfg, model, sft),
         )
         pair_ches = ches(reference, pair_batch).numpy()

@@ -17,6 +17,7 @@ import torch
 from dpo_toolkit.core import parameters as spec
 from dpo_toolkit.core.config import ConfigError, ModelConfig, TrainConfig, require_fields
 from dpo_toolkit.core.data import Batch
+from dpo_toolkit.core.device import model_device
 from dpo_toolkit.core.ensemble import Ensemble, as_ensemble
 from dpo_toolkit.core.losses import sequence_logps, soft_label_sft_loss
 from dpo_toolkit.core.model import Transformer
@@ -135,10 +136,13 @@ def preference_pairs(cfg: SafetyConfig, prompt_ids: np.ndarray) -> tuple[Batch, 
 
 
 def phrase_masses(policy: Transformer | Ensemble, cfg: SafetyConfig, prompt_ids: np.ndarray) -> torch.Tensor:
-    """π(r | x) of every phrase r of RESPONSES at every prompt: (M, n_prompts, 8) (M = 1 for a Transformer), float64."""
+    """π(r | x) of every phrase r of RESPONSES at every prompt: (M, n_prompts, 8) (M = 1 for a Transformer), float64,
+    on the CPU (computed on the policy's device)."""
     batch = candidate_batch(cfg, prompt_ids)
+    model = as_ensemble(policy)
+    tokens, mask = batch.tokens.to(model_device(model)), batch.response_mask.to(model_device(model))
     with torch.no_grad():
-        logps = sequence_logps(as_ensemble(policy)(batch.tokens), batch.tokens, batch.response_mask)  # (M, n · 8)
+        logps = sequence_logps(model(tokens), tokens, mask).cpu()  # (M, n · 8)
     return logps.double().exp().view(logps.shape[0], len(prompt_ids), len(RESPONSES))
 
 
@@ -160,7 +164,9 @@ def train_safety_sft(cfg: SafetyConfig, model: Transformer, train_cfg: TrainConf
     per_prompt = [cfg.refusal_share / len(REFUSALS)] * len(REFUSALS) + [(1 - cfg.refusal_share) / len(COMPLIANCES)] * len(
         COMPLIANCES
     )
-    targets = torch.tensor(per_prompt).repeat(len(train_prompts), 1)  # (n_prompts, 8)
+    device = model_device(model)  # the data follow the model
+    targets = torch.tensor(per_prompt).repeat(len(train_prompts), 1).to(device)  # (n_prompts, 8)
+    batch = Batch(batch.tokens.to(device), batch.response_mask.to(device))
 
     def loss_of(model: Transformer) -> torch.Tensor:
         logps = sequence_logps(model(batch.tokens), batch.tokens, batch.response_mask)  # (n_prompts · 8,), prompts outer

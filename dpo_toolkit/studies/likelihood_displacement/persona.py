@@ -99,4 +99,6 @@ def train_persona_lm(cfg: PersonaConfig, model: Transformer, train_cfg: TrainCon
     if model.cfg.d_vocab != len(cfg.vocab) or model.cfg.n_ctx < 3:
         raise ConfigError(f"ModelConfig must have d_vocab={len(cfg.vocab)} and n_ctx ≥ 3 for this corpus, got {model.cfg}")
     prompts, _, targets = persona_corpus(cfg)
-    fit_full_batch(model, lambda m: soft_label_sft_loss(answer_logps(m, prompts), targets.float()), train_cfg)
+    device = next(model.parameters()).device  # the corpus follows the model
+    prompts, targets = prompts.to(device), targets.float().to(device)
+    fit_full_batch(model, lambda m: soft_label_sft_loss(answer_logps(m, prompts), targets), train_cfg)

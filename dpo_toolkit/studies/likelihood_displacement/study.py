@@ -13,8 +13,9 @@ import torch
 import torch.nn.functional as F
 
 from dpo_toolkit.core.config import ModelConfig, TrainConfig
+from dpo_toolkit.core.device import resolve_device
 from dpo_toolkit.core.model import Transformer, build_model
-from dpo_toolkit.core.parameters import BETA, EPOCHS, LEARNING_RATE, RESULTS_ROOT, SEEDS, check, fail, integer
+from dpo_toolkit.core.parameters import BETA, DEVICE, EPOCHS, LEARNING_RATE, RESULTS_ROOT, SEEDS, check, fail, integer
 from dpo_toolkit.core.train import fit_full_batch
 from dpo_toolkit.studies.likelihood_displacement.persona import (
     ANSWERS,
@@ -50,6 +51,7 @@ PARAMETERS = {
     "one_step_lr": LEARNING_RATE,
     "n_instances": integer(1),
     "results_root": RESULTS_ROOT,
+    "device": DEVICE,
 }
 
 
@@ -134,10 +136,10 @@ def one_step_geometry(model: Transformer, prompt: torch.Tensor, y_pos: int, y_ne
     return pd.DataFrame(
         {
             "z": np.arange(len(W)),
-            "inner": (W @ (W[y_pos] - W[y_neg])).numpy(),
-            "dlogp_lm": dlogp_lm.numpy(),
-            "dlogp_features": dlogp_features.numpy(),
-            "dlogp_theory": theory.numpy(),
+            "inner": (W @ (W[y_pos] - W[y_neg])).cpu().numpy(),
+            "dlogp_lm": dlogp_lm.cpu().numpy(),
+            "dlogp_features": dlogp_features.cpu().numpy(),
+            "dlogp_theory": theory.cpu().numpy(),
         }
     )
 
@@ -151,8 +153,9 @@ def lm_study(
     seeds: list[int],
     prompts_per_pair: int,
     one_step_lr: float,
+    device: str | torch.device = "cpu",
 ) -> tuple[dict[int, np.ndarray], pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """The tiny-LM experiments, for each seed (one LM per seed):
+    """The tiny-LM experiments, for each seed (one LM per seed, trained and probed on `device`):
 
     - the cosine similarity of the answer tokens' unembeddings, {seed: (10, 10)};
     - the talk's table: for each pair of TABLE_PAIRS, DPO (dpo_cfg.epochs full steps) on each
@@ -161,11 +164,13 @@ def lm_study(
     - one step for every ordered pair of answer tokens on the first statement of y+'s stance:
       ⟨W_y+, W_y−⟩ and the change of log π(y+).
     """
+    device = resolve_device(device)
     prompts, stances, _ = persona_corpus(cfg)
+    prompts = prompts.to(device)
     answer_ids = [cfg.token(t) for t in ANSWERS]
     similarity, table, geometry, pairs = {}, [], [], []
     for seed in seeds:
-        model = build_model(model_cfg, seed)
+        model = build_model(model_cfg, seed, device)
         train_persona_lm(cfg, model, sft_cfg)
         model.eval().requires_grad_(False)
         W = model.unembed.weight.detach()
@@ -193,4 +198,4 @@ def lm_study(
 def cosine_matrix(W: torch.Tensor, rows: list[int]) -> np.ndarray:
     """Cosine similarity of the chosen rows of W: (len(rows), len(rows))."""
     unit = F.normalize(W[rows].double(), dim=-1)
-    return (unit @ unit.T).numpy()
+    return (unit @ unit.T).cpu().numpy()

@@ -75,27 +75,36 @@ def features_dpo(
 
 
 def random_features_study(
-    n_instances: int, n_tokens: int, dim: int, h_scale: float, beta: float, lr: float, steps: int, seed: int
+    n_instances: int,
+    n_tokens: int,
+    dim: int,
+    h_scale: float,
+    beta: float,
+    lr: float,
+    steps: int,
+    seed: int,
+    device: str | torch.device = "cpu",
 ) -> pd.DataFrame:
     """The paper's theoretical setting on random instances: W with N(0, 1) rows, h with
     N(0, h_scale²) entries, (y+, y−) = tokens (0, 1). One row per instance: inner_pos_neg =
     ⟨W_y+, W_y−⟩; dlogp_pos_first_order, the one-step change of log π(y+) per unit step
     (``first_order_logp_change``); z_corr, Pearson over z ∉ {y+, y−} of ⟨W_z, W_y+ − W_y−⟩
-    against that change; and p_pos_before, p_pos_after after `steps` steps of ``features_dpo``."""
+    against that change; and p_pos_before, p_pos_after after `steps` steps of ``features_dpo``.
+    Instances are drawn on the CPU (the same on every device) and computed on `device`."""
     generator = torch.Generator().manual_seed(seed)
     rows = []
     for _ in range(n_instances):
-        W = torch.randn(n_tokens, dim, generator=generator, dtype=torch.float64)
-        h = h_scale * torch.randn(dim, generator=generator, dtype=torch.float64)
+        W = torch.randn(n_tokens, dim, generator=generator, dtype=torch.float64).to(device)
+        h = h_scale * torch.randn(dim, generator=generator, dtype=torch.float64).to(device)
         reference_logps = (W @ h).log_softmax(-1)
         change = first_order_logp_change(h, W, reference_logps, 0, 1, beta)
         inner_z = W[2:] @ (W[0] - W[1])
-        before, after = features_dpo(h, W, torch.zeros(n_tokens, dtype=torch.float64), 0, 1, beta, lr, steps)
+        before, after = features_dpo(h, W, torch.zeros(n_tokens, dtype=torch.float64, device=device), 0, 1, beta, lr, steps)
         rows.append(
             {
                 "inner_pos_neg": float(W[0] @ W[1]),
                 "dlogp_pos_first_order": float(change[0]),
-                "z_corr": float(np.corrcoef(inner_z.numpy(), change[2:].numpy())[0, 1]),
+                "z_corr": float(np.corrcoef(inner_z.cpu().numpy(), change[2:].cpu().numpy())[0, 1]),
                 "p_pos_before": float(before[0]),
                 "p_pos_after": float(after[0]),
             }

@@ -14,18 +14,18 @@ from dpo_toolkit.core.exact import masses_at_checkpoints
 
 
 def temperature_masses(
-    dpo: pd.DataFrame, model_cfg, prompts: np.ndarray, window: int, temperatures: Sequence[float]
+    dpo: pd.DataFrame, model_cfg, prompts: np.ndarray, window: int, temperatures: Sequence[float], device: str = "cpu"
 ) -> pd.DataFrame:
     """Exact unaligned mass of the reference (step 0) and of the last checkpoint of every
     (seed, β) run of dpo (rows of ``run_sft_then_dpo`` with kept weights), at every
     temperature. Columns: seed, beta, checkpoint ('reference' | 'last'), step, temperature,
-    prompt, log_unaligned."""
+    prompt, log_unaligned. The models are evaluated on `device`."""
     rows = []
     for (seed, beta), run in dpo.groupby(["seed", "beta"]):
         run = run.sort_values("step")
         for checkpoint, row in (("reference", run.iloc[0]), ("last", run.iloc[-1])):
             for temperature in temperatures:
-                m = masses_at_checkpoints([row["weights"]], [int(row["step"])], model_cfg, prompts, window, temperature)
+                m = masses_at_checkpoints([row["weights"]], [int(row["step"])], model_cfg, prompts, window, temperature, device)
                 rows.append(m.assign(seed=seed, beta=beta, checkpoint=checkpoint, temperature=temperature))
     return pd.concat(rows, ignore_index=True)
 

@@ -19,6 +19,7 @@ from torch.func import grad, vmap
 
 from dpo_toolkit.core.config import RLTaskConfig, TrainConfig
 from dpo_toolkit.core.data import Batch, encode_prompt
+from dpo_toolkit.core.device import model_device
 from dpo_toolkit.core.ensemble import Ensemble, as_ensemble, rows_per_call
 from dpo_toolkit.core.losses import sequence_logps
 from dpo_toolkit.core.model import Transformer, extend_with
@@ -112,9 +113,10 @@ def _tree_logps(extend: Callable, prompt_tokens: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def response_logps(policy: Transformer | Ensemble, prompts: np.ndarray) -> torch.Tensor:
-    """log π(y | s) of every response (``all_responses``) to every prompt: (n, R), or (M, n, R) for an ensemble."""
+    """log π(y | s) of every response (``all_responses``) to every prompt: (n, R), or (M, n, R) for an
+    ensemble; computed on the policy's device, returned on the CPU."""
     model = as_ensemble(policy)
-    prompt_tokens = _prompt_tokens(prompts)
+    prompt_tokens = _prompt_tokens(prompts).to(model_device(model))
     chunk = max(1, 8 * rows_per_call(len(model)) // model.cfg.d_vocab)
     logps = torch.cat(
         [
@@ -122,7 +124,7 @@ def response_logps(policy: Transformer | Ensemble, prompts: np.ndarray) -> torch
             for i in range(0, len(prompts), chunk)
         ],
         dim=1,
-    )  # (M, n, R)
+    ).cpu()  # (M, n, R)
     return logps[0] if isinstance(policy, Transformer) else logps
 
 
@@ -149,20 +151,22 @@ def _value_fn(model: Transformer):
 def value_gradient(model: Transformer, prompt: int, rewards: torch.Tensor) -> torch.Tensor:
     """The exact ∇_θ V_x of one prompt, flattened over model.named_parameters() in order. rewards: (R,)."""
     params = {k: v.detach() for k, v in model.named_parameters()}
-    grads = grad(_value_fn(model))(params, _prompt_tokens(np.array([prompt]))[0], rewards)
-    return torch.cat([g.flatten() for g in grads.values()])
+    device = model_device(model)
+    grads = grad(_value_fn(model))(params, _prompt_tokens(np.array([prompt]))[0].to(device), rewards.to(device))
+    return torch.cat([g.flatten() for g in grads.values()]).cpu()
 
 
 def value_gradient_norms(model: Transformer, prompts: np.ndarray, rewards: torch.Tensor) -> np.ndarray:
     """‖∇_θ V_x‖₂ of every prompt, exactly (per-input gradients by vmap over prompts). rewards: (n, R). Returns (n,)."""
-    prompt_tokens = _prompt_tokens(prompts)
+    device = model_device(model)
+    prompt_tokens, rewards = _prompt_tokens(prompts).to(device), rewards.to(device)
     params = {k: v.detach() for k, v in model.named_parameters()}
     per_input = vmap(grad(_value_fn(model)), in_dims=(None, 0, 0))
     norms = []
     for i in range(0, len(prompts), 64):
         grads = per_input(params, prompt_tokens[i : i + 64], rewards[i : i + 64])
         norms.append(torch.stack([g.flatten(1).double().pow(2).sum(1) for g in grads.values()]).sum(0).sqrt())
-    return torch.cat(norms).numpy()
+    return torch.cat(norms).cpu().numpy()
 
 
 def reinforce_gradient(
@@ -195,8 +199,9 @@ def train_rft(
     ascends the mean of V_x over a minibatch of prompts, in place. rewards: (n, R) for
     `prompts` over ``all_responses``. Returns one row per evaluation and model; with a
     checkpoint, a killed run resumes from its last evaluation (see optimize)."""
-    prompt_tokens = _prompt_tokens(prompts).expand(len(policies), -1, -1)  # (M, n, P)
-    reward_table = rewards.float()
+    device = model_device(policies)
+    prompt_tokens = _prompt_tokens(prompts).to(device).expand(len(policies), -1, -1)  # (M, n, P)
+    reward_table = rewards.float().to(device)
 
     def batch_loss(index: torch.Tensor) -> torch.Tensor:
         logps = _tree_logps(policies.extend, prompt_tokens[:, index])  # (M, b, R)

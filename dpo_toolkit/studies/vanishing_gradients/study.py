@@ -19,6 +19,7 @@ import torch
 from dpo_toolkit.core import parameters as p
 from dpo_toolkit.core.config import ModelConfig, RLTaskConfig, SmallSFTConfig, TrainConfig
 from dpo_toolkit.core.data import Batch
+from dpo_toolkit.core.device import resolve_device
 from dpo_toolkit.core.ensemble import Ensemble
 from dpo_toolkit.core.model import Transformer, build_model
 from dpo_toolkit.core.runner import RunKey, cached_model
@@ -66,6 +67,7 @@ PARAMETERS = {
     "batch_size": p.BATCH_SIZE,
     "n_evals": p.integer(1),
     "results_root": p.RESULTS_ROOT,
+    "device": p.DEVICE,
 }
 
 
@@ -176,18 +178,21 @@ def run_vanishing_gradients(
     seeds: Iterable[int],
     cache_dir: str | Path,
     progress: bool | None = None,
+    device: str | torch.device = "cpu",
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """For each seed: pretrain (shifted labels on the hard prompts), then the three starting
     points of ARMS (no SFT; SFT on every training label; SFT on `fix`'s share of labels and
     steps), then RL fine-tuning of all three as one ensemble with exact expected gradients.
 
     The seed sets the initialisation, the batch orders and the labelled subset of the
-    small SFT; the split and the hard prompts are fixed by task_cfg.seed. Results are
-    cached under cache_dir by seed and a hash of every configuration.
+    small SFT; the split and the hard prompts are fixed by task_cfg.seed. Every model trains
+    and is probed on `device`. Results are cached under cache_dir by seed, device type and a
+    hash of every configuration.
     Returns (curves, inputs): one row per RFT evaluation and arm (mean rewards, count of
     small-std low-reward training prompts), and one row per evaluation, arm and prompt
     (value, std, grad_norm, split, hard).
     """
+    device = resolve_device(device)
     seeds = list(seeds)
     if not seeds or any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in seeds):
         raise ValueError(f"seeds must be a non-empty list of integers ≥ 0, got {seeds!r}")
@@ -207,13 +212,13 @@ def run_vanishing_gradients(
             return cached_model(key, lambda: copy.deepcopy(start), fit)[0]
 
         pretrain_data = label_batch(prompts, pretrain_labels(task_cfg, prompts, hard))
-        pretrained = sft(build_model(model_cfg, seed), "pretrain", pretrain_data, pretrain_cfg)
+        pretrained = sft(build_model(model_cfg, seed, device), "pretrain", pretrain_data, pretrain_cfg)
         full = sft(pretrained, "full-sft", label_batch(train, targets(train)), sft_cfg, pretrain_cfg)
         n_small = max(1, round(fix.label_fraction * len(train)))
         labelled = np.sort(np.random.default_rng(seed).choice(train, n_small, replace=False))
         small_cfg = small_sft_config(sft_cfg, len(train), n_small, fix)
         small = sft(pretrained, "small-sft", label_batch(labelled, targets(labelled)), small_cfg, pretrain_cfg, fix)
-        key = RunKey(Path(cache_dir), "rft", seed, (task_cfg, model_cfg, pretrain_cfg, sft_cfg, fix, rft_cfg))
+        key = RunKey(Path(cache_dir), "rft", seed, (task_cfg, model_cfg, pretrain_cfg, sft_cfg, fix, rft_cfg), device.type)
         curve_path, inputs_path = key.path("-curves.csv"), key.path("-inputs.csv")
         if not (curve_path.exists() and inputs_path.exists()):
             policies = Ensemble([pretrained, full, small])
