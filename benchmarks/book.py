@@ -23,17 +23,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmarks.common import OUT, ROOT, machine, write
+from benchmarks.common import OUT, ROOT, machine, stems, write
 from tools.peakmem import PeakMemory
 
 SOURCES = {"make book": ROOT / "_build" / "executed", "make test (quick book)": ROOT / "_build" / "test-book" / "executed"}
-
-
-def stems() -> list[str]:
-    """The chapters, in the order of the table of contents."""
-    lines = (ROOT / "_toc.yml").read_text().splitlines()
-    found = [line.split("book/chapters/", 1)[1].strip() for line in lines if "- file: book/chapters/" in line]
-    return [s for s in found if (ROOT / "notebooks" / f"{s}.ipynb").exists()]
 
 
 def run_quick() -> pd.DataFrame:

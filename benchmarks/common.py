@@ -53,3 +53,10 @@ def flops(fn: Callable[[], object]) -> int:
     with FlopCounterMode(display=False) as counter:
         fn()
     return counter.get_total_flops()
+
+
+def stems() -> list[str]:
+    """The chapters, in the order of the table of contents."""
+    lines = (ROOT / "_toc.yml").read_text().splitlines()
+    found = [line.split("book/chapters/", 1)[1].strip() for line in lines if "- file: book/chapters/" in line]
+    return [s for s in found if (ROOT / "notebooks" / f"{s}.ipynb").exists()]

@@ -45,8 +45,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import yaml
 
-from benchmarks.book import stems
-from benchmarks.common import OUT, ROOT, write
+from benchmarks.common import OUT, ROOT, stems, write
 
 # (module, attribute path, category); a category may be a function of the call's arguments.
 TARGETS: list[tuple[str, str, object]] = [

@@ -65,15 +65,19 @@ def test_performance_page_opens_with_the_book_time_and_shows_where_it_goes(tmp_p
         fresh / "profile.csv", index=False
     )
     _profile_rows({"grokking": {"training": 20.0, "sampling": 40.0}, "ches": {"training": 80.0, "other": 10.0}}).assign(
-        commit="abc1234"
+        commit="abc1234", source="benchmarks.profile at commit abc1234"
     ).to_csv(committed / "profile_baseline.csv", index=False)
     monkeypatch.setattr(report, "SOURCES", (fresh, committed))
+    monkeypatch.setattr(report, "stems", lambda: ["grokking", "ches"])
     text = report.render(tmp_path / "executed").read_text()
     assert text.startswith("# Performance\n\n**The whole book's computation, every chapter from scratch: 1.5 min at the quick")
     assert "| grokking | 20.0 | 10.0 | 0.0 | 30.0 |" in text  # training, sampling, other, total
     assert "| quick | grokking | 60.0 | 30.0 | 2.00 |" in text
     assert "| quick | all chapters | 150.0 | 90.0 | 1.67 |" in text
-    assert "commit `abc1234`" in text
+    monkeypatch.setattr(report, "stems", lambda: ["grokking", "ches", "kl_sweep"])
+    text = report.render(tmp_path / "executed").read_text()
+    assert "at the quick profile 2 of 3 chapters measured so far" in text  # never a total over some chapters only
+    assert "- quick: benchmarks.profile at commit abc1234" in text
 
 
 def test_a_csv_from_an_older_suite_is_named_in_the_error(tmp_path, monkeypatch):
