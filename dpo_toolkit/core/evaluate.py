@@ -16,7 +16,7 @@ from .config import DataConfig, EvalConfig
 from .data import Batch, PairSet, collate_pairs
 from .device import model_device
 from .ensemble import Ensemble, as_ensemble, rows_per_call
-from .generate import greedy_answers, sample_responses
+from .generate import greedy_answers, sample_with_logits
 from .losses import implicit_reward, sequence_logps
 from .metrics import (
     answers_tensor,
@@ -138,11 +138,12 @@ class Evaluator:
         """KL(policy ‖ reference) over the test prompts (Eq. 6): both estimators and their standard errors, each (M,)."""
         model = as_ensemble(policy)
         n = self.eval_cfg.kl_samples
-        samples = sample_responses(model, self.prompts, n, self.eval_cfg.seed)  # (M, n_prompts · n, T)
+        # (M, n_prompts · n, T) and the logits they were drawn from: the policy is not run again
+        samples, sampled_logits = sample_with_logits(model, self.prompts, n, self.eval_cfg.seed, keep_logits=True)
         path, mc, chunk = [], [], rows_per_call(len(model))
         for i in range(0, samples.tokens.shape[1], chunk):
             tokens, mask = samples.tokens[:, i : i + chunk], samples.response_mask[:, i : i + chunk]  # (M, chunk, T)
-            policy_logits = model(tokens)  # (M, chunk, T, V)
+            policy_logits = sampled_logits[:, i : i + chunk]  # (M, chunk, T, V), zeros where mask is False
             reference_logits = self.reference(tokens.flatten(0, 1)).view(policy_logits.shape)
             path.append(path_kl(policy_logits, reference_logits, mask))
             mc.append(sequence_logps(policy_logits, tokens, mask) - sequence_logps(reference_logits, tokens, mask))
