@@ -19,8 +19,8 @@ time minus that of wrapped calls inside it) to one category each:
 - I/O: ``torch.save``/``torch.load``, CSV reads and writes;
 - other: everything else (chapter logic, imports, Python).
 
-Writes ``_build/benchmarks/profile.csv`` (one row per chapter and category, merged with the
-rows of chapters not re-run).
+Writes ``_build/benchmarks/profile.csv`` after every chapter (one row per chapter and category,
+merged with the rows of chapters not re-run).
 """
 
 from __future__ import annotations
@@ -191,17 +191,21 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     unknown = sorted(set(chosen) - set(stems()))
     if unknown:
         parser.error(f"unknown chapters {unknown}; the book's are {stems()}")
-    frames = []
     for stem in chosen:
         print(f"== {stem} at the {args.profile} profile", flush=True)
-        frames.append(profile_chapter(stem, args.profile))
-    table = pd.concat(frames, ignore_index=True)
+        table = record(profile_chapter(stem, args.profile))  # after every chapter: a killed run keeps the finished ones
+    return table
+
+
+def record(rows: pd.DataFrame) -> pd.DataFrame:
+    """Merge one chapter's rows into _build/benchmarks/profile.csv, replacing that chapter's earlier rows at its profile."""
+    table = rows
     previous = OUT / "profile.csv"
-    if previous.exists():  # keep the rows of chapters and profiles not re-run
+    if previous.exists():
         old = pd.read_csv(previous)
-        done = set(zip(table["chapter"], table["profile"], strict=True))
+        done = set(zip(rows["chapter"], rows["profile"], strict=True))
         keep = [(c, p) not in done for c, p in zip(old["chapter"], old["profile"], strict=True)]
-        table = pd.concat([old[keep][table.columns], table], ignore_index=True)
+        table = pd.concat([old[keep][rows.columns], rows], ignore_index=True)
     write(table, "profile")
     return table
 
