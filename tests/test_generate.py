@@ -4,7 +4,7 @@ import torch
 
 from dpo_toolkit.core.data import END, PAD, encode_prompt
 from dpo_toolkit.core.ensemble import Ensemble
-from dpo_toolkit.core.generate import greedy_answers, greedy_sequences, sample_responses, sample_with_logits
+from dpo_toolkit.core.generate import greedy_answers, greedy_sequences, sample_responses
 from dpo_toolkit.core.model import build_model
 
 
@@ -72,15 +72,3 @@ def test_cached_decoding_equals_full_recompute(three):
         tokens, mask = full_recompute_decode(model, repeated, seed=5)
         assert torch.equal(samples.tokens[m], tokens) and torch.equal(samples.response_mask[m], mask)
     assert greedy_answers(Ensemble(three), prompts) == [greedy_answers(m, prompts) for m in three]
-
-
-def test_sampled_logits_equal_a_forward_pass_on_the_samples(three):
-    prompts = np.array([2, 9, 14, 17])
-    ensemble = Ensemble(three)
-    samples, logits = sample_with_logits(ensemble, prompts, 3, seed=4, keep_logits=True)
-    assert torch.equal(samples.tokens, sample_responses(ensemble, prompts, 3, seed=4).tokens)
-    predicts = samples.response_mask[..., 1:]  # position t − 1 predicts response token t
-    forward = ensemble(samples.tokens)[..., :-1, :]  # (M, rows, T − 1, V)
-    assert predicts.any()
-    assert torch.allclose(logits[..., :-1, :][predicts], forward[predicts], atol=1e-5)
-    assert (logits[..., :-1, :][~predicts] == 0).all()

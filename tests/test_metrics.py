@@ -202,3 +202,14 @@ def test_score_counts_each_distinct_sequence_once_and_returns_every_row(tiny_pai
     both = score(Ensemble([tiny_model, other]), batch)
     assert both.shape == (2, len(batch.tokens))
     assert torch.allclose(both[1], sequence_logps(other(batch.tokens), batch.tokens, batch.response_mask), atol=1e-5)
+
+
+def test_kl_is_exactly_zero_for_the_reference_and_matches_per_model_scoring(tiny_pairs, tiny_data_cfg, tiny_model):
+    _, test = tiny_pairs
+    other = build_model(tiny_model.cfg, seed=5)
+    evaluator = Evaluator(test, tiny_data_cfg, EvalConfig(kl_samples=3), reference=tiny_model, betas=0.1)
+    kl = evaluator.kl(Ensemble([tiny_model, other]))
+    assert kl["kl"][0] == 0.0 and kl["kl_mc"][0] == 0.0  # a policy equal to the reference, bit for bit
+    samples = sample_responses(other, evaluator.prompts, 3, evaluator.eval_cfg.seed)  # every sample scored in full
+    path = path_kl(other(samples.tokens), tiny_model(samples.tokens), samples.response_mask)
+    assert kl["kl"][1].item() == pytest.approx(path.double().mean().item(), rel=1e-5)

@@ -16,7 +16,7 @@ from .config import DataConfig, EvalConfig
 from .data import Batch, PairSet, collate_pairs
 from .device import model_device
 from .ensemble import Ensemble, as_ensemble, rows_per_call
-from .generate import greedy_answers, sample_with_logits
+from .generate import greedy_answers, sample_responses
 from .losses import implicit_reward, sequence_logps
 from .metrics import (
     answers_tensor,
@@ -139,15 +139,20 @@ class Evaluator:
         model = as_ensemble(policy)
         n = self.eval_cfg.kl_samples
         # (M, n_prompts · n, T) and the logits they were drawn from: the policy is not run again
-        samples, sampled_logits = sample_with_logits(model, self.prompts, n, self.eval_cfg.seed, keep_logits=True)
-        path, mc, chunk = [], [], rows_per_call(len(model))
-        for i in range(0, samples.tokens.shape[1], chunk):
-            tokens, mask = samples.tokens[:, i : i + chunk], samples.response_mask[:, i : i + chunk]  # (M, chunk, T)
-            policy_logits = sampled_logits[:, i : i + chunk]  # (M, chunk, T, V), zeros where mask is False
-            reference_logits = self.reference(tokens.flatten(0, 1)).view(policy_logits.shape)
-            path.append(path_kl(policy_logits, reference_logits, mask))
-            mc.append(sequence_logps(policy_logits, tokens, mask) - sequence_logps(reference_logits, tokens, mask))
+        samples = sample_responses(model, self.prompts, n, self.eval_cfg.seed)  # (M, n_prompts · n, T)
+        # scored by full forward passes of both models, so that a policy equal to the reference has KL exactly 0;
+        # the reference scores each distinct sample once (models sharing random numbers often draw the same one)
+        chunk = rows_per_call(len(model))
+        policy_logits = torch.cat([model(samples.tokens[:, i : i + chunk]) for i in range(0, samples.tokens.shape[1], chunk)], 1)
+        distinct, inverse = torch.unique(samples.tokens.flatten(0, 1), dim=0, return_inverse=True)  # (D, T), (M · rows,)
+        per_call = rows_per_call(1)
+        reference_logits = torch.cat([self.reference(distinct[i : i + per_call]) for i in range(0, len(distinct), per_call)])
+        reference_logits = reference_logits[inverse].view(policy_logits.shape)  # (M, rows, T, V)
+        path = path_kl(policy_logits, reference_logits, samples.response_mask)  # (M, rows)
+        mc = sequence_logps(policy_logits, samples.tokens, samples.response_mask) - sequence_logps(
+            reference_logits, samples.tokens, samples.response_mask
+        )
         n_models = len(model)
-        kl, kl_se = kl_estimate(torch.cat(path, dim=-1).view(n_models, -1, n).cpu())
-        kl_mc, kl_mc_se = kl_estimate(torch.cat(mc, dim=-1).view(n_models, -1, n).cpu())
+        kl, kl_se = kl_estimate(path.view(n_models, -1, n).cpu())
+        kl_mc, kl_mc_se = kl_estimate(mc.view(n_models, -1, n).cpu())
         return {"kl": kl, "kl_se": kl_se, "kl_mc": kl_mc, "kl_mc_se": kl_mc_se}

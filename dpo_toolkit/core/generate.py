@@ -17,33 +17,27 @@ from .model import Transformer
 
 
 @torch.no_grad()
-def _decode(
-    policy: Ensemble | SingleModel, prompts: np.ndarray, generator: torch.Generator | None, keep_logits: bool = False
-) -> tuple[Batch, torch.Tensor | None]:
+def _decode(policy: Ensemble | SingleModel, prompts: np.ndarray, generator: torch.Generator | None) -> Batch:
     """Decode one response per prompt and model; greedy when generator is None, else sampled at temperature 1.
 
     Sampling draws one uniform per prompt row and step, shared by all models, so a
     model's samples do not depend on which ensemble it is evaluated in.
 
     Everything runs on the policy's device; the result is there too.
-    Prompts are grouped by length, and each group decodes in chunks of rows_per_call rows,
+    Prompts are grouped by length, and each group decodes in chunks of 4 × rows_per_call rows,
     incrementally: each step computes only the new token, against the cached attention keys and
     values of the earlier ones (``Transformer.extend``).
     Returns sequences (M, n_prompts, n_ctx), right-padded, in the order of `prompts`,
-    with response_mask True on generated tokens up to and including the first '.'; and, with
-    keep_logits, the policy's logits (M, n_prompts, n_ctx, vocab) laid out as a forward pass
-    on the sequences would give them (position t − 1 predicts token t) at every position
-    that predicted a generated token, zeros elsewhere (else None).
+    with response_mask True on generated tokens up to and including the first '.'.
     """
     n_models, n_ctx = len(policy), policy.cfg.n_ctx
     device = model_device(policy)
     tokens = torch.full((n_models, len(prompts), n_ctx), PAD, dtype=torch.long, device=device)
     response_mask = torch.zeros((n_models, len(prompts), n_ctx), dtype=torch.bool, device=device)
-    kept = torch.zeros((n_models, len(prompts), n_ctx, policy.cfg.d_vocab), device=device) if keep_logits else None
     if generator is not None:  # drawn up front on the CPU, so that neither chunking nor the device changes them
         uniforms = torch.rand((len(prompts), n_ctx), generator=generator, dtype=torch.float64).to(device)
     encoded = [encode_prompt(int(s)) for s in prompts]
-    chunk = rows_per_call(n_models)
+    chunk = 4 * rows_per_call(n_models)  # a step computes one token per row, not a whole sequence
     for length in sorted({len(p) for p in encoded}):
         group = [i for i, p in enumerate(encoded) if len(p) == length]
         for start in range(0, len(group), chunk):
@@ -53,8 +47,6 @@ def _decode(
             logits, cache = policy.extend(seq)  # (M, rows, length, vocab); keys/values of the prompt
             for t in range(length, n_ctx):
                 next_logits = logits[:, :, -1]  # (M, rows, vocab)
-                if kept is not None:  # where a row still decodes
-                    kept[:, rows, t - 1] = torch.where(alive[..., None], next_logits, 0.0)
                 if generator is None:
                     next_token = next_logits.argmax(-1)  # (M, rows)
                 else:  # inverse-CDF sampling with one uniform per row shared by all models (common random numbers)
@@ -68,7 +60,7 @@ def _decode(
                     break
                 logits, cache = policy.extend(next_token[..., None], cache)  # only the new token is computed
             tokens[:, rows, : seq.shape[-1]] = seq
-    return Batch(tokens, response_mask), kept
+    return Batch(tokens, response_mask)
 
 
 def greedy_answers(policy: Transformer | Ensemble | SingleModel, prompts: np.ndarray) -> list:
@@ -76,7 +68,7 @@ def greedy_answers(policy: Transformer | Ensemble | SingleModel, prompts: np.nda
 
     A list over prompts for one Transformer; a list (models) of such lists for an ensemble.
     """
-    batch, _ = _decode(as_ensemble(policy), prompts, generator=None)
+    batch = _decode(as_ensemble(policy), prompts, generator=None)
     answers = [
         [decode_response(row[mask]) for row, mask in zip(tokens, masks, strict=True)]
         for tokens, masks in zip(batch.tokens.cpu(), batch.response_mask.cpu(), strict=True)
@@ -86,7 +78,7 @@ def greedy_answers(policy: Transformer | Ensemble | SingleModel, prompts: np.nda
 
 def greedy_sequences(policy: Transformer, prompts: np.ndarray) -> Batch:
     """Each prompt followed by its greedy response, (n_prompts, n_ctx), right-padded; response_mask as in decoding."""
-    batch, _ = _decode(as_ensemble(policy), prompts, generator=None)
+    batch = _decode(as_ensemble(policy), prompts, generator=None)
     return Batch(batch.tokens[0], batch.response_mask[0])
 
 
@@ -95,16 +87,6 @@ def sample_responses(policy: Transformer | Ensemble | SingleModel, prompts: np.n
 
     Shapes (n_prompts · n_samples, n_ctx) for one Transformer, (M, n_prompts · n_samples, n_ctx) for an ensemble.
     """
-    batch, _ = sample_with_logits(as_ensemble(policy), prompts, n_samples, seed)
-    return Batch(batch.tokens[0], batch.response_mask[0]) if isinstance(policy, Transformer) else batch
-
-
-def sample_with_logits(
-    policy: Ensemble | SingleModel, prompts: np.ndarray, n_samples: int, seed: int, keep_logits: bool = False
-) -> tuple[Batch, torch.Tensor | None]:
-    """``sample_responses`` of an ensemble (M, n_prompts · n_samples, n_ctx) and, with keep_logits, the
-    logits the policy sampled them from, (M, n_prompts · n_samples, n_ctx, vocab), laid out as a
-    forward pass on the samples gives them where they predict a sampled token (zeros elsewhere):
-    scoring the samples then needs no second pass of the policy."""
     generator = torch.Generator().manual_seed(seed)
-    return _decode(policy, np.repeat(prompts, n_samples), generator, keep_logits)
+    batch = _decode(as_ensemble(policy), np.repeat(prompts, n_samples), generator)
+    return Batch(batch.tokens[0], batch.response_mask[0]) if isinstance(policy, Transformer) else batch
