@@ -28,11 +28,12 @@ from .ensemble import Ensemble
 from .storage import write_csv
 from .train import Checkpoint, train_dpo_ensemble
 
-RESULTS_VERSION = 3
+RESULTS_VERSION = 4
 """Part of every run key: bump it when what a run writes changes (new columns, another
 evaluation), so that results cached by an older toolkit are not read as current ones.
 2: the curves carry TRL's DPO metrics. 3: decoding and exact masses use the attention cache
-(equal up to float rounding, so a stored output made with either is reproduced from scratch)."""
+(equal up to float rounding, so a stored output made with either is reproduced from scratch).
+4: decoding in larger chunks; the reference scores each distinct KL sample once (float rounding again)."""
 
 
 def array_hash(values: torch.Tensor | np.ndarray) -> str:
