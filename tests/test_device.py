@@ -63,3 +63,23 @@ def test_every_chapter_entry_point_refuses_absent_cuda_before_writing(tmp_path, 
         with pytest.raises(ValueError, match="sees no CUDA device"):
             call(folder)
         assert not folder.exists(), f"{name} wrote before refusing the device"
+
+
+def test_a_policy_and_a_reference_on_different_devices_are_refused_before_training(tiny_model_cfg, tiny_pairs, tiny_data_cfg):
+    from dpo_toolkit.core.config import DPOConfig, EvalConfig
+    from dpo_toolkit.core.ensemble import Ensemble
+    from dpo_toolkit.core.evaluate import Evaluator
+    from dpo_toolkit.core.model import build_model
+    from dpo_toolkit.core.train import train_dpo, train_dpo_ensemble
+
+    train, test = tiny_pairs
+    reference = build_model(tiny_model_cfg, 0).requires_grad_(False)
+    elsewhere = build_model(tiny_model_cfg, 0).to("meta")  # a second device that needs no hardware
+    before = {k: v.clone() for k, v in reference.state_dict().items()}
+    with pytest.raises(ValueError, match="the policy is on meta but the reference on cpu"):
+        train_dpo(elsewhere, reference, train, DPOConfig(epochs=1), evaluate=lambda m: {})
+    with pytest.raises(ValueError, match="the policy is on meta but the reference on cpu"):
+        train_dpo_ensemble(Ensemble([elsewhere]), reference, train, [DPOConfig(epochs=1)], evaluate=lambda p: [{}])
+    with pytest.raises(ValueError, match="the policy is on meta but the reference on cpu"):
+        Evaluator(test, tiny_data_cfg, EvalConfig(), reference=reference, betas=0.1)(elsewhere)
+    assert all(torch.equal(v, before[k]) for k, v in reference.state_dict().items())

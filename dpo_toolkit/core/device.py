@@ -22,6 +22,17 @@ def resolve_device(device: str | torch.device = "cpu") -> torch.device:
     return torch.device(name)
 
 
+def check_same_device(policy, reference) -> torch.device:
+    """The device of policy and reference; raises ValueError, before any work, when they differ."""
+    policy_device, reference_device = model_device(policy), model_device(reference)
+    if policy_device != reference_device:
+        raise ValueError(
+            f"the policy is on {policy_device} but the reference on {reference_device}: "
+            "build or load both on one device (a chapter's `device` parameter)"
+        )
+    return policy_device
+
+
 def model_device(policy) -> torch.device:
     """The device of a model's weights (a Transformer, an Ensemble or a one-model view): the
     device every tensor of its training and evaluation is created on ("device follows the model")."""

@@ -14,7 +14,7 @@ import torch
 
 from .config import DataConfig, EvalConfig
 from .data import Batch, PairSet, collate_pairs
-from .device import model_device
+from .device import check_same_device, model_device
 from .ensemble import Ensemble, as_ensemble, rows_per_call
 from .generate import greedy_answers, sample_responses
 from .losses import implicit_reward, sequence_logps
@@ -110,6 +110,8 @@ class Evaluator:
     def __call__(self, policy: Transformer | Ensemble):
         """Metrics of one model (a dict), or of each model of an ensemble (a list of dicts)."""
         model = as_ensemble(policy)
+        if self.reference is not None:
+            check_same_device(model, self.reference)
         answers = answers_tensor(greedy_answers(model, self.prompts))  # (M, n_prompts)
         prompts = torch.as_tensor(self.prompts, dtype=torch.float64)
         columns = {

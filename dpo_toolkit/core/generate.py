@@ -77,7 +77,8 @@ def greedy_answers(policy: Transformer | Ensemble | SingleModel, prompts: np.nda
 
 
 def greedy_sequences(policy: Transformer, prompts: np.ndarray) -> Batch:
-    """Each prompt followed by its greedy response, (n_prompts, n_ctx), right-padded; response_mask as in decoding."""
+    """Each prompt followed by its greedy response, (n_prompts, n_ctx), right-padded, on the policy's device;
+    response_mask as in decoding."""
     batch = _decode(as_ensemble(policy), prompts, generator=None)
     return Batch(batch.tokens[0], batch.response_mask[0])
 
@@ -85,7 +86,8 @@ def greedy_sequences(policy: Transformer, prompts: np.ndarray) -> Batch:
 def sample_responses(policy: Transformer | Ensemble | SingleModel, prompts: np.ndarray, n_samples: int, seed: int) -> Batch:
     """n_samples ancestral samples per prompt, rows ordered prompt-major (prompt i → rows i·n … i·n + n − 1).
 
-    Shapes (n_prompts · n_samples, n_ctx) for one Transformer, (M, n_prompts · n_samples, n_ctx) for an ensemble.
+    Shapes (n_prompts · n_samples, n_ctx) for one Transformer, (M, n_prompts · n_samples, n_ctx) for an ensemble;
+    on the policy's device.
     """
     generator = torch.Generator().manual_seed(seed)
     batch = _decode(as_ensemble(policy), np.repeat(prompts, n_samples), generator)

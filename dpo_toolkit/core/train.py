@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from .config import DPOConfig, TrainConfig
 from .data import Batch, PairSet, collate, collate_pairs
+from .device import check_same_device
 from .ensemble import Ensemble
 from .evaluate import pair_logps
 from .losses import dpo_loss, sequence_logps, sft_loss
@@ -240,6 +241,7 @@ def train_dpo(
     progress: bool | None = None,
 ) -> pd.DataFrame:
     """DPO of `policy` against a frozen `reference` (Park Eq. 2), in place. Returns one row per evaluation."""
+    check_same_device(policy, reference)
     betas = torch.tensor([[cfg.beta]])  # (1, 1)
     batch_loss = dpo_batch_loss(lambda tokens: policy(tokens)[None], train, reference, betas)
     params = list(policy.parameters())
@@ -271,6 +273,7 @@ def train_dpo_ensemble(
     `checkpoint`, progress is saved after every evaluation and resumed from; ``on_eval(step)``
     runs after every evaluation (see optimize).
     """
+    check_same_device(policies, reference)
     n_models = len(policies)
     if len(cfgs) != n_models:
         raise ValueError(f"train_dpo_ensemble needs one DPOConfig per model: {len(cfgs)} configs for {n_models} models")

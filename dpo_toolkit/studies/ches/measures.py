@@ -57,7 +57,7 @@ def ches(model: Transformer, pairs: PairSet | Batch) -> torch.Tensor:
 
 @torch.no_grad()
 def hf_ches(model, tokenizer, prompts: Sequence[str], chosen: Sequence[str], rejected: Sequence[str]) -> torch.Tensor:
-    """CHES of every (prompt, y+, y−) under a Hugging Face causal LM, in float64: (n,).
+    """CHES of every (prompt, y+, y−) under a Hugging Face causal LM (on its own device), in float64: (n,), on the CPU.
 
     Each response is tokenized on its own and appended to the tokenized prompt (no special
     tokens), so that the response tokens are exactly those of the response; h is the last
@@ -73,11 +73,11 @@ def hf_ches(model, tokenizer, prompts: Sequence[str], chosen: Sequence[str], rej
             response_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
             if not prompt_ids or not response_ids:
                 raise ValueError(f"hf_ches needs a non-empty prompt and response, got {prompt!r} → {response!r}")
-            ids = torch.tensor([prompt_ids + response_ids])
+            ids = torch.tensor([prompt_ids + response_ids], device=model.device)
             hidden = model(input_ids=ids, output_hidden_states=True).hidden_states[-1][0].double()  # (seq, d)
             sums.append(hidden[len(prompt_ids) - 1 : ids.shape[1] - 1].sum(0))
         scores.append(ches_from_sums(sums[0][None], sums[1][None])[0])
-    return torch.stack(scores)
+    return torch.stack(scores).cpu()
 
 
 def ches_filter(scores: np.ndarray | torch.Tensor, drop_fraction: float) -> np.ndarray:

@@ -173,16 +173,21 @@ def reinforce_gradient(
     model: Transformer, prompt: int, responses: torch.Tensor, rewards: torch.Tensor, n_samples: int, seed: int
 ) -> torch.Tensor:
     """REINFORCE estimate of ∇_θ V_x with the exact V_x as baseline: mean over n_samples
-    draws y ∼ π(·|x) of (r(x, y) − V_x) ∇ log π(y|x). Flattened like ``value_gradient``."""
+    draws y ∼ π(·|x) of (r(x, y) − V_x) ∇ log π(y|x), each response scored by a full forward pass
+    (the independent check of ``value_gradient``). Flattened like ``value_gradient``, on the CPU;
+    the draws are made on the CPU, so a seed gives the same draws on every device."""
     tokens, response_mask = _response_tokens(np.array([prompt]), responses)
-    tokens = tokens[0]  # (R, T)
-    logps = sequence_logps(model(tokens), tokens, response_mask.expand(len(tokens), -1))  # (R,)
-    probs = logps.detach().double().exp()
+    device = model_device(model)
+    tokens = tokens[0].to(device)  # (R, T)
+    logps = sequence_logps(model(tokens), tokens, response_mask.to(device).expand(len(tokens), -1))  # (R,)
+    probs = logps.detach().double().exp().cpu()
+    rewards = rewards.double().cpu()
     baseline = (probs * rewards).sum()
     draws = torch.multinomial(probs, n_samples, replacement=True, generator=torch.Generator().manual_seed(seed))
-    surrogate = ((rewards[draws] - baseline).to(logps.dtype) * logps[draws]).mean()
+    advantages = (rewards[draws] - baseline).to(device=device, dtype=logps.dtype)  # (n_samples,)
+    surrogate = (advantages * logps[draws.to(device)]).mean()
     grads = torch.autograd.grad(surrogate, list(model.parameters()))
-    return torch.cat([g.flatten() for g in grads])
+    return torch.cat([g.flatten() for g in grads]).cpu()
 
 
 def train_rft(
