@@ -381,3 +381,91 @@ def plot_ches_by_kind(pairs: pd.DataFrame, column: str, order: list, title: str)
     ax.set(xlabel=title, ylabel="CHES under the reference")
     fig.tight_layout()
     return fig
+
+
+def plot_drift_map(table: pd.DataFrame) -> plt.Figure:
+    """The drift map's grid: for each optimizer (a row), the share of seeds that drift and the
+    mean final OOD rate over learning rate × β, every cell annotated (drifted/seeds; mean ± sd).
+    table: ``drift_map.analysis.cell_table`` rows of the grid."""
+    optimizers = list(dict.fromkeys(table["optimizer"]))
+    fig, axes = plt.subplots(len(optimizers), 2, figsize=(11, 3.4 * len(optimizers)), squeeze=False)
+    for row, optimizer in zip(axes, optimizers, strict=True):
+        cells = table[table["optimizer"] == optimizer]
+        index, columns = sorted(cells["lr"].unique()), sorted(cells["beta"].unique())
+        share = cells.pivot(index="lr", columns="beta", values="drift_fraction").loc[index, columns]
+        ood = cells.pivot(index="lr", columns="beta", values="ood_mean").loc[index, columns]
+        counts = cells.assign(text=cells["drifted"].astype(str) + "/" + cells["seeds"].astype(str))
+        counts = counts.pivot(index="lr", columns="beta", values="text").loc[index, columns]
+        spread = cells.assign(text=[f"{100 * m:.0f}±{100 * s:.0f}" for m, s in zip(cells["ood_mean"], cells["ood_sd"], strict=True)])
+        spread = spread.pivot(index="lr", columns="beta", values="text").loc[index, columns]
+        ticks = {"xticklabels": [f"{b:.3g}" for b in columns], "yticklabels": [f"{lr:.2g}" for lr in index]}
+        sns.heatmap(share, ax=row[0], vmin=0, vmax=1, cmap="rocket_r", annot=counts, fmt="", cbar_kws={"label": "share of seeds"},
+                    **ticks)  # fmt: skip
+        sns.heatmap(100 * ood, ax=row[1], vmin=0, vmax=100, cmap="mako_r", annot=spread, fmt="",
+                    cbar_kws={"label": "OOD rate (%)"}, **ticks)  # fmt: skip
+        row[0].set(title=f"{optimizer}: seeds that drift", xlabel="β", ylabel="learning rate")
+        row[1].set(title=f"{optimizer}: final greedy OOD rate (%), mean ± sd", xlabel="β", ylabel="learning rate")
+        for ax in row:
+            ax.invert_yaxis()
+    fig.tight_layout()
+    return fig
+
+
+def plot_drift_arms(table: pd.DataFrame, base_label: str) -> plt.Figure:
+    """The one-at-a-time arms around the base recipe: drift share and final OOD rate and exact
+    OOD mass (mean ± sd over seeds) of each variant, the base first."""
+    cells = table.assign(variant=[base_label + " (base)" if a == "grid" else f"{a}: {lb}" for a, lb in
+                                  zip(table["arm"], table["label"], strict=True)])  # fmt: skip
+    fig, axes = plt.subplots(1, 2, figsize=(12, 0.45 * len(cells) + 1.6), sharey=True)
+    y = np.arange(len(cells))
+    axes[0].barh(y, cells["drift_fraction"], color="firebrick")
+    axes[0].set(xlim=(0, 1), xlabel="share of seeds that drift", yticks=y, yticklabels=cells["variant"], title="drift")
+    axes[1].errorbar(100 * cells["ood_mean"], y - 0.15, xerr=100 * cells["ood_sd"], fmt="o", label="greedy OOD rate")
+    axes[1].errorbar(100 * cells["ood_mass_mean"], y + 0.15, xerr=100 * cells["ood_mass_sd"], fmt="s",
+                     label="exact OOD probability mass")  # fmt: skip
+    axes[1].set(xlim=(-2, 102), xlabel="final value (%), mean ± sd over seeds", title="how far out of distribution")
+    axes[1].legend(loc="lower right")
+    axes[0].invert_yaxis()
+    fig.tight_layout()
+    return fig
+
+
+def plot_drift_mechanism(curves: pd.DataFrame) -> plt.Figure:
+    """One recipe's runs along training, one line per seed: greedy OOD rate and exact OOD mass
+    on the test prompts; mean log π(y_w) and log π(y_l) of the scored training pairs beside the
+    log of the mean OOD mass on their prompts; and, among those pairs whose prompt gets an OOD
+    greedy answer y_OOD, the share with π(y_OOD) > π(y_w) > π(y_l)."""
+    data = curves.assign(seed=curves["seed"].astype(str), log_ood=np.log(curves["train_ood_mass"].clip(lower=1e-300)))
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7))
+    sns.lineplot(data=data, x="epoch", y="ood_rate", hue="seed", ax=axes[0, 0])
+    axes[0, 0].set(title="greedy OOD rate (test prompts)", xlabel="DPO epoch", ylabel="share of prompts", ylim=(-0.02, 1.02))
+    sns.lineplot(data=data, x="epoch", y="ood_mass", hue="seed", ax=axes[0, 1], legend=False)
+    axes[0, 1].set(title="exact OOD probability mass (test prompts)", xlabel="DPO epoch", ylabel="mean P(OOD | s)",
+                   ylim=(-0.02, 1.02))  # fmt: skip
+    long = data.melt(id_vars=["seed", "epoch"], value_vars=["chosen_logp", "rejected_logp", "log_ood"], var_name="quantity")
+    names = {"chosen_logp": "log π(y_w)", "rejected_logp": "log π(y_l)", "log_ood": "log mean P(OOD)"}
+    sns.lineplot(data=long.assign(quantity=long["quantity"].map(names)), x="epoch", y="value", hue="quantity", units="seed",
+                 estimator=None, ax=axes[1, 0], linewidth=0.9)  # fmt: skip
+    axes[1, 0].set(title="training pairs: log-probabilities (one line per seed)", xlabel="DPO epoch", ylabel="nats")
+    sns.lineplot(data=data, x="epoch", y="ordering", hue="seed", ax=axes[1, 1], legend=False)
+    axes[1, 1].axhline(0.5, color="grey", linestyle=":")
+    axes[1, 1].set(title="π(y_OOD) > π(y_w) > π(y_l), pairs with OOD greedy", xlabel="DPO epoch",
+                   ylabel="share of pairs", ylim=(-0.02, 1.02))
+    fig.tight_layout()
+    return fig
+
+
+def plot_beta_kl(curves: pd.DataFrame, lrs: dict[str, float]) -> plt.Figure:
+    """KL along training for every β (seed mean ± sd), one panel per optimizer at the learning
+    rate lrs[optimizer]: where the curves of different β coincide, β has not acted yet."""
+    nrows = -(-len(lrs) // 2)
+    fig, axes = plt.subplots(nrows, 2, figsize=(11, 3.8 * nrows), squeeze=False)
+    for ax in axes.flat[len(lrs) :]:
+        ax.set_visible(False)
+    for ax, (optimizer, lr) in zip(axes.flat, lrs.items(), strict=False):
+        data = curves[(curves["optimizer"] == optimizer) & np.isclose(curves["lr"], lr) & (curves["step"] > 0)]
+        data = data.assign(β=data["beta"].map(lambda b: f"{b:.3g}"))
+        sns.lineplot(data=data, x="epoch", y="kl", hue="β", palette="viridis", errorbar="sd", ax=ax)
+        ax.set(yscale="log", title=f"{optimizer} at lr {lr:.2g}", xlabel="DPO epoch", ylabel="KL(π_θ ‖ π_ref) (nats)")
+    fig.tight_layout()
+    return fig

@@ -63,24 +63,28 @@ def _decode(policy: Ensemble | SingleModel, prompts: np.ndarray, generator: torc
     return Batch(tokens, response_mask)
 
 
+def decoded_answers(batch: Batch) -> list:
+    """The integer each decoded row of `batch` (M, n, T) spells, None when unparseable: a list (models) of lists."""
+    return [
+        [decode_response(row[mask]) for row, mask in zip(tokens, masks, strict=True)]
+        for tokens, masks in zip(batch.tokens.cpu(), batch.response_mask.cpu(), strict=True)
+    ]
+
+
 def greedy_answers(policy: Transformer | Ensemble | SingleModel, prompts: np.ndarray) -> list:
     """The integer each prompt's greedy response spells, None when unparseable.
 
     A list over prompts for one Transformer; a list (models) of such lists for an ensemble.
     """
-    batch = _decode(as_ensemble(policy), prompts, generator=None)
-    answers = [
-        [decode_response(row[mask]) for row, mask in zip(tokens, masks, strict=True)]
-        for tokens, masks in zip(batch.tokens.cpu(), batch.response_mask.cpu(), strict=True)
-    ]
+    answers = decoded_answers(_decode(as_ensemble(policy), prompts, generator=None))
     return answers[0] if isinstance(policy, Transformer) else answers
 
 
-def greedy_sequences(policy: Transformer, prompts: np.ndarray) -> Batch:
-    """Each prompt followed by its greedy response, (n_prompts, n_ctx), right-padded, on the policy's device;
-    response_mask as in decoding."""
+def greedy_sequences(policy: Transformer | Ensemble | SingleModel, prompts: np.ndarray) -> Batch:
+    """Each prompt followed by its greedy response, right-padded, on the policy's device: (n_prompts, n_ctx)
+    for one Transformer, (M, n_prompts, n_ctx) for an ensemble; response_mask as in decoding."""
     batch = _decode(as_ensemble(policy), prompts, generator=None)
-    return Batch(batch.tokens[0], batch.response_mask[0])
+    return Batch(batch.tokens[0], batch.response_mask[0]) if isinstance(policy, Transformer) else batch
 
 
 def sample_responses(policy: Transformer | Ensemble | SingleModel, prompts: np.ndarray, n_samples: int, seed: int) -> Batch:

@@ -35,7 +35,7 @@ class Spec:
     """What one notebook parameter accepts.
 
     kind: 'int' or 'real' (one number), 'ints' or 'reals' (a non-empty list of them),
-    'choice' (one of `choices`), 'text' (any string), 'device' (a torch device this machine has:
+    'choice' (one of `choices`), 'choices' (a non-empty list of them), 'text' (any string), 'device' (a torch device this machine has:
     'cpu', or 'cuda'/'cuda:N' where CUDA is present). low/high bound the numbers (of a
     list: every element), closed unless open_low/open_high. optional: None is allowed.
     scalar_ok: a list parameter also takes a single number. unique: list elements differ.
@@ -63,6 +63,9 @@ class Spec:
             return self.optional
         if self.kind == "choice":
             return isinstance(value, str) and value in self.choices
+        if self.kind == "choices":
+            ok = isinstance(value, (list, tuple)) and value and all(isinstance(v, str) and v in self.choices for v in value)
+            return bool(ok) and (not self.unique or len(set(value)) == len(value))
         if self.kind == "text":
             return isinstance(value, str)
         if self.kind == "device":
@@ -95,6 +98,8 @@ class Spec:
         """The allowed values in words: 'an integer ≥ 1', 'a non-empty list of numbers in (0, 1000]'."""
         if self.kind == "choice":
             text = "one of " + ", ".join(repr(c) for c in self.choices)
+        elif self.kind == "choices":
+            text = f"a non-empty list of {'distinct ' if self.unique else ''}values from " + ", ".join(repr(c) for c in self.choices)
         elif self.kind == "text":
             text = "a string"
         elif self.kind == "device":
@@ -131,6 +136,11 @@ def reals(low=None, high=None, *, open_low=False, open_high=False, scalar_ok=Fal
 
 def choice(*values: str) -> Spec:
     return Spec("choice", choices=tuple(values))
+
+
+def choices(*values: str) -> Spec:
+    """A non-empty list of distinct values, each one of `values`."""
+    return Spec("choices", choices=tuple(values), unique=True)
 
 
 # Shared specs, one wording for the parameters every chapter has.

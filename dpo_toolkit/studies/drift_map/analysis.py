@@ -1,0 +1,220 @@
+"""The drift map's analysis and claims C22–C24, decided by code with thresholds fixed here
+before any run.
+
+A run *drifts* when its greedy OOD rate on the test prompts at the horizon is ≥ DRIFT_OOD
+and at least DRIFT_RISE above its reference's: the grokking chapter's C2 thresholds (50 %,
+10 points), so that "drift" means the same thing throughout the book.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from dpo_toolkit.core.claims import claims_frame, verdict
+from dpo_toolkit.core.stats import spearman
+
+from .design import GRID, PAPER_RECIPE
+
+DRIFT_OOD = 0.5  # a run has drifted when its final greedy OOD rate is ≥ 50 % …
+DRIFT_RISE = 0.1  # … and ≥ 10 points above its reference's
+NEAR_ZERO = 0.05  # the drifting recipe is chosen among cells whose reference is ≤ 5 % OOD (seed mean), if any
+IN_DISTRIBUTION = 0.15  # C23's precondition: the drifting recipe's reference is ≤ 15 % OOD (grokking's SFT_LOW)
+ABOUT_80 = 0.6  # C23: "about 80 %" — the drifted runs end at ≥ 60 % OOD on average
+MOST = 0.5  # "more than half": of a cell's seeds (C23), of the training pairs (C24 ordering), of drifted runs (C24)
+SOME = 0.2  # C22 partly: at least one run in five drifts
+RECIPE_FIELDS = ["optimizer", "lr", "beta", "batch_size", "epochs", "weight_decay", "train_size", "reference", "arm"]
+
+
+def drifted(ood: np.ndarray | pd.Series, reference_ood: np.ndarray | pd.Series) -> np.ndarray:
+    """Whether each run drifted: OOD rate ≥ DRIFT_OOD and ≥ DRIFT_RISE above its reference's."""
+    ood, reference_ood = np.asarray(ood, dtype=float), np.asarray(reference_ood, dtype=float)
+    return (ood >= DRIFT_OOD) & (ood - reference_ood >= DRIFT_RISE - 1e-12)
+
+
+def outcomes(curves: pd.DataFrame, epoch: float | None = None) -> pd.DataFrame:
+    """One row per run (label, seed): the reference's OOD rate and mass (step 0), the run's at its
+    last evaluation (or its last one at or before `epoch`), its peak OOD rate, the change of the
+    mean log π(y_w) and log π(y_l) of the scored training pairs, accuracy and margin at the first
+    checkpoint and at the end, and `drifted`."""
+    keys = ["label", "seed"]
+    curves = curves.sort_values([*keys, "step"])
+    start = curves[curves["step"] == 0].set_index(keys)
+    upto = curves if epoch is None else curves[curves["epoch"] <= epoch + 1e-9]
+    end = upto.groupby(keys).last()
+    first = curves[curves["step"] > 0].groupby(keys).first()
+    out = start[RECIPE_FIELDS].copy()
+    out["horizon"] = end["epoch"]
+    out["reference_ood"], out["reference_ood_mass"] = start["ood_rate"], start["ood_mass"]
+    out["ood"], out["ood_mass"], out["peak_ood"] = end["ood_rate"], end["ood_mass"], upto.groupby(keys)["ood_rate"].max()
+    out["chosen_change"] = end["chosen_logp"] - start["chosen_logp"]
+    out["rejected_change"] = end["rejected_logp"] - start["rejected_logp"]
+    out["first_accuracy"], out["accuracy"] = first["accuracy"], end["accuracy"]
+    out["first_margin"], out["margin"], out["kl"] = first["margin"], end["margin"], end["kl"]
+    out["drifted"] = drifted(out["ood"], out["reference_ood"])
+    return out.reset_index()
+
+
+def cell_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per cell (recipe): seeds, drifted seeds, the drift fraction, the final OOD rate and
+    exact OOD mass (mean and sd over seeds) and the reference's, in the order of the runs."""
+    grouped = runs.groupby("label", sort=False)
+    table = grouped[RECIPE_FIELDS].first()
+    table["seeds"] = grouped["seed"].nunique()
+    table["drifted"] = grouped["drifted"].sum().astype(int)
+    table["drift_fraction"] = table["drifted"] / table["seeds"]
+    for column in ("ood", "ood_mass"):
+        table[f"{column}_mean"] = grouped[column].mean()
+        table[f"{column}_sd"] = grouped[column].std(ddof=0)
+    table["reference_ood"] = grouped["reference_ood"].mean()
+    table["reference_ood_mass"] = grouped["reference_ood_mass"].mean()
+    return table.reset_index()
+
+
+def drifting_recipe(table: pd.DataFrame) -> tuple[pd.Series, bool]:
+    """The cell with the highest drift fraction (ties: higher mean final OOD, then the label)
+    among cells whose reference is near-zero OOD (≤ NEAR_ZERO), or among all cells when none
+    is; returns it and whether the near-zero condition could be met."""
+    near_zero = table[table["reference_ood"] <= NEAR_ZERO]
+    candidates = near_zero if len(near_zero) else table
+    best = candidates.sort_values(["drift_fraction", "ood_mean", "label"], ascending=[False, False, True]).iloc[0]
+    return best, bool(len(near_zero))
+
+
+def horizon_table(curves: pd.DataFrame, label: str, epochs: list[float]) -> pd.DataFrame:
+    """The drift fraction and OOD rate of one cell's runs at each horizon (epochs along its run)."""
+    run = curves[curves["label"] == label]
+    rows = []
+    for epoch in epochs:
+        at = outcomes(run, epoch)
+        rows.append({"epochs": epoch, "seeds": len(at), "drifted": int(at["drifted"].sum()),
+                     "drift_fraction": float(at["drifted"].mean()), "ood_mean": float(at["ood"].mean()),
+                     "ood_sd": float(at["ood"].std(ddof=0)), "ood_mass_mean": float(at["ood_mass"].mean())})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def beta_spread(curves: pd.DataFrame) -> pd.DataFrame:
+    """How much β separates the KL of the grid's runs, per optimizer and learning rate: at the
+    first checkpoint and at the end, the seed-mean KL's smallest and largest value over β, their
+    ratio, and Spearman(β, KL). A ratio near 1 means β has not acted yet."""
+    grid = curves[(curves["arm"] == GRID) & (curves["step"] > 0)]
+    mean = grid.groupby(["optimizer", "lr", "beta", "step"], as_index=False)["kl"].mean()
+    rows = []
+    for (optimizer, lr), g in mean.groupby(["optimizer", "lr"], sort=False):
+        row = {"optimizer": optimizer, "lr": lr}
+        for name, step in (("first", g["step"].min()), ("final", g["step"].max())):
+            at = g[g["step"] == step]
+            row[f"{name}_kl_min"], row[f"{name}_kl_max"] = float(at["kl"].min()), float(at["kl"].max())
+            row[f"{name}_ratio"] = row[f"{name}_kl_max"] / max(row[f"{name}_kl_min"], 1e-12)
+            row[f"{name}_spearman"] = spearman(at["beta"], at["kl"]) if at["beta"].nunique() > 1 else float("nan")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def mechanism(curves: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """For every drifted run: its first checkpoint after step 0 with greedy OOD ≥ DRIFT_OOD (the onset)
+    and, there, the share of scored training pairs with π(y_OOD) > π(y_w) > π(y_l) (`ordering`), the
+    change of mean log π(y_w) and log π(y_l) from the reference, and the exact OOD mass; the
+    same at the end; and the first checkpoint at which the ordering holds for most pairs."""
+    rows = []
+    for _, run in runs[runs["drifted"]].iterrows():
+        curve = curves[(curves["label"] == run["label"]) & (curves["seed"] == run["seed"])].sort_values("step")
+        start, end = curve.iloc[0], curve.iloc[-1]
+        trained = curve[curve["step"] > 0]
+        onset = trained[trained["ood_rate"] >= DRIFT_OOD].iloc[0]
+        ordered = trained[trained["ordering"] > MOST]
+        row = {"label": run["label"], "seed": run["seed"], "onset_epoch": onset["epoch"],
+               "ordering_epoch": ordered["epoch"].iloc[0] if len(ordered) else float("nan")}  # fmt: skip
+        for name, at in (("onset", onset), ("final", end)):
+            row[f"{name}_ordering"] = at["ordering"]
+            row[f"{name}_chosen_change"] = at["chosen_logp"] - start["chosen_logp"]
+            row[f"{name}_rejected_change"] = at["rejected_logp"] - start["rejected_logp"]
+            row[f"{name}_ood_mass"] = at["ood_mass"]
+        rows.append(row)
+    columns = ["label", "seed", "onset_epoch", "ordering_epoch"]
+    columns += [f"{n}_{m}" for n in ("onset", "final") for m in ("ordering", "chosen_change", "rejected_change", "ood_mass")]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def is_paper_recipe(table: pd.DataFrame) -> pd.Series:
+    """Rows of the grid that are Park §3.3's DPO recipe (any β)."""
+    match = table["arm"] == GRID
+    for field, value in PAPER_RECIPE.items():
+        match &= np.isclose(table[field], value) if isinstance(value, float) else table[field] == value
+    return match
+
+
+def map_claims(runs: pd.DataFrame, table: pd.DataFrame, mechanisms: pd.DataFrame) -> pd.DataFrame:
+    """Claims C22–C24 from the runs (``outcomes``), the cells (``cell_table``) and ``mechanism``."""
+    paper = runs[is_paper_recipe(runs)]
+    share = float(paper["drifted"].mean()) if len(paper) else float("nan")
+    by_beta = ", ".join(f"β={b:.3g}: {int(g['drifted'].sum())}/{len(g)}" for b, g in paper.groupby("beta"))
+    c22 = {
+        "claim_id": "C22",
+        "statement": "Park's DPO recipe for the KL sweep (RMSprop at 5e-5, batch 16, 3 epochs) drives the policy "
+        "out of distribution.",
+        "paper_value": "policy A (β = 0.01) goes OOD; larger KL means more OOD (§4.2–4.3)",
+        "our_value": f"{int(paper['drifted'].sum())} of {len(paper)} runs drift ({by_beta}); final OOD "
+        f"{100 * paper['ood'].mean():.0f} ± {100 * paper['ood'].std(ddof=0):.0f} % from a reference at "
+        f"{100 * paper['reference_ood'].mean():.0f} %"
+        if len(paper)
+        else "the recipe is not in this map's grid",
+        "verdict": verdict(share >= MOST, share >= SOME, testable=len(paper) > 0),
+        "precondition": f"the paper's recipe is in the grid: {len(paper)} runs",
+    }
+
+    best, near_zero = drifting_recipe(table)
+    mine = runs[(runs["label"] == best["label"]) & runs["drifted"]]
+    rising = ((mine["margin"] > mine["first_margin"]) & (mine["accuracy"] >= mine["first_accuracy"])).mean() if len(mine) else 0
+    drifts = best["drift_fraction"] > MOST
+    c23 = {
+        "claim_id": "C23",
+        "statement": "Somewhere on the map DPO drifts to about 80 % OOD while reward margin and accuracy keep rising.",
+        "paper_value": "≈ 80 % OOD, margin and accuracy rising (§4.1)",
+        "our_value": f"drifting recipe {best['label']}: {best['drifted']}/{best['seeds']} seeds drift, final OOD "
+        f"{100 * best['ood_mean']:.0f} ± {100 * best['ood_sd']:.0f} %, exact OOD mass {100 * best['ood_mass_mean']:.0f} %; "
+        f"margin and accuracy rose in {100 * rising:.0f} % of its drifted runs; "
+        f"{(table['drift_fraction'] > MOST).sum()} of {len(table)} cells drift in more than half their seeds",
+        "verdict": verdict(
+            drifts and (mine["ood"].mean() >= ABOUT_80 if len(mine) else False) and rising > MOST,
+            drifts,
+            testable=best["reference_ood"] <= IN_DISTRIBUTION,
+        ),
+        "precondition": f"the drifting recipe's reference is ≤ {IN_DISTRIBUTION:.0%} OOD: {best['reference_ood']:.0%}"
+        + ("" if near_zero else f" (no cell's reference is ≤ {NEAR_ZERO:.0%} OOD)"),
+    }
+
+    n = len(mechanisms)
+    ordered = (mechanisms["onset_ordering"] > MOST).mean() if n else 0.0
+    both_fall = ((mechanisms["onset_chosen_change"] < 0) & (mechanisms["onset_rejected_change"] < 0)).mean() if n else 0.0
+    together = ((mechanisms["onset_ordering"] > MOST) & (mechanisms["onset_chosen_change"] < 0)
+                & (mechanisms["onset_rejected_change"] < 0)).mean() if n else 0.0  # fmt: skip
+    c24 = {
+        "claim_id": "C24",
+        "statement": "Where DPO drifts, π(y_OOD) > π(y_w) > π(y_l), with the log-probabilities of both y_w and y_l falling.",
+        "paper_value": "the ordering, with both falling (§4.1)",
+        "our_value": f"at the onset of drift in {n} drifted runs: the ordering holds for most scored training pairs "
+        f"whose prompt gets an OOD greedy answer in "
+        f"{100 * ordered:.0f} %, both log-probs fell in {100 * both_fall:.0f} %, both together in {100 * together:.0f} %",
+        "verdict": verdict(together > MOST, ordered > MOST or both_fall > MOST, testable=n > 0),
+        "precondition": f"at least one run drifts: {n}",
+    }
+    return claims_frame([c22, c23, c24])
+
+
+def readable(table: pd.DataFrame) -> pd.DataFrame:
+    """A cell table for reading: one row per cell with its arm, the seeds that drift, and the
+    final greedy OOD rate, exact OOD mass and the reference's OOD rate in % (mean ± sd over seeds)."""
+    return pd.DataFrame(
+        {
+            "recipe": table["label"],
+            "arm": table["arm"],
+            "seeds drifting": table["drifted"].astype(str) + "/" + table["seeds"].astype(str),
+            "final OOD rate (%)": [f"{100 * m:.0f} ± {100 * s:.0f}" for m, s in zip(table["ood_mean"], table["ood_sd"], strict=True)],
+            "final OOD mass (%)": [
+                f"{100 * m:.1f} ± {100 * s:.1f}" for m, s in zip(table["ood_mass_mean"], table["ood_mass_sd"], strict=True)
+            ],
+            "reference OOD rate (%)": (100 * table["reference_ood"]).round(1),
+            "reference OOD mass (%)": (100 * table["reference_ood_mass"]).round(1),
+        }
+    ).set_index("recipe")

@@ -1,0 +1,167 @@
+"""The drift map's runs: every recipe with every seed, trained as batched ensembles through the
+runner (recipes that share a schedule form one ensemble per seed), each evaluated along
+training on what drift is made of: greedy OOD rate, the exact OOD probability mass, and the
+log-probabilities of the training pairs' chosen and rejected answers."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from dpo_toolkit.core.config import DataConfig, EvalConfig, ModelConfig, TrainConfig, check_fits, require
+from dpo_toolkit.core.data import PairSet, collate_pairs, make_pairs
+from dpo_toolkit.core.device import resolve_device
+from dpo_toolkit.core.ensemble import Ensemble
+from dpo_toolkit.core.evaluate import Evaluator, pair_logps, score
+from dpo_toolkit.core.exact import response_masses
+from dpo_toolkit.core.generate import decoded_answers, greedy_sequences
+from dpo_toolkit.core.metrics import answers_tensor, is_ood
+from dpo_toolkit.core.park import sft_reference
+from dpo_toolkit.core.runner import Member, RunKey, run_dpo
+
+from .design import REFERENCES, Recipe
+
+
+@dataclass(frozen=True)
+class MapSetup:
+    """What every run of the map shares: the data, the model, the two SFT recipes a reference
+    can come from, and what an evaluation computes."""
+
+    data: DataConfig
+    model: ModelConfig
+    eval: EvalConfig
+    kl_sweep_sft: TrainConfig
+    """Park §4.2's SFT recipe (the reference of every grid cell)."""
+    grokking_sft: TrainConfig
+    """Park §4.1's SFT recipe (the reference arm)."""
+    evals_per_epoch: int = 2
+    """Evaluations per DPO epoch (after one at step 0, the reference)."""
+    scored_train_pairs: int = 256
+    """Training pairs (a fixed random subset) whose chosen and rejected log-probs are tracked."""
+
+    def __post_init__(self) -> None:
+        check_fits(self.model, self.data)
+        require(isinstance(self.evals_per_epoch, int) and self.evals_per_epoch >= 1, self, "evals_per_epoch", "an integer ≥ 1")
+        require(isinstance(self.scored_train_pairs, int) and self.scored_train_pairs >= 1, self, "scored_train_pairs",
+                "an integer ≥ 1")  # fmt: skip
+
+    def sft(self, reference: str) -> TrainConfig:
+        return {"kl_sweep": self.kl_sweep_sft, "grokking": self.grokking_sft}[reference]
+
+
+def training_subset(train: PairSet, size: int | None, seed: int) -> PairSet:
+    """All training pairs (size None), or a random subset of `size` of them drawn with `seed`."""
+    if size is None:
+        return train
+    if size > len(train):
+        raise ValueError(f"train_size {size} exceeds the {len(train)} training pairs")
+    keep = np.sort(np.random.default_rng(seed).choice(len(train), size, replace=False))
+    return PairSet(train.prompt[keep], train.chosen[keep], train.rejected[keep])
+
+
+class DriftEvaluator:
+    """The Evaluator's metrics (greedy OOD rate, accuracy, margin, KL, …) of every member, plus:
+
+    - ``ood_mass``: the exact probability mass on OOD answers (``exact.response_masses``), mean
+      over the test prompts; ``train_ood_mass`` the same over the training prompts;
+    - ``chosen_logp`` and ``rejected_logp``: mean log π(y_w | s) and log π(y_l | s) over a fixed
+      subset of the training pairs; ``train_ood_rate`` the greedy OOD rate on their prompts;
+    - ``ordering``: among those pairs whose prompt gets an OOD greedy answer y_OOD, the share with
+      π(y_OOD | s) > π(y_w | s) > π(y_l | s), Park's proposed mechanism of drift (NaN when no
+      prompt gets an OOD greedy answer). The greedy answer is the
+      OOD answer the policy actually gives; the total OOD mass would not do, since it is a sum
+      over many answers and already exceeds a single π(y_w) at the reference.
+    """
+
+    def __init__(self, evaluator: Evaluator, train: PairSet, window: int, n_scored: int, seed: int):
+        self.evaluator, self.window = evaluator, window
+        keep = np.sort(np.random.default_rng(seed).choice(len(train), min(n_scored, len(train)), replace=False))
+        scored = PairSet(train.prompt[keep], train.chosen[keep], train.rejected[keep])
+        self.batch = collate_pairs(scored)
+        self.train_prompts, self.pair_prompt = np.unique(scored.prompt, return_inverse=True)  # pair j asks train_prompts[pair_prompt[j]]
+
+    @torch.no_grad()
+    def __call__(self, policies: Ensemble) -> list[dict]:
+        rows = self.evaluator(policies)
+        _, test_log_ood = response_masses(policies, self.evaluator.prompts, self.window)  # (M, test prompts)
+        _, train_log_ood = response_masses(policies, self.train_prompts, self.window)  # (M, train prompts)
+        chosen_logps, rejected_logps = (x.double().cpu().numpy() for x in pair_logps(policies, self.batch))  # (M, pairs) each
+        greedy = greedy_sequences(policies, self.train_prompts)  # (M, train prompts, T)
+        greedy_logps = score(policies, greedy).double().cpu().numpy()  # (M, train prompts)
+        prompts = torch.as_tensor(self.train_prompts, dtype=torch.float64)
+        greedy_ood = is_ood(answers_tensor(decoded_answers(greedy)), prompts, self.window).numpy()  # (M, train prompts)
+        pair_ood, pair_greedy_logps = greedy_ood[:, self.pair_prompt], greedy_logps[:, self.pair_prompt]  # (M, pairs)
+        chain = (pair_greedy_logps > chosen_logps) & (chosen_logps > rejected_logps)  # π(y_OOD) > π(y_w) > π(y_l)
+        n_ood = pair_ood.sum(-1)  # (M,)
+        ordering = np.where(n_ood > 0, (pair_ood & chain).sum(-1) / np.maximum(n_ood, 1), np.nan)  # (M,)
+        for i, row in enumerate(rows):
+            row.update(
+                ood_mass=float(np.exp(test_log_ood[i]).mean()),
+                train_ood_mass=float(np.exp(train_log_ood[i]).mean()),
+                train_ood_rate=float(greedy_ood[i].mean()),
+                chosen_logp=float(chosen_logps[i].mean()),
+                rejected_logp=float(rejected_logps[i].mean()),
+                ordering=float(ordering[i]),
+            )
+        return rows
+
+
+def run_recipes(
+    recipes: Sequence[Recipe],
+    seeds: Sequence[int],
+    setup: MapSetup,
+    cache_dir: str | Path,
+    progress: bool | None = None,
+    device: str | torch.device = "cpu",
+) -> pd.DataFrame:
+    """Every recipe with every seed. Seed s sets the SFT reference (initialisation and SFT batch
+    order), the DPO batch order and the training subset; recipes sharing a schedule train as
+    one batched ensemble per seed (each member with its own lr, β and weight decay).
+
+    Returns one row per recipe, seed and evaluation: the recipe's fields, its `label`, seed,
+    step, epoch, loss and ``DriftEvaluator``'s metrics (step 0 is the reference). Cached under
+    cache_dir; a killed run resumes.
+    """
+    device = resolve_device(device)
+    unique = list(dict.fromkeys(recipes))
+    if not unique or not seeds:
+        raise ValueError("run_recipes needs at least one recipe and one seed")
+    train, test = make_pairs(setup.data)
+    groups: dict[tuple, list[Recipe]] = {}
+    for recipe in unique:
+        groups.setdefault(recipe.schedule, []).append(recipe)
+    frames = []
+    for seed in seeds:
+        references = {}
+        for (optimizer, batch_size, epochs, train_size, ref_name), members in groups.items():
+            if ref_name not in references:
+                sft_cfg = dataclasses.replace(setup.sft(ref_name), seed=seed)
+                references[ref_name] = sft_reference(setup.data, setup.model, sft_cfg, setup.eval, seed,
+                                                     Path(cache_dir), progress, device)[0]  # fmt: skip
+            reference = references[ref_name]
+            pairs = training_subset(train, train_size, seed)
+            n_evals = setup.evals_per_epoch * epochs
+            betas = [r.beta for r in members]
+            evaluator = Evaluator(test, setup.data, setup.eval, reference=reference, betas=betas)
+            evaluate = DriftEvaluator(evaluator, pairs, setup.data.window, setup.scored_train_pairs, setup.eval.seed)
+            key = RunKey(Path(cache_dir), f"dpo-{optimizer}-b{batch_size}-e{epochs}-{ref_name}", seed,
+                         (setup, dataclasses.replace(setup.sft(ref_name), seed=seed), Recipe(optimizer, 1.0, 1.0, batch_size,
+                          epochs, 0.0, train_size, ref_name)))  # fmt: skip
+            dpo_members = [Member(r.dpo_config(n_evals, seed)) for r in members]
+            df = run_dpo(key, reference, pairs, dpo_members, evaluate, progress=progress)
+            for i, recipe in enumerate(members):
+                rows = df[df["member"] == i].drop(columns=["member", "beta"])
+                fields = {**dataclasses.asdict(recipe), "train_size": len(pairs)}  # None (all pairs) as the number used
+                frames.append(rows.assign(**fields, label=recipe.label, seed=seed))
+    curves = pd.concat(frames, ignore_index=True)
+    fields = [f.name for f in dataclasses.fields(Recipe)]
+    return curves[[*fields, "label", "seed", *[c for c in curves.columns if c not in (*fields, "label", "seed")]]]
+
+
+__all__ = ["REFERENCES", "DriftEvaluator", "MapSetup", "run_recipes", "training_subset"]
