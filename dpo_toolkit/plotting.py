@@ -396,7 +396,9 @@ def plot_drift_map(table: pd.DataFrame) -> plt.Figure:
         ood = cells.pivot(index="lr", columns="beta", values="ood_mean").loc[index, columns]
         counts = cells.assign(text=cells["drifted"].astype(str) + "/" + cells["seeds"].astype(str))
         counts = counts.pivot(index="lr", columns="beta", values="text").loc[index, columns]
-        spread = cells.assign(text=[f"{100 * m:.0f}±{100 * s:.0f}" for m, s in zip(cells["ood_mean"], cells["ood_sd"], strict=True)])
+        spread = cells.assign(
+            text=[f"{100 * m:.0f}±{100 * s:.0f}" for m, s in zip(cells["ood_mean"], cells["ood_sd"], strict=True)]
+        )
         spread = spread.pivot(index="lr", columns="beta", values="text").loc[index, columns]
         ticks = {"xticklabels": [f"{b:.3g}" for b in columns], "yticklabels": [f"{lr:.2g}" for lr in index]}
         sns.heatmap(share, ax=row[0], vmin=0, vmax=1, cmap="rocket_r", annot=counts, fmt="", cbar_kws={"label": "share of seeds"},
@@ -433,9 +435,9 @@ def plot_drift_arms(table: pd.DataFrame, base_label: str) -> plt.Figure:
 def plot_drift_mechanism(curves: pd.DataFrame) -> plt.Figure:
     """One recipe's runs along training, one line per seed: greedy OOD rate and exact OOD mass
     on the test prompts; mean log π(y_w) and log π(y_l) of the scored training pairs beside the
-    log of the mean OOD mass on their prompts; and, among those pairs whose prompt gets an OOD
+    log of the mean OOD mass on the test prompts; and, among those pairs whose prompt gets an OOD
     greedy answer y_OOD, the share with π(y_OOD) > π(y_w) > π(y_l)."""
-    data = curves.assign(seed=curves["seed"].astype(str), log_ood=np.log(curves["train_ood_mass"].clip(lower=1e-300)))
+    data = curves.assign(seed=curves["seed"].astype(str), log_ood=np.log(curves["ood_mass"].clip(lower=1e-300)))
     fig, axes = plt.subplots(2, 2, figsize=(11, 7))
     sns.lineplot(data=data, x="epoch", y="ood_rate", hue="seed", ax=axes[0, 0])
     axes[0, 0].set(title="greedy OOD rate (test prompts)", xlabel="DPO epoch", ylabel="share of prompts", ylim=(-0.02, 1.02))
@@ -443,14 +445,15 @@ def plot_drift_mechanism(curves: pd.DataFrame) -> plt.Figure:
     axes[0, 1].set(title="exact OOD probability mass (test prompts)", xlabel="DPO epoch", ylabel="mean P(OOD | s)",
                    ylim=(-0.02, 1.02))  # fmt: skip
     long = data.melt(id_vars=["seed", "epoch"], value_vars=["chosen_logp", "rejected_logp", "log_ood"], var_name="quantity")
-    names = {"chosen_logp": "log π(y_w)", "rejected_logp": "log π(y_l)", "log_ood": "log mean P(OOD)"}
+    names = {"chosen_logp": "log π(y_w)", "rejected_logp": "log π(y_l)", "log_ood": "log mean P(OOD), test prompts"}
     sns.lineplot(data=long.assign(quantity=long["quantity"].map(names)), x="epoch", y="value", hue="quantity", units="seed",
                  estimator=None, ax=axes[1, 0], linewidth=0.9)  # fmt: skip
     axes[1, 0].set(title="training pairs: log-probabilities (one line per seed)", xlabel="DPO epoch", ylabel="nats")
     sns.lineplot(data=data, x="epoch", y="ordering", hue="seed", ax=axes[1, 1], legend=False)
     axes[1, 1].axhline(0.5, color="grey", linestyle=":")
-    axes[1, 1].set(title="π(y_OOD) > π(y_w) > π(y_l), pairs with OOD greedy", xlabel="DPO epoch",
-                   ylabel="share of pairs", ylim=(-0.02, 1.02))
+    axes[1, 1].set(
+        title="π(y_OOD) > π(y_w) > π(y_l), pairs with OOD greedy", xlabel="DPO epoch", ylabel="share of pairs", ylim=(-0.02, 1.02)
+    )
     fig.tight_layout()
     return fig
 

@@ -32,7 +32,16 @@ from dpo_toolkit.core.parameters import ParameterError, Spec, largest_prompt, re
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 NAN = float("nan")
-MODULES = ("grokking", "kl_sweep", "surgery", "mixture_tpm", "vanishing_gradients", "likelihood_displacement", "ches")
+MODULES = (
+    "grokking",
+    "kl_sweep",
+    "drift_map",
+    "surgery",
+    "mixture_tpm",
+    "vanishing_gradients",
+    "likelihood_displacement",
+    "ches",
+)
 ANY = {"results_root"}  # parameters that take any value of their type (a folder)
 
 NUMBER_LINE = {
@@ -118,6 +127,29 @@ BAD = {
         "one_step_lr": [0.0, -1e-2],
         "n_instances": [0],
     },
+    "drift_map": {
+        "device": DEVICE,
+        "seeds": [[-1], "abc", [0, 0]],
+        **NUMBER_LINE,
+        "sft_epochs": [0],
+        "sft_lr": [0.0],
+        "grokking_sft_epochs": [0, 1.5],
+        "optimizers": [["adam", "lion"], [], "adam", ["sgd", "sgd"]],
+        "adaptive_lrs": [[0.0], [2.0], []],
+        "sgd_lrs": [[-1.0]],
+        "betas": [[0.0], [], [0.1, 0.1]],
+        "batch_size": [0, 100_000],  # larger than the smallest training set
+        "dpo_epochs": [0],
+        "evals_per_epoch": [0, 100_000],  # more evaluations than optimizer steps per epoch
+        "arm_batch_sizes": [[0], [100_000]],
+        "arm_weight_decays": [[-0.1]],
+        "long_epochs": [0, 3],  # the horizon arm must run longer than dpo_epochs = 3
+        "arm_train_sizes": [[0], [100_000]],  # a subset must be smaller than the training set
+        "kl_samples": [1],
+        "margin_pairs": [0],
+        "scored_train_pairs": [0],
+        "confirmation_seeds": [[0], [-1], []],  # 0 is one of the map's seeds
+    },
     "ches": {
         "device": DEVICE,
         "seeds": [[-1]],
@@ -188,7 +220,7 @@ def test_papermill_sees_every_parameter_with_its_type_and_the_spec_agrees(stem):
     specs = importlib.import_module(f"dpo_toolkit.studies.{stem}").PARAMETERS
     assert set(inspected) == set(specs)
     kinds = {"int": "int", "real": "float", "choice": "str", "text": "str", "device": "str", "ints": "list[int]"}
-    kinds["reals"] = "list[float]"
+    kinds |= {"reals": "list[float]", "choices": "list[str]"}
     for name, p in inspected.items():
         assert p["help"], f"{stem}.{name} has no help comment"
         spec = specs[name]
@@ -226,6 +258,7 @@ def test_the_profiles_pass_the_checks_and_write_only_the_results_folder(stem, pr
         ("vanishing_gradients", ["-p", "shift", "0"], "shift"),
         ("likelihood_displacement", ["-p", "beta", "-1"], "beta"),
         ("ches", ["-p", "dpo_steps", "0"], "dpo_steps"),
+        ("drift_map", ["-p", "long_epochs", "1"], "long_epochs"),
         ("grokking", ["-p", "betas", "abc"], "betas"),
     ],
 )

@@ -35,8 +35,8 @@ class Spec:
     """What one notebook parameter accepts.
 
     kind: 'int' or 'real' (one number), 'ints' or 'reals' (a non-empty list of them),
-    'choice' (one of `choices`), 'choices' (a non-empty list of them), 'text' (any string), 'device' (a torch device this machine has:
-    'cpu', or 'cuda'/'cuda:N' where CUDA is present). low/high bound the numbers (of a
+    'choice' (one of `choices`), 'choices' (a non-empty list of them), 'text' (any string), 'device'
+    (a torch device this machine has: 'cpu', or 'cuda'/'cuda:N' where CUDA is present). low/high bound the numbers (of a
     list: every element), closed unless open_low/open_high. optional: None is allowed.
     scalar_ok: a list parameter also takes a single number. unique: list elements differ.
     """
@@ -99,7 +99,9 @@ class Spec:
         if self.kind == "choice":
             text = "one of " + ", ".join(repr(c) for c in self.choices)
         elif self.kind == "choices":
-            text = f"a non-empty list of {'distinct ' if self.unique else ''}values from " + ", ".join(repr(c) for c in self.choices)
+            text = f"a non-empty list of {'distinct ' if self.unique else ''}values from " + ", ".join(
+                repr(c) for c in self.choices
+            )
         elif self.kind == "text":
             text = "a string"
         elif self.kind == "device":

@@ -2,8 +2,11 @@
 before any run.
 
 A run *drifts* when its greedy OOD rate on the test prompts at the horizon is ≥ DRIFT_OOD
-and at least DRIFT_RISE above its reference's: the grokking chapter's C2 thresholds (50 %,
-10 points), so that "drift" means the same thing throughout the book.
+and at least DRIFT_RISE above its reference's: the thresholds of the grokking chapter's C2
+(50 %, 10 points), applied here to each run's last checkpoint rather than to a seed-mean
+curve's tail. A run whose loss, KL or OOD mass stops being finite has *diverged*: it is
+reported apart and never counts as drifted (a model of NaNs answers nothing parseable, which
+the OOD rate would otherwise read as 100 % OOD).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ IN_DISTRIBUTION = 0.15  # C23's precondition: the drifting recipe's reference is
 ABOUT_80 = 0.6  # C23: "about 80 %" — the drifted runs end at ≥ 60 % OOD on average
 MOST = 0.5  # "more than half": of a cell's seeds (C23), of the training pairs (C24 ordering), of drifted runs (C24)
 SOME = 0.2  # C22 partly: at least one run in five drifts
+SPECIFIC = 0.2  # C24: both log-probs fall in ≥ 20 points more of the drifted runs than of the others
 RECIPE_FIELDS = ["optimizer", "lr", "beta", "batch_size", "epochs", "weight_decay", "train_size", "reference", "arm"]
 
 
@@ -36,13 +40,17 @@ def outcomes(curves: pd.DataFrame, epoch: float | None = None) -> pd.DataFrame:
     """One row per run (label, seed): the reference's OOD rate and mass (step 0), the run's at its
     last evaluation (or its last one at or before `epoch`), its peak OOD rate, the change of the
     mean log π(y_w) and log π(y_l) of the scored training pairs, accuracy and margin at the first
-    checkpoint and at the end, and `drifted`."""
+    checkpoint and at the end, `diverged` (a non-finite loss, KL or OOD mass up to then) and
+    `drifted` (never for a diverged run)."""
     keys = ["label", "seed"]
     curves = curves.sort_values([*keys, "step"])
     start = curves[curves["step"] == 0].set_index(keys)
     upto = curves if epoch is None else curves[curves["epoch"] <= epoch + 1e-9]
-    end = upto.groupby(keys).last()
-    first = curves[curves["step"] > 0].groupby(keys).first()
+    end = upto.groupby(keys).tail(1).set_index(keys)  # the last row itself, NaNs included
+    first = curves[curves["step"] > 0].groupby(keys).head(1).set_index(keys)
+    trained = upto[upto["step"] > 0]
+    finite = np.isfinite(trained[["loss", "kl", "ood_mass"]].to_numpy(dtype=float)).all(axis=1)
+    diverged = (~pd.Series(finite, index=trained.index)).groupby([trained["label"], trained["seed"]]).any()
     out = start[RECIPE_FIELDS].copy()
     out["horizon"] = end["epoch"]
     out["reference_ood"], out["reference_ood_mass"] = start["ood_rate"], start["ood_mass"]
@@ -51,7 +59,8 @@ def outcomes(curves: pd.DataFrame, epoch: float | None = None) -> pd.DataFrame:
     out["rejected_change"] = end["rejected_logp"] - start["rejected_logp"]
     out["first_accuracy"], out["accuracy"] = first["accuracy"], end["accuracy"]
     out["first_margin"], out["margin"], out["kl"] = first["margin"], end["margin"], end["kl"]
-    out["drifted"] = drifted(out["ood"], out["reference_ood"])
+    out["diverged"] = diverged.reindex(out.index, fill_value=False).astype(bool)
+    out["drifted"] = drifted(out["ood"], out["reference_ood"]) & ~out["diverged"]
     return out.reset_index()
 
 
@@ -60,8 +69,11 @@ def cell_table(runs: pd.DataFrame) -> pd.DataFrame:
     exact OOD mass (mean and sd over seeds) and the reference's, in the order of the runs."""
     grouped = runs.groupby("label", sort=False)
     table = grouped[RECIPE_FIELDS].first()
-    table["seeds"] = grouped["seed"].nunique()
+    table["seeds"] = grouped["seed"].size()
+    if (table["seeds"] != grouped["seed"].nunique()).any():
+        raise ValueError("cell_table: a (label, seed) appears twice; two cells share a label")
     table["drifted"] = grouped["drifted"].sum().astype(int)
+    table["diverged"] = grouped["diverged"].sum().astype(int)
     table["drift_fraction"] = table["drifted"] / table["seeds"]
     for column in ("ood", "ood_mass"):
         table[f"{column}_mean"] = grouped[column].mean()
@@ -73,12 +85,17 @@ def cell_table(runs: pd.DataFrame) -> pd.DataFrame:
 
 def drifting_recipe(table: pd.DataFrame) -> tuple[pd.Series, bool]:
     """The cell with the highest drift fraction (ties: higher mean final OOD, then the label)
-    among cells whose reference is near-zero OOD (≤ NEAR_ZERO), or among all cells when none
-    is; returns it and whether the near-zero condition could be met."""
-    near_zero = table[table["reference_ood"] <= NEAR_ZERO]
-    candidates = near_zero if len(near_zero) else table
+    among cells whose reference is near-zero OOD (≤ NEAR_ZERO); when none is, among cells whose
+    reference is mostly in distribution (≤ IN_DISTRIBUTION), then among all. Returns it and
+    whether the near-zero condition could be met."""
+    if table.empty:
+        raise ValueError("drifting_recipe: the cell table is empty")
+    for limit in (NEAR_ZERO, IN_DISTRIBUTION, np.inf):
+        candidates = table[table["reference_ood"] <= limit]
+        if len(candidates):
+            break
     best = candidates.sort_values(["drift_fraction", "ood_mean", "label"], ascending=[False, False, True]).iloc[0]
-    return best, bool(len(near_zero))
+    return best, bool(limit == NEAR_ZERO)
 
 
 def horizon_table(curves: pd.DataFrame, label: str, epochs: list[float]) -> pd.DataFrame:
@@ -106,7 +123,9 @@ def beta_spread(curves: pd.DataFrame) -> pd.DataFrame:
             at = g[g["step"] == step]
             row[f"{name}_kl_min"], row[f"{name}_kl_max"] = float(at["kl"].min()), float(at["kl"].max())
             row[f"{name}_ratio"] = row[f"{name}_kl_max"] / max(row[f"{name}_kl_min"], 1e-12)
-            row[f"{name}_spearman"] = spearman(at["beta"], at["kl"]) if at["beta"].nunique() > 1 else float("nan")
+            several = at["beta"].nunique() > 1  # with one β there is nothing for β to separate
+            row[f"{name}_ratio"] = row[f"{name}_ratio"] if several else float("nan")
+            row[f"{name}_spearman"] = spearman(at["beta"], at["kl"]) if several else float("nan")
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -144,8 +163,17 @@ def is_paper_recipe(table: pd.DataFrame) -> pd.Series:
     return match
 
 
-def map_claims(runs: pd.DataFrame, table: pd.DataFrame, mechanisms: pd.DataFrame) -> pd.DataFrame:
-    """Claims C22–C24 from the runs (``outcomes``), the cells (``cell_table``) and ``mechanism``."""
+def both_fell(changes: pd.DataFrame, chosen: str, rejected: str) -> pd.Series:
+    """Whether the mean log π(y_w) and log π(y_l) both fell from the reference, per row."""
+    return (changes[chosen] < 0) & (changes[rejected] < 0)
+
+
+def map_claims(
+    runs: pd.DataFrame, table: pd.DataFrame, mechanisms: pd.DataFrame, confirmation: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    """Claims C22–C24 from the runs (``outcomes``), the cells (``cell_table``), ``mechanism``, and
+    the drifting recipe re-run on fresh seeds (`confirmation`, its ``outcomes``; C23 is decided on
+    them when given, since the recipe was picked as the best of many cells on the map's own seeds)."""
     paper = runs[is_paper_recipe(runs)]
     share = float(paper["drifted"].mean()) if len(paper) else float("nan")
     by_beta = ", ".join(f"β={b:.3g}: {int(g['drifted'].sum())}/{len(g)}" for b, g in paper.groupby("beta"))
@@ -153,7 +181,7 @@ def map_claims(runs: pd.DataFrame, table: pd.DataFrame, mechanisms: pd.DataFrame
         "claim_id": "C22",
         "statement": "Park's DPO recipe for the KL sweep (RMSprop at 5e-5, batch 16, 3 epochs) drives the policy "
         "out of distribution.",
-        "paper_value": "policy A (β = 0.01) goes OOD; larger KL means more OOD (§4.2–4.3)",
+        "paper_value": "policy A (β = 0.01) goes OOD (§4.3), the drift §4.2–4.3 study",
         "our_value": f"{int(paper['drifted'].sum())} of {len(paper)} runs drift ({by_beta}); final OOD "
         f"{100 * paper['ood'].mean():.0f} ± {100 * paper['ood'].std(ddof=0):.0f} % from a reference at "
         f"{100 * paper['reference_ood'].mean():.0f} %"
@@ -164,20 +192,25 @@ def map_claims(runs: pd.DataFrame, table: pd.DataFrame, mechanisms: pd.DataFrame
     }
 
     best, near_zero = drifting_recipe(table)
-    mine = runs[(runs["label"] == best["label"]) & runs["drifted"]]
-    rising = ((mine["margin"] > mine["first_margin"]) & (mine["accuracy"] >= mine["first_accuracy"])).mean() if len(mine) else 0
-    drifts = best["drift_fraction"] > MOST
+    fresh = confirmation is not None and len(confirmation) > 0
+    mine = confirmation if fresh else runs[runs["label"] == best["label"]]
+    drifted_runs = mine[mine["drifted"]]
+    fraction = float(mine["drifted"].mean())
+    rose = (drifted_runs["margin"] > drifted_runs["first_margin"]) & (drifted_runs["accuracy"] >= drifted_runs["first_accuracy"])
+    rising = float(rose.mean()) if len(drifted_runs) else 0.0
+    drifted_ood = float(drifted_runs["ood"].mean()) if len(drifted_runs) else float("nan")
+    where = f"on {len(mine)} fresh seeds" if fresh else f"on the map's {len(mine)} seeds (no fresh seeds)"
     c23 = {
         "claim_id": "C23",
         "statement": "Somewhere on the map DPO drifts to about 80 % OOD while reward margin and accuracy keep rising.",
         "paper_value": "≈ 80 % OOD, margin and accuracy rising (§4.1)",
-        "our_value": f"drifting recipe {best['label']}: {best['drifted']}/{best['seeds']} seeds drift, final OOD "
-        f"{100 * best['ood_mean']:.0f} ± {100 * best['ood_sd']:.0f} %, exact OOD mass {100 * best['ood_mass_mean']:.0f} %; "
-        f"margin and accuracy rose in {100 * rising:.0f} % of its drifted runs; "
-        f"{(table['drift_fraction'] > MOST).sum()} of {len(table)} cells drift in more than half their seeds",
+        "our_value": f"drifting recipe {best['label']} ({best['drifted']}/{best['seeds']} of the map's seeds drift); "
+        f"{where}: {int(mine['drifted'].sum())}/{len(mine)} drift, to {100 * drifted_ood:.0f} % OOD on average; margin "
+        f"rose and accuracy did not fall in {100 * rising:.0f} % of them; {(table['drift_fraction'] > MOST).sum()} of "
+        f"{len(table)} cells drift in more than half their seeds",
         "verdict": verdict(
-            drifts and (mine["ood"].mean() >= ABOUT_80 if len(mine) else False) and rising > MOST,
-            drifts,
+            fraction > MOST and drifted_ood >= ABOUT_80 and rising > MOST,
+            fraction > MOST,
             testable=best["reference_ood"] <= IN_DISTRIBUTION,
         ),
         "precondition": f"the drifting recipe's reference is ≤ {IN_DISTRIBUTION:.0%} OOD: {best['reference_ood']:.0%}"
@@ -185,18 +218,20 @@ def map_claims(runs: pd.DataFrame, table: pd.DataFrame, mechanisms: pd.DataFrame
     }
 
     n = len(mechanisms)
-    ordered = (mechanisms["onset_ordering"] > MOST).mean() if n else 0.0
-    both_fall = ((mechanisms["onset_chosen_change"] < 0) & (mechanisms["onset_rejected_change"] < 0)).mean() if n else 0.0
-    together = ((mechanisms["onset_ordering"] > MOST) & (mechanisms["onset_chosen_change"] < 0)
-                & (mechanisms["onset_rejected_change"] < 0)).mean() if n else 0.0  # fmt: skip
+    fell = float(both_fell(mechanisms, "onset_chosen_change", "onset_rejected_change").mean()) if n else float("nan")
+    calm = runs[~runs["drifted"] & ~runs["diverged"]]
+    calm_fell = float(both_fell(calm, "chosen_change", "rejected_change").mean()) if len(calm) else float("nan")
+    ordering = mechanisms["onset_ordering"].dropna() if n else pd.Series(dtype=float)
+    specific = len(calm) == 0 or fell - calm_fell >= SPECIFIC
     c24 = {
         "claim_id": "C24",
         "statement": "Where DPO drifts, π(y_OOD) > π(y_w) > π(y_l), with the log-probabilities of both y_w and y_l falling.",
         "paper_value": "the ordering, with both falling (§4.1)",
-        "our_value": f"at the onset of drift in {n} drifted runs: the ordering holds for most scored training pairs "
-        f"whose prompt gets an OOD greedy answer in "
-        f"{100 * ordered:.0f} %, both log-probs fell in {100 * both_fall:.0f} %, both together in {100 * together:.0f} %",
-        "verdict": verdict(together > MOST, ordered > MOST or both_fall > MOST, testable=n > 0),
+        "our_value": f"both mean log-probs had fallen at the onset of drift in {100 * fell:.0f} % of {n} drifted runs, "
+        f"and by the end in {100 * calm_fell:.0f} % of {len(calm)} runs that did not drift; the ordering held for most "
+        f"training pairs with an OOD greedy answer in {100 * (ordering > MOST).mean() if len(ordering) else 0:.0f} % of "
+        f"the {len(ordering)} drifted runs that had such pairs",
+        "verdict": verdict(fell > MOST and specific, fell > MOST, testable=n > 0),
         "precondition": f"at least one run drifts: {n}",
     }
     return claims_frame([c22, c23, c24])
@@ -210,7 +245,9 @@ def readable(table: pd.DataFrame) -> pd.DataFrame:
             "recipe": table["label"],
             "arm": table["arm"],
             "seeds drifting": table["drifted"].astype(str) + "/" + table["seeds"].astype(str),
-            "final OOD rate (%)": [f"{100 * m:.0f} ± {100 * s:.0f}" for m, s in zip(table["ood_mean"], table["ood_sd"], strict=True)],
+            "final OOD rate (%)": [
+                f"{100 * m:.0f} ± {100 * s:.0f}" for m, s in zip(table["ood_mean"], table["ood_sd"], strict=True)
+            ],
             "final OOD mass (%)": [
                 f"{100 * m:.1f} ± {100 * s:.1f}" for m, s in zip(table["ood_mass_mean"], table["ood_mass_sd"], strict=True)
             ],

@@ -76,7 +76,7 @@ class Recipe:
     @property
     def label(self) -> str:
         """A short name: 'rmsprop lr=5e-05 β=0.1 b16 3ep' and any knob off its default."""
-        text = f"{self.optimizer} lr={self.lr:.3g} β={self.beta:.3g} b{self.batch_size} {self.epochs}ep"
+        text = f"{self.optimizer} lr={self.lr:g} β={self.beta:g} b{self.batch_size} {self.epochs}ep"
         if self.weight_decay:
             text += f" wd={self.weight_decay:g}"
         if self.train_size is not None:
@@ -152,6 +152,7 @@ PARAMETERS = {
     "kl_samples": p.integer(2),
     "margin_pairs": p.integer(1, optional=True),
     "scored_train_pairs": p.integer(1),
+    "confirmation_seeds": p.SEEDS,
     "results_root": p.RESULTS_ROOT,
     "device": p.DEVICE,
 }
@@ -161,6 +162,8 @@ def check_parameters(values) -> None:
     """Check the drift-map notebook's parameters (PARAMETERS) and the rules between them."""
     p.check(PARAMETERS, values)
     train, _ = make_pairs(p.number_line_config(values))
+    if set(values["confirmation_seeds"]) & set(values["seeds"]):
+        p.fail("confirmation_seeds", f"seeds that the map does not use (seeds = {values['seeds']})", values["confirmation_seeds"])
     if values["long_epochs"] <= values["dpo_epochs"]:
         p.fail("long_epochs", f"an integer > dpo_epochs = {values['dpo_epochs']} (the horizon arm runs longer)",
                values["long_epochs"])  # fmt: skip

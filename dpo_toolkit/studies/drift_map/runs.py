@@ -69,7 +69,7 @@ class DriftEvaluator:
     """The Evaluator's metrics (greedy OOD rate, accuracy, margin, KL, …) of every member, plus:
 
     - ``ood_mass``: the exact probability mass on OOD answers (``exact.response_masses``), mean
-      over the test prompts; ``train_ood_mass`` the same over the training prompts;
+      over the test prompts;
     - ``chosen_logp`` and ``rejected_logp``: mean log π(y_w | s) and log π(y_l | s) over a fixed
       subset of the training pairs; ``train_ood_rate`` the greedy OOD rate on their prompts;
     - ``ordering``: among those pairs whose prompt gets an OOD greedy answer y_OOD, the share with
@@ -84,13 +84,14 @@ class DriftEvaluator:
         keep = np.sort(np.random.default_rng(seed).choice(len(train), min(n_scored, len(train)), replace=False))
         scored = PairSet(train.prompt[keep], train.chosen[keep], train.rejected[keep])
         self.batch = collate_pairs(scored)
-        self.train_prompts, self.pair_prompt = np.unique(scored.prompt, return_inverse=True)  # pair j asks train_prompts[pair_prompt[j]]
+        self.train_prompts, self.pair_prompt = np.unique(
+            scored.prompt, return_inverse=True
+        )  # pair j asks train_prompts[pair_prompt[j]]
 
     @torch.no_grad()
     def __call__(self, policies: Ensemble) -> list[dict]:
         rows = self.evaluator(policies)
         _, test_log_ood = response_masses(policies, self.evaluator.prompts, self.window)  # (M, test prompts)
-        _, train_log_ood = response_masses(policies, self.train_prompts, self.window)  # (M, train prompts)
         chosen_logps, rejected_logps = (x.double().cpu().numpy() for x in pair_logps(policies, self.batch))  # (M, pairs) each
         greedy = greedy_sequences(policies, self.train_prompts)  # (M, train prompts, T)
         greedy_logps = score(policies, greedy).double().cpu().numpy()  # (M, train prompts)
@@ -103,7 +104,6 @@ class DriftEvaluator:
         for i, row in enumerate(rows):
             row.update(
                 ood_mass=float(np.exp(test_log_ood[i]).mean()),
-                train_ood_mass=float(np.exp(train_log_ood[i]).mean()),
                 train_ood_rate=float(greedy_ood[i].mean()),
                 chosen_logp=float(chosen_logps[i].mean()),
                 rejected_logp=float(rejected_logps[i].mean()),
@@ -129,7 +129,12 @@ def run_recipes(
     cache_dir; a killed run resumes.
     """
     device = resolve_device(device)
-    unique = list(dict.fromkeys(recipes))
+    cells: dict[tuple, Recipe] = {}
+    for recipe in recipes:
+        cells.setdefault(recipe.knobs, recipe)  # one run per cell: the first recipe with its knobs
+    unique = list(cells.values())
+    if len({r.label for r in unique}) != len(unique):
+        raise ValueError("run_recipes: two different recipes share a label")
     if not unique or not seeds:
         raise ValueError("run_recipes needs at least one recipe and one seed")
     train, test = make_pairs(setup.data)

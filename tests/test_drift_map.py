@@ -1,0 +1,282 @@
+"""The drift map: its design, the drift rule and per-cell fractions on hand-made curves, the
+mechanism table, the claims' verdicts, and its runs against brute force and separate runs."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from dpo_toolkit.core.claims import NOT_REPRODUCED, PARTLY, REPRODUCED, UNTESTABLE
+from dpo_toolkit.core.config import ConfigError, DataConfig, EvalConfig, ModelConfig, TrainConfig
+from dpo_toolkit.core.data import END, encode_prompt, encode_response, make_pairs
+from dpo_toolkit.core.ensemble import Ensemble
+from dpo_toolkit.core.evaluate import Evaluator
+from dpo_toolkit.core.exact import enumerate_responses, is_aligned
+from dpo_toolkit.core.generate import greedy_answers
+from dpo_toolkit.core.losses import sequence_logps
+from dpo_toolkit.core.model import build_model
+from dpo_toolkit.studies.drift_map import analysis
+from dpo_toolkit.studies.drift_map.design import GRID, Recipe, grid, one_at_a_time
+from dpo_toolkit.studies.drift_map.runs import DriftEvaluator, MapSetup, run_recipes, training_subset
+
+# ---- the design --------------------------------------------------------------------
+
+
+def test_recipes_validate_themselves_and_group_by_schedule():
+    with pytest.raises(ConfigError, match="lr"):
+        Recipe("adam", 0.0, 0.1)
+    with pytest.raises(ConfigError, match="optimizer"):
+        Recipe("lion", 1e-3, 0.1)
+    with pytest.raises(ConfigError, match="reference"):
+        Recipe("adam", 1e-3, 0.1, reference="dpo")
+    with pytest.raises(ConfigError, match="train_size"):
+        Recipe("adam", 1e-3, 0.1, train_size=0)
+    a, b = Recipe("rmsprop", 5e-5, 0.1), Recipe("rmsprop", 5e-4, 1.0, weight_decay=0.1)
+    assert a.schedule == b.schedule  # lr, β and weight decay may differ within one ensemble
+    assert a.schedule != Recipe("rmsprop", 5e-5, 0.1, batch_size=64).schedule
+    assert a.label == "rmsprop lr=5e-05 β=0.1 b16 3ep"
+
+
+def test_the_grid_gives_sgd_its_own_rates_and_the_arms_change_one_knob_each():
+    recipes = grid(["adam", "sgd"], [1e-4, 1e-3], [0.1], [0.01, 0.1, 1.0], 16, 3)
+    assert len(recipes) == 2 * 3 + 1 * 3
+    assert {r.lr for r in recipes if r.optimizer == "sgd"} == {0.1}
+    base = recipes[0]
+    arms = one_at_a_time(base, [16, 64], [0.1], 10, [480], ["kl_sweep", "grokking"])
+    # batch 16 and the kl_sweep reference are the base's own values, so they add no arm
+    assert [(r.arm, r.batch_size, r.weight_decay, r.epochs, r.train_size, r.reference) for r in arms] == [
+        ("batch size", 64, 0.0, 3, None, "kl_sweep"),
+        ("weight decay", 16, 0.1, 3, None, "kl_sweep"),
+        ("horizon", 16, 0.0, 10, None, "kl_sweep"),
+        ("training set", 16, 0.0, 3, 480, "kl_sweep"),
+        ("reference", 16, 0.0, 3, None, "grokking"),
+    ]
+    for r in arms:  # exactly one knob differs from the base
+        changed = [
+            f for f in ("batch_size", "weight_decay", "epochs", "train_size", "reference") if getattr(r, f) != getattr(base, f)
+        ]
+        assert len(changed) == 1 and (r.optimizer, r.lr, r.beta) == (base.optimizer, base.lr, base.beta)
+
+
+def test_a_training_subset_has_its_size_and_depends_on_the_seed(tiny_pairs):
+    train = tiny_pairs[0]
+    assert training_subset(train, None, 0) is train
+    a, b, c = training_subset(train, 10, 0), training_subset(train, 10, 0), training_subset(train, 10, 1)
+    assert len(a) == 10 and np.array_equal(a.chosen, b.chosen) and not np.array_equal(a.chosen, c.chosen)
+    with pytest.raises(ValueError, match="exceeds"):
+        training_subset(train, len(train) + 1, 0)
+
+
+# ---- drift on hand-made curves -----------------------------------------------------
+
+RECIPES = {"a": Recipe("rmsprop", 5e-5, 0.1), "b": Recipe("adam", 1e-3, 0.1), "c": Recipe("sgd", 1.0, 0.1, arm="horizon")}
+
+
+def _curves(ood: dict[tuple[str, int], list[float]], reference_ood: float = 0.02) -> pd.DataFrame:
+    """Curves at epochs 0, 1, 2, 3 whose greedy OOD rate is given per (recipe, seed). In runs that
+    end at ≥ 50 % OOD both log-probs fall; in the others log π(y_w) rises."""
+    rows = []
+    for (name, seed), values in ood.items():
+        recipe = RECIPES[name]
+        falls = values[-1] >= 0.5
+        for step, value in enumerate([reference_ood, *values]):
+            rows.append({**dataclasses.asdict(recipe), "train_size": 100, "label": recipe.label, "seed": seed, "step": step,
+                         "epoch": float(step), "loss": 0.6, "ood_rate": value, "ood_mass": min(1.0, value + 0.1),
+                         "chosen_logp": -1.0 - step if falls else -1.0 + 0.1 * step, "rejected_logp": -1.5 - 2 * step,
+                         "accuracy": 0.5 + 0.1 * step, "margin": float(step), "kl": 0.1 * step,
+                         "ordering": 0.8 if value >= 0.5 else 0.1})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_the_drift_rule_at_its_thresholds():
+    ood = np.array([0.5, 0.49, 0.9, 0.55, 0.6])
+    reference = np.array([0.0, 0.0, 0.85, 0.45, 0.5])
+    assert analysis.drifted(ood, reference).tolist() == [True, False, False, True, True]
+
+
+def test_cell_drift_fractions_against_a_hand_made_table():
+    curves = _curves({
+        ("a", 0): [0.1, 0.6, 0.7],   # drifts
+        ("a", 1): [0.1, 0.2, 0.3],   # does not
+        ("a", 2): [0.7, 0.9, 0.4],   # peaked, came back: not drifted at the end
+        ("b", 0): [0.3, 0.5, 0.55],  # drifts
+        ("b", 1): [0.6, 0.6, 0.8],   # drifts
+    })  # fmt: skip
+    runs = analysis.outcomes(curves)
+    table = analysis.cell_table(runs).set_index("label")
+    a, b = RECIPES["a"].label, RECIPES["b"].label
+    assert table.loc[a, "drifted"] == 1 and table.loc[a, "seeds"] == 3
+    assert table.loc[a, "drift_fraction"] == pytest.approx(1 / 3)
+    assert table.loc[a, "ood_mean"] == pytest.approx((0.7 + 0.3 + 0.4) / 3)
+    assert table.loc[a, "ood_sd"] == pytest.approx(np.std([0.7, 0.3, 0.4]))
+    assert table.loc[b, "drift_fraction"] == 1.0
+    peak = runs.set_index(["label", "seed"]).loc[(a, 2), "peak_ood"]
+    assert peak == 0.9
+    # at a shorter horizon the same runs are read at their epoch-1 and epoch-2 checkpoints
+    horizon = analysis.horizon_table(curves, a, [1, 2, 3]).set_index("epochs")
+    assert horizon["drifted"].tolist() == [1, 2, 1]
+    best, near_zero = analysis.drifting_recipe(table.reset_index())
+    assert best["label"] == b and near_zero
+
+
+def test_the_drifting_recipe_prefers_a_near_zero_reference_and_breaks_ties_by_ood():
+    table = pd.DataFrame({"label": ["x", "y", "z"], "drift_fraction": [1.0, 0.6, 0.6], "ood_mean": [0.9, 0.6, 0.7],
+                          "reference_ood": [0.3, 0.0, 0.05]})  # fmt: skip
+    best, near_zero = analysis.drifting_recipe(table)
+    assert best["label"] == "z" and near_zero  # x drifts more, but from a reference that is 30 % OOD
+    best, near_zero = analysis.drifting_recipe(table.assign(reference_ood=0.3))
+    assert best["label"] == "x" and not near_zero
+
+
+def test_a_diverged_run_is_reported_apart_and_never_drifts():
+    curves = _curves({("a", 0): [0.6, 0.9, 1.0], ("a", 1): [0.6, 0.9, 1.0]}, reference_ood=0.0)
+    broken = (curves["seed"] == 1) & (curves["step"] >= 2)
+    curves.loc[broken, ["loss", "kl", "ood_mass"]] = np.nan  # a model of NaNs: every greedy answer unparseable
+    runs = analysis.outcomes(curves).set_index("seed")
+    assert runs["diverged"].tolist() == [False, True] and runs["drifted"].tolist() == [True, False]
+    assert np.isnan(runs.loc[1, "ood_mass"])  # the last row is read as it is, not filled from an earlier one
+    assert analysis.outcomes(curves, epoch=1).set_index("seed")["diverged"].tolist() == [False, False]
+    table = analysis.cell_table(analysis.outcomes(curves))
+    assert table.loc[0, "diverged"] == 1 and table.loc[0, "drifted"] == 1
+
+
+def test_two_cells_with_one_label_are_refused():
+    curves = _curves({("a", 0): [0.1, 0.2, 0.6]})
+    with pytest.raises(ValueError, match="share a label"):
+        analysis.cell_table(analysis.outcomes(curves).pipe(lambda r: pd.concat([r, r])))
+    assert Recipe("sgd", 0.04641, 0.1).label != Recipe("sgd", 0.0464, 0.1).label
+    row = analysis.cell_table(analysis.outcomes(curves)).iloc[0]
+    assert Recipe.from_row(row, n_train=100) == RECIPES["a"]  # train_size 100 is every pair: None
+    assert Recipe.from_row(row, n_train=200).train_size == 100
+
+
+def test_the_mechanism_reads_the_onset_after_step_zero():
+    curves = _curves({("a", 0): [0.2, 0.6, 0.8], ("a", 1): [0.1, 0.1, 0.1]}, reference_ood=0.0)
+    mechanisms = analysis.mechanism(curves, analysis.outcomes(curves))
+    assert len(mechanisms) == 1  # only the drifted run
+    row = mechanisms.iloc[0]
+    assert row["onset_epoch"] == 2.0 and row["ordering_epoch"] == 2.0
+    assert row["onset_chosen_change"] == -2.0 and row["onset_rejected_change"] == -4.0
+    assert row["final_ordering"] == 0.8
+
+
+def test_the_claims_verdicts():
+    drifting = _curves({("a", s): [0.6, 0.7, 0.8] for s in range(4)} | {("b", 0): [0.1, 0.1, 0.1]})
+    runs = analysis.outcomes(drifting)
+    table = analysis.cell_table(runs)
+    claims = analysis.map_claims(runs, table, analysis.mechanism(drifting, runs)).set_index("claim_id")["verdict"]
+    assert claims.to_dict() == {"C22": REPRODUCED, "C23": REPRODUCED, "C24": REPRODUCED}
+
+    calm = _curves({("a", s): [0.1, 0.1, 0.1] for s in range(4)} | {("b", 0): [0.1, 0.1, 0.1]})
+    runs = analysis.outcomes(calm)
+    claims = analysis.map_claims(runs, analysis.cell_table(runs), analysis.mechanism(calm, runs))
+    verdicts = claims.set_index("claim_id")["verdict"].to_dict()
+    assert verdicts == {"C22": NOT_REPRODUCED, "C23": NOT_REPRODUCED, "C24": UNTESTABLE}  # no drifted run: no onset
+
+    both_fall_everywhere = drifting.assign(chosen_logp=-1.0 - drifting["step"])  # the calm run's y_w falls too
+    runs = analysis.outcomes(both_fall_everywhere)
+    claims = analysis.map_claims(runs, analysis.cell_table(runs), analysis.mechanism(both_fall_everywhere, runs))
+    assert claims.set_index("claim_id").loc["C24", "verdict"] == PARTLY  # the fall does not mark drift
+
+    one_in_four = _curves({("a", 0): [0.6, 0.7, 0.8]} | {("a", s): [0.1, 0.1, 0.1] for s in range(1, 4)})
+    runs = analysis.outcomes(one_in_four)
+    claims = analysis.map_claims(runs, analysis.cell_table(runs), analysis.mechanism(one_in_four, runs))
+    assert claims.set_index("claim_id").loc["C22", "verdict"] == PARTLY  # ≥ one run in five drifts
+
+    no_paper = _curves({("b", s): [0.6, 0.7, 0.8] for s in range(3)})
+    runs = analysis.outcomes(no_paper)
+    claims = analysis.map_claims(runs, analysis.cell_table(runs), analysis.mechanism(no_paper, runs))
+    assert claims.set_index("claim_id").loc["C22", "verdict"] == UNTESTABLE
+
+    far = _curves({("b", s): [0.6, 0.7, 0.8] for s in range(3)}, reference_ood=0.3)
+    runs = analysis.outcomes(far)
+    claims = analysis.map_claims(runs, analysis.cell_table(runs), analysis.mechanism(far, runs))
+    assert claims.set_index("claim_id").loc["C23", "verdict"] == UNTESTABLE  # its reference is not in distribution
+
+
+# ---- the runs -----------------------------------------------------------------------
+
+SHORT = ModelConfig(d_model=16, n_heads=2, d_mlp=16, n_ctx=6)  # 1-digit prompts leave 4 response tokens: enumerable
+SHORT_DATA = DataConfig(prompt_min=1, prompt_max=9, window=1, test_fraction=0.4, seed=0)
+
+
+def _setup(**changes) -> MapSetup:
+    sft = TrainConfig(optimizer="adam", lr=1e-2, weight_decay=0.0, epochs=3, batch_size=4, grad_clip=None, n_evals=1)
+    return MapSetup(SHORT_DATA, SHORT, EvalConfig(kl_samples=2), sft, dataclasses.replace(sft, optimizer="adamw"),
+                    **{"evals_per_epoch": 1, **changes})  # fmt: skip
+
+
+def _greedy_logp(model, prompt: int) -> float:
+    """log π of the greedy response, by full forward passes token by token."""
+    seq, total = encode_prompt(prompt), 0.0
+    while len(seq) < model.cfg.n_ctx:
+        next_logps = model(torch.tensor([seq]))[0, -1].log_softmax(-1)
+        token = int(next_logps.argmax())
+        total += float(next_logps[token])
+        seq.append(token)
+        if token == END:
+            break
+    return total
+
+
+def test_exact_ood_mass_and_the_ordering_along_a_run_against_brute_force():
+    """DriftEvaluator on trained policies equals enumeration of every response, and the
+    ordering share equals a pair-by-pair check of the greedy answers."""
+    train, test = make_pairs(SHORT_DATA)
+    reference = build_model(SHORT, seed=1).double()
+    policies = [build_model(SHORT, seed=s).double() for s in (2, 3)]
+    with torch.no_grad():
+        for m in policies:
+            m.unembed.weight.mul_(6)  # sharper distributions, so that some greedy answers leave the window
+    evaluator = Evaluator(test, SHORT_DATA, EvalConfig(kl_samples=2), reference=reference, betas=0.1)
+    drift = DriftEvaluator(evaluator, train, SHORT_DATA.window, n_scored=len(train), seed=0)
+    rows = drift(Ensemble(policies))
+    for model, row in zip(policies, rows, strict=True):
+
+        def ood_mass(prompt, model=model):
+            return sum(np.exp(lp) for r, lp in enumerate_responses(model, prompt) if not is_aligned(r, prompt, SHORT_DATA.window))
+
+        assert row["ood_mass"] == pytest.approx(np.mean([ood_mass(int(s)) for s in test.prompts]), abs=1e-9)
+
+        def logp(prompt, tokens, model=model):
+            seq = torch.tensor([encode_prompt(int(prompt)) + tokens])
+            mask = torch.zeros_like(seq, dtype=torch.bool)
+            mask[:, len(encode_prompt(int(prompt))) :] = True
+            with torch.no_grad():
+                return float(sequence_logps(model(seq), seq, mask)[0])
+
+        def response(y):
+            return encode_response(int(y))
+
+        chosen = [logp(s, response(y)) for s, y in zip(train.prompt, train.chosen, strict=True)]
+        rejected = [logp(s, response(y)) for s, y in zip(train.prompt, train.rejected, strict=True)]
+        assert row["chosen_logp"] == pytest.approx(np.mean(chosen), abs=1e-9)
+        assert row["rejected_logp"] == pytest.approx(np.mean(rejected), abs=1e-9)
+        answers = dict(zip(train.prompts, greedy_answers(model, train.prompts), strict=True))
+        ood = [answers[s] is None or abs(answers[s] - s) > SHORT_DATA.window for s in train.prompt]
+        chain = []
+        for s, c, r, o in zip(train.prompt, chosen, rejected, ood, strict=True):
+            if o:
+                chain.append(_greedy_logp(model, int(s)) > c > r)
+        assert sum(ood) > 0, "the test needs prompts with OOD greedy answers"
+        assert row["ordering"] == pytest.approx(np.mean(chain), abs=1e-12)
+
+
+def test_recipes_sharing_a_schedule_train_together_as_they_would_alone(tmp_path):
+    """A per-member learning rate, β and weight decay in one ensemble (SGD and RMSprop) equal separate runs."""
+    setup = _setup(scored_train_pairs=8)
+    recipes = [Recipe("rmsprop", 1e-3, 0.1, 4, 2), Recipe("rmsprop", 1e-2, 1.0, 4, 2, weight_decay=0.1),
+               Recipe("sgd", 0.5, 0.5, 4, 2)]  # fmt: skip
+    together = run_recipes(recipes, [0], setup, tmp_path / "together")
+    for i, recipe in enumerate(recipes):
+        alone = run_recipes([recipe], [0], setup, tmp_path / f"alone{i}")
+        mine = together[together["label"] == recipe.label].reset_index(drop=True)
+        columns = ["loss", "ood_rate", "ood_mass", "chosen_logp", "rejected_logp", "kl"]
+        pd.testing.assert_frame_equal(mine[columns], alone[columns], rtol=1e-4, atol=1e-6)
+    finals = together[together["step"] == together["step"].max()]
+    assert finals["chosen_logp"].nunique() == 3  # the members did train differently
+    assert set(together["arm"]) == {GRID} and (together["train_size"] == len(make_pairs(SHORT_DATA)[0])).all()
