@@ -1,6 +1,6 @@
 import pytest
 
-from dpo_toolkit.core.claims import COLUMNS, claims_frame, identity, read_claims, results_dir, verdict, write_claims
+from dpo_toolkit.core.claims import COLUMNS, claims_frame, identity, read_claims, results_dir, verdict, with_arm, write_claims
 
 ROW = {"claim_id": "C1", "statement": "s", "paper_value": "p", "our_value": "o", "verdict": "partly"}
 
@@ -77,3 +77,16 @@ def test_the_one_verdict_ladder(full, part, testable, expected):
 def test_an_identity_is_verified_never_reproduced():
     assert identity(True) == "verified (identity)"
     assert identity(False) == "not reproduced"
+
+
+def test_a_second_arm_is_labelled_and_kept_apart():
+    paper = claims_frame(
+        [{"claim_id": "C4", "statement": "KL grows.", "paper_value": "p", "our_value": "o", "verdict": "partly"}]
+    )
+    arm = paper.assign(verdict="reproduced", our_value="o2")
+    both = with_arm(paper, arm, "-drift", "drifting arm")
+    assert both["claim_id"].tolist() == ["C4", "C4-drift"]
+    assert both["statement"].tolist() == ["KL grows.", "[drifting arm] KL grows."]
+    assert both["verdict"].tolist() == ["partly", "reproduced"]  # the arm never overwrites the paper's verdict
+    with pytest.raises(ValueError, match="duplicate"):
+        with_arm(both, arm.assign(claim_id="C4-drift"), "", "again")

@@ -65,6 +65,7 @@ SWEEP_SETUP = {
     "kl_samples": [0, 1],
     "margin_pairs": [0, 10.5],
 }
+DRIFTING_ARM = {"drift_optimizer": ["lion", 3], "drift_lr": [0.0, 2.0], "drift_reference": ["dpo", None], "drift_sft_epochs": [0]}
 BAD = {
     "grokking": {
         "betas": ["abc", -0.5, [], [0.1, -0.1], NAN, [0.1, 0.1]],
@@ -82,8 +83,15 @@ BAD = {
         "budget_batch_size": [-1, 1.5],
         "device": DEVICE,
     },
-    "kl_sweep": {"n_betas": [0, 2.5], "beta_min": [0, -0.01, NAN], "beta_max": [0.001, 1e9], **SWEEP_SETUP},
-    "surgery": {"beta_a": [0, NAN], "beta_b": [0.001, 0.01], "n_betas": [1], **SWEEP_SETUP},
+    "kl_sweep": {
+        "n_betas": [0, 2.5],
+        "beta_min": [0, -0.01, NAN],
+        "beta_max": [0.001, 1e9],
+        **SWEEP_SETUP,
+        **DRIFTING_ARM,
+        "drift_n_betas": [0],
+    },
+    "surgery": {"beta_a": [0, NAN], "beta_b": [0.001, 0.01], "n_betas": [1], **SWEEP_SETUP, **DRIFTING_ARM},
     "mixture_tpm": {
         "n_instances": [0],
         "n_outputs": [1, 0],

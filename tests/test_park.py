@@ -10,7 +10,7 @@ from dpo_toolkit.core import runner as runner_module
 from dpo_toolkit.core.config import ConfigError, DPOConfig, EvalConfig, TrainConfig
 from dpo_toolkit.core.metrics import weight_delta
 from dpo_toolkit.core.model import load_model
-from dpo_toolkit.core.park import run_sft_then_dpo
+from dpo_toolkit.core.park import run_sft_then_dpo, sft_recipe
 
 SFT = TrainConfig(lr=1e-3, epochs=1, batch_size=32, n_evals=1)
 DPO = DPOConfig(lr=1e-3, epochs=1, batch_size=32, n_evals=1)
@@ -121,3 +121,20 @@ def test_sft_killed_midway_resumes_to_byte_identical_results(tmp_path):
             assert all(torch.equal(x, y) for x, y in zip(torch.load(a).values(), torch.load(b).values(), strict=True))
         else:
             assert a.read_bytes() == b.read_bytes(), a.name
+
+
+def test_sft_recipes_are_parks_two():
+    kl = sft_recipe("kl_sweep", 10, lr=1e-3, batch_size=16)
+    assert (kl.optimizer, kl.lr, kl.weight_decay, kl.batch_size, kl.grad_clip, kl.n_evals) == ("adam", 1e-3, 0.0, 16, None, 10)
+    grok = sft_recipe("grokking", 100, lr=1e-3, batch_size=16)  # lr and batch size do not apply to §4.1's recipe
+    assert (grok.optimizer, grok.lr, grok.weight_decay, grok.batch_size, grok.grad_clip, grok.n_evals) == (
+        "adamw",
+        1e-4,
+        0.01,
+        512,
+        5.0,
+        10,
+    )
+    assert sft_recipe("grokking", 3).n_evals == 3
+    with pytest.raises(ValueError, match="kl_sweep"):
+        sft_recipe("dpo", 10)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from dpo_toolkit.core.config import EvalConfig
+from dpo_toolkit.core.data import make_pairs
 from dpo_toolkit.core.ensemble import Ensemble
 from dpo_toolkit.core.evaluate import Evaluator
 from dpo_toolkit.core.metrics import group_weight_deltas, weight_delta
@@ -124,13 +125,13 @@ def test_contrast_prompt_is_ood_for_a_and_in_window_for_b():
         pick_contrast_prompt(prompts, b, b, window=2)
 
 
-def _surgery_inputs(a_ood: float, attention_kl: float, rest_kl: float, shares: list[float]):
+def _surgery_inputs(a_ood: float, attention_kl: float, rest_kl: float, shares: list[float], b_ood: float = 0.02):
     """A two-β sweep with a 3× KL gap at matched WeightDelta, and surgery curves at steps 0, 5, 10
     where A's last checkpoint has OOD a_ood and KL 1, the attention swap KL attention_kl, the
-    rest swap KL rest_kl; A's attention share of each step's change is `shares`."""
+    rest swap KL rest_kl; A's attention share of each step's change is `shares`; B ends at OOD b_ood."""
     sweep = pd.DataFrame(
-        [{"seed": 0, "beta": b, "step": s, "weight_delta": s, "kl": s * (3.0 if b == 0.01 else 1.0)} for b in (0.01, 1.0)
-         for s in range(0, 11, 5)]
+        [{"seed": 0, "beta": b, "step": s, "weight_delta": s, "kl": s * (3.0 if b == 0.01 else 1.0),
+          "ood_rate": (a_ood if b == 0.01 else b_ood) if s == 10 else 0.0} for b in (0.01, 1.0) for s in range(0, 11, 5)]
     )  # fmt: skip
     kl = {"A": 1.0, "attention": attention_kl, "non-attention": rest_kl}
     curves = pd.DataFrame(
@@ -160,6 +161,12 @@ def test_surgery_verdicts(a_ood, attention_kl, rest_kl, shares, c8, c9):
     assert f"{a_ood:.1%}" in claims.loc["C8", "precondition"]
 
 
+def test_c8_is_untestable_when_b_leaves_the_distribution_too():
+    claims = surgery_claims(*_surgery_inputs(0.9, 0.2, 2.0, [0.2, 0.25], b_ood=0.8)).set_index("claim_id")
+    assert claims.loc["C8", "verdict"] == "untestable here"  # B's attention is no in-distribution donor
+    assert "B 80.0%" in claims.loc["C8", "precondition"]
+
+
 def test_c9_is_partly_when_the_typical_share_is_small_but_not_every_one():
     claims = surgery_claims(*_surgery_inputs(0.3, 0.2, 2.0, [0.2, 0.25])).set_index("claim_id")
     assert claims.loc["C9", "verdict"] == "reproduced"
@@ -176,3 +183,25 @@ def test_c7_is_untestable_when_the_weight_delta_ranges_do_not_overlap():
     claims = surgery_claims(sweep, curves, counts).set_index("claim_id")
     assert claims.loc["C7", "verdict"] == "untestable here"  # the old rule said not reproduced (a NaN ratio)
     assert "0 of 1" in claims.loc["C7", "precondition"]
+
+
+def test_the_surgery_study_trains_a_and_b_and_operates_at_each_of_their_checkpoints(tiny_model_cfg, tiny_data_cfg, tmp_path):
+    """surgery_study equals its parts: the sweep of run_sft_then_dpo and surgery_curves on the kept weights."""
+    from dpo_toolkit.core.config import DPOConfig, TrainConfig
+    from dpo_toolkit.core.park import run_sft_then_dpo, sft_reference
+    from dpo_toolkit.studies.surgery import surgery_study
+
+    sft = TrainConfig(optimizer="adam", lr=1e-2, weight_decay=0.0, epochs=2, batch_size=8, grad_clip=None, n_evals=1)
+    dpo = DPOConfig(optimizer="adam", lr=1e-2, weight_decay=0.0, epochs=1, batch_size=8, grad_clip=None, n_evals=2)
+    eval_cfg = EvalConfig(kl_samples=2)
+    sweep, curves = surgery_study(tiny_data_cfg, tiny_model_cfg, sft, dpo, eval_cfg, [0.1, 1.0], [0, 1], 0.1, 1.0, tmp_path)
+    assert set(curves["seed"]) == {0, 1} and set(curves["variant"]) == {"A", "attention", "non-attention"}
+    assert sorted(curves["step"].unique()) == sorted(sweep["step"].unique())
+    runs = run_sft_then_dpo(tiny_data_cfg, tiny_model_cfg, sft, dpo, eval_cfg, [0.1, 1.0], [1], tmp_path, keep_betas=[0.1, 1.0])
+    one = runs[(runs["phase"] == "dpo")].sort_values("step")
+    reference, _ = sft_reference(tiny_data_cfg, tiny_model_cfg, sft, eval_cfg, 1, tmp_path)
+    evaluator = Evaluator(make_pairs(tiny_data_cfg)[1], tiny_data_cfg, eval_cfg, reference=reference, betas=0.1)
+    a, b = (one[one["beta"] == beta] for beta in (0.1, 1.0))
+    expected = surgery_curves(a["weights"].tolist(), b["weights"].tolist(), a["step"].tolist(), reference, evaluator)
+    mine = curves[curves["seed"] == 1].drop(columns="seed").reset_index(drop=True)
+    pd.testing.assert_frame_equal(mine, expected)

@@ -54,6 +54,13 @@ def claims_frame(rows: list[dict[str, str]]) -> pd.DataFrame:
     return df
 
 
+def with_arm(claims: pd.DataFrame, arm: pd.DataFrame, suffix: str, label: str) -> pd.DataFrame:
+    """`claims` followed by the claims `arm` decided on a second, labelled arm of the same chapter:
+    their ids get `suffix` ('C4' → 'C4-drift') and their statements start with '[label] '."""
+    labelled = arm.assign(claim_id=arm["claim_id"] + suffix, statement=f"[{label}] " + arm["statement"])
+    return claims_frame([*claims.to_dict("records"), *labelled.to_dict("records")])
+
+
 def _validate(df: pd.DataFrame, where: str) -> None:
     if list(df.columns) != COLUMNS:
         raise ValueError(f"{where}: columns must be {COLUMNS}, got {list(df.columns)}")

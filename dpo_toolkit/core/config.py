@@ -13,9 +13,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .parameters import Spec, is_int, is_real
-
-OPTIMIZERS = ("adamw", "adam", "rmsprop", "sgd")
+from .parameters import OPTIMIZERS, Spec, is_int, is_real
 
 
 class ConfigError(ValueError):

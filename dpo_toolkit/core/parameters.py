@@ -15,6 +15,11 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+OPTIMIZERS = ("adamw", "adam", "rmsprop", "sgd")
+"""The optimizers a TrainConfig names (core.config re-exports them)."""
+SFT_RECIPES = ("kl_sweep", "grokking")
+"""Park's two SFT recipes (``park.sft_recipe``)."""
+
 
 class ParameterError(ValueError):
     """A notebook parameter outside its allowed range."""
@@ -136,8 +141,8 @@ def reals(low=None, high=None, *, open_low=False, open_high=False, scalar_ok=Fal
     return Spec("reals", low, high, open_low, open_high, scalar_ok=scalar_ok, unique=unique)
 
 
-def choice(*values: str) -> Spec:
-    return Spec("choice", choices=tuple(values))
+def choice(*values: str, optional: bool = False) -> Spec:
+    return Spec("choice", choices=tuple(values), optional=optional)
 
 
 def choices(*values: str) -> Spec:
@@ -242,6 +247,15 @@ SWEEP_SETUP = {
     "margin_pairs": integer(1, optional=True),
     "results_root": RESULTS_ROOT,
     "device": DEVICE,
+}
+
+
+# The drift map's drifting recipe as a second, labelled arm of the KL-sweep and surgery chapters.
+DRIFTING_ARM = {
+    "drift_optimizer": choice(*OPTIMIZERS, optional=True),
+    "drift_lr": LEARNING_RATE,
+    "drift_reference": choice(*SFT_RECIPES),
+    "drift_sft_epochs": EPOCHS,
 }
 
 

@@ -24,8 +24,24 @@ from .ensemble import Ensemble
 from .evaluate import Evaluator
 from .metrics import TRL_NAMES, group_weight_deltas
 from .model import Transformer, build_model
+from .parameters import SFT_RECIPES
 from .runner import Member, RunKey, cached_model, run_dpo
 from .train import train_sft
+
+
+def sft_recipe(name: str, epochs: int, *, lr: float = 1e-3, batch_size: int = 16) -> TrainConfig:
+    """One of Park's two SFT recipes (parameters.SFT_RECIPES), evaluated at ≤ 10 points along the way.
+
+    'kl_sweep' (§3.3 for §4.2): Adam at `lr`, batch `batch_size`, no weight decay, no clipping.
+    'grokking' (§3.3 for §4.1): AdamW at 1e-4, weight decay 0.01, batch 512, gradient clipping at 5
+    (`lr` and `batch_size` do not apply)."""
+    if name == "kl_sweep":
+        return TrainConfig(optimizer="adam", lr=lr, weight_decay=0.0, epochs=epochs, batch_size=batch_size, grad_clip=None,
+                           n_evals=min(10, epochs))  # fmt: skip
+    if name == "grokking":
+        return TrainConfig(optimizer="adamw", lr=1e-4, weight_decay=0.01, epochs=epochs, batch_size=512, grad_clip=5.0,
+                           n_evals=min(10, epochs))  # fmt: skip
+    raise ValueError(f"sft_recipe: name must be one of {SFT_RECIPES}, got {name!r}")
 
 
 def sft_reference(

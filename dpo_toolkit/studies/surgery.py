@@ -9,21 +9,25 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
 from dpo_toolkit.core.claims import claims_frame, verdict
+from dpo_toolkit.core.config import DataConfig, DPOConfig, EvalConfig, ModelConfig, TrainConfig
+from dpo_toolkit.core.data import make_pairs
 from dpo_toolkit.core.device import model_device
 from dpo_toolkit.core.ensemble import Ensemble
 from dpo_toolkit.core.evaluate import Evaluator
 from dpo_toolkit.core.metrics import group_weight_deltas
 from dpo_toolkit.core.model import PARAM_GROUPS, Transformer, load_model, param_group
-from dpo_toolkit.core.parameters import BETA, SWEEP_SETUP, check, check_sweep_setup, fail, integer
+from dpo_toolkit.core.parameters import BETA, DRIFTING_ARM, SWEEP_SETUP, check, check_sweep_setup, fail, integer
+from dpo_toolkit.core.park import run_sft_then_dpo, sft_reference
 
 # The notebook's `parameters` cell, one spec per variable (notebooks/surgery.md).
-PARAMETERS = {"beta_a": BETA, "beta_b": BETA, "n_betas": integer(2), **SWEEP_SETUP}
+PARAMETERS = {"beta_a": BETA, "beta_b": BETA, "n_betas": integer(2), **SWEEP_SETUP, **DRIFTING_ARM}
 
 
 def check_parameters(values) -> None:
@@ -115,6 +119,38 @@ def surgery_curves(
     return df.merge(deltas, on="step", how="left")
 
 
+def surgery_study(
+    data_cfg: DataConfig,
+    model_cfg: ModelConfig,
+    sft_cfg: TrainConfig,
+    dpo_cfg: DPOConfig,
+    eval_cfg: EvalConfig,
+    betas: list[float],
+    seeds: list[int],
+    beta_a: float,
+    beta_b: float,
+    cache_dir: Path,
+    device: str | torch.device = "cpu",
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Park §4.3 on one recipe: SFT then DPO at every β (``run_sft_then_dpo``, keeping the weights of
+    A = beta_a and B = beta_b at every checkpoint), then ``surgery_curves`` of every seed.
+    Returns the DPO rows of the sweep and the surgery curves (with a `seed` column)."""
+    runs = run_sft_then_dpo(data_cfg, model_cfg, sft_cfg, dpo_cfg, eval_cfg, betas=betas, seeds=seeds, cache_dir=cache_dir,
+                            keep_betas=[beta_a, beta_b], device=device)  # fmt: skip
+    sweep = runs[runs["phase"] == "dpo"]
+    _, test = make_pairs(data_cfg)
+    frames = []
+    for seed in seeds:
+        reference, _ = sft_reference(data_cfg, model_cfg, sft_cfg, eval_cfg, seed, cache_dir, device=device)
+        runs_a = sweep[(sweep["seed"] == seed) & np.isclose(sweep["beta"], beta_a)].sort_values("step")
+        runs_b = sweep[(sweep["seed"] == seed) & np.isclose(sweep["beta"], beta_b)].sort_values("step")
+        evaluator = Evaluator(test, data_cfg, eval_cfg, reference=reference, betas=beta_a)
+        curves = surgery_curves(runs_a["weights"].tolist(), runs_b["weights"].tolist(), runs_a["step"].tolist(),
+                                reference, evaluator)  # fmt: skip
+        frames.append(curves.assign(seed=seed))
+    return sweep, pd.concat(frames, ignore_index=True)
+
+
 def pick_contrast_prompt(prompts: np.ndarray, answers_a: list, answers_b: list, window: int) -> int:
     """The prompt of Park Fig. 3 (left): A's greedy answer is OOD, B's is in the window.
 
@@ -136,6 +172,7 @@ KL_GAP = 2.0  # C7: KL of the smallest β over the largest, at matched WeightDel
 TAMED = 0.5  # C8: a surgery tames A when KL(A') ≤ TAMED · KL(A)
 SMALL_SHARE = 0.35  # C9: the paper's "only ever 25 %", with room for noise
 A_OOD = 0.05
+B_OOD = 0.15  # C8: B stays in distribution, ≤ 15 % OOD at its last checkpoint (the donor of "in-distribution" attention)
 """C8's precondition: there is OOD behaviour to tame, i.e. A answers OOD on at least this
 share of the test prompts at its last checkpoint (one prompt in twenty)."""
 PAPER_ATTENTION_SHARE = 0.25
@@ -177,7 +214,9 @@ def surgery_claims(sweep: pd.DataFrame, curves: pd.DataFrame, param_counts: dict
     attention_tames = kl_ratio["attention"].mean() <= TAMED and ood_change["attention"].mean() <= 0
     rest_does_not = kl_ratio["non-attention"].mean() > TAMED
     a_ood = float(final["ood_rate"]["A"].mean())
-    c8 = verdict(attention_tames and rest_does_not, attention_tames, testable=a_ood >= A_OOD)  # the swap that tames is the effect
+    last = sweep[sweep["step"] == sweep["step"].max()]
+    b_ood = float(last.loc[np.isclose(last["beta"], beta_high), "ood_rate"].mean())
+    c8 = verdict(attention_tames and rest_does_not, attention_tames, testable=a_ood >= A_OOD and b_ood <= B_OOD)
 
     param_share = param_counts["attention"] / sum(param_counts.values())
     a = curves[curves["variant"] == "A"]
@@ -209,7 +248,8 @@ def surgery_claims(sweep: pd.DataFrame, curves: pd.DataFrame, param_counts: dict
                 f"{pm(kl_ratio['non-attention'])} (rest swapped); OOD(A') − OOD(A) = {pm(ood_change['attention'], '+.2f')} "
                 f"vs {pm(ood_change['non-attention'], '+.2f')}; OOD(A) = {pm(final['ood_rate']['A'])}",
                 "verdict": c8,
-                "precondition": f"A answers OOD on ≥ {A_OOD:.0%} of test prompts at its last checkpoint: {a_ood:.1%}",
+                "precondition": f"at their last checkpoints A answers OOD on ≥ {A_OOD:.0%} of test prompts and B on "
+                f"≤ {B_OOD:.0%}: A {a_ood:.1%}, B {b_ood:.1%}",
             },
             {
                 "claim_id": "C9",

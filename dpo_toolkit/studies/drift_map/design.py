@@ -16,11 +16,11 @@ import numpy as np
 from dpo_toolkit.core import parameters as p
 from dpo_toolkit.core.config import OPTIMIZERS, DPOConfig, require
 from dpo_toolkit.core.data import make_pairs
-from dpo_toolkit.core.parameters import is_int
+from dpo_toolkit.core.parameters import SFT_RECIPES, is_int
 
-REFERENCES = ("kl_sweep", "grokking")
-"""The SFT recipes a reference can come from: Park §4.2's (Adam 1e-3, batch 16, 10 epochs, no
-weight decay, no clipping) and §4.1's (AdamW 1e-4, weight decay 0.01, batch 512, 100 epochs, clip 5)."""
+REFERENCES = SFT_RECIPES
+"""The SFT recipes a reference can come from (``park.sft_recipe``): Park §4.2's (Adam 1e-3, batch 16,
+10 epochs, no weight decay, no clipping) and §4.1's (AdamW 1e-4, weight decay 0.01, batch 512, 100 epochs, clip 5)."""
 
 PAPER_RECIPE = {"optimizer": "rmsprop", "lr": 5e-5, "batch_size": 16, "epochs": 3, "weight_decay": 0.0}
 """Park §3.3's DPO recipe for the KL sweep (all β): the grid cells with these knobs are 'the paper's recipe'."""
