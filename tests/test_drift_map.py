@@ -123,6 +123,14 @@ def test_cell_drift_fractions_against_a_hand_made_table():
     assert best["label"] == b and near_zero
 
 
+def test_the_regime_summary_names_the_paper_recipe_and_where_drift_appears():
+    curves = _curves({("a", s): [0.1, 0.1, 0.1] for s in range(3)} | {("b", s): [0.6, 0.7, 0.8] for s in range(3)})
+    text = analysis.regime_summary(analysis.cell_table(analysis.outcomes(curves)))
+    assert "**The paper's recipe as written does not drift here**: 0 of its 3 runs" in text
+    assert "- **adam** drifts in more than half its seeds at lr 0.001, every β (3/3)." in text
+    assert "- **rmsprop**: no cell drifts in more than half its seeds (at most 0 of 3)." in text
+
+
 def test_the_drifting_recipe_prefers_a_near_zero_reference_and_breaks_ties_by_ood():
     table = pd.DataFrame({"label": ["x", "y", "z"], "drift_fraction": [1.0, 0.6, 0.6], "ood_mean": [0.9, 0.6, 0.7],
                           "reference_ood": [0.3, 0.0, 0.05]})  # fmt: skip
@@ -210,6 +218,7 @@ def _setup(**changes) -> MapSetup:
                     **{"evals_per_epoch": 1, **changes})  # fmt: skip
 
 
+@torch.no_grad()
 def _greedy_logp(model, prompt: int) -> float:
     """log π of the greedy response, by full forward passes token by token."""
     seq, total = encode_prompt(prompt), 0.0

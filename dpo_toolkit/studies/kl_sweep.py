@@ -9,11 +9,18 @@ import numpy as np
 import pandas as pd
 
 from dpo_toolkit.core.claims import claims_frame, verdict
-from dpo_toolkit.core.parameters import BETA, SWEEP_SETUP, check, check_sweep_setup, fail, integer
+from dpo_toolkit.core.parameters import BETA, DRIFTING_ARM, SWEEP_SETUP, check, check_sweep_setup, fail, integer
 from dpo_toolkit.core.stats import spearman
 
 # The notebook's `parameters` cell, one spec per variable (notebooks/kl_sweep.md).
-PARAMETERS = {"n_betas": integer(1), "beta_min": BETA, "beta_max": BETA, **SWEEP_SETUP}
+PARAMETERS = {
+    "n_betas": integer(1),
+    "beta_min": BETA,
+    "beta_max": BETA,
+    **SWEEP_SETUP,
+    **DRIFTING_ARM,
+    "drift_n_betas": integer(1),
+}
 
 
 def check_parameters(values) -> None:

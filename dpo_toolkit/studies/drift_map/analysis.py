@@ -255,3 +255,32 @@ def readable(table: pd.DataFrame) -> pd.DataFrame:
             "reference OOD mass (%)": (100 * table["reference_ood_mass"]).round(1),
         }
     ).set_index("recipe")
+
+
+def regime_summary(table: pd.DataFrame) -> str:
+    """In words: whether the paper's recipe drifts, and, per optimizer of the grid, the learning
+    rates and β at which more than half the seeds drift (Markdown)."""
+    grid = table[table["arm"] == GRID]
+    paper = grid[is_paper_recipe(grid)]
+    if len(paper):
+        drifted, runs = int(paper["drifted"].sum()), int(paper["seeds"].sum())
+        opening = (f"**The paper's recipe as written {'does not drift' if drifted == 0 else 'drifts'} here**: "
+                   f"{drifted} of its {runs} runs (RMSprop at 5e-5, every β and seed) drift.")  # fmt: skip
+    else:
+        opening = "The paper's recipe is not in this grid."
+    lines = [opening, ""]
+    for optimizer, cells in grid.groupby("optimizer", sort=False):
+        hot = cells[cells["drift_fraction"] > MOST]
+        if hot.empty:
+            lines.append(f"- **{optimizer}**: no cell drifts in more than half its seeds "
+                         f"(at most {cells['drifted'].max()} of {cells['seeds'].max()}).")  # fmt: skip
+            continue
+        parts = []
+        for lr, at in hot.groupby("lr"):
+            every = len(at) == (cells["lr"] == lr).sum()
+            betas = "every β" if every else "β " + ", ".join(f"{b:g}" for b in at["beta"])
+            parts.append(
+                f"at lr {lr:g}, {betas} ({', '.join(f'{d}/{n}' for d, n in zip(at['drifted'], at['seeds'], strict=True))})"
+            )
+        lines.append(f"- **{optimizer}** drifts in more than half its seeds " + "; ".join(parts) + ".")
+    return "\n".join(lines)
