@@ -25,7 +25,7 @@ from dpo_toolkit.core.metrics import answers_tensor, is_ood
 from dpo_toolkit.core.park import sft_reference
 from dpo_toolkit.core.runner import Member, RunKey, run_dpo
 
-from .design import REFERENCES, Recipe
+from .design import Recipe
 
 
 @dataclass(frozen=True)
@@ -167,6 +167,3 @@ def run_recipes(
     curves = pd.concat(frames, ignore_index=True)
     fields = [f.name for f in dataclasses.fields(Recipe)]
     return curves[[*fields, "label", "seed", *[c for c in curves.columns if c not in (*fields, "label", "seed")]]]
-
-
-__all__ = ["REFERENCES", "DriftEvaluator", "MapSetup", "run_recipes", "training_subset"]
