@@ -151,6 +151,8 @@ def test_mitigation_verdicts(final, verdict):
         ({"all pairs": (0, 0.5), "f": (0, 0.4)}, "partly"),  # 0.4 → 0.3
         ({"all pairs": (0, 0.5), "f": (0, 0.6)}, "not reproduced"),
         ({"all pairs": (0, 0.05), "f": (0, 0.0)}, "untestable here"),  # no drift to remove: the old rule said not reproduced
+        ({"all pairs": (0, 0.3), "f": (0, 0.1)}, "untestable here"),  # OOD rose but stays below 50 %: not drift
+        ({"all pairs": (0, 0.15), "f": (0, 0.1)}, "untestable here"),  # a rise of 5 points is not drift either
     ],
 )
 def test_drift_verdicts(final, verdict):
@@ -199,4 +201,8 @@ def test_evaluator_reports_the_change_of_the_preferred_log_prob(tiny_model, tiny
 def test_drift_answer_names_the_case():
     assert "does not rise here" in drift_answer(_curves({"all pairs": (0, 0.05), "f": (0, 0.0)}, KINDS))
     answer = drift_answer(_curves({"all pairs": (0, 0.5), "f": (0, 0.2)}, KINDS))
-    assert "+0.400" in answer and "(f) +0.100" in answer and "reduces the grokking setup's OOD drift" in answer
+    assert "+0.400" in answer and "(f) +0.100" in answer and "reduces the OOD drift of the grokking setup" in answer
+    named = drift_answer(_curves({"all pairs": (0, 0.5), "f": (0, 0.6)}, KINDS), "the drifting recipe")
+    assert "does not reduce the OOD drift of the drifting recipe" in named
+    claim = drift_claims(_curves({"all pairs": (0, 0.5), "f": (0, 0.6)}, KINDS), "the drifting recipe").iloc[0]
+    assert claim["statement"].endswith("OOD drift of the drifting recipe.") and claim["verdict"] == "not reproduced"

@@ -179,6 +179,7 @@ BAD = {
         "sft_weights": [[0.0], [-1.0]],
         "grokking_beta": [0],
         "grokking_dpo_epochs": [0],
+        **DRIFTING_ARM,
         "safety_refusal_share": [0.0, 1.0],
         "safety_both_refusal_share": [-0.1, 1.1],
         "safety_sft_steps": [0],

@@ -22,6 +22,7 @@ import torch
 from dpo_toolkit.core.claims import claims_frame, verdict
 from dpo_toolkit.core.config import DataConfig, DPOConfig, EvalConfig, ModelConfig, TrainConfig, check_fits
 from dpo_toolkit.core.data import make_pairs
+from dpo_toolkit.core.drift import DRIFT_OOD, DRIFT_RISE, drifted
 from dpo_toolkit.core.evaluate import Evaluator
 from dpo_toolkit.core.park import sft_reference, validate_grid
 from dpo_toolkit.core.runner import Member, RunKey, run_dpo
@@ -206,45 +207,51 @@ def ood_drift(curves: pd.DataFrame) -> pd.Series:
 DRIFT_REDUCTION = 0.5  # C21: the filter must remove at least this share of the OOD drift
 
 
-def drift_claims(curves: pd.DataFrame) -> pd.DataFrame:
-    """The cross-study row C21 (no source): does CHES filtering reduce the OOD drift of the
-    grokking setup? Drift = OOD at the last evaluation minus OOD of the reference (step 0),
-    mean over seeds. Untestable here when all-pairs DPO does not drift (drift ≤ 0: nothing to
-    reduce); else reproduced if the best filter removes ≥ DRIFT_REDUCTION of the all-pairs
-    drift, partly if it removes some, not reproduced otherwise."""
+def drift_claims(curves: pd.DataFrame, setup: str = "the grokking setup") -> pd.DataFrame:
+    """The cross-study row C21 (no source): does CHES filtering reduce the OOD drift of
+    `setup` (named in the statement)? Drift = OOD at the last evaluation minus OOD of the reference (step 0),
+    mean over seeds. Untestable here unless all-pairs DPO drifts by ``core.drift``'s rule (its
+    seed-mean final OOD ≥ 50 % and ≥ 10 points above the reference's: drift to reduce); else
+    reproduced if the best filter removes ≥ DRIFT_REDUCTION of the all-pairs drift, partly if
+    it removes some, not reproduced otherwise."""
     drift = ood_drift(curves)
     final = final_rows(curves).set_index(["seed", "variant"])
     kinds = final.groupby("variant")["kind"].first()
     base = float(drift[kinds == "all pairs"].iloc[0])
+    all_pairs = curves[curves["kind"] == "all pairs"]
+    reference_ood = float(all_pairs.loc[all_pairs["step"] == 0, "ood_rate"].mean())
+    final_ood = float(final_rows(all_pairs)["ood_rate"].mean())
+    drifts = bool(drifted(final_ood, reference_ood))
     filtered = drift[kinds == "CHES filter"]
     if filtered.empty:
         raise ValueError("drift_claims needs at least one CHES-filter variant")
     best_name, best = filtered.idxmin(), float(filtered.min())
     removed = (base - best) / base if base > 0 else float("nan")
-    c21 = verdict(removed >= DRIFT_REDUCTION, removed > 0, testable=base > 0)
+    c21 = verdict(removed >= DRIFT_REDUCTION, removed > 0, testable=drifts)
     per_variant = "; ".join(f"{name} {drift[name]:+.3f}" for name in dict.fromkeys(final_rows(curves)["variant"]))
     return claims_frame(
         [
             {
                 "claim_id": "C21",
-                "statement": "Cross-study question: removing high-CHES pairs reduces the OOD drift of the grokking setup.",
+                "statement": f"Cross-study question: removing high-CHES pairs reduces the OOD drift of {setup}.",
                 "paper_value": "no source answers it (the project's question)",
                 "our_value": f"OOD at the last evaluation minus the reference's, mean over {curves['seed'].nunique()} seeds: "
                 f"{per_variant}; best filter {best_name}",
                 "verdict": c21,
-                "precondition": f"all-pairs DPO drifts out of distribution (OOD rises above the reference's): {base:+.3f}",
+                "precondition": f"all-pairs DPO drifts out of distribution (seed-mean OOD ≥ {DRIFT_OOD:.0%} and ≥ "
+                f"{DRIFT_RISE * 100:.0f} points above the reference's): {reference_ood:.0%} → {final_ood:.0%}",
             }
         ]
     )
 
 
-def drift_answer(curves: pd.DataFrame) -> str:
-    """One Markdown sentence answering C21's question from ``ood_drift`` of the grokking runs."""
+def drift_answer(curves: pd.DataFrame, setup: str = "the grokking setup") -> str:
+    """One Markdown sentence answering C21's question from ``ood_drift`` of the runs of `setup`."""
     drift = ood_drift(curves)
     kinds = curves.groupby("variant")["kind"].first()
     base, filtered = drift["all pairs"], drift[kinds.reindex(drift.index) == "CHES filter"]
     answer = (
-        f"CHES filtering {'reduces' if filtered.min() < base else 'does not reduce'} the grokking setup's OOD drift here."
+        f"CHES filtering {'reduces' if filtered.min() < base else 'does not reduce'} the OOD drift of {setup} here."
         if base > 0
         else "On all pairs the OOD rate does not rise here, so there is no drift for filtering to reduce (C21 is untestable)."
     )

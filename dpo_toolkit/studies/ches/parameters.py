@@ -25,6 +25,7 @@ PARAMETERS = {
     "sft_weights": p.reals(0, open_low=True),
     "grokking_beta": p.BETA,
     "grokking_dpo_epochs": p.EPOCHS,
+    **p.DRIFTING_ARM,
     "safety_refusal_share": p.real(0, 1, open_low=True, open_high=True),
     "safety_both_refusal_share": p.real(0, 1),
     "safety_sft_steps": p.EPOCHS,

@@ -2,9 +2,9 @@
 before any run.
 
 A run *drifts* when its greedy OOD rate on the test prompts at the horizon is ≥ DRIFT_OOD
-and at least DRIFT_RISE above its reference's: the thresholds of the grokking chapter's C2
-(50 %, 10 points), applied here to each run's last checkpoint rather than to a seed-mean
-curve's tail. A run whose loss, KL or OOD mass stops being finite has *diverged*: it is
+and at least DRIFT_RISE above its reference's (``core.drift``: the thresholds of the grokking
+chapter's C2, 50 % and 10 points), applied here to each run's last checkpoint rather than to
+a seed-mean curve's tail. A run whose loss, KL or OOD mass stops being finite has *diverged*: it is
 reported apart and never counts as drifted (a model of NaNs answers nothing parseable, which
 the OOD rate would otherwise read as 100 % OOD).
 """
@@ -15,12 +15,11 @@ import numpy as np
 import pandas as pd
 
 from dpo_toolkit.core.claims import claims_frame, verdict
+from dpo_toolkit.core.drift import DRIFT_OOD, drifted
 from dpo_toolkit.core.stats import spearman
 
 from .design import GRID, PAPER_RECIPE
 
-DRIFT_OOD = 0.5  # a run has drifted when its final greedy OOD rate is ≥ 50 % …
-DRIFT_RISE = 0.1  # … and ≥ 10 points above its reference's
 NEAR_ZERO = 0.05  # the drifting recipe is chosen among cells whose reference is ≤ 5 % OOD (seed mean), if any
 IN_DISTRIBUTION = 0.15  # C23's precondition: the drifting recipe's reference is ≤ 15 % OOD (grokking's SFT_LOW)
 ABOUT_80 = 0.6  # C23: "about 80 %" — the drifted runs end at ≥ 60 % OOD on average
@@ -28,12 +27,6 @@ MOST = 0.5  # "more than half": of a cell's seeds (C23), of the training pairs (
 SOME = 0.2  # C22 partly: at least one run in five drifts
 SPECIFIC = 0.2  # C24: both log-probs fall in ≥ 20 points more of the drifted runs than of the others
 RECIPE_FIELDS = ["optimizer", "lr", "beta", "batch_size", "epochs", "weight_decay", "train_size", "reference", "arm"]
-
-
-def drifted(ood: np.ndarray | pd.Series, reference_ood: np.ndarray | pd.Series) -> np.ndarray:
-    """Whether each run drifted: OOD rate ≥ DRIFT_OOD and ≥ DRIFT_RISE above its reference's."""
-    ood, reference_ood = np.asarray(ood, dtype=float), np.asarray(reference_ood, dtype=float)
-    return (ood >= DRIFT_OOD) & (ood - reference_ood >= DRIFT_RISE - 1e-12)
 
 
 def outcomes(curves: pd.DataFrame, epoch: float | None = None) -> pd.DataFrame:

@@ -3,7 +3,7 @@ learning rate × β, the one-knob-at-a-time arms around a base recipe, and the n
 parameters.
 
 A *recipe* is everything a DPO run depends on except its seed; a *cell* of the map is one
-recipe run with every seed. Drift is decided per run by ``analysis.drifted``.
+recipe run with every seed. Drift is decided per run by ``core.drift.drifted``.
 """
 
 from __future__ import annotations
