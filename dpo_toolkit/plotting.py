@@ -472,3 +472,24 @@ def plot_beta_kl(curves: pd.DataFrame, lrs: dict[str, float]) -> plt.Figure:
         ax.set(yscale="log", title=f"{optimizer} at lr {lr:.2g}", xlabel="DPO epoch", ylabel="KL(π_θ ‖ π_ref) (nats)")
     fig.tight_layout()
     return fig
+
+
+def plot_displacement_map(table: pd.DataFrame) -> plt.Figure:
+    """The displacement map: the share of runs in which π(y+) fell, per cell, rows = pair and
+    π_ref(y+) (the corpus's lead weight), columns = optimizer and the h/W rebalancing scale;
+    each cell annotated 'displaced % (catastrophic %)'. table: ``displacement_map.map_table``."""
+    cells = table.assign(
+        row=[f"{p}, lead {w:g}" for p, w in zip(table["pair"], table["lead_weight"], strict=True)],
+        column=[f"{o}\nscale {s:g}" for o, s in zip(table["optimizer"], table["scale"], strict=True)],
+        text=[f"{100 * d:.0f}\n({100 * c:.0f})" for d, c in zip(table["displaced"], table["catastrophic"], strict=True)],
+    )
+    rows, columns = list(dict.fromkeys(cells["row"])), list(dict.fromkeys(cells["column"]))
+    share = cells.pivot(index="row", columns="column", values="displaced").loc[rows, columns]
+    text = cells.pivot(index="row", columns="column", values="text").loc[rows, columns]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.95 * len(columns) + 2.5), 0.55 * len(rows) + 1.8))
+    sns.heatmap(100 * share, ax=ax, vmin=0, vmax=100, cmap="rocket_r", annot=text, fmt="", annot_kws={"fontsize": 9},
+                cbar_kws={"label": "runs in which π(y+) fell (%)"})  # fmt: skip
+    ax.set(xlabel="optimizer and rebalancing scale (‖W‖²/‖h‖² × scale⁴)", ylabel="pair (y+/y−) and π_ref(y+)",
+           title="Single-prompt DPO in the persona LM: displaced % (catastrophic %)")  # fmt: skip
+    fig.tight_layout()
+    return fig

@@ -15,7 +15,20 @@ import torch.nn.functional as F
 from dpo_toolkit.core.config import ModelConfig, TrainConfig
 from dpo_toolkit.core.device import resolve_device
 from dpo_toolkit.core.model import Transformer, build_model
-from dpo_toolkit.core.parameters import BETA, DEVICE, EPOCHS, LEARNING_RATE, RESULTS_ROOT, SEEDS, check, fail, integer
+from dpo_toolkit.core.parameters import (
+    BETA,
+    DEVICE,
+    EPOCHS,
+    LEARNING_RATE,
+    RESULTS_ROOT,
+    SEEDS,
+    check,
+    choices,
+    fail,
+    integer,
+    real,
+    reals,
+)
 from dpo_toolkit.core.train import fit_full_batch
 from dpo_toolkit.studies.likelihood_displacement.persona import (
     ANSWERS,
@@ -50,6 +63,14 @@ PARAMETERS = {
     "prompts_per_pair": integer(1),
     "one_step_lr": LEARNING_RATE,
     "n_instances": integer(1),
+    "map_lead_weights": reals(0, 1, open_low=True, open_high=True),
+    "map_scales": reals(0, open_low=True),
+    "map_optimizers": choices("sgd", "rmsprop", "adam"),
+    "sgd_lr": LEARNING_RATE,
+    "rmsprop_lr": LEARNING_RATE,
+    "map_statements": integer(1),
+    "words_p_ref": real(0, 1, open_low=True, open_high=True),
+    "words_margins": reals(0, open_low=True),
     "results_root": RESULTS_ROOT,
     "device": DEVICE,
 }
@@ -60,16 +81,17 @@ N_HEADS = 4  # heads of the persona LM (PersonaConfig.model_config)
 
 def check_parameters(values) -> None:
     """Check the likelihood-displacement notebook's parameters (PARAMETERS) and the rules between
-    them: d_model splits into N_HEADS heads, and every row of the talk's table has
-    prompts_per_pair statements of y+'s stance."""
+    them: d_model splits into N_HEADS heads, and y+'s stance has prompts_per_pair statements
+    (every row of the talk's table) and map_statements (every pair of the map)."""
     check(PARAMETERS, values)
     if values["d_model"] % N_HEADS:
         fail("d_model", f"a multiple of {N_HEADS} (the persona LM's heads)", values["d_model"])
     _, stances, _ = persona_corpus(PersonaConfig(n_statements=values["n_statements"]))
     available = min(int((stances == GROUP_OF[y_pos]).sum()) for y_pos, _ in TABLE_PAIRS)
-    if values["prompts_per_pair"] > available:
-        allowed = f"≤ {available}, the statements of each table row's stance among n_statements = {values['n_statements']}"
-        fail("prompts_per_pair", allowed, values["prompts_per_pair"])
+    for name in ("prompts_per_pair", "map_statements"):
+        if values[name] > available:
+            allowed = f"≤ {available}, the statements of each pair's y+ stance among n_statements = {values['n_statements']}"
+            fail(name, allowed, values[name])
 
 
 def single_prompt_dpo(

@@ -1,0 +1,81 @@
+import pandas as pd
+import pytest
+import torch
+
+from dpo_toolkit.core.config import TrainConfig
+from dpo_toolkit.core.model import build_model
+from dpo_toolkit.studies.likelihood_displacement.displacement_map import MapGrid, map_claims, map_table, rebalance, run_map
+from dpo_toolkit.studies.likelihood_displacement.persona import PersonaConfig, answer_logps
+from dpo_toolkit.studies.likelihood_displacement.study import lm_features
+
+
+def test_rebalancing_keeps_the_function_and_scales_h_against_w():
+    cfg = PersonaConfig(n_statements=6)
+    model = build_model(cfg.model_config(d_model=16), seed=0).double()
+    prompt = torch.tensor([cfg.token("Q"), cfg.token("s0"), cfg.token("A")])
+    scaled = rebalance(model, 4.0)
+    assert torch.allclose(answer_logps(scaled, prompt[None]), answer_logps(model, prompt[None]), atol=1e-12)
+    h, W, _ = lm_features(model, prompt)
+    h4, W4, _ = lm_features(scaled, prompt)
+    assert torch.allclose(h4, h / 4) and torch.allclose(W4, W * 4)
+    assert float(model.unembed.weight.detach().abs().sum()) == pytest.approx(float(W.abs().sum()))  # the original is untouched
+    with pytest.raises(ValueError, match="scale"):
+        rebalance(model, 0.0)
+
+
+def _runs(cells: dict[tuple, list[tuple[bool, bool]]]) -> pd.DataFrame:
+    """Hand-made run rows: {(optimizer, pair, similar, lead, scale): [(displaced, catastrophic), …]}."""
+    rows = []
+    for (optimizer, pair, similar, lead, scale), outcomes in cells.items():
+        for seed, (displaced, catastrophic) in enumerate(outcomes):
+            rows.append(dict(optimizer=optimizer, pair=pair, similar=similar, lead_weight=lead, scale=scale, seed=seed,
+                             displaced=displaced, is_catastrophic=catastrophic, p_pos_before=0.9,
+                             p_pos_after=0.5 if displaced else 0.99, h_to_w=10.0))  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+NONE = [(False, False)] * 3
+
+
+def test_every_cell_is_reported_with_its_shares():
+    runs = _runs({("sgd", "No/Never", True, 0.95, 16.0): [(True, True), (True, False), (False, False)],
+                  ("sgd", "Yes/No", False, 0.95, 16.0): NONE, ("adam", "No/Never", True, 0.55, 1.0): NONE})  # fmt: skip
+    table = map_table(runs).set_index(["optimizer", "pair", "lead_weight", "scale"])
+    assert len(table) == 3 and (table["runs"] == 3).all()
+    assert table.loc[("sgd", "No/Never", 0.95, 16.0), "displaced"] == pytest.approx(2 / 3)
+    assert table.loc[("sgd", "No/Never", 0.95, 16.0), "catastrophic"] == pytest.approx(1 / 3)
+    assert table.loc[("adam", "No/Never", 0.55, 1.0), "displaced"] == 0
+
+
+SYNONYMS = ("sgd", "No/Never", True, 0.95, 16.0)
+OPPOSITE = ("sgd", "Yes/No", False, 0.95, 16.0)
+
+
+@pytest.mark.parametrize(
+    ("cells", "expected"),
+    [
+        ({SYNONYMS: [(True, True), (True, False), (False, False)], OPPOSITE: NONE}, "reproduced"),
+        # displacing, but only for opposite meanings: the theory's ⟨W_y+, W_y−⟩ ordering fails
+        ({SYNONYMS: NONE, OPPOSITE: [(True, True), (True, True), (False, False)]}, "partly"),
+        ({SYNONYMS: [(True, False)] * 3, OPPOSITE: NONE}, "partly"),  # no catastrophic run
+        # one run in three: no cell displaces in most of its runs
+        ({SYNONYMS: [(True, True), (False, False), (False, False)], OPPOSITE: NONE}, "partly"),
+        ({SYNONYMS: NONE, OPPOSITE: NONE}, "not reproduced"),
+    ],
+)
+def test_map_verdicts(cells, expected):
+    claims = map_claims(_runs(cells))
+    assert claims["claim_id"].tolist() == ["C10-map"] and claims["verdict"].iloc[0] == expected
+
+
+def test_the_map_runs_every_cell_from_one_reference_per_seed_and_lead_weight():
+    cfg = PersonaConfig(n_statements=10)
+    sft = TrainConfig(optimizer="adam", lr=3e-3, weight_decay=0.0, epochs=30, batch_size=1, grad_clip=None, n_evals=1)
+    grid = MapGrid(lead_weights=(0.6,), scales=(1.0, 8.0), optimizers={"sgd": 0.1, "adam": 1e-3}, pairs=(("No", "Never"),))
+    runs = run_map(cfg, cfg.model_config(d_model=16), sft, grid, beta=0.1, steps=3, seeds=[0], prompts_per_pair=2)
+    assert len(runs) == 2 * 2 * 2  # scales × optimizers × statements
+    assert (runs["displaced"] == (runs["p_pos_after"] < runs["p_pos_before"])).all()
+    by_scale = runs.groupby(["optimizer", "statement"])
+    assert (by_scale["p_pos_before"].agg(lambda p: p.max() - p.min()) < 1e-6).all()  # rebalancing keeps π_ref
+    ratio = runs.groupby("scale")["h_to_w"].mean()
+    assert ratio[8.0] / ratio[1.0] == pytest.approx(8.0**-4, rel=1e-4)  # ‖h‖²/‖W_z‖² falls by scale⁴
