@@ -327,9 +327,13 @@ def plot_displacement_geometry(geometry: pd.DataFrame, pairs: pd.DataFrame, feat
 
 def plot_ches_ranking(table: pd.DataFrame, measures: dict[str, str]) -> plt.Figure:
     """One panel per score: the score of each pair against its displacement Δ log π(y+)
-    (first seed); and a last panel with Spearman(score, −displacement) per seed."""
+    (first seed); and a last panel with Spearman(score, −displacement) per seed. Two panels per row."""
     first = table[table["seed"] == table["seed"].min()]
-    fig, axes = plt.subplots(1, len(measures) + 1, figsize=(4.2 * (len(measures) + 1), 3.8))
+    nrows = -(-(len(measures) + 1) // 2)  # two panels per row, legible at the book's column width
+    fig, grid = plt.subplots(nrows, 2, figsize=(9, 3.6 * nrows), squeeze=False)
+    axes = grid.ravel()[: len(measures) + 1]
+    for ax in grid.ravel()[len(measures) + 1 :]:
+        ax.remove()
     for ax, (column, title) in zip(axes, measures.items(), strict=False):
         sns.scatterplot(data=first, x=column, y="displacement", s=12, ax=ax)
         ax.axhline(0, color="grey", lw=0.8)
@@ -491,5 +495,18 @@ def plot_displacement_map(table: pd.DataFrame) -> plt.Figure:
                 cbar_kws={"label": "runs in which π(y+) fell (%)"})  # fmt: skip
     ax.set(xlabel="optimizer and rebalancing scale (‖W‖²/‖h‖² × scale⁴)", ylabel="pair (y+/y−) and π_ref(y+)",
            title="Single-prompt DPO in the persona LM: displaced % (catastrophic %)")  # fmt: skip
+    fig.tight_layout()
+    return fig
+
+
+def plot_ches_protocol(protocol: pd.DataFrame) -> plt.Figure:
+    """The paper's protocol: Δ log π(y+) of the preferred responses after DPO on the lowest-,
+    median- and highest-CHES subsets, mean ± sd over seeds, with each seed's value."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    order = ["lowest", "median", "highest"]
+    sns.barplot(data=protocol, x="subset", y="chosen_logp_change", order=order, errorbar="sd", color="tab:blue", ax=ax)
+    sns.stripplot(data=protocol, x="subset", y="chosen_logp_change", order=order, color="black", size=4, ax=ax)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set(xlabel="training subset by CHES", ylabel="Δ log π(y+) of its preferred responses (nats)")
     fig.tight_layout()
     return fig

@@ -188,6 +188,10 @@ BAD = {
         "grokking_beta": [0],
         "grokking_dpo_epochs": [0],
         **DRIFTING_ARM,
+        "phrase_statements": [5, 2.5],
+        "phrase_lead_weight": [1.0, 0.0],
+        "phrase_sft_steps": [0],
+        "phrase_subset_fraction": [0.0, 0.5, 0.001],  # 0.001 leaves each subset of 264 pairs empty
         "safety_refusal_share": [0.0, 1.0],
         "safety_both_refusal_share": [-0.1, 1.1],
         "safety_sft_steps": [0],

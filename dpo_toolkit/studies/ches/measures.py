@@ -56,6 +56,20 @@ def ches(model: Transformer, pairs: PairSet | Batch) -> torch.Tensor:
 
 
 @torch.no_grad()
+def normalized_ches(model: Transformer, pairs: PairSet | Batch) -> torch.Tensor:
+    """Length-normalised CHES (Razin et al.): CHES of the *mean* hidden embeddings over each
+    response's positions, ⟨h̄+, h̄−⟩ − ‖h̄+‖², so that long responses do not score high for
+    their length alone: (n,), float64, on the CPU."""
+    batch = pairs if isinstance(pairs, Batch) else collate_pairs(pairs)
+    device = model_device(model)
+    hidden, _ = model.hidden(batch.tokens.to(device))  # (2n, seq, d)
+    mask = batch.response_mask.to(device)
+    means = response_hidden_sums(hidden.double(), mask) / mask.sum(1, keepdim=True).double()
+    chosen_means, rejected_means = means.chunk(2)
+    return ches_from_sums(chosen_means, rejected_means).cpu()
+
+
+@torch.no_grad()
 def hf_ches(model, tokenizer, prompts: Sequence[str], chosen: Sequence[str], rejected: Sequence[str]) -> torch.Tensor:
     """CHES of every (prompt, y+, y−) under a Hugging Face causal LM (on its own device), in float64: (n,), on the CPU.
 
@@ -93,20 +107,35 @@ def ches_filter(scores: np.ndarray | torch.Tensor, drop_fraction: float) -> np.n
     return scores < threshold
 
 
+def pair_rows(pairs: PairSet | Batch, index: np.ndarray) -> Batch:
+    """The pairs at `index` in ``collate_pairs`` layout (their chosen rows, then their rejected
+    rows), from a PairSet or from a Batch already in that layout."""
+    if isinstance(pairs, PairSet):
+        return collate_pairs(pairs, index)
+    n_pairs = len(pairs.tokens) // 2
+    rows = np.concatenate([index, index + n_pairs])
+    return Batch(pairs.tokens[rows], pairs.response_mask[rows])
+
+
+def n_pairs_of(pairs: PairSet | Batch) -> int:
+    return len(pairs) if isinstance(pairs, PairSet) else len(pairs.tokens) // 2
+
+
 def single_pair_displacement(
-    reference: Transformer, pairs: PairSet, cfg: TrainConfig, beta: float, steps: int, chunk: int = 128
+    reference: Transformer, pairs: PairSet | Batch, cfg: TrainConfig, beta: float, steps: int, chunk: int = 128
 ) -> np.ndarray:
     """Likelihood displacement of each pair trained on alone: log π(y+) after `steps` DPO
     steps on that one pair (from the reference, optimizer of cfg) minus log π_ref(y+). (n,).
 
-    The pairs train as independent models of one Ensemble, `chunk` at a time, on the reference's device.
+    Takes the pairs, or their batch in ``collate_pairs`` layout. The pairs train as
+    independent models of one Ensemble, `chunk` at a time, on the reference's device.
     """
     if steps < 1:
         raise ValueError(f"steps must be ≥ 1, got {steps}")
     out = []
-    for start in range(0, len(pairs), chunk):
-        index = np.arange(start, min(start + chunk, len(pairs)))
-        batch = collate_pairs(pairs, index)
+    for start in range(0, n_pairs_of(pairs), chunk):
+        index = np.arange(start, min(start + chunk, n_pairs_of(pairs)))
+        batch = pair_rows(pairs, index)
         n = len(index)
         device = model_device(reference)
         tokens = torch.stack([batch.tokens[:n], batch.tokens[n:]], dim=1).to(device)  # (M, 2, T): chosen, rejected
@@ -140,9 +169,9 @@ def edit_similarity(a: str, b: str) -> float:
 
 
 @torch.no_grad()
-def hidden_cosine(model: Transformer, pairs: PairSet) -> torch.Tensor:
+def hidden_cosine(model: Transformer, pairs: PairSet | Batch) -> torch.Tensor:
     """Cosine similarity of the summed hidden embeddings of y+ and y− (not centred): (n,), on the CPU."""
-    batch = collate_pairs(pairs)
+    batch = pairs if isinstance(pairs, Batch) else collate_pairs(pairs)
     device = model_device(model)
     hidden, _ = model.hidden(batch.tokens.to(device))
     chosen_sums, rejected_sums = response_hidden_sums(hidden.double(), batch.response_mask.to(device)).chunk(2)

@@ -26,6 +26,10 @@ PARAMETERS = {
     "grokking_beta": p.BETA,
     "grokking_dpo_epochs": p.EPOCHS,
     **p.DRIFTING_ARM,
+    "phrase_statements": p.integer(6),
+    "phrase_lead_weight": p.real(0, 1, open_low=True, open_high=True),
+    "phrase_sft_steps": p.EPOCHS,
+    "phrase_subset_fraction": p.real(0, 1 / 3, open_low=True),
     "safety_refusal_share": p.real(0, 1, open_low=True, open_high=True),
     "safety_both_refusal_share": p.real(0, 1),
     "safety_sft_steps": p.EPOCHS,
@@ -52,6 +56,10 @@ def check_parameters(values) -> None:
     total = p.steps(len(train), values["batch_size"], values["mitigation_epochs"])
     in_words = f"C12's DPO ({values['mitigation_epochs']} epochs of {len(train)} pairs in batches of {values['batch_size']})"
     p.check_evals("mitigation_evals", values["mitigation_evals"], total, in_words)
+    n_phrase_pairs = 11 * values["phrase_statements"]  # every statement: its lead phrase against the 11 others
+    if round(values["phrase_subset_fraction"] * n_phrase_pairs) < 1:
+        allowed = f"≥ {0.5 / n_phrase_pairs:.3g}, so that each protocol subset of the {n_phrase_pairs} phrase pairs has a pair"
+        p.fail("phrase_subset_fraction", allowed, values["phrase_subset_fraction"])
     safety = SafetyConfig(refusal_share=values["safety_refusal_share"], both_refusal_share=values["safety_both_refusal_share"])
     n_safety = len(preference_pairs(safety, prompts(safety)[0])[1])
     if p.steps(n_safety, SAFETY_BATCH, values["safety_epochs"]) < SAFETY_EVALS:

@@ -1,0 +1,157 @@
+import copy
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from dpo_toolkit.core.config import TrainConfig
+from dpo_toolkit.core.data import Batch, collate_pairs
+from dpo_toolkit.core.losses import dpo_loss, sequence_logps
+from dpo_toolkit.core.model import build_model
+from dpo_toolkit.core.optim import make_optimizer
+from dpo_toolkit.studies.ches.displacing import phrase_claims
+from dpo_toolkit.studies.ches.measures import normalized_ches, single_pair_displacement
+from dpo_toolkit.studies.ches.phrases import (
+    MEANING,
+    PHRASE_GROUPS,
+    PHRASES,
+    PhraseConfig,
+    phrase_batch,
+    phrase_pairs,
+    statements,
+    subset_displacement,
+    subset_indices,
+    train_phrase_reference,
+)
+
+ADAM = dict(optimizer="adam", lr=1e-2, weight_decay=0.0, epochs=1, batch_size=1, grad_clip=None, n_evals=1)
+
+
+def test_every_statement_prefers_its_lead_phrase_to_each_other_phrase_and_no_pair_shares_a_prefix():
+    cfg = PhraseConfig(n_statements=12)
+    batch, table = phrase_pairs(cfg)
+    _, stances = statements(cfg)
+    assert len(table) == 11 * 12 and len(batch.tokens) == 2 * len(table)
+    assert (table["chosen"] == [PHRASE_GROUPS[stances[i]][0] for i in table["statement"]]).all()
+    assert (table.groupby("statement")["rejected"].nunique() == 11).all()
+    meanings = [MEANING[r] == stances[i] for i, r in zip(table["statement"], table["rejected"], strict=True)]
+    assert (table["same_meaning"] == meanings).all()
+    assert len({p.split()[0] for p in PHRASES}) == len(PHRASES)  # distinct first words: no shared prefix in any pair
+    n = len(table)
+    for k in (0, 5, n - 1):  # chosen rows first, then rejected rows, each marking exactly its phrase's words
+        for row, phrase in ((k, table["chosen"][k]), (n + k, table["rejected"][k])):
+            words = [cfg.vocab[t] for t in batch.tokens[row][batch.response_mask[row]].tolist()]
+            assert words == phrase.split()
+
+
+def test_the_reference_puts_the_lead_weight_on_the_lead_phrase():
+    cfg = PhraseConfig(n_statements=6, lead_weight=0.9)
+    model = build_model(cfg.model_config(d_model=32), seed=0)
+    train_phrase_reference(cfg, model, TrainConfig(optimizer="adam", lr=1e-2, weight_decay=0.0, epochs=300, grad_clip=None))
+    prompts, stances = statements(cfg)
+    batch = phrase_batch(cfg, [(p, r) for p in prompts for r in PHRASES])
+    with torch.no_grad():
+        masses = sequence_logps(model(batch.tokens), batch.tokens, batch.response_mask).exp().view(len(prompts), len(PHRASES))
+    lead = [PHRASES.index(PHRASE_GROUPS[s][0]) for s in stances]
+    assert masses[torch.arange(len(prompts)), lead].numpy() == pytest.approx(0.9, abs=0.03)
+    assert masses.sum(1).numpy() == pytest.approx(1.0, abs=0.03)  # little mass outside the phrase set
+
+
+def test_subsets_are_the_lowest_median_and_highest_scores():
+    scores = np.array([5.0, -1.0, 3.0, 0.0, 2.0, 4.0, -3.0, 1.0, 6.0])
+    subsets = subset_indices(scores, 2)
+    assert set(subsets["lowest"]) == {6, 1} and set(subsets["highest"]) == {0, 8}
+    assert set(subsets["median"]) == {7, 4}  # sorted: -3 -1 0 1 2 3 4 5 6 → the middle two start at (9 − 2) // 2 = 3
+    with pytest.raises(ValueError, match="size"):
+        subset_indices(scores, 4)
+
+
+def test_a_subset_trains_as_one_model_would_and_an_identical_pair_does_not_move():
+    """Each member of the protocol's ensemble must follow the plain full-batch DPO loop on its
+    subset; a subset of pairs whose y+ and y− coincide has zero DPO gradient, so under plain
+    gradient descent π(y+) stays."""
+    cfg = PhraseConfig(n_statements=6)
+    reference = build_model(cfg.model_config(d_model=16), seed=1).requires_grad_(False)
+    batch, table = phrase_pairs(cfg)
+    n = len(table)
+    tokens, mask = batch.tokens.clone(), batch.response_mask.clone()
+    tied = np.arange(0, 3)
+    tokens[n + tied], mask[n + tied] = tokens[tied], mask[tied]  # y− := y+ for pairs 0–2
+    batch = Batch(tokens, mask)
+    subsets = {"tied": tied, "other": np.array([10, 20, 30])}
+    sgd = TrainConfig(**(ADAM | {"optimizer": "sgd"}))  # Adam would blow float noise up to full steps
+    assert subset_displacement(reference, batch, subsets, sgd, beta=0.5, steps=5)["tied"] == pytest.approx(0.0, abs=1e-7)
+    cfg_train = TrainConfig(**ADAM)
+    change = subset_displacement(reference, batch, subsets, cfg_train, beta=0.5, steps=5)
+    rows = np.concatenate([subsets["other"], subsets["other"] + n])
+    alone = copy.deepcopy(reference).requires_grad_(True)
+    t, m = batch.tokens[rows], batch.response_mask[rows]
+    with torch.no_grad():
+        ref_logps = sequence_logps(reference(t), t, m)
+    optimizer = make_optimizer(alone.parameters(), cfg_train)
+    for _ in range(5):
+        logps = sequence_logps(alone(t), t, m)
+        loss, _, _ = dpo_loss(logps[:3], logps[3:], ref_logps[:3], ref_logps[3:], 0.5)
+        optimizer.zero_grad()
+        loss.mean().backward()
+        optimizer.step()
+    with torch.no_grad():
+        expected = float((sequence_logps(alone(t), t, m)[:3] - ref_logps[:3]).mean())
+    assert change["other"] == pytest.approx(expected, abs=1e-5) and abs(expected) > 1e-3
+
+
+def test_normalized_ches_uses_the_mean_hidden_embedding_of_each_response():
+    cfg = PhraseConfig(n_statements=6)
+    model = build_model(cfg.model_config(d_model=16), seed=2)
+    batch, table = phrase_pairs(cfg)
+    scores = normalized_ches(model, batch)
+    n = len(table)
+    for k in (0, 7, n - 1):
+        means = []
+        for row in (k, n + k):
+            length = int(batch.response_mask[row].sum())
+            start = int(batch.response_mask[row].nonzero()[0])
+            with torch.no_grad():
+                hidden, _ = model.hidden(batch.tokens[row : row + 1, : start + length])
+            means.append(hidden[0, start - 1 : start + length - 1].double().mean(0))  # positions predicting its tokens
+        assert float(scores[k]) == pytest.approx(float(means[0] @ means[1] - means[0] @ means[0]), rel=1e-6, abs=1e-9)
+
+
+def test_single_pair_displacement_takes_a_batch_as_it_takes_pairs(tiny_model, tiny_pairs):
+    train, _ = tiny_pairs
+    cfg = TrainConfig(**ADAM)
+    from_pairs = single_pair_displacement(tiny_model, train, cfg, 0.1, 3, chunk=7)
+    from_batch = single_pair_displacement(tiny_model, collate_pairs(train), cfg, 0.1, 3, chunk=7)
+    assert np.allclose(from_pairs, from_batch, atol=1e-6)
+
+
+def _study(displacements, ches_values, subset_changes, seeds=(0, 1)):
+    """Hand-made run_phrase_study output: per seed the same pairs and subset results."""
+    pairs = pd.concat(
+        [pd.DataFrame({"seed": s, "displacement": displacements, "ches": ches_values, "ches_normalized": ches_values,
+                       "edit": np.zeros(len(ches_values)), "cosine": np.arange(len(ches_values)) % 3}) for s in seeds],
+        ignore_index=True,
+    )  # fmt: skip
+    protocol = pd.DataFrame([{"seed": s, "subset": k, "size": 2, "mean_ches": 0.0, "chosen_logp_change": v}
+                             for s in seeds for k, v in subset_changes.items()])  # fmt: skip
+    return pairs, protocol
+
+
+DISPLACING = np.array([0.1, 0.05, -0.1, -0.2, -0.3, -0.4])  # falls for 4 of 6
+ORDERED = {"lowest": 0.1, "median": -0.1, "highest": -0.5}
+
+
+@pytest.mark.parametrize(
+    ("displacement", "scores", "subsets", "expected"),
+    [
+        (DISPLACING, np.arange(6.0), ORDERED, "reproduced"),  # CHES ranks −Δ perfectly, highest subset lowest
+        (DISPLACING, np.arange(6.0)[::-1], ORDERED, "partly"),  # ranking fails, protocol holds
+        (DISPLACING, np.arange(6.0), {"lowest": -0.5, "median": -0.1, "highest": 0.1}, "partly"),
+        (DISPLACING, np.arange(6.0)[::-1], {"lowest": -0.5, "median": -0.1, "highest": 0.1}, "not reproduced"),
+        (np.array([0.1, 0.2, 0.3, 0.4, 0.5, -0.1]), np.arange(6.0), ORDERED, "untestable here"),  # 1 of 6 < 20 %
+    ],
+)
+def test_phrase_verdicts(displacement, scores, subsets, expected):
+    claims = phrase_claims(*_study(displacement, scores, subsets))
+    assert claims["claim_id"].tolist() == ["C11-phrases"] and claims["verdict"].iloc[0] == expected
