@@ -10,13 +10,14 @@ from dpo_toolkit.core.data import Batch, collate_pairs
 from dpo_toolkit.core.losses import dpo_loss, sequence_logps
 from dpo_toolkit.core.model import build_model
 from dpo_toolkit.core.optim import make_optimizer
-from dpo_toolkit.studies.ches.displacing import phrase_claims
+from dpo_toolkit.studies.ches.displacing import phrase_claims, phrase_mitigation_claims
 from dpo_toolkit.studies.ches.measures import normalized_ches, single_pair_displacement
 from dpo_toolkit.studies.ches.phrases import (
     MEANING,
     PHRASE_GROUPS,
     PHRASES,
     PhraseConfig,
+    filtered_training,
     phrase_batch,
     phrase_pairs,
     statements,
@@ -155,3 +156,50 @@ ORDERED = {"lowest": 0.1, "median": -0.1, "highest": -0.5}
 def test_phrase_verdicts(displacement, scores, subsets, expected):
     claims = phrase_claims(*_study(displacement, scores, subsets))
     assert claims["claim_id"].tolist() == ["C11-phrases"] and claims["verdict"].iloc[0] == expected
+
+
+def test_filtered_members_train_as_their_kept_subset_and_the_sft_term_adds_lambda_nll():
+    cfg = PhraseConfig(n_statements=6)
+    reference = build_model(cfg.model_config(d_model=16), seed=3).requires_grad_(False)
+    batch, table = phrase_pairs(cfg)
+    n, train = len(table), TrainConfig(**ADAM)
+    kept = np.array([1, 4, 9, 16, 25, 36])
+    weights = torch.zeros(3, n)
+    weights[0], weights[1, kept], weights[2] = 1.0, 1.0, 1.0
+    changes, ref_chosen = filtered_training(reference, batch, weights, [0.0, 0.0, 0.7], train, beta=0.5, steps=4)
+    assert changes.shape == (3, n) and ref_chosen.shape == (n,)
+    alone = subset_displacement(reference, batch, {"kept": kept}, train, beta=0.5, steps=4)["kept"]
+    assert float(changes[1, kept].mean()) == pytest.approx(alone, abs=1e-5)  # the masked member = DPO on its kept pairs
+    policy = copy.deepcopy(reference).requires_grad_(True)  # the SFT member, by hand
+    t, m = batch.tokens, batch.response_mask
+    with torch.no_grad():
+        ref_logps = sequence_logps(reference(t), t, m)
+    optimizer = make_optimizer(policy.parameters(), train)
+    for _ in range(4):
+        logps = sequence_logps(policy(t), t, m)
+        loss, _, _ = dpo_loss(logps[:n], logps[n:], ref_logps[:n], ref_logps[n:], 0.5)
+        optimizer.zero_grad()
+        (loss.mean() - 0.7 * logps[:n].mean()).backward()
+        optimizer.step()
+    with torch.no_grad():
+        expected = sequence_logps(policy(t), t, m)[:n] - ref_logps[:n]
+    assert torch.allclose(changes[2], expected.double(), atol=1e-5)
+
+
+def _mitigation(values: dict[str, tuple[str, float]], seeds=(0, 1)) -> pd.DataFrame:
+    return pd.DataFrame([{"seed": s, "variant": name, "kind": kind, "chosen_logp_change": v}
+                         for s in seeds for name, (kind, v) in values.items()])  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ({"all": ("all pairs", -0.5), "f": ("CHES filter", -0.1), "s": ("SFT term", -0.3)}, "reproduced"),
+        ({"all": ("all pairs", -0.5), "f": ("CHES filter", -0.3), "s": ("SFT term", 0.2)}, "partly"),
+        ({"all": ("all pairs", -0.5), "f": ("CHES filter", -0.6), "s": ("SFT term", 0.2)}, "not reproduced"),
+        ({"all": ("all pairs", 0.1), "f": ("CHES filter", 0.3), "s": ("SFT term", 0.2)}, "untestable here"),
+    ],
+)
+def test_phrase_mitigation_verdicts(values, expected):
+    claims = phrase_mitigation_claims(_mitigation(values))
+    assert claims["claim_id"].tolist() == ["C12-phrases"] and claims["verdict"].iloc[0] == expected

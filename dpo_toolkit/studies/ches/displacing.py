@@ -16,7 +16,15 @@ from dpo_toolkit.core.device import resolve_device
 from dpo_toolkit.core.model import build_model
 from dpo_toolkit.core.stats import spearman
 from dpo_toolkit.studies.ches.measures import ches, edit_similarity, hidden_cosine, normalized_ches, single_pair_displacement
-from dpo_toolkit.studies.ches.phrases import SUBSETS, PhraseConfig, phrase_pairs, subset_displacement, subset_indices
+from dpo_toolkit.studies.ches.mitigation import Variant, keep_masks
+from dpo_toolkit.studies.ches.phrases import (
+    SUBSETS,
+    PhraseConfig,
+    filtered_training,
+    phrase_pairs,
+    subset_displacement,
+    subset_indices,
+)
 from dpo_toolkit.studies.ches.phrases import train_phrase_reference as fit_reference
 
 SCORES = {
@@ -39,19 +47,27 @@ def run_phrase_study(
     subset_fraction: float,
     seeds: Sequence[int],
     device: str | torch.device = "cpu",
-) -> tuple[pd.DataFrame, pd.DataFrame]:
+    runs: Sequence[Variant] = (),
+    mitigation_steps: int = 1,
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """For each seed: the reference (``train_phrase_reference``), every pair's displacement when
     DPO (dpo_cfg's optimizer, β, `steps` steps) trains on it alone and its four SCORES; then
     the protocol: DPO for `steps` full-batch steps on each of the lowest-, median- and
     highest-CHES subsets of round(subset_fraction · pairs) pairs.
 
-    Returns (pairs, protocol): one row per (seed, pair) with statement, chosen, rejected,
-    same_meaning, displacement and the scores; one row per (seed, subset) with its size, mean
-    CHES and the mean change of log π(y+) over its preferred responses."""
+    With `runs` (``mitigation.variants``): C12 on this task, each variant (all pairs, a CHES
+    filter, an SFT term) trained by ``filtered_training`` for `mitigation_steps` full-batch
+    steps, so that every kept pair gets the same number of updates in every variant.
+
+    Returns (pairs, protocol, mitigation): one row per (seed, pair) with statement, chosen,
+    rejected, same_meaning, displacement and the scores; one row per (seed, subset) with its
+    size, mean CHES and the mean change of log π(y+) over its preferred responses; one row per
+    (seed, variant) with its kind, drop fraction, SFT weight, pairs kept and the mean change of
+    log π(y+) over every statement's y+ (each statement's lead phrase, counted once)."""
     device = resolve_device(device)
     batch, table = phrase_pairs(cfg)
     size = round(subset_fraction * len(table))
-    pairs, protocol = [], []
+    pairs, protocol, mitigation = [], [], []
     for seed in seeds:
         reference = build_model(cfg.model_config(), seed, device)
         fit_reference(cfg, reference, sft_cfg)
@@ -68,7 +84,14 @@ def run_phrase_study(
         change = subset_displacement(reference, batch, subsets, dpo_cfg, beta, steps)
         protocol += [{"seed": seed, "subset": name, "size": size, "mean_ches": float(scores["ches"][subsets[name]].mean()),
                       "chosen_logp_change": change[name]} for name in SUBSETS]  # fmt: skip
-    return pd.concat(pairs, ignore_index=True), pd.DataFrame(protocol)
+        if runs:
+            masks = keep_masks(scores["ches"], runs)  # (variants, pairs)
+            changes, _ = filtered_training(reference, batch, masks, [v.sft_weight for v in runs], dpo_cfg, beta, mitigation_steps)
+            first = ~table["statement"].duplicated().to_numpy()  # one pair per statement: its y+ counted once
+            mitigation += [{"seed": seed, "variant": v.name, "kind": v.kind, "drop_fraction": v.drop_fraction,
+                            "sft_weight": v.sft_weight, "pairs_kept": int(masks[m].sum()),
+                            "chosen_logp_change": float(changes[m, first].mean())} for m, v in enumerate(runs)]  # fmt: skip
+    return pd.concat(pairs, ignore_index=True), pd.DataFrame(protocol), pd.DataFrame(mitigation)
 
 
 def rank_table(pairs: pd.DataFrame) -> pd.DataFrame:
@@ -106,6 +129,40 @@ def phrase_claims(pairs: pd.DataFrame, protocol: pd.DataFrame) -> pd.DataFrame:
                 f"{subsets}",
                 "verdict": verdict(rank_ok and protocol_ok, rank_ok or protocol_ok, testable=displaced >= MIN_DISPLACED),
                 "precondition": f"π(y+) falls for ≥ {MIN_DISPLACED:.0%} of the scored pairs: {displaced:.0%}",
+            }
+        ]
+    )
+
+
+def phrase_mitigation_claims(mitigation: pd.DataFrame) -> pd.DataFrame:
+    """C12 on the phrase task ('C12-phrases'), at a matched update budget per kept pair.
+    Untestable unless all-pairs DPO lowers the mean log π(y+) (displacement to mitigate).
+    Reproduced if the best CHES filter raises it above all pairs and above the best SFT term
+    (means over seeds); partly if it raises it above all pairs."""
+    change = mitigation.groupby(["kind", "variant"], sort=False)["chosen_logp_change"].agg(
+        mean="mean", std=lambda x: x.std(ddof=0)
+    )
+    base = float(change.loc["all pairs"]["mean"].iloc[0])
+    filters = change.loc["CHES filter"] if "CHES filter" in change.index else None
+    if filters is None:
+        raise ValueError("phrase_mitigation_claims needs at least one CHES-filter variant")
+    best_filter, best = filters["mean"].idxmax(), float(filters["mean"].max())
+    sft = change.loc["SFT term"] if "SFT term" in change.index else None
+    best_sft = float(sft["mean"].max()) if sft is not None else -np.inf
+    parts = [f"all pairs {base:+.3f}", f"best filter ({best_filter}) {best:+.3f} ± {filters.loc[best_filter, 'std']:.3f}"]
+    if sft is not None:
+        parts.append(f"best SFT ({sft['mean'].idxmax()}) {best_sft:+.3f} ± {sft.loc[sft['mean'].idxmax(), 'std']:.3f}")
+    return claims_frame(
+        [
+            {
+                "claim_id": "C12-phrases",
+                "statement": "[phrase task, matched update budget] Removing the training pairs with the highest CHES mitigates "
+                "likelihood displacement, and does so better than adding an SFT term to the loss.",
+                "paper_value": "filtering mitigates; the SFT term helps less (talk, 'Data filtering via CHES')",
+                "our_value": f"mean Δ log π(y+) over the statements' preferred phrases, mean ± sd over "
+                f"{mitigation['seed'].nunique()} seeds: " + "; ".join(parts),
+                "verdict": verdict(best > base and best > best_sft, best > base, testable=base < 0),
+                "precondition": f"all-pairs DPO lowers the mean log π(y+) (displacement to mitigate): {base:+.3f}",
             }
         ]
     )

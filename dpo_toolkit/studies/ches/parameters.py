@@ -30,6 +30,7 @@ PARAMETERS = {
     "phrase_lead_weight": p.real(0, 1, open_low=True, open_high=True),
     "phrase_sft_steps": p.EPOCHS,
     "phrase_subset_fraction": p.real(0, 1 / 3, open_low=True),
+    "phrase_mitigation_steps": p.EPOCHS,
     "safety_refusal_share": p.real(0, 1, open_low=True, open_high=True),
     "safety_both_refusal_share": p.real(0, 1),
     "safety_sft_steps": p.EPOCHS,
