@@ -4,7 +4,14 @@ import torch
 
 from dpo_toolkit.core.config import TrainConfig
 from dpo_toolkit.core.model import build_model
-from dpo_toolkit.studies.likelihood_displacement.displacement_map import MapGrid, map_claims, map_table, rebalance, run_map
+from dpo_toolkit.studies.likelihood_displacement.displacement_map import (
+    MapGrid,
+    map_claims,
+    map_summary,
+    map_table,
+    rebalance,
+    run_map,
+)
 from dpo_toolkit.studies.likelihood_displacement.persona import PersonaConfig, answer_logps
 from dpo_toolkit.studies.likelihood_displacement.study import lm_features
 
@@ -79,3 +86,10 @@ def test_the_map_runs_every_cell_from_one_reference_per_seed_and_lead_weight():
     assert (by_scale["p_pos_before"].agg(lambda p: p.max() - p.min()) < 1e-6).all()  # rebalancing keeps π_ref
     ratio = runs.groupby("scale")["h_to_w"].mean()
     assert ratio[8.0] / ratio[1.0] == pytest.approx(8.0**-4, rel=1e-4)  # ‖h‖²/‖W_z‖² falls by scale⁴
+
+
+def test_the_summary_names_the_shares_and_the_displacing_cells():
+    text = map_summary(_runs({SYNONYMS: [(True, True), (True, False), (False, False)], OPPOSITE: NONE}))
+    assert "π(y+) fell in 33% of 6 runs" in text and "sgd: 33%" in text and "lead weight) — 0.95: 33%" in text
+    assert "**No/Never** displaces in most runs of 1 of 1 cells (sgd, lead 0.95, scale 16)." in text
+    assert "**Yes/No** displaces in most runs of 0 of 1 cells." in text

@@ -150,6 +150,8 @@ ORDERED = {"lowest": 0.1, "median": -0.1, "highest": -0.5}
         (DISPLACING, np.arange(6.0)[::-1], ORDERED, "partly"),  # ranking fails, protocol holds
         (DISPLACING, np.arange(6.0), {"lowest": -0.5, "median": -0.1, "highest": 0.1}, "partly"),
         (DISPLACING, np.arange(6.0)[::-1], {"lowest": -0.5, "median": -0.1, "highest": 0.1}, "not reproduced"),
+        # ordered, but no subset displaces: the highest-CHES subset only gains less
+        (DISPLACING, np.arange(6.0)[::-1], {"lowest": 0.04, "median": 0.03, "highest": 0.02}, "not reproduced"),
         (np.array([0.1, 0.2, 0.3, 0.4, 0.5, -0.1]), np.arange(6.0), ORDERED, "untestable here"),  # 1 of 6 < 20 %
     ],
 )
@@ -197,6 +199,8 @@ def _mitigation(values: dict[str, tuple[str, float]], seeds=(0, 1)) -> pd.DataFr
         ({"all": ("all pairs", -0.5), "f": ("CHES filter", -0.1), "s": ("SFT term", -0.3)}, "reproduced"),
         ({"all": ("all pairs", -0.5), "f": ("CHES filter", -0.3), "s": ("SFT term", 0.2)}, "partly"),
         ({"all": ("all pairs", -0.5), "f": ("CHES filter", -0.6), "s": ("SFT term", 0.2)}, "not reproduced"),
+        # filter and SFT term both at the ceiling log(1/π_ref): a tie is not "better"
+        ({"all": ("all pairs", -0.5), "f": ("CHES filter", 0.0517), "s": ("SFT term", 0.0516)}, "partly"),
         ({"all": ("all pairs", 0.1), "f": ("CHES filter", 0.3), "s": ("SFT term", 0.2)}, "untestable here"),
     ],
 )

@@ -33,6 +33,7 @@ SCORES = {
     "edit": "edit-distance similarity",
     "cosine": "hidden-embedding cosine",
 }
+TIE = 0.01  # C12-phrases: nats by which the best filter must beat the best SFT term (both can sit at log(1/π_ref(y+)))
 RANK_CORRELATION = 0.3  # as C11: Spearman(score, −Δ log π(y+)) that counts as "identifies"
 MIN_DISPLACED = 0.2
 """The precondition: π(y+) falls for at least this share of the scored pairs (the issue's 'sizeable share')."""
@@ -105,13 +106,15 @@ def phrase_claims(pairs: pd.DataFrame, protocol: pd.DataFrame) -> pd.DataFrame:
     """C11 on the phrase task ('C11-phrases'). Untestable unless π(y+) falls for ≥ MIN_DISPLACED
     of the pairs. Reproduced if both hold: (rank) a CHES form has the highest mean Spearman with
     −Δ log π(y+), at ≥ RANK_CORRELATION; (protocol) the highest-CHES subset lowers log π(y+)
-    more than the median and the lowest subsets (means over seeds). Partly if one of them holds."""
+    (its mean change is negative: it displaces) and more than the median and the lowest
+    subsets (means over seeds). Partly if one of them holds."""
     rho = rank_table(pairs)
     mean, spread = rho.mean(), rho.std(ddof=0)
     best = mean.idxmax()
     rank_ok = best in ("ches", "ches_normalized") and mean[best] >= RANK_CORRELATION
     change = protocol.groupby("subset")["chosen_logp_change"].agg(mean="mean", std=lambda x: x.std(ddof=0))
-    protocol_ok = change.loc["highest", "mean"] < min(change.loc["median", "mean"], change.loc["lowest", "mean"])
+    highest = change.loc["highest", "mean"]
+    protocol_ok = highest < 0 and highest < min(change.loc["median", "mean"], change.loc["lowest", "mean"])
     displaced = float((pairs["displacement"] < 0).mean())
     ranks = "; ".join(f"{SCORES[s]} {mean[s]:+.2f} ± {spread[s]:.2f}" for s in SCORES)
     subsets = ", ".join(f"{k} {change.loc[k, 'mean']:+.3f} ± {change.loc[k, 'std']:.3f}" for k in SUBSETS)
@@ -138,7 +141,7 @@ def phrase_mitigation_claims(mitigation: pd.DataFrame) -> pd.DataFrame:
     """C12 on the phrase task ('C12-phrases'), at a matched update budget per kept pair.
     Untestable unless all-pairs DPO lowers the mean log π(y+) (displacement to mitigate).
     Reproduced if the best CHES filter raises it above all pairs and above the best SFT term
-    (means over seeds); partly if it raises it above all pairs."""
+    by more than TIE (means over seeds); partly if above all pairs by more than TIE."""
     change = mitigation.groupby(["kind", "variant"], sort=False)["chosen_logp_change"].agg(
         mean="mean", std=lambda x: x.std(ddof=0)
     )
@@ -161,7 +164,7 @@ def phrase_mitigation_claims(mitigation: pd.DataFrame) -> pd.DataFrame:
                 "paper_value": "filtering mitigates; the SFT term helps less (talk, 'Data filtering via CHES')",
                 "our_value": f"mean Δ log π(y+) over the statements' preferred phrases, mean ± sd over "
                 f"{mitigation['seed'].nunique()} seeds: " + "; ".join(parts),
-                "verdict": verdict(best > base and best > best_sft, best > base, testable=base < 0),
+                "verdict": verdict(best > base + TIE and best > best_sft + TIE, best > base + TIE, testable=base < 0),
                 "precondition": f"all-pairs DPO lowers the mean log π(y+) (displacement to mitigate): {base:+.3f}",
             }
         ]

@@ -174,3 +174,25 @@ def map_claims(runs: pd.DataFrame) -> pd.DataFrame:
             }
         ]
     )
+
+
+def map_summary(runs: pd.DataFrame) -> str:
+    """The map in words: the share of runs in which π(y+) fell along each axis, and for each of
+    the talk's pairs the cells in which it displaced in most runs (or that it never did)."""
+
+    def shares(column: str) -> str:
+        by = runs.groupby(column, sort=True)["displaced"].mean()
+        return ", ".join(f"{k:g}: {v:.0%}" if isinstance(k, float) else f"{k}: {v:.0%}" for k, v in by.items())
+
+    cells = map_table(runs)
+    lines = [
+        f"π(y+) fell in {runs['displaced'].mean():.0%} of {len(runs)} runs. By optimizer — {shares('optimizer')}; "
+        f"by π_ref(y+) (lead weight) — {shares('lead_weight')}; by rebalancing scale — {shares('scale')}; "
+        f"by pair — {shares('pair')}."
+    ]
+    for pair in dict.fromkeys(runs["pair"]):
+        displacing = cells[(cells["pair"] == pair) & (cells["displaced"] >= MOST)]
+        where = "; ".join(f"{r.optimizer}, lead {r.lead_weight:g}, scale {r.scale:g}" for r in displacing.itertuples())
+        lines.append(f"**{pair}** displaces in most runs of {len(displacing)} of {int((cells['pair'] == pair).sum())} cells"
+                     + (f" ({where})." if where else "."))  # fmt: skip
+    return " ".join(lines)
