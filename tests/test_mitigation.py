@@ -142,6 +142,9 @@ def test_mitigation_verdicts(final, verdict):
     claims = mitigation_claims(_curves(final, KINDS))
     assert claims["claim_id"].tolist() == ["C12"]
     assert claims["verdict"].iloc[0] == verdict
+    assert mitigation_claims(_curves(final, KINDS), displaced_share=0.5)["verdict"].iloc[0] == verdict
+    # with fewer than a tenth of single pairs displacing there is nothing for CHES to find
+    assert mitigation_claims(_curves(final, KINDS), displaced_share=0.03)["verdict"].iloc[0] == "untestable here"
 
 
 @pytest.mark.parametrize(

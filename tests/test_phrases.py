@@ -205,5 +205,7 @@ def _mitigation(values: dict[str, tuple[str, float]], seeds=(0, 1)) -> pd.DataFr
     ],
 )
 def test_phrase_mitigation_verdicts(values, expected):
-    claims = phrase_mitigation_claims(_mitigation(values))
+    claims = phrase_mitigation_claims(_mitigation(values), displaced_share=0.4)
     assert claims["claim_id"].tolist() == ["C12-phrases"] and claims["verdict"].iloc[0] == expected
+    few = phrase_mitigation_claims(_mitigation(values), displaced_share=0.1)  # too few single pairs displace
+    assert few["verdict"].iloc[0] == "untestable here"

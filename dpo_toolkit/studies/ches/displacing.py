@@ -137,9 +137,10 @@ def phrase_claims(pairs: pd.DataFrame, protocol: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def phrase_mitigation_claims(mitigation: pd.DataFrame) -> pd.DataFrame:
+def phrase_mitigation_claims(mitigation: pd.DataFrame, displaced_share: float) -> pd.DataFrame:
     """C12 on the phrase task ('C12-phrases'), at a matched update budget per kept pair.
-    Untestable unless all-pairs DPO lowers the mean log π(y+) (displacement to mitigate).
+    Untestable unless all-pairs DPO lowers the mean log π(y+) (displacement to mitigate) and
+    π(y+) falls for ≥ MIN_DISPLACED of single pairs (`displaced_share`, from the pairs table).
     Reproduced if the best CHES filter raises it above all pairs and above the best SFT term
     by more than TIE (means over seeds); partly if above all pairs by more than TIE."""
     change = mitigation.groupby(["kind", "variant"], sort=False)["chosen_logp_change"].agg(
@@ -164,8 +165,13 @@ def phrase_mitigation_claims(mitigation: pd.DataFrame) -> pd.DataFrame:
                 "paper_value": "filtering mitigates; the SFT term helps less (talk, 'Data filtering via CHES')",
                 "our_value": f"mean Δ log π(y+) over the statements' preferred phrases, mean ± sd over "
                 f"{mitigation['seed'].nunique()} seeds: " + "; ".join(parts),
-                "verdict": verdict(best > base + TIE and best > best_sft + TIE, best > base + TIE, testable=base < 0),
-                "precondition": f"all-pairs DPO lowers the mean log π(y+) (displacement to mitigate): {base:+.3f}",
+                "verdict": verdict(
+                    best > base + TIE and best > best_sft + TIE,
+                    best > base + TIE,
+                    testable=base < 0 and displaced_share >= MIN_DISPLACED,
+                ),
+                "precondition": f"all-pairs DPO lowers the mean log π(y+) (displacement to mitigate): {base:+.3f}; "
+                f"π(y+) falls for ≥ {MIN_DISPLACED:.0%} of single pairs: {displaced_share:.0%}",
             }
         ]
     )

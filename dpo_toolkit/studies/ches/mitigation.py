@@ -26,6 +26,7 @@ from dpo_toolkit.core.drift import DRIFT_OOD, DRIFT_RISE, drifted
 from dpo_toolkit.core.evaluate import Evaluator
 from dpo_toolkit.core.park import sft_reference, validate_grid
 from dpo_toolkit.core.runner import Member, RunKey, run_dpo
+from dpo_toolkit.studies.ches.identify import MIN_DISPLACED
 from dpo_toolkit.studies.ches.measures import ches, ches_filter
 
 
@@ -150,13 +151,15 @@ def _best(table: pd.DataFrame, kind: str, metric: str, higher: bool) -> pd.Serie
     return rows.loc[rows[f"{metric}_mean"].idxmax() if higher else rows[f"{metric}_mean"].idxmin()]
 
 
-def mitigation_claims(curves: pd.DataFrame) -> pd.DataFrame:
+def mitigation_claims(curves: pd.DataFrame, displaced_share: float | None = None) -> pd.DataFrame:
     """The C12 claims row: does removing high-CHES pairs mitigate the damage (held-out
     Δ log π(y+) and OOD rate at the last evaluation) better than an SFT term?
 
     For each of the two measures: 'mitigates' if the best filter beats all pairs, 'beats
     SFT' if it also beats the best SFT weight (means over seeds). Precondition: all-pairs DPO
-    displaces (its held-out Δ log π(y+) is < 0), else there is nothing to mitigate. Reproduced
+    displaces (its held-out Δ log π(y+) is < 0), else there is nothing to mitigate, and, given
+    `displaced_share` (the share of single pairs whose π(y+) fell, C11's table), at least
+    MIN_DISPLACED of the pairs displace: with fewer, no filter by CHES can be told apart. Reproduced
     when both hold on both measures; partly when the filter mitigates the displacement
     itself (held-out Δ log π(y+)); not reproduced otherwise.
     """
@@ -180,7 +183,13 @@ def mitigation_claims(curves: pd.DataFrame) -> pd.DataFrame:
             f"best SFT ({sft['variant']}) {sft[f'{metric}_mean']:+.3f} ± {sft[f'{metric}_std']:.3f}"
         )
     displacement = float(base["chosen_logp_change_mean"])
-    c12 = verdict(all(m and b for m, b in checks), checks[0][0], testable=displacement < 0)
+    enough = displaced_share is None or displaced_share >= MIN_DISPLACED
+    c12 = verdict(all(m and b for m, b in checks), checks[0][0], testable=displacement < 0 and enough)
+    share = (
+        ""
+        if displaced_share is None
+        else (f"; π(y+) falls for ≥ {MIN_DISPLACED:.0%} of single pairs (C11's table): {displaced_share:.0%}")
+    )
     n_seeds = curves["seed"].nunique()
     return claims_frame(
         [
@@ -191,7 +200,8 @@ def mitigation_claims(curves: pd.DataFrame) -> pd.DataFrame:
                 "paper_value": "filtering mitigates; the SFT term helps less (talk, 'Data filtering via CHES')",
                 "our_value": f"last evaluation, mean ± sd over {n_seeds} seeds; " + "; ".join(parts),
                 "verdict": c12,
-                "precondition": f"all-pairs DPO lowers held-out log π(y+) (displacement to mitigate): {displacement:+.3f}",
+                "precondition": f"all-pairs DPO lowers held-out log π(y+) (displacement to mitigate): {displacement:+.3f}"
+                + share,
             }
         ]
     )
