@@ -96,3 +96,20 @@ def test_the_shipped_minilm_embeddings_load_with_their_tokens():
     assert cos("okay", "ok") > cos("okay", "river")
     nearest = (unit @ unit[vocab.index("never")]).topk(2).indices.tolist()
     assert vocab.tokens[nearest[0]] == "never"
+
+
+def test_a_hand_built_instance_displaces_exactly_as_computed_by_hand():
+    """π(y+) after the run, against numpy on the toy geometry: the reference's h_ref is moved by
+    s (W_y+ − W_y−) with β s ‖W_y+ − W_y−‖² = margin, and π = softmax(W h)."""
+    import numpy as np
+
+    vocab, beta, margin, p_ref = _toy_vocabulary(), 0.1, 5.0, 0.8
+    (row,) = pair_rows(vocab, "maybe", "perhaps", p_ref, beta, (margin,))
+    W = vocab.W.numpy()
+    h_ref = reference_hidden(vocab.W, 0, p_ref).numpy()
+    d = W[0] - W[1]
+    logits = W @ (h_ref + margin / (beta * d @ d) * d)
+    p = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    assert row["p_pos_before"] == pytest.approx(p_ref, abs=1e-9)
+    assert row["p_pos_after"] == pytest.approx(p[0], rel=1e-9)
+    assert row["displaced"] == (p[0] < p_ref) and row["mass_left_pos"] == pytest.approx(p_ref - p[0], rel=1e-9)
