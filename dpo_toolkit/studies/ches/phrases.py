@@ -30,6 +30,7 @@ from dpo_toolkit.core.losses import dpo_loss, sequence_logps, soft_label_sft_los
 from dpo_toolkit.core.model import Transformer
 from dpo_toolkit.core.optim import make_optimizer
 from dpo_toolkit.core.train import fit_full_batch
+from dpo_toolkit.studies.ches.safety_task import phrase_batch
 
 PHRASE_GROUPS: dict[str, tuple[str, ...]] = {
     "agree": ("yes .", "sure thing .", "of course yes .", "certainly ."),
@@ -84,18 +85,6 @@ def statements(cfg: PhraseConfig) -> tuple[np.ndarray, np.ndarray]:
     )
     prompts = np.array([[cfg.vocab.index("Q"), cfg.vocab.index(f"s{i}"), cfg.vocab.index("A")] for i in range(cfg.n_statements)])
     return prompts, stances
-
-
-def phrase_batch(cfg: PhraseConfig, rows: Sequence[tuple[np.ndarray, str]]) -> Batch:
-    """(prompt ids, phrase) rows as one batch padded with '.', the phrase's tokens marked as the response."""
-    width = max(len(p) + len(r.split()) for p, r in rows)
-    tokens = torch.full((len(rows), width), cfg.vocab.index("."), dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.bool)
-    for i, (p, r) in enumerate(rows):
-        ids = list(p) + [cfg.vocab.index(w) for w in r.split()]
-        tokens[i, : len(ids)] = torch.tensor(ids)
-        mask[i, len(p) : len(ids)] = True
-    return Batch(tokens, mask)
 
 
 def targets(cfg: PhraseConfig, stances: np.ndarray) -> torch.Tensor:

@@ -80,7 +80,7 @@ class SafetyConfig:
 
 
 def encode(cfg: SafetyConfig, prompt: Sequence[int], response: str) -> list[int]:
-    """Token ids of the prompt followed by the phrase's words."""
+    """Token ids of the prompt followed by the phrase's words (any config with a `vocab` of words)."""
     return list(prompt) + [cfg.vocab.index(w) for w in response.split()]
 
 
@@ -95,8 +95,9 @@ def prompts(cfg: SafetyConfig) -> tuple[np.ndarray, np.ndarray]:
     return everything[np.sort(order[n_test:])], everything[np.sort(order[:n_test])]
 
 
-def phrase_batch(cfg: SafetyConfig, rows: list[tuple[np.ndarray, str]]) -> Batch:
-    """(prompt ids, phrase) rows as one batch padded with '.', the phrase tokens marked as the response."""
+def phrase_batch(cfg: SafetyConfig, rows: Sequence[tuple[np.ndarray, str]]) -> Batch:
+    """(prompt ids, phrase) rows as one batch padded with '.', the phrase tokens marked as the
+    response. Any config whose `vocab` holds the words and '.' (the phrase task's too)."""
     width = max(len(p) + len(r.split()) for p, r in rows)
     tokens = torch.full((len(rows), width), cfg.vocab.index("."), dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.bool)
