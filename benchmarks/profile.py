@@ -21,11 +21,18 @@ time minus that of wrapped calls inside it) to one category each:
 
 Writes ``_build/benchmarks/profile.csv`` after every chapter (one row per chapter and category,
 merged with the rows of chapters not re-run).
+
+``--device cuda`` runs the chapters with ``device = "cuda"`` (their notebook parameter); the
+timers then wait for the GPU at the end of each timed call, so that asynchronous kernels are
+charged to the call that launched them. ``--set NAME=VALUE`` overrides any other parameter
+(a Python literal), ``--results DIR`` keeps the chapters' results (claims tables, CSVs) there
+instead of a temporary folder, and ``--csv NAME`` writes ``_build/benchmarks/NAME.csv``.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import functools
 import importlib
@@ -43,6 +50,7 @@ matplotlib.use("Agg")
 import jupytext
 import matplotlib.pyplot as plt
 import pandas as pd
+import torch
 import yaml
 
 from benchmarks.common import OUT, ROOT, stems, write
@@ -97,6 +105,8 @@ class Attribution:
             try:
                 return fn(*args, **kwargs)
             finally:
+                if torch.cuda.is_initialized():
+                    torch.cuda.synchronize()  # charge the GPU's queued work to the call that queued it
                 name, start, nested = self.stack.pop()
                 elapsed = time.perf_counter() - start
                 self.seconds[name] += elapsed - nested
@@ -137,8 +147,9 @@ def instrumented(attribution: Attribution):
             setattr(holder, attr, original)
 
 
-def chapter_source(stem: str, profile: str) -> str:
-    """The notebook's code cells as one script, the profile's parameter overrides after the parameters cell."""
+def chapter_source(stem: str, profile: str, extra: dict | None = None) -> str:
+    """The notebook's code cells as one script: after the parameters cell, the profile's parameter
+    overrides, then `extra` (name → value); each extra name must be one the notebook declares."""
     notebook = jupytext.read(ROOT / "notebooks" / f"{stem}.md")
     overrides = {}
     params = ROOT / "params" / profile / f"{stem}.yaml"
@@ -150,17 +161,22 @@ def chapter_source(stem: str, profile: str) -> str:
             continue
         parts.append(cell.source)
         if "parameters" in cell.metadata.get("tags", []):
-            parts += [f"{name} = {value!r}" for name, value in overrides.items()]
+            declared = {line.split(":", 1)[0].strip() for line in cell.source.splitlines() if ":" in line}
+            unknown = sorted(set(extra or {}) - declared)
+            if unknown:
+                raise ValueError(f"notebooks/{stem}.md has no parameter {unknown}; it declares {sorted(declared)}")
+            parts += [f"{name} = {value!r}" for name, value in {**overrides, **(extra or {})}.items()]
     return "\n\n".join(parts)
 
 
-def profile_chapter(stem: str, profile: str) -> pd.DataFrame:
-    """One chapter's wall time by category, from scratch."""
-    source = chapter_source(stem, profile)
+def profile_chapter(stem: str, profile: str, extra: dict | None = None, results: Path | None = None) -> pd.DataFrame:
+    """One chapter's wall time by category, from scratch; its results go to `results` (default: a
+    temporary folder), whose runs/ caches must be empty for a from-scratch time."""
+    source = chapter_source(stem, profile, extra)
     attribution = Attribution()
     with tempfile.TemporaryDirectory() as tmp, instrumented(attribution):
         previous_env, previous_cwd = os.environ.get("DPO_RESULTS_ROOT"), Path.cwd()
-        os.environ["DPO_RESULTS_ROOT"] = tmp
+        os.environ["DPO_RESULTS_ROOT"] = str(Path(results).resolve()) if results else tmp
         os.chdir(ROOT / "notebooks")
         plt.show = lambda *a, **k: None
         try:
@@ -179,34 +195,59 @@ def profile_chapter(stem: str, profile: str) -> pd.DataFrame:
     seconds["other"] = total - sum(seconds.values())
     rows = [{"chapter": stem, "profile": profile, "category": c, "seconds": seconds.get(c, 0.0)} for c in CATEGORIES]
     table = pd.DataFrame(rows)
-    return table.assign(share=table["seconds"] / total, chapter_s=total)
+    device = str((extra or {}).get("device", "cpu"))
+    if device != "cpu":
+        device = f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
+    return table.assign(share=table["seconds"] / total, chapter_s=total, device=device)
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("stems", nargs="*", help="chapters to profile (default: all, in the book's order)")
     parser.add_argument("--profile", default="paper", choices=["quick", "paper"])
+    parser.add_argument("--device", default="cpu", help="the chapters' device parameter: cpu, cuda or cuda:N")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override a notebook parameter with a Python literal, e.g. --set 'seeds=[0, 1]'",
+    )
+    parser.add_argument("--results", type=Path, help="keep the chapters' results here (default: a temporary folder)")
+    parser.add_argument("--csv", default="profile", help="write _build/benchmarks/CSV.csv (default: profile)")
     args = parser.parse_args(argv)
     chosen = args.stems or stems()
     unknown = sorted(set(chosen) - set(stems()))
     if unknown:
         parser.error(f"unknown chapters {unknown}; the book's are {stems()}")
+    extra = {}
+    for item in args.set:
+        name, _, value = item.partition("=")
+        try:
+            extra[name.strip()] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            parser.error(f"--set {item!r}: VALUE must be a Python literal")
+    if args.device != "cpu":
+        extra["device"] = args.device
     for stem in chosen:
-        print(f"== {stem} at the {args.profile} profile", flush=True)
-        table = record(profile_chapter(stem, args.profile))  # after every chapter: a killed run keeps the finished ones
+        print(f"== {stem} at the {args.profile} profile on {args.device}", flush=True)
+        rows = profile_chapter(stem, args.profile, extra, args.results)
+        table = record(rows, args.csv)  # after every chapter: a killed run keeps the finished ones
     return table
 
 
-def record(rows: pd.DataFrame) -> pd.DataFrame:
-    """Merge one chapter's rows into _build/benchmarks/profile.csv, replacing that chapter's earlier rows at its profile."""
+def record(rows: pd.DataFrame, name: str = "profile") -> pd.DataFrame:
+    """Merge one chapter's rows into _build/benchmarks/<name>.csv, replacing that chapter's earlier rows at its profile."""
     table = rows
-    previous = OUT / "profile.csv"
+    previous = OUT / f"{name}.csv"
     if previous.exists():
         old = pd.read_csv(previous)
+        if "device" not in old:
+            old = old.assign(device="cpu")  # rows written before the device column existed
         done = set(zip(rows["chapter"], rows["profile"], strict=True))
         keep = [(c, p) not in done for c, p in zip(old["chapter"], old["profile"], strict=True)]
         table = pd.concat([old[keep][rows.columns], rows], ignore_index=True)
-    write(table, "profile")
+    write(table, name)
     return table
 
 

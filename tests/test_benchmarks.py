@@ -80,6 +80,55 @@ def test_performance_page_opens_with_the_book_time_and_shows_where_it_goes(tmp_p
     assert "- quick: benchmarks.profile at commit abc1234" in text
 
 
+def _gpu_run(folder, outcomes: dict[str, str], verdicts: dict[str, str], busy=(50, 100)):
+    """A gpu_book.sh output folder: summary, utilisation samples, profiles of the chapters that ran, their claims."""
+    (folder / "results").mkdir(parents=True)
+    lines = ["Mon Nov 30 18:46:29 UTC 2026", "NVIDIA H200, 580.159.04, 143771 MiB", "torch 2.11.0+cu130 cuda 13.0 True",
+             "model name\t: Test CPU", "16", "tests/test_cuda.py, tests/test_device.py: exit 0"]  # fmt: skip
+    for chapter, outcome in outcomes.items():
+        lines.append(f"{chapter}: {outcome}, 77.7 s after the start")
+        if outcome == "ran":
+            rows = _profile_rows({chapter: {"training": 60.0, "other": 30.0}}).assign(profile="paper", device="cuda (H200)")
+            rows.to_csv(folder / f"profile_gpu_{chapter}.csv", index=False)
+            (folder / "results" / chapter).mkdir()
+            pd.DataFrame({"claim_id": list(verdicts), "statement": "s", "paper_value": "p", "our_value": "v",
+                          "verdict": list(verdicts.values()), "precondition": "none"}).to_csv(
+                folder / "results" / chapter / "claims.csv", index=False)  # fmt: skip
+    (folder / "summary.txt").write_text("\n".join([*lines, "whole book: 80.0 s wall"]) + "\n")
+    samples = "".join(f"2026/11/30 18:47:0{i}.1, {b} %, {100 * (i + 1)} MiB\n" for i, b in enumerate(busy))
+    (folder / "gpu_utilisation.csv").write_text("timestamp, utilization.gpu [%], memory.used [MiB]\n" + samples)
+
+
+def test_a_gpu_run_is_collected_and_its_verdicts_set_beside_the_cpu_ones(tmp_path, monkeypatch):
+    from benchmarks import gpu_book
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(gpu_book, "OUT", out)
+    monkeypatch.setattr(gpu_book, "stems", lambda: ["grokking", "ches"])
+    monkeypatch.setattr(report, "stems", lambda: ["grokking", "ches"])
+    _gpu_run(tmp_path / "run1", {"grokking": "ran", "ches": "stopped at the 50 s budget"}, {"C1": "partly", "C2": "reproduced"})
+    _gpu_run(tmp_path / "run2", {"ches": "failed (exit 1)"}, {}, busy=(20, 40))
+    gpu_book.main(["collect", str(tmp_path / "run1"), str(tmp_path / "run2")])
+    runs = pd.read_csv(out / "gpu_book.csv").set_index("chapter")
+    assert runs.loc["grokking", "wall_s"] == 90.0 and runs.loc["grokking", "outcome"] == "ran"  # the profile's own time
+    assert runs.loc["ches", "outcome"] == "failed (exit 1)" and runs.loc["ches", "run"] == 2  # the later run replaces
+    assert runs.loc["grokking", "gpu_busy_mean"] == 0.75 and runs.loc["ches", "gpu_busy_mean"] == 0.30
+    assert runs.loc["grokking", "gpu_memory_peak_mib"] == 200 and runs.loc["grokking", "processes_sharing_gpu"] == 2
+    cpu = tmp_path / "cpu"
+    (cpu / "grokking").mkdir(parents=True)
+    claims = {"claim_id": ["C1", "C2"], "statement": "s", "paper_value": "p", "our_value": ["v", "w"],
+              "verdict": ["partly", "not reproduced"], "precondition": "none"}  # fmt: skip
+    pd.DataFrame(claims).to_csv(cpu / "grokking" / "claims.csv")
+    gpu_book.main(["claims", str(cpu)])
+    monkeypatch.setattr(report, "SOURCES", (out,))
+    text = report.render(tmp_path / "executed").read_text()
+    assert "On the GPU: on one NVIDIA H200, 1 of 2 chapters finished, in at most 1.5 min each" in text
+    assert "| 1 | grokking |  | 90 | 2 | 75% | 200 |" in text
+    assert "| 2 | ches |  | failed (exit 1) after 78 | 1 | 30% | 200 |" in text
+    assert "Of the 2 claims of the chapters that finished on the GPU, 1 got the same verdict" in text
+    assert "| grokking | C2 | not reproduced | reproduced | w | v |" in text
+
+
 def test_a_csv_from_an_older_suite_is_named_in_the_error(tmp_path, monkeypatch):
     folder = tmp_path / "fresh"
     folder.mkdir()
