@@ -18,6 +18,8 @@ TEST_BOOK := _build/test-book
 TEST_RESULTS := _build/test-results-reference
 
 export PYTHONHASHSEED := 0
+# No progress bars in batch runs (book, nbval, CI logs); interactive Jupyter sessions show them (core/progress.py).
+export DPO_PROGRESS := 0
 
 # The reference kernel path: what the stored notebook outputs are made with and compared under
 # (README, "Testing"). PyTorch's own kernels take their AVX2 code, MKL its CPU-independent

@@ -208,6 +208,7 @@ def run_chapter(stem: str, profile: str, executed: Path, results: Path) -> str:
     key_file.unlink(missing_ok=True)
     failed_file.unlink(missing_ok=True)
     os.environ["DPO_RESULTS_ROOT"] = str(results.resolve())
+    os.environ.setdefault("DPO_PROGRESS", "0")  # the kernel inherits it: no progress bars in the built chapter
     start, error = time.time(), None
     with PeakMemory() as memory:
         try:

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from .config import DPOConfig, TrainConfig
 from .data import Batch, PairSet, collate, collate_pairs
@@ -26,6 +25,7 @@ from .evaluate import pair_logps
 from .losses import dpo_loss, sequence_logps, sft_loss
 from .model import Transformer
 from .optim import ensemble_optimizer, make_optimizer
+from .progress import progress_bar
 
 EvalFn = Callable[[], dict[str, float] | list[dict[str, float]]]
 
@@ -132,7 +132,7 @@ def optimize(
 
     if not resumed:  # a checkpoint holds every evaluation up to its step, step 0 included
         record()
-    with tqdm(total=total, initial=start, desc=desc, disable=None if progress is None else not progress, leave=False) as bar:
+    with progress_bar(total, start, desc, progress) as bar:
         for epoch in range(cfg.epochs):
             order = torch.randperm(n_items, generator=generator)  # drawn every epoch, so resuming replays it
             for position, index in enumerate(order.split(cfg.batch_size)):
