@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from dpo_toolkit.core.claims import COLUMNS, claims_frame, identity, read_claims, results_dir, verdict, with_arm, write_claims
@@ -42,6 +44,19 @@ def test_results_dir_respects_env(tmp_path, monkeypatch):
     assert results_dir("chap") == tmp_path / "chap"
     assert (tmp_path / "chap").is_dir()
     assert results_dir("x", tmp_path / "other") == tmp_path / "other" / "x"
+
+
+def test_results_go_to_the_repository_top_without_the_env(tmp_path, monkeypatch):
+    import dpo_toolkit.core.claims as claims
+
+    monkeypatch.delenv("DPO_RESULTS_ROOT", raising=False)
+    top = Path(__file__).resolve().parents[1]
+    monkeypatch.setattr(Path, "mkdir", lambda self, **kw: None)  # nothing is created by this check
+    assert results_dir("chap") == top / "_build" / "results" / "chap"  # where make book and the scorecard read
+    fake = tmp_path / "site-packages" / "dpo_toolkit" / "core" / "claims.py"  # a pip-installed toolkit
+    monkeypatch.setattr(claims, "__file__", str(fake))
+    monkeypatch.chdir(tmp_path)
+    assert results_dir("chap") == tmp_path / "_build" / "results" / "chap"
 
 
 def test_claims_table_shows_every_cell_in_full_without_a_positional_index():

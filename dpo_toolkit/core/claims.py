@@ -91,9 +91,12 @@ class ClaimsTable:
 
 def results_dir(stem: str, root: str | Path | None = None) -> Path:
     """``<root>/<stem>``, created; root defaults to $DPO_RESULTS_ROOT, else ``_build/results``
-    at the repository top (found from this package's location)."""
+    at the repository top when the toolkit runs from a checkout (found from this package's
+    location), else in the working directory (a pip-installed toolkit, as on Colab)."""
     if root is None:
-        root = os.environ.get("DPO_RESULTS_ROOT") or Path(__file__).resolve().parents[1] / "_build" / "results"
+        checkout = Path(__file__).resolve().parents[2]  # dpo_toolkit/core/claims.py → the repository top
+        top = checkout if (checkout / "pyproject.toml").exists() else Path.cwd()
+        root = os.environ.get("DPO_RESULTS_ROOT") or top / "_build" / "results"
     path = Path(root) / stem
     path.mkdir(parents=True, exist_ok=True)
     return path
