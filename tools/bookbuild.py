@@ -36,6 +36,7 @@ from papermill.translators import PythonTranslator
 
 from dpo_toolkit import __version__
 from dpo_toolkit.core.claims import IDENTITY, TESTED, UNTESTABLE, VERDICTS, read_claims
+from tools import install_cell
 from tools.peakmem import PeakMemory
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -391,6 +392,11 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--results", type=Path, required=True)
     args = parser.parse_args(argv)
     if args.command == "config":
+        repo = repository()
+        if repo and repo[0] != install_cell.REPOSITORY:
+            print(f"warning: the notebooks' install cell (Colab) installs the toolkit from {install_cell.REPOSITORY}, but this "
+                  f"book is built from {repo[0]}: set REPOSITORY in tools/install_cell.py, then run "
+                  "`python -m tools.install_cell write` and `make notebooks`", file=sys.stderr)  # fmt: skip
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(yaml.safe_dump(book_config(), sort_keys=False, allow_unicode=True))
         return 0
