@@ -1,6 +1,15 @@
-"""Seaborn figures shared by chapters. Each returns the matplotlib Figure it draws."""
+"""Seaborn figures shared by chapters. Each returns the matplotlib Figure it draws.
+
+Every figure is drawn in the book's style (STYLE) and checked for legibility at the book's
+column width: at most MAX_WIDTH_IN inches wide at 100 dpi, so the book shrinks it by at most
+1.6 into its ~770 px column (the site check measures that ratio), and at most two panels per
+row. Text is sized so that a tick label shrunk by 1.6 is still ≥ 10 px on screen.
+"""
 
 from __future__ import annotations
+
+import functools
+from collections import Counter
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -8,45 +17,111 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.colors import LogNorm
 
+DPI = 100
+MAX_SHRINK = 1.6  # natural width / rendered width the site check allows
+MIN_TICK_PX = 10  # a tick label's height on screen at that shrink
+COLUMN_PX = 756  # the text column at a 1,400 px window, as the site check measured it
+MAX_WIDTH_IN = 12.0  # 1,200 px ≤ MAX_SHRINK × COLUMN_PX
+MAX_PANELS_PER_ROW = 2
+STYLE = {
+    "figure.dpi": DPI,
+    "savefig.dpi": DPI,
+    "font.size": 12,
+    "axes.titlesize": 12.5,
+    "axes.labelsize": 12,
+    "xtick.labelsize": 12,  # 12 pt = 16.7 px at 100 dpi, 10.4 px shrunk by 1.6
+    "ytick.labelsize": 12,
+    "legend.fontsize": 11,
+    "legend.title_fontsize": 11,
+    "figure.titlesize": 13,
+}
+
+
+def check_layout(fig: plt.Figure) -> plt.Figure:
+    """Raise ValueError when `fig` is wider than MAX_WIDTH_IN or has more than MAX_PANELS_PER_ROW
+    panels in a row (colorbars and twin axes are not panels); return it otherwise."""
+    if fig.get_figwidth() > MAX_WIDTH_IN + 1e-9:
+        raise ValueError(f"figure {fig.get_figwidth():.1f} in wide: at most {MAX_WIDTH_IN:g} in, or the book shrinks its text")
+    positions = {
+        (round(ax.get_position().x0, 3), round(ax.get_position().y0, 3))  # a twin axis shares its host's position
+        for ax in fig.axes
+        if ax.get_visible() and ax.get_label() != "<colorbar>"
+    }
+    per_row = Counter(y0 for _, y0 in positions)
+    if per_row and max(per_row.values()) > MAX_PANELS_PER_ROW:
+        raise ValueError(f"{max(per_row.values())} panels in one row: at most {MAX_PANELS_PER_ROW} at the book's column width")
+    return fig
+
+
+def book_figure(plot):
+    """Draw `plot`'s figure in STYLE (its ticks created and laid out inside the style) and check its layout."""
+
+    @functools.wraps(plot)
+    def draw(*args, **kwargs) -> plt.Figure:
+        with plt.rc_context(STYLE):
+            fig = plot(*args, **kwargs)
+            fig.canvas.draw()  # ticks are made lazily: make them now, in the book's sizes
+        return check_layout(fig)
+
+    return draw
+
 
 def _run_label(runs: pd.DataFrame) -> pd.Series:
     return runs["beta"].map(lambda b: "SFT" if pd.isna(b) else f"DPO β={b:g}")
 
 
+@book_figure
 def plot_training_curves(runs: pd.DataFrame, metrics: dict[str, str], ncols: int = 2) -> plt.Figure:
     """Metric against epoch, one line per run (SFT, DPO at each β), mean ± sd over seeds.
 
-    runs: the tidy output of ``run_sft_then_dpo``; metrics: column → axis title.
-    A metric that a run does not have (SFT has no margin) is simply not drawn for it.
+    runs: the tidy output of ``run_sft_then_dpo``; metrics: column → axis label. When runs
+    hold both phases, SFT and DPO get axes of their own (their epochs differ in number and in
+    what they count): each metric is a row of two panels, SFT against its epochs on the left
+    and DPO at each β against DPO epochs on the right, sharing the metric's scale; a metric
+    SFT does not have (the DPO margin) leaves its left panel empty. Otherwise the metrics are
+    laid out `ncols` per row.
     """
     data = runs.assign(run=_run_label(runs))
     order = list(dict.fromkeys(data.sort_values("beta", na_position="first")["run"]))
     dpo_runs = [r for r in order if r != "SFT"]
     palette = {"SFT": "black", **dict(zip(dpo_runs, sns.color_palette("viridis", len(dpo_runs)), strict=True))}
-    nrows = -(-len(metrics) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(5.5 * ncols, 3.6 * nrows), squeeze=False)
-    for ax, (column, title) in zip(axes.flat, metrics.items(), strict=False):
-        sns.lineplot(
-            data=data.dropna(subset=[column]),
-            x="epoch",
-            y=column,
-            hue="run",
-            hue_order=order,
-            palette=palette,
-            errorbar="sd",
-            ax=ax,
-            legend=ax is axes.flat[0],
-        )
-        ax.set(title=title, xlabel="epoch", ylabel=column)
-    for ax in list(axes.flat)[len(metrics) :]:
-        ax.remove()
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    axes.flat[0].get_legend().remove()
-    fig.legend(handles, labels, loc="lower center", ncol=len(order), frameon=False)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    split = "SFT" in order and bool(dpo_runs)
+    if split:
+        fig, axes = plt.subplots(len(metrics), 2, figsize=(11, 3.3 * len(metrics)), squeeze=False, sharey="row")
+        panels = [(row[0], row[1], column, label) for row, (column, label) in zip(axes, metrics.items(), strict=True)]
+        axes[0, 0].set_title("SFT (the reference)")
+        axes[0, 1].set_title("DPO from the reference")
+    else:
+        nrows = -(-len(metrics) // ncols)
+        fig, axes = plt.subplots(nrows, ncols, figsize=(5.5 * ncols, 3.6 * nrows), squeeze=False)
+        for ax in list(axes.flat)[len(metrics) :]:
+            ax.remove()
+        panels = [(None, ax, column, label) for ax, (column, label) in zip(axes.flat, metrics.items(), strict=False)]
+    for sft_ax, dpo_ax, column, label in panels:
+        has = data.dropna(subset=[column])
+        if sft_ax is not None:
+            sft = has[has["run"] == "SFT"]
+            if len(sft):
+                sns.lineplot(data=sft, x="epoch", y=column, color="black", errorbar="sd", ax=sft_ax)
+                sft_ax.set(xlabel="SFT epoch", ylabel=label)
+            else:
+                sft_ax.set(xlabel="SFT epoch", ylabel=label, xticks=[], yticks=[])
+                sft_ax.text(0.5, 0.5, "not defined for SFT", ha="center", va="center", transform=sft_ax.transAxes, color="grey")
+        sns.lineplot(data=has[has["run"] != "SFT"] if split else has, x="epoch", y=column, hue="run",
+                     hue_order=dpo_runs if split else order, palette=palette, errorbar="sd", ax=dpo_ax)  # fmt: skip
+        dpo_ax.set(xlabel="DPO epoch" if split or "SFT" not in order else "epoch", ylabel="" if split else label)
+    first = panels[0][1]
+    handles, labels = first.get_legend_handles_labels()
+    for _, ax, _, _ in panels:
+        if ax.get_legend() is not None:
+            ax.get_legend().remove()
+    legend_rows = -(-len(labels) // 5)
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), frameon=False)
+    fig.tight_layout(rect=(0, 0.35 * legend_rows / fig.get_figheight(), 1, 1))
     return fig
 
 
+@book_figure
 def plot_kl_heatmap(sweep: pd.DataFrame, optimal: pd.DataFrame) -> plt.Figure:
     """Seed-mean KL over (β, step) as a heat map (log colour scale), with each seed's
     least-OOD checkpoint marked (Park Fig. 2 left)."""
@@ -82,6 +157,7 @@ def plot_kl_heatmap(sweep: pd.DataFrame, optimal: pd.DataFrame) -> plt.Figure:
     return fig
 
 
+@book_figure
 def plot_ood_vs_kl(sweep: pd.DataFrame, band: tuple[float, float], bins: pd.DataFrame) -> plt.Figure:
     """OOD rate against KL for every checkpoint (colour: β), the binned means that
     ``kl_sweep.u_shape_bins`` computed, and the band of least-OOD KLs (Park Fig. 2 right)."""
@@ -91,11 +167,12 @@ def plot_ood_vs_kl(sweep: pd.DataFrame, band: tuple[float, float], bins: pd.Data
     sns.scatterplot(data=data, x="kl", y="ood_rate", hue="log10_beta", palette="viridis", s=14, alpha=0.6, linewidth=0, ax=ax)
     ax.plot(bins["kl"], bins["ood_rate"], color="black", marker="s", label=f"mean OOD in {len(bins)} equal-count KL bins")
     ax.set(xscale="log", xlabel="KL(π_θ ‖ π_ref)", ylabel="OOD rate", title="OOD against KL, every checkpoint")
-    ax.legend(fontsize=8, loc="upper left", title="log10 β", title_fontsize=8)
+    ax.legend(loc="upper left", title="log10 β")
     fig.tight_layout()
     return fig
 
 
+@book_figure
 def plot_kl_band(optimal: pd.DataFrame, band: tuple[float, float], paper_band: tuple[float, float]) -> plt.Figure:
     """KL of the least-OOD checkpoint against β, one colour per seed, with our band and the paper's."""
     fig, ax = plt.subplots(figsize=(8, 4.2))
@@ -109,7 +186,7 @@ def plot_kl_band(optimal: pd.DataFrame, band: tuple[float, float], paper_band: t
         ylabel="KL at the least-OOD checkpoint",
         title="Where each β is least out of distribution",
     )
-    ax.legend(fontsize=8)
+    ax.legend()
     fig.tight_layout()
     return fig
 
@@ -117,6 +194,7 @@ def plot_kl_band(optimal: pd.DataFrame, band: tuple[float, float], paper_band: t
 SURGERY_LABELS = {"A": "A (β small)", "attention": "A with B's attention", "non-attention": "A with B's non-attention"}
 
 
+@book_figure
 def plot_attention_maps(patterns: dict[str, np.ndarray], labels: dict[str, list[str]]) -> plt.Figure:
     """Attention pattern of every head (Park Fig. 3 left): one row per model.
 
@@ -124,19 +202,26 @@ def plot_attention_maps(patterns: dict[str, np.ndarray], labels: dict[str, list[
     labels: model name → the tokens of that sequence, for the axes.
     """
     n_heads = next(iter(patterns.values())).shape[0]
-    fig, axes = plt.subplots(len(patterns), n_heads, figsize=(2.9 * n_heads, 2.9 * len(patterns)), squeeze=False)
-    for row, (name, pattern) in zip(axes, patterns.items(), strict=True):
-        for head, ax in enumerate(row):
+    rows_per_model = -(-n_heads // 2)  # two heads per row
+    nrows = rows_per_model * len(patterns)
+    fig, axes = plt.subplots(nrows, 2, figsize=(8, 3.8 * nrows), squeeze=False)
+    for block, (name, pattern) in enumerate(patterns.items()):
+        cells = axes[block * rows_per_model : (block + 1) * rows_per_model].ravel()
+        for head, ax in enumerate(cells):
+            if head >= n_heads:
+                ax.set_visible(False)
+                continue
             sns.heatmap(pattern[head], ax=ax, cmap="Blues", vmin=0, vmax=1, cbar=False, square=True,
                         xticklabels=labels[name], yticklabels=labels[name])  # fmt: skip
-            ax.set_title(f"{name}, head {head}", fontsize=10)
-            ax.tick_params(labelsize=8, rotation=0)
+            ax.set_title(f"{name}, head {head}")
+            ax.tick_params(rotation=0)
     fig.supxlabel("key position (token)")
     fig.supylabel("query position")
     fig.tight_layout()
     return fig
 
 
+@book_figure
 def plot_weight_delta_vs_kl(sweep: pd.DataFrame) -> plt.Figure:
     """WeightDelta from π_ref against KL for every DPO checkpoint (step > 0), coloured by β (Park Fig. 3 right)."""
     data = sweep[sweep["step"] > 0]
@@ -150,6 +235,7 @@ def plot_weight_delta_vs_kl(sweep: pd.DataFrame) -> plt.Figure:
     return fig
 
 
+@book_figure
 def plot_surgery(curves: pd.DataFrame) -> plt.Figure:
     """Park Fig. 4: A's OOD rate against step, and KL of A and of both surgeries against step (mean ± sd over seeds)."""
     data = curves.assign(model=curves["variant"].map(SURGERY_LABELS))
@@ -164,6 +250,7 @@ def plot_surgery(curves: pd.DataFrame) -> plt.Figure:
     return fig
 
 
+@book_figure
 def plot_surgery_shares(curves: pd.DataFrame) -> plt.Figure:
     """Park Fig. 5: left, the attention share of A's change between checkpoints beside the
     KL of A with B's attention; right, OOD(A′) − OOD(A) for both surgeries (mean ± sd over seeds)."""
@@ -177,7 +264,7 @@ def plot_surgery_shares(curves: pd.DataFrame) -> plt.Figure:
                  ax=twin, label="KL of A with B's attention")  # fmt: skip
     twin.set(ylabel="KL")
     lines = left.get_legend_handles_labels(), twin.get_legend_handles_labels()
-    left.legend(lines[0][0] + lines[1][0], lines[0][1] + lines[1][1], frameon=False, fontsize=8, loc="upper right")
+    left.legend(lines[0][0] + lines[1][0], lines[0][1] + lines[1][1], frameon=False, loc="upper right")
     twin.get_legend().remove()
     base = a.set_index(["seed", "step"])["ood_rate"]
     change = curves[curves["variant"] != "A"].assign(
@@ -196,24 +283,28 @@ def plot_surgery_shares(curves: pd.DataFrame) -> plt.Figure:
     return fig
 
 
+@book_figure
 def plot_tpm_vs_beta(theorem: pd.DataFrame, instances: dict[str, int]) -> plt.Figure:
     """TPM(A) and TPM(U) of Theorem 2 against β for chosen instances of ``theorem2_table``,
     with the bounds α and 1 − α dashed; one panel per instance (title → instance id)."""
-    fig, axes = plt.subplots(1, len(instances), figsize=(4.6 * len(instances), 3.8), squeeze=False, sharey=True)
-    for ax, (title, instance) in zip(axes[0], instances.items(), strict=True):
+    nrows = -(-len(instances) // 2)  # two panels per row
+    fig, axes = plt.subplots(nrows, 2, figsize=(11, 4 * nrows), squeeze=False, sharey=True)
+    for ax in axes.flat[len(instances) :]:
+        ax.set_visible(False)
+    for ax, (title, instance) in zip(axes.flat, instances.items(), strict=False):
         rows = theorem[theorem["instance"] == instance]
         alpha = rows["alpha"].iloc[0]
         ax.plot(rows["beta"], rows["tpm_aligned"], color="tab:green", label="TPM(A)")
         ax.plot(rows["beta"], np.exp(rows["log_tpm_unaligned"]), color="tab:red", label="TPM(U)")
         ax.axhline(alpha, color="tab:green", ls="--", lw=1, label="α")
         ax.axhline(1 - alpha, color="tab:red", ls="--", lw=1, label="1 − α")
-        ax.set(xscale="log", xlabel="β", title=title, ylim=(-0.02, 1.02))
-    axes[0, 0].set_ylabel("total probability mass")
-    axes[0, 0].legend(frameon=False, fontsize=8)
+        ax.set(xscale="log", xlabel="β", ylabel="total probability mass", title=title, ylim=(-0.02, 1.02))
+    axes[0, 0].legend(frameon=False)
     fig.tight_layout()
     return fig
 
 
+@book_figure
 def plot_unaligned_mass(curves: pd.DataFrame) -> plt.Figure:
     """Left: mean unaligned mass over test prompts against step, beside the greedy OOD
     rate; right: log10 of the smallest unaligned mass over prompts. One colour per β,
@@ -230,6 +321,7 @@ def plot_unaligned_mass(curves: pd.DataFrame) -> plt.Figure:
     return fig
 
 
+@book_figure
 def plot_temperature(temperatures: pd.DataFrame) -> plt.Figure:
     """Mean unaligned mass over test prompts against sampling temperature at the last
     checkpoint, one line per β (mean ± sd over seeds). temperatures: seed, beta, temperature, mass."""
@@ -244,6 +336,7 @@ def plot_temperature(temperatures: pd.DataFrame) -> plt.Figure:
 ARM_PALETTE = {"no SFT": "tab:red", "full SFT": "tab:blue", "small SFT": "tab:green"}
 
 
+@book_figure
 def plot_gradient_bound(inputs: pd.DataFrame, bound: float, env: pd.DataFrame) -> plt.Figure:
     """‖∇V_x‖ against std_{y∼π}[r] on log-log axes for every (training input, checkpoint),
     coloured by arm, with the envelope bound · std^(2/3) and the binned maxima of ``envelope``."""
@@ -254,11 +347,12 @@ def plot_gradient_bound(inputs: pd.DataFrame, bound: float, env: pd.DataFrame) -
     ax.plot(grid, bound * grid ** (2 / 3), color="black", lw=1.5, label=f"{bound:.3g} · std^(2/3)")
     ax.plot(10 ** env["log10_std"], 10 ** env["log10_grad"], "k^", ms=6, label="largest ‖∇V‖ per half-decade")
     ax.set(xscale="log", yscale="log", xlabel="reward std under π(·|x)", ylabel="‖∇V_x‖ (exact)")
-    ax.legend(frameon=False, fontsize=8, markerscale=2)
+    ax.legend(frameon=False, markerscale=2)
     fig.tight_layout()
     return fig
 
 
+@book_figure
 def plot_gain_by_std(stall: pd.DataFrame, n_bins: int = 6) -> plt.Figure:
     """Reward gain over RL fine-tuning of the low-reward training inputs (``stall_table``
     rows with `low`), in equal-count bins of their reward std when RFT began, by arm; and
@@ -276,6 +370,7 @@ def plot_gain_by_std(stall: pd.DataFrame, n_bins: int = 6) -> plt.Figure:
     return fig
 
 
+@book_figure
 def plot_rft_curves(curves: pd.DataFrame) -> plt.Figure:
     """Expected training reward and the number of small-std, low-reward training inputs
     against RFT step, one line per arm (mean ± sd over seeds)."""
@@ -290,22 +385,26 @@ def plot_rft_curves(curves: pd.DataFrame) -> plt.Figure:
     return fig
 
 
+@book_figure
 def plot_similarity(similarity: np.ndarray, labels: list[str]) -> plt.Figure:
     """Cosine similarity of token unembeddings as an annotated heat map."""
     fig, ax = plt.subplots(figsize=(6.5, 5.5))
     sns.heatmap(similarity, xticklabels=labels, yticklabels=labels, cmap="RdBu_r", vmin=-1, vmax=1, annot=True, fmt=".1f",
-                annot_kws={"size": 7}, square=True, ax=ax)  # fmt: skip
+                annot_kws={"size": 10}, square=True, ax=ax)  # fmt: skip
     ax.set_title("cosine similarity of unembeddings W_z")
     fig.tight_layout()
     return fig
 
 
+@book_figure
 def plot_displacement_geometry(geometry: pd.DataFrame, pairs: pd.DataFrame, features: pd.DataFrame) -> plt.Figure:
     """Left: one-step change of log π(z) (standardised over z within each run) against
     ⟨W_z, W_y+ − W_y−⟩ for z ∉ {y+, y−}, in the tiny LM and in its unconstrained-features
     model. Middle: change of log π(y+) against ⟨W_y+, W_y−⟩ over every pair of answer tokens
     (LM). Right: the same over random instances of the unconstrained-features model."""
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    fig, grid = plt.subplots(2, 2, figsize=(11, 8))
+    axes = grid.ravel()
+    axes[3].set_visible(False)
     runs = geometry.groupby(["seed", "statement", "pair"])
     columns = ("dlogp_lm", "dlogp_features")
     centred = geometry.assign(**{c: (geometry[c] - runs[c].transform("mean")) / runs[c].transform("std") for c in columns})
@@ -325,6 +424,7 @@ def plot_displacement_geometry(geometry: pd.DataFrame, pairs: pd.DataFrame, feat
     return fig
 
 
+@book_figure
 def plot_ches_ranking(table: pd.DataFrame, measures: dict[str, str]) -> plt.Figure:
     """One panel per score: the score of each pair against its displacement Δ log π(y+)
     (first seed); and a last panel with Spearman(score, −displacement) per seed. Two panels per row."""
@@ -353,7 +453,8 @@ def plot_ches_ranking(table: pd.DataFrame, measures: dict[str, str]) -> plt.Figu
     return fig
 
 
-def plot_variant_curves(curves: pd.DataFrame, metrics: dict[str, str], ncols: int = 3) -> plt.Figure:
+@book_figure
+def plot_variant_curves(curves: pd.DataFrame, metrics: dict[str, str], ncols: int = 2) -> plt.Figure:
     """Metric against DPO step, one line per training variant (all pairs, CHES filters,
     SFT terms), mean ± sd over seeds. curves: ``run_mitigations`` or ``run_safety`` output."""
     order = list(dict.fromkeys(curves["variant"]))
@@ -364,20 +465,22 @@ def plot_variant_curves(curves: pd.DataFrame, metrics: dict[str, str], ncols: in
     palette |= dict(zip(filters, sns.color_palette("Blues_r", len(filters) + 1), strict=False))
     palette |= dict(zip(sfts, sns.color_palette("Oranges_r", len(sfts) + 1), strict=False))
     nrows = -(-len(metrics) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.6 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.5 * ncols, 3.8 * nrows), squeeze=False)
     for ax, (column, title) in zip(axes.flat, metrics.items(), strict=False):
         sns.lineplot(data=curves, x="step", y=column, hue="variant", hue_order=order, palette=palette, errorbar="sd",
                      ax=ax, legend=ax is axes.flat[0])  # fmt: skip
-        ax.set(title=title, xlabel="DPO step", ylabel=column)
+        ax.set(xlabel="DPO step", ylabel=title)
     for ax in axes.flat[len(metrics) :]:
         ax.set_visible(False)
     handles, labels = axes.flat[0].get_legend_handles_labels()
     axes.flat[0].get_legend().remove()
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), frameon=False)
-    fig.tight_layout(rect=(0, 0.12 / nrows, 1, 1))
+    legend_rows = -(-len(labels) // 3)
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 3), frameon=False)
+    fig.tight_layout(rect=(0, 0.35 * legend_rows / fig.get_figheight(), 1, 1))
     return fig
 
 
+@book_figure
 def plot_ches_by_kind(pairs: pd.DataFrame, column: str, order: list, title: str) -> plt.Figure:
     """CHES of the training pairs (all seeds) split by `column`, a box per value in `order`."""
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
@@ -387,6 +490,7 @@ def plot_ches_by_kind(pairs: pd.DataFrame, column: str, order: list, title: str)
     return fig
 
 
+@book_figure
 def plot_drift_map(table: pd.DataFrame) -> plt.Figure:
     """The drift map's grid: for each optimizer (a row), the share of seeds that drift and the
     mean final OOD rate over learning rate × β, every cell annotated (drifted/seeds; mean ± sd).
@@ -417,6 +521,7 @@ def plot_drift_map(table: pd.DataFrame) -> plt.Figure:
     return fig
 
 
+@book_figure
 def plot_drift_arms(table: pd.DataFrame, base_label: str) -> plt.Figure:
     """The one-at-a-time arms around the base recipe: drift share and final OOD rate and exact
     OOD mass (mean ± sd over seeds) of each variant, the base first."""
@@ -436,6 +541,7 @@ def plot_drift_arms(table: pd.DataFrame, base_label: str) -> plt.Figure:
     return fig
 
 
+@book_figure
 def plot_drift_mechanism(curves: pd.DataFrame) -> plt.Figure:
     """One recipe's runs along training, one line per seed: greedy OOD rate and exact OOD mass
     on the test prompts; mean log π(y_w) and log π(y_l) of the scored training pairs beside the
@@ -462,6 +568,7 @@ def plot_drift_mechanism(curves: pd.DataFrame) -> plt.Figure:
     return fig
 
 
+@book_figure
 def plot_beta_kl(curves: pd.DataFrame, lrs: dict[str, float]) -> plt.Figure:
     """KL along training for every β (seed mean ± sd), one panel per optimizer at the learning
     rate lrs[optimizer]: where the curves of different β coincide, β has not acted yet."""
@@ -478,6 +585,7 @@ def plot_beta_kl(curves: pd.DataFrame, lrs: dict[str, float]) -> plt.Figure:
     return fig
 
 
+@book_figure
 def plot_displacement_map(table: pd.DataFrame) -> plt.Figure:
     """The displacement map: the share of runs in which π(y+) fell, per cell, rows = pair and
     π_ref(y+) (the corpus's lead weight), columns = optimizer and the h/W rebalancing scale;
@@ -491,7 +599,7 @@ def plot_displacement_map(table: pd.DataFrame) -> plt.Figure:
     share = cells.pivot(index="row", columns="column", values="displaced").loc[rows, columns]
     text = cells.pivot(index="row", columns="column", values="text").loc[rows, columns]
     fig, ax = plt.subplots(figsize=(max(6.0, 0.95 * len(columns) + 2.5), 0.55 * len(rows) + 1.8))
-    sns.heatmap(100 * share, ax=ax, vmin=0, vmax=100, cmap="rocket_r", annot=text, fmt="", annot_kws={"fontsize": 9},
+    sns.heatmap(100 * share, ax=ax, vmin=0, vmax=100, cmap="rocket_r", annot=text, fmt="", annot_kws={"fontsize": 10},
                 cbar_kws={"label": "runs in which π(y+) fell (%)"})  # fmt: skip
     ax.set(xlabel="optimizer and rebalancing scale (‖W‖²/‖h‖² × scale⁴)", ylabel="pair (y+/y−) and π_ref(y+)",
            title="Single-prompt DPO in the persona LM: displaced % (catastrophic %)")  # fmt: skip
@@ -499,6 +607,7 @@ def plot_displacement_map(table: pd.DataFrame) -> plt.Figure:
     return fig
 
 
+@book_figure
 def plot_ches_protocol(protocol: pd.DataFrame) -> plt.Figure:
     """The paper's protocol: Δ log π(y+) of the preferred responses after DPO on the lowest-,
     median- and highest-CHES subsets, mean ± sd over seeds, with each seed's value."""

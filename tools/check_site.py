@@ -8,7 +8,10 @@ downloaded browser). For the intro, every page of the table of contents and the
 bibliography, it checks that the page loads with no console errors, that every image
 has a non-zero natural size, that every link within the site resolves (and every
 #fragment names an element of its page), and that the scorecard links every chapter.
-It saves a screenshot of each page and exits 1 listing every failure.
+It also checks that no figure is wider than the text column or shrunk into it by more than
+dpo_toolkit.plotting.MAX_SHRINK (which keeps tick labels ≥ 10 px), and that figure numbers
+restart in each chapter. It saves a screenshot of each page (a 1,400 × 1,600 window), of
+each page's first claims table and of its widest figure, and exits 1 listing every failure.
 
 Resources on other hosts (MathJax from its CDN) cannot load on an offline machine; the
 console errors that say so (net::ERR_NAME_NOT_RESOLVED and the like, for a URL that is
@@ -21,6 +24,7 @@ import argparse
 import contextlib
 import functools
 import http.server
+import re
 import shutil
 import sys
 import threading
@@ -34,6 +38,9 @@ import yaml
 from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+
+from dpo_toolkit.plotting import MAX_SHRINK, MIN_TICK_PX
 
 
 def toc_pages(book_root: Path) -> list[str]:
@@ -72,7 +79,7 @@ def _driver() -> webdriver.Chrome:
         )
     options = Options()
     options.binary_location = browser
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1600"):
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,1600"):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     return webdriver.Chrome(options=options, service=Service(driver))
@@ -117,6 +124,7 @@ def check_page(driver: webdriver.Chrome, base: str, page: str, screenshots: Path
     failures += [f"{page}: Markdown table shown as raw text: {text.strip()[:60]!r}" for text in raw_tables]
     if "chapters/" in page and Path(page).stem not in ("scorecard", "performance") and not cells:
         failures.append(f"{page}: no claims table (class claims-table)")
+    failures += _figure_failures(driver, page)
     links = driver.execute_script("return [...document.querySelectorAll('a[href]')].map(a => a.href)")
     checked: dict[str, bool] = {}
     for link in links:
@@ -134,8 +142,48 @@ def check_page(driver: webdriver.Chrome, base: str, page: str, screenshots: Path
         ):
             failures.append(f"{page}: link to missing anchor #{fragment}")
     screenshots.mkdir(parents=True, exist_ok=True)
-    driver.save_screenshot(str(screenshots / (page.replace("/", "__").removesuffix(".html") + ".png")))
+    stem = page.replace("/", "__").removesuffix(".html")
+    driver.save_screenshot(str(screenshots / f"{stem}.png"))
+    _element_screenshots(driver, screenshots / stem)
     return failures
+
+
+def _figure_failures(driver: webdriver.Chrome, page: str) -> list[str]:
+    """Figures too wide for the column or shrunk so far that their text is illegible, and
+    figure numbers that do not restart in each chapter (Fig. N.1, N.2, …)."""
+    failures = []
+    figures = driver.execute_script(
+        "return [...document.querySelectorAll('article img')].filter(i => i.naturalWidth > 0).map(i =>"
+        "  [i.currentSrc || i.src, i.naturalWidth, i.getBoundingClientRect().width,"
+        "   i.closest('article').getBoundingClientRect().width])"
+    )
+    for src, natural, rendered, column in figures:
+        name = src.rsplit("/", 1)[-1][:12]
+        if rendered > column + 1:
+            failures.append(f"{page}: figure {name}… is {rendered:.0f} px wide, wider than the {column:.0f} px column")
+        if rendered > 0 and natural / rendered > MAX_SHRINK:
+            failures.append(f"{page}: figure {name}… shrunk {natural / rendered:.2f}× ({natural} → {rendered:.0f} px; at most "
+                            f"{MAX_SHRINK}×, or its text falls below {MIN_TICK_PX} px)")  # fmt: skip
+    numbers = driver.execute_script(
+        "return [...document.querySelectorAll('article .caption-number')].map(e => e.textContent.trim())"
+    )
+    found = [n for n in numbers if n.startswith("Fig")]
+    parsed = [re.fullmatch(r"Fig\. (\d+)\.(\d+)", n) for n in found]
+    restart = all(parsed) and len({m[1] for m in parsed}) <= 1 and [int(m[2]) for m in parsed] == list(range(1, len(parsed) + 1))
+    if not restart:
+        failures.append(f"{page}: figure numbers {found} do not restart in the chapter as N.1, N.2, …")
+    return failures
+
+
+def _element_screenshots(driver: webdriver.Chrome, stem: Path) -> None:
+    """Screenshots of the page's first claims table and of its widest figure, beside the page's."""
+    table = driver.find_elements(By.CSS_SELECTOR, "table.claims-table")
+    if table:
+        table[0].screenshot(f"{stem}__claims_table.png")
+    images = driver.find_elements(By.CSS_SELECTOR, "article img")
+    widths = [int(img.get_attribute("naturalWidth") or 0) for img in images]
+    if images and max(widths) > 0:
+        images[widths.index(max(widths))].screenshot(f"{stem}__widest_figure.png")
 
 
 def check_site(book_root: Path, screenshots: Path) -> list[str]:
