@@ -58,9 +58,13 @@ def book_figure(plot):
 
     @functools.wraps(plot)
     def draw(*args, **kwargs) -> plt.Figure:
-        with plt.rc_context(STYLE):
+        saved = {key: plt.rcParams[key] for key in STYLE}  # only these: not plt.rc_context, which would also undo
+        plt.rcParams.update(STYLE)  # what a first figure sets in Jupyter (interactive mode, which shows the figures)
+        try:
             fig = plot(*args, **kwargs)
             fig.canvas.draw()  # ticks are made lazily: make them now, in the book's sizes
+        finally:
+            plt.rcParams.update(saved)
         return check_layout(fig)
 
     return draw
@@ -99,17 +103,20 @@ def plot_training_curves(runs: pd.DataFrame, metrics: dict[str, str], ncols: int
         panels = [(None, ax, column, label) for ax, (column, label) in zip(axes.flat, metrics.items(), strict=False)]
     for sft_ax, dpo_ax, column, label in panels:
         has = data.dropna(subset=[column])
-        if sft_ax is not None:
-            sft = has[has["run"] == "SFT"]
-            if len(sft):
-                sns.lineplot(data=sft, x="epoch", y=column, color="black", errorbar="sd", ax=sft_ax)
-                sft_ax.set(xlabel="SFT epoch", ylabel=label)
-            else:
-                sft_ax.set(xlabel="SFT epoch", ylabel=label, xticks=[], yticks=[])
-                sft_ax.text(0.5, 0.5, "not defined for SFT", ha="center", va="center", transform=sft_ax.transAxes, color="grey")
         sns.lineplot(data=has[has["run"] != "SFT"] if split else has, x="epoch", y=column, hue="run",
                      hue_order=dpo_runs if split else order, palette=palette, errorbar="sd", ax=dpo_ax)  # fmt: skip
         dpo_ax.set(xlabel="DPO epoch" if split or "SFT" not in order else "epoch", ylabel="" if split else label)
+        if sft_ax is None:
+            continue
+        sft = has[has["run"] == "SFT"]
+        if len(sft):
+            sns.lineplot(data=sft, x="epoch", y=column, color="black", errorbar="sd", ax=sft_ax)
+            sft_ax.set(xlabel="SFT epoch", ylabel=label)
+        else:  # the DPO panel carries the metric's axis
+            sft_ax.axis("off")
+            sft_ax.text(0.5, 0.5, "not defined for SFT", ha="center", va="center", transform=sft_ax.transAxes, color="grey")
+            dpo_ax.set_ylabel(label)
+            dpo_ax.tick_params(labelleft=True)
     first = panels[0][1]
     handles, labels = first.get_legend_handles_labels()
     for _, ax, _, _ in panels:

@@ -44,14 +44,34 @@ def _runs() -> pd.DataFrame:
 
 def test_sft_and_dpo_get_their_own_epoch_axes_in_the_books_type_size():
     fig = plotting.plot_training_curves(_runs(), {"ood_rate": "OOD rate", "margin": "DPO reward margin"})
-    (sft_ood, dpo_ood), (sft_margin, _dpo_margin) = np.array(fig.axes).reshape(2, 2)
+    (sft_ood, dpo_ood), (sft_margin, dpo_margin) = np.array(fig.axes).reshape(2, 2)
     assert sft_ood.get_xlabel() == "SFT epoch" and dpo_ood.get_xlabel() == "DPO epoch"
     assert max(x for line in sft_ood.get_lines() for x in line.get_xdata()) == 100
     assert max(x for line in dpo_ood.get_lines() for x in line.get_xdata()) == 3  # not a sliver beside SFT's 100
     assert sft_ood.get_ylabel() == "OOD rate"  # words, not the column name
     assert "not defined for SFT" in [t.get_text() for t in sft_margin.texts]
+    fig.canvas.draw()
+    assert dpo_margin.get_ylabel() == "DPO reward margin"  # the DPO panel carries the margin's axis and its numbers
+    assert any(t.get_text() and t.get_visible() for t in dpo_margin.get_yticklabels())
     fig.canvas.draw()  # outside the style's context: the ticks keep the book's size
     sizes = {t.get_fontsize() for ax in fig.axes for t in ax.get_xticklabels() + ax.get_yticklabels() if t.get_text()}
     assert sizes == {plotting.STYLE["xtick.labelsize"]}
     assert fig.dpi == plotting.DPI
+    plt.close("all")
+
+
+def test_the_style_is_undone_but_what_the_plot_turned_on_stays(monkeypatch):
+    """In Jupyter the first figure switches matplotlib to interactive mode, which is what shows every
+    later figure; restoring all of rcParams afterwards (plt.rc_context) would switch it off again."""
+    monkeypatch.setitem(matplotlib.rcParams, "interactive", False)
+    size = matplotlib.rcParams["xtick.labelsize"]
+
+    @plotting.book_figure
+    def first_figure():
+        matplotlib.interactive(True)  # as the inline backend does when it is first used
+        return plt.subplots()[0]
+
+    first_figure()
+    assert matplotlib.is_interactive()
+    assert matplotlib.rcParams["xtick.labelsize"] == size
     plt.close("all")
