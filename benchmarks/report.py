@@ -111,7 +111,9 @@ def _time_breakdown() -> tuple[str, list[str]]:
     chapters = _chapter_seconds(profile)
     expected = len(stems()) or chapters["chapter"].nunique()
     said = []
-    for name, group in chapters.groupby("profile", sort=False):
+    by_profile = dict(list(chapters.groupby("profile", sort=False)))
+    for name in sorted(by_profile, key=lambda n: n != "paper"):  # the paper profile first: the number readers quote
+        group = by_profile[name]
         if len(group) >= expected:
             said.append(f"{group['chapter_s'].sum() / 60:.1f} min at the {name} profile")
         else:  # never a total over some chapters only
