@@ -418,9 +418,7 @@ def plot_displacement_geometry(geometry: pd.DataFrame, pairs: pd.DataFrame, feat
     long = centred.melt(id_vars=["inner"], value_vars=["dlogp_lm", "dlogp_features"], var_name="model", value_name="dlogp")
     long["model"] = long["model"].map({"dlogp_lm": "tiny LM", "dlogp_features": "unconstrained features"})
     sns.scatterplot(data=long, x="inner", y="dlogp", hue="model", s=10, alpha=0.6, ax=axes[0])
-    axes[0].set(
-        xlabel="⟨W_z, W_y+ − W_y−⟩", ylabel="Δ log π(z) after one step, standardised per run", title="where the mass goes"
-    )
+    axes[0].set(xlabel="⟨W_z, W_y+ − W_y−⟩", ylabel="Δ log π(z), one step (standardised)", title="where the mass goes")
     sns.scatterplot(data=pairs, x="inner_pos_neg", y="dlogp_pos", hue="seed", palette="deep", s=14, ax=axes[1])
     axes[1].axhline(0, color="grey", lw=0.8)
     axes[1].set(xlabel="⟨W_y+, W_y−⟩", ylabel="Δ log π(y+) after one step", title="tiny LM, every answer pair")

@@ -177,13 +177,18 @@ def _figure_failures(driver: webdriver.Chrome, page: str) -> list[str]:
 
 def _element_screenshots(driver: webdriver.Chrome, stem: Path) -> None:
     """Screenshots of the page's first claims table and of its widest figure, beside the page's."""
+
+    def shoot(element, path: str) -> None:
+        driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", element)  # clear of the sticky header
+        element.screenshot(path)
+
     table = driver.find_elements(By.CSS_SELECTOR, "table.claims-table")
     if table:
-        table[0].screenshot(f"{stem}__claims_table.png")
+        shoot(table[0], f"{stem}__claims_table.png")
     images = driver.find_elements(By.CSS_SELECTOR, "article img")
     widths = [int(img.get_attribute("naturalWidth") or 0) for img in images]
     if images and max(widths) > 0:
-        images[widths.index(max(widths))].screenshot(f"{stem}__widest_figure.png")
+        shoot(images[widths.index(max(widths))], f"{stem}__widest_figure.png")
 
 
 def check_site(book_root: Path, screenshots: Path) -> list[str]:
