@@ -18,6 +18,15 @@ TEST_BOOK := _build/test-book
 TEST_RESULTS := _build/test-results-reference
 
 export PYTHONHASHSEED := 0
+# Processes run at once by make book, make test-book (chapters) and make test (pytest and nbval
+# workers). Each keeps the machine's thread count, so every number is the same as with JOBS=1;
+# their OpenMP threads sleep rather than spin while they wait (PARALLEL), or the processes would
+# slow each other down (README, "Speed").
+JOBS ?= 2
+XDIST = $(if $(filter-out 1,$(JOBS)),-n $(JOBS))
+PARALLEL = $(if $(XDIST),OMP_WAIT_POLICY=PASSIVE)
+# nbval: every cell of a notebook in one worker, in order
+NBVAL = --nbval-lax --nbval-current-env -p no:cacheprovider $(if $(XDIST),$(XDIST) --dist loadfile)
 # No progress bars in batch runs (book, nbval, CI logs); interactive Jupyter sessions show them (core/progress.py).
 export DPO_PROGRESS := 0
 
@@ -47,7 +56,7 @@ install: $(STAMP)
 # chapter is reported on its page and in the scorecard, and makes `make book` exit 1.
 book: $(STAMP)
 	@case " $(PROFILES) " in *" $(PROFILE) "*) ;; *) echo "PROFILE must be one of: $(PROFILES); got '$(PROFILE)'" >&2; exit 2;; esac
-	@$(BIN)/python -m tools.bookbuild chapter $(STEMS) --profile $(PROFILE) --executed $(EXECUTED) --results $(RESULTS)
+	@$(BIN)/python -m tools.bookbuild chapter $(STEMS) --profile $(PROFILE) --jobs $(JOBS) --executed $(EXECUTED) --results $(RESULTS)
 	@$(BIN)/python -m tools.bookbuild config .book-config.yml  # at the root: its relative paths resolve from there
 	@$(BIN)/python -m benchmarks.report --executed $(EXECUTED)
 	@$(BIN)/python -m tools.bookbuild scorecard $(STEMS) --profile $(PROFILE) --executed $(EXECUTED) --results $(RESULTS); status=$$?; \
@@ -63,8 +72,8 @@ test-book: $(STAMP)
 	@$(BIN)/python -m tools.bookbuild config $(TEST_BOOK)/_config.yml
 	@cp -R book/. $(TEST_BOOK)/book/
 	@ln -sfn ../executed $(TEST_BOOK)/book/chapters
-	@env $(REFERENCE_PATH) $(BIN)/python -m tools.bookbuild chapter $(STEMS) --profile quick --executed $(TEST_BOOK)/executed \
-	  --results $(TEST_RESULTS)
+	@env $(REFERENCE_PATH) $(BIN)/python -m tools.bookbuild chapter $(STEMS) --profile quick --jobs $(JOBS) \
+	  --executed $(TEST_BOOK)/executed --results $(TEST_RESULTS)
 	$(BIN)/python -m benchmarks.report --executed $(TEST_BOOK)/executed
 	$(BIN)/python -m tools.bookbuild scorecard $(STEMS) --profile quick --executed $(TEST_BOOK)/executed --results $(TEST_RESULTS)
 	$(BIN)/jupyter-book build $(TEST_BOOK) --warningiserror --nitpick --quiet
@@ -82,9 +91,9 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check dpo_toolkit tests benchmarks tools
 
 test: $(STAMP) lint
-	$(BIN)/pytest
-	env $(REFERENCE_PATH) DPO_RESULTS_ROOT=$(CURDIR)/$(TEST_RESULTS) \
-	  $(BIN)/pytest --nbval-lax --nbval-current-env -p no:cacheprovider notebooks
+	env $(PARALLEL) $(BIN)/pytest $(XDIST)
+	env $(REFERENCE_PATH) $(PARALLEL) DPO_RESULTS_ROOT=$(CURDIR)/$(TEST_RESULTS) \
+	  $(BIN)/pytest $(NBVAL) notebooks
 	$(MAKE) --no-print-directory test-kernel-path
 	$(MAKE) --no-print-directory test-book
 	$(BIN)/python -m tools.check_site $(TEST_BOOK) --screenshots _build/screenshots
@@ -97,8 +106,8 @@ ALT_RESULTS := _build/test-results-reference-alt
 test-kernel-path: $(STAMP)
 	@$(BIN)/python -m tools.kernel_paths describe
 	@rm -rf $(ALT_RESULTS)
-	env $(REFERENCE_PATH) $$($(BIN)/python -m tools.kernel_paths env) DPO_RESULTS_ROOT=$(CURDIR)/$(ALT_RESULTS) \
-	  $(BIN)/pytest --nbval-lax --nbval-current-env -p no:cacheprovider notebooks
+	env $(REFERENCE_PATH) $(PARALLEL) $$($(BIN)/python -m tools.kernel_paths env) DPO_RESULTS_ROOT=$(CURDIR)/$(ALT_RESULTS) \
+	  $(BIN)/pytest $(NBVAL) notebooks
 	$(BIN)/python -m tools.kernel_paths compare $(TEST_RESULTS) $(ALT_RESULTS)
 
 # The benchmark suite (benchmarks/) in its own environment: TRL needs transformers 5,

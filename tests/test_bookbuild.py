@@ -142,7 +142,7 @@ def test_cli_runs_several_chapters_and_leaves_an_unchanged_scorecard_untouched(r
     (repo / "notebooks" / "other.md").write_text("# Another chapter\n")
     executed, results = tmp_path / "out", tmp_path / "results"
     common = ["--executed", str(executed), "--results", str(results)]
-    assert bookbuild.main(["chapter", "demo", "other", "--profile", "quick", *common]) == 0
+    assert bookbuild.main(["chapter", "demo", "other", "--profile", "quick", "--jobs", "1", *common]) == 0
     assert "demo: ran" in capsys.readouterr().out and len(executions) == 2
     assert bookbuild.main(["scorecard", "demo", "other", "--profile", "paper", *common]) == 0
     page = executed / "scorecard.md"
@@ -182,3 +182,66 @@ def test_provenance_reads_every_typed_parameter_as_papermill_does(stem):
     inspected = bookbuild.papermill.inspect_notebook(str(bookbuild.ROOT / "notebooks" / f"{stem}.ipynb"))
     assert bookbuild.notebook_parameters(stem) == {name: (p["default"], p["help"]) for name, p in inspected.items()}
     assert "results_root" in inspected and len(inspected) >= 12
+
+
+def test_expected_seconds_prefer_the_last_run_over_the_committed_profile(repo, tmp_path):
+    (repo / "benchmarks" / "results").mkdir(parents=True)
+    (repo / "benchmarks" / "results" / "profile.csv").write_text(
+        "chapter,profile,category,seconds,share,chapter_s\n"
+        "a,paper,training,1,0.1,100\nb,paper,training,1,0.1,300\nb,quick,training,1,0.1,7\n"
+    )
+    executed = tmp_path / "out"
+    executed.mkdir()
+    assert bookbuild.expected_seconds(["a", "b", "c"], "paper", executed) == {"a": 100.0, "b": 300.0, "c": 0.0}
+    bookbuild.record_timing(executed, "a", "paper", "ran", 500.0, 10.0)
+    bookbuild.record_timing(executed, "c", "quick", "ran", 50.0, 10.0)  # another profile's run does not count
+    assert bookbuild.expected_seconds(["a", "b", "c"], "paper", executed) == {"a": 500.0, "b": 300.0, "c": 0.0}
+    assert set(bookbuild.read_timings(executed)) == {"a", "c"}  # one row per chapter, both kept
+
+
+class FakeProcess:
+    """A chapter process that finishes after `polls` polls with `returncode`."""
+
+    running: list[str] = []
+    started: list[tuple] = []
+    most_at_once = 0
+
+    def __init__(self, command, cwd, env):
+        self.stem, self.env = command[command.index("chapter") + 1], env
+        self.polls, self.returncode = {"slow": 3, "mid": 2}.get(self.stem, 1), 1 if self.stem == "broken" else 0
+        FakeProcess.running.append(self.stem)
+        FakeProcess.most_at_once = max(FakeProcess.most_at_once, len(FakeProcess.running))
+        FakeProcess.started.append((self.stem, env["OMP_WAIT_POLICY"], command[-2:]))
+
+    def poll(self):
+        self.polls -= 1
+        if self.polls > 0:
+            return None
+        FakeProcess.running.remove(self.stem)
+        return self.returncode
+
+
+def test_chapters_run_longest_first_at_most_jobs_at_once(repo, tmp_path, monkeypatch):
+    FakeProcess.running, FakeProcess.started, FakeProcess.most_at_once = [], [], 0
+    monkeypatch.setattr(bookbuild.subprocess, "Popen", FakeProcess)
+    monkeypatch.setattr(bookbuild.time, "sleep", lambda s: None)
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    executed = tmp_path / "out"
+    executed.mkdir()
+    for stem, seconds in (("short", 1.0), ("slow", 90.0), ("mid", 40.0), ("broken", 5.0)):
+        bookbuild.record_timing(executed, stem, "paper", "ran", seconds, 1.0)
+    crashed = bookbuild.run_chapters(["short", "mid", "broken", "slow", "new"], "paper", executed, tmp_path / "r", jobs=2)
+    assert crashed == 1  # "broken" exited 1
+    assert [stem for stem, _, _ in FakeProcess.started] == ["slow", "mid", "broken", "short", "new"]
+    assert FakeProcess.most_at_once == 2 and FakeProcess.running == []
+    assert all(policy == "PASSIVE" and tail == ["--jobs", "1"] for _, policy, tail in FakeProcess.started)
+    FakeProcess.started = []
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # a reader's own setting is kept
+    assert bookbuild.run_chapters(["short"], "paper", executed, tmp_path / "r", jobs=3) == 0
+    assert FakeProcess.started[0][1] == "ACTIVE"
+
+
+def test_jobs_must_be_positive(repo, capsys):
+    with pytest.raises(SystemExit):
+        bookbuild.main(["chapter", "demo", "--profile", "paper", "--executed", "x", "--results", "y", "--jobs", "0"])
+    assert "--jobs must be ≥ 1, got 0" in capsys.readouterr().err

@@ -6,6 +6,8 @@ python -m tools.bookbuild chapter STEM --profile P --executed DIR --results DIR
     successful run at this profile. Append the chapter's provenance (parameters,
     commit, wall time, machine), a re-run box and download links. Exit 0 whether the
     chapter ran, was cached or failed; a failure is recorded in DIR/STEM.failed.
+    With several stems and --jobs N (default 2), N chapters run at once, each in its own
+    process with the machine's thread count, longest first (see run_chapters).
 python -m tools.bookbuild scorecard STEM... --executed DIR --results DIR
     Write DIR/scorecard.md and DIR/scorecard_summary.md from every chapter's
     claims.csv, naming each chapter that failed or has no claims. Exit 1 if any
@@ -18,6 +20,7 @@ import argparse
 import ast
 import csv
 import datetime
+import fcntl
 import hashlib
 import html
 import os
@@ -183,19 +186,27 @@ Downloads: {links}.
 """
 
 
-def record_timing(executed: Path, stem: str, profile: str, outcome: str, wall_s: float, peak_mib: float) -> None:
-    """Keep one row per chapter in executed/timings.csv: its last real run's wall time and kernel peak memory."""
+def read_timings(executed: Path) -> dict[str, dict]:
+    """The rows of executed/timings.csv by chapter (empty when there is none)."""
     path = executed / "timings.csv"
-    rows = {}
-    if path.exists():
-        with path.open() as f:
-            rows = {row["chapter"]: row for row in csv.DictReader(f)}
-    fields = ["chapter", "profile", "outcome", "wall_s", "peak_rss_mib"]
-    rows[stem] = dict(zip(fields, [stem, profile, outcome, f"{wall_s:.1f}", f"{peak_mib:.0f}"], strict=True))
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows.values())
+    if not path.exists():
+        return {}
+    with path.open() as f:
+        return {row["chapter"]: row for row in csv.DictReader(f)}
+
+
+def record_timing(executed: Path, stem: str, profile: str, outcome: str, wall_s: float, peak_mib: float) -> None:
+    """Keep one row per chapter in executed/timings.csv: its last real run's wall time and kernel peak memory.
+    Chapters running at once (run_chapters) update it in turn, under a lock."""
+    with (executed / "timings.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        rows = read_timings(executed)
+        fields = ["chapter", "profile", "outcome", "wall_s", "peak_rss_mib"]
+        rows[stem] = dict(zip(fields, [stem, profile, outcome, f"{wall_s:.1f}", f"{peak_mib:.0f}"], strict=True))
+        with (executed / "timings.csv").open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows.values())
 
 
 def run_chapter(stem: str, profile: str, executed: Path, results: Path) -> str:
@@ -242,6 +253,52 @@ def run_chapter(stem: str, profile: str, executed: Path, results: Path) -> str:
         return "failed"
     key_file.write_text(key)
     return "ran"
+
+
+def expected_seconds(stems: list[str], profile: str, executed: Path) -> dict[str, float]:
+    """Each chapter's expected wall time at `profile`: its last run's (executed/timings.csv), else
+    its time in the committed profile benchmark (benchmarks/results/profile.csv), else 0."""
+    expected = dict.fromkeys(stems, 0.0)
+    committed = ROOT / "benchmarks" / "results" / "profile.csv"
+    if committed.exists():
+        with committed.open() as f:
+            for row in csv.DictReader(f):
+                if row["profile"] == profile and row["chapter"] in expected:
+                    expected[row["chapter"]] = float(row["chapter_s"])
+    for stem, row in read_timings(executed).items():
+        if stem in expected and row["profile"] == profile:
+            expected[stem] = float(row["wall_s"])
+    return expected
+
+
+def run_chapters(stems: list[str], profile: str, executed: Path, results: Path, jobs: int) -> int:
+    """Run the chapters, `jobs` at a time, each in its own process (``chapter STEM``), longest
+    expected first so that the last to finish is a short one; returns the number of processes
+    that crashed (a chapter that fails is recorded as usual and is not a crash).
+
+    Chapters never share results (each writes results/STEM), and each process keeps the
+    machine's thread count, so every number is the one a run on its own gives. OpenMP's
+    threads sleep while they wait (OMP_WAIT_POLICY=PASSIVE, unless set): spinning threads of
+    two processes on one core's worth of work would slow both (benchmarks, "The book on a CPU")."""
+    expected = expected_seconds(stems, profile, executed)
+    pending = sorted(stems, key=lambda stem: -expected[stem])  # stable: ties keep the table-of-contents order
+    env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    running: dict[str, subprocess.Popen] = {}
+    crashed = 0
+    while pending or running:
+        while pending and len(running) < jobs:
+            stem = pending.pop(0)
+            command = [sys.executable, "-m", "tools.bookbuild", "chapter", stem, "--profile", profile,
+                       "--executed", str(executed), "--results", str(results), "--jobs", "1"]  # fmt: skip
+            running[stem] = subprocess.Popen(command, cwd=ROOT, env=env)
+        time.sleep(0.2)
+        for stem, process in list(running.items()):
+            if process.poll() is not None:
+                del running[stem]
+                if process.returncode != 0:
+                    crashed += 1
+                    print(f"   {stem}: its build process exited with {process.returncode}", file=sys.stderr, flush=True)
+    return crashed
 
 
 def chapter_title(stem: str) -> str:
@@ -382,6 +439,7 @@ def main(argv: list[str] | None = None) -> int:
     chapter = sub.add_parser("chapter")
     chapter.add_argument("stems", nargs="+")
     chapter.add_argument("--profile", required=True)
+    chapter.add_argument("--jobs", type=int, default=2, help="chapters run at once (default 2; 1: one after another)")
     config = sub.add_parser("config")
     config.add_argument("out", type=Path)
     card = sub.add_parser("scorecard")
@@ -404,6 +462,11 @@ def main(argv: list[str] | None = None) -> int:
         missing = [stem for stem in args.stems if not (ROOT / "notebooks" / f"{stem}.ipynb").exists()]
         if missing:
             parser.error(f"no notebook for {missing} in notebooks/")
+        if args.jobs < 1:
+            parser.error(f"--jobs must be ≥ 1, got {args.jobs}")
+        args.executed.mkdir(parents=True, exist_ok=True)
+        if args.jobs > 1 and len(args.stems) > 1:
+            return 1 if run_chapters(args.stems, args.profile, args.executed, args.results, args.jobs) else 0
         for stem in args.stems:
             print(f"== {stem} ({args.profile} profile)", flush=True)
             start = time.time()
