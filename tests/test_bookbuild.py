@@ -1,4 +1,5 @@
 import json
+from typing import ClassVar
 
 import nbformat
 import pytest
@@ -202,8 +203,8 @@ def test_expected_seconds_prefer_the_last_run_over_the_committed_profile(repo, t
 class FakeProcess:
     """A chapter process that finishes after `polls` polls with `returncode`."""
 
-    running: list[str] = []
-    started: list[tuple] = []
+    running: ClassVar[list[str]] = []
+    started: ClassVar[list[tuple]] = []
     most_at_once = 0
 
     def __init__(self, command, cwd, env):
