@@ -16,8 +16,10 @@ FULL = [
     ["benchmarks.peak"],
     ["benchmarks.throughput"],
     ["benchmarks.sweep_speed"],
+    ["benchmarks.eval_speed"],
     ["benchmarks.scaling"],
-    ["benchmarks.book", "--run-quick"],
+    ["benchmarks.book", "--run", "quick", "--jobs", "1", "2"],
+    ["benchmarks.book", "--run", "paper", "--jobs", "2"],  # about 50 min; one at a time is the paper profile below
     ["benchmarks.profile", "--profile", "quick"],
     ["benchmarks.profile", "--profile", "paper", "--results", "_build/benchmarks/paper-results"],
     ["benchmarks.gpu_book", "claims", "_build/benchmarks/paper-results"],
@@ -30,8 +32,9 @@ QUICK = [
     ["benchmarks.peak"],
     ["benchmarks.throughput", "--steps", "20", "--repeats", "1"],
     ["benchmarks.sweep_speed", "--steps", "20", "--subset", "1", "--repeats", "1"],
+    ["benchmarks.eval_speed", "--repeats", "1", "--sft-epochs", "1"],
     ["benchmarks.scaling", "--steps", "5"],
-    ["benchmarks.book"],
+    ["benchmarks.book", "--run", "quick", "--jobs", "2"],
     ["benchmarks.profile", "likelihood_displacement", "--profile", "quick"],
 ]
 

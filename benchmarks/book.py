@@ -1,20 +1,22 @@
 """Wall time and peak memory of building the book, per profile and per chapter.
 
-    python -m benchmarks.book [--run-quick]
+    python -m benchmarks.book [--run PROFILE ...] [--jobs N ...]
 
 Per chapter: the wall time and the papermill kernel's peak resident memory that
 ``tools/bookbuild.py`` records in ``timings.csv`` at every real run (a chapter skipped as
 unchanged keeps its last run's row): ``_build/executed`` for ``make book`` (paper
 profile by default) and ``_build/test-book/executed`` for the quick book of ``make test``.
-With --run-quick, first executes every chapter at the quick profile from scratch (fresh
-result caches in a temporary folder) and times the whole run; without it, the rows of the
-last such run in book.csv are kept.
-Writes ``_build/benchmarks/book.csv``.
+With --run, first executes every chapter at each PROFILE from scratch (fresh result caches
+in a temporary folder, or in KEEP/PROFILE-jobsN with --keep KEEP), once for each N of
+--jobs (chapters run at once, as ``make book JOBS=N``; default 2), and times the whole
+run; the rows of earlier such runs that were not repeated are kept from the last
+book.csv. Writes ``_build/benchmarks/book.csv``.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -29,37 +31,50 @@ from tools.peakmem import PeakMemory
 SOURCES = {"make book": ROOT / "_build" / "executed", "make test (quick book)": ROOT / "_build" / "test-book" / "executed"}
 
 
-def run_quick() -> pd.DataFrame:
-    """Every chapter at the quick profile from scratch; per-chapter rows plus a total."""
+def fresh_source(profile: str, jobs: int) -> str:
+    """The `source` of the rows of one from-scratch run."""
+    at_once = "one chapter at a time" if jobs == 1 else f"{jobs} chapters at once"
+    return f"fresh {profile} run, {at_once} (benchmarks.book --run {profile} --jobs {jobs})"
+
+
+def run_fresh(profile: str, jobs: int, keep: Path | None = None) -> pd.DataFrame:
+    """Every chapter at `profile` from scratch, `jobs` at once; per-chapter rows plus a total.
+    With `keep`, the executed chapters and their results are left in keep/PROFILE-jobsN (emptied first)."""
+    source = fresh_source(profile, jobs)
     with tempfile.TemporaryDirectory() as tmp, PeakMemory() as memory:
+        folder = Path(tmp) if keep is None else keep / f"{profile}-jobs{jobs}"
+        shutil.rmtree(folder, ignore_errors=True)
         start = time.perf_counter()
-        executed = Path(tmp) / "executed"
-        command = [sys.executable, "-m", "tools.bookbuild", "chapter", *stems(), "--profile", "quick",
-                   "--executed", str(executed), "--results", str(Path(tmp) / "results")]  # fmt: skip
+        executed = folder / "executed"
+        command = [sys.executable, "-m", "tools.bookbuild", "chapter", *stems(), "--profile", profile, "--jobs", str(jobs),
+                   "--executed", str(executed), "--results", str(folder / "results")]  # fmt: skip
         subprocess.run(command, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
         total = time.perf_counter() - start
-        chapters = pd.read_csv(executed / "timings.csv").assign(source="fresh quick run (benchmarks.book --run-quick)")
-    totals = {"chapter": "all chapters", "profile": "quick", "outcome": "ran", "wall_s": total, "peak_rss_mib": memory.mib}
-    return pd.concat([chapters, pd.DataFrame([totals | {"source": "fresh quick run (benchmarks.book --run-quick)"}])])
+        chapters = pd.read_csv(executed / "timings.csv").assign(source=source)
+    totals = {"chapter": "all chapters", "profile": profile, "outcome": "ran", "wall_s": total, "peak_rss_mib": memory.mib}
+    return pd.concat([chapters, pd.DataFrame([totals | {"source": source}])])
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run-quick", action="store_true", help="first build every chapter at the quick profile from scratch")
+    parser.add_argument("--run", nargs="+", default=[], metavar="PROFILE", help="build every chapter at PROFILE from scratch")
+    parser.add_argument("--jobs", nargs="+", type=int, default=[2], metavar="N", help="chapters at once in those runs (≥ 1)")
+    parser.add_argument("--keep", type=Path, help="leave those runs' chapters and results in KEEP/PROFILE-jobsN")
     args = parser.parse_args(argv)
+    if any(j < 1 for j in args.jobs):
+        parser.error(f"--jobs must be ≥ 1, got {args.jobs}")
+    fresh = [run_fresh(profile, jobs, args.keep) for profile in args.run for jobs in args.jobs]
     previous = OUT / "book.csv"
-    if args.run_quick:
-        frames = [run_quick()]
-    elif previous.exists():  # keep the last from-scratch quick run
-        old = pd.read_csv(previous)
-        frames = [old[old["source"].str.startswith("fresh")].drop(columns=list(machine()), errors="ignore")]
-    else:
-        frames = []
+    frames = list(fresh)
+    if previous.exists():  # keep the earlier from-scratch runs that were not repeated
+        old = pd.read_csv(previous).drop(columns=list(machine()), errors="ignore")
+        repeated = {fresh_source(profile, jobs) for profile in args.run for jobs in args.jobs}
+        frames.append(old[old["source"].str.startswith("fresh") & ~old["source"].isin(repeated)])
     for source, folder in SOURCES.items():
         if (folder / "timings.csv").exists():
             frames.append(pd.read_csv(folder / "timings.csv").assign(source=source))
     if not frames:
-        print("no timings yet: run `make book` or `make test` first, or pass --run-quick", file=sys.stderr)
+        print("no timings yet: run `make book` or `make test` first, or pass --run quick", file=sys.stderr)
         return pd.DataFrame()
     df = pd.concat(frames, ignore_index=True)
     order = {s: i for i, s in enumerate([*stems(), "all chapters"])}

@@ -26,7 +26,7 @@ from benchmarks.common import stems
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = (ROOT / "_build" / "benchmarks", ROOT / "benchmarks" / "results")
 MACHINE = ["cpu", "cores", "threads", "torch"]
-TARGETS = {"one model vs TRL": 5.0, "sweep vs TRL": 10.0, "sweep vs plain loop": 10.0, "fraction of peak": 0.40}
+TARGETS = {"one model vs TRL": 5.0, "sweep vs TRL": 10.0, "sweep vs plain loop": 10.0, "fraction of peak": 0.50}
 
 
 REQUIRED = {
@@ -35,6 +35,8 @@ REQUIRED = {
                     "mflop_per_pair_update", "gflops", "peak_gflops", "fraction_of_peak"},
     "sweep_speed_gpu": {"method", "steps", "pair_updates_per_s", "fraction_of_peak", "device"},
     "peak": {"shape", "gflops", "fraction_of_peak"},
+    "eval_speed": {"part", "seconds", "gflop", "gflops", "peak_gflops", "fraction_of_peak", "models", "test_prompts",
+                   "kl_samples"},
     "scaling": {"axis", "size", "seconds", "pair_updates_per_s"},
     "book": {"source", "profile", "chapter", "wall_s", "peak_rss_mib"},
     "profile": {"chapter", "profile", "category", "seconds", "chapter_s"},
@@ -312,6 +314,31 @@ def render(executed: Path) -> Path:
             f"The plain per-β loop already runs at {plain_fraction:.0%} of peak, so 10× over it would need "
             f"{10 * plain_fraction:.0%} of peak with the same FLOPs per pair-update. This machine's matmul rate drifts by "
             "tens of percent from one run to the next, so compare ratios taken within one run.\n"
+        )
+        parts.append(_source(path))
+
+    evaluation, path = load("eval_speed")
+    parts.append("## Evaluation against the limit\n")
+    if evaluation is None:
+        parts.append("Not measured yet: run `python -m benchmarks.eval_speed`.\n")
+    else:
+        first = evaluation.iloc[0]
+        parts.append(
+            f"Machine: {_machine(evaluation)}. One evaluation of {int(first['models'])} policies batched as one ensemble "
+            f"against an SFT reference, at the KL sweep's paper settings ({int(first['test_prompts'])} test prompts, "
+            f"{int(first['kl_samples'])} KL samples each, accuracy and margin on 1,024 test pairs), whole and part by part; "
+            "FLOPs counted by torch's FlopCounterMode, the best of three timings, against the peak matmul rate measured "
+            "around them.\n"
+        )
+        parts.append(_table(evaluation, {"part": "part", "seconds": "seconds", "gflop": "GFLOP", "gflops": "GFLOP/s",
+                                         "fraction_of_peak": "of peak"},
+                            {"seconds": ".2f", "gflop": ".2f", "gflops": ".1f", "fraction_of_peak": ".0%"}))  # fmt: skip
+        training = "" if sweep is None else f"; training runs at {sweep.iloc[0]['fraction_of_peak']:.0%} (the sweep above)"
+        slowest = evaluation.iloc[1:].sort_values("fraction_of_peak").iloc[0]
+        parts.append(
+            f"\nA whole evaluation runs at {first['fraction_of_peak']:.0%} of the peak{training}. The furthest from it is "
+            f"{slowest['part']} ({slowest['fraction_of_peak']:.0%}): decoding computes one new token per sequence per step, "
+            "so its matrices have a single row per sequence and the per-step overhead weighs most.\n"
         )
         parts.append(_source(path))
 
