@@ -104,6 +104,23 @@ def _chapter_seconds(profile: pd.DataFrame) -> pd.DataFrame:
     return profile.groupby(["profile", "chapter"], sort=False)["chapter_s"].first().reset_index()
 
 
+def _book_walls(cpu: str) -> tuple[str, str]:
+    """From book.csv's from-scratch whole-book runs: the quotable sentence on the paper profile's
+    `make book` wall time ('' without such a run), and one on every run's wall time ('' without any)."""
+    book, _ = load("book")
+    if book is None:
+        return "", ""
+    runs = book[(book["chapter"] == "all chapters") & book["source"].str.contains("--jobs", regex=False)]
+    said, lead = [], ""
+    for profile, group in sorted(runs.groupby("profile"), key=lambda item: item[0] != "paper"):
+        how = [(row["source"].split(", ", 1)[1].split(" (")[0], row["wall_s"] / 60) for _, row in group.iterrows()]
+        said.append(f"{profile} profile " + ", ".join(f"{minutes:.1f} min ({what})" for what, minutes in how))
+        if profile == "paper":
+            what, minutes = min(how, key=lambda item: item[1])
+            lead = f"**The whole book at paper scale: {minutes:.0f} min on a {cpu}** (`make book` from scratch, {what}).\n\n"
+    return lead, (f"`make book` from scratch, wall time: {'; '.join(said)}. " if said else "")
+
+
 def _time_breakdown() -> tuple[str, list[str]]:
     """The page's opening sentence, and the sections on where each chapter's time goes and the times before and after."""
     profile, path = load("profile")
@@ -121,11 +138,13 @@ def _time_breakdown() -> tuple[str, list[str]]:
         else:  # never a total over some chapters only
             said.append(f"at the {name} profile {len(group)} of {expected} chapters measured so far")
     opening = "; ".join(said)
-    opening = (
+    first = profile.iloc[0]
+    lead, walls = _book_walls(f"{first['cores']}-core {first['cpu']}")
+    opening = lead + (
         f"**The whole book's computation, every chapter from scratch: {opening}, on {_machine(profile)}** "
         "(chapters run one after another in one process by `python -m benchmarks.profile`; a `make book` run adds "
-        "about 7 s per chapter for starting the kernel, importing and rendering figures). No GPU was lent where "
-        "these numbers were taken.\n"
+        f"about 7 s per chapter for starting the kernel, importing and rendering figures). {walls}No GPU was "
+        "lent where these numbers were taken.\n"
     )
     parts = [
         "## Where the time goes\n",
@@ -359,7 +378,7 @@ def render(executed: Path) -> Path:
             "What stands between the toolkit and the limit: each step's matrices are small (16 pairs × 2 sequences × "
             "about 9 tokens per model), so elementwise work (softmax, LayerNorm, GELU, the optimizer) and per-step "
             "Python and `vmap` dispatch weigh as much as the matmuls; the prompt is computed twice per pair; and "
-            "evaluation, not counted here, adds its own cost in a chapter run.\n"
+            "evaluation (its own section above) runs further still from the limit.\n"
         )
 
     scaling, path = load("scaling")

@@ -83,6 +83,20 @@ def test_performance_page_opens_with_the_book_time_and_shows_where_it_goes(tmp_p
     assert "| grokking | 20.0 | 10.0 | 0.0 | 30.0 |" in text  # training, sampling, other, total
     assert "| quick | grokking | 60.0 | 30.0 | 2.00 |" in text
     assert "| quick | all chapters | 150.0 | 90.0 | 1.67 |" in text
+    assert "`make book` from scratch" not in text  # no book.csv: no wall-time sentence
+    walls = [
+        ("paper", "fresh paper run, 2 chapters at once (benchmarks.book --run paper --jobs 2)", 600.0),
+        ("quick", "fresh quick run, one chapter at a time (benchmarks.book --run quick --jobs 1)", 90.0),
+        ("quick", "fresh quick run, 2 chapters at once (benchmarks.book --run quick --jobs 2)", 60.0),
+        ("quick", "fresh quick run (benchmarks.book --run-quick)", 500.0),
+    ]  # an older format: not quoted
+    pd.DataFrame([{"source": src, "profile": p, "chapter": "all chapters", "outcome": "ran", "wall_s": w, "peak_rss_mib": 1.0}
+                  for p, src, w in walls]).to_csv(fresh / "book.csv", index=False)  # fmt: skip
+    text = report.render(tmp_path / "executed").read_text()
+    assert text.startswith("# Performance\n\n**The whole book at paper scale: 10 min on a 2-core Test CPU** (`make book` from "
+                           "scratch, 2 chapters at once).\n\n**The whole book's computation")  # fmt: skip
+    assert ("`make book` from scratch, wall time: paper profile 10.0 min (2 chapters at once); quick profile "
+            "1.5 min (one chapter at a time), 1.0 min (2 chapters at once). No GPU") in text  # fmt: skip
     monkeypatch.setattr(report, "stems", lambda: ["grokking", "ches", "kl_sweep"])
     text = report.render(tmp_path / "executed").read_text()
     assert "at the quick profile 2 of 3 chapters measured so far" in text  # never a total over some chapters only
