@@ -51,9 +51,9 @@ import jupytext
 import matplotlib.pyplot as plt
 import pandas as pd
 import torch
-import yaml
 
 from benchmarks.common import OUT, ROOT, stems, write
+from tools.bookbuild import notebook_parameters, profile_overrides
 
 # (module, attribute path, category); a category may be a function of the call's arguments.
 TARGETS: list[tuple[str, str, object]] = [
@@ -151,17 +151,14 @@ def chapter_source(stem: str, profile: str, extra: dict | None = None) -> str:
     """The notebook's code cells as one script: after the parameters cell, the profile's parameter
     overrides, then `extra` (name → value); each extra name must be one the notebook declares."""
     notebook = jupytext.read(ROOT / "notebooks" / f"{stem}.md")
-    overrides = {}
-    params = ROOT / "params" / profile / f"{stem}.yaml"
-    if profile != "quick" and params.exists():
-        overrides = yaml.safe_load(params.read_text()) or {}
+    overrides = profile_overrides(stem, profile)  # the book's own reading of params/<profile>/<stem>.yaml
     parts = []
     for cell in notebook.cells:
         if cell.cell_type != "code":
             continue
         parts.append(cell.source)
         if "parameters" in cell.metadata.get("tags", []):
-            declared = {line.split(":", 1)[0].strip() for line in cell.source.splitlines() if ":" in line}
+            declared = set(notebook_parameters(stem))  # as papermill reads them
             unknown = sorted(set(extra or {}) - declared)
             if unknown:
                 raise ValueError(f"notebooks/{stem}.md has no parameter {unknown}; it declares {sorted(declared)}")

@@ -176,3 +176,14 @@ def test_the_gpt2_twin_tokenizes_characters_and_has_the_toolkit_shape():
     assert tokenizer.decode(ids[0][mask[0]]).replace(" ", "") == "13.<eos>"
     assert tokenizer.decode(ids[3][mask[3]]).replace(" ", "") == "10.<eos>"
     assert not mask[:, :2].any()
+
+
+def test_profiled_chapter_source_takes_the_books_parameter_reading():
+    from benchmarks.profile import chapter_source
+
+    source = chapter_source("kl_sweep", "paper", {"seeds": [0]})
+    assert "\nn_betas = 30\n" in source  # params/paper/kl_sweep.yaml
+    assert source.index("n_betas: int = 8") < source.index("n_betas = 30") < source.index("seeds = [0]")
+    assert "n_betas = " not in chapter_source("kl_sweep", "quick").split("n_betas: int = 8", 1)[1].split("check_parameters")[0]
+    with pytest.raises(ValueError, match=r"has no parameter \['beta'\]"):
+        chapter_source("kl_sweep", "quick", {"beta": 0.1})  # kl_sweep declares n_betas, beta_min, beta_max; not beta
