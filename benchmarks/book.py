@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     if previous.exists():  # keep the earlier from-scratch runs that were not repeated
         old = pd.read_csv(previous).drop(columns=list(machine()), errors="ignore")
         repeated = {fresh_source(profile, jobs) for profile in args.run for jobs in args.jobs}
-        frames.append(old[old["source"].str.startswith("fresh") & ~old["source"].isin(repeated)])
+        fresh_runs = old["source"].str.startswith("fresh") & old["source"].str.contains("--jobs", regex=False)
+        frames.append(old[fresh_runs & ~old["source"].isin(repeated)])
     for source, folder in SOURCES.items():
         if (folder / "timings.csv").exists():
             frames.append(pd.read_csv(folder / "timings.csv").assign(source=source))

@@ -352,7 +352,10 @@ def render(executed: Path) -> Path:
         parts.append(_table(evaluation, {"part": "part", "seconds": "seconds", "gflop": "GFLOP", "gflops": "GFLOP/s",
                                          "fraction_of_peak": "of peak"},
                             {"seconds": ".2f", "gflop": ".2f", "gflops": ".1f", "fraction_of_peak": ".0%"}))  # fmt: skip
-        training = "" if sweep is None else f"; training runs at {sweep.iloc[0]['fraction_of_peak']:.0%} (the sweep above)"
+        training = ""
+        if sweep is not None:
+            where = "" if sweep.iloc[0]["cpu"] == first["cpu"] else f", measured on {sweep.iloc[0]['cpu']}"
+            training = f"; training runs at {sweep.iloc[0]['fraction_of_peak']:.0%} (the sweep above{where})"
         slowest = evaluation.iloc[1:].sort_values("fraction_of_peak").iloc[0]
         parts.append(
             f"\nA whole evaluation runs at {first['fraction_of_peak']:.0%} of the peak{training}. The furthest from it is "
