@@ -21,7 +21,7 @@ export PYTHONHASHSEED := 0
 # Processes run at once by make book, make test-book (chapters) and make test (pytest and nbval
 # workers). Each keeps the machine's thread count, so every number is the same as with JOBS=1;
 # their OpenMP threads sleep rather than spin while they wait (PARALLEL), or the processes would
-# slow each other down (README, "Speed").
+# slow each other down (README, "Two processes at a time").
 JOBS ?= 2
 XDIST = $(if $(filter-out 1,$(JOBS)),-n $(JOBS))
 PARALLEL = $(if $(XDIST),OMP_WAIT_POLICY=PASSIVE)
