@@ -27,6 +27,7 @@ XDIST = $(if $(filter-out 1,$(JOBS)),-n $(JOBS))
 PARALLEL = $(if $(XDIST),OMP_WAIT_POLICY=PASSIVE)
 # nbval: every cell of a notebook in one worker, in order
 NBVAL = --nbval-lax --nbval-current-env -p no:cacheprovider $(if $(XDIST),$(XDIST) --dist loadfile)
+CHECK_JOBS = case "$(JOBS)" in ''|*[!0-9]*|0*) echo "JOBS must be an integer ≥ 1 (processes at once); got '$(JOBS)'" >&2; exit 2;; esac
 # No progress bars in batch runs (book, nbval, CI logs); interactive Jupyter sessions show them (core/progress.py).
 export DPO_PROGRESS := 0
 
@@ -56,6 +57,7 @@ install: $(STAMP)
 # chapter is reported on its page and in the scorecard, and makes `make book` exit 1.
 book: $(STAMP)
 	@case " $(PROFILES) " in *" $(PROFILE) "*) ;; *) echo "PROFILE must be one of: $(PROFILES); got '$(PROFILE)'" >&2; exit 2;; esac
+	@$(CHECK_JOBS)
 	@$(BIN)/python -m tools.bookbuild chapter $(STEMS) --profile $(PROFILE) --jobs $(JOBS) --executed $(EXECUTED) --results $(RESULTS)
 	@$(BIN)/python -m tools.bookbuild config .book-config.yml  # at the root: its relative paths resolve from there
 	@$(BIN)/python -m benchmarks.report --executed $(EXECUTED)
@@ -66,6 +68,7 @@ book: $(STAMP)
 # The book at the quick profile in its own tree (_build/test-book), sharing nbval's result
 # caches, so that testing never overwrites the book `make book` built.
 test-book: $(STAMP)
+	@$(CHECK_JOBS)
 	@rm -rf $(TEST_BOOK)/book $(TEST_BOOK)/_build
 	@mkdir -p $(TEST_BOOK)/book
 	@cp _toc.yml $(TEST_BOOK)/
@@ -91,6 +94,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check dpo_toolkit tests benchmarks tools
 
 test: $(STAMP) lint
+	@$(CHECK_JOBS)
 	env $(PARALLEL) $(BIN)/pytest $(XDIST)
 	env $(REFERENCE_PATH) $(PARALLEL) DPO_RESULTS_ROOT=$(CURDIR)/$(TEST_RESULTS) \
 	  $(BIN)/pytest $(NBVAL) notebooks
