@@ -17,10 +17,12 @@ FULL = [
     ["benchmarks.throughput"],
     ["benchmarks.sweep_speed"],
     ["benchmarks.eval_speed"],
+    ["benchmarks.step_anatomy"],
     ["benchmarks.scaling"],
     ["benchmarks.book", "--run", "quick", "--jobs", "1", "2"],
     ["benchmarks.book", "--run", "paper", "--jobs", "2"],  # about 50 min; one at a time is the paper profile below
     ["benchmarks.profile", "--profile", "quick"],
+    ["benchmarks.profile", "--profile", "quick", "--flops"],  # FLOPs by category; its times are not used
     ["benchmarks.profile", "--profile", "paper", "--results", "_build/benchmarks/paper-results"],
     ["benchmarks.gpu_book", "claims", "_build/benchmarks/paper-results"],
 ]
@@ -33,6 +35,7 @@ QUICK = [
     ["benchmarks.throughput", "--steps", "20", "--repeats", "1"],
     ["benchmarks.sweep_speed", "--steps", "20", "--subset", "1", "--repeats", "1"],
     ["benchmarks.eval_speed", "--repeats", "1", "--sft-epochs", "1"],
+    ["benchmarks.step_anatomy", "--steps", "5", "--repeats", "1"],
     ["benchmarks.scaling", "--steps", "5"],
     ["benchmarks.book", "--run", "quick", "--jobs", "2"],
     ["benchmarks.profile", "likelihood_displacement", "--profile", "quick"],

@@ -19,6 +19,12 @@ time minus that of wrapped calls inside it) to one category each:
 - I/O: ``torch.save``/``torch.load``, CSV reads and writes;
 - other: everything else (chapter logic, imports, Python).
 
+``--flops`` also counts, with torch's FlopCounterMode, the floating-point operations of each
+category, attributed exclusively like the time (a ``gflop`` column), and writes
+``_build/benchmarks/profile_flops.csv`` instead: the counter slows small operations down, so
+its times are not the chapter's, and the Performance page divides these counts by the times of
+an uncounted run (``profile.csv``) to give each category's share of the machine's peak.
+
 Writes ``_build/benchmarks/profile.csv`` after every chapter (one row per chapter and category,
 merged with the rows of chapters not re-run).
 
@@ -51,6 +57,7 @@ import jupytext
 import matplotlib.pyplot as plt
 import pandas as pd
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.common import OUT, ROOT, stems, write
 from tools.bookbuild import notebook_parameters, profile_overrides
@@ -91,27 +98,35 @@ CATEGORIES = [
 
 
 class Attribution:
-    """Exclusive wall time per category, from a stack of the wrapped calls in progress."""
+    """Exclusive wall time (and, with a FlopCounterMode, FLOPs) per category, from a stack of
+    the wrapped calls in progress: a call is charged its own total minus its wrapped calls'."""
 
-    def __init__(self):
+    def __init__(self, counter: FlopCounterMode | None = None):
         self.seconds: dict[str, float] = defaultdict(float)
-        self.stack: list[list] = []  # [category, start, time spent in nested wrapped calls]
+        self.flops: dict[str, int] = defaultdict(int)
+        self.counter = counter
+        self.stack: list[list] = []  # [category, start time, nested time, start FLOPs, nested FLOPs]
+
+    def total_flops(self) -> int:
+        return self.counter.get_total_flops() if self.counter is not None else 0
 
     def wrap(self, fn, category):
         @functools.wraps(fn)
         def timed(*args, **kwargs):
             name = category(args, kwargs) if callable(category) else category
-            self.stack.append([name, time.perf_counter(), 0.0])
+            self.stack.append([name, time.perf_counter(), 0.0, self.total_flops(), 0])
             try:
                 return fn(*args, **kwargs)
             finally:
                 if torch.cuda.is_initialized():
                     torch.cuda.synchronize()  # charge the GPU's queued work to the call that queued it
-                name, start, nested = self.stack.pop()
-                elapsed = time.perf_counter() - start
+                name, start, nested, start_flops, nested_flops = self.stack.pop()
+                elapsed, counted = time.perf_counter() - start, self.total_flops() - start_flops
                 self.seconds[name] += elapsed - nested
+                self.flops[name] += counted - nested_flops
                 if self.stack:
                     self.stack[-1][2] += elapsed
+                    self.stack[-1][4] += counted
 
         return timed
 
@@ -166,12 +181,16 @@ def chapter_source(stem: str, profile: str, extra: dict | None = None) -> str:
     return "\n\n".join(parts)
 
 
-def profile_chapter(stem: str, profile: str, extra: dict | None = None, results: Path | None = None) -> pd.DataFrame:
+def profile_chapter(
+    stem: str, profile: str, extra: dict | None = None, results: Path | None = None, count_flops: bool = False
+) -> pd.DataFrame:
     """One chapter's wall time by category, from scratch; its results go to `results` (default: a
-    temporary folder), whose runs/ caches must be empty for a from-scratch time."""
+    temporary folder), whose runs/ caches must be empty for a from-scratch time. With count_flops,
+    also its FLOPs by category (column `gflop`), counted by FlopCounterMode around the whole chapter."""
     source = chapter_source(stem, profile, extra)
-    attribution = Attribution()
-    with tempfile.TemporaryDirectory() as tmp, instrumented(attribution):
+    counter = FlopCounterMode(display=False) if count_flops else contextlib.nullcontext()
+    attribution = Attribution(counter if count_flops else None)
+    with tempfile.TemporaryDirectory() as tmp, instrumented(attribution), counter:
         previous_env, previous_cwd = os.environ.get("DPO_RESULTS_ROOT"), Path.cwd()
         os.environ["DPO_RESULTS_ROOT"] = str(Path(results).resolve()) if results else tmp
         os.chdir(ROOT / "notebooks")
@@ -191,6 +210,11 @@ def profile_chapter(stem: str, profile: str, extra: dict | None = None, results:
     seconds = dict(attribution.seconds)
     seconds["other"] = total - sum(seconds.values())
     rows = [{"chapter": stem, "profile": profile, "category": c, "seconds": seconds.get(c, 0.0)} for c in CATEGORIES]
+    if count_flops:
+        flops = dict(attribution.flops)
+        flops["other"] = attribution.total_flops() - sum(flops.values())
+        for row in rows:
+            row["gflop"] = flops.get(row["category"], 0) / 1e9
     table = pd.DataFrame(rows)
     device = str((extra or {}).get("device", "cpu"))
     if device != "cpu":
@@ -211,7 +235,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         help="override a notebook parameter with a Python literal, e.g. --set 'seeds=[0, 1]'",
     )
     parser.add_argument("--results", type=Path, help="keep the chapters' results here (default: a temporary folder)")
-    parser.add_argument("--csv", default="profile", help="write _build/benchmarks/CSV.csv (default: profile)")
+    parser.add_argument("--flops", action="store_true", help="also count each category's FLOPs (slower; see above)")
+    parser.add_argument("--csv", help="write _build/benchmarks/CSV.csv (default: profile, or profile_flops with --flops)")
     args = parser.parse_args(argv)
     chosen = args.stems or stems()
     unknown = sorted(set(chosen) - set(stems()))
@@ -228,8 +253,9 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         extra["device"] = args.device
     for stem in chosen:
         print(f"== {stem} at the {args.profile} profile on {args.device}", flush=True)
-        rows = profile_chapter(stem, args.profile, extra, args.results)
-        table = record(rows, args.csv)  # after every chapter: a killed run keeps the finished ones
+        rows = profile_chapter(stem, args.profile, extra, args.results, count_flops=args.flops)
+        # after every chapter: a killed run keeps the finished ones
+        table = record(rows, args.csv or ("profile_flops" if args.flops else "profile"))
     return table
 
 

@@ -44,6 +44,10 @@ REQUIRED = {
     "gpu_book": {"run", "chapter", "outcome", "wall_s", "processes_sharing_gpu", "gpu_busy_mean", "gpu_memory_peak_mib",
                  "gpu", "torch"},
     "profile_gpu": {"chapter", "profile", "category", "seconds", "chapter_s", "device"},
+    "profile_flops": {"chapter", "profile", "category", "gflop"},
+    "step_anatomy": {"way", "forward_backward_s", "same_bits", "max_rel_grad_diff", "compile_s", "speedup",
+                     "full_step_s", "models", "batch"},
+    "step_ops": {"group", "seconds_per_step", "share"},
     "claims_gpu": {"chapter", "claim_id", "verdict", "our_value"},
     "claims_cpu": {"chapter", "claim_id", "verdict", "our_value"},
 }  # fmt: skip
@@ -180,6 +184,96 @@ def _time_breakdown() -> tuple[str, list[str]]:
     return opening, parts
 
 
+def _flops_by_category() -> list[str]:
+    """The section on the chapters' FLOPs (profile_flops.csv, counted) over their uncounted times (profile.csv)
+    against the measured matmul peak (peak.csv), by category and by chapter."""
+    parts = ["## The chapters against the limit\n"]
+    counted, counted_path = load("profile_flops")
+    timed, _ = load("profile")
+    peak, _ = load("peak")
+    if counted is None or timed is None or peak is None:
+        parts.append("Not measured yet: run `python -m benchmarks.profile --flops --profile quick` (and the uncounted "
+                     "`benchmarks.profile` and `benchmarks.peak`).\n")  # fmt: skip
+        return parts
+    keys = ["chapter", "profile", "category"]
+    both = counted[[*keys, "gflop"]].merge(timed[[*keys, "seconds"]], on=keys)
+    peak_gflops = float(peak["gflops"].max())
+    for profile, frame in both.groupby("profile", sort=False):
+        chapters = frame["chapter"].nunique()
+        gflop, seconds = frame["gflop"].sum(), frame["seconds"].sum()
+        parts.append(
+            f"Every floating-point operation the {chapters} chapters compute at the {profile} profile, counted by torch's "
+            "FlopCounterMode around the whole chapter (`python -m benchmarks.profile --flops`; matmuls and attention, "
+            "which is where torch counts FLOPs) and attributed to the same categories as the time above, divided by "
+            f"that time (from the uncounted run: the counter slows small operations down). **{gflop:,.0f} GFLOP in "
+            f"{seconds:,.0f} s: {gflop / seconds:.1f} GFLOP/s, {gflop / seconds / peak_gflops:.0%} of this machine's "
+            f"measured peak of {peak_gflops:.0f} GFLOP/s.** At the peak they would take {gflop / peak_gflops:,.0f} s; "
+            "the rest of the time is work torch does not count as FLOPs (elementwise operations, softmax, LayerNorm, "
+            "the optimizer, indexing) and Python.\n"
+        )
+        for by, label in (("category", "category"), ("chapter", "chapter")):
+            table = frame.groupby(by, sort=False)[["gflop", "seconds"]].sum().reset_index()
+            if by == "chapter":  # in the book's order
+                table = table.sort_values("chapter", key=lambda c: c.map({s: i for i, s in enumerate(stems())}))
+            table = table[(table["gflop"] > 0) | (table["seconds"] >= 0.5)]
+            table["gflops"] = table["gflop"] / table["seconds"]
+            table["of_peak"] = table["gflops"] / peak_gflops
+            parts.append(f"By {label}, {profile} profile:\n")
+            parts.append(_table(table, {by: label, "gflop": "GFLOP", "seconds": "seconds", "gflops": "GFLOP/s",
+                                        "of_peak": "of peak"},
+                                {"gflop": ",.1f", "seconds": ",.1f", "gflops": ".1f", "of_peak": ".0%"}))  # fmt: skip
+    parts.append(_source(counted_path))
+    return parts
+
+
+def _step_anatomy() -> list[str]:
+    """The section on one 30-β training step, op by op, and the ways of cutting it (step_anatomy, step_ops)."""
+    parts = ["## One training step, op by op\n"]
+    anatomy, path = load("step_anatomy")
+    groups, _ = load("step_ops")
+    if anatomy is None or groups is None:
+        parts.append("Not measured yet: run `python -m benchmarks.step_anatomy`.\n")
+        return parts
+    first = anatomy.iloc[0]
+    parts.append(
+        f"Machine: {_machine(anatomy)}. One step of the sweep above ({int(first['models'])} models, batch "
+        f"{int(first['batch'])}, DPO loss, backward, RMSprop) takes {first['full_step_s'] * 1e3:.1f} ms. torch's "
+        "profiler splits its ops' own CPU time into four groups:\n"
+    )
+    shown = groups.assign(ms=groups["seconds_per_step"] * 1e3)
+    parts.append(_table(shown, {"group": "ops", "ms": "ms per step", "share": "share"}, {"ms": ".1f", "share": ".0%"}))
+    sweep, _ = load("sweep_speed")
+    matmul_s = float(groups.loc[groups["group"] == "matmuls", "seconds_per_step"].sum())
+    if sweep is not None and matmul_s > 0:
+        row = sweep.iloc[0]
+        step_gflop = row["mflop_per_pair_update"] * first["models"] * first["batch"] / 1e3
+        ceiling = groups["seconds_per_step"].sum() / matmul_s
+        parts.append(
+            f"\nThe step's {step_gflop:.2f} GFLOP (the sweep's count above) take {matmul_s * 1e3:.1f} ms of matmuls: "
+            f"{step_gflop / matmul_s:.0f} GFLOP/s, {step_gflop / matmul_s / row['peak_gflops']:.0%} of the peak measured "
+            f"with the sweep. If every other op cost nothing, the step would be {ceiling:.1f}× faster: the ceiling of "
+            "any fusion at these shapes in float32, short of computing fewer FLOPs.\n"
+        )
+    parts.append(
+        "\nThree ways of cutting it, measured on the step's forward and backward, alternating, in one run:\n\n"
+        "- the same forward written without `vmap` (`benchmarks.step_anatomy.stacked_logits`): it runs the same ops, "
+        "so its gradients are the same bits, and what it saves is `vmap`'s own dispatch;\n"
+        "- that forward under `torch.compile`, which fuses the elementwise work into C++ loops;\n"
+        "- the prompt computed once per pair (its 4 tokens, then chosen and rejected continuing its attention cache: "
+        "12 positions per pair instead of 16).\n\n"
+        "The last two add in another order, so their gradients, and every trained model of the book with them, differ "
+        "in the last bits; the book's verdicts would have to be re-established (on a GPU, float order alone changed "
+        "some of them: see the GPU section).\n"
+    )
+    shown = anatomy.assign(ms=anatomy["forward_backward_s"] * 1e3, bits=anatomy["same_bits"].map({True: "yes", False: "no"}))
+    parts.append(_table(shown, {"way": "forward and backward", "ms": "ms per step", "speedup": "speed-up",
+                                "bits": "same bits", "max_rel_grad_diff": "largest gradient difference (relative)",
+                                "compile_s": "compile (s)"},
+                        {"ms": ".1f", "speedup": ".2f", "max_rel_grad_diff": ".1e", "compile_s": ".0f"}))  # fmt: skip
+    parts.append(_source(path))
+    return parts
+
+
 def _gpu_time(wall_s: float, outcome: str) -> str:
     """A GPU row's time: the chapter's own for one that ran, else a lower bound or the failure."""
     if outcome == "ran":
@@ -284,6 +378,7 @@ def render(executed: Path) -> Path:
     ]
     checks: list[tuple[str, float]] = []
     parts += breakdown
+    parts += _flops_by_category()
 
     throughput, path = load("throughput")
     parts.append("## One model: the toolkit against TRL\n")
@@ -379,10 +474,11 @@ def render(executed: Path) -> Path:
         parts.append("| target | goal | measured |\n| --- | --- | --- |\n" + "\n".join(rows) + "\n")
         parts.append(
             "What stands between the toolkit and the limit: each step's matrices are small (16 pairs × 2 sequences × "
-            "about 9 tokens per model), so elementwise work (softmax, LayerNorm, GELU, the optimizer) and per-step "
-            "Python and `vmap` dispatch weigh as much as the matmuls; the prompt is computed twice per pair; and "
-            "evaluation (its own section above) runs further still from the limit.\n"
+            "about 9 tokens per model), so the elementwise work (softmax, LayerNorm, GELU, the optimizer) and copies "
+            "weigh more than the matmuls, and the prompt is computed twice per pair; evaluation (its own section "
+            "above) runs further still from the limit. The next section measures each part.\n"
         )
+    parts += _step_anatomy()
 
     scaling, path = load("scaling")
     parts.append("## Scaling\n")

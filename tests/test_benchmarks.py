@@ -187,3 +187,91 @@ def test_profiled_chapter_source_takes_the_books_parameter_reading():
     assert "n_betas = " not in chapter_source("kl_sweep", "quick").split("n_betas: int = 8", 1)[1].split("check_parameters")[0]
     with pytest.raises(ValueError, match=r"has no parameter \['beta'\]"):
         chapter_source("kl_sweep", "quick", {"beta": 0.1})  # kl_sweep declares n_betas, beta_min, beta_max; not beta
+
+
+def test_profile_charges_each_category_its_own_flops_and_time():
+    """Nested wrapped calls: the outer category gets its own matmul's FLOPs, not the inner call's."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from benchmarks.profile import Attribution
+
+    with FlopCounterMode(display=False) as counter:
+        attribution = Attribution(counter)
+        inner = attribution.wrap(lambda: torch.ones(2, 3) @ torch.ones(3, 5), "inner")  # 2·2·3·5 = 60 FLOPs
+
+        def outer_fn():
+            inner()
+            inner()
+            return torch.ones(4, 8) @ torch.ones(8, 16)  # 2·4·8·16 = 1024 FLOPs
+
+        attribution.wrap(outer_fn, "outer")()
+    assert dict(attribution.flops) == {"inner": 120, "outer": 1024}
+    assert attribution.total_flops() == 1144
+    assert set(attribution.seconds) == {"inner", "outer"} and min(attribution.seconds.values()) >= 0
+    assert Attribution().total_flops() == 0  # no counter: times only
+
+
+def test_the_ensemble_forward_without_vmap_is_the_same_bits_as_the_toolkits():
+    """benchmarks.step_anatomy times vmap's dispatch cost by this rewrite: it must compute what the Ensemble does."""
+    import torch
+
+    from benchmarks.step_anatomy import stacked_logits
+    from dpo_toolkit.core.config import ModelConfig
+    from dpo_toolkit.core.ensemble import Ensemble
+    from dpo_toolkit.core.model import build_model
+
+    cfg = ModelConfig(d_model=16, n_heads=2, d_mlp=24)
+    ensemble = Ensemble([build_model(cfg, seed) for seed in range(3)])
+    tokens = torch.randint(0, cfg.d_vocab, (5, cfg.n_ctx), generator=torch.Generator().manual_seed(0))
+    weights = torch.randn(3, 5, cfg.n_ctx, cfg.d_vocab, generator=torch.Generator().manual_seed(1))
+
+    def gradients(logits_of):
+        for p in ensemble.params.values():
+            p.grad = None
+        logits = logits_of(tokens)
+        (logits * weights).sum().backward()
+        return logits.detach(), {name: p.grad.clone() for name, p in ensemble.params.items()}
+
+    toolkit_logits, toolkit_grads = gradients(ensemble)
+    stacked, stacked_grads = gradients(lambda t: stacked_logits(ensemble.params, cfg, t))
+    assert torch.equal(stacked, toolkit_logits)
+    assert all(torch.equal(stacked_grads[k], toolkit_grads[k]) for k in toolkit_grads)
+
+
+def test_the_shared_prompt_loss_is_the_toolkits_dpo_loss_up_to_float_rounding():
+    """benchmarks.step_anatomy's shared-prompt step: same losses and gradients as train.dpo_batch_loss, to float tolerance."""
+    import numpy as np
+    import pytest
+    import torch
+
+    from benchmarks.step_anatomy import shared_prompt_batch_loss
+    from dpo_toolkit.core.config import ModelConfig
+    from dpo_toolkit.core.data import PairSet
+    from dpo_toolkit.core.ensemble import Ensemble
+    from dpo_toolkit.core.model import build_model
+    from dpo_toolkit.core.train import dpo_batch_loss
+
+    cfg = ModelConfig(d_model=16, n_heads=2, d_mlp=24)
+    rng = np.random.default_rng(0)
+    pairs = PairSet(rng.integers(100, 999, 6), rng.integers(0, 999, 6), rng.integers(0, 99, 6))  # answers of 1–3 digits
+    reference = build_model(cfg, 9).requires_grad_(False)
+    ensemble = Ensemble([build_model(cfg, seed) for seed in range(3)])
+    betas = torch.tensor([[0.1], [0.5], [1.0]])
+    index = torch.tensor([4, 0, 2])
+
+    def loss_and_grads(batch_loss):
+        for p in ensemble.params.values():
+            p.grad = None
+        loss = batch_loss(index)
+        loss.sum().backward()
+        return loss.detach(), {name: p.grad.clone() for name, p in ensemble.params.items()}
+
+    toolkit_loss, toolkit_grads = loss_and_grads(dpo_batch_loss(ensemble, pairs, reference, betas))
+    shared_loss, shared_grads = loss_and_grads(shared_prompt_batch_loss(ensemble, pairs, reference, betas))
+    assert toolkit_loss.shape == (3,)
+    torch.testing.assert_close(shared_loss, toolkit_loss, rtol=1e-5, atol=1e-6)
+    for name, grad in toolkit_grads.items():
+        torch.testing.assert_close(shared_grads[name], grad, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="one length"):
+        shared_prompt_batch_loss(ensemble, PairSet(np.array([5, 500]), np.array([5, 500]), np.array([6, 501])), reference, betas)
