@@ -27,6 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SOURCES = (ROOT / "_build" / "benchmarks", ROOT / "benchmarks" / "results")
 MACHINE = ["cpu", "cores", "threads", "torch"]
 TARGETS = {"one model vs TRL": 5.0, "sweep vs TRL": 10.0, "sweep vs plain loop": 10.0, "fraction of peak": 0.50}
+# Issue 20's wall-time targets (minutes, at most), judged on book.csv's from-scratch runs
+TIME_GOALS = {"paper": 15.0, "quick": 2.0}
 
 
 REQUIRED = {
@@ -92,6 +94,26 @@ def _machine(df: pd.DataFrame) -> str:
 
 def _verdict(value: float, target: float) -> str:
     return f"**met** ({value:.2f} ≥ {target:g})" if value >= target else f"**not met** ({value:.2f} < {target:g})"
+
+
+def _time_verdict(minutes: float, goal: float) -> str:
+    return f"**met** ({minutes:.1f} ≤ {goal:g})" if minutes <= goal else f"**not met** ({minutes:.1f} > {goal:g})"
+
+
+def _time_targets() -> list[str]:
+    """Rows of the targets table for the whole book's wall time: the fastest from-scratch run of each
+    profile in book.csv (its chapters, run by `benchmarks.book --run`; the site build is not included)."""
+    book, _ = load("book")
+    if book is None:
+        return []
+    runs = book[(book["chapter"] == "all chapters") & book["source"].str.contains("--jobs", regex=False)]
+    rows = []
+    for profile in ("paper", "quick"):
+        walls = runs.loc[runs["profile"] == profile, "wall_s"]
+        if len(walls):
+            name = f"{profile} book from scratch, its chapters (min)"
+            rows.append(f"| {name} | ≤ {TIME_GOALS[profile]:g} | {_time_verdict(walls.min() / 60, TIME_GOALS[profile])} |")
+    return rows
 
 
 def _save(fig: plt.Figure, path: Path) -> None:
@@ -468,9 +490,10 @@ def render(executed: Path) -> Path:
                             {"gflops": ".1f", "fraction_of_peak": ".0%"}))  # fmt: skip
         parts.append(_source(path))
 
-    if checks:
+    time_rows = _time_targets()
+    if checks or time_rows:
         parts.append("## Targets\n")
-        rows = [f"| {name} | ≥ {TARGETS[name]:g} | {_verdict(v, TARGETS[name])} |" for name, v in checks]
+        rows = time_rows + [f"| {name} | ≥ {TARGETS[name]:g} | {_verdict(v, TARGETS[name])} |" for name, v in checks]
         parts.append("| target | goal | measured |\n| --- | --- | --- |\n" + "\n".join(rows) + "\n")
         parts.append(
             "What stands between the toolkit and the limit: each step's matrices are small (16 pairs × 2 sequences × "

@@ -97,6 +97,9 @@ def test_performance_page_opens_with_the_book_time_and_shows_where_it_goes(tmp_p
                            "scratch, 2 chapters at once).\n\n**The whole book's computation")  # fmt: skip
     assert ("`make book` from scratch, wall time: paper profile 10.0 min (2 chapters at once); quick profile "
             "1.5 min (one chapter at a time), 1.0 min (2 chapters at once). No GPU") in text  # fmt: skip
+    assert "| paper book from scratch, its chapters (min) | ≤ 15 | **met** (10.0 ≤ 15) |" in text
+    assert "| quick book from scratch, its chapters (min) | ≤ 2 | **met** (1.0 ≤ 2) |" in text  # the fastest fresh run
+    assert report._time_verdict(56.4, 15) == "**not met** (56.4 > 15)"
     monkeypatch.setattr(report, "stems", lambda: ["grokking", "ches", "kl_sweep"])
     text = report.render(tmp_path / "executed").read_text()
     assert "at the quick profile 2 of 3 chapters measured so far" in text  # never a total over some chapters only
