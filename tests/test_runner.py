@@ -157,3 +157,46 @@ def test_a_checkpoint_left_beside_a_finished_curve_is_removed(reference, tiny_pa
     curve.with_suffix(".ckpt").write_text("killed after the curve was written")
     pd.testing.assert_frame_equal(run_dpo(key, reference, tiny_pairs[0], [Member(DPO)], evaluate), first)
     assert not list(tmp_path.glob("*.ckpt"))
+
+
+def _train_slowly_once(directory: str, log: str, start: float) -> list[float]:
+    """In a child process: cached_model on one key, whose fit logs itself and takes 1 s; returns the first weights."""
+    import time
+
+    from dpo_toolkit.core.config import ModelConfig
+
+    cfg = ModelConfig(d_model=8, n_heads=2, d_mlp=8)
+
+    def fit(model, checkpoint):
+        with open(log, "a") as f:
+            f.write("fit\n")
+        time.sleep(1.0)
+        with torch.no_grad():
+            next(model.parameters()).add_(1.0)
+        return pd.DataFrame({"step": [0]})
+
+    time.sleep(max(0.0, start - time.time()))  # both processes ask at the same moment
+    model, _ = cached_model(RunKey(Path(directory), "sft", 0, (cfg,)), lambda: build_model(cfg, 0), fit)
+    return next(model.parameters()).flatten()[:4].tolist()
+
+
+def test_two_processes_asking_for_one_run_train_it_once(tmp_path):
+    """Chapters share one run cache (claims.run_cache) and run two at a time: the second waits and loads."""
+    import multiprocessing
+    import time
+
+    log = tmp_path / "fits.log"
+    start = time.time() + 3.0  # after both children have imported torch
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        results = pool.starmap(_train_slowly_once, [(str(tmp_path / "runs"), str(log), start)] * 2)
+    assert log.read_text() == "fit\n"
+    assert results[0] == results[1]
+
+
+def test_the_run_cache_is_one_folder_under_the_results_root(tmp_path, monkeypatch):
+    from dpo_toolkit.core.claims import results_dir, run_cache
+
+    assert run_cache(tmp_path) == tmp_path / "runs" and (tmp_path / "runs").is_dir()
+    monkeypatch.setenv("DPO_RESULTS_ROOT", str(tmp_path / "elsewhere"))
+    assert run_cache() == tmp_path / "elsewhere" / "runs"
+    assert results_dir("kl_sweep").parent == run_cache().parent  # beside every chapter's own results

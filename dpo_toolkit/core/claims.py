@@ -102,6 +102,14 @@ def results_dir(stem: str, root: str | Path | None = None) -> Path:
     return path
 
 
+def run_cache(root: str | Path | None = None) -> Path:
+    """``<root>/runs`` (root as in ``results_dir``), created: the cache of training runs that every
+    chapter shares. A run's files are named by a hash of everything it depends on (``runner.RunKey``),
+    so a configuration that several chapters train (the KL sweep's SFT references, for one) is
+    trained once, and a chapter asking for a run another is training waits for it."""
+    return results_dir("runs", root)
+
+
 def write_claims(df: pd.DataFrame, directory: str | Path) -> Path:
     """Write ``claims.csv`` into directory after validating it; returns the path."""
     _validate(df, "claims table")

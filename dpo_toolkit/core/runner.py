@@ -5,7 +5,9 @@ hash covers everything the result depends on (``RunKey``). ``cached_model`` trai
 once (SFT, pretraining) and loads it afterwards; ``run_dpo`` trains the members of a batched
 DPO ensemble, each with its own β, learning rate, weight decay, SFT weight and pair weights.
 Both checkpoint after every evaluation, resume after a kill with the numbers an unbroken run
-gives, and write their CSVs atomically, so an interrupted run never looks finished.
+gives, and write their CSVs atomically, so an interrupted run never looks finished. Chapters
+share one cache directory (``claims.run_cache``), so both hold a lock on the run while they
+train it: a process that asks for a run another process is training waits, then loads it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from filelock import FileLock
 
 from .config import DPOConfig, config_hash
 from .data import Batch, PairSet
@@ -80,6 +83,11 @@ class RunKey:
         Path(self.directory).mkdir(parents=True, exist_ok=True)
         return self.stem.with_name(self.stem.name + suffix)
 
+    def lock(self) -> FileLock:
+        """An exclusive lock on this run across processes (a '.lock' file beside its files), held while
+        it is trained or loaded, so that two chapters sharing a cache never train it twice at once."""
+        return FileLock(self.path(".lock"))
+
 
 def cached_model(
     key: RunKey,
@@ -92,20 +100,20 @@ def cached_model(
     model = build()
     key = dataclasses.replace(key, device=next(model.parameters()).device.type)
     weights, curve = key.path(".pt"), key.path(".csv")
-    fits_curve = curve.exists()
-    if weights.exists():
-        model.load_state_dict(torch.load(weights, map_location=next(model.parameters()).device))
-        df = pd.read_csv(curve) if fits_curve else None
-        Checkpoint(key.path(".ckpt")).remove()  # left by a run killed after saving its weights
-    else:
-        checkpoint = Checkpoint(key.path(".ckpt"))
-        df = fit(model, checkpoint)
-        if df is not None:
-            write_csv(df, curve)
-        tmp = weights.with_name(weights.name + ".tmp")
-        torch.save(model.state_dict(), tmp)
-        tmp.replace(weights)
-        checkpoint.remove()
+    with key.lock():
+        if weights.exists():
+            model.load_state_dict(torch.load(weights, map_location=next(model.parameters()).device))
+            df = pd.read_csv(curve) if curve.exists() else None
+            Checkpoint(key.path(".ckpt")).remove()  # left by a run killed after saving its weights
+        else:
+            checkpoint = Checkpoint(key.path(".ckpt"))
+            df = fit(model, checkpoint)
+            if df is not None:
+                write_csv(df, curve)
+            tmp = weights.with_name(weights.name + ".tmp")
+            torch.save(model.state_dict(), tmp)
+            tmp.replace(weights)
+            checkpoint.remove()
     return model.eval().requires_grad_(False), df
 
 
@@ -157,20 +165,21 @@ def run_dpo(
 
     # a checkpoint of a run that kept other members' weights cannot give these members' earlier weights
     checkpoint = Checkpoint(key.path(f"-keep{'-'.join(map(str, keep))}.ckpt" if keep else ".ckpt"))
-    df = pd.read_csv(curve) if curve.exists() else None
-    if df is None or not all(weights_path(i, t).exists() for i in keep for t in df["step"].unique()):
-        policies = Ensemble([copy.deepcopy(reference) for _ in members])
+    with key.lock():
+        df = pd.read_csv(curve) if curve.exists() else None
+        if df is None or not all(weights_path(i, t).exists() for i in keep for t in df["step"].unique()):
+            policies = Ensemble([copy.deepcopy(reference) for _ in members])
 
-        def save_kept(step: int) -> None:
-            weights_dir.mkdir(exist_ok=True)
-            for i in keep:
-                torch.save(policies.member(i).state_dict(), weights_path(i, step))
+            def save_kept(step: int) -> None:
+                weights_dir.mkdir(exist_ok=True)
+                for i in keep:
+                    torch.save(policies.member(i).state_dict(), weights_path(i, step))
 
-        sft_weights = [m.sft_weight for m in members] if any(m.sft_weight for m in members) else None
-        df = train_dpo_ensemble(policies, reference, train, [m.cfg for m in members], evaluate, progress, checkpoint,
-                                save_kept if keep else None, pair_weights=pair_weights, sft_weights=sft_weights)  # fmt: skip
-        write_csv(df, curve)
-    checkpoint.remove()  # also one left by a run killed after writing its curve
+            sft_weights = [m.sft_weight for m in members] if any(m.sft_weight for m in members) else None
+            df = train_dpo_ensemble(policies, reference, train, [m.cfg for m in members], evaluate, progress, checkpoint,
+                                    save_kept if keep else None, pair_weights=pair_weights, sft_weights=sft_weights)  # fmt: skip
+            write_csv(df, curve)
+        checkpoint.remove()  # also one left by a run killed after writing its curve
     if keep:
         df["weights"] = [str(weights_path(i, t)) if i in keep else "" for i, t in zip(df["member"], df["step"], strict=True)]
     return df
