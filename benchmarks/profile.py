@@ -4,7 +4,9 @@
 
 Each chapter's notebook source (``notebooks/<stem>.md``) is executed in this process with the
 profile's parameters (``params/<profile>/<stem>.yaml``, as ``make book`` applies them) and
-fresh result caches in a temporary folder, so every model is trained from scratch. The
+fresh result caches in a temporary folder that the chapters of one invocation share, as a
+``make book`` from scratch does (``claims.run_cache``): a run that an earlier chapter trained
+(the KL sweep's SFT references, for one) is loaded, and charged to the chapter that trained it. The
 toolkit's entry points are wrapped by timers that attribute *exclusive* wall time (a call's
 time minus that of wrapped calls inside it) to one category each:
 
@@ -251,11 +253,12 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
             parser.error(f"--set {item!r}: VALUE must be a Python literal")
     if args.device != "cpu":
         extra["device"] = args.device
-    for stem in chosen:
-        print(f"== {stem} at the {args.profile} profile on {args.device}", flush=True)
-        rows = profile_chapter(stem, args.profile, extra, args.results, count_flops=args.flops)
-        # after every chapter: a killed run keeps the finished ones
-        table = record(rows, args.csv or ("profile_flops" if args.flops else "profile"))
+    with tempfile.TemporaryDirectory() as shared:  # one results root for the invocation's chapters
+        for stem in chosen:
+            print(f"== {stem} at the {args.profile} profile on {args.device}", flush=True)
+            rows = profile_chapter(stem, args.profile, extra, args.results or Path(shared), count_flops=args.flops)
+            # after every chapter: a killed run keeps the finished ones
+            table = record(rows, args.csv or ("profile_flops" if args.flops else "profile"))
     return table
 
 

@@ -167,7 +167,7 @@ def _time_breakdown() -> tuple[str, list[str]]:
     first = profile.iloc[0]
     lead, walls = _book_walls(f"{first['cores']}-core {first['cpu']}")
     opening = lead + (
-        f"**The whole book's computation, every chapter from scratch: {opening}, on {_machine(profile)}** "
+        f"**The whole book's computation from scratch: {opening}, on {_machine(profile)}** "
         "(chapters run one after another in one process by `python -m benchmarks.profile`; a `make book` run adds "
         f"about 7 s per chapter for starting the kernel, importing and rendering figures). {walls}No GPU was "
         "lent where these numbers were taken.\n"

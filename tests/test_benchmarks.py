@@ -79,7 +79,7 @@ def test_performance_page_opens_with_the_book_time_and_shows_where_it_goes(tmp_p
     monkeypatch.setattr(report, "SOURCES", (fresh, committed))
     monkeypatch.setattr(report, "stems", lambda: ["grokking", "ches"])
     text = report.render(tmp_path / "executed").read_text()
-    assert text.startswith("# Performance\n\n**The whole book's computation, every chapter from scratch: 1.5 min at the quick")
+    assert text.startswith("# Performance\n\n**The whole book's computation from scratch: 1.5 min at the quick")
     assert "| grokking | 20.0 | 10.0 | 0.0 | 30.0 |" in text  # training, sampling, other, total
     assert "| quick | grokking | 60.0 | 30.0 | 2.00 |" in text
     assert "| quick | all chapters | 150.0 | 90.0 | 1.67 |" in text
