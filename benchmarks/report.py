@@ -52,8 +52,10 @@ REQUIRED = {
     "step_ops": {"group", "seconds_per_step", "share"},
     "claims_gpu": {"chapter", "claim_id", "verdict", "our_value"},
     "claims_cpu": {"chapter", "claim_id", "verdict", "our_value"},
+    "claims_cpu_reference": {"chapter", "claim_id", "verdict", "our_value"},
 }  # fmt: skip
-NO_MACHINE = {"book", "gpu_book", "claims_gpu", "claims_cpu"}  # tables whose rows carry no CPU/thread columns
+# tables whose rows carry no CPU/thread columns
+NO_MACHINE = {"book", "gpu_book", "claims_gpu", "claims_cpu", "claims_cpu_reference"}
 
 
 def load(name: str) -> tuple[pd.DataFrame | None, Path | None]:
@@ -296,6 +298,34 @@ def _step_anatomy() -> list[str]:
     return parts
 
 
+def _float_order_verdicts() -> list[str]:
+    """The section on the paper-profile verdicts under the reference kernel path against the machine's fastest
+    kernels, on one CPU (claims_cpu_reference against claims_cpu): what a change of float order does to them."""
+    parts = ["## Float order and the verdicts\n"]
+    other, other_path = load("claims_cpu_reference")
+    cpu, cpu_path = load("claims_cpu")
+    if other is None or cpu is None:
+        parts.append("Not measured yet: run the paper-profile book under the reference kernel path, then "
+                     "`python -m benchmarks.gpu_book claims RESULTS --name claims_cpu_reference`.\n")  # fmt: skip
+        return parts
+    both = other.merge(cpu, on=["chapter", "claim_id"], suffixes=("_reference", "_cpu"))
+    same = both["verdict_reference"] == both["verdict_cpu"]
+    parts.append(
+        "Every speed-up measured above that is not yet used (the compiled forward, the shared prompt) changes the order in "
+        "which floats are added, and so every trained model's last bits. What that does to the book's verdicts is "
+        "measured without changing any code: the paper-profile book run again on the same CPU under the reference kernel "
+        "path (`make test`'s: AVX2 kernels, MKL's CNR mode, oneDNN off; same code, same seeds, another float order from "
+        f"the first step) against the run on the machine's fastest kernels. **{int(same.sum())} of the {len(both)} verdicts "
+        "are the same.**" + (" The claims whose verdicts differ, with both measured values:\n" if (~same).any() else "\n")
+    )
+    if (~same).any():
+        parts.append(_table(both[~same], {"chapter": "chapter", "claim_id": "claim", "verdict_cpu": "fastest kernels",
+                                          "verdict_reference": "reference path", "our_value_cpu": "value",
+                                          "our_value_reference": "value, reference path"}, {}))  # fmt: skip
+    parts.append(_source(other_path) + "\n" + _source(cpu_path))
+    return parts
+
+
 def _gpu_time(wall_s: float, outcome: str) -> str:
     """A GPU row's time: the chapter's own for one that ran, else a lower bound or the failure."""
     if outcome == "ran":
@@ -502,6 +532,7 @@ def render(executed: Path) -> Path:
             "above) runs further still from the limit. The next section measures each part.\n"
         )
     parts += _step_anatomy()
+    parts += _float_order_verdicts()
 
     scaling, path = load("scaling")
     parts.append("## Scaling\n")

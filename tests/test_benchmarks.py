@@ -278,3 +278,22 @@ def test_the_shared_prompt_loss_is_the_toolkits_dpo_loss_up_to_float_rounding():
         torch.testing.assert_close(shared_grads[name], grad, rtol=1e-4, atol=1e-6)
     with pytest.raises(ValueError, match="one length"):
         shared_prompt_batch_loss(ensemble, PairSet(np.array([5, 500]), np.array([5, 500]), np.array([6, 501])), reference, betas)
+
+
+def test_the_float_order_section_counts_equal_verdicts_and_lists_the_others(tmp_path, monkeypatch):
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    monkeypatch.setattr(report, "SOURCES", (fresh, tmp_path / "committed"))
+    assert "Not measured yet: run the paper-profile book under the reference kernel path" in "".join(
+        report._float_order_verdicts()
+    )
+    cpu = pd.DataFrame({"chapter": ["kl_sweep", "kl_sweep", "surgery"], "claim_id": ["C4", "C5", "C7"],
+                        "verdict": ["reproduced", "not reproduced", "partly"], "our_value": ["a", "b", "c"]})  # fmt: skip
+    cpu.to_csv(fresh / "claims_cpu.csv", index=False)
+    cpu.assign(verdict=["partly", "not reproduced", "partly"], our_value=["a2", "b", "c"]).to_csv(
+        fresh / "claims_cpu_reference.csv", index=False
+    )
+    text = "".join(report._float_order_verdicts())
+    assert "**2 of the 3 verdicts are the same.**" in text
+    assert "| kl_sweep | C4 | reproduced | partly | a | a2 |" in text
+    assert "| C5 |" not in text and "| C7 |" not in text
