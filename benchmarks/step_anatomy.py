@@ -33,8 +33,10 @@ a cold one: inductor's caches go to a fresh temporary folder. Writes
 from __future__ import annotations
 
 import argparse
+import atexit
 import copy
 import os
+import shutil
 import tempfile
 import time
 from collections import defaultdict
@@ -177,12 +179,15 @@ def main(argv: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
         run(0)
         return {name: p.grad.clone() for name, p in params.items()}
 
-    with tempfile.TemporaryDirectory() as cache:
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache  # a cold compile, not one served from an earlier run's cache
-        compile_start = time.perf_counter()
-        compiled = torch.compile(partial_stacked(params, cfg))
-        forward_backward(compiled)(0)
-        compile_s = time.perf_counter() - compile_start
+    # a cold compile, not one served from an earlier run's cache; the folder lives until the process ends,
+    # since a new batch width recompiles during the timings
+    inductor_cache = tempfile.mkdtemp(prefix="step_anatomy-inductor-")
+    atexit.register(shutil.rmtree, inductor_cache, True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = inductor_cache
+    compile_start = time.perf_counter()
+    compiled = torch.compile(partial_stacked(params, cfg))
+    forward_backward(compiled)(0)
+    compile_s = time.perf_counter() - compile_start
     ways = {
         "vmap (the toolkit)": toolkit_forward_backward,
         "without vmap": forward_backward(partial_stacked(params, cfg)),
