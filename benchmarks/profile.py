@@ -35,6 +35,17 @@ timers then wait for the GPU at the end of each timed call, so that asynchronous
 charged to the call that launched them. ``--set NAME=VALUE`` overrides any other parameter
 (a Python literal), ``--results DIR`` keeps the chapters' results (claims tables, CSVs) there
 instead of a temporary folder, and ``--csv NAME`` writes ``_build/benchmarks/NAME.csv``.
+
+Beside each CSV, ``NAME_claims.csv`` keeps every profiled chapter's claims (id, verdict, our
+value): what the timed run computed, so that a time can be compared with another only where both
+runs answered the same questions.
+
+``--at COMMIT`` profiles the book as it was at COMMIT (for a *before* beside today's *after*):
+the commit's files are exported to a temporary folder (``git archive``), this ``benchmarks``
+package replaces theirs, and this script runs there in a subprocess with the other arguments,
+so that its chapters, parameters and toolkit are the commit's and the timers are today's. Its
+rows come back with ``commit`` and ``source`` columns, into ``--csv`` (default
+``profile_at_COMMIT``); ``--csv profile_baseline`` gives the Performance page's *before*.
 """
 
 from __future__ import annotations
@@ -46,6 +57,8 @@ import functools
 import importlib
 import io
 import os
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -239,6 +252,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser.add_argument("--results", type=Path, help="keep the chapters' results here (default: a temporary folder)")
     parser.add_argument("--flops", action="store_true", help="also count each category's FLOPs (slower; see above)")
     parser.add_argument("--csv", help="write _build/benchmarks/CSV.csv (default: profile, or profile_flops with --flops)")
+    parser.add_argument("--at", metavar="COMMIT", help="profile the book as it was at COMMIT (see above)")
     args = parser.parse_args(argv)
     chosen = args.stems or stems()
     unknown = sorted(set(chosen) - set(stems()))
@@ -253,12 +267,81 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
             parser.error(f"--set {item!r}: VALUE must be a Python literal")
     if args.device != "cpu":
         extra["device"] = args.device
+    if args.at:
+        return profile_at(args.at, list(argv if argv is not None else sys.argv[1:]), args.csv)
+    _check_toolkit_is_this_trees()
+    name = args.csv or ("profile_flops" if args.flops else "profile")
     with tempfile.TemporaryDirectory() as shared:  # one results root for the invocation's chapters
+        root = args.results or Path(shared)
         for stem in chosen:
             print(f"== {stem} at the {args.profile} profile on {args.device}", flush=True)
-            rows = profile_chapter(stem, args.profile, extra, args.results or Path(shared), count_flops=args.flops)
+            rows = profile_chapter(stem, args.profile, extra, root, count_flops=args.flops)
             # after every chapter: a killed run keeps the finished ones
-            table = record(rows, args.csv or ("profile_flops" if args.flops else "profile"))
+            table = record(rows, name)
+            record(chapter_claims(root, stem, args.profile), f"{name}_claims")
+    return table
+
+
+def _check_toolkit_is_this_trees() -> None:
+    """Stop unless ``dpo_toolkit`` is imported from this script's own tree (not an installed copy):
+    a profile of another commit (``--at``) must time that commit's toolkit."""
+    import dpo_toolkit
+
+    where = Path(dpo_toolkit.__file__).resolve()
+    if not where.is_relative_to(ROOT):
+        raise SystemExit(f"benchmarks.profile: dpo_toolkit is imported from {where}, not from {ROOT}; run it from the tree's top")
+
+
+def chapter_claims(root: Path, stem: str, profile: str) -> pd.DataFrame:
+    """The claims the chapter just wrote (``root/<stem>/claims.csv``): one row per claim with its
+    id, verdict and our value; no rows when the chapter wrote none."""
+    path = Path(root) / stem / "claims.csv"
+    columns = ["claim_id", "verdict", "our_value"]
+    claims = pd.read_csv(path)[columns] if path.exists() else pd.DataFrame(columns=columns)
+    return claims.assign(chapter=stem, profile=profile)[["chapter", "profile", *columns]]
+
+
+def without_options(argv: list[str], options: tuple[str, ...]) -> list[str]:
+    """argv less each of `options` and its value (``--at X`` or ``--at=X``)."""
+    rest, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in options:
+            skip = True
+        elif not arg.startswith(tuple(f"{o}=" for o in options)):
+            rest.append(arg)
+    return rest
+
+
+def profile_at(commit: str, argv: list[str], csv: str | None) -> pd.DataFrame:
+    """Run this script with `argv` (less --at and --csv) on the book as it was at `commit` (see the
+    module's docstring); merge its rows, with `commit` and `source` columns, into ``--csv``."""
+    try:
+        sha = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", f"{commit}^{{commit}}"],
+                             check=True, capture_output=True, text=True).stdout.strip()  # fmt: skip
+    except subprocess.CalledProcessError as error:
+        raise SystemExit(f"--at {commit!r}: not a commit of this repository ({error.stderr.strip()})") from None
+    rest = without_options(argv, ("--at", "--csv"))
+    name = csv or f"profile_at_{sha}"
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = Path(tmp) / sha
+        tree.mkdir()
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", sha], check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+        shutil.rmtree(tree / "benchmarks", ignore_errors=True)
+        shutil.copytree(ROOT / "benchmarks", tree / "benchmarks", ignore=shutil.ignore_patterns("results", "__pycache__"))
+        env = {**os.environ, "PYTHONPATH": str(tree)}
+        subprocess.run([sys.executable, "-m", "benchmarks.profile", *rest, "--csv", "profile"], cwd=tree, env=env, check=True)
+        source = f"benchmarks.profile --at {sha} ({' '.join(rest)})"
+        rows = pd.read_csv(tree / "_build" / "benchmarks" / "profile.csv").assign(commit=sha, source=source)
+        claims = pd.read_csv(tree / "_build" / "benchmarks" / "profile_claims.csv").assign(commit=sha)
+    machine_columns = ["cpu", "cores", "threads", "torch"]
+    table = None
+    for (_, _), chapter_rows in rows.drop(columns=machine_columns).groupby(["chapter", "profile"], sort=False):
+        table = record(chapter_rows, name)
+    for (_, _), chapter_claims_rows in claims.drop(columns=machine_columns).groupby(["chapter", "profile"], sort=False):
+        record(chapter_claims_rows, f"{name}_claims")
     return table
 
 

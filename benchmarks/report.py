@@ -43,6 +43,8 @@ REQUIRED = {
     "book": {"source", "profile", "chapter", "wall_s", "peak_rss_mib"},
     "profile": {"chapter", "profile", "category", "seconds", "chapter_s"},
     "profile_baseline": {"chapter", "profile", "category", "seconds", "chapter_s", "commit", "source"},
+    "profile_claims": {"chapter", "profile", "claim_id", "verdict", "our_value"},
+    "profile_baseline_claims": {"chapter", "profile", "claim_id", "verdict", "our_value", "commit"},
     "gpu_book": {"run", "chapter", "outcome", "wall_s", "processes_sharing_gpu", "gpu_busy_mean", "gpu_memory_peak_mib",
                  "gpu", "torch"},
     "profile_gpu": {"chapter", "profile", "category", "seconds", "chapter_s", "device"},
@@ -191,21 +193,73 @@ def _time_breakdown() -> tuple[str, list[str]]:
         parts.append(_table(shown, {c: c for c in shown.columns}, {c: ".1f" for c in shown.columns if c != "chapter"}))
     parts.append(_source(path))
     if baseline is not None:
-        before = _chapter_seconds(baseline).rename(columns={"chapter_s": "before"})
-        after = _chapter_seconds(profile).rename(columns={"chapter_s": "after"})
-        both = before.merge(after, on=["profile", "chapter"])
-        if len(both):
-            sums = both.groupby("profile")[["before", "after"]].sum().reset_index().assign(chapter="all chapters")
-            both = pd.concat([both, sums], ignore_index=True)
-            both["speedup"] = both["before"] / both["after"]
-            sources = baseline.groupby("profile", sort=False)["source"].first()
-            parts.append("Before and after the speed-ups of issue 20, per profile; *before* was measured as follows:\n")
-            parts.append("".join(f"- {p}: {sources[p]}\n" for p in both["profile"].unique()) + "\n")
-            parts.append(_table(both, {"profile": "profile", "chapter": "chapter", "before": "before (s)",
-                                       "after": "after (s)", "speedup": "×"},
-                                {"before": ".1f", "after": ".1f", "speedup": ".2f"}))  # fmt: skip
-            parts.append(_source(baseline_path))
+        parts += _before_after(baseline, baseline_path, profile)
     return opening, parts
+
+
+def compare_work(before: pd.DataFrame | None, after: pd.DataFrame | None) -> str:
+    """Whether two profiled runs of one chapter computed the same thing, from the claims each
+    wrote (rows claim_id, verdict, our_value): 'same claims'; 'same claims, k of n values differ';
+    or which claims one run has and the other lacks ('more work now: + C4-drift'); 'not recorded'
+    when either run kept no claims."""
+    if before is None or after is None or before.empty or after.empty:
+        return "not recorded"
+    old, new = before.set_index("claim_id"), after.set_index("claim_id")
+    added, dropped = [c for c in new.index if c not in old.index], [c for c in old.index if c not in new.index]
+    if added or dropped:
+        said = (["more work now: + " + ", ".join(added)] if added else []) + (["− " + ", ".join(dropped)] if dropped else [])
+        return "; ".join(said)
+    answers = ["verdict", "our_value"]
+    differ = int((old[answers].astype(str) != new.loc[old.index, answers].astype(str)).any(axis=1).sum())
+    return "same claims" if differ == 0 else f"same claims, {differ} of {len(old)} values differ"
+
+
+def _before_after(baseline: pd.DataFrame, baseline_path: Path | None, profile: pd.DataFrame) -> list[str]:
+    """The before/after table: each chapter's in-process time at the baseline commit and now, and
+    whether the two runs computed the same claims. Only a chapter with the same claims shows a
+    speed-up; totals are over those chapters, so that work added since is never counted as slowness."""
+    before = _chapter_seconds(baseline).rename(columns={"chapter_s": "before"})
+    after = _chapter_seconds(profile).rename(columns={"chapter_s": "after"})
+    both = before.merge(after, on=["profile", "chapter"])
+    if both.empty:
+        return []
+    claims_before, _ = load("profile_baseline_claims")
+    claims_after, _ = load("profile_claims")
+
+    def claims_of(table: pd.DataFrame | None, profile_name: str, chapter: str) -> pd.DataFrame | None:
+        if table is None:
+            return None
+        rows = table[(table["profile"] == profile_name) & (table["chapter"] == chapter)]
+        return rows if len(rows) else None
+
+    both["work"] = [
+        compare_work(claims_of(claims_before, p, c), claims_of(claims_after, p, c))
+        for p, c in zip(both["profile"], both["chapter"], strict=True)
+    ]
+    same = both["work"].str.startswith("same claims")
+    both["speedup"] = (both["before"] / both["after"]).where(same)
+    totals = []
+    for name, group in both.groupby("profile", sort=False):
+        kept = group[same[group.index]]
+        if len(kept):
+            n = len(kept)
+            label = "all chapters" if n == len(group) else f"the {n} chapter{'s' * (n > 1)} with the same claims"
+            totals.append({"profile": name, "chapter": label, "before": kept["before"].sum(), "after": kept["after"].sum(),
+                           "work": "", "speedup": kept["before"].sum() / kept["after"].sum()})  # fmt: skip
+    both = pd.concat([both, pd.DataFrame(totals)], ignore_index=True)
+    sources = baseline.groupby("profile", sort=False)["source"].first()
+    columns = {"profile": "profile", "chapter": "chapter", "before": "before (s)", "after": "after (s)", "speedup": "×",
+               "work": "what the two runs computed"}  # fmt: skip
+    parts = [
+        "Before and after the speed-ups of issue 20: each chapter's in-process time (as above) at the commit before "
+        "them and now. A chapter's two runs are compared by the claims each computed: a speed-up (×) is shown only "
+        "where both answered the same claims, since a chapter that gained claims since (a drifting arm, a map) does "
+        "more work now. *Before* was measured as follows:\n",
+        "".join(f"- {p}: {sources[p]}\n" for p in both["profile"].unique()) + "\n",
+        _table(both, columns, {"before": ".1f", "after": ".1f", "speedup": ".2f"}),
+        _source(baseline_path),
+    ]
+    return parts
 
 
 def _flops_by_category() -> list[str]:

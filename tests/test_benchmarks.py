@@ -81,8 +81,27 @@ def test_performance_page_opens_with_the_book_time_and_shows_where_it_goes(tmp_p
     text = report.render(tmp_path / "executed").read_text()
     assert text.startswith("# Performance\n\n**The whole book's computation from scratch: 1.5 min at the quick")
     assert "| grokking | 20.0 | 10.0 | 0.0 | 30.0 |" in text  # training, sampling, other, total
-    assert "| quick | grokking | 60.0 | 30.0 | 2.00 |" in text
-    assert "| quick | all chapters | 150.0 | 90.0 | 1.67 |" in text
+    assert "| quick | grokking | 60.0 | 30.0 |  | not recorded |" in text  # no claims kept: no speed-up claimed
+    assert "| quick | all chapters |" not in text
+
+    def claims(rows):
+        return pd.DataFrame(rows, columns=["chapter", "claim_id", "verdict", "our_value"]).assign(profile="quick", **MACHINE)
+
+    claims([("grokking", "C1", "partly", "14 %"), ("ches", "C11", "reproduced", "0.8")]).assign(commit="abc1234").to_csv(
+        committed / "profile_baseline_claims.csv", index=False
+    )
+    grown = [("grokking", "C1", "partly", "14 %"), ("ches", "C11", "reproduced", "0.8"), ("ches", "C11-phrases", "partly", "2")]
+    claims(grown).to_csv(fresh / "profile_claims.csv", index=False)
+    text = report.render(tmp_path / "executed").read_text()
+    assert "| quick | grokking | 60.0 | 30.0 | 2.00 | same claims |" in text
+    assert "| quick | ches | 90.0 | 60.0 |  | more work now: + C11-phrases |" in text  # more work is not a speed-up
+    assert "| quick | the 1 chapter with the same claims | 60.0 | 30.0 | 2.00 |  |" in text
+    claims([("grokking", "C1", "partly", "14 %"), ("ches", "C11", "reproduced", "0.81")]).to_csv(
+        fresh / "profile_claims.csv", index=False
+    )
+    text = report.render(tmp_path / "executed").read_text()
+    assert "| quick | ches | 90.0 | 60.0 | 1.50 | same claims, 1 of 1 values differ |" in text
+    assert "| quick | all chapters | 150.0 | 90.0 | 1.67 |  |" in text
     assert "`make book` from scratch" not in text  # no book.csv: no wall-time sentence
     walls = [
         ("paper", "fresh paper run, 2 chapters at once (benchmarks.book --run paper --jobs 2)", 600.0),
@@ -104,6 +123,26 @@ def test_performance_page_opens_with_the_book_time_and_shows_where_it_goes(tmp_p
     text = report.render(tmp_path / "executed").read_text()
     assert "at the quick profile 2 of 3 chapters measured so far" in text  # never a total over some chapters only
     assert "- quick: benchmarks.profile at commit abc1234" in text
+
+
+def test_two_profiled_runs_compare_by_their_claims():
+    def claims(*rows):
+        return pd.DataFrame(rows, columns=["claim_id", "verdict", "our_value"])
+
+    before = claims(("C1", "partly", "14 %"), ("C2", "not reproduced", "13 %"))
+    assert report.compare_work(before, before.copy()) == "same claims"
+    assert report.compare_work(before, claims(("C2", "not reproduced", "13 %"), ("C1", "partly", "14 %"))) == "same claims"
+    assert report.compare_work(before, claims(("C1", "partly", "15 %"), ("C2", "not reproduced", "13 %"))) == (
+        "same claims, 1 of 2 values differ"
+    )
+    assert report.compare_work(before, claims(("C1", "reproduced", "14 %"), ("C2", "partly", "13 %"))) == (
+        "same claims, 2 of 2 values differ"
+    )
+    grown = claims(("C1", "partly", "14 %"), ("C2", "not reproduced", "13 %"), ("C2-drift", "partly", "1"))
+    assert report.compare_work(before, grown) == "more work now: + C2-drift"
+    assert report.compare_work(before, claims(("C1", "partly", "14 %"))) == "− C2"
+    assert report.compare_work(None, before) == "not recorded"
+    assert report.compare_work(before, claims()) == "not recorded"
 
 
 def _gpu_run(folder, outcomes: dict[str, str], verdicts: dict[str, str], busy=(50, 100)):
@@ -190,6 +229,29 @@ def test_profiled_chapter_source_takes_the_books_parameter_reading():
     assert "n_betas = " not in chapter_source("kl_sweep", "quick").split("n_betas: int = 8", 1)[1].split("check_parameters")[0]
     with pytest.raises(ValueError, match=r"has no parameter \['beta'\]"):
         chapter_source("kl_sweep", "quick", {"beta": 0.1})  # kl_sweep declares n_betas, beta_min, beta_max; not beta
+
+
+def test_a_profile_at_another_commit_passes_on_every_other_argument():
+    from benchmarks.profile import without_options
+
+    argv = ["grokking", "--at", "7b0f35d", "--profile", "paper", "--csv=profile_baseline", "--set", "seeds=[0]"]
+    assert without_options(argv, ("--at", "--csv")) == ["grokking", "--profile", "paper", "--set", "seeds=[0]"]
+    assert without_options(["--at=abc", "--flops"], ("--at", "--csv")) == ["--flops"]
+
+
+def test_a_profile_keeps_the_claims_its_chapter_computed(tmp_path):
+    from benchmarks.profile import chapter_claims
+
+    (tmp_path / "grokking").mkdir()
+    pd.DataFrame({"claim_id": ["C1", "C2"], "statement": ["s1", "s2"], "paper_value": ["p", "p"], "our_value": ["14 %", "13 %"],
+                  "verdict": ["partly", "not reproduced"], "precondition": ["none", "none"]}).to_csv(
+        tmp_path / "grokking" / "claims.csv", index=False)  # fmt: skip
+    kept = chapter_claims(tmp_path, "grokking", "quick")
+    assert kept.to_dict("records") == [
+        {"chapter": "grokking", "profile": "quick", "claim_id": "C1", "verdict": "partly", "our_value": "14 %"},
+        {"chapter": "grokking", "profile": "quick", "claim_id": "C2", "verdict": "not reproduced", "our_value": "13 %"},
+    ]
+    assert chapter_claims(tmp_path, "ches", "quick").empty  # a chapter that wrote no claims
 
 
 def test_profile_charges_each_category_its_own_flops_and_time():

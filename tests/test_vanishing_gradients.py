@@ -108,6 +108,38 @@ def test_a_killed_rft_run_resumes_with_the_numbers_of_an_unbroken_one(tmp_path, 
     assert not list((tmp_path / "b").glob("rft-*.ckpt")) and not list((tmp_path / "b").glob("*.partial.csv"))
 
 
+def test_two_chapters_asking_for_one_rft_run_train_it_once(tmp_path, monkeypatch):
+    """The RFT run's files sit in the shared run cache: a second caller waits for the first, then reads them."""
+    import threading
+    import time
+
+    task = RLTaskConfig(prompt_min=100, prompt_max=115, test_fraction=0.5, hard_fraction=0.5, shift=30, seed=0)
+    model_cfg = ModelConfig(d_model=16, n_heads=2, d_mlp=16, n_ctx=6)
+    short = TrainConfig(optimizer="adam", lr=1e-2, weight_decay=0.0, epochs=2, batch_size=8, grad_clip=None, n_evals=2)
+    args = (task, model_cfg, short, short, SmallSFTConfig(label_fraction=0.2, step_fraction=0.5), short)
+    trained, train_rft = [], vanishing.train_rft
+
+    def slow_train_rft(*a, **k):
+        trained.append(1)
+        time.sleep(1.0)  # long enough for the other caller to arrive while this run is unfinished
+        return train_rft(*a, **k)
+
+    monkeypatch.setattr(vanishing, "train_rft", slow_train_rft)
+    results = [None, None]
+
+    def run(i: int) -> None:
+        results[i] = run_vanishing_gradients(*args, seeds=[0], cache_dir=tmp_path, progress=False)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert trained == [1]
+    pd.testing.assert_frame_equal(results[0][0], results[1][0])
+    pd.testing.assert_frame_equal(results[0][1], results[1][1])
+
+
 def test_bad_seeds_fail_before_training(tmp_path):
     with pytest.raises(ValueError, match="seeds must be a non-empty list"):
         run_vanishing_gradients(RLTaskConfig(), ModelConfig(), CFG, CFG, SmallSFTConfig(), CFG, seeds=[], cache_dir=tmp_path)
