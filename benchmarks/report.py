@@ -214,6 +214,15 @@ def compare_work(before: pd.DataFrame | None, after: pd.DataFrame | None) -> str
     return "same claims" if differ == 0 else f"same claims, {differ} of {len(old)} values differ"
 
 
+def _unmeasured(before: pd.DataFrame, after: pd.DataFrame, profile_name: str) -> str:
+    """'; no time before for X, Y' when chapters timed now at this profile have no time at the baseline."""
+    missing = sorted(
+        set(after.loc[after["profile"] == profile_name, "chapter"])
+        - set(before.loc[before["profile"] == profile_name, "chapter"])
+    )
+    return f"; no time before for {', '.join(missing)}" if missing else ""
+
+
 def _before_after(baseline: pd.DataFrame, baseline_path: Path | None, profile: pd.DataFrame) -> list[str]:
     """The before/after table: each chapter's in-process time at the baseline commit and now, and
     whether the two runs computed the same claims. Only a chapter with the same claims shows a
@@ -255,7 +264,7 @@ def _before_after(baseline: pd.DataFrame, baseline_path: Path | None, profile: p
         "them and now. A chapter's two runs are compared by the claims each computed: a speed-up (×) is shown only "
         "where both answered the same claims, since a chapter that gained claims since (a drifting arm, a map) does "
         "more work now. *Before* was measured as follows:\n",
-        "".join(f"- {p}: {sources[p]}\n" for p in both["profile"].unique()) + "\n",
+        "".join(f"- {p}: {sources[p]}{_unmeasured(before, after, p)}\n" for p in both["profile"].unique()) + "\n",
         _table(both, columns, {"before": ".1f", "after": ".1f", "speedup": ".2f"}),
         _source(baseline_path),
     ]

@@ -122,7 +122,11 @@ def test_performance_page_opens_with_the_book_time_and_shows_where_it_goes(tmp_p
     monkeypatch.setattr(report, "stems", lambda: ["grokking", "ches", "kl_sweep"])
     text = report.render(tmp_path / "executed").read_text()
     assert "at the quick profile 2 of 3 chapters measured so far" in text  # never a total over some chapters only
-    assert "- quick: benchmarks.profile at commit abc1234" in text
+    assert "- quick: benchmarks.profile at commit abc1234\n" in text
+    baseline = pd.read_csv(committed / "profile_baseline.csv")
+    baseline[baseline["chapter"] == "grokking"].to_csv(committed / "profile_baseline.csv", index=False)
+    text = report.render(tmp_path / "executed").read_text()
+    assert "- quick: benchmarks.profile at commit abc1234; no time before for ches\n" in text
 
 
 def test_two_profiled_runs_compare_by_their_claims():
