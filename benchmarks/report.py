@@ -199,7 +199,8 @@ def _time_breakdown() -> tuple[str, list[str]]:
 
 def compare_work(before: pd.DataFrame | None, after: pd.DataFrame | None) -> str:
     """Whether two profiled runs of one chapter computed the same thing, from the claims each
-    wrote (rows claim_id, verdict, our_value): 'same claims'; 'same claims, k of n values differ';
+    wrote (rows claim_id, verdict, our_value): 'same claims' (every verdict and value); 'same claims and
+    verdicts, k of n values differ'; 'same claims, k of n verdicts differ';
     or which claims one run has and the other lacks ('more work now: + C4-drift'); 'not recorded'
     when either run kept no claims."""
     if before is None or after is None or before.empty or after.empty:
@@ -209,9 +210,12 @@ def compare_work(before: pd.DataFrame | None, after: pd.DataFrame | None) -> str
     if added or dropped:
         said = (["more work now: + " + ", ".join(added)] if added else []) + (["− " + ", ".join(dropped)] if dropped else [])
         return "; ".join(said)
-    answers = ["verdict", "our_value"]
-    differ = int((old[answers].astype(str) != new.loc[old.index, answers].astype(str)).any(axis=1).sum())
-    return "same claims" if differ == 0 else f"same claims, {differ} of {len(old)} values differ"
+    new = new.loc[old.index]
+    verdicts = int((old["verdict"].astype(str) != new["verdict"].astype(str)).sum())
+    values = int((old["our_value"].astype(str) != new["our_value"].astype(str)).sum())
+    if verdicts:
+        return f"same claims, {verdicts} of {len(old)} verdicts differ"
+    return "same claims" if values == 0 else f"same claims and verdicts, {values} of {len(old)} values differ"
 
 
 def _unmeasured(before: pd.DataFrame, after: pd.DataFrame, profile_name: str) -> str:
@@ -251,8 +255,10 @@ def _before_after(baseline: pd.DataFrame, baseline_path: Path | None, profile: p
     for name, group in both.groupby("profile", sort=False):
         kept = group[same[group.index]]
         if len(kept):
-            n = len(kept)
-            label = "all chapters" if n == len(group) else f"the {n} chapter{'s' * (n > 1)} with the same claims"
+            n, timed_now = len(kept), set(after.loc[after["profile"] == name, "chapter"])
+            label = (
+                "all chapters" if set(kept["chapter"]) == timed_now else f"the {n} chapter{'s' * (n > 1)} with the same claims"
+            )
             totals.append({"profile": name, "chapter": label, "before": kept["before"].sum(), "after": kept["after"].sum(),
                            "work": "", "speedup": kept["before"].sum() / kept["after"].sum()})  # fmt: skip
     both = pd.concat([both, pd.DataFrame(totals)], ignore_index=True)

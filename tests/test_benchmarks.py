@@ -100,7 +100,7 @@ def test_performance_page_opens_with_the_book_time_and_shows_where_it_goes(tmp_p
         fresh / "profile_claims.csv", index=False
     )
     text = report.render(tmp_path / "executed").read_text()
-    assert "| quick | ches | 90.0 | 60.0 | 1.50 | same claims, 1 of 1 values differ |" in text
+    assert "| quick | ches | 90.0 | 60.0 | 1.50 | same claims and verdicts, 1 of 1 values differ |" in text
     assert "| quick | all chapters | 150.0 | 90.0 | 1.67 |  |" in text
     assert "`make book` from scratch" not in text  # no book.csv: no wall-time sentence
     walls = [
@@ -127,6 +127,7 @@ def test_performance_page_opens_with_the_book_time_and_shows_where_it_goes(tmp_p
     baseline[baseline["chapter"] == "grokking"].to_csv(committed / "profile_baseline.csv", index=False)
     text = report.render(tmp_path / "executed").read_text()
     assert "- quick: benchmarks.profile at commit abc1234; no time before for ches\n" in text
+    assert "| quick | the 1 chapter with the same claims | 60.0 | 30.0 | 2.00 |  |" in text  # not "all chapters"
 
 
 def test_two_profiled_runs_compare_by_their_claims():
@@ -137,10 +138,10 @@ def test_two_profiled_runs_compare_by_their_claims():
     assert report.compare_work(before, before.copy()) == "same claims"
     assert report.compare_work(before, claims(("C2", "not reproduced", "13 %"), ("C1", "partly", "14 %"))) == "same claims"
     assert report.compare_work(before, claims(("C1", "partly", "15 %"), ("C2", "not reproduced", "13 %"))) == (
-        "same claims, 1 of 2 values differ"
+        "same claims and verdicts, 1 of 2 values differ"
     )
     assert report.compare_work(before, claims(("C1", "reproduced", "14 %"), ("C2", "partly", "13 %"))) == (
-        "same claims, 2 of 2 values differ"
+        "same claims, 2 of 2 verdicts differ"
     )
     grown = claims(("C1", "partly", "14 %"), ("C2", "not reproduced", "13 %"), ("C2-drift", "partly", "1"))
     assert report.compare_work(before, grown) == "more work now: + C2-drift"
