@@ -336,13 +336,9 @@ def profile_at(commit: str, argv: list[str], csv: str | None) -> pd.DataFrame:
         source = f"benchmarks.profile --at {sha} ({' '.join(rest)})"
         rows = pd.read_csv(tree / "_build" / "benchmarks" / "profile.csv").assign(commit=sha, source=source)
         claims = pd.read_csv(tree / "_build" / "benchmarks" / "profile_claims.csv").assign(commit=sha)
-    machine_columns = ["cpu", "cores", "threads", "torch"]
-    table = None
-    for (_, _), chapter_rows in rows.drop(columns=machine_columns).groupby(["chapter", "profile"], sort=False):
-        table = record(chapter_rows, name)
-    for (_, _), chapter_claims_rows in claims.drop(columns=machine_columns).groupby(["chapter", "profile"], sort=False):
-        record(chapter_claims_rows, f"{name}_claims")
-    return table
+    machine_columns = ["cpu", "cores", "threads", "torch"]  # write() adds this machine's again
+    record(claims.drop(columns=machine_columns), f"{name}_claims")
+    return record(rows.drop(columns=machine_columns), name)
 
 
 def record(rows: pd.DataFrame, name: str = "profile") -> pd.DataFrame:
