@@ -38,7 +38,7 @@ import yaml
 from papermill.translators import PythonTranslator
 
 from dpo_toolkit import __version__
-from dpo_toolkit.core.claims import IDENTITY, TESTED, UNTESTABLE, VERDICTS, read_claims
+from dpo_toolkit.core.claims import IDENTITY, INCONCLUSIVE, TESTED, UNTESTABLE, VERDICTS, read_claims
 from tools import install_cell
 from tools.peakmem import PeakMemory
 
@@ -313,21 +313,31 @@ BADGE_COLOURS = {  # verdict → background; white text on each passes WCAG AA c
     "reproduced": "#1b7f3b",
     "partly": "#9a5b00",
     "not reproduced": "#b3261e",
+    "inconclusive": "#6a3d9a",
     "untestable here": "#5f6368",
     "verified (identity)": "#1a5fb4",
+}
+BADGE_GLYPHS = {  # verdict → a glyph beside the id, so that no verdict is told by colour alone
+    "reproduced": "✓",
+    "partly": "◐",
+    "not reproduced": "✗",
+    "inconclusive": "?",
+    "untestable here": "∅",
+    "verified (identity)": "≡",
 }
 
 
 GROUPS = {
     "tested": "## Claims tested here",
+    "inconclusive": "## Inconclusive (the interval straddles its threshold, or fewer than 3 replicates)",
     "untestable": "## Untestable here (the precondition did not hold in this run)",
     "identity": "## Checks of identities and numerics (not reproductions)",
 }
 
 
 def group_of(verdict: str) -> str:
-    """'tested', 'untestable' or 'identity': the scorecard table a verdict is listed in."""
-    return "identity" if verdict == IDENTITY else "untestable" if verdict == UNTESTABLE else "tested"
+    """'tested', 'inconclusive', 'untestable' or 'identity': the scorecard table a verdict is listed in."""
+    return {IDENTITY: "identity", UNTESTABLE: "untestable", INCONCLUSIVE: "inconclusive"}.get(verdict, "tested")
 
 
 def badge(claim_id: str, verdict: str, title: str, kind: str = "verdict-badge") -> str:
@@ -336,7 +346,8 @@ def badge(claim_id: str, verdict: str, title: str, kind: str = "verdict-badge") 
     tip = html.escape(f"{claim_id}: {verdict}. {title}", quote=True).replace("|", "&#124;")  # a | would end the table cell
     return (
         f'<span class="{kind}" data-verdict="{html.escape(verdict)}" title="{tip}" style="background:{colour};'
-        f'color:#fff;border-radius:4px;padding:1px 6px;margin:0 4px 2px 0;display:inline-block;font-weight:600">{claim_id}</span>'
+        f'color:#fff;border-radius:4px;padding:1px 6px;margin:0 4px 2px 0;display:inline-block;font-weight:600">'
+        f"{BADGE_GLYPHS.get(verdict, '')} {claim_id}</span>"
     )
 
 
@@ -390,7 +401,7 @@ def scorecard(stems: list[str], executed: Path, results: Path, profile: str) -> 
     tested = sum(counts[v] for v in TESTED)
     summary = (
         f"{tested} of {n} claims tested: {counts['reproduced']} reproduced, {counts['partly']} partly, "
-        f"{counts['not reproduced']} not reproduced; {counts[UNTESTABLE]} untestable here; "
+        f"{counts['not reproduced']} not reproduced; {counts[INCONCLUSIVE]} inconclusive; {counts[UNTESTABLE]} untestable here; "
         f"{counts[IDENTITY]} verified as identities — from {len(stems) - len(problems)} of {len(stems)} chapters"
     )
     if problems:

@@ -1,11 +1,16 @@
 """Claims tables: every chapter ends with one and writes it to
 ``_build/results/<notebook-stem>/claims.csv``
-(claim_id,statement,paper_value,our_value,verdict,precondition).
+(claim_id, statement, paper_value, our_value, verdict, precondition, n, estimate, ci_low, ci_high,
+threshold).
 
-The verdict vocabulary: a claim whose precondition holds in this run is *tested* and is
-``reproduced``, ``partly`` (the part carrying the published effect was seen) or ``not
-reproduced``; a claim whose precondition, measured by code, fails is ``untestable here``; a
-check of an identity or of the numerics is ``verified (identity)``, never a reproduction."""
+The verdict vocabulary: a claim whose precondition holds is *tested* and is ``reproduced``,
+``partly`` (the part carrying the published effect was seen) or ``not reproduced``; a claim whose
+precondition, measured by code, fails is ``untestable here``; a check of an identity or of the
+numerics is ``verified (identity)``, never a reproduction. A claim that reads trained models is
+decided on an interval over independent replicates (``core.evidence``): it is ``inconclusive``
+when the interval straddles its threshold or rests on fewer than ``MIN_REPLICATES`` replicates.
+Its row then carries n, the estimate, its 95 % interval and the threshold it was read against;
+those columns are empty for identities and exact computations (``verdict``, ``identity``)."""
 
 from __future__ import annotations
 
@@ -14,11 +19,15 @@ from pathlib import Path
 
 import pandas as pd
 
-COLUMNS = ["claim_id", "statement", "paper_value", "our_value", "verdict", "precondition"]
+from dpo_toolkit.core.evidence import MIN_REPLICATES, Check, conjunction
+
+EVIDENCE = ["n", "estimate", "ci_low", "ci_high", "threshold"]
+COLUMNS = ["claim_id", "statement", "paper_value", "our_value", "verdict", "precondition", *EVIDENCE]
 REPRODUCED, PARTLY, NOT_REPRODUCED = "reproduced", "partly", "not reproduced"
-UNTESTABLE, IDENTITY = "untestable here", "verified (identity)"
+UNTESTABLE, IDENTITY, INCONCLUSIVE = "untestable here", "verified (identity)", "inconclusive"
 TESTED = (REPRODUCED, PARTLY, NOT_REPRODUCED)
-VERDICTS = (*TESTED, UNTESTABLE, IDENTITY)
+DECISIVE = TESTED
+VERDICTS = (*TESTED, INCONCLUSIVE, UNTESTABLE, IDENTITY)
 HEADERS = {
     "claim_id": "claim",
     "statement": "statement",
@@ -26,6 +35,11 @@ HEADERS = {
     "our_value": "ours",
     "verdict": "verdict",
     "precondition": "precondition",
+    "n": "n",
+    "estimate": "estimate",
+    "ci_low": "95 % CI low",
+    "ci_high": "95 % CI high",
+    "threshold": "threshold",
 }
 NO_PRECONDITION = "none"
 
@@ -40,6 +54,66 @@ def verdict(full: bool, part: bool = False, testable: bool = True) -> str:
     return REPRODUCED if full else PARTLY if part else NOT_REPRODUCED
 
 
+def decide(full: Check | list[Check], part: Check | list[Check] | None = None, precondition: Check | bool = True) -> dict:
+    """The verdict of a claim read on trained models, from intervals over replicates.
+
+    `full`: the checks the whole claim needs (all must hold); `part`: those of the part that
+    carries the published effect; `precondition`: a check, or a fact fixed by design. The ladder:
+    ``inconclusive`` when the deciding interval rests on fewer than MIN_REPLICATES replicates
+    (its precondition, measured on the same runs, is not judged either); ``untestable here``
+    when the precondition fails (``inconclusive`` when its interval straddles); ``reproduced``
+    when every full check holds; ``partly`` when a full check fails and every part check holds;
+    ``not reproduced`` when a full check fails and so does a part check (or there is no part);
+    ``inconclusive`` whenever the check that would decide straddles its threshold.
+
+    Returns the row's fields: verdict, the deciding check's n, estimate, interval and threshold,
+    and `decision`, a sentence for the row (what decided, and for ``inconclusive`` about how many
+    replicates would decide it at the observed spread)."""
+    full = [full] if isinstance(full, Check) else list(full)
+    held, deciding = conjunction(full)
+    if isinstance(precondition, Check):
+        pre, pre_check = precondition.outcome, precondition
+    else:
+        pre, pre_check = bool(precondition), None
+    if min(c.interval.n for c in full) < MIN_REPLICATES:
+        deciding = min(full, key=lambda c: c.interval.n)
+        return _decision(INCONCLUSIVE, deciding, f"fewer than {MIN_REPLICATES} replicates decide nothing")
+    if pre is False:
+        return _decision(UNTESTABLE, pre_check or deciding, "precondition fails")
+    if pre is None:
+        return _decision(INCONCLUSIVE, pre_check, "the precondition's interval straddles its threshold")
+    if held is True:
+        return _decision(REPRODUCED, deciding, "every check's interval is clear of its threshold")
+    if held is None:
+        return _decision(INCONCLUSIVE, deciding, "its interval straddles the threshold")
+    if part is None:
+        return _decision(NOT_REPRODUCED, deciding, "the interval is clear of the threshold, on the other side")
+    part_held, part_deciding = conjunction([part] if isinstance(part, Check) else list(part))
+    if part_held is True:
+        return _decision(PARTLY, deciding, "the full claim fails; the part carrying the effect holds")
+    if part_held is None:
+        return _decision(INCONCLUSIVE, part_deciding, "the full claim fails; the part's interval straddles")
+    return _decision(NOT_REPRODUCED, part_deciding, "the full claim and its part fail")
+
+
+def _decision(verdict_: str, check: Check, why: str) -> dict:
+    i = check.interval
+    sentence = f"{verdict_}: {check.describe()}; {why}"
+    if verdict_ == INCONCLUSIVE:
+        needed = check.replicates_needed()
+        if needed is not None and needed > i.n:
+            sentence += f"; about {needed} replicates would decide it at this spread"
+    return {
+        "verdict": verdict_,
+        "n": str(i.n),
+        "estimate": f"{i.estimate:.4g}",
+        "ci_low": f"{i.low:.4g}",
+        "ci_high": f"{i.high:.4g}",
+        "threshold": f"{check.threshold:.4g}",
+        "decision": sentence,
+    }
+
+
 def identity(holds: bool) -> str:
     """The verdict of a check of an identity or of the numerics (a lemma, a bound that
     holds by algebra): ``verified (identity)`` when it holds, ``not reproduced`` when not."""
@@ -48,8 +122,17 @@ def identity(holds: bool) -> str:
 
 def claims_frame(rows: list[dict[str, str]]) -> pd.DataFrame:
     """A validated claims table: exactly COLUMNS, unique ids, verdicts from VERDICTS. A row
-    without a precondition gets NO_PRECONDITION."""
-    df = pd.DataFrame([{"precondition": NO_PRECONDITION, **row} for row in rows], columns=COLUMNS)
+    without a precondition gets NO_PRECONDITION; a row without evidence columns (an identity, an
+    exact computation) gets them empty. A row built with ``**decide(...)`` carries a `decision`
+    sentence, which is appended to its `our_value`."""
+    records = []
+    for row in rows:
+        row = {"precondition": NO_PRECONDITION, **dict.fromkeys(EVIDENCE, ""), **row}
+        decision = row.pop("decision", None)
+        if decision:
+            row["our_value"] = f"{row['our_value']}. Decided: {decision}"
+        records.append(row)
+    df = pd.DataFrame(records, columns=COLUMNS).astype(str)
     _validate(df, "claims table")
     return df
 
@@ -69,6 +152,15 @@ def _validate(df: pd.DataFrame, where: str) -> None:
     bad = sorted(set(df["verdict"]) - set(VERDICTS))
     if bad:
         raise ValueError(f"{where}: verdict must be one of {VERDICTS}, got {bad}")
+    for row in df.itertuples():
+        if row.n == "" or row.verdict not in DECISIVE:
+            continue
+        low, high, threshold = float(row.ci_low), float(row.ci_high), float(row.threshold)
+        if int(row.n) < MIN_REPLICATES or low < threshold < high:
+            raise ValueError(
+                f"{where}: {row.claim_id} is '{row.verdict}' but its interval [{row.ci_low}, {row.ci_high}] over "
+                f"{row.n} replicates straddles its threshold {row.threshold} or rests on < {MIN_REPLICATES} replicates"
+            )
 
 
 class ClaimsTable:
@@ -85,6 +177,7 @@ class ClaimsTable:
     def __repr__(self) -> str:
         return "\n".join(
             f"{r.claim_id} [{r.verdict}] {r.statement}\n  paper: {r.paper_value}\n  ours:  {r.our_value}"
+            + (f"\n  n={r.n}, estimate {r.estimate}, 95 % CI [{r.ci_low}, {r.ci_high}], threshold {r.threshold}" if r.n else "")
             for r in self.df.itertuples()
         )
 

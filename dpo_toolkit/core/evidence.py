@@ -1,0 +1,148 @@
+"""Verdicts as statistical statements: an interval over independent replicates, read against a
+threshold fixed before any run.
+
+A *replicate* is everything one training seed sets (the reference model, the initialisation, the
+data order); runs that share a seed are not independent. A claim's quantity is computed once per
+replicate and summarised by
+
+- ``mean_interval``: the mean over replicates with a 95 % interval, the union of the BCa
+  bootstrap interval (``scipy.stats.bootstrap``; the practice of Agarwal et al., *Deep RL at the
+  Edge of the Statistical Precipice*, NeurIPS 2021) and Student's t interval. The bootstrap makes
+  no assumption on the shape of the replicates' distribution but is too narrow on a handful of
+  replicates (with three it hardly exceeds their range); the t interval holds its coverage there
+  under normality. Their union keeps whichever is more cautious: t on few replicates, the
+  bootstrap where the replicates are many and skewed;
+- ``share_interval``: a share of trials (k of m) with its 95 % Wilson interval, for claims about
+  a proportion (drift fraction, displaced share).
+
+A ``Check`` reads an interval against a threshold: it *holds* when the whole interval is on the
+claim's side, *fails* when the whole interval is on the other side, and is *undecided* when the
+interval straddles the threshold or rests on fewer than ``MIN_REPLICATES`` replicates. The
+verdict ladder (``claims.decide``) reads checks, never a single run against a threshold."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+CONFIDENCE = 0.95
+MIN_REPLICATES = 3
+"""Fewer independent replicates decide nothing: a claim read on one or two seeds is inconclusive
+(its interval is too wide to trust, and a change of float order can move a single run across any
+threshold), whatever its runs show."""
+RESAMPLES = 4999  # bootstrap resamples; the seed below makes the interval a function of the data alone
+_BOOTSTRAP_SEED = 0
+_Z = float(stats.norm.ppf(0.5 + CONFIDENCE / 2))
+
+
+@dataclass(frozen=True)
+class Interval:
+    """An estimate from `n` independent replicates with its 95 % interval [low, high]; `spread` is
+    the replicates' standard deviation (of a mean) or √(p(1−p)·trials/n) (of a share), what
+    ``replicates_needed`` scales."""
+
+    n: int
+    estimate: float
+    low: float
+    high: float
+    spread: float = float("nan")
+
+    def __str__(self) -> str:
+        return f"{self.estimate:.3g} [{self.low:.3g}, {self.high:.3g}] (n={self.n})"
+
+
+def mean_interval(values) -> Interval:
+    """The mean of one value per replicate, with its 95 % interval: the union of the BCa bootstrap
+    interval and Student's t interval (module docstring).
+
+    Equal values give a point interval; one value gives (−∞, ∞): a single run bounds nothing.
+    Where BCa is undefined (a resample distribution without spread), the percentile interval."""
+    x = np.asarray(values, dtype=float).ravel()
+    if x.size == 0 or not np.isfinite(x).all():
+        raise ValueError(f"mean_interval needs finite values, one per replicate; got {x.tolist()}")
+    mean = float(x.mean())
+    if x.size == 1:
+        return Interval(1, mean, -math.inf, math.inf)
+    spread = float(x.std(ddof=1))
+    if np.ptp(x) == 0:
+        return Interval(int(x.size), float(x[0]), float(x[0]), float(x[0]), 0.0)
+    half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, x.size - 1)) * spread / math.sqrt(x.size)  # Student's t
+    ci = None
+    for method in ("BCa", "percentile"):
+        rng = np.random.default_rng(_BOOTSTRAP_SEED)
+        with np.errstate(all="ignore"):
+            result = stats.bootstrap((x,), np.mean, confidence_level=CONFIDENCE, n_resamples=RESAMPLES, method=method, rng=rng)
+        ci = result.confidence_interval
+        if np.isfinite(ci.low) and np.isfinite(ci.high):
+            break
+    return Interval(int(x.size), mean, min(float(ci.low), mean - half), max(float(ci.high), mean + half), spread)
+
+
+def share_interval(successes: int, trials: int, replicates: int | None = None) -> Interval:
+    """A share `successes` of `trials` with its 95 % Wilson interval. `replicates` is the number of
+    independent seeds behind the trials (default: every trial is its own replicate); it is the
+    `n` that ``MIN_REPLICATES`` reads, since trials that share a seed are not independent."""
+    if not (0 <= successes <= trials) or trials < 1:
+        raise ValueError(f"share_interval needs 0 ≤ successes ≤ trials and trials ≥ 1; got {successes} of {trials}")
+    ci = stats.binomtest(int(successes), int(trials)).proportion_ci(confidence_level=CONFIDENCE, method="wilson")
+    p = successes / trials
+    n = trials if replicates is None else int(replicates)
+    return Interval(n, p, float(ci.low), float(ci.high), math.sqrt(p * (1 - p) * trials / max(n, 1)))
+
+
+@dataclass(frozen=True)
+class Check:
+    """One threshold read on an interval: the claim's side is ``interval ≥ threshold`` (above) or
+    ``interval ≤ threshold`` (not above). `name` says what was measured, for the claims table."""
+
+    name: str
+    interval: Interval
+    threshold: float
+    above: bool = True
+
+    @property
+    def outcome(self) -> bool | None:
+        """True (the whole interval on the claim's side), False (the whole interval on the other
+        side) or None (it straddles the threshold, or rests on fewer than MIN_REPLICATES)."""
+        i = self.interval
+        if i.n < MIN_REPLICATES:
+            return None
+        if self.above:
+            return True if i.low >= self.threshold else False if i.high < self.threshold else None
+        return True if i.high <= self.threshold else False if i.low > self.threshold else None
+
+    def replicates_needed(self) -> int | None:
+        """About how many replicates would put the interval clear of the threshold at the observed
+        spread (normal approximation, ⌈(z·spread / |estimate − threshold|)²⌉, at least
+        MIN_REPLICATES); None when the estimate sits on the threshold or no spread is known."""
+        i = self.interval
+        gap = abs(i.estimate - self.threshold)
+        if gap == 0 or not math.isfinite(i.spread):
+            return None
+        return max(MIN_REPLICATES, math.ceil((_Z * i.spread / gap) ** 2))
+
+    def describe(self) -> str:
+        side = "≥" if self.above else "≤"
+        i = self.interval
+        return (
+            f"{self.name} {i.estimate:.3g}, 95 % CI [{i.low:.3g}, {i.high:.3g}] over {i.n} "
+            f"replicate{'s' if i.n != 1 else ''} (claim: {side} {self.threshold:g})"
+        )
+
+
+def conjunction(checks: list[Check]) -> tuple[bool | None, Check]:
+    """All of `checks` at once: (True, the first) when every one holds; (False, the first that
+    fails) when any fails; else (None, the first undecided). The returned check is the one that
+    decides, the one a claims table reports."""
+    if not checks:
+        raise ValueError("conjunction needs at least one check")
+    failed = [c for c in checks if c.outcome is False]
+    if failed:
+        return False, failed[0]
+    undecided = [c for c in checks if c.outcome is None]
+    if undecided:
+        return None, undecided[0]
+    return True, checks[0]

@@ -1,0 +1,118 @@
+"""The statistics behind every verdict (core/evidence.py) and the ladder that reads them
+(claims.decide): intervals against closed forms, the ladder on hand-made replicate sets."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from dpo_toolkit.core.claims import (
+    INCONCLUSIVE,
+    NOT_REPRODUCED,
+    PARTLY,
+    REPRODUCED,
+    UNTESTABLE,
+    claims_frame,
+    decide,
+)
+from dpo_toolkit.core.evidence import MIN_REPLICATES, Check, mean_interval, share_interval
+
+
+def test_bootstrap_interval_matches_the_normal_closed_form_on_a_large_normal_sample():
+    x = np.random.default_rng(1).normal(2.0, 3.0, size=400)
+    i = mean_interval(x)
+    half = stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x))
+    assert i.estimate == pytest.approx(x.mean())
+    assert i.low == pytest.approx(x.mean() - half, abs=0.06 * half + 0.02)
+    assert i.high == pytest.approx(x.mean() + half, abs=0.06 * half + 0.02)
+
+
+def test_few_replicates_get_at_least_the_student_t_interval():
+    x = [0.4, 0.7, 0.6, 0.9]  # the bootstrap alone would give about [0.5, 0.8]
+    half = stats.t.ppf(0.975, 3) * np.std(x, ddof=1) / 2
+    i = mean_interval(x)
+    assert i.low <= np.mean(x) - half + 1e-12 and i.high >= np.mean(x) + half - 1e-12
+    assert i.low == pytest.approx(np.mean(x) - half)
+
+
+def test_interval_edge_cases_one_value_and_all_equal():
+    one = mean_interval([0.7])
+    assert (one.n, one.low, one.high) == (1, -math.inf, math.inf)
+    equal = mean_interval([0.4, 0.4, 0.4])
+    assert (equal.n, equal.low, equal.high, equal.spread) == (3, 0.4, 0.4, 0.0)
+    with pytest.raises(ValueError, match="finite"):
+        mean_interval([1.0, float("nan")])
+
+
+def test_wilson_interval_against_its_closed_form():
+    k, m, z = 7, 20, stats.norm.ppf(0.975)
+    p = k / m
+    centre = (p + z**2 / (2 * m)) / (1 + z**2 / m)
+    half = z / (1 + z**2 / m) * math.sqrt(p * (1 - p) / m + z**2 / (4 * m**2))
+    i = share_interval(k, m)
+    assert (i.low, i.high) == pytest.approx((centre - half, centre + half), rel=1e-9)
+    assert i.n == m and share_interval(k, m, replicates=2).n == 2
+    assert share_interval(0, 5).low == 0.0
+    with pytest.raises(ValueError):
+        share_interval(6, 5)
+
+
+ABOVE = [0.9, 1.0, 1.1, 0.95, 1.05]  # clearly above 0.5
+BELOW = [0.1, 0.0, 0.2, 0.15, 0.05]  # clearly below 0.5
+STRADDLING = [0.1, 0.9, 0.2, 0.8, 0.5]
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        (ABOVE, REPRODUCED),
+        (BELOW, NOT_REPRODUCED),
+        (STRADDLING, INCONCLUSIVE),
+        ([0.9], INCONCLUSIVE),  # n = 1
+        ([0.9, 1.0], INCONCLUSIVE),  # n = 2: fewer than MIN_REPLICATES, however clear
+        ([0.9, 0.9, 0.9], REPRODUCED),  # all equal, n = 3
+        ([0.1, 0.1, 0.1], NOT_REPRODUCED),
+    ],
+)
+def test_ladder_on_hand_made_replicate_sets(values, expected):
+    row = decide(Check("x", mean_interval(values), 0.5))
+    assert row["verdict"] == expected
+    assert row["n"] == str(len(values))
+
+
+def test_ladder_below_threshold_claims_partly_and_preconditions():
+    low = Check("x", mean_interval(BELOW), 0.5, above=False)
+    high = Check("x", mean_interval(ABOVE), 0.5, above=False)
+    assert decide(low)["verdict"] == REPRODUCED
+    assert decide(high, part=low)["verdict"] == PARTLY
+    assert decide(high, part=high)["verdict"] == NOT_REPRODUCED
+    assert decide(high, part=Check("y", mean_interval(STRADDLING), 0.5))["verdict"] == INCONCLUSIVE
+    assert decide(low, precondition=False)["verdict"] == UNTESTABLE
+    assert decide(low, precondition=Check("p", mean_interval(BELOW), 0.5))["verdict"] == UNTESTABLE
+    assert decide(low, precondition=Check("p", mean_interval(STRADDLING), 0.5))["verdict"] == INCONCLUSIVE
+    # too few replicates: inconclusive, the precondition not judged
+    assert decide(Check("x", mean_interval([0.1, 0.2]), 0.5), precondition=False)["verdict"] == INCONCLUSIVE
+
+
+def test_inconclusive_row_states_the_replicates_that_would_decide_it():
+    row = decide(Check("gap", mean_interval([0.4, 0.7, 0.6, 0.9]), 0.5))
+    assert row["verdict"] == INCONCLUSIVE
+    sd, gap = np.std([0.4, 0.7, 0.6, 0.9], ddof=1), 0.65 - 0.5
+    assert f"about {math.ceil((1.959964 * sd / gap) ** 2)} replicates" in row["decision"]
+
+
+def test_a_decisive_verdict_whose_interval_straddles_fails_validation():
+    row = {"claim_id": "C1", "statement": "s", "paper_value": "p", "our_value": "o"}
+    ok = decide(Check("x", mean_interval(ABOVE), 0.5))
+    assert claims_frame([{**row, **ok}])["verdict"].tolist() == [REPRODUCED]
+    forged = {**ok, "ci_low": "0.3"}  # a reproduced verdict on [0.3, ...] against 0.5
+    with pytest.raises(ValueError, match="straddles"):
+        claims_frame([{**row, **forged}])
+    with pytest.raises(ValueError, match=str(MIN_REPLICATES)):
+        claims_frame([{**row, **ok, "n": "2"}])
+    inconclusive = decide(Check("x", mean_interval(STRADDLING), 0.5))
+    table = claims_frame([{**row, **inconclusive}])
+    assert "Decided: inconclusive" in table["our_value"].iloc[0]
+    assert pd.Series(table.columns).isin(["n", "estimate", "ci_low", "ci_high", "threshold"]).sum() == 5
