@@ -14,8 +14,8 @@ PROFILES := quick $(patsubst params/%/,%,$(wildcard params/*/))
 EXECUTED ?= _build/executed
 RESULTS  ?= _build/results
 TEST_BOOK := _build/test-book
-# Runs of make test and make notebooks, cached apart from make book's: made under the reference path only.
-TEST_RESULTS := _build/test-results-reference
+# Runs of make test and make notebooks, cached apart from make book's.
+TEST_RESULTS := _build/test-results
 
 export PYTHONHASHSEED := 0
 # Processes run at once by make book, make test-book (chapters) and make test (pytest and nbval
@@ -31,13 +31,14 @@ CHECK_JOBS = case "$(JOBS)" in ''|*[!0-9]*|0*) echo "JOBS must be an integer ≥
 # No progress bars in batch runs (book, nbval, CI logs); interactive Jupyter sessions show them (core/progress.py).
 export DPO_PROGRESS := 0
 
-# The reference kernel path: what the stored notebook outputs are made with and compared under
-# (README, "Testing"). PyTorch's own kernels take their AVX2 code, MKL its CPU-independent
-# CNR branch, oneDNN is off (dpo_toolkit/__init__.py), and two threads split every reduction,
-# so the quick profile computes the same bits on any x86-64 CPU with AVX2, Intel or AMD.
-REFERENCE_PATH := DPO_REFERENCE_KERNELS=1 ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=COMPATIBLE OMP_NUM_THREADS=2 MKL_NUM_THREADS=2
+# The float order of make test's first nbval pass and of make notebooks: the machine's own
+# kernels, two threads. Nothing pins the arithmetic: what nbval compares must survive any float
+# order (CONTRIBUTING, "What the stored outputs pin"), and make test-float-order checks it.
+TEST_ORDER := OMP_NUM_THREADS=2 MKL_NUM_THREADS=2
+# The second pass's perturbation (tools/float_order.py): threads, vector, ulp, or all of them.
+PERTURB ?= all
 
-.PHONY: install book test-book notebooks test test-kernel-path lint bench clean
+.PHONY: install book test-book notebooks test test-float-order lint bench clean
 .DELETE_ON_ERROR:
 
 $(STAMP): pyproject.toml constraints.txt
@@ -75,7 +76,7 @@ test-book: $(STAMP)
 	@$(BIN)/python -m tools.bookbuild config $(TEST_BOOK)/_config.yml
 	@cp -R book/. $(TEST_BOOK)/book/
 	@ln -sfn ../executed $(TEST_BOOK)/book/chapters
-	@env $(REFERENCE_PATH) $(BIN)/python -m tools.bookbuild chapter $(STEMS) --profile quick --jobs $(JOBS) \
+	@env $(TEST_ORDER) $(BIN)/python -m tools.bookbuild chapter $(STEMS) --profile quick --jobs $(JOBS) \
 	  --executed $(TEST_BOOK)/executed --results $(TEST_RESULTS)
 	$(BIN)/python -m benchmarks.report --executed $(TEST_BOOK)/executed
 	$(BIN)/python -m tools.bookbuild scorecard $(STEMS) --profile quick --executed $(TEST_BOOK)/executed --results $(TEST_RESULTS)
@@ -85,7 +86,7 @@ test-book: $(STAMP)
 notebooks: $(STAMP)
 	@for stem in $(STEMS); do \
 	  $(BIN)/jupytext --sync notebooks/$$stem.md && \
-	  env $(REFERENCE_PATH) DPO_RESULTS_ROOT=$(CURDIR)/$(TEST_RESULTS) $(BIN)/papermill notebooks/$$stem.ipynb notebooks/$$stem.ipynb \
+	  env $(TEST_ORDER) DPO_RESULTS_ROOT=$(CURDIR)/$(TEST_RESULTS) $(BIN)/papermill notebooks/$$stem.ipynb notebooks/$$stem.ipynb \
 	    --cwd notebooks --log-level ERROR --no-progress-bar || exit 1; \
 	done
 
@@ -96,23 +97,24 @@ lint: $(STAMP)
 test: $(STAMP) lint
 	@$(CHECK_JOBS)
 	env $(PARALLEL) $(BIN)/pytest $(XDIST)
-	env $(REFERENCE_PATH) $(PARALLEL) DPO_RESULTS_ROOT=$(CURDIR)/$(TEST_RESULTS) \
+	env $(TEST_ORDER) $(PARALLEL) DPO_RESULTS_ROOT=$(CURDIR)/$(TEST_RESULTS) \
 	  $(BIN)/pytest $(NBVAL) notebooks
-	$(MAKE) --no-print-directory test-kernel-path
+	$(MAKE) --no-print-directory test-float-order
 	$(MAKE) --no-print-directory test-book
 	$(BIN)/python -m tools.check_site $(TEST_BOOK) --screenshots _build/screenshots
 
-# nbval again, from scratch, as on a CPU with a smaller vector unit than this one
-# (tools/kernel_paths.py: MKL and oneDNN dispatch capped to AVX2 on an AVX-512 machine, to
-# SSE4.2 otherwise) under the reference path, which must make the dispatch irrelevant:
-# the stored outputs still pass and every verdict is the same as in the first run.
-ALT_RESULTS := _build/test-results-reference-alt
-test-kernel-path: $(STAMP)
-	@$(BIN)/python -m tools.kernel_paths describe
+# nbval again, from scratch, under a perturbed float order (tools/float_order.py; PERTURB=all by
+# default: one thread, the vector unit capped below this CPU's, every initial weight one ulp up),
+# which moves more bits than another vendor's CPU does: every compared output must still be the
+# stored one, and every verdict and replicate count the same as in the first pass.
+ALT_RESULTS := _build/test-results-perturbed
+test-float-order: $(STAMP)
+	@$(BIN)/python -m tools.float_order env $(PERTURB) >/dev/null || { echo "PERTURB must be one of threads, vector, ulp, all; got '$(PERTURB)'" >&2; exit 2; }
+	@$(BIN)/python -m tools.float_order describe
 	@rm -rf $(ALT_RESULTS)
-	env $(REFERENCE_PATH) $(PARALLEL) $$($(BIN)/python -m tools.kernel_paths env) DPO_RESULTS_ROOT=$(CURDIR)/$(ALT_RESULTS) \
+	env $(PARALLEL) $$($(BIN)/python -m tools.float_order env $(PERTURB)) DPO_RESULTS_ROOT=$(CURDIR)/$(ALT_RESULTS) \
 	  $(BIN)/pytest $(NBVAL) notebooks
-	$(BIN)/python -m tools.kernel_paths compare $(TEST_RESULTS) $(ALT_RESULTS)
+	$(BIN)/python -m tools.float_order compare $(TEST_RESULTS) $(ALT_RESULTS)
 
 # The benchmark suite (benchmarks/) in its own environment: TRL needs transformers 5,
 # while the test environment pins the [hf] extra's version; benchmarks/constraints.txt pins its versions.

@@ -163,6 +163,15 @@ def _validate(df: pd.DataFrame, where: str) -> None:
             )
 
 
+def verdict_digest(df: pd.DataFrame) -> str:
+    """What nbval compares of a claims table: one line per claim with its verdict and its number of
+    replicates. The numbers read from trained models are not in it: their float order changes
+    with the CPU, the thread count and the kernels, while a verdict decided on an interval over
+    replicates does not (CONTRIBUTING, "What the stored outputs pin")."""
+    _validate(df, "claims table")
+    return "\n".join(f"{r.claim_id}: {r.verdict}" + (f" (n={r.n})" if r.n else "") for r in df.itertuples())
+
+
 class ClaimsTable:
     """A claims table as a chapter shows it: every cell in full (pandas would cut cells at 50
     characters), one row per claim, no positional index. Plain text lists one claim per block."""
