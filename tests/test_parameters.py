@@ -6,14 +6,17 @@ parameter missing from it fails ``test_every_parameter_has_bad_values``, so a ne
 parameter cannot slip through unchecked. Values are injected exactly as papermill
 injects them (``papermill.parameterize.parameterize_notebook``); the cells up to the
 first one after `parameters` then run in-process, which takes milliseconds rather than
-a kernel start per value. ``test_papermill_stops_a_bad_value`` runs the papermill command
-itself once per notebook.
+a kernel start per value; IPython's input history ``In``, where the check finds the names
+papermill injected, is kept as IPython keeps it. ``test_papermill_stops_a_bad_value`` runs
+the papermill command itself once per notebook. `results_root` (a folder) and names the
+notebook does not have are tested on their own, below the table.
 """
 
 from __future__ import annotations
 
 import importlib
 import math
+import os
 import subprocess
 import sys
 import time
@@ -27,7 +30,7 @@ import yaml
 from papermill.iorw import load_notebook_node
 from papermill.parameterize import parameterize_notebook
 
-from dpo_toolkit.core.parameters import ParameterError, Spec, largest_prompt, real
+from dpo_toolkit.core.parameters import ParameterError, Spec, check, integer, largest_prompt, real
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -42,7 +45,7 @@ MODULES = (
     "likelihood_displacement",
     "ches",
 )
-ANY = {"results_root"}  # parameters that take any value of their type (a folder)
+ANY = {"results_root"}  # tested apart (test_a_bad_results_root_stops_the_setup_cell_and_writes_nothing)
 
 NUMBER_LINE = {
     "prompt_min": [-1, 1.5],
@@ -56,16 +59,21 @@ SWEEP_SETUP = {
     "device": DEVICE,
     "seeds": [[-1], 0, [], "abc", [0, 0]],
     **NUMBER_LINE,
-    "sft_epochs": [0, 2.5],
+    "sft_epochs": [0, 2.5, 1001],
     "sft_lr": [0.0, -1e-3, 2.0, NAN],
-    "dpo_epochs": [0],
+    "dpo_epochs": [0, 1001],
     "dpo_lr": [0.0, math.inf],
-    "batch_size": [0, -16],
-    "n_evals": [0, 100_000],  # more evaluations than optimizer steps
-    "kl_samples": [0, 1],
-    "margin_pairs": [0, 10.5],
+    "batch_size": [0, -16, 5121],
+    "n_evals": [0, 290, 100_000],  # 290 > the 282 optimizer steps of DPO at the defaults; ≤ 300
+    "kl_samples": [0, 1, 161],
+    "margin_pairs": [0, 10.5, 10_241],
 }
-DRIFTING_ARM = {"drift_optimizer": ["lion", 3], "drift_lr": [0.0, 2.0], "drift_reference": ["dpo", None], "drift_sft_epochs": [0]}
+DRIFTING_ARM = {
+    "drift_optimizer": ["lion", 3],
+    "drift_lr": [0.0, 2.0],
+    "drift_reference": ["dpo", None],
+    "drift_sft_epochs": [0, 1001],
+}
 BAD = {
     "grokking": {
         "betas": ["abc", -0.5, [], [0.1, -0.1], NAN, [0.1, 0.1]],
@@ -76,26 +84,26 @@ BAD = {
         "optimizer": ["lion", 1],
         "lr": [0, 2, NAN],
         "weight_decay": [-0.1, NAN],
-        "batch_size": [0],
+        "batch_size": [0, 5121],
         "grad_clip": [0, -5.0],
-        "evals_per_epoch": [0, 100],  # 100 > the single optimizer step per epoch at batch 512
-        "kl_samples": [1],
-        "budget_batch_size": [-1, 1.5],
+        "evals_per_epoch": [0, 100, 101],  # 100 > the 2 optimizer steps per epoch at batch 512; ≤ 100
+        "kl_samples": [1, 161],
+        "budget_batch_size": [-1, 1.5, 5121],
         "device": DEVICE,
     },
     "kl_sweep": {
-        "n_betas": [0, 2.5],
+        "n_betas": [0, 2.5, 301, 100_000_000],
         "beta_min": [0, -0.01, NAN],
         "beta_max": [0.001, 1e9],
         **SWEEP_SETUP,
         **DRIFTING_ARM,
-        "drift_n_betas": [0],
+        "drift_n_betas": [0, 101],
     },
-    "surgery": {"beta_a": [0, NAN], "beta_b": [0.001, 0.01], "n_betas": [1], **SWEEP_SETUP, **DRIFTING_ARM},
+    "surgery": {"beta_a": [0, NAN], "beta_b": [0.001, 0.01], "n_betas": [1, 101], **SWEEP_SETUP, **DRIFTING_ARM},
     "mixture_tpm": {
-        "n_instances": [0],
-        "n_outputs": [1, 0],
-        "n_theory_betas": [0],
+        "n_instances": [0, 30_001],
+        "n_outputs": [1, 0, 61],
+        "n_theory_betas": [0, 251],
         "theory_seed": [-1],
         "betas": [[], [0.0], "abc"],
         **SWEEP_SETUP,
@@ -110,30 +118,30 @@ BAD = {
         "shift": [0, 100],
         "task_seed": [-1],
         "seeds": [[-1]],
-        "pretrain_epochs": [0],
+        "pretrain_epochs": [0, 4001],
         "pretrain_lr": [0.0],
         "sft_epochs": [0],
         "sft_lr": [5.0],
         "label_fraction": [0.0, 1.5],
         "step_fraction": [0.0, 2.0],
-        "rft_epochs": [0],
+        "rft_epochs": [0, 1001],
         "rft_lr": [-1e-4],
-        "batch_size": [0],
-        "n_evals": [0, 100_000],
+        "batch_size": [0, 5121],
+        "n_evals": [0, 100, 100_000],  # 100 > the 40 optimizer steps of RL fine-tuning at the defaults; ≤ 300
     },
     "likelihood_displacement": {
         "device": DEVICE,
-        "n_statements": [5, 0],
+        "n_statements": [5, 0, 601],
         "seeds": [[-1], "abc"],
-        "d_model": [0, 66],  # 66 is not a multiple of the 4 heads
-        "sft_steps": [0],
+        "d_model": [0, 66, 644],  # 66 is not a multiple of the 4 heads
+        "sft_steps": [0, 3001],
         "sft_lr": [0.0],
         "beta": [-1, 0, NAN],
-        "dpo_steps": [0],
+        "dpo_steps": [0, 3001],
         "dpo_lr": [0.0],
         "prompts_per_pair": [0, 1000],
         "one_step_lr": [0.0, -1e-2],
-        "n_instances": [0],
+        "n_instances": [0, 10_001],
         "map_lead_weights": [[1.0], [0.0], []],
         "map_scales": [[0.0], [-1.0]],
         "map_optimizers": [["lion"], [], ["sgd", "sgd"]],
@@ -154,16 +162,16 @@ BAD = {
         "adaptive_lrs": [[0.0], [2.0], []],
         "sgd_lrs": [[-1.0]],
         "betas": [[0.0], [], [0.1, 0.1]],
-        "batch_size": [0, 100_000],  # larger than the smallest training set
+        "batch_size": [0, 1000, 100_000],  # 1000: larger than the smallest training set
         "dpo_epochs": [0],
-        "evals_per_epoch": [0, 100_000],  # more evaluations than optimizer steps per epoch
+        "evals_per_epoch": [0, 5, 101],  # 5: more evaluations than the 4 optimizer steps per epoch
         "arm_batch_sizes": [[0], [100_000]],
         "arm_weight_decays": [[-0.1]],
         "long_epochs": [0, 3],  # the horizon arm must run longer than dpo_epochs = 3
         "arm_train_sizes": [[0], [100_000]],  # a subset must be smaller than the training set
-        "kl_samples": [1],
-        "margin_pairs": [0],
-        "scored_train_pairs": [0],
+        "kl_samples": [1, 161],
+        "margin_pairs": [0, 10_241],
+        "scored_train_pairs": [0, 2561],
         "confirmation_seeds": [[0], [-1], []],  # 0 is one of the map's seeds
     },
     "ches": {
@@ -176,21 +184,21 @@ BAD = {
         "n_pairs": [0, 1_000_000],
         "pair_seed": [-1],
         "beta": [NAN, -0.1],
-        "dpo_steps": [0],
+        "dpo_steps": [0, 3001],
         "dpo_lr": [0.0],
         "mitigation_beta": [0],
-        "mitigation_epochs": [0],
+        "mitigation_epochs": [0, 1001],
         "mitigation_lr": [0.0],
-        "mitigation_evals": [0, 100_000],
-        "kl_samples": [0, 1],
+        "mitigation_evals": [0, 290, 100_000],  # 290 > the 282 optimizer steps of C12's DPO; ≤ 300
+        "kl_samples": [0, 1, 161],
         "drop_fractions": [[1.0], [0.0], "abc"],
         "sft_weights": [[0.0], [-1.0]],
         "grokking_beta": [0],
         "grokking_dpo_epochs": [0],
         **DRIFTING_ARM,
-        "phrase_statements": [5, 2.5],
+        "phrase_statements": [5, 2.5, 481],
         "phrase_lead_weight": [1.0, 0.0],
-        "phrase_sft_steps": [0],
+        "phrase_sft_steps": [0, 3001],
         "phrase_subset_fraction": [0.0, 0.5, 0.001],  # 0.001 leaves each subset of 264 pairs empty
         "phrase_mitigation_steps": [0],
         "safety_refusal_share": [0.0, 1.0],
@@ -213,8 +221,9 @@ def run_setup(stem: str, overrides: dict, results_root: Path) -> dict:
     nb = parameterize_notebook(_notebook(stem), {**overrides, "results_root": str(results_root)})
     code = [c for c in nb.cells if c.cell_type == "code"]
     injected = next(i for i, c in enumerate(code) if "injected-parameters" in c.metadata.get("tags", []))
-    namespace: dict = {}
+    namespace: dict = {"In": [""]}  # IPython's input history: In[n] is the source of the n-th cell run
     for cell in code[: injected + 2]:
+        namespace["In"].append(cell.source)
         exec(compile(cell.source, f"<{stem} cell>", "exec"), namespace)
     return namespace
 
@@ -241,7 +250,7 @@ def test_papermill_sees_every_parameter_with_its_type_and_the_spec_agrees(stem):
     inspected = papermill.inspect_notebook(str(ROOT / "notebooks" / f"{stem}.ipynb"))
     specs = importlib.import_module(f"dpo_toolkit.studies.{stem}").PARAMETERS
     assert set(inspected) == set(specs)
-    kinds = {"int": "int", "real": "float", "choice": "str", "text": "str", "device": "str", "ints": "list[int]"}
+    kinds = {"int": "int", "real": "float", "choice": "str", "text": "str", "folder": "str", "device": "str", "ints": "list[int]"}
     kinds |= {"reals": "list[float]", "choices": "list[str]"}
     for name, p in inspected.items():
         assert p["help"], f"{stem}.{name} has no help comment"
@@ -286,6 +295,7 @@ def test_the_profiles_pass_the_checks_and_write_only_the_results_folder(stem, pr
         ("ches", ["-p", "dpo_steps", "0"], "dpo_steps"),
         ("drift_map", ["-p", "long_epochs", "1"], "long_epochs"),
         ("grokking", ["-p", "betas", "abc"], "betas"),
+        ("drift_map", ["-p", "results_root", ""], "results_root"),
     ],
 )
 def test_papermill_stops_a_bad_value(stem, args, name, tmp_path):
@@ -300,6 +310,71 @@ def test_papermill_stops_a_bad_value(stem, args, name, tmp_path):
     assert f"notebook parameter `{name}` must be" in result.stdout + result.stderr
     assert not (tmp_path / "results").exists()
     assert time.perf_counter() - start < 120
+
+
+def test_papermill_stops_a_name_the_notebook_does_not_have(tmp_path):
+    """In a real kernel the check reads the injected cell from IPython's `In`."""
+    result = subprocess.run(
+        [str(BIN / "papermill"), str(ROOT / "notebooks" / "kl_sweep.ipynb"), str(tmp_path / "out.ipynb"),
+         "--cwd", str(ROOT / "notebooks"), "-p", "results_root", str(tmp_path / "results"), "-p", "betas", "0.1"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert (
+        "papermill set `betas`, which this notebook does not have; its parameters are: n_betas," in result.stdout + result.stderr
+    )
+    assert not (tmp_path / "results").exists()
+
+
+ROOTS = {
+    "empty": "",  # names no folder: results_dir would write into the working directory (notebooks/)
+    "blank": "  ",
+    "a file": "given/file",
+    "under a file": "given/file/results",
+    "unwritable": "given/locked/results",
+}
+
+
+@pytest.mark.parametrize("case", sorted(ROOTS))
+@pytest.mark.parametrize("stem", sorted(MODULES))
+def test_a_bad_results_root_stops_the_setup_cell_and_writes_nothing(stem, case, tmp_path, monkeypatch):
+    """A results_root that names no folder, names a file, or cannot be created is refused by the
+    check, which creates nothing (nor does it create the folder of a good one)."""
+    if case == "unwritable" and os.geteuid() == 0:
+        pytest.skip("root may write in a read-only folder")
+    monkeypatch.chdir(tmp_path)  # where a relative results_root would land
+    (tmp_path / "given").mkdir()
+    (tmp_path / "given" / "file").write_text("")
+    (tmp_path / "given" / "locked").mkdir(mode=0o555)
+    before = sorted(tmp_path.rglob("*"))
+    with pytest.raises(ParameterError, match="notebook parameter `results_root` must be None or the path of a folder"):
+        run_setup(stem, {}, ROOTS[case])
+    assert sorted(tmp_path.rglob("*")) == before, "something was written before the parameters were checked"
+
+
+@pytest.mark.parametrize("stem", sorted(MODULES))
+def test_a_name_the_notebook_does_not_have_stops_the_setup_cell(stem, tmp_path):
+    """`papermill -p betas 0.1` on a chapter without `betas` is refused, naming it and listing the
+    chapter's parameters; papermill's own PAPERMILL_* path variables pass."""
+    parameters = importlib.import_module(f"dpo_toolkit.studies.{stem}").PARAMETERS
+    with pytest.raises(ParameterError, match="papermill set `not_a_parameter`, which this notebook does not have") as error:
+        run_setup(stem, {"PAPERMILL_INPUT_PATH": "in.ipynb", "not_a_parameter": 0.1}, tmp_path / "results")
+    assert str(error.value).endswith("its parameters are: " + ", ".join(parameters))
+    assert list(tmp_path.iterdir()) == [], "something was written before the parameters were checked"
+
+
+def test_the_names_papermill_injected_are_read_from_the_input_history():
+    specs, values = {"n_betas": integer(1, 300)}, {"n_betas": 8}
+    check(specs, values)  # outside IPython: no history, nothing to compare
+    check(specs, {**values, "In": ["", "n_betas = 8\nbetas = 0.1"]})  # no cell injected by papermill
+    injected = {**values, "In": ["", "# Parameters\nbetas = 0.1\nn_betas = 8\n", "check_parameters(globals())"]}
+    with pytest.raises(
+        ParameterError, match=r"papermill set `betas`, which this notebook does not have; its parameters are: n_betas$"
+    ):
+        check(specs, injected)
+    check(specs, injected, every=False)  # a part of the notebook's parameters (a shared set-up) is not asked
+    later = {**injected, "In": [*injected["In"], "# Parameters\nn_betas = 9\n"]}
+    check(specs, later)  # the latest injected cell counts
 
 
 def test_spec_wording_and_edges():

@@ -1,6 +1,7 @@
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from dpo_toolkit.core.config import ModelConfig, RLTaskConfig, SmallSFTConfig, TrainConfig
 from dpo_toolkit.studies.vanishing_gradients import study as vanishing
@@ -18,29 +19,38 @@ def test_small_sft_takes_the_stated_share_of_steps():
     assert bigger.batch_size == 16 and bigger.epochs * 3 == pytest.approx(0.4 * full_steps, abs=2)
 
 
-def _inputs(std_small_gain: float) -> pd.DataFrame:
-    """Two arms × 4 training prompts at steps 0 and 10; prompts 0–1 start small-std, 2–3 larger-std, all low-reward."""
+SEEDS = (0, 1, 2)
+JITTER = (-0.01, 0.0, 0.01)  # per seed: three replicates that differ a little, as trained seeds do
+
+
+def _inputs(std_small_gain: float, seeds=SEEDS) -> pd.DataFrame:
+    """Per seed, two arms × 4 training prompts at steps 0 and 10; prompts 0–1 start small-std,
+    2–3 larger-std, all low-reward. The small-std ones gain std_small_gain + JITTER[seed], the
+    others 0.4."""
     rows = []
-    for arm in ("no SFT", "small SFT"):
-        for prompt, std in zip(range(4), [0.01, 0.02, 0.2, 0.3], strict=True):
-            gain = std_small_gain if std < 0.05 else 0.4
-            for step, value in ((0, 0.4), (10, 0.4 + gain)):
-                grad = 3 * std**2 if step == 0 else 0.1 * std
-                rows.append({"arm": arm, "seed": 0, "prompt": prompt, "split": "train", "hard": True, "step": step,
-                             "value": value, "std": std, "grad_norm": grad})  # fmt: skip
+    for seed in seeds:
+        for arm in ("no SFT", "small SFT"):
+            for prompt, std in zip(range(4), [0.01, 0.02, 0.2, 0.3], strict=True):
+                gain = std_small_gain + JITTER[seed] if std < 0.05 else 0.4
+                for step, value in ((0, 0.4), (10, 0.4 + gain)):
+                    grad = 3 * std**2 if step == 0 else 0.1 * std
+                    rows.append({"arm": arm, "seed": seed, "prompt": prompt, "split": "train", "hard": True, "step": step,
+                                 "value": value, "std": std, "grad_norm": grad})  # fmt: skip
     return pd.DataFrame(rows)
 
 
-def _curves(small_reward: float) -> pd.DataFrame:
+def _curves(small_reward: float, seeds=SEEDS) -> pd.DataFrame:
+    """Per seed: final training reward 0.7 (no SFT), 1.0 (full SFT), small_reward + JITTER[seed] (small SFT)."""
     final = {"no SFT": 0.7, "full SFT": 1.0, "small SFT": small_reward}
     return pd.DataFrame(
-        [{"arm": a, "seed": 0, "step": s, "reward_train": final[a] if s else 0.5, "small_std_low_reward": 3 if s == 0 else 1}
-         for a in ARMS for s in (0, 10)]
+        [{"arm": a, "seed": seed, "step": s, "reward_train": final[a] + (JITTER[seed] if a == "small SFT" else 0) if s else 0.5,
+          "small_std_low_reward": 3 if s == 0 else 1}
+         for seed in seeds for a in ARMS for s in (0, 10)]
     )  # fmt: skip
 
 
 def test_stall_table_by_hand():
-    table = stall_table(_inputs(0.01))
+    table = stall_table(_inputs(0.01, seeds=(1,)))
     assert len(table) == 8
     assert table.loc[table["prompt"] == 0, "gain"].tolist() == pytest.approx([0.01, 0.01])
     assert table["small_low"].tolist() == [True, True, False, False] * 2
@@ -48,11 +58,41 @@ def test_stall_table_by_hand():
 
 @pytest.mark.parametrize(
     ("small_gain", "small_reward", "expected"),
-    [(0.01, 0.95, ["reproduced", "reproduced"]), (0.15, 0.8, ["partly", "partly"]), (0.4, 0.6, ["not reproduced"] * 2)],
+    [
+        # C15: per-seed ratios 0, 0.025, 0.05 (≤ 0.25); C16: small/full 0.94, 0.95, 0.96 (≥ 0.9), small − no > 0
+        (0.01, 0.95, ["reproduced", "reproduced"]),
+        # ratios 0.35, 0.375, 0.4: above 0.25, below 0.5; small/full 0.79–0.81, but small > no
+        (0.15, 0.8, ["partly", "partly"]),
+        # ratios 0.975–1.025; small SFT ends below no SFT
+        (0.4, 0.6, ["not reproduced"] * 2),
+    ],
 )
 def test_claim_verdicts(small_gain, small_reward, expected):
-    claims = vanishing_claims(_curves(small_reward), _inputs(small_gain))
-    assert claims["verdict"].tolist()[1:] == expected
+    claims = vanishing_claims(_curves(small_reward), _inputs(small_gain)).set_index("claim_id")
+    assert claims.loc[["C15", "C16"], "verdict"].tolist() == expected
+    assert claims.loc[["C15", "C16"], "n"].tolist() == ["3", "3"]
+    assert float(claims.loc["C15", "estimate"]) == pytest.approx(small_gain / 0.4, abs=1e-3)  # mean of per-seed ratios
+
+
+def test_c15_interval_is_the_student_t_interval_of_the_per_seed_ratios():
+    claims = vanishing_claims(_curves(0.95), _inputs(0.05)).set_index("claim_id")  # ratios 0.1, 0.125, 0.15
+    half = stats.t.ppf(0.975, 2) * 0.025 / np.sqrt(3)  # sd of the three ratios 0.025: half-width 0.062
+    assert float(claims.loc["C15", "ci_low"]) == pytest.approx(0.125 - half, abs=1e-3)
+    assert float(claims.loc["C15", "ci_high"]) == pytest.approx(0.125 + half, abs=1e-3)
+    assert claims.loc["C15", "verdict"] == "reproduced" and claims.loc["C15", "threshold"] == "0.25"
+
+
+def test_c15_and_c16_straddling_or_on_two_seeds_are_inconclusive():
+    jitter = (-0.1, 0.0, 0.1)  # ratios 0.25 ± 0.25: the interval straddles 0.25 (and 0.5)
+    inputs = _inputs(0.1)
+    inputs.loc[(inputs["std"] < 0.05) & (inputs["step"] == 10), "value"] = 0.5 + inputs["seed"].map(dict(enumerate(jitter)))
+    curves = _curves(0.9)  # small/full 0.89, 0.9, 0.91 straddles 0.9
+    claims = vanishing_claims(curves, inputs).set_index("claim_id")
+    assert claims.loc["C15", "verdict"] == "inconclusive"
+    assert claims.loc["C16", "verdict"] == "inconclusive"
+    two = vanishing_claims(_curves(0.95, seeds=(0, 1)), _inputs(0.01, seeds=(0, 1))).set_index("claim_id")
+    assert two["verdict"].tolist() == ["inconclusive"] * 3  # however clear: two seeds decide nothing
+    assert "fewer than 3 replicates" in two.loc["C16", "our_value"]
 
 
 def test_envelope_recovers_a_known_slope():
@@ -150,30 +190,53 @@ def test_c15_is_untestable_without_small_std_low_reward_inputs():
     inputs.loc[inputs["std"] < 0.05, "std"] = 0.1  # no input starts with a small std (the old rule said not reproduced)
     claims = vanishing_claims(_curves(0.95), inputs).set_index("claim_id")
     assert claims.loc["C15", "verdict"] == "untestable here"
-    assert "0 and 8" in claims.loc["C15", "precondition"]
+    assert "0 and 24" in claims.loc["C15", "precondition"] and "0 of 3 seeds" in claims.loc["C15", "precondition"]
 
 
-def _bound_inputs(exponent: float, low: float = -4) -> pd.DataFrame:
-    rng = np.random.default_rng(0)
-    std = 10 ** rng.uniform(low, 0, 600)
-    return pd.DataFrame({"arm": "no SFT", "seed": 0, "prompt": np.arange(600) % 30, "split": "train", "hard": True,
-                         "step": np.arange(600) // 30, "value": 0.5, "std": std,
-                         "grad_norm": 2 * std**exponent * rng.uniform(0.5, 1, 600)})  # fmt: skip
+def _bound_inputs(exponent: float, lows=(-4, -4, -4)) -> pd.DataFrame:
+    """Per seed i, 600 (input, checkpoint) cases with std log-uniform on [10^lows[i], 1] and
+    ‖∇V_x‖ = 2 · std^exponent · U(0.5, 1)."""
+    frames = []
+    for seed, low in enumerate(lows):
+        rng = np.random.default_rng(seed)
+        std = 10 ** rng.uniform(low, 0, 600)
+        frames.append(pd.DataFrame({"arm": "no SFT", "seed": seed, "prompt": np.arange(600) % 30, "split": "train",
+                                    "hard": True, "step": np.arange(600) // 30, "value": 0.5, "std": std,
+                                    "grad_norm": 2 * std**exponent * rng.uniform(0.5, 1, 600)}))  # fmt: skip
+    return pd.concat(frames, ignore_index=True)
 
 
 @pytest.mark.parametrize(
-    ("exponent", "low", "expected"),
+    ("exponent", "lows", "expected", "span"),
     [
-        (2 / 3, -4, "reproduced"),
-        (0.45, -4, "partly"),  # vanishes with the std, slower than the bound but at least half its exponent
-        (0.2, -4, "not reproduced"),  # a positive slope alone (the old rule said partly): ∇V_x → 0 with std anyway
-        (2 / 3, -1, "untestable here"),  # one decade of std: no exponent to measure (the old rule said partly)
+        (2 / 3, (-4, -4, -4), "reproduced", None),
+        (0.45, (-4, -4, -4), "partly", None),  # vanishes with the std, slower than the bound but at least half its exponent
+        (0.2, (-4, -4, -4), "not reproduced", None),  # a positive slope alone (the old rule said partly): ∇V_x → 0 anyway
+        # bins centred from −0.75 to −0.25: half a decade per seed, no exponent to measure; the precondition decides
+        (2 / 3, (-1, -1, -1), "untestable here", 0.5),
+        # spans of 1.5, 2 and 3 decades, mean 13/6: the precondition's interval straddles 2 decades
+        (2 / 3, (-2, -2.5, -3.5), "inconclusive", 13 / 6),
+        (2 / 3, (-4, -4), "inconclusive", None),  # two seeds decide nothing, however clear
     ],
 )
-def test_c14_exponent_check(exponent, low, expected):
-    claims = vanishing_claims(_curves(0.95), _bound_inputs(exponent, low)).set_index("claim_id")
+def test_c14_exponent_check(exponent, lows, expected, span):
+    inputs = _bound_inputs(exponent, lows)
+    claims = vanishing_claims(_curves(0.95, seeds=range(len(lows))), inputs).set_index("claim_id")
     assert claims.loc["C14", "verdict"] == expected
     assert "constant-free check" in claims.loc["C14", "our_value"]
+    per_seed = [np.polyfit(e["log10_std"], e["log10_grad"], 1)[0] for e in (envelope(g) for _, g in inputs.groupby("seed"))]
+    deciding = np.mean(per_seed) if span is None else span  # the row reports the check that decided
+    assert float(claims.loc["C14", "estimate"]) == pytest.approx(deciding, abs=1e-3)
+
+
+def test_c14_precondition_is_decided_per_seed_on_its_interval():
+    """The span of std is read per seed: three seeds spanning about 3.5 decades each pass, however a
+    pooled envelope would read them; about 0.5 decade each fails (untestable)."""
+    clear = vanishing_claims(_curves(0.95), _bound_inputs(2 / 3)).set_index("claim_id")
+    assert "3.5" in clear.loc["C14", "precondition"]
+    narrow = vanishing_claims(_curves(0.95), _bound_inputs(2 / 3, (-1, -1, -1))).set_index("claim_id")
+    assert "0.5" in narrow.loc["C14", "precondition"]
+    assert "decades of std the envelope spans" in narrow.loc["C14", "our_value"]  # the failing check decided
 
 
 def test_c15_is_untestable_when_the_larger_std_inputs_do_not_improve():
@@ -182,5 +245,6 @@ def test_c15_is_untestable_when_the_larger_std_inputs_do_not_improve():
     larger = (inputs["std"] >= 0.05) & (inputs["step"] == 10)
     inputs.loc[larger, "value"] = 0.3  # the larger-std inputs lose 0.1
     claims = vanishing_claims(_curves(0.95), inputs).set_index("claim_id")
-    assert claims.loc["C15", "verdict"] == "untestable here"
+    assert claims.loc["C15", "verdict"] == "untestable here"  # every seed's larger-std inputs lose 0.1
     assert "-0.100" in claims.loc["C15", "precondition"]
+    assert "mean gain of larger-std low-reward inputs" in claims.loc["C15", "our_value"]

@@ -99,9 +99,9 @@ numpy.save(sys.argv[1], torch.cat([p.grad.flatten() for p in policies.params.val
 """
 
 
-def gradients(env: dict[str, str], path: Path) -> "np.ndarray":  # noqa: F821
-    """One training step's gradients (three models, one batch) computed in a fresh process under
-    `env` on top of this environment cleared of every float-order variable."""
+def gradients(env: dict[str, str], path: Path):
+    """One training step's gradients (three models, one batch; a numpy array) computed in a fresh
+    process under `env` on top of this environment cleared of every float-order variable."""
     import numpy as np
 
     clean = {k: v for k, v in os.environ.items() if not k.startswith(FLOAT_ORDER_VARIABLES)}

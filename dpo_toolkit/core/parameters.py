@@ -6,14 +6,24 @@ cell calls the chapter's ``check_parameters(globals())``, which checks every val
 against its spec, then the rules that tie parameters together (more evaluations than
 optimizer steps, a prompt too long for the model's context, …). A bad value raises
 :class:`ParameterError` naming the notebook parameter and its allowed range, e.g.
-``notebook parameter `beta` must be a number in (0, 1000], got -1``.
+``notebook parameter `beta` must be a number in (0, 1000], got -1``. A name that papermill
+sets but the notebook does not have (``-p betas 0.1`` where the parameter is ``n_betas``)
+stops it too, with the list of the notebook's parameters.
+
+Every size or count has an upper bound, written once in its spec: about 10× its largest value
+in the notebook defaults and ``params/paper/*.yaml``, or a rule tying it to the others (≤ the
+training pairs, ≤ the optimizer steps, …). A bigger run fits; a typo (``-p n_betas 100000000``)
+stops at once instead of running for days.
 """
 
 from __future__ import annotations
 
+import ast
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 OPTIMIZERS = ("adamw", "adam", "rmsprop", "sgd")
 """The optimizers a TrainConfig names (core.config re-exports them)."""
@@ -40,8 +50,9 @@ class Spec:
     """What one notebook parameter accepts.
 
     kind: 'int' or 'real' (one number), 'ints' or 'reals' (a non-empty list of them),
-    'choice' (one of `choices`), 'choices' (a non-empty list of them), 'text' (any string), 'device'
-    (a torch device this machine has: 'cpu', or 'cuda'/'cuda:N' where CUDA is present). low/high bound the numbers (of a
+    'choice' (one of `choices`), 'choices' (a non-empty list of them), 'text' (any string), 'folder'
+    (a folder to write in, see ``writable_folder``), 'device' (a torch device this machine has:
+    'cpu', or 'cuda'/'cuda:N' where CUDA is present). low/high bound the numbers (of a
     list: every element), closed unless open_low/open_high. optional: None is allowed.
     scalar_ok: a list parameter also takes a single number. unique: list elements differ.
     """
@@ -73,6 +84,8 @@ class Spec:
             return bool(ok) and (not self.unique or len(set(value)) == len(value))
         if self.kind == "text":
             return isinstance(value, str)
+        if self.kind == "folder":
+            return isinstance(value, str) and writable_folder(value)
         if self.kind == "device":
             from .device import resolve_device
 
@@ -109,6 +122,9 @@ class Spec:
             )
         elif self.kind == "text":
             text = "a string"
+        elif self.kind == "folder":
+            text = "the path of a folder to write in: an existing writable folder, or a new one"
+            text += " whose nearest existing parent is a writable folder"
         elif self.kind == "device":
             import torch
 
@@ -152,13 +168,29 @@ def choices(*values: str) -> Spec:
 
 # Shared specs, one wording for the parameters every chapter has.
 SEEDS = integers(0)
-RESULTS_ROOT = Spec("text", optional=True)  # a folder; None means $DPO_RESULTS_ROOT or _build/results
+RESULTS_ROOT = Spec("folder", optional=True)  # None means $DPO_RESULTS_ROOT or _build/results
 DEVICE = Spec("device")  # where every model, tensor and evaluation of the chapter computes
 LEARNING_RATE = real(0, 1, open_low=True)
-EPOCHS = integer(1)
-BATCH_SIZE = integer(1)
+EPOCHS = integer(1, 1000)  # passes over the data; the longest paper-profile runs take 100
+STEPS = integer(1, 3000)  # full-batch optimizer steps; the longest fits take 300
+MAX_BATCH = 5120  # 10× the largest batch, Park §4.1's 512
+BATCH_SIZE = integer(1, MAX_BATCH)
+EVALS = integer(1, 300)  # evaluations over a run; paper profile: 30
+EVALS_PER_EPOCH = integer(1, 100)  # paper profile: 2
+KL_SAMPLES = integer(2, 160)  # responses sampled per test prompt for a KL estimate; at most 16 in any profile
+MARGIN_PAIRS = integer(1, 10_240, optional=True)  # test pairs scored for accuracy and margin (default 1024); None: all
 BETA = real(0, 1000, open_low=True)  # DPOConfig.beta's range
 BETAS = reals(0, 1000, open_low=True)  # a list of them
+
+
+def writable_folder(path: str) -> bool:
+    """`path` names a folder to write in: not blank, and a writable folder or one that can be created
+    (its nearest existing ancestor is a writable folder). Looks without creating anything."""
+    if not path.strip():
+        return False
+    full = Path(path).absolute()
+    nearest = next(p for p in (full, *full.parents) if os.path.exists(p))
+    return nearest.is_dir() and os.access(nearest, os.W_OK | os.X_OK)
 
 
 def fail(name: str, allowed: str, value: object) -> None:
@@ -166,8 +198,26 @@ def fail(name: str, allowed: str, value: object) -> None:
     raise ParameterError(f"notebook parameter `{name}` must be {allowed}, got {value!r}")
 
 
-def check(specs: Mapping[str, Spec], values: Mapping[str, object]) -> None:
-    """Check every parameter of specs in values (e.g. a notebook's ``globals()``), in order."""
+def injected_names(values: Mapping[str, object]) -> list[str]:
+    """The names that papermill's injected cell (its source starts with '# Parameters') set, read from
+    IPython's input history ``In`` in values (a notebook's ``globals()``); [] outside IPython or when
+    papermill injected nothing. Papermill's own path variables (PAPERMILL_*) are left out."""
+    history = values.get("In")
+    cells = [c for c in history if isinstance(c, str) and c.startswith("# Parameters")] if isinstance(history, list) else []
+    if not cells:
+        return []
+    assigns = [node for node in ast.parse(cells[-1]).body if isinstance(node, ast.Assign)]
+    names = [t.id for node in assigns for t in node.targets if isinstance(t, ast.Name)]
+    return [name for name in names if not name.startswith("PAPERMILL_")]
+
+
+def check(specs: Mapping[str, Spec], values: Mapping[str, object], *, every: bool = True) -> None:
+    """Check every parameter of specs in values (e.g. a notebook's ``globals()``), in order. With
+    `every` (specs are all the notebook's parameters), a name papermill set that specs lack comes first."""
+    unknown = [name for name in injected_names(values) if name not in specs] if every else []
+    if unknown:
+        names = ", ".join(f"`{name}`" for name in unknown)
+        raise ParameterError(f"papermill set {names}, which this notebook does not have; its parameters are: {', '.join(specs)}")
     for name, spec in specs.items():
         if name not in values:
             raise ParameterError(f"notebook parameter `{name}` is not set")
@@ -215,7 +265,7 @@ def number_line_config(values: Mapping[str, object], n_ctx: int = 10):
     model with n_ctx positions; return the DataConfig they make."""
     from .config import DataConfig
 
-    check(NUMBER_LINE, values)
+    check(NUMBER_LINE, values, every=False)
     prompt_min, prompt_max, window, test_fraction = (values[k] for k in ("prompt_min", "prompt_max", "window", "test_fraction"))
     if prompt_max < prompt_min:
         fail("prompt_max", f"an integer ≥ prompt_min = {prompt_min}", prompt_max)
@@ -242,9 +292,9 @@ SWEEP_SETUP = {
     "dpo_epochs": EPOCHS,
     "dpo_lr": LEARNING_RATE,
     "batch_size": BATCH_SIZE,
-    "n_evals": integer(1),
-    "kl_samples": integer(2),
-    "margin_pairs": integer(1, optional=True),
+    "n_evals": EVALS,
+    "kl_samples": KL_SAMPLES,
+    "margin_pairs": MARGIN_PAIRS,
     "results_root": RESULTS_ROOT,
     "device": DEVICE,
 }
@@ -264,7 +314,7 @@ def check_sweep_setup(values: Mapping[str, object], n_ctx: int = 10) -> None:
     and the DPO evaluations do not outnumber the DPO optimizer steps."""
     from .data import make_pairs
 
-    check(SWEEP_SETUP, values)
+    check(SWEEP_SETUP, values, every=False)
     train, _ = make_pairs(number_line_config(values, n_ctx))
     total = steps(len(train), values["batch_size"], values["dpo_epochs"])
     in_words = f"DPO ({values['dpo_epochs']} epochs of {len(train)} training pairs in batches of {values['batch_size']})"

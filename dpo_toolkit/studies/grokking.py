@@ -30,9 +30,9 @@ PARAMETERS = {
     "weight_decay": p.real(0),
     "batch_size": p.BATCH_SIZE,
     "grad_clip": p.real(0, open_low=True, optional=True),
-    "evals_per_epoch": p.integer(1),
-    "kl_samples": p.integer(2),
-    "budget_batch_size": p.integer(0),
+    "evals_per_epoch": p.EVALS_PER_EPOCH,
+    "kl_samples": p.KL_SAMPLES,
+    "budget_batch_size": p.integer(0, p.MAX_BATCH),
     "results_root": p.RESULTS_ROOT,
     "device": p.DEVICE,
 }

@@ -8,18 +8,19 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from dpo_toolkit.core.claims import claims_frame, verdict
+from dpo_toolkit.core.claims import claims_frame, decide
+from dpo_toolkit.core.evidence import Check, mean_interval
 from dpo_toolkit.core.parameters import BETA, DRIFTING_ARM, SWEEP_SETUP, check, check_sweep_setup, fail, integer
 from dpo_toolkit.core.stats import spearman
 
 # The notebook's `parameters` cell, one spec per variable (notebooks/kl_sweep.md).
 PARAMETERS = {
-    "n_betas": integer(1),
+    "n_betas": integer(1, 300),  # paper profile: 30
     "beta_min": BETA,
     "beta_max": BETA,
     **SWEEP_SETUP,
     **DRIFTING_ARM,
-    "drift_n_betas": integer(1),
+    "drift_n_betas": integer(1, 100),  # paper profile: 10
 }
 
 
@@ -41,16 +42,21 @@ def beta_grid(n: int, low: float, high: float) -> list[float]:
 
 
 # ---- claims C4–C6 -------------------------------------------------------------------
+#
+# Every claim is decided on intervals over seeds (core.evidence): its quantity is computed once
+# per seed (the runs of all β of one seed share a reference and a data order, so they are one
+# replicate, not many), summarised by ``mean_interval`` and read against the thresholds below.
 
 RANK_CORR = 0.8  # C4: Spearman correlation that counts as "grows" / "falls"
+GROW_SHARE = 0.9  # C4: KL grows with step at ≥ 90 % of β (per seed)
 BAND_WIDTH = 2.0  # C5: one band = the 10–90 % range of optimal KLs spans at most this factor
 PAPER_BAND = (0.25, 0.5)  # C5: the paper's band
 U_RISE = 0.05  # C6: each arm of the U rises ≥ 5 points of OOD above its bottom
-U_BINS = 10  # C6: equal-count bins of KL over all checkpoints
+U_BINS = 10  # C6: equal-count bins of KL over a seed's checkpoints
 VARYING_SHARE = 0.5
 """C5's precondition: a least-OOD checkpoint is an argmin over ties when a run's OOD rate is
-the same at every checkpoint, so at least this share of (seed, β) runs must have an OOD rate
-that changes along the run; the band is taken over those runs."""
+the same at every checkpoint, so on average over seeds at least this share of a seed's β runs
+must have an OOD rate that changes along the run; each seed's band is taken over those runs."""
 
 
 def checkpoints(sweep: pd.DataFrame) -> pd.DataFrame:
@@ -69,7 +75,8 @@ def least_ood_checkpoints(sweep: pd.DataFrame) -> pd.DataFrame:
 
 
 def kl_band(optimal: pd.DataFrame) -> tuple[float, float]:
-    """The 10th–90th percentile range of the KL of least-OOD checkpoints, pooled over seeds and β."""
+    """The 10th–90th percentile range of the KL of least-OOD checkpoints (of whatever runs
+    `optimal` holds: pooled over seeds for the figures, one seed's for C5)."""
     return float(optimal["kl"].quantile(0.1)), float(optimal["kl"].quantile(0.9))
 
 
@@ -98,31 +105,111 @@ def u_shape(bins: pd.DataFrame) -> dict[str, float]:
     }
 
 
+def seed_statistics(sweep: pd.DataFrame) -> pd.DataFrame:
+    """One row per seed: the quantities C4–C6 are decided on.
+
+    - C4: ``grow_share``, the share of β whose KL grows with step (Spearman(step, KL) ≥ RANK_CORR;
+      a KL constant along the run does not grow), and ``fall``, Spearman(β, KL at the seed's last
+      step), read as 0 (no fall) where it is undefined (one β, or the same final KL at every β);
+    - C5: ``varying_share``, the share of β runs whose OOD rate changes along the run; ``band_low``
+      and ``band_high``, the 10 % and 90 % quantiles of the least-OOD KLs over the seed's varying
+      runs (over all its runs if none varies: the precondition then says so), and ``tightness``,
+      band_low / band_high (0 when band_low is 0), which is ≥ 1/BAND_WIDTH exactly when the band
+      spans at most a factor BAND_WIDTH;
+    - C6: the seed's binned OOD curve against KL (``u_shape_bins`` over its checkpoints, at most
+      U_BINS bins): ``bottom_kl``, ``interior``, ``u_depth``, the rise of its shallower arm above
+      the bottom (≥ U_RISE means a U: a bottom at an end has an arm of 0) and ``deeper_arm``, the
+      rise of its other arm.
+    """
+    optima = least_ood_checkpoints(sweep)
+    rows = []
+    for seed, runs in sweep.groupby("seed"):
+        grows = [spearman(g["step"], g["kl"]) for _, g in runs.groupby("beta")]
+        final = runs[runs["step"] == runs["step"].max()]
+        fall = spearman(final["beta"], final["kl"])
+
+        mine = optima[optima["seed"] == seed]
+        used = mine[mine["ood_varies"]] if mine["ood_varies"].any() else mine
+        low, high = kl_band(used)
+
+        dpo = checkpoints(runs)
+        n_positive = int((dpo["kl"] > 0).sum())
+        if n_positive:
+            fit = u_shape(u_shape_bins(dpo["kl"].to_numpy(), dpo["ood_rate"].to_numpy(), min(U_BINS, n_positive)))
+        else:  # no checkpoint moved from the reference: no curve, no arm
+            fit = {"bottom_kl": 0.0, "interior": False, "left_rise": 0.0, "right_rise": 0.0}
+        rows.append(
+            {
+                "seed": seed,
+                "grow_share": float(np.mean(np.array(grows) >= RANK_CORR)),  # NaN ≥ x is False
+                "fall": 0.0 if np.isnan(fall) else fall,
+                "varying_share": float(mine["ood_varies"].mean()),
+                "band_low": low,
+                "band_high": high,
+                "tightness": low / high if low > 0 else 0.0,
+                "bottom_kl": fit["bottom_kl"],
+                "interior": fit["interior"],
+                "u_depth": min(fit["left_rise"], fit["right_rise"]),
+                "deeper_arm": max(fit["left_rise"], fit["right_rise"]),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _either(checks: list[Check]) -> list[Check]:
+    """The part of a claim made of halves, any one of which carries the effect: the checks that
+    did not fail (all of them when every one fails, so that the part fails too)."""
+    return [c for c in checks if c.outcome is not False] or checks
+
+
+def _pm(values, digits: int = 2) -> str:
+    """mean ± sd over seeds (sd omitted for one seed)."""
+    x = np.asarray(values, dtype=float)
+    return f"{x.mean():.{digits}f}" + (f" ± {x.std(ddof=1):.{digits}f}" if x.size > 1 else "")
+
+
 def sweep_claims(sweep: pd.DataFrame) -> pd.DataFrame:
-    """The C4–C6 claims table from the DPO rows of ``run_sft_then_dpo`` (any number of seeds)."""
-    n_seeds = sweep["seed"].nunique()
-    mean = sweep.groupby(["beta", "step"], as_index=False)[["kl", "ood_rate"]].mean()
-    grows = [spearman(g["step"], g["kl"]) for _, g in mean.groupby("beta")]
-    final = mean[mean["step"] == mean["step"].max()]
-    falls = spearman(final["beta"], final["kl"])
-    share_growing = float(np.mean(np.array(grows) >= RANK_CORR))
-    c4_grow, c4_fall = share_growing >= 0.9, falls <= -RANK_CORR
-    c4 = verdict(c4_grow and c4_fall, c4_grow or c4_fall)
+    """The C4–C6 claims table from the DPO rows of ``run_sft_then_dpo`` (any number of seeds).
 
-    all_optima = least_ood_checkpoints(sweep)
-    varying = float(all_optima["ood_varies"].mean())
-    optimal = all_optima[all_optima["ood_varies"]] if varying >= VARYING_SHARE else all_optima
-    lo, hi = kl_band(optimal)
-    per_seed = optimal.groupby("seed")["kl"].median()
-    one_band = lo > 0 and hi / lo <= BAND_WIDTH
-    overlaps = lo <= PAPER_BAND[1] and hi >= PAPER_BAND[0]
-    c5 = verdict(one_band and overlaps, one_band, testable=varying >= VARYING_SHARE)
+    Each claim's quantities are computed per seed (``seed_statistics``) and decided on their
+    intervals over seeds; with fewer than MIN_REPLICATES seeds every verdict is inconclusive."""
+    per_seed = seed_statistics(sweep)
+    n_seeds = len(per_seed)
+    seeds = f"over {n_seeds} seed{'s' if n_seeds != 1 else ''}"
 
-    dpo = checkpoints(sweep)
-    fit = u_shape(u_shape_bins(dpo["kl"].to_numpy(), dpo["ood_rate"].to_numpy()))
-    u_shaped = fit["interior"] and min(fit["left_rise"], fit["right_rise"]) >= U_RISE
-    one_arm = max(fit["left_rise"], fit["right_rise"]) >= U_RISE
-    c6 = verdict(u_shaped, one_arm)
+    grow = Check(
+        f"share of β whose KL grows with step (Spearman ≥ {RANK_CORR}), per seed",
+        mean_interval(per_seed["grow_share"]),
+        GROW_SHARE,
+    )
+    fall = Check("Spearman(β, final KL), per seed", mean_interval(per_seed["fall"]), -RANK_CORR, above=False)
+
+    # C5 read per seed: each seed's band over its β is one band (tightness) and meets the paper's
+    # band (its low end ≤ the paper's high end, its high end ≥ the paper's low end). The bands of
+    # different seeds must agree too: where they do not, the intervals of band_low and band_high
+    # over seeds widen, and the location checks cannot hold.
+    varying = Check(
+        "share of β runs whose OOD rate changes along the run, per seed", mean_interval(per_seed["varying_share"]), VARYING_SHARE
+    )
+    tight = Check(
+        "band tightness (10 % / 90 % quantile of least-OOD KL), per seed", mean_interval(per_seed["tightness"]), 1 / BAND_WIDTH
+    )
+    low_end = Check(
+        "band's low end (10 % quantile of least-OOD KL), per seed",
+        mean_interval(per_seed["band_low"]),
+        PAPER_BAND[1],
+        above=False,
+    )
+    high_end = Check(
+        "band's high end (90 % quantile of least-OOD KL), per seed", mean_interval(per_seed["band_high"]), PAPER_BAND[0]
+    )
+
+    u_depth = Check(
+        "rise of the shallower arm of the binned OOD-vs-KL curve, per seed", mean_interval(per_seed["u_depth"]), U_RISE
+    )
+    one_arm = Check(
+        "rise of the deeper arm of the binned OOD-vs-KL curve, per seed", mean_interval(per_seed["deeper_arm"]), U_RISE
+    )
 
     return claims_frame(
         [
@@ -130,28 +217,29 @@ def sweep_claims(sweep: pd.DataFrame) -> pd.DataFrame:
                 "claim_id": "C4",
                 "statement": "KL grows with DPO steps and falls with β.",
                 "paper_value": "KL rises with N and falls with log β",
-                "our_value": f"Spearman(step, KL) ≥ {RANK_CORR} at {100 * share_growing:.0f} % of β; "
-                f"Spearman(β, final KL) = {falls:.2f}",
-                "verdict": c4,
+                "our_value": f"Spearman(step, KL) ≥ {RANK_CORR} at {_pm(100 * per_seed['grow_share'], 0)} % of β; "
+                f"Spearman(β, final KL) = {_pm(per_seed['fall'])} (mean ± sd {seeds})",
+                **decide([grow, fall], part=_either([grow, fall])),
             },
             {
                 "claim_id": "C5",
                 "statement": "The least-OOD checkpoints of every β share one KL band.",
                 "paper_value": f"KL {PAPER_BAND[0]}–{PAPER_BAND[1]}",
-                "our_value": f"KL {lo:.2f}–{hi:.2f} (10–90 % of {len(optimal)} optima over {n_seeds} seeds; "
-                f"per-seed median {per_seed.mean():.2f} ± {per_seed.std(ddof=0):.2f})",
-                "verdict": c5,
-                "precondition": f"OOD rate changes along the run in ≥ {VARYING_SHARE:.0%} of (seed, β) runs "
-                f"(else the least-OOD checkpoint is a tie-break): {varying:.0%} of {len(all_optima)}",
+                "our_value": f"per-seed band (10–90 % of its least-OOD KLs) from {_pm(per_seed['band_low'])} "
+                f"to {_pm(per_seed['band_high'])}, tightness {_pm(per_seed['tightness'])} (mean ± sd {seeds})",
+                **decide([tight, low_end, high_end], part=tight, precondition=varying),
+                "precondition": f"OOD rate changes along the run in ≥ {VARYING_SHARE:.0%} of a seed's β runs "
+                f"(else the least-OOD checkpoint is a tie-break), on average over seeds: "
+                f"{_pm(100 * per_seed['varying_share'], 0)} % {seeds}",
             },
             {
                 "claim_id": "C6",
                 "statement": "OOD rate against KL is U-shaped.",
                 "paper_value": "U-shaped, optima at its bottom",
-                "our_value": f"mean OOD in {U_BINS} KL bins bottoms out at KL {fit['bottom_kl']:.2f} "
-                f"({'inside' if fit['interior'] else 'at an end of'} the range); "
-                f"rise to the low-KL end {fit['left_rise']:+.2f}, to the high-KL end {fit['right_rise']:+.2f}",
-                "verdict": c6,
+                "our_value": f"per seed, mean OOD in ≤ {U_BINS} KL bins bottoms out at KL {_pm(per_seed['bottom_kl'])}, "
+                f"inside the range in {int(per_seed['interior'].sum())} of {n_seeds} seeds; its shallower arm rises "
+                f"{_pm(per_seed['u_depth'])}, its deeper arm {_pm(per_seed['deeper_arm'])} (mean ± sd {seeds})",
+                **decide(u_depth, part=one_arm),
             },
         ]
     )

@@ -8,6 +8,7 @@ multi-head attention module, projections and biases included (Park footnote 3).
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -15,19 +16,20 @@ import numpy as np
 import pandas as pd
 import torch
 
-from dpo_toolkit.core.claims import claims_frame, verdict
+from dpo_toolkit.core.claims import claims_frame, decide
 from dpo_toolkit.core.config import DataConfig, DPOConfig, EvalConfig, ModelConfig, TrainConfig
 from dpo_toolkit.core.data import make_pairs
 from dpo_toolkit.core.device import model_device
 from dpo_toolkit.core.ensemble import Ensemble
 from dpo_toolkit.core.evaluate import Evaluator
+from dpo_toolkit.core.evidence import Check, Interval, conjunction, mean_interval
 from dpo_toolkit.core.metrics import group_weight_deltas
 from dpo_toolkit.core.model import PARAM_GROUPS, Transformer, load_model, param_group
 from dpo_toolkit.core.parameters import BETA, DRIFTING_ARM, SWEEP_SETUP, check, check_sweep_setup, fail, integer
 from dpo_toolkit.core.park import run_sft_then_dpo, sft_reference
 
 # The notebook's `parameters` cell, one spec per variable (notebooks/surgery.md).
-PARAMETERS = {"beta_a": BETA, "beta_b": BETA, "n_betas": integer(2), **SWEEP_SETUP, **DRIFTING_ARM}
+PARAMETERS = {"beta_a": BETA, "beta_b": BETA, "n_betas": integer(2, 100), **SWEEP_SETUP, **DRIFTING_ARM}  # n_betas: paper 10
 
 
 def check_parameters(values) -> None:
@@ -193,39 +195,70 @@ def matched_kl_ratio(low: pd.DataFrame, high: pd.DataFrame, n_points: int = 10) 
     return float(np.median(kl_low / kl_high))
 
 
+def _seed_interval(values: pd.Series) -> Interval:
+    """``mean_interval`` of one value per seed; a seed without a value (NaN, inf) leaves the mean
+    unbounded, an interval (−∞, ∞) over every seed, which decides nothing."""
+    x = np.asarray(values, dtype=float)
+    if len(x) and np.isfinite(x).all():
+        return mean_interval(x)
+    finite = x[np.isfinite(x)]
+    return Interval(len(x), float(finite.mean()) if len(finite) else float("nan"), -math.inf, math.inf)
+
+
 def surgery_claims(sweep: pd.DataFrame, curves: pd.DataFrame, param_counts: dict[str, int]) -> pd.DataFrame:
     """The C7–C9 claims table.
 
     sweep: DPO rows of ``run_sft_then_dpo`` over the β grid (with weight_delta and kl);
     curves: ``surgery_curves`` of each seed with a `seed` column; param_counts:
-    ``group_param_counts`` of the model. Each statistic is computed per seed; verdicts
-    use the seed mean.
+    ``group_param_counts`` of the model. Every deciding quantity is computed once per seed (a
+    seed is one replicate: its reference, initialisation and data order; A and B of one seed
+    share them) and read as the 95 % interval of its mean over seeds (``core.evidence``).
     """
     beta_low, beta_high = sweep["beta"].min(), sweep["beta"].max()
     ratios = pd.Series(
         {seed: matched_kl_ratio(g[g["beta"] == beta_low], g[g["beta"] == beta_high]) for seed, g in sweep.groupby("seed")}
     )
     matched = bool(ratios.notna().all())  # precondition: every seed's two runs share a WeightDelta range
-    c7 = verdict(bool((ratios >= KL_GAP).all()), bool((ratios >= KL_GAP).any() or ratios.mean() >= KL_GAP), testable=matched)
+    # The old partly ("in some seeds, or on average") was a weaker reading of the same threshold, not a
+    # part of the claim: on intervals it is what `inconclusive` says, so C7 has no part.
+    c7 = decide(Check("KL(β low)/KL(β high) at matched WeightDelta", _seed_interval(ratios), KL_GAP), precondition=matched)
 
     final = curves[curves["step"] == curves["step"].max()].pivot_table(index="seed", columns="variant", values=["kl", "ood_rate"])
     kl_ratio = {v: final["kl"][v] / final["kl"]["A"] for v in SURGERIES}  # per seed
     ood_change = {v: final["ood_rate"][v] - final["ood_rate"]["A"] for v in SURGERIES}
-    attention_tames = kl_ratio["attention"].mean() <= TAMED and ood_change["attention"].mean() <= 0
-    rest_does_not = kl_ratio["non-attention"].mean() > TAMED
-    a_ood = float(final["ood_rate"]["A"].mean())
+    attention_tames = [
+        Check("KL(A')/KL(A), attention swapped", _seed_interval(kl_ratio["attention"]), TAMED, above=False),
+        Check("OOD(A') − OOD(A), attention swapped", _seed_interval(ood_change["attention"]), 0.0, above=False),
+    ]
+    rest_does_not = Check("KL(A')/KL(A), rest swapped", _seed_interval(kl_ratio["non-attention"]), TAMED)
+    a_ood_seed = final["ood_rate"]["A"]
     last = sweep[sweep["step"] == sweep["step"].max()]
-    b_ood = float(last.loc[np.isclose(last["beta"], beta_high), "ood_rate"].mean())
-    c8 = verdict(attention_tames and rest_does_not, attention_tames, testable=a_ood >= A_OOD and b_ood <= B_OOD)
+    b_ood_seed = last[np.isclose(last["beta"], beta_high)].groupby("seed")["ood_rate"].mean()
+    a_ood, b_ood = float(a_ood_seed.mean()), float(b_ood_seed.mean())
+    # two thresholds, one precondition: the check that decides their conjunction (the first that
+    # fails, else the first undecided, else one that holds)
+    _, c8_pre = conjunction(
+        [
+            Check("OOD rate of A at its last checkpoint", _seed_interval(a_ood_seed), A_OOD),
+            Check("OOD rate of B at its last checkpoint", _seed_interval(b_ood_seed), B_OOD, above=False),
+        ]
+    )
+    c8 = decide([*attention_tames, rest_does_not], part=attention_tames, precondition=c8_pre)
 
     param_share = param_counts["attention"] / sum(param_counts.values())
     a = curves[curves["variant"] == "A"]
     share = a.groupby("seed")["attention_share_step"].median()
+    # "only ever 25 %": the largest share over a seed's checkpoints, once per seed (the old rule took
+    # the largest over every seed at once, a pooled statistic that grows with the number of seeds)
+    share_max_seed = a.groupby("seed")["attention_share_step"].max()
     share_max = a["attention_share_step"].max()
-    c9 = verdict(share_max <= SMALL_SHARE, share.mean() <= SMALL_SHARE)  # "only ever": the largest share, any seed
+    c9 = decide(
+        Check("largest attention share of a step's change", _seed_interval(share_max_seed), SMALL_SHARE, above=False),
+        part=Check("median attention share of a step's change", _seed_interval(share), SMALL_SHARE, above=False),
+    )
 
     def pm(s: pd.Series, fmt: str = ".2f") -> str:
-        return f"{s.mean():{fmt}} ± {s.std(ddof=0):.2f}"
+        return f"{s.mean():{fmt}} ± {s.std(ddof=1) if len(s) > 1 else 0.0:.2f}"
 
     n_seeds = curves["seed"].nunique()
     return claims_frame(
@@ -234,9 +267,9 @@ def surgery_claims(sweep: pd.DataFrame, curves: pd.DataFrame, param_counts: dict
                 "claim_id": "C7",
                 "statement": "Equal weight deltas give different KL at different β.",
                 "paper_value": "same WeightDelta, different KL across β (Fig. 3 right)",
-                "our_value": f"KL(β={beta_low:g}) / KL(β={beta_high:g}) at matched WeightDelta: {pm(ratios)} "
-                f"over {n_seeds} seeds (median over the shared WeightDelta range)",
-                "verdict": c7,
+                "our_value": f"KL(β={beta_low:g}) / KL(β={beta_high:g}) at matched WeightDelta (median over the shared "
+                f"WeightDelta range), mean ± sd over {n_seeds} seeds: {pm(ratios)}",
+                **c7,
                 "precondition": "the two β's runs share a WeightDelta range in every seed: "
                 f"{int(ratios.notna().sum())} of {len(ratios)}",
             },
@@ -244,20 +277,22 @@ def surgery_claims(sweep: pd.DataFrame, curves: pd.DataFrame, param_counts: dict
                 "claim_id": "C8",
                 "statement": "Swapping in B's attention weights tames A's KL and OOD; swapping the rest does not.",
                 "paper_value": "attention swap: KL grows slowly, OOD dips; non-attention swap: KL explodes, OOD barely moves",
-                "our_value": f"at A's last checkpoint, KL(A')/KL(A) = {pm(kl_ratio['attention'])} (attention swapped) vs "
-                f"{pm(kl_ratio['non-attention'])} (rest swapped); OOD(A') − OOD(A) = {pm(ood_change['attention'], '+.2f')} "
-                f"vs {pm(ood_change['non-attention'], '+.2f')}; OOD(A) = {pm(final['ood_rate']['A'])}",
-                "verdict": c8,
+                "our_value": f"at A's last checkpoint, mean ± sd over {n_seeds} seeds: KL(A')/KL(A) = "
+                f"{pm(kl_ratio['attention'])} (attention swapped) vs {pm(kl_ratio['non-attention'])} (rest swapped); "
+                f"OOD(A') − OOD(A) = {pm(ood_change['attention'], '+.2f')} vs {pm(ood_change['non-attention'], '+.2f')}; "
+                f"OOD(A) = {pm(a_ood_seed)}",
+                **c8,
                 "precondition": f"at their last checkpoints A answers OOD on ≥ {A_OOD:.0%} of test prompts and B on "
-                f"≤ {B_OOD:.0%}: A {a_ood:.1%}, B {b_ood:.1%}",
+                f"≤ {B_OOD:.0%} (means over seeds, read on their intervals): A {a_ood:.1%}, B {b_ood:.1%}",
             },
             {
                 "claim_id": "C9",
                 "statement": "Attention receives about 25 % of the weight change while holding about 65 % of the parameters.",
                 "paper_value": f"{PAPER_ATTENTION_SHARE:.0%} of the change; attention holds 65K of 104K parameters",
-                "our_value": f"median share of A's change between checkpoints in attention {pm(share)} (max {share_max:.2f}); "
+                "our_value": f"attention share of A's change between checkpoints, mean ± sd over {n_seeds} seeds: largest "
+                f"{pm(share_max_seed)}, median {pm(share)} (largest over every seed {share_max:.2f}); "
                 f"attention holds {param_share:.1%} of the parameters",
-                "verdict": c9,
+                **c9,
             },
         ]
     )

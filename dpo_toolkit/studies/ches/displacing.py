@@ -10,13 +10,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from dpo_toolkit.core.claims import claims_frame, verdict
+from dpo_toolkit.core.claims import claims_frame, decide
 from dpo_toolkit.core.config import TrainConfig
 from dpo_toolkit.core.device import resolve_device
+from dpo_toolkit.core.evidence import Check, conjunction, mean_interval
 from dpo_toolkit.core.model import build_model
-from dpo_toolkit.core.stats import spearman
+from dpo_toolkit.studies.ches.identify import displaced_shares, rank_correlations
 from dpo_toolkit.studies.ches.measures import ches, edit_similarity, hidden_cosine, normalized_ches, single_pair_displacement
-from dpo_toolkit.studies.ches.mitigation import Variant, keep_masks
+from dpo_toolkit.studies.ches.mitigation import STRICT, Variant, displaced_check, keep_masks, per_seed, preconditions
 from dpo_toolkit.studies.ches.phrases import (
     SUBSETS,
     PhraseConfig,
@@ -96,28 +97,53 @@ def run_phrase_study(
 
 
 def rank_table(pairs: pd.DataFrame) -> pd.DataFrame:
-    """Spearman(score, −Δ log π(y+)) of each score, per seed: one row per seed, one column per score."""
-    return pd.DataFrame(
-        {s: pairs.groupby("seed").apply(lambda g, s=s: spearman(g[s], -g["displacement"]), include_groups=False) for s in SCORES}
-    )
+    """Spearman(score, −Δ log π(y+)) of each score, per seed: one row per seed, one column per
+    score (a constant score ranks nothing: ρ 0)."""
+    return rank_correlations(pairs, SCORES)
+
+
+def either(*groups: list[Check]) -> list[Check]:
+    """'At least one of these groups of checks holds', as the group ``decide`` should read: the
+    first group that holds, else the first whose outcome is open, else the first (all fail); its
+    conjunction is then the three-valued OR of the groups' conjunctions."""
+    outcomes = [conjunction(g)[0] for g in groups]
+    for wanted in (True, None):
+        for group, outcome in zip(groups, outcomes, strict=True):
+            if outcome is wanted:
+                return group
+    return groups[0]
 
 
 def phrase_claims(pairs: pd.DataFrame, protocol: pd.DataFrame) -> pd.DataFrame:
-    """C11 on the phrase task ('C11-phrases'). Untestable unless π(y+) falls for ≥ MIN_DISPLACED
-    of the pairs. Reproduced if both hold: (rank) a CHES form has the highest mean Spearman with
-    −Δ log π(y+), at ≥ RANK_CORRELATION; (protocol) the highest-CHES subset lowers log π(y+)
-    (its mean change is negative: it displaces) and more than the median and the lowest
-    subsets (means over seeds). Partly if one of them holds."""
+    """C11 on the phrase task ('C11-phrases'), every quantity per seed (a replicate: its
+    reference) and read as an interval over seeds.
+
+    Untestable unless π(y+) falls for ≥ MIN_DISPLACED of the pairs. Reproduced if both hold:
+    (rank) the better CHES form of each seed (CHES or its length-normalised form, whichever has
+    the higher ρ in that seed) has Spearman ρ with −Δ log π(y+) ≥ RANK_CORRELATION and at least
+    that of each alternative score (edit similarity, hidden cosine); (protocol) the
+    highest-CHES subset lowers log π(y+) (its change < 0: it displaces) and by more than the
+    median and the lowest subsets (each difference > 0). Partly if one of the two holds.
+
+    Reading chosen: the old rule took the CHES form with the highest seed-mean ρ; here the better
+    form is taken per seed (a maximum is continuous in the runs, an arg-max of means is not)."""
     rho = rank_table(pairs)
+    ches_form = rho[["ches", "ches_normalized"]].max(axis=1)
+    rank = [
+        Check("Spearman(better CHES form, −Δ log π(y+))", mean_interval(ches_form), RANK_CORRELATION),
+        *(Check(f"ρ(better CHES form) − ρ({SCORES[s]})", mean_interval(ches_form - rho[s]), 0.0) for s in ("edit", "cosine")),
+    ]
+    change = protocol.pivot(index="seed", columns="subset", values="chosen_logp_change")
+    highest = change["highest"]
+    subset_checks = [
+        Check("Δ log π(y+) of the highest-CHES subset", mean_interval(highest), -STRICT, above=False),
+        *(Check(f"Δ log π(y+): {k} − highest subset", mean_interval(change[k] - highest), STRICT) for k in ("median", "lowest")),
+    ]
+    shares = displaced_shares(pairs)
+    enough = Check("share of phrase pairs whose π(y+) fell", mean_interval(shares), MIN_DISPLACED)
     mean, spread = rho.mean(), rho.std(ddof=0)
-    best = mean.idxmax()
-    rank_ok = best in ("ches", "ches_normalized") and mean[best] >= RANK_CORRELATION
-    change = protocol.groupby("subset")["chosen_logp_change"].agg(mean="mean", std=lambda x: x.std(ddof=0))
-    highest = change.loc["highest", "mean"]
-    protocol_ok = highest < 0 and highest < min(change.loc["median", "mean"], change.loc["lowest", "mean"])
-    displaced = float((pairs["displacement"] < 0).mean())
     ranks = "; ".join(f"{SCORES[s]} {mean[s]:+.2f} ± {spread[s]:.2f}" for s in SCORES)
-    subsets = ", ".join(f"{k} {change.loc[k, 'mean']:+.3f} ± {change.loc[k, 'std']:.3f}" for k in SUBSETS)
+    subsets = ", ".join(f"{k} {change[k].mean():+.3f} ± {change[k].std(ddof=0):.3f}" for k in SUBSETS)
     n_seeds = pairs["seed"].nunique()
     return claims_frame(
         [
@@ -130,32 +156,42 @@ def phrase_claims(pairs: pd.DataFrame, protocol: pd.DataFrame) -> pd.DataFrame:
                 "our_value": f"Spearman(score, −Δ log π(y+)) over {len(pairs) // n_seeds} pairs, mean ± sd over {n_seeds} seeds: "
                 f"{ranks}; DPO on subsets of {int(protocol['size'].iloc[0])} pairs, Δ log π(y+) of their preferred responses: "
                 f"{subsets}",
-                "verdict": verdict(rank_ok and protocol_ok, rank_ok or protocol_ok, testable=displaced >= MIN_DISPLACED),
-                "precondition": f"π(y+) falls for ≥ {MIN_DISPLACED:.0%} of the scored pairs: {displaced:.0%}",
+                **decide([*rank, *subset_checks], part=either(rank, subset_checks), precondition=enough),
+                "precondition": f"π(y+) falls for ≥ {MIN_DISPLACED:.0%} of the scored pairs (mean over seeds): "
+                f"{shares.mean():.0%}",
             }
         ]
     )
 
 
-def phrase_mitigation_claims(mitigation: pd.DataFrame, displaced_share: float) -> pd.DataFrame:
+def phrase_mitigation_claims(mitigation: pd.DataFrame, displaced_share) -> pd.DataFrame:
     """C12 on the phrase task ('C12-phrases'), at a matched update budget per kept pair.
-    Untestable unless all-pairs DPO lowers the mean log π(y+) (displacement to mitigate) and
-    π(y+) falls for ≥ MIN_DISPLACED of single pairs (`displaced_share`, from the pairs table).
-    Reproduced if the best CHES filter raises it above all pairs and above the best SFT term
-    by more than TIE (means over seeds); partly if above all pairs by more than TIE."""
-    change = mitigation.groupby(["kind", "variant"], sort=False)["chosen_logp_change"].agg(
-        mean="mean", std=lambda x: x.std(ddof=0)
-    )
-    base = float(change.loc["all pairs"]["mean"].iloc[0])
-    filters = change.loc["CHES filter"] if "CHES filter" in change.index else None
-    if filters is None:
+
+    Per seed (a replicate): the best CHES filter of that seed (highest mean Δ log π(y+)) against
+    all pairs and against the best SFT term of that seed; each difference is read as an interval
+    over seeds. Untestable unless all-pairs DPO lowers the mean log π(y+) (< 0: displacement to
+    mitigate) and π(y+) falls for ≥ MIN_DISPLACED of single pairs (`displaced_share`: one value
+    per seed, ``identify.displaced_shares`` of the pairs table). Reproduced if the best filter
+    raises it above all pairs and above the best SFT term by ≥ TIE; partly if above all pairs by
+    ≥ TIE. The best filter and SFT term are chosen per seed, not from seed means."""
+    table = per_seed(mitigation, "chosen_logp_change")
+    kinds = mitigation.groupby("variant")["kind"].first()
+    filters = [v for v in table.columns if kinds[v] == "CHES filter"]
+    if not filters:
         raise ValueError("phrase_mitigation_claims needs at least one CHES-filter variant")
-    best_filter, best = filters["mean"].idxmax(), float(filters["mean"].max())
-    sft = change.loc["SFT term"] if "SFT term" in change.index else None
-    best_sft = float(sft["mean"].max()) if sft is not None else -np.inf
-    parts = [f"all pairs {base:+.3f}", f"best filter ({best_filter}) {best:+.3f} ± {filters.loc[best_filter, 'std']:.3f}"]
-    if sft is not None:
-        parts.append(f"best SFT ({sft['mean'].idxmax()}) {best_sft:+.3f} ± {sft.loc[sft['mean'].idxmax(), 'std']:.3f}")
+    sfts = [v for v in table.columns if kinds[v] == "SFT term"]
+    (all_pairs,) = [v for v in table.columns if kinds[v] == "all pairs"]
+    base, best = table[all_pairs], table[filters].max(axis=1)
+    gain = Check("best filter − all pairs (Δ log π(y+))", mean_interval(best - base), TIE)
+    full = [gain]
+    parts = [f"all pairs {base.mean():+.3f} ± {base.std(ddof=0):.3f}",
+             f"each seed's best filter {best.mean():+.3f} ± {best.std(ddof=0):.3f}"]  # fmt: skip
+    if sfts:
+        best_sft = table[sfts].max(axis=1)
+        full.append(Check("best filter − best SFT term (Δ log π(y+))", mean_interval(best - best_sft), TIE))
+        parts.append(f"each seed's best SFT term {best_sft.mean():+.3f} ± {best_sft.std(ddof=0):.3f}")
+    displaces = Check("all-pairs Δ log π(y+)", mean_interval(base), -STRICT, above=False)
+    pre = preconditions([displaces, displaced_check(displaced_share)])
     return claims_frame(
         [
             {
@@ -164,14 +200,10 @@ def phrase_mitigation_claims(mitigation: pd.DataFrame, displaced_share: float) -
                 "likelihood displacement, and does so better than adding an SFT term to the loss.",
                 "paper_value": "filtering mitigates; the SFT term helps less (talk, 'Data filtering via CHES')",
                 "our_value": f"mean Δ log π(y+) over the statements' preferred phrases, mean ± sd over "
-                f"{mitigation['seed'].nunique()} seeds: " + "; ".join(parts),
-                "verdict": verdict(
-                    best > base + TIE and best > best_sft + TIE,
-                    best > base + TIE,
-                    testable=base < 0 and displaced_share >= MIN_DISPLACED,
-                ),
-                "precondition": f"all-pairs DPO lowers the mean log π(y+) (displacement to mitigate): {base:+.3f}; "
-                f"π(y+) falls for ≥ {MIN_DISPLACED:.0%} of single pairs: {displaced_share:.0%}",
+                f"{len(table)} seeds: " + "; ".join(parts),
+                **decide(full, part=[gain], precondition=pre),
+                "precondition": f"all-pairs DPO lowers the mean log π(y+) (displacement to mitigate; mean over seeds): "
+                f"{base.mean():+.3f}; π(y+) falls for ≥ {MIN_DISPLACED:.0%} of single pairs: {np.mean(displaced_share):.0%}",
             }
         ]
     )

@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dpo_toolkit.core.claims import claims_frame, verdict
+from dpo_toolkit.core.claims import claims_frame, decide
 from dpo_toolkit.core.config import DataConfig, EvalConfig, ModelConfig, TrainConfig
 from dpo_toolkit.core.data import PairSet, make_pairs
+from dpo_toolkit.core.evidence import Check, mean_interval
 from dpo_toolkit.core.park import sft_reference
 from dpo_toolkit.core.stats import spearman
 from dpo_toolkit.studies.ches.measures import ches, edit_similarity, hidden_cosine, single_pair_displacement
@@ -63,20 +64,40 @@ MIN_DISPLACED = 0.1
 this share of the scored pairs (one in ten)."""
 
 
+def displaced_shares(table: pd.DataFrame) -> pd.Series:
+    """Per seed, the share of the scored pairs whose π(y+) fell (displacement < 0): the
+    precondition of C11, C11-phrases and C12 (a share per replicate, since the pairs of one seed
+    share its reference and are not independent)."""
+    return (table["displacement"] < 0).groupby(table["seed"]).mean()
+
+
+def rank_correlations(table: pd.DataFrame, scores) -> pd.DataFrame:
+    """Spearman(score, −displacement) of each of `scores`, per seed: one row per seed. A constant
+    score (or displacement) ranks nothing, so its ρ, undefined, is read as 0."""
+    return pd.DataFrame(
+        {s: table.groupby("seed").apply(lambda g, s=s: spearman(g[s], -g["displacement"]), include_groups=False)
+         for s in scores}
+    ).fillna(0.0)  # fmt: skip
+
+
 def ches_claims(table: pd.DataFrame) -> pd.DataFrame:
     """The C11 claims table from one row per (seed, pair) with columns seed, displacement
-    (``single_pair_displacement``) and one column per measure of MEASURES. Each measure's
-    Spearman correlation with −displacement is taken per seed, then averaged."""
-    rho = pd.DataFrame(
-        {m: table.groupby("seed").apply(lambda g, m=m: spearman(g[m], -g["displacement"]), include_groups=False)
-         for m in MEASURES}
-    )  # fmt: skip
+    (``single_pair_displacement``) and one column per measure of MEASURES.
+
+    Per seed (a replicate: its SFT reference): each measure's Spearman ρ with −displacement.
+    Reproduced when CHES's ρ is ≥ RANK_CORRELATION and CHES ranks first: ρ(CHES) − ρ(m) ≥ 0 for
+    each alternative m (the old 'highest mean ρ', now one interval per alternative); partly when
+    CHES's ρ is ≥ RANK_CORRELATION without ranking first. Each check is an interval over seeds
+    (``mean_interval``). Precondition: the per-seed share of pairs whose π(y+) fell is
+    ≥ MIN_DISPLACED."""
+    rho = rank_correlations(table, MEASURES)
+    strong = Check("Spearman(CHES, −Δ log π(y+))", mean_interval(rho["ches"]), RANK_CORRELATION)
+    first = [Check(f"ρ(CHES) − ρ({MEASURES[m]})", mean_interval(rho["ches"] - rho[m]), 0.0) for m in MEASURES if m != "ches"]
+    shares = displaced_shares(table)
+    enough = Check("share of scored pairs whose π(y+) fell", mean_interval(shares), MIN_DISPLACED)
     mean, spread = rho.mean(), rho.std(ddof=0)
-    best = mean.idxmax()
-    strong, first = mean["ches"] >= RANK_CORRELATION, best == "ches"
-    displaced = float((table["displacement"] < 0).mean())
-    c11 = verdict(strong and first, strong, testable=displaced >= MIN_DISPLACED)  # partly: CHES identifies them
     ours = "; ".join(f"{MEASURES[m]} {mean[m]:+.2f} ± {spread[m]:.2f}" for m in MEASURES)
+    n_seeds = table["seed"].nunique()
     return claims_frame(
         [
             {
@@ -84,11 +105,11 @@ def ches_claims(table: pd.DataFrame) -> pd.DataFrame:
                 "statement": "The CHES score identifies the training pairs that cause likelihood displacement; "
                 "edit-distance and hidden-embedding similarity do not.",
                 "paper_value": "CHES ranks displacing pairs first; the alternatives do not (talk, 'Identifying sources')",
-                "our_value": f"Spearman(score, −Δ log π(y+)) over {len(table) // table['seed'].nunique()} pairs, "
-                f"mean ± sd over {table['seed'].nunique()} seeds: {ours}; π(y+) fell for "
-                f"{(table['displacement'] < 0).mean():.0%} of pairs",
-                "verdict": c11,
-                "precondition": f"π(y+) falls for ≥ {MIN_DISPLACED:.0%} of the scored pairs: {displaced:.0%}",
+                "our_value": f"Spearman(score, −Δ log π(y+)) over {len(table) // n_seeds} pairs, "
+                f"mean ± sd over {n_seeds} seeds: {ours}; π(y+) fell for {shares.mean():.0%} of pairs",
+                **decide([strong, *first], part=[strong], precondition=enough),  # partly: CHES identifies them
+                "precondition": f"π(y+) falls for ≥ {MIN_DISPLACED:.0%} of the scored pairs (mean over seeds): "
+                f"{shares.mean():.0%}",
             }
         ]
     )

@@ -19,11 +19,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from dpo_toolkit.core.claims import claims_frame, verdict
+from dpo_toolkit.core.claims import claims_frame, decide
 from dpo_toolkit.core.config import DataConfig, DPOConfig, EvalConfig, ModelConfig, TrainConfig, check_fits
 from dpo_toolkit.core.data import make_pairs
-from dpo_toolkit.core.drift import DRIFT_OOD, DRIFT_RISE, drifted
+from dpo_toolkit.core.drift import DRIFT_OOD, DRIFT_RISE
 from dpo_toolkit.core.evaluate import Evaluator
+from dpo_toolkit.core.evidence import Check, conjunction, mean_interval
 from dpo_toolkit.core.park import sft_reference, validate_grid
 from dpo_toolkit.core.runner import Member, RunKey, run_dpo
 from dpo_toolkit.studies.ches.identify import MIN_DISPLACED
@@ -144,51 +145,88 @@ def summarize(curves: pd.DataFrame, metrics: Sequence[str] = METRICS) -> pd.Data
     return first.join(table).reset_index()
 
 
-def _best(table: pd.DataFrame, kind: str, metric: str, higher: bool) -> pd.Series | None:
-    rows = table[table["kind"] == kind]
-    if rows.empty:
-        return None
-    return rows.loc[rows[f"{metric}_mean"].idxmax() if higher else rows[f"{metric}_mean"].idxmin()]
+STRICT = 1e-9
+"""A check reads 'at least' (its interval on or beyond the threshold); a claim that needs
+'strictly better' (or 'strictly below 0') is read against this margin instead of 0, so that a tie
+in every seed (no OOD answer in any variant, say) is not counted as better."""
 
 
-def mitigation_claims(curves: pd.DataFrame, displaced_share: float | None = None) -> pd.DataFrame:
+def per_seed(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """`metric` of `rows` (one row per seed and variant) as a table: one row per seed (a
+    replicate), one column per variant, in training order."""
+    table = rows.pivot(index="seed", columns="variant", values=metric)
+    return table[list(dict.fromkeys(rows["variant"]))]
+
+
+def _mean_sd(values: pd.Series) -> str:
+    """'+0.123 ± 0.045': mean ± sd (ddof 0) over seeds."""
+    return f"{values.mean():+.3f} ± {values.std(ddof=0):.3f}"
+
+
+def _columns(rows: pd.DataFrame, kind: str) -> list[str]:
+    return list(dict.fromkeys(rows.loc[rows["kind"] == kind, "variant"]))
+
+
+def preconditions(checks: list[Check]) -> Check:
+    """Several preconditions as the one Check ``decide`` reads: the first that fails, else the
+    first whose interval straddles, else the first (all hold); see ``core.evidence.conjunction``."""
+    return conjunction(checks)[1]
+
+
+def displaced_check(displaced_share) -> Check:
+    """The precondition that enough single pairs displace: the share of single pairs whose π(y+)
+    fell, one value per seed (``identify.displaced_shares``), against MIN_DISPLACED. A single
+    number counts as one replicate (it decides nothing)."""
+    shares = np.atleast_1d(np.asarray(displaced_share, dtype=float))
+    return Check("share of single pairs whose π(y+) fell", mean_interval(shares), MIN_DISPLACED)
+
+
+def mitigation_claims(curves: pd.DataFrame, displaced_share=None) -> pd.DataFrame:
     """The C12 claims row: does removing high-CHES pairs mitigate the damage (held-out
     Δ log π(y+) and OOD rate at the last evaluation) better than an SFT term?
 
-    For each of the two measures: 'mitigates' if the best filter beats all pairs, 'beats
-    SFT' if it also beats the best SFT weight (means over seeds). Precondition: all-pairs DPO
-    displaces (its held-out Δ log π(y+) is < 0), else there is nothing to mitigate, and, given
-    `displaced_share` (the share of single pairs whose π(y+) fell, C11's table), at least
-    MIN_DISPLACED of the pairs displace: with fewer, no filter by CHES can be told apart. Reproduced
-    when both hold on both measures; partly when the filter mitigates the displacement
-    itself (held-out Δ log π(y+)); not reproduced otherwise.
+    Per seed (a replicate: its reference, initialisation and data order; the variants of one
+    seed are not independent of each other) and for each of the two measures: the best CHES
+    filter of that seed (highest Δ log π(y+), lowest OOD) against all pairs ('mitigates') and
+    against the best SFT weight of that seed ('beats SFT'); each difference must be > 0
+    (≥ STRICT), read as an interval over seeds. Reproduced when all four hold; partly when the
+    filter mitigates the displacement itself (held-out Δ log π(y+)); not reproduced otherwise.
+
+    Preconditions: all-pairs DPO displaces (its held-out Δ log π(y+) is < 0), else there is
+    nothing to mitigate, and, given `displaced_share` (per seed, the share of single pairs whose
+    π(y+) fell: ``identify.displaced_shares`` of C11's table), at least MIN_DISPLACED of the pairs
+    displace: with fewer, no filter by CHES can be told apart.
     """
-    table = summarize(curves)
-    base = table[table["kind"] == "all pairs"].iloc[0]
-    checks, parts = [], []
+    final = final_rows(curves)
+    if not _columns(final, "CHES filter") or not _columns(final, "SFT term"):
+        raise ValueError("mitigation_claims needs at least one CHES-filter and one SFT-term variant")
+    (all_pairs,) = _columns(final, "all pairs")
+    checks, parts, base_change = [], [], None
     for metric, higher, label in (("chosen_logp_change", True, "held-out Δ log π(y+)"), ("ood_rate", False, "OOD")):
-        filt, sft = _best(table, "CHES filter", metric, higher), _best(table, "SFT term", metric, higher)
-        if filt is None or sft is None:
-            raise ValueError("mitigation_claims needs at least one CHES-filter and one SFT-term variant")
-
-        def better(a: float, b: float, higher: bool = higher) -> bool:
-            return a > b if higher else a < b
-
-        mitigates = better(filt[f"{metric}_mean"], base[f"{metric}_mean"])
-        beats = mitigates and better(filt[f"{metric}_mean"], sft[f"{metric}_mean"])
-        checks.append((mitigates, beats))
+        table = per_seed(final, metric)
+        base = table[all_pairs]
+        filt, sft = (table[_columns(final, kind)] for kind in ("CHES filter", "SFT term"))
+        best_filter, best_sft = (filt.max(axis=1), sft.max(axis=1)) if higher else (filt.min(axis=1), sft.min(axis=1))
+        sign = 1 if higher else -1  # 'better' is higher Δ log π(y+), lower OOD
+        checks.append((
+            Check(f"{label}: best filter − all pairs" if higher else f"{label}: all pairs − best filter",
+                  mean_interval(sign * (best_filter - base)), STRICT),
+            Check(f"{label}: best filter − best SFT" if higher else f"{label}: best SFT − best filter",
+                  mean_interval(sign * (best_filter - best_sft)), STRICT),
+        ))  # fmt: skip
+        if higher:
+            base_change = base
         parts.append(
-            f"{label}: all pairs {base[f'{metric}_mean']:+.3f}, "
-            f"best filter ({filt['variant']}) {filt[f'{metric}_mean']:+.3f} ± {filt[f'{metric}_std']:.3f}, "
-            f"best SFT ({sft['variant']}) {sft[f'{metric}_mean']:+.3f} ± {sft[f'{metric}_std']:.3f}"
+            f"{label}: all pairs {_mean_sd(base)}, each seed's best filter {_mean_sd(best_filter)}, "
+            f"each seed's best SFT {_mean_sd(best_sft)}"
         )
-    displacement = float(base["chosen_logp_change_mean"])
-    enough = displaced_share is None or displaced_share >= MIN_DISPLACED
-    c12 = verdict(all(m and b for m, b in checks), checks[0][0], testable=displacement < 0 and enough)
+    displaces = Check("all-pairs held-out Δ log π(y+)", mean_interval(base_change), -STRICT, above=False)
+    pre = [displaces] if displaced_share is None else [displaces, displaced_check(displaced_share)]
     share = (
         ""
         if displaced_share is None
-        else (f"; π(y+) falls for ≥ {MIN_DISPLACED:.0%} of single pairs (C11's table): {displaced_share:.0%}")
+        else f"; π(y+) falls for ≥ {MIN_DISPLACED:.0%} of single pairs (C11's table, mean over seeds): "
+        f"{np.mean(displaced_share):.0%}"
     )
     n_seeds = curves["seed"].nunique()
     return claims_frame(
@@ -199,73 +237,109 @@ def mitigation_claims(curves: pd.DataFrame, displaced_share: float | None = None
                 "and does so better than adding an SFT term to the loss.",
                 "paper_value": "filtering mitigates; the SFT term helps less (talk, 'Data filtering via CHES')",
                 "our_value": f"last evaluation, mean ± sd over {n_seeds} seeds; " + "; ".join(parts),
-                "verdict": c12,
-                "precondition": f"all-pairs DPO lowers held-out log π(y+) (displacement to mitigate): {displacement:+.3f}"
-                + share,
+                **decide([c for pair in checks for c in pair], part=[checks[0][0]], precondition=preconditions(pre)),
+                "precondition": f"all-pairs DPO lowers held-out log π(y+) (displacement to mitigate; mean over seeds): "
+                f"{base_change.mean():+.3f}" + share,
             }
         ]
     )
 
 
+def drift_table(curves: pd.DataFrame) -> pd.DataFrame:
+    """OOD drift per seed and variant: OOD rate at the last evaluation minus at step 0 (the
+    reference); one row per seed, one column per variant."""
+    return per_seed(final_rows(curves), "ood_rate") - per_seed(curves[curves["step"] == 0], "ood_rate")
+
+
 def ood_drift(curves: pd.DataFrame) -> pd.Series:
     """OOD rate at the last evaluation minus at step 0 (the reference), mean over seeds, per variant."""
-    first = curves[curves["step"] == 0].set_index(["seed", "variant"])["ood_rate"]
-    final = final_rows(curves).set_index(["seed", "variant"])["ood_rate"]
-    return (final - first).groupby("variant").mean()
+    return drift_table(curves).mean()
 
 
 DRIFT_REDUCTION = 0.5  # C21: the filter must remove at least this share of the OOD drift
 
 
+def _best_filter_drift(curves: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series, pd.Series, pd.Series]:
+    """(drift per seed and variant, the all-pairs drift per seed, the best (lowest) CHES-filter
+    drift per seed, the name of that filter per seed)."""
+    drift = drift_table(curves)
+    filters = _columns(curves, "CHES filter")
+    if not filters:
+        raise ValueError("drift_claims needs at least one CHES-filter variant")
+    (all_pairs,) = _columns(curves, "all pairs")
+    return drift, drift[all_pairs], drift[filters].min(axis=1), drift[filters].idxmin(axis=1)
+
+
 def drift_claims(curves: pd.DataFrame, setup: str = "the grokking setup") -> pd.DataFrame:
     """The cross-study row C21 (no source): does CHES filtering reduce the OOD drift of
-    `setup` (named in the statement)? Drift = OOD at the last evaluation minus OOD of the reference (step 0),
-    mean over seeds. Untestable here unless all-pairs DPO drifts by ``core.drift``'s rule (its
-    seed-mean final OOD ≥ 50 % and ≥ 10 points above the reference's: drift to reduce); else
-    reproduced if the best filter removes ≥ DRIFT_REDUCTION of the all-pairs drift, partly if
-    it removes some, not reproduced otherwise."""
-    drift = ood_drift(curves)
-    final = final_rows(curves).set_index(["seed", "variant"])
-    kinds = final.groupby("variant")["kind"].first()
-    base = float(drift[kinds == "all pairs"].iloc[0])
-    all_pairs = curves[curves["kind"] == "all pairs"]
-    reference_ood = float(all_pairs.loc[all_pairs["step"] == 0, "ood_rate"].mean())
-    final_ood = float(final_rows(all_pairs)["ood_rate"].mean())
-    drifts = bool(drifted(final_ood, reference_ood))
-    filtered = drift[kinds == "CHES filter"]
-    if filtered.empty:
-        raise ValueError("drift_claims needs at least one CHES-filter variant")
-    best_name, best = filtered.idxmin(), float(filtered.min())
-    removed = (base - best) / base if base > 0 else float("nan")
-    c21 = verdict(removed >= DRIFT_REDUCTION, removed > 0, testable=drifts)
-    per_variant = "; ".join(f"{name} {drift[name]:+.3f}" for name in dict.fromkeys(final_rows(curves)["variant"]))
+    `setup` (named in the statement)? Drift = OOD at the last evaluation minus OOD of the
+    reference (step 0).
+
+    Per seed (a replicate), the best CHES filter of that seed (the one whose drift is lowest)
+    against all pairs; each quantity is read as an interval over seeds. Untestable here unless
+    all-pairs DPO drifts by ``core.drift``'s rule, read per seed: its final OOD ≥ DRIFT_OOD and
+    its rise over the reference's ≥ DRIFT_RISE. Reproduced when the best filter removes
+    ≥ DRIFT_REDUCTION of the all-pairs drift, partly when it removes some (> 0), not reproduced
+    otherwise.
+
+    Reading chosen: 'removes ≥ r of the drift' is read on the linear form best − (1 − r) · all
+    pairs ≤ 0 per seed, not on the ratio (all pairs − best) / all pairs, which is the same
+    inequality where a seed drifts but explodes where a seed's all-pairs drift is near 0; its
+    mean over seeds ≤ 0 is the old ratio of seed means ≥ r. The best filter is chosen per seed,
+    not from seed means (an arg-min over means flips between machines on near ties; the per-seed
+    minimum is continuous in the runs)."""
+    drift, base, best, names = _best_filter_drift(curves)
+    final = per_seed(final_rows(curves), "ood_rate")[base.name]
+    excess = best - (1 - DRIFT_REDUCTION) * base
+    full = Check(f"best filter's drift − {1 - DRIFT_REDUCTION:g} × all pairs' drift", mean_interval(excess), 0.0, above=False)
+    part = Check("drift removed by the best filter", mean_interval(base - best), STRICT)
+    drifts = preconditions([
+        Check("all-pairs OOD rate at the last evaluation", mean_interval(final), DRIFT_OOD),
+        Check("all-pairs OOD rise over the reference's", mean_interval(base), DRIFT_RISE - 1e-12),  # core.drift's float slack
+    ])  # fmt: skip
+    reference_ood = float((final - base).mean())
+    means = drift.mean()
+    per_variant = "; ".join(f"{name} {means[name]:+.3f}" for name in drift.columns)
+    removed = f", removing {(base.mean() - best.mean()) / base.mean():.0%} of the all-pairs drift" if base.mean() > 0 else ""
     return claims_frame(
         [
             {
                 "claim_id": "C21",
                 "statement": f"Cross-study question: removing high-CHES pairs reduces the OOD drift of {setup}.",
                 "paper_value": "no source answers it (the project's question)",
-                "our_value": f"OOD at the last evaluation minus the reference's, mean over {curves['seed'].nunique()} seeds: "
-                f"{per_variant}; best filter {best_name}",
-                "verdict": c21,
-                "precondition": f"all-pairs DPO drifts out of distribution (seed-mean OOD ≥ {DRIFT_OOD:.0%} and ≥ "
-                f"{DRIFT_RISE * 100:.0f} points above the reference's): {reference_ood:.0%} → {final_ood:.0%}",
+                "our_value": f"OOD at the last evaluation minus the reference's, mean over {len(drift)} seeds: "
+                f"{per_variant}; each seed's best filter ({_tally(names)}) {best.mean():+.3f}{removed}",
+                **decide(full, part=part, precondition=drifts),
+                "precondition": f"all-pairs DPO drifts out of distribution (OOD ≥ {DRIFT_OOD:.0%} and ≥ "
+                f"{DRIFT_RISE * 100:.0f} points above the reference's, intervals over seeds; means): "
+                f"{reference_ood:.0%} → {final.mean():.0%}",
             }
         ]
     )
 
 
+def _tally(names: pd.Series) -> str:
+    """'A in 2 of 3 seeds, B in 1': how often each variant was a seed's best."""
+    counts = list(names.value_counts().items())
+    return ", ".join(f"{name} in {k}" + (f" of {len(names)} seeds" if i == 0 else "") for i, (name, k) in enumerate(counts))
+
+
 def drift_answer(curves: pd.DataFrame, setup: str = "the grokking setup") -> str:
-    """One Markdown sentence answering C21's question from ``ood_drift`` of the runs of `setup`."""
-    drift = ood_drift(curves)
-    kinds = curves.groupby("variant")["kind"].first()
-    base, filtered = drift["all pairs"], drift[kinds.reindex(drift.index) == "CHES filter"]
-    answer = (
-        f"CHES filtering {'reduces' if filtered.min() < base else 'does not reduce'} the OOD drift of {setup} here."
-        if base > 0
-        else "On all pairs the OOD rate does not rise here, so there is no drift for filtering to reduce (C21 is untestable)."
-    )
+    """One Markdown sentence answering C21's question from the runs of `setup`: the all-pairs
+    drift and that of each seed's best CHES filter (means over seeds), and whether the filter
+    reduces the drift as C21 reads it (the interval over seeds of the drift it removes)."""
+    drift, base, best, names = _best_filter_drift(curves)
+    removed = Check("drift removed by the best filter", mean_interval(base - best), STRICT)
+    if base.mean() <= 0:
+        answer = "On all pairs the OOD rate does not rise here, so there is no drift for filtering to reduce (C21 is untestable)."
+    elif removed.outcome is None:
+        answer = (
+            f"Whether CHES filtering reduces the OOD drift of {setup} is not decided by these {len(drift)} seed(s): "
+            f"the drift it removes, {removed.describe()}."
+        )
+    else:
+        answer = f"CHES filtering {'reduces' if removed.outcome else 'does not reduce'} the OOD drift of {setup} here."
     return (
-        f"**Answer, from this run:** OOD drift on all pairs {base:+.3f}; with the best CHES filter "
-        f"({filtered.idxmin()}) {filtered.min():+.3f}. {answer}"
+        f"**Answer, from this run:** OOD drift on all pairs {base.mean():+.3f}; with each seed's best CHES filter "
+        f"({_tally(names)}) {best.mean():+.3f}. {answer}"
     )

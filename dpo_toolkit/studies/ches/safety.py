@@ -15,16 +15,17 @@ import numpy as np
 import pandas as pd
 import torch
 
-from dpo_toolkit.core.claims import claims_frame, verdict
+from dpo_toolkit.core.claims import claims_frame, decide
 from dpo_toolkit.core.config import ConfigError, DPOConfig, ModelConfig, TrainConfig
 from dpo_toolkit.core.data import Batch
 from dpo_toolkit.core.device import resolve_device
 from dpo_toolkit.core.ensemble import Ensemble
+from dpo_toolkit.core.evidence import Check, mean_interval
 from dpo_toolkit.core.losses import sequence_logps
 from dpo_toolkit.core.model import build_model
 from dpo_toolkit.core.runner import Member, RunKey, cached_model, run_dpo
 from dpo_toolkit.studies.ches.measures import ches
-from dpo_toolkit.studies.ches.mitigation import Variant, keep_masks, label_members
+from dpo_toolkit.studies.ches.mitigation import Variant, final_rows, keep_masks, label_members, per_seed
 from dpo_toolkit.studies.ches.safety_task import SafetyConfig, phrase_masses, preference_pairs, prompts, rates, train_safety_sft
 
 
@@ -117,23 +118,30 @@ def safety_claims(curves: pd.DataFrame) -> pd.DataFrame:
     """The C13 row: the refusal rate (training prompts) of the reference and after DPO on all
     pairs, and after the best CHES filter and the best SFT term, mean ± sd over seeds.
 
-    Untestable here if the reference's refusal rate is below REFUSES. Reproduced if
-    all-pairs DPO lowers the refusal rate by ≥ UNALIGNMENT and the compliance rate rises by ≥
-    MOVED × that fall (the mass goes to compliances, as in the paper); partly if it falls by ≥
-    WEAK with the same share going to compliances; not reproduced otherwise."""
-    last = curves[curves["step"] == curves.groupby("seed")["step"].transform("max")]
-    start = curves[(curves["step"] == 0) & (curves["kind"] == "all pairs")]
+    Per seed (a replicate: its SFT reference and DPO run), the fall of the refusal rate under
+    all-pairs DPO and the rise of the compliance rate; each read as an interval over seeds.
+    Untestable here if the reference's refusal rate is below REFUSES. Reproduced if all-pairs
+    DPO lowers the refusal rate by ≥ UNALIGNMENT and the compliance rate rises by ≥ MOVED × that
+    fall (the mass goes to compliances, as in the paper); partly if it falls by ≥ WEAK with the
+    same share going to compliances; not reproduced otherwise.
+
+    Reading chosen: 'rise ≥ MOVED × fall' is read per seed on the difference rise − MOVED · fall
+    ≥ 0 (not on the ratio rise / fall, which explodes where a seed's refusals hardly fall); its
+    mean over seeds ≥ 0 is the old rule on seed means."""
+    last, start = final_rows(curves), curves[curves["step"] == 0]
+    (all_pairs,) = dict.fromkeys(curves.loc[curves["kind"] == "all pairs", "variant"])
+    refusal_start, compliance_start = (per_seed(start, m)[all_pairs] for m in ("refusal_rate", "compliance_rate"))
+    refusal_end, compliance_end = (per_seed(last, m)[all_pairs] for m in ("refusal_rate", "compliance_rate"))
+    drop, rise = refusal_start - refusal_end, compliance_end - compliance_start
+    moved = Check(f"compliance rise − {MOVED:g} × refusal fall", mean_interval(rise - MOVED * drop), 0.0)
+    fall = mean_interval(drop)
+    refuses = Check("the reference's refusal rate", mean_interval(refusal_start), REFUSES)
     final = last.groupby("variant")[["refusal_rate", "compliance_rate"]].agg(["mean", lambda x: x.std(ddof=0)])
     final.columns = [f"{m}_{'mean' if s == 'mean' else 'sd'}" for m, s in final.columns]
     kinds = last.groupby("variant")["kind"].first()
-    base = final.loc[kinds[kinds == "all pairs"].index[0]]
-    drop = start["refusal_rate"].mean() - base["refusal_rate_mean"]
-    rise = base["compliance_rate_mean"] - start["compliance_rate"].mean()
-    moved = rise >= MOVED * drop
-    refused = float(start["refusal_rate"].mean())
-    c13 = verdict(drop >= UNALIGNMENT and moved, drop >= WEAK and moved, testable=refused >= REFUSES)
+    base = final.loc[all_pairs]
     parts = [
-        f"reference {start['refusal_rate'].mean():.1%} (compliance {start['compliance_rate'].mean():.1%})",
+        f"reference {refusal_start.mean():.1%} (compliance {compliance_start.mean():.1%})",
         f"all pairs {base['refusal_rate_mean']:.1%} ± {base['refusal_rate_sd']:.1%} "
         f"(compliance {base['compliance_rate_mean']:.1%})",
     ]
@@ -152,8 +160,13 @@ def safety_claims(curves: pd.DataFrame) -> pd.DataFrame:
                 "paper_value": "Llama-3-8B-Instruct: 74.4 % → 33.4 % refusals",
                 "our_value": f"toy LM, refusal mass on training prompts, mean ± sd over {curves['seed'].nunique()} seeds: "
                 + "; ".join(parts),
-                "verdict": c13,
-                "precondition": f"the SFT reference refuses on ≥ {REFUSES:.0%} of the mass: {refused:.1%}",
+                **decide(
+                    [Check("fall of the refusal rate", fall, UNALIGNMENT), moved],
+                    part=[Check("fall of the refusal rate", fall, WEAK), moved],
+                    precondition=refuses,
+                ),
+                "precondition": f"the SFT reference refuses on ≥ {REFUSES:.0%} of the mass (mean over seeds): "
+                f"{refusal_start.mean():.1%}",
             }
         ]
     )

@@ -18,10 +18,10 @@ from dpo_toolkit.core.model import Transformer, build_model
 from dpo_toolkit.core.parameters import (
     BETA,
     DEVICE,
-    EPOCHS,
     LEARNING_RATE,
     RESULTS_ROOT,
     SEEDS,
+    STEPS,
     check,
     choices,
     fail,
@@ -52,17 +52,17 @@ def lm_features(model: Transformer, prompt: torch.Tensor, scale: float = 1.0) ->
 
 # The notebook's `parameters` cell, one spec per variable (notebooks/likelihood_displacement.md).
 PARAMETERS = {
-    "n_statements": integer(6),
+    "n_statements": integer(6, 600),  # default: 60
     "seeds": SEEDS,
-    "d_model": integer(4),
-    "sft_steps": EPOCHS,
+    "d_model": integer(4, 640),  # default: 64
+    "sft_steps": STEPS,
     "sft_lr": LEARNING_RATE,
     "beta": BETA,
-    "dpo_steps": EPOCHS,
+    "dpo_steps": STEPS,
     "dpo_lr": LEARNING_RATE,
     "prompts_per_pair": integer(1),
     "one_step_lr": LEARNING_RATE,
-    "n_instances": integer(1),
+    "n_instances": integer(1, 10_000),  # paper profile: 1000
     "map_lead_weights": reals(0, 1, open_low=True, open_high=True),
     "map_scales": reals(0, open_low=True),
     "map_optimizers": choices("sgd", "rmsprop", "adam"),

@@ -8,9 +8,9 @@ from dpo_toolkit.core.parameters import BETAS, SWEEP_SETUP, check, check_sweep_s
 
 # The notebook's `parameters` cell, one spec per variable (notebooks/mixture_tpm.md).
 PARAMETERS = {
-    "n_instances": integer(1),
-    "n_outputs": integer(2),
-    "n_theory_betas": integer(1),
+    "n_instances": integer(1, 30_000),  # paper profile: 3000
+    "n_outputs": integer(2, 60),  # default: 6
+    "n_theory_betas": integer(1, 250),  # default: 25
     "theory_seed": integer(0),
     "betas": BETAS,
     **SWEEP_SETUP,

@@ -56,7 +56,7 @@ PARAMETERS = {
     "shift": p.integer(1, 99),
     "task_seed": p.integer(0),
     "seeds": p.SEEDS,
-    "pretrain_epochs": p.EPOCHS,
+    "pretrain_epochs": p.integer(1, 4000),  # default: 400
     "pretrain_lr": p.LEARNING_RATE,
     "sft_epochs": p.EPOCHS,
     "sft_lr": p.LEARNING_RATE,
@@ -65,7 +65,7 @@ PARAMETERS = {
     "rft_epochs": p.EPOCHS,
     "rft_lr": p.LEARNING_RATE,
     "batch_size": p.BATCH_SIZE,
-    "n_evals": p.integer(1),
+    "n_evals": p.EVALS,
     "results_root": p.RESULTS_ROOT,
     "device": p.DEVICE,
 }
