@@ -97,9 +97,11 @@ def test_scorecard_counts_verdicts_and_names_missing_and_failed_chapters(repo, t
     results, executed = tmp_path / "results", tmp_path / "out"
     (results / "demo").mkdir(parents=True)
     (results / "demo" / "claims.csv").write_text(
-        "claim_id,statement,paper_value,our_value,verdict,precondition\n"
-        "C1,It holds,1,1,reproduced,none\nC2,It | splits,2,3,partly,none\nC3,No,a,b,not reproduced,none\n"
-        "C4,Also,x,x,reproduced,none\nC5,Lemma,0,0,verified (identity),none\nC6,Drift,a,b,untestable here,no drift: -0.1\n"
+        "claim_id,statement,paper_value,our_value,verdict,precondition,n,estimate,ci_low,ci_high,threshold\n"
+        "C1,It holds,1,1,reproduced,none,3,1,0.9,1.1,0.5\nC2,It | splits,2,3,partly,none,,,,,\n"
+        "C3,No,a,b,not reproduced,none,5,0.1,0,0.2,0.5\nC4,Also,x,x,reproduced,none,,,,,\n"
+        "C5,Lemma,0,0,verified (identity),none,,,,,\nC6,Drift,a,b,untestable here,no drift: -0.1,3,-0.1,-0.2,0,0\n"
+        "C7,Maybe,a,b,inconclusive,none,1,0.6,-inf,inf,0.5\n"
     )
     for stem in ("gone", "broken"):
         (repo / "notebooks" / f"{stem}.md").write_text(f"# The {stem} chapter\n")
@@ -107,20 +109,24 @@ def test_scorecard_counts_verdicts_and_names_missing_and_failed_chapters(repo, t
     (executed / "broken.failed").write_text("RuntimeError: out of memory\n")
     page, summary, failed = bookbuild.scorecard(["demo", "gone", "broken"], executed, results, "paper")
     assert summary.startswith(
-        "4 of 6 claims tested: 2 reproduced, 1 partly, 1 not reproduced; 1 untestable here; 1 verified as identities "
+        "4 of 7 claims tested: 2 reproduced, 1 partly, 1 not reproduced; 1 inconclusive; 1 untestable here; "
+        "1 verified as identities "
         "— from 1 of 3 chapters"
     )
-    tested, untestable, identities = (
+    tested, inconclusive, untestable, identities = (
         page.index("## Claims tested here"),
+        page.index("## Inconclusive"),
         page.index("## Untestable here"),
         page.index("## Checks of identities"),
     )
-    assert tested < page.index("| C3 |") < untestable < page.index("| C6 |") < identities < page.index("| C5 |")
+    assert tested < page.index("| C3 |") < inconclusive < page.index("| C7 |") < untestable < page.index("| C6 |")
+    assert untestable < identities < page.index("| C5 |")
     assert "2 chapters without claims" in summary and failed
     assert "| C2 | **partly** | It \\| splits | {doc}`A demo chapter <demo>` |" in page
     assert 'data-profile="paper"' in page and "Built at the <b>paper</b> profile (3 seeds per chapter)" in page
     matrix_row = next(line for line in page.splitlines() if line.startswith("| {doc}`A demo chapter"))
-    assert matrix_row.count('class="verdict-badge"') == 6  # one badge per claim
+    assert matrix_row.count('class="verdict-badge"') == 7  # one badge per claim
+    assert "✓ C1</span>" in matrix_row and "? C7</span>" in matrix_row  # a glyph, not colour alone
     assert 'data-verdict="partly"' in matrix_row and 'title="C2: partly. It &#124; splits"' in matrix_row  # | ends a cell
     assert "| {doc}`The broken chapter <broken>` | chapter failed |" in page
     assert "The gone chapter <gone>`: **no claims table**" in page

@@ -11,7 +11,8 @@ def test_roundtrip(tmp_path):
     df = claims_frame([ROW])
     path = write_claims(df, tmp_path)
     assert path.read_text().splitlines()[0] == ",".join(COLUMNS)
-    assert read_claims(path).to_dict("records") == [{**ROW, "precondition": "none"}]  # a row without one gets 'none'
+    empty = dict.fromkeys(["n", "estimate", "ci_low", "ci_high", "threshold"], "")  # an exact claim: no interval
+    assert read_claims(path).to_dict("records") == [{**ROW, "precondition": "none", **empty}]  # 'none' when absent
 
 
 @pytest.mark.parametrize(
@@ -19,10 +20,21 @@ def test_roundtrip(tmp_path):
     [
         ("claim_id,statement,verdict\nC1,s,partly\n", "columns must be"),
         ("claim_id,statement,paper_value,our_value,verdict\nC1,s,p,o,partly\n", "columns must be"),  # no precondition
-        ("claim_id,statement,paper_value,our_value,verdict,precondition\nC1,s,p,o,maybe,none\n", "verdict must be one of"),
         (
-            "claim_id,statement,paper_value,our_value,verdict,precondition\nC1,s,p,o,partly,none\nC1,s,p,o,partly,none\n",
+            "claim_id,statement,paper_value,our_value,verdict,precondition\nC1,s,p,o,partly,none\n",
+            "columns must be",
+        ),  # no evidence columns
+        (
+            "claim_id,statement,paper_value,our_value,verdict,precondition,n,estimate,ci_low,ci_high,threshold\nC1,s,p,o,maybe,none,,,,,\n",
+            "verdict must be one of",
+        ),
+        (
+            "claim_id,statement,paper_value,our_value,verdict,precondition,n,estimate,ci_low,ci_high,threshold\nC1,s,p,o,partly,none,,,,,\nC1,s,p,o,partly,none,,,,,\n",
             "duplicate claim_id",
+        ),
+        (
+            "claim_id,statement,paper_value,our_value,verdict,precondition,n,estimate,ci_low,ci_high,threshold\nC1,s,p,o,reproduced,none,3,0.6,0.4,0.8,0.5\n",
+            "straddles",
         ),
     ],
 )
