@@ -4,6 +4,8 @@ import pytest
 
 from dpo_toolkit.core.claims import COLUMNS, claims_frame, identity, read_claims, results_dir, verdict, with_arm, write_claims
 
+OLD = "claim_id,statement,paper_value,our_value,verdict,precondition\n"
+FULL = "claim_id,statement,paper_value,our_value,verdict,precondition,n,estimate,ci_low,ci_high,threshold\n"
 ROW = {"claim_id": "C1", "statement": "s", "paper_value": "p", "our_value": "o", "verdict": "partly"}
 
 
@@ -25,15 +27,15 @@ def test_roundtrip(tmp_path):
             "columns must be",
         ),  # no evidence columns
         (
-            "claim_id,statement,paper_value,our_value,verdict,precondition,n,estimate,ci_low,ci_high,threshold\nC1,s,p,o,maybe,none,,,,,\n",
+            FULL + "C1,s,p,o,maybe,none,,,,,\n",
             "verdict must be one of",
         ),
         (
-            "claim_id,statement,paper_value,our_value,verdict,precondition,n,estimate,ci_low,ci_high,threshold\nC1,s,p,o,partly,none,,,,,\nC1,s,p,o,partly,none,,,,,\n",
+            FULL + "C1,s,p,o,partly,none,,,,,\nC1,s,p,o,partly,none,,,,,\n",
             "duplicate claim_id",
         ),
         (
-            "claim_id,statement,paper_value,our_value,verdict,precondition,n,estimate,ci_low,ci_high,threshold\nC1,s,p,o,reproduced,none,3,0.6,0.4,0.8,0.5\n",
+            FULL + "C1,s,p,o,reproduced,none,3,0.6,0.4,0.8,0.5\n",
             "straddles",
         ),
     ],
