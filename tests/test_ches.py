@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from scipy import stats
 
 from dpo_toolkit.core.config import TrainConfig
 from dpo_toolkit.core.data import PairSet, collate_pairs
@@ -128,40 +129,79 @@ def test_edit_similarity_and_hidden_cosine(tiny_model):
     assert hidden_cosine(tiny_model, same).item() == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize(
-    ("ches_sign", "edit_sign", "expected"),
-    [(1, 0, "reproduced"), (1, 1, "partly"), (-1, 1, "not reproduced")],
-)
-def test_ches_claim_verdicts(ches_sign, edit_sign, expected):
-    displacement = -np.arange(20.0)  # pair i displaces by i
-    noise = np.random.default_rng(0).normal(size=20)
-    table = pd.DataFrame(
-        {
-            "seed": 0,
-            "displacement": displacement,
-            "ches": ches_sign * np.arange(20.0) + (3 if edit_sign else 0.1) * noise,
-            "edit": edit_sign * np.arange(20.0) + noise * (3 if edit_sign == 0 else 0.01),
-            "cosine": noise,
-        }
-    )
-    assert ches_claims(table)["verdict"].item() == expected
+DISPLACING = -np.arange(20.0)  # pair i displaces by i: every pair but the first, 95 %
+
+
+def _table(per_seed: list[dict[str, np.ndarray]], displacement: np.ndarray = DISPLACING) -> pd.DataFrame:
+    """Hand-made score_pairs output: one seed per entry of per_seed, its scores given."""
+    frames = [pd.DataFrame({"seed": s, "displacement": displacement, **scores}) for s, scores in enumerate(per_seed)]
+    return pd.concat(frames, ignore_index=True)
+
+
+def _noise(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=20)
+
+
+def _rho(score: np.ndarray, displacement: np.ndarray = DISPLACING) -> float:
+    return float(stats.spearmanr(score, -displacement).statistic)
+
+
+# CHES ranks −Δ exactly in every seed (ρ 1), edit similarity inversely (ρ −1), cosine is constant (ρ read as 0)
+PERFECT = [{"ches": np.arange(20.0) + 0.01 * _noise(s), "edit": -np.arange(20.0), "cosine": np.zeros(20)} for s in range(3)]
+
+
+def test_ches_claim_reproduced_on_three_seeds():
+    row = ches_claims(_table(PERFECT)).iloc[0]
+    assert row["verdict"] == "reproduced" and row["n"] == "3"
+    assert (row["estimate"], row["ci_low"], row["ci_high"], row["threshold"]) == ("1", "1", "1", "0.3")
+    assert "Decided: reproduced" in row["our_value"] and "95%" in row["precondition"]
+
+
+def test_ches_claim_partly_when_an_alternative_ranks_better_in_every_seed():
+    # edit similarity ranks −Δ exactly (ρ 1); CHES, noisy, ranks it well (ρ ≥ 0.3) but worse
+    seeds = [{"ches": np.arange(20.0) + 4 * _noise(s), "edit": np.arange(20.0), "cosine": _noise(10 + s)} for s in range(4)]
+    rho = [_rho(scores["ches"]) for scores in seeds]
+    assert min(rho) > 0.5 and max(rho) < 1  # the inputs are what the test means
+    row = ches_claims(_table(seeds)).iloc[0]
+    assert row["verdict"] == "partly"
+    assert float(row["estimate"]) == pytest.approx(np.mean(rho) - 1, abs=5e-4)  # the deciding check: ρ(CHES) − ρ(edit)
+    assert row["threshold"] == "0"
+
+
+def test_ches_claim_not_reproduced_when_ches_ranks_backwards():
+    seeds = [{"ches": -np.arange(20.0), "edit": _noise(s), "cosine": _noise(10 + s)} for s in range(3)]
+    row = ches_claims(_table(seeds)).iloc[0]
+    assert row["verdict"] == "not reproduced" and row["estimate"] == "-1"
+
+
+def test_ches_claim_inconclusive_on_two_seeds_and_on_seeds_that_disagree():
+    two = ches_claims(_table(PERFECT[:2])).iloc[0]
+    assert two["verdict"] == "inconclusive" and two["n"] == "2"
+    # ρ(CHES) = 1, −1, 1: mean 1/3, its interval straddles 0.3
+    signs = [1, -1, 1]
+    disagree = [{"ches": sign * np.arange(20.0), "edit": np.zeros(20), "cosine": np.zeros(20)} for sign in signs]
+    row = ches_claims(_table(disagree)).iloc[0]
+    assert row["verdict"] == "inconclusive" and float(row["estimate"]) == pytest.approx(1 / 3, abs=1e-3)
+    assert float(row["ci_low"]) < 0.3 < float(row["ci_high"])
 
 
 def test_ches_claim_is_untestable_where_no_pair_displaces():
     rises = np.arange(20.0)  # π(y+) rises for every pair; CHES ranks them perfectly (the old rule said reproduced)
-    table = pd.DataFrame({"seed": 0, "displacement": rises, "ches": -rises, "edit": 0.0, "cosine": 0.0})
-    claims = ches_claims(table)
+    seeds = [{"ches": -rises, "edit": np.zeros(20), "cosine": np.zeros(20)} for _ in range(3)]
+    claims = ches_claims(_table(seeds, displacement=rises))
     assert claims["verdict"].item() == "untestable here"
     assert "0%" in claims["precondition"].item()
 
 
 def test_ches_first_but_weak_is_no_longer_partly():
     displacement = -np.arange(20.0)
-    noise = np.random.default_rng(1).normal(size=20)
-    table = pd.DataFrame({"seed": 0, "displacement": displacement, "ches": 0.2 * np.arange(20.0) + 6 * noise,
-                          "edit": 0.0 * noise - 0.5 * np.arange(20.0), "cosine": -np.arange(20.0)})  # fmt: skip
-    rho = ches_claims(table)
-    assert rho["verdict"].item() == "not reproduced", rho["our_value"].item()
+    seeds = [{"ches": 0.2 * np.arange(20.0) + 10 * _noise(s), "edit": -0.5 * np.arange(20.0), "cosine": -np.arange(20.0)}
+             for s in range(1, 6)]  # fmt: skip
+    rho = [_rho(scores["ches"]) for scores in seeds]
+    assert max(rho) < 0.3  # weak in every seed, yet first in every seed (both others are −1)
+    row = ches_claims(_table(seeds, displacement)).iloc[0]
+    assert row["verdict"] == "not reproduced", row["our_value"]
+    assert float(row["estimate"]) == pytest.approx(np.mean(rho), abs=5e-4)
 
 
 def test_pair_subset_is_a_seeded_sorted_draw_and_checks_its_size(tiny_data_cfg, tiny_pairs):

@@ -30,14 +30,16 @@ def test_rebalancing_keeps_the_function_and_scales_h_against_w():
         rebalance(model, 0.0)
 
 
-def _runs(cells: dict[tuple, list[tuple[bool, bool]]]) -> pd.DataFrame:
-    """Hand-made run rows: {(optimizer, pair, similar, lead, scale): [(displaced, catastrophic), …]}."""
+def _runs(cells: dict[tuple, list[tuple[bool, bool]]], statements: int = 1) -> pd.DataFrame:
+    """Hand-made run rows: {(optimizer, pair, similar, lead, scale): [(displaced, catastrophic), …]}, the
+    outcomes in order of seed, then statement (`statements` per seed)."""
     rows = []
     for (optimizer, pair, similar, lead, scale), outcomes in cells.items():
-        for seed, (displaced, catastrophic) in enumerate(outcomes):
-            rows.append(dict(optimizer=optimizer, pair=pair, similar=similar, lead_weight=lead, scale=scale, seed=seed,
-                             displaced=displaced, is_catastrophic=catastrophic, p_pos_before=0.9,
-                             p_pos_after=0.5 if displaced else 0.99, h_to_w=10.0))  # fmt: skip
+        for i, (displaced, catastrophic) in enumerate(outcomes):
+            rows.append(dict(optimizer=optimizer, pair=pair, similar=similar, lead_weight=lead, scale=scale,
+                             seed=i // statements, statement=i % statements, displaced=displaced,
+                             is_catastrophic=catastrophic, p_pos_before=0.9, p_pos_after=0.5 if displaced else 0.99,
+                             h_to_w=10.0))  # fmt: skip
     return pd.DataFrame(rows)
 
 
@@ -58,21 +60,46 @@ SYNONYMS = ("sgd", "No/Never", True, 0.95, 16.0)
 OPPOSITE = ("sgd", "Yes/No", False, 0.95, 16.0)
 
 
+def _c10_map(cells: dict, statements: int = 1) -> pd.Series:
+    claims = map_claims(_runs(cells, statements))
+    assert claims["claim_id"].tolist() == ["C10-map"]
+    return claims.iloc[0]
+
+
+EVERY_SEED = [(True, True), (True, False)] * 3  # 3 seeds × 2 statements: all displaced, one catastrophic per seed
+
+
 @pytest.mark.parametrize(
-    ("cells", "expected"),
+    ("cells", "statements", "expected"),
     [
-        ({SYNONYMS: [(True, True), (True, False), (False, False)], OPPOSITE: NONE}, "reproduced"),
-        # displacing, but only for opposite meanings: the theory's ⟨W_y+, W_y−⟩ ordering fails
-        ({SYNONYMS: NONE, OPPOSITE: [(True, True), (True, True), (False, False)]}, "partly"),
-        ({SYNONYMS: [(True, False)] * 3, OPPOSITE: NONE}, "partly"),  # no catastrophic run
-        # one run in three: no cell displaces in most of its runs
-        ({SYNONYMS: [(True, True), (False, False), (False, False)], OPPOSITE: NONE}, "partly"),
-        ({SYNONYMS: NONE, OPPOSITE: NONE}, "not reproduced"),
+        # (a) 6 of 6 runs over 3 seeds, Wilson [6 / (6 + z²), 1] = [0.61, 1] ≥ 50 %; (b) a quarter of each seed's runs
+        # catastrophic; (c) synonyms 100 % vs opposite 0 % in each seed
+        ({SYNONYMS: EVERY_SEED, OPPOSITE: [(False, False)] * 6}, 2, "reproduced"),
+        # displacing, but only for opposite meanings: (c) is −1 in every seed, the theory's ordering fails
+        ({SYNONYMS: [(False, False)] * 6, OPPOSITE: EVERY_SEED}, 2, "partly"),
+        ({SYNONYMS: [(True, False)] * 6, OPPOSITE: [(False, False)] * 6}, 2, "partly"),  # no catastrophic run in any seed
+        # one displaced (catastrophic) run in each seed's five: the best cell's 3 of 15, Wilson [0.07, 0.45] < 50 %
+        ({SYNONYMS: [(True, True), *[(False, False)] * 4] * 3, OPPOSITE: [(False, False)] * 15}, 5, "partly"),
+        ({SYNONYMS: NONE, OPPOSITE: NONE}, 1, "not reproduced"),  # no seed displaces anywhere
+        # three seeds that disagree: only seed 0 displaces; every share straddles its threshold
+        ({SYNONYMS: [(True, True), (False, False), (False, False)], OPPOSITE: NONE}, 1, "inconclusive"),
+        ({SYNONYMS: EVERY_SEED[:4], OPPOSITE: [(False, False)] * 4}, 2, "inconclusive"),  # two seeds decide nothing
     ],
 )
-def test_map_verdicts(cells, expected):
-    claims = map_claims(_runs(cells))
-    assert claims["claim_id"].tolist() == ["C10-map"] and claims["verdict"].iloc[0] == expected
+def test_map_verdicts(cells, statements, expected):
+    assert _c10_map(cells, statements)["verdict"] == expected
+
+
+def test_map_verdict_values_by_hand():
+    row = _c10_map({SYNONYMS: EVERY_SEED, OPPOSITE: [(False, False)] * 6}, 2)
+    z2 = 1.959963984540054**2
+    assert (row["n"], row["estimate"], row["threshold"]) == ("3", "1", "0.5")
+    assert float(row["ci_low"]) == pytest.approx(6 / (6 + z2), abs=1e-4)
+    assert (
+        "12 runs in 2 cells over 3 seeds" in row["our_value"] and "synonym pairs 100% vs opposite meanings 0%" in row["our_value"]
+    )
+    row = _c10_map({SYNONYMS: [(False, False)] * 6, OPPOSITE: EVERY_SEED}, 2)
+    assert (row["estimate"], row["ci_low"], row["ci_high"]) == ("-1", "-1", "-1")  # (c) decides: −1 in every seed
 
 
 def test_the_map_runs_every_cell_from_one_reference_per_seed_and_lead_weight():

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from dpo_toolkit.core.claims import NOT_REPRODUCED, PARTLY, REPRODUCED, UNTESTABLE
+from dpo_toolkit.core.claims import INCONCLUSIVE, NOT_REPRODUCED, PARTLY, REPRODUCED, UNTESTABLE
 from dpo_toolkit.core.config import ConfigError, DataConfig, EvalConfig, ModelConfig, TrainConfig
 from dpo_toolkit.core.data import END, encode_prompt, encode_response, make_pairs
 from dpo_toolkit.core.ensemble import Ensemble
@@ -20,6 +20,7 @@ from dpo_toolkit.core.generate import greedy_answers
 from dpo_toolkit.core.losses import sequence_logps
 from dpo_toolkit.core.model import build_model
 from dpo_toolkit.studies.drift_map import analysis
+from dpo_toolkit.studies.drift_map.claims import map_claims
 from dpo_toolkit.studies.drift_map.design import GRID, Recipe, grid, one_at_a_time
 from dpo_toolkit.studies.drift_map.runs import DriftEvaluator, MapSetup, run_recipes, training_subset
 
@@ -73,7 +74,14 @@ def test_a_training_subset_has_its_size_and_depends_on_the_seed(tiny_pairs):
 
 # ---- drift on hand-made curves -----------------------------------------------------
 
-RECIPES = {"a": Recipe("rmsprop", 5e-5, 0.1), "b": Recipe("adam", 1e-3, 0.1), "c": Recipe("sgd", 1.0, 0.1, arm="horizon")}
+RECIPES = {
+    "a": Recipe("rmsprop", 5e-5, 0.1),
+    "a01": Recipe("rmsprop", 5e-5, 0.01),
+    "a03": Recipe("rmsprop", 5e-5, 0.3),
+    "a1": Recipe("rmsprop", 5e-5, 1.0),
+    "b": Recipe("adam", 1e-3, 0.1),
+    "c": Recipe("sgd", 1.0, 0.1, arm="horizon"),
+}
 
 
 def _curves(ood: dict[tuple[str, int], list[float]], reference_ood: float = 0.02) -> pd.DataFrame:
@@ -172,38 +180,104 @@ def test_the_mechanism_reads_the_onset_after_step_zero():
     assert row["final_ordering"] == 0.8
 
 
-def test_the_claims_verdicts():
-    drifting = _curves({("a", s): [0.6, 0.7, 0.8] for s in range(4)} | {("b", 0): [0.1, 0.1, 0.1]})
-    runs = analysis.outcomes(drifting)
-    table = analysis.cell_table(runs)
-    claims = analysis.map_claims(runs, table, analysis.mechanism(drifting, runs)).set_index("claim_id")["verdict"]
-    assert claims.to_dict() == {"C22": REPRODUCED, "C23": REPRODUCED, "C24": REPRODUCED}
+PAPER_BETAS = ["a", "a01", "a03", "a1"]  # Park's recipe at four β: one seed's runs in these cells are one replicate
+DRIFTS, CALM = [0.6, 0.7, 0.8], [0.1, 0.1, 0.1]
+Z = 1.959963984540054  # the normal quantile of a 95 % interval
 
-    calm = _curves({("a", s): [0.1, 0.1, 0.1] for s in range(4)} | {("b", 0): [0.1, 0.1, 0.1]})
-    runs = analysis.outcomes(calm)
-    claims = analysis.map_claims(runs, analysis.cell_table(runs), analysis.mechanism(calm, runs))
-    verdicts = claims.set_index("claim_id")["verdict"].to_dict()
-    assert verdicts == {"C22": NOT_REPRODUCED, "C23": NOT_REPRODUCED, "C24": UNTESTABLE}  # no drifted run: no onset
 
-    both_fall_everywhere = drifting.assign(chosen_logp=-1.0 - drifting["step"])  # the calm run's y_w falls too
-    runs = analysis.outcomes(both_fall_everywhere)
-    claims = analysis.map_claims(runs, analysis.cell_table(runs), analysis.mechanism(both_fall_everywhere, runs))
-    assert claims.set_index("claim_id").loc["C24", "verdict"] == PARTLY  # the fall does not mark drift
+def _wilson(k: int, m: int) -> tuple[float, float]:
+    """The 95 % Wilson interval of k successes in m trials, from its closed form."""
+    p, z2 = k / m, Z**2
+    centre, half = (p + z2 / (2 * m)) / (1 + z2 / m), Z / (1 + z2 / m) * np.sqrt(p * (1 - p) / m + z2 / (4 * m**2))
+    return centre - half, centre + half
 
-    one_in_four = _curves({("a", 0): [0.6, 0.7, 0.8]} | {("a", s): [0.1, 0.1, 0.1] for s in range(1, 4)})
-    runs = analysis.outcomes(one_in_four)
-    claims = analysis.map_claims(runs, analysis.cell_table(runs), analysis.mechanism(one_in_four, runs))
-    assert claims.set_index("claim_id").loc["C22", "verdict"] == PARTLY  # ≥ one run in five drifts
 
-    no_paper = _curves({("b", s): [0.6, 0.7, 0.8] for s in range(3)})
-    runs = analysis.outcomes(no_paper)
-    claims = analysis.map_claims(runs, analysis.cell_table(runs), analysis.mechanism(no_paper, runs))
-    assert claims.set_index("claim_id").loc["C22", "verdict"] == UNTESTABLE
+def _claims(curves: pd.DataFrame, confirmation: pd.DataFrame | None = None) -> pd.DataFrame:
+    runs = analysis.outcomes(curves)
+    fresh = None if confirmation is None else analysis.outcomes(confirmation)
+    return map_claims(runs, analysis.cell_table(runs), analysis.mechanism(curves, runs), fresh).set_index("claim_id")
 
-    far = _curves({("b", s): [0.6, 0.7, 0.8] for s in range(3)}, reference_ood=0.3)
-    runs = analysis.outcomes(far)
-    claims = analysis.map_claims(runs, analysis.cell_table(runs), analysis.mechanism(far, runs))
-    assert claims.set_index("claim_id").loc["C23", "verdict"] == UNTESTABLE  # its reference is not in distribution
+
+def test_the_claims_on_five_seeds_that_drift_in_the_paper_recipe():
+    drifting = _curves({("a", s): DRIFTS for s in range(5)} | {("b", s): CALM for s in range(5)})
+    claims = _claims(drifting)
+    assert claims["verdict"].to_dict() == {"C22": REPRODUCED, "C23": REPRODUCED, "C24": REPRODUCED}
+    c22 = claims.loc["C22"]  # 5 of 5 runs over 5 seeds: Wilson [5 / (5 + z²), 1] = [0.566, 1] is clear of 50 %
+    assert (c22["n"], c22["estimate"], c22["threshold"]) == ("5", "1", "0.5")
+    assert float(c22["ci_low"]) == pytest.approx(5 / (5 + Z**2), abs=1e-4) and float(c22["ci_high"]) == 1.0
+    assert claims.loc["C23", "n"] == "5"  # the drift fraction over the drifting recipe's 5 seeds decides
+    assert "5 of 5 runs drift (β=0.1: 5/5) over 5 seeds" in c22["our_value"] and "Decided: reproduced" in c22["our_value"]
+
+    # the fall of both log-probs is no mark of drift when the calm runs' y_w falls too: per seed, 1 − 1 = 0 < 20 points
+    both_fall_everywhere = drifting.assign(chosen_logp=-1.0 - drifting["step"])
+    c24 = _claims(both_fall_everywhere).loc["C24"]
+    assert c24["verdict"] == PARTLY and c24["estimate"] == "0" and c24["threshold"] == "0.2"
+
+
+def test_the_claims_when_nothing_drifts():
+    calm = _curves({(r, s): CALM for r in [*PAPER_BETAS, "b"] for s in range(5)})
+    claims = _claims(calm)
+    # C22: 0 of 20 runs, Wilson [0, 0.161], below even the partial "one run in five"; C23: 0 of 5, [0, 0.434] < 50 %
+    assert claims["verdict"].to_dict() == {"C22": NOT_REPRODUCED, "C23": NOT_REPRODUCED, "C24": UNTESTABLE}
+    assert float(claims.loc["C22", "ci_high"]) == pytest.approx(_wilson(0, 20)[1], abs=1e-4)
+    assert float(claims.loc["C23", "ci_high"]) == pytest.approx(_wilson(0, 5)[1], abs=1e-4)
+    assert claims.loc["C24", "n"] == "" and "no run drifts in 5 seeds" in claims.loc["C24", "our_value"]
+
+
+def test_c22_is_partly_when_a_third_of_the_runs_drift_over_twelve_seeds():
+    # 16 of 48 runs (every seed at β = 0.1, four seeds at β = 0.01): Wilson [0.217, 0.475], ≥ 20 % but < 50 %
+    ood = {(r, s): CALM for r in PAPER_BETAS for s in range(12)}
+    ood |= {("a", s): DRIFTS for s in range(12)} | {("a01", s): DRIFTS for s in range(4)}
+    c22 = _claims(_curves(ood)).loc["C22"]
+    assert c22["verdict"] == PARTLY and c22["n"] == "12"
+    assert (float(c22["ci_low"]), float(c22["ci_high"])) == pytest.approx(_wilson(16, 48), abs=1e-4)
+
+
+def test_c23_is_decided_on_the_fresh_seeds():
+    drifting = _curves({("a", s): DRIFTS for s in range(5)} | {("b", s): CALM for s in range(5)})
+    # the map's best cell drifts in every seed, but none of five fresh seeds does: the confirmation decides
+    assert _claims(drifting, _curves({("a", s): CALM for s in range(100, 105)})).loc["C23", "verdict"] == NOT_REPRODUCED
+    # every fresh seed drifts, but the margin falls in each: drift without the rising margin is partly
+    falling = _curves({("a", s): DRIFTS for s in range(100, 105)})
+    falling["margin"] = -falling["step"].astype(float)
+    c23 = _claims(drifting, falling).loc["C23"]
+    assert c23["verdict"] == PARTLY and "on 5 fresh seeds: 5/5 drift" in c23["our_value"]
+    # two drifted seeds of twenty: the fraction's failure decides; their own OOD level is not read on two
+    few = _curves({("a", s): DRIFTS if s < 2 else CALM for s in range(100, 120)})
+    c23 = _claims(drifting, few).loc["C23"]
+    assert c23["verdict"] == NOT_REPRODUCED and c23["n"] == "20"
+    # three fresh seeds that all drift: Wilson [0.439, 1] straddles 50 %
+    assert _claims(drifting, _curves({("a", s): DRIFTS for s in range(100, 103)})).loc["C23", "verdict"] == INCONCLUSIVE
+
+
+def test_the_claims_on_one_or_two_seeds_are_inconclusive():
+    for seeds in ([0], [0, 1]):
+        curves = _curves({("a", s): DRIFTS for s in seeds} | {("b", s): CALM for s in seeds})
+        claims = _claims(curves)
+        assert set(claims["verdict"]) == {INCONCLUSIVE}
+        assert (claims["n"] == str(len(seeds))).all()
+    # nothing drifts on two seeds: C24's precondition is not judged on them either
+    calm = _curves({(r, s): CALM for r in ("a", "b") for s in (0, 1)})
+    assert _claims(calm)["verdict"].tolist() == [INCONCLUSIVE] * 3
+
+
+def test_the_claims_straddling_and_untestable():
+    # 3 of 5 paper runs drift: Wilson [0.231, 0.882] straddles 50 % (the partial 20 % holds, but the full claim is open)
+    mixed = _curves({("a", s): DRIFTS if s < 3 else CALM for s in range(5)} | {("b", s): CALM for s in range(5)})
+    assert _claims(mixed).loc["C22", "verdict"] == INCONCLUSIVE
+    # C24's specificity per seed: the calm run's y_w also falls in seeds 0 and 1, so the gaps are 0, 0, 1, 1, 1;
+    # mean 0.6, and Student's t half-width 2.776 · 0.548 / √5 = 0.68 puts the interval across 20 points
+    drifting = _curves({("a", s): DRIFTS for s in range(5)} | {("b", s): CALM for s in range(5)})
+    y_w_falls = (drifting["label"] == RECIPES["b"].label) & drifting["seed"].isin([0, 1])
+    drifting.loc[y_w_falls, "chosen_logp"] = -1.0 - drifting.loc[y_w_falls, "step"]
+    c24 = _claims(drifting).loc["C24"]
+    assert c24["verdict"] == INCONCLUSIVE and c24["estimate"] == "0.6" and float(c24["ci_low"]) < 0.2 < float(c24["ci_high"])
+    no_paper = _curves({("b", s): DRIFTS for s in range(5)})
+    assert _claims(no_paper).loc["C22", "verdict"] == UNTESTABLE
+    far = _curves({("b", s): DRIFTS for s in range(5)}, reference_ood=0.3)
+    c23 = _claims(far).loc["C23"]
+    assert c23["verdict"] == UNTESTABLE  # its references are 30 % OOD, not in distribution
+    assert "30 ± 0 % over the 5 deciding seeds" in c23["precondition"]
 
 
 # ---- the runs -----------------------------------------------------------------------

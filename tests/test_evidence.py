@@ -17,7 +17,7 @@ from dpo_toolkit.core.claims import (
     claims_frame,
     decide,
 )
-from dpo_toolkit.core.evidence import MIN_REPLICATES, Check, mean_interval, share_interval
+from dpo_toolkit.core.evidence import MIN_REPLICATES, Check, either, mean_interval, share_interval
 
 
 def test_bootstrap_interval_matches_the_normal_closed_form_on_a_large_normal_sample():
@@ -42,8 +42,10 @@ def test_interval_edge_cases_one_value_and_all_equal():
     assert (one.n, one.low, one.high) == (1, -math.inf, math.inf)
     equal = mean_interval([0.4, 0.4, 0.4])
     assert (equal.n, equal.low, equal.high, equal.spread) == (3, 0.4, 0.4, 0.0)
-    with pytest.raises(ValueError, match="finite"):
-        mean_interval([1.0, float("nan")])
+    missing = mean_interval([1.0, float("nan"), 2.0])  # a replicate without a value bounds nothing
+    assert (missing.n, missing.estimate, missing.low, missing.high) == (3, 1.5, -math.inf, math.inf)
+    with pytest.raises(ValueError, match="one value per replicate"):
+        mean_interval([])
 
 
 def test_wilson_interval_against_its_closed_form():
@@ -101,6 +103,16 @@ def test_inconclusive_row_states_the_replicates_that_would_decide_it():
     assert row["verdict"] == INCONCLUSIVE
     sd, gap = np.std([0.4, 0.7, 0.6, 0.9], ddof=1), 0.65 - 0.5
     assert f"about {math.ceil((1.959964 * sd / gap) ** 2)} replicates" in row["decision"]
+
+
+def test_either_is_the_three_valued_or_of_its_groups():
+    def check(values):
+        return [Check("x", mean_interval(values), 0.5)]
+
+    held, failed, open_ = check(ABOVE), check(BELOW), check(STRADDLING)
+    assert either(failed, held) is held and either(failed, open_) is open_ and either(failed, failed) is failed
+    assert decide(failed, part=either(held, open_))["verdict"] == PARTLY
+    assert decide(failed, part=either(failed, open_))["verdict"] == INCONCLUSIVE
 
 
 def test_a_decisive_verdict_whose_interval_straddles_fails_validation():

@@ -17,12 +17,21 @@ from tools.float_order import FLOAT_ORDER_VARIABLES, alternative, changed_share,
 
 def _claims(folder, chapter, verdicts):
     (folder / chapter).mkdir(parents=True)
-    interval = {"estimate": 1, "ci_low": 0.9, "ci_high": 1.1, "threshold": 0.5}
+    interval = {"precondition": "none", "estimate": 1, "ci_low": 0.9, "ci_high": 1.1, "threshold": 0.5}
     rows = [
-        {"claim_id": c, "statement": "s", "paper_value": "p", "our_value": "o", "verdict": v, "n": n, **interval}
+        {
+            "claim_id": c,
+            "statement": "s",
+            "paper_value": "p",
+            "our_value": "o",
+            "verdict": v,
+            "precondition": "none",
+            "n": n,
+            **interval,
+        }
         for c, (v, n) in verdicts.items()
     ]
-    pd.DataFrame(rows, columns=COLUMNS).fillna("").to_csv(folder / chapter / "claims.csv", index=False)
+    pd.DataFrame(rows, columns=COLUMNS).to_csv(folder / chapter / "claims.csv", index=False)
 
 
 def test_each_perturbation_sets_its_own_variables_and_all_sets_them_together():

@@ -109,26 +109,57 @@ def test_bad_configs():
         train_persona_lm(PersonaConfig(), build_model(ModelConfig(), 0), TrainConfig())
 
 
-def test_claim_verdicts():
-    features = pd.DataFrame({"inner_pos_neg": [0.0, 1.0, 2.0], "dlogp_pos_first_order": [0.3, 0.2, 0.1], "z_corr": [1.0] * 3,
-                             "p_pos_before": [0.5] * 3, "p_pos_after": [0.4, 0.6, 0.7]})  # fmt: skip
-    geometry = pd.DataFrame({"seed": 0, "statement": 0, "pair": "Yes/No", "inner": [0.0, 1.0, 2.0], "dlogp_lm": [0.0, 0.1, 0.2],
+FEATURES = pd.DataFrame({"inner_pos_neg": [0.0, 1.0, 2.0], "dlogp_pos_first_order": [0.3, 0.2, 0.1], "z_corr": [1.0] * 3,
+                         "p_pos_before": [0.5] * 3, "p_pos_after": [0.4, 0.6, 0.7]})  # fmt: skip
+PROPORTIONAL = pd.DataFrame({"statement": 0, "pair": "Yes/No", "inner": [0.0, 1.0, 2.0], "dlogp_lm": [0.0, 0.1, 0.2],
                              "dlogp_features": [0.0, 0.1, 0.2]})  # fmt: skip
-    falling = pd.DataFrame({"inner_pos_neg": [0.0, 1.0, 2.0], "dlogp_pos": [0.1, 0.0, -0.1]})
-    table = pd.DataFrame({"displaced": [True, False], "is_catastrophic": [True, False]})
-    assert displacement_claims(features, geometry, falling, table)["verdict"].item() == "reproduced"
-    rising = falling.assign(dlogp_pos=[-0.1, 0.0, 0.1])
-    none = table.assign(is_catastrophic=False)
-    flat = geometry.assign(dlogp_lm=[0.1, -0.2, 0.1])
-    # the LM displaced in a multi-step run, without the other parts: partly
-    assert displacement_claims(features, flat, rising, none)["verdict"].item() == "partly"
-    # only the unconstrained-features identity holds, the LM never displaces: the old rule said partly
-    never = table.assign(displaced=False, is_catastrophic=False)
-    assert displacement_claims(features, flat, rising.assign(dlogp_pos=[0.1, 0.0, 0.1]), never)["verdict"].item() == (
-        "not reproduced"
-    )
-    # one step lowers log π(y+) for some pair: displacement seen in the model
-    assert displacement_claims(features, flat, rising, never)["verdict"].item() == "partly"
+FLAT = PROPORTIONAL.assign(dlogp_lm=[0.1, -0.2, 0.1])  # Pearson 0 with the inner products
+FALLING = pd.DataFrame({"inner_pos_neg": [0.0, 1.0, 2.0], "dlogp_pos": [0.1, 0.0, -0.1]})  # Spearman −1; one fall in 3
+RISING = FALLING.assign(dlogp_pos=[-0.1, 0.0, 0.1])  # Spearman +1, one fall in 3
+STILL = FALLING.assign(dlogp_pos=[0.1, 0.0, 0.1])  # Spearman 0, no fall
+TABLE = pd.DataFrame({"displaced": [True, False], "is_catastrophic": [True, False]})
+NEVER = TABLE.assign(displaced=False, is_catastrophic=False)
+
+
+def _seeded(*frames: pd.DataFrame) -> pd.DataFrame:
+    """One frame per seed (seed = its position), stacked: each seed is one tiny LM."""
+    return pd.concat([f.assign(seed=seed) for seed, f in enumerate(frames)], ignore_index=True)
+
+
+def _c10(geometry, pairs, table, seeds: int = 3) -> pd.Series:
+    """C10's row on `seeds` seeds with the same per-seed inputs."""
+    return displacement_claims(FEATURES, _seeded(*[geometry] * seeds), _seeded(*[pairs] * seeds),
+                               _seeded(*[table] * seeds)).iloc[0]  # fmt: skip
+
+
+def test_claim_verdicts_on_three_seeds():
+    # every seed: Pearson 1 ≥ 0.8, Spearman −1 ≤ −0.5, half its runs catastrophic
+    row = _c10(PROPORTIONAL, FALLING, TABLE)
+    assert row["verdict"] == "reproduced" and (row["n"], row["estimate"], row["threshold"]) == ("3", "1", "0.8")
+    # Pearson 0 in every seed fails; each seed displaces in (1 run + 1 pair) of (2 runs + 3 pairs) = 40 %: partly
+    row = _c10(FLAT, RISING, TABLE.assign(is_catastrophic=False))
+    assert row["verdict"] == "partly" and row["estimate"] == "0"
+    # only the unconstrained-features identity holds; the LM never displaces, in any seed: the part fails too
+    row = _c10(FLAT, STILL, NEVER)
+    assert row["verdict"] == "not reproduced" and (row["estimate"], row["ci_high"]) == ("0", "0")
+    # one step lowers log π(y+) for one pair in each seed: displacement seen in the model
+    assert _c10(FLAT, RISING, NEVER)["verdict"] == "partly"
     # a fall at float64 noise level is not displacement
-    noise = rising.assign(dlogp_pos=[-1e-12, 0.0, 0.1])
-    assert displacement_claims(features, flat, noise, never)["verdict"].item() == "not reproduced"
+    assert _c10(FLAT, RISING.assign(dlogp_pos=[-1e-12, 0.0, 0.1]), NEVER)["verdict"] == "not reproduced"
+    assert "Spearman(⟨W_y+, W_y−⟩, Δ log π(y+)) over each seed's pairs +0.00 ± 0.00" in row["our_value"]
+
+
+def test_claim_verdicts_on_few_or_disagreeing_seeds_are_inconclusive():
+    # one or two seeds decide nothing, however clear
+    assert _c10(PROPORTIONAL, FALLING, TABLE, seeds=1)["verdict"] == "inconclusive"
+    assert _c10(PROPORTIONAL, FALLING, TABLE, seeds=2)["verdict"] == "inconclusive"
+    # the full claim fails (Pearson 0); only seed 0 displaces (40 %, then 0, 0): mean 0.133, its t interval
+    # 0.133 ± 4.30 · 0.231 / √3 straddles "some run"
+    row = displacement_claims(FEATURES, _seeded(FLAT, FLAT, FLAT), _seeded(RISING, STILL, STILL), _seeded(TABLE, NEVER, NEVER))
+    row = row.iloc[0]
+    assert row["verdict"] == "inconclusive" and float(row["ci_low"]) < 1e-9 < float(row["ci_high"])
+    assert float(row["estimate"]) == pytest.approx(0.4 / 3, abs=1e-3)
+    # every part holds but the catastrophic share differs by seed (50 %, 0, 0): the full claim is open
+    row = displacement_claims(FEATURES, _seeded(PROPORTIONAL, PROPORTIONAL, PROPORTIONAL), _seeded(FALLING, FALLING, FALLING),
+                              _seeded(TABLE, NEVER.assign(displaced=True), NEVER.assign(displaced=True))).iloc[0]  # fmt: skip
+    assert row["verdict"] == "inconclusive" and "share of catastrophic runs per seed" in row["our_value"]

@@ -11,11 +11,10 @@ from dpo_toolkit.core.ensemble import Ensemble
 from dpo_toolkit.core.evaluate import Evaluator, pair_logps
 from dpo_toolkit.core.losses import dpo_loss, sequence_logps
 from dpo_toolkit.core.train import dpo_batch_loss, train_dpo_ensemble
+from dpo_toolkit.studies.ches.drift_filter import drift_answer, drift_claims
 from dpo_toolkit.studies.ches.measures import ches_filter
 from dpo_toolkit.studies.ches.mitigation import (
     Variant,
-    drift_answer,
-    drift_claims,
     keep_masks,
     mitigation_claims,
     run_mitigations,
@@ -111,19 +110,28 @@ def test_variants_and_masks():
         variants([0.0], [])
 
 
-def _curves(final: dict[str, tuple[float, float]], kinds: dict[str, str], seeds=(0, 1)) -> pd.DataFrame:
-    """Synthetic run_mitigations output: step 0 (the reference) and a last step with the given (Δ log π(y+), OOD)."""
+SEEDS = (0, 1, 2)
+
+
+def _curves(final: dict[str, tuple], kinds: dict[str, str], seeds=SEEDS, reference_ood=0.1) -> pd.DataFrame:
+    """Synthetic run_mitigations output: step 0 (the reference, OOD reference_ood) and a last step
+    with the given (Δ log π(y+), OOD); each value one for every seed or a list of one per seed."""
     rows = []
-    for seed in seeds:
-        for name, (change, ood) in final.items():
+    for i, seed in enumerate(seeds):
+        for name, values in final.items():
+            change, ood = (float(np.broadcast_to(v, len(seeds))[i]) for v in values)
             common = dict(seed=seed, variant=name, kind=kinds[name], drop_fraction=0.0, sft_weight=0.0, pairs_kept=10, kl=0.1,
                           accuracy=0.5)  # fmt: skip
-            rows.append({**common, "step": 0, "chosen_logp_change": 0.0, "ood_rate": 0.1})
+            rows.append({**common, "step": 0, "chosen_logp_change": 0.0, "ood_rate": reference_ood})
             rows.append({**common, "step": 5, "chosen_logp_change": change, "ood_rate": ood})
     return pd.DataFrame(rows)
 
 
-KINDS = {"all pairs": "all pairs", "f": "CHES filter", "s": "SFT term"}
+KINDS = {"all pairs": "all pairs", "f": "CHES filter", "f2": "CHES filter", "s": "SFT term"}
+SHARES = [0.3, 0.25, 0.35]  # per seed, the share of C11's single pairs whose π(y+) fell
+VARYING = {"all pairs": ([-1.0, -0.8, -1.2], [0.5, 0.55, 0.45]), "f": ([-0.2, -0.1, -0.3], [0.2, 0.25, 0.15]),
+           "s": ([-0.5, -0.4, -0.6], 0.4)}  # fmt: skip
+"""Seeds that differ, every difference the same sign in every seed and clear of its threshold."""
 
 
 @pytest.mark.parametrize(
@@ -136,15 +144,43 @@ KINDS = {"all pairs": "all pairs", "f": "CHES filter", "s": "SFT term"}
         ({"all pairs": (-1.0, 0.5), "f": (-1.5, 0.2), "s": (0.3, 0.3)}, "not reproduced"),
         # all-pairs DPO does not displace: nothing to mitigate (the old rule said reproduced)
         ({"all pairs": (0.5, 0.5), "f": (0.6, 0.2), "s": (0.3, 0.4)}, "untestable here"),
+        # no variant answers out of distribution in any seed: an OOD tie is not 'better' (STRICT)
+        ({"all pairs": (-1.0, 0.0), "f": (-0.2, 0.0), "s": (-0.5, 0.0)}, "partly"),
+        (VARYING, "reproduced"),
     ],
 )
 def test_mitigation_verdicts(final, verdict):
     claims = mitigation_claims(_curves(final, KINDS))
     assert claims["claim_id"].tolist() == ["C12"]
     assert claims["verdict"].iloc[0] == verdict
-    assert mitigation_claims(_curves(final, KINDS), displaced_share=0.5)["verdict"].iloc[0] == verdict
+    assert mitigation_claims(_curves(final, KINDS), displaced_share=SHARES)["verdict"].iloc[0] == verdict
     # with fewer than a tenth of single pairs displacing there is nothing for CHES to find
-    assert mitigation_claims(_curves(final, KINDS), displaced_share=0.03)["verdict"].iloc[0] == "untestable here"
+    few = mitigation_claims(_curves(final, KINDS), displaced_share=[0.03, 0.02, 0.04])
+    assert few["verdict"].iloc[0] == "untestable here"
+
+
+def test_mitigation_reads_each_seeds_best_filter_and_the_deciding_values():
+    # f is the best filter in seeds 0 and 1, f2 in seed 2; each seed's best is at −0.2 (Δ) and 0.2 (OOD)
+    final = {"all pairs": (-1.0, 0.5), "f": ([-0.2, -0.2, -2.0], [0.2, 0.2, 0.9]), "f2": ([-2.0, -2.0, -0.2], [0.9, 0.9, 0.2]),
+             "s": (-0.5, 0.4)}  # fmt: skip
+    row = mitigation_claims(_curves(final, KINDS), displaced_share=SHARES).iloc[0]
+    # the deciding (first) check: each seed's best filter − all pairs, 0.8 in every seed
+    assert (row["verdict"], row["n"], row["estimate"], row["ci_low"], row["ci_high"]) == ("reproduced", "3", "0.8", "0.8", "0.8")
+    assert "each seed's best filter -0.200 ± 0.000" in row["our_value"]
+    # partly: the filter loses to the SFT term on Δ log π(y+) by 0.1 in every seed; the first failing check decides
+    partly = mitigation_claims(_curves({"all pairs": (-1.0, 0.5), "f": (-0.2, 0.2), "s": (-0.1, 0.4)}, KINDS)).iloc[0]
+    assert (partly["verdict"], partly["estimate"]) == ("partly", "-0.1")
+
+
+def test_mitigation_is_inconclusive_on_two_seeds_or_straddling_seeds():
+    clear = {"all pairs": (-1.0, 0.5), "f": (-0.2, 0.2), "s": (-0.5, 0.4)}
+    two = mitigation_claims(_curves(clear, KINDS, seeds=(0, 1)), displaced_share=SHARES[:2]).iloc[0]
+    assert (two["verdict"], two["n"]) == ("inconclusive", "2")
+    # the filter's gain over all pairs on Δ log π(y+): +0.8, −0.5, +0.8 (mean 0.367, interval across 0)
+    straddling = {"all pairs": (-1.0, 0.5), "f": ([-0.2, -1.5, -0.2], 0.2), "s": (-1.8, 0.4)}
+    row = mitigation_claims(_curves(straddling, KINDS)).iloc[0]
+    assert row["verdict"] == "inconclusive" and float(row["estimate"]) == pytest.approx(1.1 / 3, abs=1e-3)
+    assert "replicates would decide it" in row["our_value"]
 
 
 @pytest.mark.parametrize(
@@ -156,6 +192,10 @@ def test_mitigation_verdicts(final, verdict):
         ({"all pairs": (0, 0.05), "f": (0, 0.0)}, "untestable here"),  # no drift to remove: the old rule said not reproduced
         ({"all pairs": (0, 0.3), "f": (0, 0.1)}, "untestable here"),  # OOD rose but stays below 50 %: not drift
         ({"all pairs": (0, 0.15), "f": (0, 0.1)}, "untestable here"),  # a rise of 5 points is not drift either
+        # seeds that differ: drift 0.7, 0.8, 0.6 on all pairs, the filter leaves 0.2, 0.25, 0.15
+        ({"all pairs": (0, [0.8, 0.9, 0.7]), "f": (0, [0.3, 0.35, 0.25])}, "reproduced"),
+        # the best filter changes between seeds (f, f, f2); each seed's best leaves 0.1 of a 0.4 drift
+        ({"all pairs": (0, 0.5), "f": (0, [0.2, 0.2, 0.5]), "f2": (0, [0.5, 0.5, 0.2])}, "reproduced"),
     ],
 )
 def test_drift_verdicts(final, verdict):
@@ -163,8 +203,32 @@ def test_drift_verdicts(final, verdict):
     assert claims["verdict"].iloc[0] == verdict
 
 
+def test_drift_claim_decides_on_each_seeds_excess_drift():
+    # excess = best filter's drift − ½ × all pairs' drift: 0.2 − 0.35, 0.25 − 0.4, 0.15 − 0.3 = −0.15 in every seed
+    row = drift_claims(_curves({"all pairs": (0, [0.8, 0.9, 0.7]), "f": (0, [0.3, 0.35, 0.25])}, KINDS)).iloc[0]
+    assert (row["verdict"], row["n"], row["estimate"], row["threshold"]) == ("reproduced", "3", "-0.15", "0")
+    assert float(row["ci_high"]) == pytest.approx(-0.15)
+    # partly: the filter removes 0.1 of a 0.4 drift in every seed; decided by the failing full check, excess +0.1
+    partly = drift_claims(_curves({"all pairs": (0, 0.5), "f": (0, 0.4)}, KINDS)).iloc[0]
+    assert (partly["verdict"], partly["estimate"]) == ("partly", "0.1")
+    # untestable: the all-pairs final OOD (30 %) is below DRIFT_OOD in every seed; the precondition decides
+    flat = drift_claims(_curves({"all pairs": (0, 0.3), "f": (0, 0.1)}, KINDS)).iloc[0]
+    assert (flat["verdict"], flat["estimate"], flat["threshold"]) == ("untestable here", "0.3", "0.5")
+
+
+def test_drift_claim_is_inconclusive_on_two_seeds_or_straddling_seeds():
+    two = drift_claims(_curves({"all pairs": (0, 0.5), "f": (0, 0.2)}, KINDS, seeds=(0, 1))).iloc[0]
+    assert (two["verdict"], two["n"]) == ("inconclusive", "2")
+    # excess −0.1, +0.2, −0.1 (the filter leaves 0.1, 0.4, 0.1 of a 0.4 drift): interval across 0
+    row = drift_claims(_curves({"all pairs": (0, 0.5), "f": (0, [0.2, 0.5, 0.2])}, KINDS)).iloc[0]
+    assert row["verdict"] == "inconclusive" and float(row["estimate"]) == pytest.approx(0.0, abs=1e-9)
+    # the precondition straddles: all-pairs final OOD 0.9, 0.2, 0.9 (mean 0.67, interval across 0.5)
+    pre = drift_claims(_curves({"all pairs": (0, [0.9, 0.2, 0.9]), "f": (0, 0.1)}, KINDS)).iloc[0]
+    assert pre["verdict"] == "inconclusive" and "precondition" in pre["our_value"]
+
+
 def test_summarize_takes_the_last_step_and_the_spread_over_seeds():
-    curves = _curves({"all pairs": (-1.0, 0.5), "f": (-0.2, 0.2)}, KINDS)
+    curves = _curves({"all pairs": (-1.0, 0.5), "f": (-0.2, 0.2)}, KINDS, seeds=(0, 1))
     curves.loc[(curves["seed"] == 1) & (curves["step"] == 5) & (curves["variant"] == "f"), "chosen_logp_change"] = -0.4
     table = summarize(curves).set_index("variant")
     assert table.loc["f", "chosen_logp_change_mean"] == pytest.approx(-0.3)
@@ -204,8 +268,14 @@ def test_evaluator_reports_the_change_of_the_preferred_log_prob(tiny_model, tiny
 def test_drift_answer_names_the_case():
     assert "does not rise here" in drift_answer(_curves({"all pairs": (0, 0.05), "f": (0, 0.0)}, KINDS))
     answer = drift_answer(_curves({"all pairs": (0, 0.5), "f": (0, 0.2)}, KINDS))
-    assert "+0.400" in answer and "(f) +0.100" in answer and "reduces the OOD drift of the grokking setup" in answer
+    assert "+0.400" in answer and "(f in 3 of 3 seeds) +0.100" in answer
+    assert "reduces the OOD drift of the grokking setup" in answer
     named = drift_answer(_curves({"all pairs": (0, 0.5), "f": (0, 0.6)}, KINDS), "the drifting recipe")
     assert "does not reduce the OOD drift of the drifting recipe" in named
     claim = drift_claims(_curves({"all pairs": (0, 0.5), "f": (0, 0.6)}, KINDS), "the drifting recipe").iloc[0]
     assert claim["statement"].endswith("OOD drift of the drifting recipe.") and claim["verdict"] == "not reproduced"
+    # one seed decides nothing, and the answer says so rather than reading the seed
+    one = drift_answer(_curves({"all pairs": (0, 0.5), "f": (0, 0.2)}, KINDS, seeds=(0,)))
+    assert "is not decided by these 1 seed(s)" in one
+    switching = drift_answer(_curves({"all pairs": (0, 0.5), "f": (0, [0.2, 0.2, 0.5]), "f2": (0, [0.5, 0.5, 0.2])}, KINDS))
+    assert "(f in 2 of 3 seeds, f2 in 1) +0.100" in switching

@@ -138,9 +138,29 @@ def test_theorem2_table_flags_match_assumptions_and_the_proof_reading_never_fail
     assert lemma1_max_error(20, 5, betas, seed=4) < 1e-12
 
 
-def _claims_inputs(stated_holds: bool, hot: float, last_cold: float = 0.05):
-    """A theorem table, masses, and temperature masses where the reference has mean unaligned
-    mass 0.1 at T = 1 and 0.15 at T = 2, and the last checkpoint last_cold and hot."""
+def _temperatures(runs: dict[tuple[int, float], tuple[float, float]]) -> pd.DataFrame:
+    """Temperature masses where, in every (seed, β) run, the reference has mean unaligned mass 0.1
+    at T = 1 and 0.15 at T = 2, and the last checkpoint (cold, hot) = runs[seed, β] on both prompts.
+    So kept = cold / 0.1, heat_back = hot / 0.1 and relative = (hot / cold) / 1.5."""
+    frames = [
+        pd.DataFrame(
+            {
+                "seed": seed,
+                "beta": beta,
+                "checkpoint": ["reference"] * 4 + ["last"] * 4,
+                "temperature": [1.0, 1.0, 2.0, 2.0] * 2,
+                "prompt": [1, 2] * 4,
+                "log_unaligned": np.log([0.1, 0.1, 0.15, 0.15, cold, cold, hot, hot]),
+            }
+        )
+        for (seed, beta), (cold, hot) in runs.items()
+    ]
+    return pd.concat(frames, ignore_index=True)
+
+
+def _claims_inputs(stated_holds: bool, hot: float, last_cold: float = 0.05, seeds=(0, 1, 2)):
+    """A theorem table, masses, and temperature masses (``_temperatures``) in which every seed's
+    run (β = 0.1) has the last checkpoint at last_cold and hot."""
     theorem = pd.DataFrame(
         {
             "instance": [0, 1, 2],
@@ -153,20 +173,22 @@ def _claims_inputs(stated_holds: bool, hot: float, last_cold: float = 0.05):
             "holds": [True, stated_holds, False],
         }
     )
-    masses = pd.DataFrame(
-        {"seed": 0, "beta": 0.1, "step": [0, 0, 5, 5], "prompt": [1, 2, 1, 2], "log_unaligned": np.log([0.2, 0.1, 0.05, 1e-30])}
+    masses = pd.concat(
+        [
+            pd.DataFrame(
+                {
+                    "seed": seed,
+                    "beta": 0.1,
+                    "step": [0, 0, 5, 5],
+                    "prompt": [1, 2, 1, 2],
+                    "log_unaligned": np.log([0.2, 0.1, 0.05, 1e-30]),
+                }
+            )
+            for seed in seeds
+        ],
+        ignore_index=True,
     )
-    temperatures = pd.DataFrame(
-        {
-            "seed": 0,
-            "beta": 0.1,
-            "checkpoint": ["reference"] * 4 + ["last"] * 4,
-            "temperature": [1.0, 1.0, 2.0, 2.0] * 2,
-            "prompt": [1, 2] * 4,
-            "log_unaligned": np.log([0.1, 0.1, 0.15, 0.15, last_cold, last_cold, hot, hot]),
-        }
-    )
-    return theorem, masses, temperatures
+    return theorem, masses, _temperatures({(seed, 0.1): (last_cold, hot) for seed in seeds})
 
 
 IDENTITY = "verified (identity)"
@@ -182,12 +204,36 @@ IDENTITY = "verified (identity)"
     ],
 )
 def test_mixture_claims_verdicts(stated_holds, hot, last_cold, expected_c20):
+    # three seeds with the same runs: every per-seed ratio is the same, its interval a point
     claims = mixture_claims(1e-16, *_claims_inputs(stated_holds, hot, last_cold))
     # C18 as worded: a failure there is not reproduced; holding under the proof's own premise no longer makes it partly
     assert claims["verdict"].tolist() == [IDENTITY, "reproduced" if stated_holds else "not reproduced", IDENTITY, expected_c20]
     assert "10^-30.0" in claims.loc[3, "our_value"]
     assert "100%" in claims.loc[3, "our_value"]  # both prompts' mass fell below the reference's
+    assert claims.loc[3, "n"] == "3" and (claims.loc[:2, "n"] == "").all()  # the exact computations carry no interval
     assert mixture_claims(1e-6, *_claims_inputs(True, 0.3))["verdict"].iloc[0] == "not reproduced"
+
+
+def test_c20_reads_each_seed_at_its_worst_beta():
+    theorem, masses, _ = _claims_inputs(True, 0.3)
+    # every seed: β = 0.1 as in "reproduced", but at β = 1 heat amplifies less than the reference's
+    # ((0.06 / 0.05) / 1.5 = 0.8 < 1), and brings back only 0.6 of its T = 1 mass
+    runs = {(seed, beta): (0.05, 0.3 if beta == 0.1 else 0.06) for seed in (0, 1, 2) for beta in (0.1, 1.0)}
+    c20 = mixture_claims(0.0, theorem, masses, _temperatures(runs)).set_index("claim_id").loc["C20"]
+    assert c20["verdict"] == "not reproduced" and (c20["n"], c20["estimate"], c20["threshold"]) == ("3", "0.8", "1")
+    assert "over 6 runs (3 seeds)" in c20["our_value"]
+
+
+def test_c20_on_one_seed_or_disagreeing_seeds_is_inconclusive():
+    assert mixture_claims(0.0, *_claims_inputs(True, 0.3, seeds=(0,)))["verdict"].iloc[3] == "inconclusive"
+    assert mixture_claims(0.0, *_claims_inputs(True, 0.3, seeds=(0, 1)))["verdict"].iloc[3] == "inconclusive"
+    theorem, masses, _ = _claims_inputs(True, 0.3)
+    # heat brings back 0.8, 1.5 and 1.2 of the reference's T=1 mass: mean 1.17, sd 0.35; t's half-width
+    # 4.30 · 0.35 / √3 = 0.87 straddles 1 (kept 50 % in every seed holds; relative 1.07, 2, 1.6 straddles too)
+    runs = {(0, 0.1): (0.05, 0.08), (1, 0.1): (0.05, 0.15), (2, 0.1): (0.05, 0.12)}
+    c20 = mixture_claims(0.0, theorem, masses, _temperatures(runs)).set_index("claim_id").loc["C20"]
+    assert c20["verdict"] == "inconclusive"
+    assert float(c20["ci_low"]) < 1.0 < float(c20["ci_high"])
 
 
 def test_heat_table_against_hand_computed_ratios():
@@ -200,7 +246,7 @@ def test_heat_table_against_hand_computed_ratios():
 def test_mixture_claims_need_the_baseline_temperature():
     theorem, masses, temperatures = _claims_inputs(True, True)
     with pytest.raises(ValueError, match="must include T = 1"):
-        mixture_claims(0.0, theorem, masses, temperatures.assign(temperature=[0.5, 0.5, 2.0, 2.0] * 2))
+        mixture_claims(0.0, theorem, masses, temperatures.assign(temperature=temperatures["temperature"].replace(1.0, 0.5)))
 
 
 def test_mass_summary_by_hand():

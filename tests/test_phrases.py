@@ -127,20 +127,28 @@ def test_single_pair_displacement_takes_a_batch_as_it_takes_pairs(tiny_model, ti
     assert np.allclose(from_pairs, from_batch, atol=1e-6)
 
 
-def _study(displacements, ches_values, subset_changes, seeds=(0, 1)):
-    """Hand-made run_phrase_study output: per seed the same pairs and subset results."""
+SEEDS = (0, 1, 2)
+
+
+def _study(displacements, ches_values, subset_changes, seeds=SEEDS):
+    """Hand-made run_phrase_study output: per seed the same pairs; subset_changes maps each subset
+    to one change (every seed) or a list of one change per seed."""
     pairs = pd.concat(
         [pd.DataFrame({"seed": s, "displacement": displacements, "ches": ches_values, "ches_normalized": ches_values,
                        "edit": np.zeros(len(ches_values)), "cosine": np.arange(len(ches_values)) % 3}) for s in seeds],
         ignore_index=True,
     )  # fmt: skip
-    protocol = pd.DataFrame([{"seed": s, "subset": k, "size": 2, "mean_ches": 0.0, "chosen_logp_change": v}
-                             for s in seeds for k, v in subset_changes.items()])  # fmt: skip
+    per_seed = {k: np.broadcast_to(v, len(seeds)) for k, v in subset_changes.items()}
+    protocol = pd.DataFrame([{"seed": s, "subset": k, "size": 2, "mean_ches": 0.0, "chosen_logp_change": float(v[i])}
+                             for i, s in enumerate(seeds) for k, v in per_seed.items()])  # fmt: skip
     return pairs, protocol
 
 
 DISPLACING = np.array([0.1, 0.05, -0.1, -0.2, -0.3, -0.4])  # falls for 4 of 6
 ORDERED = {"lowest": 0.1, "median": -0.1, "highest": -0.5}
+REVERSED = {"lowest": -0.5, "median": -0.1, "highest": 0.1}
+VARYING = {"lowest": [0.1, 0.2, 0.0], "median": [-0.1, -0.05, -0.15], "highest": [-0.4, -0.6, -0.5]}
+"""Seeds that differ: the highest subset falls by 0.5 ± 0.1, below the median's −0.1 ± 0.05 in each seed."""
 
 
 @pytest.mark.parametrize(
@@ -148,16 +156,37 @@ ORDERED = {"lowest": 0.1, "median": -0.1, "highest": -0.5}
     [
         (DISPLACING, np.arange(6.0), ORDERED, "reproduced"),  # CHES ranks −Δ perfectly, highest subset lowest
         (DISPLACING, np.arange(6.0)[::-1], ORDERED, "partly"),  # ranking fails, protocol holds
-        (DISPLACING, np.arange(6.0), {"lowest": -0.5, "median": -0.1, "highest": 0.1}, "partly"),
-        (DISPLACING, np.arange(6.0)[::-1], {"lowest": -0.5, "median": -0.1, "highest": 0.1}, "not reproduced"),
+        (DISPLACING, np.arange(6.0), REVERSED, "partly"),  # ranking holds, protocol fails
+        (DISPLACING, np.arange(6.0)[::-1], REVERSED, "not reproduced"),
         # ordered, but no subset displaces: the highest-CHES subset only gains less
         (DISPLACING, np.arange(6.0)[::-1], {"lowest": 0.04, "median": 0.03, "highest": 0.02}, "not reproduced"),
         (np.array([0.1, 0.2, 0.3, 0.4, 0.5, -0.1]), np.arange(6.0), ORDERED, "untestable here"),  # 1 of 6 < 20 %
+        (DISPLACING, np.arange(6.0), VARYING, "reproduced"),
     ],
 )
 def test_phrase_verdicts(displacement, scores, subsets, expected):
     claims = phrase_claims(*_study(displacement, scores, subsets))
     assert claims["claim_id"].tolist() == ["C11-phrases"] and claims["verdict"].iloc[0] == expected
+    assert claims["n"].iloc[0] == "3"
+
+
+def test_phrase_claim_reads_the_deciding_quantity_per_seed():
+    # ρ(CHES) = 1 in every seed, the deciding check of a reproduced claim: point interval at 1
+    row = phrase_claims(*_study(DISPLACING, np.arange(6.0), ORDERED)).iloc[0]
+    assert (row["estimate"], row["ci_low"], row["ci_high"], row["threshold"]) == ("1", "1", "1", "0.3")
+    # ranking fails (ρ −1), the protocol holds: partly, decided by the failed rank check
+    partly = phrase_claims(*_study(DISPLACING, np.arange(6.0)[::-1], ORDERED)).iloc[0]
+    assert partly["verdict"] == "partly" and partly["estimate"] == "-1"
+
+
+def test_phrase_claim_is_inconclusive_on_two_seeds_or_a_straddling_protocol():
+    two = phrase_claims(*_study(DISPLACING, np.arange(6.0), ORDERED, seeds=(0, 1))).iloc[0]
+    assert two["verdict"] == "inconclusive" and two["n"] == "2"
+    # ranking fails; the highest subset's change is −0.5, +0.3, −0.5: its interval straddles 0
+    straddling = {"lowest": 0.4, "median": 0.35, "highest": [-0.5, 0.3, -0.5]}
+    row = phrase_claims(*_study(DISPLACING, np.arange(6.0)[::-1], straddling)).iloc[0]
+    assert row["verdict"] == "inconclusive"
+    assert float(row["estimate"]) == pytest.approx(-0.7 / 3, abs=1e-3) and float(row["ci_low"]) < 0 < float(row["ci_high"])
 
 
 def test_filtered_members_train_as_their_kept_subset_and_the_sft_term_adds_lambda_nll():
@@ -188,9 +217,17 @@ def test_filtered_members_train_as_their_kept_subset_and_the_sft_term_adds_lambd
     assert torch.allclose(changes[2], expected.double(), atol=1e-5)
 
 
-def _mitigation(values: dict[str, tuple[str, float]], seeds=(0, 1)) -> pd.DataFrame:
-    return pd.DataFrame([{"seed": s, "variant": name, "kind": kind, "chosen_logp_change": v}
-                         for s in seeds for name, (kind, v) in values.items()])  # fmt: skip
+def _mitigation(values: dict[str, tuple[str, float | list[float]]], seeds=SEEDS) -> pd.DataFrame:
+    """Hand-made run_phrase_study mitigation rows: each variant's change, one for every seed or one per seed."""
+    per_seed = {name: (kind, np.broadcast_to(v, len(seeds))) for name, (kind, v) in values.items()}
+    return pd.DataFrame([{"seed": s, "variant": name, "kind": kind, "chosen_logp_change": float(v[i])}
+                         for i, s in enumerate(seeds) for name, (kind, v) in per_seed.items()])  # fmt: skip
+
+
+SHARES = [0.4, 0.35, 0.45]  # per seed, the share of single pairs whose π(y+) fell
+SWITCHING = {"all": ("all pairs", -0.5), "f1": ("CHES filter", [-0.1, -0.1, -0.9]), "f2": ("CHES filter", [-0.9, -0.9, -0.1]),
+             "s": ("SFT term", -0.3)}  # fmt: skip
+"""The best filter differs between seeds (f1, f1, f2); each seed's best is at −0.1."""
 
 
 @pytest.mark.parametrize(
@@ -202,10 +239,35 @@ def _mitigation(values: dict[str, tuple[str, float]], seeds=(0, 1)) -> pd.DataFr
         # filter and SFT term both at the ceiling log(1/π_ref): a tie is not "better"
         ({"all": ("all pairs", -0.5), "f": ("CHES filter", 0.0517), "s": ("SFT term", 0.0516)}, "partly"),
         ({"all": ("all pairs", 0.1), "f": ("CHES filter", 0.3), "s": ("SFT term", 0.2)}, "untestable here"),
+        (SWITCHING, "reproduced"),  # each seed's best filter beats all pairs and the SFT term
     ],
 )
 def test_phrase_mitigation_verdicts(values, expected):
-    claims = phrase_mitigation_claims(_mitigation(values), displaced_share=0.4)
+    claims = phrase_mitigation_claims(_mitigation(values), displaced_share=SHARES)
     assert claims["claim_id"].tolist() == ["C12-phrases"] and claims["verdict"].iloc[0] == expected
-    few = phrase_mitigation_claims(_mitigation(values), displaced_share=0.1)  # too few single pairs displace
+    # too few single pairs displace: 15 ± 1 % in every seed, above C11's 10 % but below this task's 20 %
+    few = phrase_mitigation_claims(_mitigation(values), displaced_share=[0.15, 0.14, 0.16])
     assert few["verdict"].iloc[0] == "untestable here"
+
+
+def test_phrase_mitigation_reads_each_seeds_best_filter():
+    row = phrase_mitigation_claims(_mitigation(SWITCHING), displaced_share=SHARES).iloc[0]
+    # each seed's best filter is at −0.1: it gains 0.4 over all pairs in every seed (the deciding, first check)
+    assert (row["verdict"], row["estimate"], row["ci_low"], row["ci_high"], row["threshold"]) == (
+        "reproduced", "0.4", "0.4", "0.4", "0.01")  # fmt: skip
+    # the seed means would pick f1 (mean −0.367), below the SFT term's −0.3: the old rule said partly
+    assert "each seed's best filter -0.100 ± 0.000" in row["our_value"]
+    few = phrase_mitigation_claims(_mitigation(SWITCHING), displaced_share=[0.15, 0.14, 0.16]).iloc[0]
+    assert (few["verdict"], few["threshold"]) == ("untestable here", "0.2")  # this task's MIN_DISPLACED, not C11's 0.1
+
+
+def test_phrase_mitigation_is_inconclusive_on_two_seeds_a_single_share_or_a_straddling_gain():
+    values = {"all": ("all pairs", -0.5), "f": ("CHES filter", -0.1), "s": ("SFT term", -0.3)}
+    two = phrase_mitigation_claims(_mitigation(values, seeds=(0, 1)), displaced_share=SHARES[:2]).iloc[0]
+    assert two["verdict"] == "inconclusive" and two["n"] == "2"
+    pooled = phrase_mitigation_claims(_mitigation(values), displaced_share=0.4).iloc[0]  # one number: one replicate
+    assert pooled["verdict"] == "inconclusive" and "precondition" in pooled["our_value"]
+    straddling = {"all": ("all pairs", -0.5), "f": ("CHES filter", [-0.1, -0.9, -0.1]), "s": ("SFT term", -1.0)}
+    row = phrase_mitigation_claims(_mitigation(straddling), displaced_share=SHARES).iloc[0]
+    assert row["verdict"] == "inconclusive"  # gains +0.4, −0.4, +0.4 over all pairs: mean 0.133, interval across 0.01
+    assert float(row["estimate"]) == pytest.approx(0.4 / 3, abs=1e-3)

@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from scipy import stats
 
 from dpo_toolkit.core.config import EvalConfig
 from dpo_toolkit.core.data import make_pairs
@@ -125,26 +126,39 @@ def test_contrast_prompt_is_ood_for_a_and_in_window_for_b():
         pick_contrast_prompt(prompts, b, b, window=2)
 
 
-def _surgery_inputs(a_ood: float, attention_kl: float, rest_kl: float, shares: list[float], b_ood: float = 0.02):
-    """A two-β sweep with a 3× KL gap at matched WeightDelta, and surgery curves at steps 0, 5, 10
-    where A's last checkpoint has OOD a_ood and KL 1, the attention swap KL attention_kl, the
-    rest swap KL rest_kl; A's attention share of each step's change is `shares`; B ends at OOD b_ood."""
+SEEDS = (0, 1, 2)
+JITTER = (-0.01, 0.0, 0.01)  # per seed: three replicates that differ a little, as trained seeds do
+
+
+def _surgery_inputs(a_ood: float, attention_kl: float, rest_kl: float, shares: list[float], b_ood: float = 0.02,
+                    gap: float = 3.0, attention_ood: float = 0.0, seeds=SEEDS):  # fmt: skip
+    """Per seed j (jitter e = JITTER[j]): a two-β sweep with a KL gap of gap + 10e at matched
+    WeightDelta, and surgery curves at steps 0, 5, 10 where A's last checkpoint has OOD
+    a_ood · (1 + 10e) and KL 1, the attention swap KL attention_kl + e and OOD attention_ood
+    above A's, the rest swap KL rest_kl + e; A's attention share of each step's change is
+    `shares` + e; B ends at OOD b_ood."""
     sweep = pd.DataFrame(
-        [{"seed": 0, "beta": b, "step": s, "weight_delta": s, "kl": s * (3.0 if b == 0.01 else 1.0),
-          "ood_rate": (a_ood if b == 0.01 else b_ood) if s == 10 else 0.0} for b in (0.01, 1.0) for s in range(0, 11, 5)]
+        [{"seed": seed, "beta": b, "step": s, "weight_delta": s, "kl": s * (gap + 10 * JITTER[seed] if b == 0.01 else 1.0),
+          "ood_rate": (a_ood if b == 0.01 else b_ood) if s == 10 else 0.0}
+         for seed in seeds for b in (0.01, 1.0) for s in range(0, 11, 5)]
     )  # fmt: skip
-    kl = {"A": 1.0, "attention": attention_kl, "non-attention": rest_kl}
-    curves = pd.DataFrame(
-        [{"seed": 0, "variant": v, "step": s, "kl": kl[v] * s / 10, "ood_rate": a_ood if s == 10 else 0.0,
-          "attention_share_step": np.nan if s == 0 else shares[s // 5 - 1]}
-         for v in kl for s in (0, 5, 10)]
-    )  # fmt: skip
-    return sweep, curves, {"attention": 65, "mlp": 30, "embed": 9}
+    rows = []
+    for seed in seeds:
+        e = JITTER[seed]
+        kl = {"A": 1.0, "attention": attention_kl + e, "non-attention": rest_kl + e}
+        ood = a_ood * (1 + 10 * e)
+        for v in kl:
+            for s in (0, 5, 10):
+                rows.append({"seed": seed, "variant": v, "step": s, "kl": kl[v] * s / 10,
+                             "ood_rate": ood + (attention_ood if v == "attention" else 0.0) if s == 10 else 0.0,
+                             "attention_share_step": np.nan if s == 0 else shares[s // 5 - 1] + e})  # fmt: skip
+    return sweep, pd.DataFrame(rows), {"attention": 65, "mlp": 30, "embed": 9}
 
 
 @pytest.mark.parametrize(
     ("a_ood", "attention_kl", "rest_kl", "shares", "c8", "c9"),
     [
+        # attention swap KL ratios 0.19–0.21 (≤ 0.5), rest 1.99–2.01; largest shares 0.24–0.26 (≤ 0.35)
         (0.3, 0.2, 2.0, [0.2, 0.25], "reproduced", "reproduced"),
         # only the null half holds (the rest swap does not tame): the old rule said partly
         (0.3, 0.9, 2.0, [0.2, 0.25], "not reproduced", "reproduced"),
@@ -159,12 +173,39 @@ def test_surgery_verdicts(a_ood, attention_kl, rest_kl, shares, c8, c9):
     assert claims.loc["C7", "verdict"] == "reproduced"
     assert (claims.loc["C8", "verdict"], claims.loc["C9", "verdict"]) == (c8, c9)
     assert f"{a_ood:.1%}" in claims.loc["C8", "precondition"]
+    assert set(claims["n"]) == {"3"}
+
+
+def test_c7_interval_is_the_student_t_interval_of_the_per_seed_ratios():
+    claims = surgery_claims(*_surgery_inputs(0.3, 0.2, 2.0, [0.2, 0.25])).set_index("claim_id")  # ratios 2.9, 3, 3.1
+    half = stats.t.ppf(0.975, 2) * 0.1 / np.sqrt(3)  # 0.248
+    c7 = claims.loc["C7"]
+    assert (float(c7["estimate"]), float(c7["threshold"])) == pytest.approx((3.0, 2.0))
+    assert (float(c7["ci_low"]), float(c7["ci_high"])) == pytest.approx((3.0 - half, 3.0 + half), abs=1e-3)
+    assert float(claims.loc["C9", "estimate"]) == pytest.approx(0.25)  # the mean of per-seed largest shares
+
+
+def test_c8_fails_when_the_attention_swap_raises_ood():
+    claims = surgery_claims(*_surgery_inputs(0.3, 0.2, 2.0, [0.2, 0.25], attention_ood=0.1)).set_index("claim_id")
+    assert claims.loc["C8", "verdict"] == "not reproduced"  # KL tamed, but OOD rises by 0.1 in every seed
+    assert "OOD(A') − OOD(A), attention swapped 0.1" in claims.loc["C8", "our_value"]
+
+
+def test_straddling_intervals_and_two_seeds_are_inconclusive():
+    # C7: ratios 1.9, 2, 2.1 around 2; C8: attention swap ratios 0.49, 0.5, 0.51 around 0.5;
+    # C9: largest shares 0.34, 0.35, 0.36 around 0.35
+    claims = surgery_claims(*_surgery_inputs(0.3, 0.5, 2.0, [0.2, 0.35], gap=2.0)).set_index("claim_id")
+    assert claims["verdict"].tolist() == ["inconclusive"] * 3
+    two = surgery_claims(*_surgery_inputs(0.3, 0.2, 2.0, [0.2, 0.25], seeds=(0, 1))).set_index("claim_id")
+    assert two["verdict"].tolist() == ["inconclusive"] * 3  # however clear: two seeds decide nothing
+    assert "fewer than 3 replicates" in two.loc["C7", "our_value"]
 
 
 def test_c8_is_untestable_when_b_leaves_the_distribution_too():
     claims = surgery_claims(*_surgery_inputs(0.9, 0.2, 2.0, [0.2, 0.25], b_ood=0.8)).set_index("claim_id")
     assert claims.loc["C8", "verdict"] == "untestable here"  # B's attention is no in-distribution donor
     assert "B 80.0%" in claims.loc["C8", "precondition"]
+    assert claims.loc["C8", "estimate"] == "0.8" and claims.loc["C8", "threshold"] == "0.15"  # B's check decided
 
 
 def test_c9_is_partly_when_the_typical_share_is_small_but_not_every_one():
@@ -173,16 +214,20 @@ def test_c9_is_partly_when_the_typical_share_is_small_but_not_every_one():
     sweep, curves, counts = _surgery_inputs(0.3, 0.2, 2.0, [0.2, 0.25])
     curves = pd.concat([curves, curves[curves["step"] == 10].assign(step=15, attention_share_step=0.6)], ignore_index=True)
     curves = pd.concat([curves, curves[curves["step"] == 10].assign(step=20, attention_share_step=0.3)], ignore_index=True)
-    claims = surgery_claims(sweep, curves, counts).set_index("claim_id")  # shares 0.2, 0.25, 0.6, 0.3: median 0.275
+    # per seed shares 0.2 + e, 0.25 + e, 0.6, 0.3: largest 0.6 (> 0.35), medians 0.27, 0.275, 0.28 (≤ 0.35)
+    claims = surgery_claims(sweep, curves, counts).set_index("claim_id")
     assert claims.loc["C9", "verdict"] == "partly"
+    assert float(claims.loc["C9", "estimate"]) == pytest.approx(0.6)
 
 
-def test_c7_is_untestable_when_the_weight_delta_ranges_do_not_overlap():
+@pytest.mark.parametrize("apart", [(0, 1, 2), (1,)])
+def test_c7_is_untestable_when_the_weight_delta_ranges_do_not_overlap(apart):
     sweep, curves, counts = _surgery_inputs(0.3, 0.2, 2.0, [0.2, 0.25])
-    sweep.loc[sweep["beta"] == 1.0, "weight_delta"] += 100  # the large-β run moves far more: no matched WeightDelta
+    far = (sweep["beta"] == 1.0) & sweep["seed"].isin(apart)
+    sweep.loc[far, "weight_delta"] += 100  # the large-β run moves far more: no matched WeightDelta
     claims = surgery_claims(sweep, curves, counts).set_index("claim_id")
     assert claims.loc["C7", "verdict"] == "untestable here"  # the old rule said not reproduced (a NaN ratio)
-    assert "0 of 1" in claims.loc["C7", "precondition"]
+    assert f"{3 - len(apart)} of 3" in claims.loc["C7", "precondition"]
 
 
 def test_the_surgery_study_trains_a_and_b_and_operates_at_each_of_their_checkpoints(tiny_model_cfg, tiny_data_cfg, tmp_path):

@@ -23,6 +23,7 @@ verdict ladder (``claims.decide``) reads checks, never a single run against a th
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,11 +59,16 @@ def mean_interval(values) -> Interval:
     """The mean of one value per replicate, with its 95 % interval: the union of the BCa bootstrap
     interval and Student's t interval (module docstring).
 
-    Equal values give a point interval; one value gives (−∞, ∞): a single run bounds nothing.
+    Equal values give a point interval; one value gives (−∞, ∞): a single run bounds nothing, and
+    so does a replicate without a value (NaN or ±inf, e.g. a ratio whose denominator vanished): the
+    interval is then (−∞, ∞) over every replicate, never the others' with one silently dropped.
     Where BCa is undefined (a resample distribution without spread), the percentile interval."""
     x = np.asarray(values, dtype=float).ravel()
-    if x.size == 0 or not np.isfinite(x).all():
-        raise ValueError(f"mean_interval needs finite values, one per replicate; got {x.tolist()}")
+    if x.size == 0:
+        raise ValueError("mean_interval needs one value per replicate; got none")
+    if not np.isfinite(x).all():
+        finite = x[np.isfinite(x)]
+        return Interval(int(x.size), float(finite.mean()) if finite.size else math.nan, -math.inf, math.inf)
     mean = float(x.mean())
     if x.size == 1:
         return Interval(1, mean, -math.inf, math.inf)
@@ -73,7 +79,8 @@ def mean_interval(values) -> Interval:
     ci = None
     for method in ("BCa", "percentile"):
         rng = np.random.default_rng(_BOOTSTRAP_SEED)
-        with np.errstate(all="ignore"):
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", stats.DegenerateDataWarning)  # BCa undefined: the percentile interval below
             result = stats.bootstrap((x,), np.mean, confidence_level=CONFIDENCE, n_resamples=RESAMPLES, method=method, rng=rng)
         ci = result.confidence_interval
         if np.isfinite(ci.low) and np.isfinite(ci.high):
@@ -131,6 +138,18 @@ class Check:
             f"{self.name} {i.estimate:.3g}, 95 % CI [{i.low:.3g}, {i.high:.3g}] over {i.n} "
             f"replicate{'s' if i.n != 1 else ''} (claim: {side} {self.threshold:g})"
         )
+
+
+def either(*groups: list[Check]) -> list[Check]:
+    """'At least one of these groups of checks holds', as a group ``claims.decide`` can read: the
+    first group that holds, else the first still undecided, else the first (all fail). Its
+    conjunction is the three-valued OR of the groups' conjunctions."""
+    outcomes = [conjunction(g)[0] for g in groups]
+    for wanted in (True, None):
+        for group, outcome in zip(groups, outcomes, strict=True):
+            if outcome is wanted:
+                return group
+    return groups[0]
 
 
 def conjunction(checks: list[Check]) -> tuple[bool | None, Check]:

@@ -1,8 +1,10 @@
 """Claims C1–C3 of the grokking chapter (Park §4.1, Fig. 1), decided by code.
 
-All curves are first averaged over seeds. Thresholds are fixed here, before any
-result is seen, from the paper's words ("nearly no OOD", "about 80 %", "never
-comes back", "near-monotonic").
+Every claim is decided on intervals over seeds (core.evidence): its quantities are
+computed once per seed, on that seed's own curves (the runs of all β of one seed share
+a reference, so a seed is one replicate), and summarised by ``mean_interval``.
+Thresholds are fixed here, before any result is seen, from the paper's words ("nearly
+no OOD", "about 80 %", "never comes back", "near-monotonic").
 """
 
 from __future__ import annotations
@@ -13,16 +15,18 @@ import math
 import numpy as np
 import pandas as pd
 
+from dpo_toolkit.core import parameter_sets as sets
 from dpo_toolkit.core import parameters as p
-from dpo_toolkit.core.claims import claims_frame, verdict
+from dpo_toolkit.core.claims import claims_frame, decide
 from dpo_toolkit.core.config import OPTIMIZERS, ModelConfig
 from dpo_toolkit.core.data import make_pairs
+from dpo_toolkit.core.evidence import Check, mean_interval
 
 # The notebook's `parameters` cell, one spec per variable (notebooks/grokking.md).
 PARAMETERS = {
     "betas": dataclasses.replace(p.BETAS, scalar_ok=True),  # a single β also works
     "seeds": p.SEEDS,
-    **p.NUMBER_LINE,
+    **sets.NUMBER_LINE,
     "sft_epochs": p.EPOCHS,
     "dpo_epochs": p.EPOCHS,
     "optimizer": p.choice(*OPTIMIZERS),
@@ -41,7 +45,7 @@ PARAMETERS = {
 def check_parameters(values) -> None:
     """Check the grokking notebook's parameters (PARAMETERS) and the rules between them."""
     p.check(PARAMETERS, values)
-    train, _ = make_pairs(p.number_line_config(values, ModelConfig().n_ctx))
+    train, _ = make_pairs(sets.number_line_config(values, ModelConfig().n_ctx))
     per_epoch = p.steps(len(train), values["batch_size"])
     if values["evals_per_epoch"] > per_epoch:
         p.fail(
@@ -54,7 +58,7 @@ def check_parameters(values) -> None:
 SFT_NEAR_ZERO = 0.05  # C1 reproduced: final SFT OOD rate (tail mean, as on the whole page) ≤ 5 %
 SFT_LOW = 0.15  # C1 partly: ≤ 15 %
 DRIFTED = 0.5  # C2: a β has drifted when its final OOD rate is ≥ 50 % and rose by ≥ WORSENS
-ABOUT_80 = (0.6, 1.0)  # C2: "about 80 %"
+ABOUT_80 = (0.6, 1.0)  # C2: "about 80 %" (a rate cannot exceed 1: only the low end is a check)
 RECOVERY = 0.15  # C2: a drifted β came back when final OOD ≤ peak − 15 points
 TAIL = 0.1  # "final" = mean over the last 10 % of evaluations
 MONOTONE = 0.1  # C3: largest dip ≤ 10 % of the curve's range
@@ -90,65 +94,128 @@ def seed_mean_curves(runs: pd.DataFrame) -> pd.DataFrame:
     return dpo.groupby(["beta", "step"], as_index=False)[["ood_rate", "seq_error", "accuracy", "margin", "kl"]].mean()
 
 
+def rise_defect(curve: np.ndarray) -> float:
+    """How far a curve is from an almost monotone rise: its relative drawdown when it ends above
+    where it started, else 1 (the whole range). ``almost_monotone_rise`` ⇔ defect ≤ MONOTONE."""
+    curve = np.asarray(curve, dtype=float)
+    return relative_drawdown(curve) if curve[-1] > curve[0] else 1.0
+
+
+def run_statistics(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per DPO run (seed, β), read on that seed's own curve: `final` (tail mean) OOD rate,
+    its `rise` from step 0, `fallback` (peak − final where the peak reached DRIFTED, else 0),
+    `defect` (the larger ``rise_defect`` of margin and accuracy), and the slack of C2's and C3's
+    per-β conditions: `drift_slack` = min(final − DRIFTED, rise − WORSENS) and `c3_slack` =
+    min(MONOTONE − defect, rise − WORSENS), each ≥ 0 exactly when the β drifted / rose
+    monotonically while its OOD worsened."""
+    rows = []
+    for (seed, beta), g in runs[runs["phase"] == "dpo"].groupby(["seed", "beta"]):
+        g = g.sort_values("step")
+        ood = g["ood_rate"].to_numpy()
+        final, peak = tail_mean(ood), float(ood.max())
+        rise = final - float(ood[0])
+        defect = max(rise_defect(g["margin"].to_numpy()), rise_defect(g["accuracy"].to_numpy()))
+        rows.append(
+            {
+                "seed": seed,
+                "beta": beta,
+                "final": final,
+                "rise": rise,
+                "fallback": peak - final if peak >= DRIFTED else 0.0,
+                "defect": defect,
+                "drift_slack": min(final - DRIFTED, rise - WORSENS),
+                "c3_slack": min(MONOTONE - defect, rise - WORSENS),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _pm(values, unit: str = " %") -> str:
+    """mean ± sd over seeds (sd omitted for one seed): rates ×100 with `unit` (" %", " points"),
+    or to two decimals when unit is ""."""
+    x = np.asarray(values, dtype=float)
+    scale, digits = (100, 0) if unit else (1, 2)
+    spread = f" ± {scale * x.std(ddof=1):.{digits}f}" if x.size > 1 else ""
+    return f"{scale * x.mean():.{digits}f}{spread}{unit}"
+
+
 def grokking_claims(runs: pd.DataFrame) -> pd.DataFrame:
-    """The C1–C3 claims table from the output of ``run_sft_then_dpo``."""
+    """The C1–C3 claims table from the output of ``run_sft_then_dpo``, decided on intervals over
+    seeds; with fewer than MIN_REPLICATES seeds every verdict is inconclusive."""
     sft = runs[runs["phase"] == "sft"]
     # "final" is the tail mean everywhere on the page (final_ood_table too), per seed
-    sft_final = pd.Series([tail_mean(s.sort_values("step")["ood_rate"].to_numpy()) for _, s in sft.groupby("seed")])
-    sft_mean = float(sft_final.mean())
-    c1 = verdict(sft_mean <= SFT_NEAR_ZERO, sft_mean <= SFT_LOW)
+    sft_final = np.array([tail_mean(s.sort_values("step")["ood_rate"].to_numpy()) for _, s in sft.groupby("seed")])
+    sft_interval = mean_interval(sft_final)
+    c1_full = Check("final SFT OOD rate, per seed", sft_interval, SFT_NEAR_ZERO, above=False)
+    c1_part = Check("final SFT OOD rate, per seed", sft_interval, SFT_LOW, above=False)
 
-    curves = seed_mean_curves(runs)
-    per_beta = {}
-    for beta, g in curves.groupby("beta"):
-        ood = g.sort_values("step")["ood_rate"].to_numpy()
-        final, peak = tail_mean(ood), float(ood.max())
-        per_beta[beta] = {
-            "final": final,
-            "drifted": final >= DRIFTED and final - ood[0] >= WORSENS,
-            "recovered": peak >= DRIFTED and peak - final >= RECOVERY,
-            "worsens": final - ood[0] >= WORSENS,
-            "monotone": almost_monotone_rise(g.sort_values("step")["margin"].to_numpy())
-            and almost_monotone_rise(g.sort_values("step")["accuracy"].to_numpy()),
-        }
-    finals = [v["final"] for v in per_beta.values()]
-    any_recovered = any(v["recovered"] for v in per_beta.values())
-    all_drifted = all(v["drifted"] for v in per_beta.values())
-    c2 = verdict(
-        all_drifted and ABOUT_80[0] <= np.mean(finals) <= ABOUT_80[1] and not any_recovered,
-        any(v["drifted"] for v in per_beta.values()) and not any_recovered,
+    # C2 and C3 per seed, each on the seed's own curves. "Every β" is read per seed as its worst β
+    # (every β drifted ⇔ the lowest final ≥ DRIFTED and the smallest rise ≥ WORSENS), "some β"
+    # as its best β (the largest slack of the β's joint condition ≥ 0); "no β came back" as the
+    # seed's largest fall below a drifted peak ≤ RECOVERY.
+    stats = run_statistics(runs)
+    per_seed = stats.groupby("seed").agg(
+        lowest_final=("final", "min"),
+        mean_final=("final", "mean"),
+        smallest_rise=("rise", "min"),
+        largest_fallback=("fallback", "max"),
+        best_drift=("drift_slack", "max"),
+        worst_defect=("defect", "max"),
+        best_c3=("c3_slack", "max"),
     )
-    c3 = verdict(
-        all(v["monotone"] and v["worsens"] for v in per_beta.values()),
-        any(v["monotone"] and v["worsens"] for v in per_beta.values()),
+    no_recovery = Check(
+        "largest fall below a drifted peak, per seed", mean_interval(per_seed["largest_fallback"]), RECOVERY, above=False
     )
+    rises = Check("smallest OOD rise over β from step 0, per seed", mean_interval(per_seed["smallest_rise"]), WORSENS)
+    c2_full = [
+        Check("lowest final OOD rate over β, per seed", mean_interval(per_seed["lowest_final"]), DRIFTED),
+        rises,
+        Check("mean final OOD rate over β, per seed", mean_interval(per_seed["mean_final"]), ABOUT_80[0]),
+        no_recovery,
+    ]
+    c2_part = [Check("drift slack of the most drifted β, per seed", mean_interval(per_seed["best_drift"]), 0.0), no_recovery]
+    c3_full = [
+        Check(
+            "largest margin/accuracy dip over β (share of range), per seed",
+            mean_interval(per_seed["worst_defect"]),
+            MONOTONE,
+            above=False,
+        ),
+        rises,
+    ]
+    c3_part = Check("C3 slack of the best β, per seed", mean_interval(per_seed["best_c3"]), 0.0)
 
-    n_seeds = runs["seed"].nunique()
-    finals_text = ", ".join(f"β={b:g}: {_pct(v['final'])}" for b, v in per_beta.items())
+    n_seeds = len(sft_final)
+    seeds = f"mean ± sd over {n_seeds} seed{'s' if n_seeds != 1 else ''}"
+    by_beta = stats.groupby("beta")
+    finals_text = ", ".join(f"β={b:g}: {_pm(g['final'])}" for b, g in by_beta)
+    n_monotone = int((stats["defect"] <= MONOTONE).sum())
+    n_worsens = int((stats["rise"] >= WORSENS).sum())
     return claims_frame(
         [
             {
                 "claim_id": "C1",
                 "statement": "The SFT reference gives almost no OOD answers.",
                 "paper_value": "nearly 0 % OOD",
-                "our_value": f"final (mean of the last {TAIL:.0%} of evaluations) {_pct(sft_mean)} OOD "
-                f"(sd {_pct(float(sft_final.std(ddof=0)))} over {n_seeds} seeds)",
-                "verdict": c1,
+                "our_value": f"final (mean of the last {TAIL:.0%} of evaluations) {_pm(sft_final)} OOD ({seeds})",
+                **decide(c1_full, part=c1_part),
             },
             {
                 "claim_id": "C2",
                 "statement": "DPO drifts to about 80 % OOD and never comes back.",
                 "paper_value": "about 80 % OOD, no recovery",
-                "our_value": f"final OOD {finals_text}; " + ("a drifted β recovered" if any_recovered else "no β recovered"),
-                "verdict": c2,
+                "our_value": f"final OOD {finals_text}; largest fall below a drifted peak "
+                f"{_pm(per_seed['largest_fallback'], ' points')} ({seeds})",
+                **decide(c2_full, part=c2_part),
             },
             {
                 "claim_id": "C3",
                 "statement": "Margin and accuracy rise almost monotonically while OOD worsens.",
                 "paper_value": "near-monotonic rise while OOD worsens",
-                "our_value": f"rise almost monotonically at {sum(v['monotone'] for v in per_beta.values())}/{len(per_beta)} β; "
-                f"OOD worsens at {sum(v['worsens'] for v in per_beta.values())}/{len(per_beta)} β",
-                "verdict": c3,
+                "our_value": f"largest dip of margin or accuracy {_pm(per_seed['worst_defect'], '')} of its range "
+                f"(1 where it does not end higher), smallest OOD rise {_pm(per_seed['smallest_rise'], ' points')} ({seeds}); "
+                f"of {len(stats)} (seed, β) runs, {n_monotone} rise almost monotonically and {n_worsens} worsen in OOD",
+                **decide(c3_full, part=c3_part),
             },
         ]
     )

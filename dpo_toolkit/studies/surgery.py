@@ -8,7 +8,6 @@ multi-head attention module, projections and biases included (Park footnote 3).
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -22,10 +21,11 @@ from dpo_toolkit.core.data import make_pairs
 from dpo_toolkit.core.device import model_device
 from dpo_toolkit.core.ensemble import Ensemble
 from dpo_toolkit.core.evaluate import Evaluator
-from dpo_toolkit.core.evidence import Check, Interval, conjunction, mean_interval
+from dpo_toolkit.core.evidence import Check, conjunction, mean_interval
 from dpo_toolkit.core.metrics import group_weight_deltas
 from dpo_toolkit.core.model import PARAM_GROUPS, Transformer, load_model, param_group
-from dpo_toolkit.core.parameters import BETA, DRIFTING_ARM, SWEEP_SETUP, check, check_sweep_setup, fail, integer
+from dpo_toolkit.core.parameter_sets import DRIFTING_ARM, SWEEP_SETUP, check_sweep_setup
+from dpo_toolkit.core.parameters import BETA, check, fail, integer
 from dpo_toolkit.core.park import run_sft_then_dpo, sft_reference
 
 # The notebook's `parameters` cell, one spec per variable (notebooks/surgery.md).
@@ -195,16 +195,6 @@ def matched_kl_ratio(low: pd.DataFrame, high: pd.DataFrame, n_points: int = 10) 
     return float(np.median(kl_low / kl_high))
 
 
-def _seed_interval(values: pd.Series) -> Interval:
-    """``mean_interval`` of one value per seed; a seed without a value (NaN, inf) leaves the mean
-    unbounded, an interval (−∞, ∞) over every seed, which decides nothing."""
-    x = np.asarray(values, dtype=float)
-    if len(x) and np.isfinite(x).all():
-        return mean_interval(x)
-    finite = x[np.isfinite(x)]
-    return Interval(len(x), float(finite.mean()) if len(finite) else float("nan"), -math.inf, math.inf)
-
-
 def surgery_claims(sweep: pd.DataFrame, curves: pd.DataFrame, param_counts: dict[str, int]) -> pd.DataFrame:
     """The C7–C9 claims table.
 
@@ -221,16 +211,16 @@ def surgery_claims(sweep: pd.DataFrame, curves: pd.DataFrame, param_counts: dict
     matched = bool(ratios.notna().all())  # precondition: every seed's two runs share a WeightDelta range
     # The old partly ("in some seeds, or on average") was a weaker reading of the same threshold, not a
     # part of the claim: on intervals it is what `inconclusive` says, so C7 has no part.
-    c7 = decide(Check("KL(β low)/KL(β high) at matched WeightDelta", _seed_interval(ratios), KL_GAP), precondition=matched)
+    c7 = decide(Check("KL(β low)/KL(β high) at matched WeightDelta", mean_interval(ratios), KL_GAP), precondition=matched)
 
     final = curves[curves["step"] == curves["step"].max()].pivot_table(index="seed", columns="variant", values=["kl", "ood_rate"])
     kl_ratio = {v: final["kl"][v] / final["kl"]["A"] for v in SURGERIES}  # per seed
     ood_change = {v: final["ood_rate"][v] - final["ood_rate"]["A"] for v in SURGERIES}
     attention_tames = [
-        Check("KL(A')/KL(A), attention swapped", _seed_interval(kl_ratio["attention"]), TAMED, above=False),
-        Check("OOD(A') − OOD(A), attention swapped", _seed_interval(ood_change["attention"]), 0.0, above=False),
+        Check("KL(A')/KL(A), attention swapped", mean_interval(kl_ratio["attention"]), TAMED, above=False),
+        Check("OOD(A') − OOD(A), attention swapped", mean_interval(ood_change["attention"]), 0.0, above=False),
     ]
-    rest_does_not = Check("KL(A')/KL(A), rest swapped", _seed_interval(kl_ratio["non-attention"]), TAMED)
+    rest_does_not = Check("KL(A')/KL(A), rest swapped", mean_interval(kl_ratio["non-attention"]), TAMED)
     a_ood_seed = final["ood_rate"]["A"]
     last = sweep[sweep["step"] == sweep["step"].max()]
     b_ood_seed = last[np.isclose(last["beta"], beta_high)].groupby("seed")["ood_rate"].mean()
@@ -239,8 +229,8 @@ def surgery_claims(sweep: pd.DataFrame, curves: pd.DataFrame, param_counts: dict
     # fails, else the first undecided, else one that holds)
     _, c8_pre = conjunction(
         [
-            Check("OOD rate of A at its last checkpoint", _seed_interval(a_ood_seed), A_OOD),
-            Check("OOD rate of B at its last checkpoint", _seed_interval(b_ood_seed), B_OOD, above=False),
+            Check("OOD rate of A at its last checkpoint", mean_interval(a_ood_seed), A_OOD),
+            Check("OOD rate of B at its last checkpoint", mean_interval(b_ood_seed), B_OOD, above=False),
         ]
     )
     c8 = decide([*attention_tames, rest_does_not], part=attention_tames, precondition=c8_pre)
@@ -253,14 +243,16 @@ def surgery_claims(sweep: pd.DataFrame, curves: pd.DataFrame, param_counts: dict
     share_max_seed = a.groupby("seed")["attention_share_step"].max()
     share_max = a["attention_share_step"].max()
     c9 = decide(
-        Check("largest attention share of a step's change", _seed_interval(share_max_seed), SMALL_SHARE, above=False),
-        part=Check("median attention share of a step's change", _seed_interval(share), SMALL_SHARE, above=False),
+        Check("largest attention share of a step's change", mean_interval(share_max_seed), SMALL_SHARE, above=False),
+        part=Check("median attention share of a step's change", mean_interval(share), SMALL_SHARE, above=False),
     )
 
     def pm(s: pd.Series, fmt: str = ".2f") -> str:
-        return f"{s.mean():{fmt}} ± {s.std(ddof=1) if len(s) > 1 else 0.0:.2f}"
+        """Mean ± sd over seeds (the value alone for one seed)."""
+        return f"{s.mean():{fmt}} ± {s.std(ddof=1):.2f}" if s.count() > 1 else f"{s.mean():{fmt}}"
 
     n_seeds = curves["seed"].nunique()
+    seeds = f"{n_seeds} seed{'s' if n_seeds != 1 else ''}"
     return claims_frame(
         [
             {
@@ -268,7 +260,7 @@ def surgery_claims(sweep: pd.DataFrame, curves: pd.DataFrame, param_counts: dict
                 "statement": "Equal weight deltas give different KL at different β.",
                 "paper_value": "same WeightDelta, different KL across β (Fig. 3 right)",
                 "our_value": f"KL(β={beta_low:g}) / KL(β={beta_high:g}) at matched WeightDelta (median over the shared "
-                f"WeightDelta range), mean ± sd over {n_seeds} seeds: {pm(ratios)}",
+                f"WeightDelta range), mean ± sd over {seeds}: {pm(ratios)}",
                 **c7,
                 "precondition": "the two β's runs share a WeightDelta range in every seed: "
                 f"{int(ratios.notna().sum())} of {len(ratios)}",
@@ -277,7 +269,7 @@ def surgery_claims(sweep: pd.DataFrame, curves: pd.DataFrame, param_counts: dict
                 "claim_id": "C8",
                 "statement": "Swapping in B's attention weights tames A's KL and OOD; swapping the rest does not.",
                 "paper_value": "attention swap: KL grows slowly, OOD dips; non-attention swap: KL explodes, OOD barely moves",
-                "our_value": f"at A's last checkpoint, mean ± sd over {n_seeds} seeds: KL(A')/KL(A) = "
+                "our_value": f"at A's last checkpoint, mean ± sd over {seeds}: KL(A')/KL(A) = "
                 f"{pm(kl_ratio['attention'])} (attention swapped) vs {pm(kl_ratio['non-attention'])} (rest swapped); "
                 f"OOD(A') − OOD(A) = {pm(ood_change['attention'], '+.2f')} vs {pm(ood_change['non-attention'], '+.2f')}; "
                 f"OOD(A) = {pm(a_ood_seed)}",
@@ -289,7 +281,7 @@ def surgery_claims(sweep: pd.DataFrame, curves: pd.DataFrame, param_counts: dict
                 "claim_id": "C9",
                 "statement": "Attention receives about 25 % of the weight change while holding about 65 % of the parameters.",
                 "paper_value": f"{PAPER_ATTENTION_SHARE:.0%} of the change; attention holds 65K of 104K parameters",
-                "our_value": f"attention share of A's change between checkpoints, mean ± sd over {n_seeds} seeds: largest "
+                "our_value": f"attention share of A's change between checkpoints, mean ± sd over {seeds}: largest "
                 f"{pm(share_max_seed)}, median {pm(share)} (largest over every seed {share_max:.2f}); "
                 f"attention holds {param_share:.1%} of the parameters",
                 **c9,

@@ -13,7 +13,7 @@ import torch
 from dpo_toolkit.core.claims import claims_frame, decide
 from dpo_toolkit.core.config import TrainConfig
 from dpo_toolkit.core.device import resolve_device
-from dpo_toolkit.core.evidence import Check, conjunction, mean_interval
+from dpo_toolkit.core.evidence import Check, either, mean_interval
 from dpo_toolkit.core.model import build_model
 from dpo_toolkit.studies.ches.identify import displaced_shares, rank_correlations
 from dpo_toolkit.studies.ches.measures import ches, edit_similarity, hidden_cosine, normalized_ches, single_pair_displacement
@@ -102,18 +102,6 @@ def rank_table(pairs: pd.DataFrame) -> pd.DataFrame:
     return rank_correlations(pairs, SCORES)
 
 
-def either(*groups: list[Check]) -> list[Check]:
-    """'At least one of these groups of checks holds', as the group ``decide`` should read: the
-    first group that holds, else the first whose outcome is open, else the first (all fail); its
-    conjunction is then the three-valued OR of the groups' conjunctions."""
-    outcomes = [conjunction(g)[0] for g in groups]
-    for wanted in (True, None):
-        for group, outcome in zip(groups, outcomes, strict=True):
-            if outcome is wanted:
-                return group
-    return groups[0]
-
-
 def phrase_claims(pairs: pd.DataFrame, protocol: pd.DataFrame) -> pd.DataFrame:
     """C11 on the phrase task ('C11-phrases'), every quantity per seed (a replicate: its
     reference) and read as an interval over seeds.
@@ -191,7 +179,7 @@ def phrase_mitigation_claims(mitigation: pd.DataFrame, displaced_share) -> pd.Da
         full.append(Check("best filter − best SFT term (Δ log π(y+))", mean_interval(best - best_sft), TIE))
         parts.append(f"each seed's best SFT term {best_sft.mean():+.3f} ± {best_sft.std(ddof=0):.3f}")
     displaces = Check("all-pairs Δ log π(y+)", mean_interval(base), -STRICT, above=False)
-    pre = preconditions([displaces, displaced_check(displaced_share)])
+    pre = preconditions([displaces, displaced_check(displaced_share, MIN_DISPLACED)])
     return claims_frame(
         [
             {

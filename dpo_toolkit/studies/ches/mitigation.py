@@ -22,7 +22,6 @@ import torch
 from dpo_toolkit.core.claims import claims_frame, decide
 from dpo_toolkit.core.config import DataConfig, DPOConfig, EvalConfig, ModelConfig, TrainConfig, check_fits
 from dpo_toolkit.core.data import make_pairs
-from dpo_toolkit.core.drift import DRIFT_OOD, DRIFT_RISE
 from dpo_toolkit.core.evaluate import Evaluator
 from dpo_toolkit.core.evidence import Check, conjunction, mean_interval
 from dpo_toolkit.core.park import sft_reference, validate_grid
@@ -163,7 +162,8 @@ def _mean_sd(values: pd.Series) -> str:
     return f"{values.mean():+.3f} ± {values.std(ddof=0):.3f}"
 
 
-def _columns(rows: pd.DataFrame, kind: str) -> list[str]:
+def variant_columns(rows: pd.DataFrame, kind: str) -> list[str]:
+    """The variants of `kind` (filter, sft, …) in `rows`, in training order."""
     return list(dict.fromkeys(rows.loc[rows["kind"] == kind, "variant"]))
 
 
@@ -173,12 +173,12 @@ def preconditions(checks: list[Check]) -> Check:
     return conjunction(checks)[1]
 
 
-def displaced_check(displaced_share) -> Check:
+def displaced_check(displaced_share, minimum: float = MIN_DISPLACED) -> Check:
     """The precondition that enough single pairs displace: the share of single pairs whose π(y+)
-    fell, one value per seed (``identify.displaced_shares``), against MIN_DISPLACED. A single
-    number counts as one replicate (it decides nothing)."""
+    fell, one value per seed (``identify.displaced_shares``), against `minimum` (C11's
+    MIN_DISPLACED unless given). A single number counts as one replicate (it decides nothing)."""
     shares = np.atleast_1d(np.asarray(displaced_share, dtype=float))
-    return Check("share of single pairs whose π(y+) fell", mean_interval(shares), MIN_DISPLACED)
+    return Check("share of single pairs whose π(y+) fell", mean_interval(shares), minimum)
 
 
 def mitigation_claims(curves: pd.DataFrame, displaced_share=None) -> pd.DataFrame:
@@ -198,14 +198,14 @@ def mitigation_claims(curves: pd.DataFrame, displaced_share=None) -> pd.DataFram
     displace: with fewer, no filter by CHES can be told apart.
     """
     final = final_rows(curves)
-    if not _columns(final, "CHES filter") or not _columns(final, "SFT term"):
+    if not variant_columns(final, "CHES filter") or not variant_columns(final, "SFT term"):
         raise ValueError("mitigation_claims needs at least one CHES-filter and one SFT-term variant")
-    (all_pairs,) = _columns(final, "all pairs")
+    (all_pairs,) = variant_columns(final, "all pairs")
     checks, parts, base_change = [], [], None
     for metric, higher, label in (("chosen_logp_change", True, "held-out Δ log π(y+)"), ("ood_rate", False, "OOD")):
         table = per_seed(final, metric)
         base = table[all_pairs]
-        filt, sft = (table[_columns(final, kind)] for kind in ("CHES filter", "SFT term"))
+        filt, sft = (table[variant_columns(final, kind)] for kind in ("CHES filter", "SFT term"))
         best_filter, best_sft = (filt.max(axis=1), sft.max(axis=1)) if higher else (filt.min(axis=1), sft.min(axis=1))
         sign = 1 if higher else -1  # 'better' is higher Δ log π(y+), lower OOD
         checks.append((
@@ -242,104 +242,4 @@ def mitigation_claims(curves: pd.DataFrame, displaced_share=None) -> pd.DataFram
                 f"{base_change.mean():+.3f}" + share,
             }
         ]
-    )
-
-
-def drift_table(curves: pd.DataFrame) -> pd.DataFrame:
-    """OOD drift per seed and variant: OOD rate at the last evaluation minus at step 0 (the
-    reference); one row per seed, one column per variant."""
-    return per_seed(final_rows(curves), "ood_rate") - per_seed(curves[curves["step"] == 0], "ood_rate")
-
-
-def ood_drift(curves: pd.DataFrame) -> pd.Series:
-    """OOD rate at the last evaluation minus at step 0 (the reference), mean over seeds, per variant."""
-    return drift_table(curves).mean()
-
-
-DRIFT_REDUCTION = 0.5  # C21: the filter must remove at least this share of the OOD drift
-
-
-def _best_filter_drift(curves: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series, pd.Series, pd.Series]:
-    """(drift per seed and variant, the all-pairs drift per seed, the best (lowest) CHES-filter
-    drift per seed, the name of that filter per seed)."""
-    drift = drift_table(curves)
-    filters = _columns(curves, "CHES filter")
-    if not filters:
-        raise ValueError("drift_claims needs at least one CHES-filter variant")
-    (all_pairs,) = _columns(curves, "all pairs")
-    return drift, drift[all_pairs], drift[filters].min(axis=1), drift[filters].idxmin(axis=1)
-
-
-def drift_claims(curves: pd.DataFrame, setup: str = "the grokking setup") -> pd.DataFrame:
-    """The cross-study row C21 (no source): does CHES filtering reduce the OOD drift of
-    `setup` (named in the statement)? Drift = OOD at the last evaluation minus OOD of the
-    reference (step 0).
-
-    Per seed (a replicate), the best CHES filter of that seed (the one whose drift is lowest)
-    against all pairs; each quantity is read as an interval over seeds. Untestable here unless
-    all-pairs DPO drifts by ``core.drift``'s rule, read per seed: its final OOD ≥ DRIFT_OOD and
-    its rise over the reference's ≥ DRIFT_RISE. Reproduced when the best filter removes
-    ≥ DRIFT_REDUCTION of the all-pairs drift, partly when it removes some (> 0), not reproduced
-    otherwise.
-
-    Reading chosen: 'removes ≥ r of the drift' is read on the linear form best − (1 − r) · all
-    pairs ≤ 0 per seed, not on the ratio (all pairs − best) / all pairs, which is the same
-    inequality where a seed drifts but explodes where a seed's all-pairs drift is near 0; its
-    mean over seeds ≤ 0 is the old ratio of seed means ≥ r. The best filter is chosen per seed,
-    not from seed means (an arg-min over means flips between machines on near ties; the per-seed
-    minimum is continuous in the runs)."""
-    drift, base, best, names = _best_filter_drift(curves)
-    final = per_seed(final_rows(curves), "ood_rate")[base.name]
-    excess = best - (1 - DRIFT_REDUCTION) * base
-    full = Check(f"best filter's drift − {1 - DRIFT_REDUCTION:g} × all pairs' drift", mean_interval(excess), 0.0, above=False)
-    part = Check("drift removed by the best filter", mean_interval(base - best), STRICT)
-    drifts = preconditions([
-        Check("all-pairs OOD rate at the last evaluation", mean_interval(final), DRIFT_OOD),
-        Check("all-pairs OOD rise over the reference's", mean_interval(base), DRIFT_RISE - 1e-12),  # core.drift's float slack
-    ])  # fmt: skip
-    reference_ood = float((final - base).mean())
-    means = drift.mean()
-    per_variant = "; ".join(f"{name} {means[name]:+.3f}" for name in drift.columns)
-    removed = f", removing {(base.mean() - best.mean()) / base.mean():.0%} of the all-pairs drift" if base.mean() > 0 else ""
-    return claims_frame(
-        [
-            {
-                "claim_id": "C21",
-                "statement": f"Cross-study question: removing high-CHES pairs reduces the OOD drift of {setup}.",
-                "paper_value": "no source answers it (the project's question)",
-                "our_value": f"OOD at the last evaluation minus the reference's, mean over {len(drift)} seeds: "
-                f"{per_variant}; each seed's best filter ({_tally(names)}) {best.mean():+.3f}{removed}",
-                **decide(full, part=part, precondition=drifts),
-                "precondition": f"all-pairs DPO drifts out of distribution (OOD ≥ {DRIFT_OOD:.0%} and ≥ "
-                f"{DRIFT_RISE * 100:.0f} points above the reference's, intervals over seeds; means): "
-                f"{reference_ood:.0%} → {final.mean():.0%}",
-            }
-        ]
-    )
-
-
-def _tally(names: pd.Series) -> str:
-    """'A in 2 of 3 seeds, B in 1': how often each variant was a seed's best."""
-    counts = list(names.value_counts().items())
-    return ", ".join(f"{name} in {k}" + (f" of {len(names)} seeds" if i == 0 else "") for i, (name, k) in enumerate(counts))
-
-
-def drift_answer(curves: pd.DataFrame, setup: str = "the grokking setup") -> str:
-    """One Markdown sentence answering C21's question from the runs of `setup`: the all-pairs
-    drift and that of each seed's best CHES filter (means over seeds), and whether the filter
-    reduces the drift as C21 reads it (the interval over seeds of the drift it removes)."""
-    drift, base, best, names = _best_filter_drift(curves)
-    removed = Check("drift removed by the best filter", mean_interval(base - best), STRICT)
-    if base.mean() <= 0:
-        answer = "On all pairs the OOD rate does not rise here, so there is no drift for filtering to reduce (C21 is untestable)."
-    elif removed.outcome is None:
-        answer = (
-            f"Whether CHES filtering reduces the OOD drift of {setup} is not decided by these {len(drift)} seed(s): "
-            f"the drift it removes, {removed.describe()}."
-        )
-    else:
-        answer = f"CHES filtering {'reduces' if removed.outcome else 'does not reduce'} the OOD drift of {setup} here."
-    return (
-        f"**Answer, from this run:** OOD drift on all pairs {base.mean():+.3f}; with each seed's best CHES filter "
-        f"({_tally(names)}) {best.mean():+.3f}. {answer}"
     )

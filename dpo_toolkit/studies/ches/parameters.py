@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from dpo_toolkit.core import parameter_sets as sets
 from dpo_toolkit.core import parameters as p
 
 # The notebook's `parameters` cell, one spec per variable (notebooks/ches.md).
 PARAMETERS = {
     "seeds": p.SEEDS,
-    **p.NUMBER_LINE,
+    **sets.NUMBER_LINE,
     "sft_epochs": p.EPOCHS,
     "sft_lr": p.LEARNING_RATE,
     "batch_size": p.BATCH_SIZE,
@@ -25,7 +26,7 @@ PARAMETERS = {
     "sft_weights": p.reals(0, open_low=True),
     "grokking_beta": p.BETA,
     "grokking_dpo_epochs": p.EPOCHS,
-    **p.DRIFTING_ARM,
+    **sets.DRIFTING_ARM,
     "phrase_statements": p.integer(6, 480),  # paper profile: 48
     "phrase_lead_weight": p.real(0, 1, open_low=True, open_high=True),
     "phrase_sft_steps": p.STEPS,
@@ -51,7 +52,7 @@ def check_parameters(values) -> None:
     from dpo_toolkit.studies.ches.safety import SafetyConfig, preference_pairs, prompts
 
     p.check(PARAMETERS, values)
-    train, _ = make_pairs(p.number_line_config(values))
+    train, _ = make_pairs(sets.number_line_config(values))
     if values["n_pairs"] > len(train):
         p.fail("n_pairs", f"≤ {len(train)}, the training pairs", values["n_pairs"])
     total = p.steps(len(train), values["batch_size"], values["mitigation_epochs"])

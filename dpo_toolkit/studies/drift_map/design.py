@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dpo_toolkit.core import parameter_sets as sets
 from dpo_toolkit.core import parameters as p
 from dpo_toolkit.core.config import OPTIMIZERS, DPOConfig, require
 from dpo_toolkit.core.data import make_pairs
@@ -134,7 +135,7 @@ def one_at_a_time(
 
 PARAMETERS = {
     "seeds": p.SEEDS,
-    **p.NUMBER_LINE,
+    **sets.NUMBER_LINE,
     "sft_epochs": p.EPOCHS,
     "sft_lr": p.LEARNING_RATE,
     "grokking_sft_epochs": p.EPOCHS,
@@ -161,7 +162,7 @@ PARAMETERS = {
 def check_parameters(values) -> None:
     """Check the drift-map notebook's parameters (PARAMETERS) and the rules between them."""
     p.check(PARAMETERS, values)
-    train, _ = make_pairs(p.number_line_config(values))
+    train, _ = make_pairs(sets.number_line_config(values))
     if set(values["confirmation_seeds"]) & set(values["seeds"]):
         p.fail("confirmation_seeds", f"seeds that the map does not use (seeds = {values['seeds']})", values["confirmation_seeds"])
     if values["long_epochs"] <= values["dpo_epochs"]:

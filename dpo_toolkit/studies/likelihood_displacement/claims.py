@@ -1,11 +1,16 @@
-"""The C10 claims row of the likelihood-displacement chapter."""
+"""The C10 claims row of the likelihood-displacement chapter, decided on intervals over seeds.
+
+A seed sets one tiny LM (its initialisation and its fit to the corpus); every run, step and
+pair of that LM is read on it, so the replicates are the seeds: each quantity below is computed
+once per seed and summarised over seeds (``core.evidence``, ``claims.decide``)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-from dpo_toolkit.core.claims import claims_frame, verdict
+from dpo_toolkit.core.claims import claims_frame, decide
+from dpo_toolkit.core.evidence import Check, mean_interval
 
 CORRELATION = 0.8  # |Pearson| that counts as "in proportion to"
 
@@ -13,6 +18,26 @@ CORRELATION = 0.8  # |Pearson| that counts as "in proportion to"
 FLOAT64_NOISE = 1e-9
 """A one-step change of log π(y+) (computed in float64) counts as a fall only below −FLOAT64_NOISE."""
 RANK_CORRELATION = 0.5  # −Spearman(⟨W+, W−⟩, Δ log π(y+)) that counts as "grows with"
+ANY = 1e-9
+"""The claims' "at least one run" (> 0), read on a per-seed share of runs (0, or at least 1/runs):
+the share counts as non-zero from ANY on (an interval's ≥ needs a positive bound). The share is
+taken per seed and summarised by the mean over seeds, not by a Wilson interval over the pooled
+runs, which never excludes a rate of 0 and so could confirm that some run displaces but never
+refute it: the mean's interval fails when no seed shows the event, holds when every seed shows
+it at a similar rate, and straddles in between."""
+
+
+def per_run_pearson(geometry: pd.DataFrame, column: str) -> pd.Series:
+    """Per run (seed, statement, pair): Pearson(⟨W_z, W_y+ − W_y−⟩, column) over the tokens z."""
+    return geometry.groupby(["seed", "statement", "pair"]).apply(
+        lambda g: np.corrcoef(g["inner"], g[column])[0, 1], include_groups=False
+    )
+
+
+def mean_sd(values: pd.Series, digits: int = 2, sign: str = "") -> str:
+    """'mean ± sd' over seeds (the sd only with two seeds or more)."""
+    mean = f"{values.mean():{sign}.{digits}f}"
+    return mean if len(values) < 2 else f"{mean} ± {values.std(ddof=1):.{digits}f}"
 
 
 def displacement_claims(features: pd.DataFrame, geometry: pd.DataFrame, pairs: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
@@ -20,27 +45,46 @@ def displacement_claims(features: pd.DataFrame, geometry: pd.DataFrame, pairs: p
 
     features: ``random_features_study`` rows (the paper's theoretical setting);
     geometry: ``one_step_geometry`` rows of the tiny LM for z ∉ {y+, y−}, with seed, statement
-    and pair columns (correlations are taken within each run, then summarised);
+    and pair columns (correlations are taken within each run, their median per seed);
     pairs: one row per (seed, y+, y−) with `inner_pos_neg` = ⟨W_y+, W_y−⟩ and `dlogp_pos`,
     the change of log π(y+) after one step in the LM; table: ``displacement_row`` rows of
-    the multi-step runs in the LM. Verdict: reproduced if the LM shows all three parts
-    (proportional mass shift, displacement growing with ⟨W_y+, W_y−⟩, catastrophic runs);
-    partly if the LM displaces at all (π(y+) fell in a multi-step run or after one step for
-    some pair); not reproduced otherwise. The unconstrained-features model is reported but
-    never counts: its proportionality holds by algebra (an identity is not evidence).
+    the multi-step runs in the LM, with a seed column. Verdict, on intervals over seeds:
+    reproduced if the LM shows all three parts (per seed: the median Pearson ≥ CORRELATION,
+    Spearman(⟨W_y+, W_y−⟩, Δ log π(y+)) over the seed's pairs ≤ −RANK_CORRELATION, a share of
+    catastrophic runs ≥ ANY); partly if the LM displaces at all (per seed, the share of its
+    multi-step runs and one-step pairs in which π(y+) fell, ≥ ANY); not reproduced otherwise.
+    The unconstrained-features model is reported but never counts: its proportionality holds by
+    algebra (an identity is not evidence).
     """
-    per_run = geometry.groupby(["seed", "statement", "pair"])
-    r_lm = float(per_run.apply(lambda g: np.corrcoef(g["inner"], g["dlogp_lm"])[0, 1], include_groups=False).median())
-    r_lm_features = float(per_run.apply(lambda g: np.corrcoef(g["inner"], g["dlogp_features"])[0, 1], include_groups=False).min())
+    # a correlation left undefined (a constant change) is skipped, as the pooled median did; a seed
+    # with none defined gives no value, and the interval's n says how many seeds did
+    r_seeds = per_run_pearson(geometry, "dlogp_lm").groupby(level="seed").median().dropna()
+    r_lm_features = float(per_run_pearson(geometry, "dlogp_features").min())
+    rank_seeds = (
+        pairs.groupby("seed")
+        .apply(lambda g: g[["inner_pos_neg", "dlogp_pos"]].corr(method="spearman").iloc[0, 1], include_groups=False)
+        .dropna()
+    )
     rank_lm = float(pairs[["inner_pos_neg", "dlogp_pos"]].corr(method="spearman").iloc[0, 1])
     share_displaced = float(table["displaced"].mean())
     share_catastrophic = float(table["is_catastrophic"].mean())
     r_features = float(features["z_corr"].min())
     rank_features = float(features[["inner_pos_neg", "dlogp_pos_first_order"]].corr(method="spearman").iloc[0, 1])
     displaced_features = float((features["p_pos_after"] < features["p_pos_before"]).mean())
-    one_step_displaced = float((pairs["dlogp_pos"] < -FLOAT64_NOISE).mean())
-    lm_parts = [r_lm >= CORRELATION, rank_lm <= -RANK_CORRELATION, share_catastrophic > 0]
-    c10 = verdict(all(lm_parts), share_displaced > 0 or one_step_displaced > 0)
+    one_step_fell = pairs["dlogp_pos"] < -FLOAT64_NOISE
+    one_step_displaced = float(one_step_fell.mean())
+    catastrophic_seeds = table.groupby("seed")["is_catastrophic"].mean()
+    # "the LM displaces at all": a multi-step run or a one-step pair in which π(y+) fell; per seed,
+    # the share of those trials (both kinds together: > 0 exactly when either kind shows a fall)
+    fell = pd.concat([table["displaced"].astype(float), one_step_fell.astype(float)], keys=["runs", "pairs"])
+    seeds = pd.concat([table["seed"], pairs["seed"]], keys=["runs", "pairs"])
+    displaced_seeds = fell.groupby(seeds.to_numpy()).mean()
+    displaced = Check("share of runs and one-step pairs in which π(y+) fell, per seed", mean_interval(displaced_seeds), ANY)
+    lm_parts = [
+        Check("median Pearson(⟨W_z, W_y+ − W_y−⟩, Δ log π(z)) per seed", mean_interval(r_seeds), CORRELATION),
+        Check("Spearman(⟨W_y+, W_y−⟩, Δ log π(y+)) per seed", mean_interval(rank_seeds), -RANK_CORRELATION, above=False),
+        Check("share of catastrophic runs per seed", mean_interval(catastrophic_seeds), ANY),
+    ]
     return claims_frame(
         [
             {
@@ -48,15 +92,17 @@ def displacement_claims(features: pd.DataFrame, geometry: pd.DataFrame, pairs: p
                 "statement": "Single-token DPO lowers log π(y+) when ⟨W_y+, W_y−⟩ is large, and the mass moves to tokens z "
                 "in proportion to ⟨W_z, W_y+ − W_y−⟩, which can be tokens of the opposite meaning.",
                 "paper_value": "displacement in OLMo-1B, Gemma-2B, Llama-3-8B, some of it catastrophic (talk's table)",
-                "our_value": f"tiny LM: Pearson(⟨W_z, W_y+ − W_y−⟩, Δ log π(z)) after one step, median over runs {r_lm:.2f} "
-                f"(its unconstrained-features model: ≥ {r_lm_features:.3f}); "
-                f"Spearman(⟨W_y+, W_y−⟩, Δ log π(y+)) = {rank_lm:+.2f} over {len(pairs)} pairs, "
+                "our_value": f"tiny LM, {len(r_seeds)} seed{'s' if len(r_seeds) != 1 else ''} (mean ± sd over seeds): "
+                f"Pearson(⟨W_z, W_y+ − W_y−⟩, "
+                f"Δ log π(z)) after one step, median over each seed's runs {mean_sd(r_seeds)} (its unconstrained-features "
+                f"model: ≥ {r_lm_features:.3f}); Spearman(⟨W_y+, W_y−⟩, Δ log π(y+)) over each seed's pairs "
+                f"{mean_sd(rank_seeds, sign='+')} ({rank_lm:+.2f} over all {len(pairs)} pairs), "
                 f"π(y+) fell after one step for {one_step_displaced:.0%} of them; "
                 f"multi-step runs: π(y+) fell in {share_displaced:.0%}, "
                 f"catastrophic in {share_catastrophic:.0%} of {len(table)}. "
                 f"Unconstrained features ({len(features)} random instances): Pearson ≥ {r_features:.3f}, "
                 f"Spearman {rank_features:+.2f}, π(y+) fell in {displaced_features:.0%}",
-                "verdict": c10,
+                **decide(lm_parts, part=displaced),
             }
         ]
     )

@@ -24,15 +24,18 @@ from __future__ import annotations
 import copy
 import dataclasses
 import itertools
+import math
 from collections.abc import Sequence
 
 import pandas as pd
 import torch
 
-from dpo_toolkit.core.claims import claims_frame, verdict
+from dpo_toolkit.core.claims import claims_frame, decide
 from dpo_toolkit.core.config import ModelConfig, TrainConfig
 from dpo_toolkit.core.device import resolve_device
+from dpo_toolkit.core.evidence import Check, Interval, mean_interval, share_interval
 from dpo_toolkit.core.model import Transformer, build_model
+from dpo_toolkit.studies.likelihood_displacement.claims import ANY
 from dpo_toolkit.studies.likelihood_displacement.persona import GROUP_OF, PersonaConfig, persona_corpus, train_persona_lm
 from dpo_toolkit.studies.likelihood_displacement.study import displacement_row, lm_features, single_prompt_dpo
 
@@ -40,6 +43,7 @@ MAP_PAIRS = (("No", "Never"), ("Yes", "Sure"), ("Yes", "No"))
 """y+ is a lead token in each: two synonym pairs (the talk's No/Never, and its Sure/Yes turned
 round so that y+ is the lead), and the talk's Yes/No of opposite meanings."""
 MOST = 0.5  # C10-map: a cell displaces when π(y+) falls in at least half of its runs
+# ANY (claims.py): "some run" and "more often", the claims' "> 0", read on per-seed shares
 
 
 def rebalance(model: Transformer, scale: float) -> Transformer:
@@ -147,16 +151,43 @@ def map_table(runs: pd.DataFrame) -> pd.DataFrame:
 
 def map_claims(runs: pd.DataFrame) -> pd.DataFrame:
     """C10-map, beside C10 (the chapter's literal runs): where the theory's conditions are met,
-    does DPO in the LM displace? Reproduced if (a) some cell displaces in ≥ MOST of its runs,
-    (b) some run is catastrophic, and (c) synonym pairs displace more often than pairs of
-    opposite meaning (the theory's ⟨W_y+, W_y−⟩); partly if any run displaces; not reproduced
-    otherwise."""
+    does DPO in the LM displace? Decided on intervals over seeds: every cell of one seed starts
+    from that seed's LMs, so the runs of a cell share their seeds with every other cell and the
+    replicates are the seeds. Reproduced if (a) the most displacing cell displaces in ≥ MOST of
+    its runs (its Wilson interval, replicates = its seeds), (b) some run is catastrophic and
+    (c) synonym pairs displace more often than pairs of opposite meaning (the theory's
+    ⟨W_y+, W_y−⟩), (b) and (c) read per seed over the whole map; partly if the map displaces at
+    all (per seed, the share of its runs in which π(y+) fell); not reproduced otherwise."""
     cells = map_table(runs)
+    # picked as the best of many cells on the same runs, its share is an optimistic estimate (the
+    # map has no fresh seeds to confirm it on): (a) is the claim's most lenient part
     best = cells.sort_values(["displaced", "catastrophic"], ascending=False).iloc[0]
+    in_best = (runs[CELL] == best[CELL]).all(axis=1)
+    best_runs = runs[in_best]
     by_similarity = runs.groupby("similar")["displaced"].mean()
     similar, opposite = float(by_similarity.get(True, float("nan"))), float(by_similarity.get(False, float("nan")))
-    parts = [float(best["displaced"]) >= MOST, bool(runs["is_catastrophic"].any()), similar > opposite]
+    per_seed = runs.groupby("seed")
+    # (c) per seed: the displaced share of its synonym-pair runs minus that of its opposite-meaning
+    # runs; a seed without either kind of pair has no difference to give
+    gap = (per_seed.apply(lambda g: g.loc[g["similar"], "displaced"].mean() - g.loc[~g["similar"], "displaced"].mean(),
+                          include_groups=False)).dropna()  # fmt: skip
     displacing = cells[cells["displaced"] >= MOST]
+    cell = f"{best['optimizer']}, {best['pair']}, lead weight {best['lead_weight']:g}, scale {best['scale']:g}"
+    most = Check(
+        f"displaced share of the most displacing cell ({cell})",
+        share_interval(int(best_runs["displaced"].sum()), len(best_runs), replicates=best_runs["seed"].nunique()),
+        MOST,
+    )
+    parts = [
+        most,
+        Check("share of catastrophic runs per seed", mean_interval(per_seed["is_catastrophic"].mean()), ANY),
+        Check(
+            "displaced share, synonym minus opposite-meaning pairs, per seed",
+            mean_interval(gap) if len(gap) else Interval(0, float("nan"), -math.inf, math.inf),
+            ANY,
+        ),
+    ]
+    displaced = Check("share of the map's runs in which π(y+) fell, per seed", mean_interval(per_seed["displaced"].mean()), ANY)
     return claims_frame(
         [
             {
@@ -164,13 +195,12 @@ def map_claims(runs: pd.DataFrame) -> pd.DataFrame:
                 "statement": "[displacement map] Where the theory's conditions hold (π_ref(y+) high, h small against W, "
                 "y+ and y− similar), single-prompt DPO in a trained LM lowers π(y+), sometimes catastrophically.",
                 "paper_value": "displacement in OLMo-1B, Gemma-2B, Llama-3-8B, some of it catastrophic (talk's table)",
-                "our_value": f"{len(runs)} runs in {len(cells)} cells: π(y+) fell in {runs['displaced'].mean():.0%}, "
-                f"catastrophic in {runs['is_catastrophic'].mean():.0%}; "
+                "our_value": f"{len(runs)} runs in {len(cells)} cells over {runs['seed'].nunique()} seeds: π(y+) fell in "
+                f"{runs['displaced'].mean():.0%}, catastrophic in {runs['is_catastrophic'].mean():.0%}; "
                 f"{len(displacing)} cells displace in ≥ {MOST:.0%} of runs; "
-                f"most displacing cell: {best['optimizer']}, {best['pair']}, lead weight {best['lead_weight']:g}, "
-                f"scale {best['scale']:g} ({best['displaced']:.0%} displaced, {best['catastrophic']:.0%} catastrophic); "
+                f"most displacing cell: {cell} ({best['displaced']:.0%} displaced, {best['catastrophic']:.0%} catastrophic); "
                 f"displaced share, synonym pairs {similar:.0%} vs opposite meanings {opposite:.0%}",
-                "verdict": verdict(all(parts), bool(runs["displaced"].any())),
+                **decide(parts, part=displaced),
             }
         ]
     )

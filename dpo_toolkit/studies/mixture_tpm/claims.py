@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from dpo_toolkit.core.claims import claims_frame, identity, verdict
+from dpo_toolkit.core.claims import claims_frame, decide, identity, verdict
+from dpo_toolkit.core.evidence import Check, mean_interval
 from dpo_toolkit.studies.mixture_tpm.policy import heat_table
 
 LEMMA_TOLERANCE = 1e-12  # C17: float64 agreement that counts as an identity
@@ -15,6 +16,8 @@ KEPT_SHARE = 0.1
 """C20: DPO 'keeps' the unaligned mass when the trained policy's mean unaligned mass at T = 1
 is at least this share of the reference's (a softmax never gives exactly zero, so 'non-zero'
 alone is no evidence; a tenth of the reference's mass is not negligible)."""
+AMPLIFIES = 1.0  # C20: heat amplifies the trained policy's mass more than the reference's (relative > 1)
+BRINGS_BACK = 1.0  # C20 in full: at the hottest T the trained policy has at least the reference's T = 1 mass
 
 
 def mixture_claims(lemma_error: float, theorem: pd.DataFrame, masses: pd.DataFrame, temperatures: pd.DataFrame) -> pd.DataFrame:
@@ -32,7 +35,8 @@ def mixture_claims(lemma_error: float, theorem: pd.DataFrame, masses: pd.DataFra
     hold). C20 needs more than a softmax's positivity: DPO keeps ≥ KEPT_SHARE of the
     reference's unaligned mass and heat amplifies the trained policy's mass more than the
     reference's (partly: both), with heat bringing back at least the reference's T = 1 mass
-    for 'reproduced'.
+    for 'reproduced'. C20 reads trained runs and is decided on intervals over seeds (each
+    ratio at the seed's worst β; ``claims.decide``): inconclusive on fewer than three seeds.
     """
     heat = heat_table(temperatures)
     c17 = identity(lemma_error <= LEMMA_TOLERANCE)
@@ -49,10 +53,16 @@ def mixture_claims(lemma_error: float, theorem: pd.DataFrame, masses: pd.DataFra
 
     trained = masses[masses["step"] > 0]
     floor = float(trained["log_unaligned"].min()) / np.log(10)  # log10 of the smallest unaligned mass
-    kept = bool((heat["kept"] >= KEPT_SHARE).all())
-    more_than_reference = bool((heat["relative"] > 1).all())
-    brought_back = bool((heat["heat_back"] >= 1).all())
-    c20 = verdict(kept and more_than_reference and brought_back, kept and more_than_reference)
+    # C20 on intervals over seeds: a seed sets the SFT reference and the DPO runs of every β, so the
+    # runs of one seed are one replicate. The claim is about every run; per seed it is read on
+    # the seed's worst β (the smallest ratio over its β), then summarised over seeds.
+    worst = heat.groupby("seed")[["kept", "relative", "heat_back"]].min()
+    kept = Check("unaligned mass DPO keeps (last / reference at T = 1), worst β per seed", mean_interval(worst["kept"]),
+                 KEPT_SHARE)  # fmt: skip
+    more_than_reference = Check("heat's amplification, trained / reference, worst β per seed",
+                                mean_interval(worst["relative"]), AMPLIFIES)  # fmt: skip
+    brought_back = Check("mass at the hottest T / the reference's at T = 1, worst β per seed",
+                         mean_interval(worst["heat_back"]), BRINGS_BACK)  # fmt: skip
     hottest = heat["hottest"].iloc[0]
     last = masses[masses["step"] == masses["step"].max()].set_index(["seed", "beta", "prompt"])["log_unaligned"]
     reference = masses[masses["step"] == 0].set_index(["seed", "beta", "prompt"])["log_unaligned"]
@@ -89,12 +99,13 @@ def mixture_claims(lemma_error: float, theorem: pd.DataFrame, masses: pd.DataFra
                 "statement": "A DPO-trained policy keeps non-zero unaligned (OOD) mass at every checkpoint, "
                 "and sampling temperature re-amplifies it.",
                 "paper_value": "this project's claim, from Theorem 2 and the post's jailbreak remark",
-                "our_value": f"over {len(heat)} runs: DPO keeps {heat['kept'].min():.0%}–{heat['kept'].max():.0%} of the "
-                f"reference's mean unaligned mass (final mass ≤ the reference's at {shrank:.0%} of prompts); at T={hottest:g} "
+                "our_value": f"over {len(heat)} runs ({len(worst)} seed{'s' if len(worst) != 1 else ''}): DPO keeps "
+                f"{heat['kept'].min():.0%}–{heat['kept'].max():.0%} of the reference's mean unaligned mass (final mass ≤ "
+                f"the reference's at {shrank:.0%} of prompts); at T={hottest:g} "
                 f"the trained policy has {heat['heat_back'].min():.2f}–{heat['heat_back'].max():.2f}× the reference's T=1 mass, "
                 f"and heat amplifies it {heat['relative'].min():.2f}–{heat['relative'].max():.2f}× as much as the reference's; "
                 f"smallest mass 10^{floor:.1f}",
-                "verdict": c20,
+                **decide([kept, more_than_reference, brought_back], part=[kept, more_than_reference]),
             },
         ]
     )

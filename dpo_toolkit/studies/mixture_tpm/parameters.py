@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from dpo_toolkit.core.parameters import BETAS, SWEEP_SETUP, check, check_sweep_setup, fail, integer, reals
+from dpo_toolkit.core.parameter_sets import SWEEP_SETUP, check_sweep_setup
+from dpo_toolkit.core.parameters import BETAS, check, fail, integer, reals
 
 # The notebook's `parameters` cell, one spec per variable (notebooks/mixture_tpm.md).
 PARAMETERS = {

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pandas as pd
 
 from dpo_toolkit.core.claims import claims_frame, decide
-from dpo_toolkit.core.evidence import Check, Interval, mean_interval
+from dpo_toolkit.core.evidence import Check, mean_interval
 from dpo_toolkit.studies.vanishing_gradients.study import ARMS, LOW_REWARD, SMALL_STD
 
 BOUND_EXPONENT = 2 / 3
@@ -56,16 +54,6 @@ def stall_table(inputs: pd.DataFrame) -> pd.DataFrame:
     return table.reset_index()
 
 
-def _seed_interval(values) -> Interval:
-    """``mean_interval`` of one value per seed; a seed without a value (NaN, inf) leaves the mean
-    unbounded, an interval (−∞, ∞) over every seed, which decides nothing."""
-    x = np.asarray(values, dtype=float)
-    if len(x) and np.isfinite(x).all():
-        return mean_interval(x)
-    finite = x[np.isfinite(x)]
-    return Interval(len(x), float(finite.mean()) if len(finite) else float("nan"), -math.inf, math.inf)
-
-
 def envelope_slope(train: pd.DataFrame) -> tuple[float, float]:
     """(log-log slope of ``envelope(train)``, decades of std its populated bins span): the exponent
     C14 tests and the range it is measured over. (NaN, 0) without two populated bins."""
@@ -94,11 +82,11 @@ def vanishing_claims(curves: pd.DataFrame, inputs: pd.DataFrame) -> pd.DataFrame
     # reachable here (the talk states O(std^(2/3)) only), so the exponent is what is tested.
     # partly: the gradient vanishes at least half as fast as the bound says (a positive slope alone
     # is close to implied: ∇V_x → 0 as std → 0 anyway)
-    slopes = _seed_interval(bound["slope"])
+    slopes = mean_interval(bound["slope"])
     c14 = decide(
         Check("log-log slope of the gradient envelope", slopes, BOUND_EXPONENT - SLOPE_TOLERANCE),
         part=Check("log-log slope of the gradient envelope", slopes, BOUND_EXPONENT / 2),
-        precondition=Check("decades of std the envelope spans", _seed_interval(bound["decades"]), MIN_DECADES),
+        precondition=Check("decades of std the envelope spans", mean_interval(bound["decades"]), MIN_DECADES),
     )
 
     stall = stall_table(inputs)
@@ -106,8 +94,8 @@ def vanishing_claims(curves: pd.DataFrame, inputs: pd.DataFrame) -> pd.DataFrame
     stalled, others = low[low["small_low"]], low[~low["small_low"]]
     per_seed = pd.DataFrame(
         {
-            "stalled": low[low["small_low"]].groupby("seed")["gain"].mean(),
-            "others": low[~low["small_low"]].groupby("seed")["gain"].mean(),
+            "stalled": stalled.groupby("seed")["gain"].mean(),
+            "others": others.groupby("seed")["gain"].mean(),
         },
         index=pd.Index(sorted(inputs["seed"].unique()), name="seed"),
     )
@@ -117,8 +105,8 @@ def vanishing_claims(curves: pd.DataFrame, inputs: pd.DataFrame) -> pd.DataFrame
     # precondition: every seed has a ratio (as C7's every seed a matched range), and the larger-std
     # inputs improve on the interval of their mean gain per seed
     defined = bool(gain_ratio.notna().all())
-    improve = Check("mean gain of larger-std low-reward inputs", _seed_interval(per_seed["others"]), 0.0)
-    ratios = _seed_interval(gain_ratio)
+    improve = Check("mean gain of larger-std low-reward inputs", mean_interval(per_seed["others"]), 0.0)
+    ratios = mean_interval(gain_ratio)
     c15 = decide(
         Check("gain of small-std over larger-std low-reward inputs", ratios, STALL_RATIO, above=False),
         part=Check("gain of small-std over larger-std low-reward inputs", ratios, 2 * STALL_RATIO, above=False),
@@ -128,17 +116,21 @@ def vanishing_claims(curves: pd.DataFrame, inputs: pd.DataFrame) -> pd.DataFrame
     final = curves[curves["step"] == curves["step"].max()].pivot_table(index="seed", columns="arm", values="reward_train")
     start = curves[curves["step"] == 0].groupby("arm")["small_std_low_reward"].mean()
     end = curves[curves["step"] == curves["step"].max()].groupby("arm")["small_std_low_reward"].mean()
-    beats = Check("reward after small SFT − after no SFT", _seed_interval(final["small SFT"] - final["no SFT"]), 0.0)
+    beats = Check("reward after small SFT − after no SFT", mean_interval(final["small SFT"] - final["no SFT"]), 0.0)
     c16 = decide(
-        [Check("reward after small SFT / after full SFT", _seed_interval(final["small SFT"] / final["full SFT"]), FIX_SHARE),
+        [Check("reward after small SFT / after full SFT", mean_interval(final["small SFT"] / final["full SFT"]), FIX_SHARE),
          beats],
         part=beats,
     )  # fmt: skip
 
     def pm(s: pd.Series, fmt: str = ".2f") -> str:
-        return f"{s.mean():{fmt}} ± {s.std(ddof=1) if s.count() > 1 else 0.0:{fmt}}"
+        """Mean ± sd over seeds (the value alone for one seed; 'undefined' for none)."""
+        if not s.count():
+            return "undefined"
+        return f"{s.mean():{fmt}} ± {s.std(ddof=1):{fmt}}" if s.count() > 1 else f"{s.mean():{fmt}}"
 
     n_seeds = curves["seed"].nunique()
+    seeds = f"{n_seeds} seed{'s' if n_seeds != 1 else ''}"
     arms = "; ".join(
         f"{arm}: reward {pm(final[arm], '.3f')}, small-std low-reward inputs {start[arm]:.0f} → {end[arm]:.0f}" for arm in ARMS
     )
@@ -150,7 +142,7 @@ def vanishing_claims(curves: pd.DataFrame, inputs: pd.DataFrame) -> pd.DataFrame
                 "paper_value": "‖∇V_x‖ = O(std^(2/3))",
                 "our_value": f"constant-free check (the theorem's constant could not be read here): log-log slope of the "
                 f"envelope {pm(bound['slope'])} over {pm(bound['decades'], '.1f')} decades of std (mean ± sd over "
-                f"{len(bound)} seeds); largest ‖∇V_x‖ / std^(2/3) = {ratio.max():.3g} over {len(positive)} "
+                f"{seeds}); largest ‖∇V_x‖ / std^(2/3) = {ratio.max():.3g} over {len(positive)} "
                 f"(input, checkpoint) cases (a fitted C, reported, not tested)",
                 **c14,
                 "precondition": f"the envelope's populated bins of reward std span ≥ {MIN_DECADES:g} decades (per seed, "
@@ -160,7 +152,7 @@ def vanishing_claims(curves: pd.DataFrame, inputs: pd.DataFrame) -> pd.DataFrame
                 "claim_id": "C15",
                 "statement": "RL fine-tuning barely improves inputs with small reward std and low reward.",
                 "paper_value": "small-std, low-reward inputs are common and barely improve",
-                "our_value": f"low-reward training inputs at the start of RFT (all arms, {n_seeds} seeds): "
+                "our_value": f"low-reward training inputs at the start of RFT (all arms, {seeds}): "
                 f"{len(stalled)} with small std gain {stalled['gain'].mean():.3f} on average, "
                 f"{len(others)} with larger std gain {others['gain'].mean():.3f}; their ratio per seed "
                 f"{pm(gain_ratio)} (mean ± sd)",
@@ -175,7 +167,7 @@ def vanishing_claims(curves: pd.DataFrame, inputs: pd.DataFrame) -> pd.DataFrame
                 "statement": "A short SFT phase (1 % of labels, 40 % of steps) removes the problem, "
                 "reaching about the reward of full SFT.",
                 "paper_value": "cheap SFT ≈ full SFT reward after RFT",
-                "our_value": f"final training reward after RFT, mean ± sd over {n_seeds} seeds: {arms}",
+                "our_value": f"final training reward after RFT, mean ± sd over {seeds}: {arms}",
                 **c16,
             },
         ]
