@@ -24,22 +24,26 @@ from pathlib import Path
 import pandas as pd
 
 from benchmarks.common import OUT, stems
+from dpo_toolkit.core.claims import EVIDENCE
 
 SUMMARY_LINE = re.compile(r"^(?P<name>[\w]+): (?P<outcome>ran|stopped at the (?P<budget>\d+) s budget|failed \(exit \d+\)), "
                           r"(?P<elapsed>[\d.]+) s after the start$")  # fmt: skip
 
 
 def claims_table(results: Path) -> pd.DataFrame:
-    """(chapter, claim_id, verdict, our_value) of every chapter with a claims.csv under `results`, in the book's order."""
+    """(chapter, claim_id, verdict, our_value, and the evidence columns n, estimate, ci_low, ci_high, threshold where the
+    claims carry them) of every chapter with a claims.csv under `results`, in the book's order."""
     frames = []
     for stem in stems():
         path = results / stem / "claims.csv"
         if path.exists():
-            claims = pd.read_csv(path)
-            frames.append(claims[["claim_id", "verdict", "our_value"]].assign(chapter=stem))
+            claims = pd.read_csv(path, dtype=str, keep_default_na=False)
+            keep = ["claim_id", "verdict", "our_value", *[c for c in EVIDENCE if c in claims]]
+            frames.append(claims[keep].assign(chapter=stem))
     if not frames:
         raise ValueError(f"{results}: no <chapter>/claims.csv found")
-    return pd.concat(frames, ignore_index=True)[["chapter", "claim_id", "verdict", "our_value"]]
+    table = pd.concat(frames, ignore_index=True)
+    return table[["chapter", *[c for c in table.columns if c != "chapter"]]]
 
 
 def read_run(folder: Path, run: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:

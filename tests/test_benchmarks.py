@@ -351,9 +351,7 @@ def test_the_float_order_section_counts_equal_verdicts_and_lists_the_others(tmp_
     fresh = tmp_path / "fresh"
     fresh.mkdir()
     monkeypatch.setattr(report, "SOURCES", (fresh, tmp_path / "committed"))
-    assert "Not measured yet: run the paper-profile book under the reference kernel path" in "".join(
-        report._float_order_verdicts()
-    )
+    assert "Not measured yet under the interval rules" in "".join(report._float_order_verdicts())
     cpu = pd.DataFrame({"chapter": ["kl_sweep", "kl_sweep", "surgery"], "claim_id": ["C4", "C5", "C7"],
                         "verdict": ["reproduced", "not reproduced", "partly"], "our_value": ["a", "b", "c"]})  # fmt: skip
     cpu.to_csv(fresh / "claims_cpu.csv", index=False)
@@ -361,6 +359,22 @@ def test_the_float_order_section_counts_equal_verdicts_and_lists_the_others(tmp_
         fresh / "claims_cpu_reference.csv", index=False
     )
     text = "".join(report._float_order_verdicts())
-    assert "**2 of the 3 verdicts are the same** (the chapters that ran: kl_sweep, surgery)." in text  # not every chapter
+    assert "**2 of the 3 verdicts were the same** (the chapters that ran: kl_sweep, surgery)." in text  # not every chapter
     assert "| kl_sweep | C4 | reproduced | partly | a | a2 |" in text
     assert "| C5 |" not in text and "| C7 |" not in text
+
+
+def test_the_interval_float_order_section_lists_every_verdict_and_counts_decisive_flips(tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "SOURCES", (tmp_path,))
+    evidence = {"n": [3, 3, ""], "estimate": [0.9, 0.4, ""], "ci_low": [0.8, 0.1, ""], "ci_high": [1.0, 0.7, ""],
+                "threshold": [0.5, 0.5, ""]}  # fmt: skip
+    default = pd.DataFrame({"chapter": ["grokking", "grokking", "mixture_tpm"], "claim_id": ["C1", "C2", "C17"],
+                            "verdict": ["reproduced", "inconclusive", "verified (identity)"], **evidence})  # fmt: skip
+    default.to_csv(tmp_path / "claims_paper_default.csv", index=False)
+    default.assign(verdict=["inconclusive", "not reproduced", "verified (identity)"]).to_csv(
+        tmp_path / "claims_paper_perturbed.csv", index=False
+    )
+    text = "".join(report._float_order_verdicts())
+    assert "**1 of the 3 verdicts are the same; 0 differ between two decisive verdicts.**" in text
+    assert "| grokking | C1 | reproduced | 0.9 [0.8, 1] (3) | inconclusive | 0.9 [0.8, 1] (3) |" in text
+    assert "| mixture_tpm | C17 | verified (identity) |  | verified (identity) |  |" in text
