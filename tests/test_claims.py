@@ -2,7 +2,18 @@ from pathlib import Path
 
 import pytest
 
-from dpo_toolkit.core.claims import COLUMNS, claims_frame, identity, read_claims, results_dir, verdict, with_arm, write_claims
+from dpo_toolkit.core.claims import (
+    COLUMNS,
+    claims_frame,
+    decide,
+    identity,
+    read_claims,
+    results_dir,
+    verdict,
+    with_arm,
+    write_claims,
+)
+from dpo_toolkit.core.evidence import Check, mean_interval
 
 OLD = "claim_id,statement,paper_value,our_value,verdict,precondition\n"
 FULL = "claim_id,statement,paper_value,our_value,verdict,precondition,n,estimate,ci_low,ci_high,threshold\n"
@@ -87,6 +98,9 @@ def test_claims_table_shows_every_cell_in_full_without_a_positional_index():
     assert "…" not in html and "..." not in html
     assert "<th>claim</th>" in html and "<th></th>" not in html  # no positional index column
     assert text.startswith("C1 [partly] DPO drifts")
+    assert "<td>◐ partly</td>" in html and "<td>exact</td>" in html  # a glyph beside the verdict; no interval
+    decided = ClaimsTable(claims_frame([{**ROW, **decide(Check("x", mean_interval([0.9, 1.0, 1.1]), 0.5))}]))._repr_html_()
+    assert "<td>✓ reproduced</td>" in decided and "<td>1 [0.752, 1.25] (n=3) · 0.5</td>" in decided
 
 
 @pytest.mark.parametrize(

@@ -38,7 +38,7 @@ import yaml
 from papermill.translators import PythonTranslator
 
 from dpo_toolkit import __version__
-from dpo_toolkit.core.claims import IDENTITY, INCONCLUSIVE, TESTED, UNTESTABLE, VERDICTS, read_claims
+from dpo_toolkit.core.claims import GLYPHS, IDENTITY, INCONCLUSIVE, TESTED, UNTESTABLE, VERDICTS, read_claims
 from tools import install_cell
 from tools.peakmem import PeakMemory
 
@@ -317,14 +317,7 @@ BADGE_COLOURS = {  # verdict → background; white text on each passes WCAG AA c
     "untestable here": "#5f6368",
     "verified (identity)": "#1a5fb4",
 }
-BADGE_GLYPHS = {  # verdict → a glyph beside the id, so that no verdict is told by colour alone
-    "reproduced": "✓",
-    "partly": "◐",
-    "not reproduced": "✗",
-    "inconclusive": "?",
-    "untestable here": "∅",
-    "verified (identity)": "≡",
-}
+BADGE_GLYPHS = GLYPHS  # a glyph beside each badge's id, so that no verdict is told by colour alone
 
 
 GROUPS = {

@@ -42,6 +42,14 @@ HEADERS = {
     "threshold": "threshold",
 }
 NO_PRECONDITION = "none"
+GLYPHS = {  # verdict → a glyph shown beside it, so that no verdict is told by colour alone
+    REPRODUCED: "✓",
+    PARTLY: "◐",
+    NOT_REPRODUCED: "✗",
+    INCONCLUSIVE: "?",
+    UNTESTABLE: "∅",
+    IDENTITY: "≡",
+}
 
 
 def verdict(full: bool, part: bool = False, testable: bool = True) -> str:
@@ -181,7 +189,13 @@ class ClaimsTable:
         self.df = df
 
     def _repr_html_(self) -> str:
-        return self.df.rename(columns=HEADERS).to_html(index=False, border=0, classes="claims-table")
+        shown = self.df.assign(
+            verdict=[f"{GLYPHS[v]} {v}" for v in self.df["verdict"]],
+            evidence=[_evidence(r) for r in self.df.itertuples()],
+        )[["claim_id", "verdict", "statement", "paper_value", "our_value", "evidence", "precondition"]]
+        return shown.rename(columns={**HEADERS, "evidence": "estimate [95 % CI] (n) · threshold"}).to_html(
+            index=False, border=0, classes="claims-table"
+        )
 
     def __repr__(self) -> str:
         return "\n".join(
@@ -189,6 +203,15 @@ class ClaimsTable:
             + (f"\n  n={r.n}, estimate {r.estimate}, 95 % CI [{r.ci_low}, {r.ci_high}], threshold {r.threshold}" if r.n else "")
             for r in self.df.itertuples()
         )
+
+
+def _evidence(row) -> str:
+    """'0.91 [0.8, 1] (n=3) · 0.9' for a claim decided on replicates; 'exact' for an exact one."""
+    if not row.n:
+        return "exact"
+    return (
+        f"{float(row.estimate):.3g} [{float(row.ci_low):.3g}, {float(row.ci_high):.3g}] (n={row.n}) · {float(row.threshold):.3g}"
+    )
 
 
 def results_dir(stem: str, root: str | Path | None = None) -> Path:
