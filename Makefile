@@ -42,6 +42,7 @@ PERTURB ?= all
 .DELETE_ON_ERROR:
 
 $(STAMP): pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { echo "Python 3.11 or newer is needed (constraints.txt pins pandas 3, numpy 2.4, IPython 9); PYTHON=$(PYTHON) is $$($(PYTHON) --version 2>&1). Run: make PYTHON=python3.11 …" >&2; exit 2; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[book,test]"
 	@# Optional: all-MiniLM-L6-v2's weights for the likelihood-displacement chapter's real-vocabulary

@@ -104,3 +104,39 @@ def test_nbval_fails_when_a_compared_output_moves_under_a_perturbation(tmp_path)
     assert _nbval(tmp_path, weight, perturbation("ulp")) == 1  # the last digit moved: the check catches it
     rounded = "round(float(build_model(ModelConfig(), 0).unembed.weight.detach()[0, 0]), 3)"
     assert _nbval(tmp_path, rounded, perturbation("ulp")) == 0  # an output at its justified precision survives
+
+
+MAKEFILE = Path(__file__).resolve().parents[1] / "Makefile"
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["test-float-order", "PERTURB=gpu"], "PERTURB must be one of threads, vector, ulp, all; got 'gpu'"),
+        (["install", "PYTHON=./python3.10"], "Python 3.11 or newer is needed"),
+    ],
+)
+def test_make_refuses_a_bad_setting_before_any_work(tmp_path, arguments, message):
+    """A bad PERTURB, or a Python older than 3.11, stops make at once with a sentence naming it,
+    before a venv is made or a notebook runs."""
+    for name in ("Makefile", "pyproject.toml", "constraints.txt", "_toc.yml", "tools/__init__.py", "tools/float_order.py"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text((MAKEFILE.parent / name).read_text())
+    old = tmp_path / "python3.10"  # answers like Python 3.10 would
+    old.write_text('#!/bin/sh\n[ "$1" = "-c" ] && exit 1\necho "Python 3.10.12"\n')
+    old.chmod(0o755)
+    (tmp_path / ".venv" / "bin").mkdir(parents=True)
+    if arguments[0] != "install":  # a venv already made: only the setting can stop make
+        (tmp_path / ".venv" / "bin" / "python").symlink_to(sys.executable)
+        (tmp_path / ".venv" / ".installed").touch()
+    result = subprocess.run(["make", "--no-print-directory", *arguments], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 2 and message in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".venv",
+        "Makefile",
+        "_toc.yml",
+        "constraints.txt",
+        "pyproject.toml",
+        "python3.10",
+        "tools",
+    ]
