@@ -424,11 +424,16 @@ def scorecard(stems: list[str], executed: Path, results: Path, profile: str) -> 
 Badges: {legend}
 
 Every claim of the chapters, with its verdict, computed by code with thresholds fixed in
-the toolkit before any run. A claim is *tested* only where its precondition, measured by
-code, holds in this run; otherwise it is *untestable here*, not a null result. Checks of an
-identity or of the numerics are *verified (identity)* and never count as reproductions.
-The published value and ours (mean ± sd over seeds where the chapter ran several), and
-each precondition with what was measured, are in each chapter's claims table.
+the toolkit before any run. A claim read on trained models is decided on a 95 % interval
+over independent replicates (training seeds; each sets the reference, the initialisation
+and the data order): it is *reproduced* or *not reproduced* only when the whole interval
+lies on one side of its threshold, and *inconclusive* when the interval straddles it or
+rests on fewer than 3 replicates (so the quick profile decides only exact claims). A claim
+is *tested* only where its precondition, measured by code, holds; otherwise it is
+*untestable here*, not a null result. Checks of an identity or of the numerics are
+*verified (identity)* and never count as reproductions. The published value and ours, the
+estimate with its interval, replicate count and threshold, and each precondition with what
+was measured, are in each chapter's claims table.
 
 {tables}
 """
