@@ -248,3 +248,12 @@ def test_c15_is_untestable_when_the_larger_std_inputs_do_not_improve():
     assert claims.loc["C15", "verdict"] == "untestable here"  # every seed's larger-std inputs lose 0.1
     assert "-0.100" in claims.loc["C15", "precondition"]
     assert "mean gain of larger-std low-reward inputs" in claims.loc["C15", "our_value"]
+
+
+def test_c15_is_inconclusive_when_only_some_seeds_lack_a_ratio():
+    """Whether a seed has small-std inputs moves with the float order: one seed without a ratio
+    opens the interval (inconclusive) instead of deciding 'untestable here'."""
+    inputs = _inputs(0.01)
+    inputs.loc[(inputs["seed"] == 0) & (inputs["std"] < 0.05), "std"] = 0.1
+    claims = vanishing_claims(_curves(0.95), inputs).set_index("claim_id")
+    assert claims.loc["C15", "verdict"] == "inconclusive"
