@@ -29,7 +29,7 @@ _EXPORTS = {
     "dpo_toolkit.core.model": ("build_model", "load_model"),
     "dpo_toolkit.core.evaluate": ("Evaluator",),
     "dpo_toolkit.core.runner": ("Member", "RunKey", "cached_model", "run_dpo"),
-    "dpo_toolkit.core.park": ("run_sft_then_dpo", "sft_reference"),
+    "dpo_toolkit.recipes.sft_then_dpo": ("run_sft_then_dpo", "sft_reference"),
     "dpo_toolkit.core.claims": ("ClaimsTable", "results_dir", "run_cache", "write_claims", "verdict"),
 }  # fmt: skip
 _HOME = {name: module for module, names in _EXPORTS.items() for name in names}

@@ -10,7 +10,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 def test_an_sft_then_dpo_run_on_cuda_matches_the_cpu_run(tmp_path, tiny_data_cfg, tiny_model_cfg):
     from dpo_toolkit.core.config import DPOConfig, EvalConfig, TrainConfig
-    from dpo_toolkit.core.park import run_sft_then_dpo
+    from dpo_toolkit.recipes.sft_then_dpo import run_sft_then_dpo
 
     def run(device):
         return run_sft_then_dpo(tiny_data_cfg, tiny_model_cfg, TrainConfig(epochs=2, batch_size=8), DPOConfig(epochs=1),

@@ -21,8 +21,7 @@ def test_cuda_asked_for_and_absent_is_a_clear_error():
 
 
 def test_the_device_follows_the_model_and_keys_its_cached_runs(tmp_path, tiny_model_cfg):
-    from dpo_toolkit.core.device import model_device
-    from dpo_toolkit.core.ensemble import Ensemble, as_ensemble
+    from dpo_toolkit.core.ensemble import Ensemble, as_ensemble, model_device
     from dpo_toolkit.core.model import build_model
     from dpo_toolkit.core.runner import RunKey, cached_model
 
@@ -40,7 +39,7 @@ def test_the_device_follows_the_model_and_keys_its_cached_runs(tmp_path, tiny_mo
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_every_chapter_entry_point_refuses_absent_cuda_before_writing(tmp_path, tiny_data_cfg, tiny_model_cfg):
     from dpo_toolkit.core.config import DPOConfig, EvalConfig, ModelConfig, RLTaskConfig, SmallSFTConfig, TrainConfig
-    from dpo_toolkit.core.park import run_sft_then_dpo
+    from dpo_toolkit.recipes.sft_then_dpo import run_sft_then_dpo
     from dpo_toolkit.studies.ches.mitigation import Variant
     from dpo_toolkit.studies.ches.safety import run_safety
     from dpo_toolkit.studies.ches.safety_task import SafetyConfig

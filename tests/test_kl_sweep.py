@@ -149,7 +149,7 @@ def test_c4_is_decided_per_seed():
 SCRIPT = """
 import sys
 from dpo_toolkit.core.config import DataConfig, DPOConfig, EvalConfig, ModelConfig, TrainConfig
-from dpo_toolkit.core.park import run_sft_then_dpo
+from dpo_toolkit.recipes.sft_then_dpo import run_sft_then_dpo
 df = run_sft_then_dpo(
     DataConfig(prompt_min=1, prompt_max=30, window=2, test_fraction=0.3),
     ModelConfig(d_model=16, n_heads=2, d_mlp=16, n_ctx=8),

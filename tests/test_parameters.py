@@ -30,8 +30,9 @@ import yaml
 from papermill.iorw import load_notebook_node
 from papermill.parameterize import parameterize_notebook
 
-from dpo_toolkit.core.parameter_sets import largest_prompt
-from dpo_toolkit.core.parameters import ParameterError, Spec, check, integer, real
+from dpo_toolkit.core.parameters import ParameterError, check
+from dpo_toolkit.core.validate import Spec, integer, real
+from dpo_toolkit.recipes.parameter_sets import largest_prompt
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

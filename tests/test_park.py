@@ -5,12 +5,12 @@ import time
 import pytest
 import torch
 
-from dpo_toolkit.core import park as park_module
 from dpo_toolkit.core import runner as runner_module
 from dpo_toolkit.core.config import ConfigError, DPOConfig, EvalConfig, TrainConfig
 from dpo_toolkit.core.metrics import weight_delta
 from dpo_toolkit.core.model import load_model
-from dpo_toolkit.core.park import run_sft_then_dpo, sft_recipe
+from dpo_toolkit.recipes import sft_then_dpo as park_module
+from dpo_toolkit.recipes.sft_then_dpo import run_sft_then_dpo, sft_recipe
 
 SFT = TrainConfig(lr=1e-3, epochs=1, batch_size=32, n_evals=1)
 DPO = DPOConfig(lr=1e-3, epochs=1, batch_size=32, n_evals=1)
@@ -86,7 +86,7 @@ def test_unknown_keep_beta_fails_before_training(tiny_data_cfg, tiny_model_cfg, 
 SFT_SCRIPT = """
 import sys
 from dpo_toolkit.core.config import DataConfig, EvalConfig, ModelConfig, TrainConfig
-from dpo_toolkit.core.park import sft_reference
+from dpo_toolkit.recipes.sft_then_dpo import sft_reference
 sft_reference(DataConfig(prompt_min=1, prompt_max=30, window=2, test_fraction=0.3),
               ModelConfig(d_model=16, n_heads=2, d_mlp=16, n_ctx=8),
               TrainConfig(optimizer="adam", lr=1e-2, weight_decay=0.0, epochs=30, batch_size=8, grad_clip=None, n_evals=30),

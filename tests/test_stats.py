@@ -79,7 +79,7 @@ def test_no_module_but_plotting_exceeds_300_lines():
 def test_short_paths_are_the_core_objects_and_unknown_names_fail():
     import dpo_toolkit
     from dpo_toolkit.core.config import DPOConfig
-    from dpo_toolkit.core.park import run_sft_then_dpo
+    from dpo_toolkit.recipes.sft_then_dpo import run_sft_then_dpo
 
     assert dpo_toolkit.DPOConfig is DPOConfig and dpo_toolkit.run_sft_then_dpo is run_sft_then_dpo
     assert all(getattr(dpo_toolkit, name) is not None for name in dpo_toolkit.__all__)

@@ -233,7 +233,7 @@ def test_c7_is_untestable_when_the_weight_delta_ranges_do_not_overlap(apart):
 def test_the_surgery_study_trains_a_and_b_and_operates_at_each_of_their_checkpoints(tiny_model_cfg, tiny_data_cfg, tmp_path):
     """surgery_study equals its parts: the sweep of run_sft_then_dpo and surgery_curves on the kept weights."""
     from dpo_toolkit.core.config import DPOConfig, TrainConfig
-    from dpo_toolkit.core.park import run_sft_then_dpo, sft_reference
+    from dpo_toolkit.recipes.sft_then_dpo import run_sft_then_dpo, sft_reference
     from dpo_toolkit.studies.surgery import surgery_study
 
     sft = TrainConfig(optimizer="adam", lr=1e-2, weight_decay=0.0, epochs=2, batch_size=8, grad_clip=None, n_evals=1)

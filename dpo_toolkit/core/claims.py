@@ -15,6 +15,8 @@ those columns are empty for identities and exact computations (``verdict``, ``id
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -50,6 +52,21 @@ GLYPHS = {  # verdict → a glyph shown beside it, so that no verdict is told by
     UNTESTABLE: "∅",
     IDENTITY: "≡",
 }
+
+
+@dataclass(frozen=True)
+class ClaimText:
+    """The static part of a claims-table row: what the claim says and what the paper reports,
+    declared once per claim in its chapter's table of claims (``claims_frame(rows, text)``)."""
+
+    statement: str
+    paper_value: str
+    source: str = ""
+    """Where the paper says it (a section, a figure); shown after the paper value."""
+
+    def fields(self) -> dict[str, str]:
+        paper = f"{self.paper_value} ({self.source})" if self.source else self.paper_value
+        return {"statement": self.statement, "paper_value": paper}
 
 
 def verdict(full: bool, part: bool = False, testable: bool = True) -> str:
@@ -128,14 +145,16 @@ def identity(holds: bool) -> str:
     return IDENTITY if holds else NOT_REPRODUCED
 
 
-def claims_frame(rows: list[dict[str, str]]) -> pd.DataFrame:
-    """A validated claims table: exactly COLUMNS, unique ids, verdicts from VERDICTS. A row
-    without a precondition gets NO_PRECONDITION; a row without evidence columns (an identity, an
-    exact computation) gets them empty. A row built with ``**decide(...)`` carries a `decision`
-    sentence, which is appended to its `our_value`."""
+def claims_frame(rows: list[dict[str, str]], text: Mapping[str, ClaimText] | None = None) -> pd.DataFrame:
+    """A validated claims table: exactly COLUMNS, unique ids, verdicts from VERDICTS. A row's
+    statement and paper value come from `text` (its chapter's ClaimText per claim id) unless the
+    row has them; a row without a precondition gets NO_PRECONDITION; a row without evidence
+    columns (an identity, an exact computation) gets them empty. A row built with
+    ``**decide(...)`` carries a `decision` sentence, which is appended to its `our_value`."""
     records = []
     for row in rows:
-        row = {"precondition": NO_PRECONDITION, **dict.fromkeys(EVIDENCE, ""), **row}
+        static = text[row["claim_id"]].fields() if text and row["claim_id"] in text else {}
+        row = {"precondition": NO_PRECONDITION, **dict.fromkeys(EVIDENCE, ""), **static, **row}
         decision = row.pop("decision", None)
         if decision:
             row["our_value"] = f"{row['our_value']}. Decided: {decision}"

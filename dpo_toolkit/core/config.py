@@ -12,17 +12,22 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
-from .parameters import OPTIMIZERS, Spec, is_int, is_real
+from .validate import Spec, choice, integer, real
+
+OPTIMIZERS = ("adamw", "adam", "rmsprop", "sgd")
+"""The optimizers a TrainConfig names (``core.optim`` builds them)."""
 
 
 class ConfigError(ValueError):
     """A configuration value outside its allowed range."""
 
 
-def require_fields(obj: object, specs: Mapping[str, Spec]) -> None:
-    """Check each field of obj against its parameters.Spec: the table-driven form of ``require``."""
-    for field, spec in specs.items():
+def require_fields(obj: object, specs: Mapping[str, Spec] | None = None) -> None:
+    """Check each field of obj against its Spec (default: its class's FIELDS, every range written
+    once there): the table-driven form of ``require``."""
+    for field, spec in (type(obj).FIELDS if specs is None else specs).items():
         require(spec.accepts(getattr(obj, field)), obj, field, spec.describe())
 
 
@@ -49,22 +54,17 @@ class DataConfig:
     seed: int = 0
     """Seed of the random train/test split by prompt."""
 
+    FIELDS: ClassVar[dict[str, Spec]] = {
+        "prompt_min": integer(0),
+        "window": integer(1),
+        "test_fraction": real(0, 1, open_low=True, open_high=True),
+        "seed": integer(0),
+    }
+
     def __post_init__(self) -> None:
-        require(is_int(self.prompt_min) and self.prompt_min >= 0, self, "prompt_min", "an integer ≥ 0")
-        require(
-            is_int(self.prompt_max) and self.prompt_min <= self.prompt_max <= 99_999,
-            self,
-            "prompt_max",
-            f"an integer in [prompt_min={self.prompt_min}, 99999]",
-        )
-        require(is_int(self.window) and self.window >= 1, self, "window", "an integer ≥ 1")
-        require(
-            is_real(self.test_fraction) and 0 < self.test_fraction < 1,
-            self,
-            "test_fraction",
-            "a number in the open interval (0, 1)",
-        )
-        require(is_int(self.seed) and self.seed >= 0, self, "seed", "an integer ≥ 0")
+        require_fields(self)
+        prompt_max = integer(self.prompt_min, 99_999)
+        require(prompt_max.accepts(self.prompt_max), self, "prompt_max", f"an integer in [prompt_min={self.prompt_min}, 99999]")
         n_prompts = self.prompt_max - self.prompt_min + 1
         require(
             round(n_prompts * self.test_fraction) >= 1 and round(n_prompts * (1 - self.test_fraction)) >= 1,
@@ -94,17 +94,21 @@ class ModelConfig:
     d_vocab: int = 12
     """Vocabulary: 10 digits, '=' and '.', with '.' doubling as pad. Must be ≥ 12."""
 
+    FIELDS: ClassVar[dict[str, Spec]] = {
+        "n_heads": integer(1),
+        "d_mlp": integer(1),
+        "n_ctx": integer(4),
+        "d_vocab": integer(12),
+    }
+
     def __post_init__(self) -> None:
-        require(is_int(self.n_heads) and self.n_heads >= 1, self, "n_heads", "an integer ≥ 1")
+        require_fields(self)
         require(
-            is_int(self.d_model) and self.d_model >= 1 and self.d_model % self.n_heads == 0,
+            integer(1).accepts(self.d_model) and self.d_model % self.n_heads == 0,
             self,
             "d_model",
             f"a positive integer divisible by n_heads={self.n_heads}",
         )
-        require(is_int(self.d_mlp) and self.d_mlp >= 1, self, "d_mlp", "an integer ≥ 1")
-        require(is_int(self.n_ctx) and self.n_ctx >= 4, self, "n_ctx", "an integer ≥ 4")
-        require(is_int(self.d_vocab) and self.d_vocab >= 12, self, "d_vocab", "an integer ≥ 12")
 
     @property
     def d_head(self) -> int:
@@ -132,20 +136,19 @@ class TrainConfig:
     seed: int = 0
     """Seed of the batch order (and, for SFT, of the model initialisation)."""
 
+    FIELDS: ClassVar[dict[str, Spec]] = {
+        "optimizer": choice(*OPTIMIZERS),
+        "lr": real(0, 1, open_low=True),
+        "weight_decay": real(0),
+        "epochs": integer(1),
+        "batch_size": integer(1),
+        "grad_clip": real(0, open_low=True, optional=True),
+        "n_evals": integer(1),
+        "seed": integer(0),
+    }
+
     def __post_init__(self) -> None:
-        require(self.optimizer in OPTIMIZERS, self, "optimizer", f"one of {OPTIMIZERS}")
-        require(is_real(self.lr) and 0 < self.lr <= 1, self, "lr", "a number in (0, 1]")
-        require(is_real(self.weight_decay) and self.weight_decay >= 0, self, "weight_decay", "a number ≥ 0")
-        require(is_int(self.epochs) and self.epochs >= 1, self, "epochs", "an integer ≥ 1")
-        require(is_int(self.batch_size) and self.batch_size >= 1, self, "batch_size", "an integer ≥ 1")
-        require(
-            self.grad_clip is None or (is_real(self.grad_clip) and self.grad_clip > 0),
-            self,
-            "grad_clip",
-            "None or a number > 0",
-        )
-        require(is_int(self.n_evals) and self.n_evals >= 1, self, "n_evals", "an integer ≥ 1")
-        require(is_int(self.seed) and self.seed >= 0, self, "seed", "an integer ≥ 0")
+        require_fields(self)
 
 
 @dataclass(frozen=True)
@@ -171,18 +174,18 @@ class RLTaskConfig:
     seed: int = 0
     """Seed of the split and of the choice of hard prompts. Must be ≥ 0."""
 
+    FIELDS: ClassVar[dict[str, Spec]] = {
+        "prompt_min": integer(100, 999),
+        "test_fraction": real(0, 1, open_low=True, open_high=True),
+        "hard_fraction": real(0, 1),
+        "shift": integer(1, 99),
+        "seed": integer(0),
+    }
+
     def __post_init__(self) -> None:
-        require(is_int(self.prompt_min) and 100 <= self.prompt_min <= 999, self, "prompt_min", "an integer in [100, 999]")
-        require(
-            is_int(self.prompt_max) and self.prompt_min <= self.prompt_max <= 999,
-            self,
-            "prompt_max",
-            f"an integer in [prompt_min={self.prompt_min}, 999]",
-        )
-        require(is_real(self.test_fraction) and 0 < self.test_fraction < 1, self, "test_fraction", "a number in (0, 1)")
-        require(is_real(self.hard_fraction) and 0 <= self.hard_fraction <= 1, self, "hard_fraction", "a number in [0, 1]")
-        require(is_int(self.shift) and 1 <= self.shift <= 99, self, "shift", "an integer in [1, 99]")
-        require(is_int(self.seed) and self.seed >= 0, self, "seed", "an integer ≥ 0")
+        require_fields(self)
+        prompt_max = integer(self.prompt_min, 999)
+        require(prompt_max.accepts(self.prompt_max), self, "prompt_max", f"an integer in [prompt_min={self.prompt_min}, 999]")
         n_prompts = self.prompt_max - self.prompt_min + 1
         require(
             round(n_prompts * self.test_fraction) not in (0, n_prompts),
@@ -202,9 +205,13 @@ class SmallSFTConfig:
     step_fraction: float = 0.4
     """Optimizer steps, as a share of full SFT's. Must be in (0, 1]."""
 
+    FIELDS: ClassVar[dict[str, Spec]] = {
+        "label_fraction": real(0, 1, open_low=True),
+        "step_fraction": real(0, 1, open_low=True),
+    }
+
     def __post_init__(self) -> None:
-        require(is_real(self.label_fraction) and 0 < self.label_fraction <= 1, self, "label_fraction", "a number in (0, 1]")
-        require(is_real(self.step_fraction) and 0 < self.step_fraction <= 1, self, "step_fraction", "a number in (0, 1]")
+        require_fields(self)
 
 
 @dataclass(frozen=True)
@@ -214,9 +221,7 @@ class DPOConfig(TrainConfig):
     beta: float = 0.1
     """KL strength β (Park Eq. 1–2). Must be > 0 and ≤ 1000."""
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        require(is_real(self.beta) and 0 < self.beta <= 1000, self, "beta", "a number in (0, 1000]")
+    FIELDS: ClassVar[dict[str, Spec]] = {**TrainConfig.FIELDS, "beta": real(0, 1000, open_low=True)}
 
     @classmethod
     def from_train(cls, cfg: TrainConfig, **changes) -> DPOConfig:
@@ -236,15 +241,14 @@ class EvalConfig:
     seed: int = 0
     """Seed of the KL sampling and of the pair subset."""
 
+    FIELDS: ClassVar[dict[str, Spec]] = {
+        "kl_samples": integer(2),
+        "max_pairs": integer(1, optional=True),
+        "seed": integer(0),
+    }
+
     def __post_init__(self) -> None:
-        require(is_int(self.kl_samples) and self.kl_samples >= 2, self, "kl_samples", "an integer ≥ 2")
-        require(
-            self.max_pairs is None or (is_int(self.max_pairs) and self.max_pairs >= 1),
-            self,
-            "max_pairs",
-            "None or an integer ≥ 1",
-        )
-        require(is_int(self.seed) and self.seed >= 0, self, "seed", "an integer ≥ 0")
+        require_fields(self)
 
 
 def check_fits(model_cfg: ModelConfig, data_cfg: DataConfig) -> None:

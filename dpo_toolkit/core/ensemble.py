@@ -75,3 +75,23 @@ class SingleModel:
 def as_ensemble(policy: Transformer | Ensemble) -> Ensemble | SingleModel:
     """The policy itself if it is an Ensemble, else a one-model view of it."""
     return policy if isinstance(policy, Ensemble | SingleModel) else SingleModel(policy)
+
+
+def check_same_device(policy, reference) -> torch.device:
+    """The device of policy and reference; raises ValueError, before any work, when they differ."""
+    policy_device, reference_device = model_device(policy), model_device(reference)
+    if policy_device != reference_device:
+        raise ValueError(
+            f"the policy is on {policy_device} but the reference on {reference_device}: "
+            "build or load both on one device (a chapter's `device` parameter)"
+        )
+    return policy_device
+
+
+def model_device(policy) -> torch.device:
+    """The device of a model's weights (a Transformer, an Ensemble or a one-model view): the
+    device every tensor of its training and evaluation is created on ("device follows the model")."""
+    if isinstance(policy, Ensemble):
+        return next(iter(policy.params.values())).device
+    module = policy.model if isinstance(policy, SingleModel) else policy
+    return next(module.parameters()).device

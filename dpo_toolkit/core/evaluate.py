@@ -14,8 +14,7 @@ import torch
 
 from .config import DataConfig, EvalConfig
 from .data import Batch, PairSet, collate_pairs
-from .device import check_same_device, model_device
-from .ensemble import Ensemble, as_ensemble, rows_per_call
+from .ensemble import Ensemble, as_ensemble, check_same_device, model_device, rows_per_call
 from .generate import greedy_answers, sample_responses
 from .losses import implicit_reward, sequence_logps
 from .metrics import (

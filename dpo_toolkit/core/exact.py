@@ -19,8 +19,7 @@ import torch
 
 from .config import ModelConfig
 from .data import END, decode_response, encode_prompt
-from .device import model_device
-from .ensemble import Ensemble, as_ensemble, rows_per_call
+from .ensemble import Ensemble, as_ensemble, model_device, rows_per_call
 from .model import Transformer, load_model
 
 MAX_ENUMERATED = 10**6  # leaves that enumerate_responses may visit

@@ -11,8 +11,7 @@ import numpy as np
 import torch
 
 from .data import END, PAD, Batch, decode_response, encode_prompt
-from .device import model_device
-from .ensemble import Ensemble, SingleModel, as_ensemble, rows_per_call
+from .ensemble import Ensemble, SingleModel, as_ensemble, model_device, rows_per_call
 from .model import Transformer
 
 

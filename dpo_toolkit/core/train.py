@@ -19,8 +19,7 @@ import torch
 
 from .config import DPOConfig, TrainConfig
 from .data import Batch, PairSet, collate, collate_pairs
-from .device import check_same_device
-from .ensemble import Ensemble
+from .ensemble import Ensemble, check_same_device
 from .evaluate import pair_logps
 from .losses import dpo_loss, sequence_logps, sft_loss
 from .model import Transformer

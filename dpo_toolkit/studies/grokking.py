@@ -15,12 +15,13 @@ import math
 import numpy as np
 import pandas as pd
 
-from dpo_toolkit.core import parameter_sets as sets
 from dpo_toolkit.core import parameters as p
+from dpo_toolkit.core import validate as v
 from dpo_toolkit.core.claims import claims_frame, decide
 from dpo_toolkit.core.config import OPTIMIZERS, ModelConfig
 from dpo_toolkit.core.data import make_pairs
 from dpo_toolkit.core.evidence import Check, mean_interval
+from dpo_toolkit.recipes import parameter_sets as sets
 
 # The notebook's `parameters` cell, one spec per variable (notebooks/grokking.md).
 PARAMETERS = {
@@ -29,14 +30,14 @@ PARAMETERS = {
     **sets.NUMBER_LINE,
     "sft_epochs": p.EPOCHS,
     "dpo_epochs": p.EPOCHS,
-    "optimizer": p.choice(*OPTIMIZERS),
+    "optimizer": v.choice(*OPTIMIZERS),
     "lr": p.LEARNING_RATE,
-    "weight_decay": p.real(0),
+    "weight_decay": v.real(0),
     "batch_size": p.BATCH_SIZE,
-    "grad_clip": p.real(0, open_low=True, optional=True),
+    "grad_clip": v.real(0, open_low=True, optional=True),
     "evals_per_epoch": p.EVALS_PER_EPOCH,
     "kl_samples": p.KL_SAMPLES,
-    "budget_batch_size": p.integer(0, p.MAX_BATCH),
+    "budget_batch_size": v.integer(0, p.MAX_BATCH),
     "results_root": p.RESULTS_ROOT,
     "device": p.DEVICE,
 }

@@ -10,9 +10,10 @@ import pandas as pd
 
 from dpo_toolkit.core.claims import claims_frame, decide
 from dpo_toolkit.core.evidence import Check, either, mean_interval
-from dpo_toolkit.core.parameter_sets import DRIFTING_ARM, SWEEP_SETUP, check_sweep_setup
-from dpo_toolkit.core.parameters import BETA, check, fail, integer
+from dpo_toolkit.core.parameters import BETA, check, fail
 from dpo_toolkit.core.stats import spearman
+from dpo_toolkit.core.validate import integer
+from dpo_toolkit.recipes.parameter_sets import DRIFTING_ARM, SWEEP_SETUP, check_sweep_setup
 
 # The notebook's `parameters` cell, one spec per variable (notebooks/kl_sweep.md).
 PARAMETERS = {

@@ -18,15 +18,15 @@ import torch
 from dpo_toolkit.core.claims import claims_frame, decide
 from dpo_toolkit.core.config import DataConfig, DPOConfig, EvalConfig, ModelConfig, TrainConfig
 from dpo_toolkit.core.data import make_pairs
-from dpo_toolkit.core.device import model_device
-from dpo_toolkit.core.ensemble import Ensemble
+from dpo_toolkit.core.ensemble import Ensemble, model_device
 from dpo_toolkit.core.evaluate import Evaluator
 from dpo_toolkit.core.evidence import Check, conjunction, mean_interval
 from dpo_toolkit.core.metrics import group_weight_deltas
 from dpo_toolkit.core.model import PARAM_GROUPS, Transformer, load_model, param_group
-from dpo_toolkit.core.parameter_sets import DRIFTING_ARM, SWEEP_SETUP, check_sweep_setup
-from dpo_toolkit.core.parameters import BETA, check, fail, integer
-from dpo_toolkit.core.park import run_sft_then_dpo, sft_reference
+from dpo_toolkit.core.parameters import BETA, check, fail
+from dpo_toolkit.core.validate import integer
+from dpo_toolkit.recipes.parameter_sets import DRIFTING_ARM, SWEEP_SETUP, check_sweep_setup
+from dpo_toolkit.recipes.sft_then_dpo import run_sft_then_dpo, sft_reference
 
 # The notebook's `parameters` cell, one spec per variable (notebooks/surgery.md).
 PARAMETERS = {"beta_a": BETA, "beta_b": BETA, "n_betas": integer(2, 100), **SWEEP_SETUP, **DRIFTING_ARM}  # n_betas: paper 10

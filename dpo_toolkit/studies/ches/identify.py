@@ -15,8 +15,8 @@ from dpo_toolkit.core.claims import claims_frame, decide
 from dpo_toolkit.core.config import DataConfig, EvalConfig, ModelConfig, TrainConfig
 from dpo_toolkit.core.data import PairSet, make_pairs
 from dpo_toolkit.core.evidence import Check, mean_interval
-from dpo_toolkit.core.park import sft_reference
 from dpo_toolkit.core.stats import spearman
+from dpo_toolkit.recipes.sft_then_dpo import sft_reference
 from dpo_toolkit.studies.ches.measures import ches, edit_similarity, hidden_cosine, single_pair_displacement
 
 

@@ -20,8 +20,7 @@ import torch
 
 from dpo_toolkit.core.config import TrainConfig
 from dpo_toolkit.core.data import Batch, PairSet, collate_pairs
-from dpo_toolkit.core.device import model_device
-from dpo_toolkit.core.ensemble import Ensemble
+from dpo_toolkit.core.ensemble import Ensemble, model_device
 from dpo_toolkit.core.losses import dpo_loss, sequence_logps
 from dpo_toolkit.core.model import Transformer
 from dpo_toolkit.core.optim import make_optimizer

@@ -24,8 +24,8 @@ from dpo_toolkit.core.config import DataConfig, DPOConfig, EvalConfig, ModelConf
 from dpo_toolkit.core.data import make_pairs
 from dpo_toolkit.core.evaluate import Evaluator
 from dpo_toolkit.core.evidence import Check, conjunction, mean_interval
-from dpo_toolkit.core.park import sft_reference, validate_grid
 from dpo_toolkit.core.runner import Member, RunKey, run_dpo
+from dpo_toolkit.recipes.sft_then_dpo import sft_reference, validate_grid
 from dpo_toolkit.studies.ches.identify import MIN_DISPLACED
 from dpo_toolkit.studies.ches.measures import ches, ches_filter
 

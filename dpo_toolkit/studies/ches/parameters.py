@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dpo_toolkit.core import parameter_sets as sets
 from dpo_toolkit.core import parameters as p
+from dpo_toolkit.core import validate as v
+from dpo_toolkit.recipes import parameter_sets as sets
 
 # The notebook's `parameters` cell, one spec per variable (notebooks/ches.md).
 PARAMETERS = {
@@ -12,8 +13,8 @@ PARAMETERS = {
     "sft_epochs": p.EPOCHS,
     "sft_lr": p.LEARNING_RATE,
     "batch_size": p.BATCH_SIZE,
-    "n_pairs": p.integer(1),
-    "pair_seed": p.integer(0),
+    "n_pairs": v.integer(1),
+    "pair_seed": v.integer(0),
     "beta": p.BETA,
     "dpo_steps": p.STEPS,
     "dpo_lr": p.LEARNING_RATE,
@@ -22,18 +23,18 @@ PARAMETERS = {
     "mitigation_lr": p.LEARNING_RATE,
     "mitigation_evals": p.EVALS,
     "kl_samples": p.KL_SAMPLES,
-    "drop_fractions": p.reals(0, 1, open_low=True, open_high=True),
-    "sft_weights": p.reals(0, open_low=True),
+    "drop_fractions": v.reals(0, 1, open_low=True, open_high=True),
+    "sft_weights": v.reals(0, open_low=True),
     "grokking_beta": p.BETA,
     "grokking_dpo_epochs": p.EPOCHS,
     **sets.DRIFTING_ARM,
-    "phrase_statements": p.integer(6, 480),  # paper profile: 48
-    "phrase_lead_weight": p.real(0, 1, open_low=True, open_high=True),
+    "phrase_statements": v.integer(6, 480),  # paper profile: 48
+    "phrase_lead_weight": v.real(0, 1, open_low=True, open_high=True),
     "phrase_sft_steps": p.STEPS,
-    "phrase_subset_fraction": p.real(0, 1 / 3, open_low=True),
+    "phrase_subset_fraction": v.real(0, 1 / 3, open_low=True),
     "phrase_mitigation_steps": p.STEPS,
-    "safety_refusal_share": p.real(0, 1, open_low=True, open_high=True),
-    "safety_both_refusal_share": p.real(0, 1),
+    "safety_refusal_share": v.real(0, 1, open_low=True, open_high=True),
+    "safety_both_refusal_share": v.real(0, 1),
     "safety_sft_steps": p.STEPS,
     "safety_beta": p.BETA,
     "safety_lr": p.LEARNING_RATE,

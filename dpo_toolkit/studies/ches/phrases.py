@@ -21,11 +21,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from dpo_toolkit.core import parameters as spec
+from dpo_toolkit.core import validate as spec
 from dpo_toolkit.core.config import ConfigError, ModelConfig, TrainConfig, require_fields
 from dpo_toolkit.core.data import Batch
-from dpo_toolkit.core.device import model_device
-from dpo_toolkit.core.ensemble import Ensemble
+from dpo_toolkit.core.ensemble import Ensemble, model_device
 from dpo_toolkit.core.losses import dpo_loss, sequence_logps, soft_label_sft_loss
 from dpo_toolkit.core.model import Transformer
 from dpo_toolkit.core.optim import make_optimizer

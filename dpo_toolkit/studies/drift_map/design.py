@@ -13,11 +13,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dpo_toolkit.core import parameter_sets as sets
 from dpo_toolkit.core import parameters as p
+from dpo_toolkit.core import validate as v
 from dpo_toolkit.core.config import OPTIMIZERS, DPOConfig, require
 from dpo_toolkit.core.data import make_pairs
-from dpo_toolkit.core.parameters import SFT_RECIPES, is_int
+from dpo_toolkit.core.validate import is_int
+from dpo_toolkit.recipes import parameter_sets as sets
+from dpo_toolkit.recipes.sft_then_dpo import SFT_RECIPES
 
 REFERENCES = SFT_RECIPES
 """The SFT recipes a reference can come from (``park.sft_recipe``): Park §4.2's (Adam 1e-3, batch 16,
@@ -139,20 +141,20 @@ PARAMETERS = {
     "sft_epochs": p.EPOCHS,
     "sft_lr": p.LEARNING_RATE,
     "grokking_sft_epochs": p.EPOCHS,
-    "optimizers": p.choices(*OPTIMIZERS),
-    "adaptive_lrs": p.reals(0, 1, open_low=True),
-    "sgd_lrs": p.reals(0, 1, open_low=True),
+    "optimizers": v.choices(*OPTIMIZERS),
+    "adaptive_lrs": v.reals(0, 1, open_low=True),
+    "sgd_lrs": v.reals(0, 1, open_low=True),
     "betas": p.BETAS,
     "batch_size": p.BATCH_SIZE,
     "dpo_epochs": p.EPOCHS,
     "evals_per_epoch": p.EVALS_PER_EPOCH,
-    "arm_batch_sizes": p.integers(1),
-    "arm_weight_decays": p.reals(0),
+    "arm_batch_sizes": v.integers(1),
+    "arm_weight_decays": v.reals(0),
     "long_epochs": p.EPOCHS,
-    "arm_train_sizes": p.integers(1),
+    "arm_train_sizes": v.integers(1),
     "kl_samples": p.KL_SAMPLES,
     "margin_pairs": p.MARGIN_PAIRS,
-    "scored_train_pairs": p.integer(1, 2560),  # default: 256
+    "scored_train_pairs": v.integer(1, 2560),  # default: 256
     "confirmation_seeds": p.SEEDS,
     "results_root": p.RESULTS_ROOT,
     "device": p.DEVICE,

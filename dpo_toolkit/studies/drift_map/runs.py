@@ -22,8 +22,8 @@ from dpo_toolkit.core.evaluate import Evaluator, pair_logps, score
 from dpo_toolkit.core.exact import response_masses
 from dpo_toolkit.core.generate import decoded_answers, greedy_sequences
 from dpo_toolkit.core.metrics import answers_tensor, is_ood
-from dpo_toolkit.core.park import sft_reference
 from dpo_toolkit.core.runner import Member, RunKey, run_dpo
+from dpo_toolkit.recipes.sft_then_dpo import sft_reference
 
 from .design import Recipe
 

@@ -13,8 +13,8 @@ import torch
 from dpo_toolkit.core.config import ConfigError, ModelConfig, TrainConfig, require
 from dpo_toolkit.core.losses import soft_label_sft_loss
 from dpo_toolkit.core.model import Transformer
-from dpo_toolkit.core.parameters import is_int, is_real
 from dpo_toolkit.core.train import fit_full_batch
+from dpo_toolkit.core.validate import is_int, is_real
 
 # Answer tokens by meaning; the first of each group is the most frequent in the corpus.
 ANSWER_GROUPS: dict[str, tuple[str, ...]] = {

@@ -15,21 +15,9 @@ import torch.nn.functional as F
 from dpo_toolkit.core.config import ModelConfig, TrainConfig
 from dpo_toolkit.core.device import resolve_device
 from dpo_toolkit.core.model import Transformer, build_model
-from dpo_toolkit.core.parameters import (
-    BETA,
-    DEVICE,
-    LEARNING_RATE,
-    RESULTS_ROOT,
-    SEEDS,
-    STEPS,
-    check,
-    choices,
-    fail,
-    integer,
-    real,
-    reals,
-)
+from dpo_toolkit.core.parameters import BETA, DEVICE, LEARNING_RATE, RESULTS_ROOT, SEEDS, STEPS, check, fail
 from dpo_toolkit.core.train import fit_full_batch
+from dpo_toolkit.core.validate import choices, integer, real, reals
 from dpo_toolkit.studies.likelihood_displacement.persona import (
     ANSWERS,
     GROUP_OF,

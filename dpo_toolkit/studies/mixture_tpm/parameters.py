@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from dpo_toolkit.core.parameter_sets import SWEEP_SETUP, check_sweep_setup
-from dpo_toolkit.core.parameters import BETAS, check, fail, integer, reals
+from dpo_toolkit.core.parameters import BETAS, check, fail
+from dpo_toolkit.core.validate import integer, reals
+from dpo_toolkit.recipes.parameter_sets import SWEEP_SETUP, check_sweep_setup
 
 # The notebook's `parameters` cell, one spec per variable (notebooks/mixture_tpm.md).
 PARAMETERS = {

@@ -19,8 +19,7 @@ from torch.func import grad, vmap
 
 from dpo_toolkit.core.config import RLTaskConfig, TrainConfig
 from dpo_toolkit.core.data import Batch, encode_prompt
-from dpo_toolkit.core.device import model_device
-from dpo_toolkit.core.ensemble import Ensemble, as_ensemble, rows_per_call
+from dpo_toolkit.core.ensemble import Ensemble, as_ensemble, model_device, rows_per_call
 from dpo_toolkit.core.losses import sequence_logps
 from dpo_toolkit.core.model import Transformer, extend_with
 from dpo_toolkit.core.train import Checkpoint, optimize

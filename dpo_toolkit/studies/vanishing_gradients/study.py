@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 
 from dpo_toolkit.core import parameters as p
+from dpo_toolkit.core import validate as v
 from dpo_toolkit.core.config import ModelConfig, RLTaskConfig, SmallSFTConfig, TrainConfig
 from dpo_toolkit.core.data import Batch
 from dpo_toolkit.core.device import resolve_device
@@ -49,19 +50,19 @@ LOW_REWARD = 0.8  # an expected reward below this counts as low (off by more tha
 
 # The notebook's `parameters` cell, one spec per variable (notebooks/vanishing_gradients.md).
 PARAMETERS = {
-    "prompt_min": p.integer(100, 999),
-    "prompt_max": p.integer(100, 999),
-    "test_fraction": p.real(0, 1, open_low=True, open_high=True),
-    "hard_fraction": p.real(0, 1),
-    "shift": p.integer(1, 99),
-    "task_seed": p.integer(0),
+    "prompt_min": v.integer(100, 999),
+    "prompt_max": v.integer(100, 999),
+    "test_fraction": v.real(0, 1, open_low=True, open_high=True),
+    "hard_fraction": v.real(0, 1),
+    "shift": v.integer(1, 99),
+    "task_seed": v.integer(0),
     "seeds": p.SEEDS,
-    "pretrain_epochs": p.integer(1, 4000),  # default: 400
+    "pretrain_epochs": v.integer(1, 4000),  # default: 400
     "pretrain_lr": p.LEARNING_RATE,
     "sft_epochs": p.EPOCHS,
     "sft_lr": p.LEARNING_RATE,
-    "label_fraction": p.real(0, 1, open_low=True),
-    "step_fraction": p.real(0, 1, open_low=True),
+    "label_fraction": v.real(0, 1, open_low=True),
+    "step_fraction": v.real(0, 1, open_low=True),
     "rft_epochs": p.EPOCHS,
     "rft_lr": p.LEARNING_RATE,
     "batch_size": p.BATCH_SIZE,

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from dpo_toolkit.core.config import OPTIMIZERS, DataConfig
+from dpo_toolkit.core.data import make_pairs
 from dpo_toolkit.core.parameters import (
     BATCH_SIZE,
     DEVICE,
@@ -13,27 +15,25 @@ from dpo_toolkit.core.parameters import (
     KL_SAMPLES,
     LEARNING_RATE,
     MARGIN_PAIRS,
-    OPTIMIZERS,
     RESULTS_ROOT,
+    SEED,
     SEEDS,
-    SFT_RECIPES,
     check,
     check_evals,
-    choice,
     fail,
-    integer,
-    real,
     steps,
-)  # fmt: skip
+)
+from dpo_toolkit.core.validate import choice
+from dpo_toolkit.recipes.sft_then_dpo import SFT_RECIPES
 
 # ---- the number-line data of Park §3.2, shared by five chapters -------------------------
 
 NUMBER_LINE = {
-    "prompt_min": integer(0),
-    "prompt_max": integer(0),
-    "window": integer(1),
-    "test_fraction": real(0, 1, open_low=True, open_high=True),
-    "split_seed": integer(0),
+    "prompt_min": DataConfig.FIELDS["prompt_min"],
+    "prompt_max": DataConfig.FIELDS["prompt_min"],  # ≥ prompt_min and fitting the model: number_line_config
+    "window": DataConfig.FIELDS["window"],
+    "test_fraction": DataConfig.FIELDS["test_fraction"],
+    "split_seed": SEED,
 }
 
 
@@ -53,8 +53,6 @@ def largest_prompt(window: int, n_ctx: int) -> int:
 def number_line_config(values: Mapping[str, object], n_ctx: int = 10):
     """Check the number-line parameters (NUMBER_LINE) and the rules between them, for a
     model with n_ctx positions; return the DataConfig they make."""
-    from .config import DataConfig
-
     check(NUMBER_LINE, values, every=False)
     prompt_min, prompt_max, window, test_fraction = (values[k] for k in ("prompt_min", "prompt_max", "window", "test_fraction"))
     if prompt_max < prompt_min:
@@ -102,8 +100,6 @@ DRIFTING_ARM = {
 def check_sweep_setup(values: Mapping[str, object], n_ctx: int = 10) -> None:
     """Check the SWEEP_SETUP parameters and the rules between them: the data fit the model,
     and the DPO evaluations do not outnumber the DPO optimizer steps."""
-    from .data import make_pairs
-
     check(SWEEP_SETUP, values, every=False)
     train, _ = make_pairs(number_line_config(values, n_ctx))
     total = steps(len(train), values["batch_size"], values["dpo_epochs"])

@@ -17,20 +17,22 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .config import DataConfig, DPOConfig, EvalConfig, ModelConfig, TrainConfig, check_fits
-from .data import make_pairs
-from .device import resolve_device
-from .ensemble import Ensemble
-from .evaluate import Evaluator
-from .metrics import TRL_NAMES, group_weight_deltas
-from .model import Transformer, build_model
-from .parameters import SFT_RECIPES
-from .runner import Member, RunKey, cached_model, run_dpo
-from .train import train_sft
+from dpo_toolkit.core.config import DataConfig, DPOConfig, EvalConfig, ModelConfig, TrainConfig, check_fits
+from dpo_toolkit.core.data import make_pairs
+from dpo_toolkit.core.device import resolve_device
+from dpo_toolkit.core.ensemble import Ensemble
+from dpo_toolkit.core.evaluate import Evaluator
+from dpo_toolkit.core.metrics import TRL_NAMES, group_weight_deltas
+from dpo_toolkit.core.model import Transformer, build_model
+from dpo_toolkit.core.runner import Member, RunKey, cached_model, run_dpo
+from dpo_toolkit.core.train import train_sft
+
+SFT_RECIPES = ("kl_sweep", "grokking")
+"""Park's two SFT recipes (``sft_recipe``)."""
 
 
 def sft_recipe(name: str, epochs: int, *, lr: float = 1e-3, batch_size: int = 16) -> TrainConfig:
-    """One of Park's two SFT recipes (parameters.SFT_RECIPES), evaluated at ≤ 10 points along the way.
+    """One of Park's two SFT recipes (SFT_RECIPES), evaluated at ≤ 10 points along the way.
 
     'kl_sweep' (§3.3 for §4.2): Adam at `lr`, batch `batch_size`, no weight decay, no clipping.
     'grokking' (§3.3 for §4.1): AdamW at 1e-4, weight decay 0.01, batch 512, gradient clipping at 5
