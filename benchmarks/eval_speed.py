@@ -34,8 +34,8 @@ from dpo_toolkit.core.ensemble import Ensemble
 from dpo_toolkit.core.evaluate import Evaluator, pair_logps
 from dpo_toolkit.core.generate import greedy_answers
 from dpo_toolkit.core.model import build_model
-from dpo_toolkit.core.park import sft_recipe
 from dpo_toolkit.core.train import train_sft
+from dpo_toolkit.recipes.sft_then_dpo import sft_recipe
 
 EVAL = EvalConfig(kl_samples=4, max_pairs=1024)  # params/paper/kl_sweep.yaml and the chapter's margin_pairs
 

@@ -152,7 +152,7 @@ def instrumented(attribution: Attribution):
     import dpo_toolkit.plotting as plotting
 
     targets = list(TARGETS) + [("dpo_toolkit.plotting", n, "plotting") for n in dir(plotting) if n.startswith("plot_")]
-    for module_name in ["dpo_toolkit.core.runner", "dpo_toolkit.core.park", *[m for m, _, _ in targets]]:
+    for module_name in ["dpo_toolkit.core.runner", "dpo_toolkit.recipes.sft_then_dpo", *[m for m, _, _ in targets]]:
         importlib.import_module(module_name)
     for stem in stems():  # every study module, so that names they imported are replaced too
         with contextlib.suppress(ModuleNotFoundError):
