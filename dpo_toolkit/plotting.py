@@ -90,17 +90,7 @@ def plot_training_curves(runs: pd.DataFrame, metrics: dict[str, str], ncols: int
     dpo_runs = [r for r in order if r != "SFT"]
     palette = {"SFT": "black", **dict(zip(dpo_runs, sns.color_palette("viridis", len(dpo_runs)), strict=True))}
     split = "SFT" in order and bool(dpo_runs)
-    if split:
-        fig, axes = plt.subplots(len(metrics), 2, figsize=(11, 3.3 * len(metrics)), squeeze=False, sharey="row")
-        panels = [(row[0], row[1], column, label) for row, (column, label) in zip(axes, metrics.items(), strict=True)]
-        axes[0, 0].set_title("SFT (the reference)")
-        axes[0, 1].set_title("DPO from the reference")
-    else:
-        nrows = -(-len(metrics) // ncols)
-        fig, axes = plt.subplots(nrows, ncols, figsize=(5.5 * ncols, 3.6 * nrows), squeeze=False)
-        for ax in list(axes.flat)[len(metrics) :]:
-            ax.remove()
-        panels = [(None, ax, column, label) for ax, (column, label) in zip(axes.flat, metrics.items(), strict=False)]
+    fig, panels = _curve_panels(metrics, split, ncols)
     for sft_ax, dpo_ax, column, label in panels:
         has = data.dropna(subset=[column])
         sns.lineplot(data=has[has["run"] != "SFT"] if split else has, x="epoch", y=column, hue="run",
@@ -117,15 +107,34 @@ def plot_training_curves(runs: pd.DataFrame, metrics: dict[str, str], ncols: int
             sft_ax.text(0.5, 0.5, "not defined for SFT", ha="center", va="center", transform=sft_ax.transAxes, color="grey")
             dpo_ax.set_ylabel(label)
             dpo_ax.tick_params(labelleft=True)
-    first = panels[0][1]
-    handles, labels = first.get_legend_handles_labels()
-    for _, ax, _, _ in panels:
+    _shared_legend(fig, [ax for _, ax, _, _ in panels])
+    return fig
+
+
+def _curve_panels(metrics: dict[str, str], split: bool, ncols: int) -> tuple[plt.Figure, list[tuple]]:
+    """The figure of ``plot_training_curves`` and its panels (SFT axes or None, DPO axes, column,
+    label): a row of two per metric when SFT and DPO are split, else `ncols` metrics per row."""
+    if split:
+        fig, axes = plt.subplots(len(metrics), 2, figsize=(11, 3.3 * len(metrics)), squeeze=False, sharey="row")
+        axes[0, 0].set_title("SFT (the reference)")
+        axes[0, 1].set_title("DPO from the reference")
+        return fig, [(row[0], row[1], column, label) for row, (column, label) in zip(axes, metrics.items(), strict=True)]
+    nrows = -(-len(metrics) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.5 * ncols, 3.6 * nrows), squeeze=False)
+    for ax in list(axes.flat)[len(metrics) :]:
+        ax.remove()
+    return fig, [(None, ax, column, label) for ax, (column, label) in zip(axes.flat, metrics.items(), strict=False)]
+
+
+def _shared_legend(fig: plt.Figure, axes: list) -> None:
+    """One legend below the figure, from the first axes' lines, in rows of five; the axes' own removed."""
+    handles, labels = axes[0].get_legend_handles_labels()
+    for ax in axes:
         if ax.get_legend() is not None:
             ax.get_legend().remove()
     legend_rows = -(-len(labels) // 5)
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), frameon=False)
     fig.tight_layout(rect=(0, 0.35 * legend_rows / fig.get_figheight(), 1, 1))
-    return fig
 
 
 @book_figure

@@ -20,6 +20,10 @@ OPTIMIZERS = ("adamw", "adam", "rmsprop", "sgd")
 """The optimizers a TrainConfig names (``core.optim`` builds them)."""
 
 
+# Each field's allowed values are declared once, in its class's FIELDS (a ``validate.Spec``, which
+# also words the error); rules between fields are in ``__post_init__``.
+
+
 class ConfigError(ValueError):
     """A configuration value outside its allowed range."""
 
@@ -43,14 +47,14 @@ class DataConfig:
     """The number-line preference set of Park §3.2."""
 
     prompt_min: int = 1
-    """Smallest prompt s in S = [prompt_min, prompt_max]. Must be ≥ 0."""
+    """Smallest prompt s in S = [prompt_min, prompt_max]."""
     prompt_max: int = 99
-    """Largest prompt s. Must be in [prompt_min, 99,999]; the model's context caps it further
+    """Largest prompt s, ≥ prompt_min (``__post_init__``); the model's context caps it
     (``check_fits``: 9,994 with W = 5 and the 10 positions of Park's model)."""
     window: int = 5
-    """Window W: responses lie in [s − W, s + W] (clipped at 0). Must be ≥ 1."""
+    """Window W: responses lie in [s − W, s + W] (clipped at 0)."""
     test_fraction: float = 0.3
-    """Fraction of prompts held out for the test set. Must be in (0, 1)."""
+    """Fraction of prompts held out for the test set."""
     seed: int = 0
     """Seed of the random train/test split by prompt."""
 
@@ -84,15 +88,15 @@ class ModelConfig:
     """The 1-layer decoder-only transformer of Park §3.3."""
 
     d_model: int = 128
-    """Residual stream width. Must be ≥ 1 and divisible by n_heads."""
+    """Residual stream width, divisible by n_heads (``__post_init__``)."""
     n_heads: int = 4
-    """Attention heads. Must be ≥ 1."""
+    """Attention heads."""
     d_mlp: int = 128
-    """Hidden width of the 2-layer GELU MLP. Must be ≥ 1."""
+    """Hidden width of the 2-layer GELU MLP."""
     n_ctx: int = 10
-    """Learned positions, i.e. the longest sequence. Must be ≥ 4."""
+    """Learned positions, i.e. the longest sequence."""
     d_vocab: int = 12
-    """Vocabulary: 10 digits, '=' and '.', with '.' doubling as pad. Must be ≥ 12."""
+    """Vocabulary: 10 digits, '=' and '.', with '.' doubling as pad."""
 
     FIELDS: ClassVar[dict[str, Spec]] = {
         "n_heads": integer(1),
@@ -122,17 +126,17 @@ class TrainConfig:
     optimizer: str = "adamw"
     """One of 'adamw', 'adam', 'rmsprop', 'sgd' (torch defaults apart from lr and weight_decay; SGD without momentum)."""
     lr: float = 1e-4
-    """Learning rate. Must be in (0, 1]."""
+    """Learning rate."""
     weight_decay: float = 0.01
-    """Weight decay (decoupled for AdamW, L2 otherwise). Must be ≥ 0. 0.01 is AdamW's standard."""
+    """Weight decay (decoupled for AdamW, L2 otherwise). 0.01 is AdamW's standard."""
     epochs: int = 100
-    """Passes over the training pairs. Must be ≥ 1."""
+    """Passes over the training pairs."""
     batch_size: int = 512
-    """Examples (SFT) or pairs (DPO) per step. Must be ≥ 1."""
+    """Examples (SFT) or pairs (DPO) per step."""
     grad_clip: float | None = 5.0
-    """Max global gradient norm, or None for no clipping. Must be > 0 when set."""
+    """Max global gradient norm, or None for no clipping."""
     n_evals: int = 100
-    """Evaluations spread evenly over training, after an extra one at step 0. Must be ≥ 1."""
+    """Evaluations spread evenly over training, after an extra one at step 0."""
     seed: int = 0
     """Seed of the batch order (and, for SFT, of the model initialisation)."""
 
@@ -162,17 +166,17 @@ class RLTaskConfig:
     """
 
     prompt_min: int = 100
-    """Smallest prompt. Must be in [100, 999] (prompts have three digits)."""
+    """Smallest prompt."""
     prompt_max: int = 499
-    """Largest prompt. Must be in [prompt_min, 999]."""
+    """Largest prompt, ≥ prompt_min and three digits (``__post_init__``)."""
     test_fraction: float = 0.5
-    """Fraction of prompts held out from SFT and RL fine-tuning. Must be in (0, 1)."""
+    """Fraction of prompts held out from SFT and RL fine-tuning."""
     hard_fraction: float = 0.5
-    """Fraction of prompts pretrained on shifted labels. Must be in [0, 1]."""
+    """Fraction of prompts pretrained on shifted labels."""
     shift: int = 30
-    """Label shift (mod 100) on the hard prompts. Must be in [1, 99]."""
+    """Label shift (mod 100) on the hard prompts."""
     seed: int = 0
-    """Seed of the split and of the choice of hard prompts. Must be ≥ 0."""
+    """Seed of the split and of the choice of hard prompts."""
 
     FIELDS: ClassVar[dict[str, Spec]] = {
         "prompt_min": integer(100, 999),
@@ -201,9 +205,9 @@ class SmallSFTConfig:
     a fraction of the steps of full SFT."""
 
     label_fraction: float = 0.01
-    """Share of the labelled training prompts used. Must be in (0, 1]."""
+    """Share of the labelled training prompts used."""
     step_fraction: float = 0.4
-    """Optimizer steps, as a share of full SFT's. Must be in (0, 1]."""
+    """Optimizer steps, as a share of full SFT's."""
 
     FIELDS: ClassVar[dict[str, Spec]] = {
         "label_fraction": real(0, 1, open_low=True),
@@ -219,7 +223,7 @@ class DPOConfig(TrainConfig):
     """A DPO run: optimisation plus the KL strength β."""
 
     beta: float = 0.1
-    """KL strength β (Park Eq. 1–2). Must be > 0 and ≤ 1000."""
+    """KL strength β (Park Eq. 1–2)."""
 
     FIELDS: ClassVar[dict[str, Spec]] = {**TrainConfig.FIELDS, "beta": real(0, 1000, open_low=True)}
 
@@ -235,7 +239,7 @@ class EvalConfig:
     """What one evaluation computes."""
 
     kl_samples: int = 16
-    """Responses sampled from the policy per test prompt for the KL estimate (Eq. 6). Must be ≥ 2."""
+    """Responses sampled from the policy per test prompt for the KL estimate (Eq. 6)."""
     max_pairs: int | None = None
     """Test pairs scored for accuracy and margin: all when None, else a fixed random subset of this size (≥ 1)."""
     seed: int = 0

@@ -100,6 +100,28 @@ def _segment_logsumexp(values: torch.Tensor, segment: torch.Tensor, n_segments: 
     return total.log() + shift
 
 
+def _walk_trees(model, tokens: torch.Tensor, levels: list, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """log P(aligned | s) and log P(unaligned | s), each (M, g) on the CPU, of g prompts of one encoded
+    length (`tokens`, (g, length)), walking their aligned prefix trees (`levels`) depth by depth."""
+    n_models, group_size = len(model), tokens.shape[0]
+    logits, cache = model.extend(tokens.expand(n_models, -1, -1))  # (M, g, length, vocab)
+    next_logps = (logits[:, :, -1].double() / temperature).log_softmax(-1)  # (M, g, vocab) at the roots
+    node_logps = torch.zeros((n_models, group_size), dtype=torch.float64, device=tokens.device)  # reaching each root
+    aligned, leaving = [], []
+    for depth, level in enumerate(levels):
+        if depth:  # this level's nodes: their parents' cache and log-prob, extended by one token
+            node_logps = node_logps[:, level.parent] + next_logps[:, level.parent, level.token]
+            cache = tuple(c[:, level.parent] for c in cache)
+            logits, cache = model.extend(level.token.expand(n_models, -1)[..., None], cache)
+            next_logps = (logits[:, :, -1].double() / temperature).log_softmax(-1)  # (M, nodes, vocab)
+        aligned.append(node_logps + next_logps[..., END].masked_fill(~level.children[:, END], -torch.inf))
+        leaving.append(node_logps + next_logps.masked_fill(level.children, -torch.inf).logsumexp(-1))
+    owner = torch.cat([level.prompt for level in levels])  # (all nodes,) → prompt within the group
+    log_aligned = _segment_logsumexp(torch.cat(aligned, dim=1), owner, group_size).cpu()
+    log_unaligned = _segment_logsumexp(torch.cat(leaving, dim=1), owner, group_size).cpu()
+    return log_aligned, log_unaligned
+
+
 @torch.no_grad()
 def response_masses(
     policy: Transformer | Ensemble, prompts: np.ndarray, window: int, temperature: float = 1.0
@@ -132,25 +154,9 @@ def response_masses(
         for start in range(0, len(members), chunk):
             group = members[start : start + chunk]
             levels = [level.to(device) for level in _aligned_levels(tuple(prompts[i] for i in group), window, max_digits, vocab)]
-            tokens = torch.tensor([encode_prompt(prompts[i]) for i in group], device=device).expand(
-                n_models, -1, -1
-            )  # (M, g, length)
-            logits, cache = model.extend(tokens)  # (M, g, length, vocab)
-            next_logps = (logits[:, :, -1].double() / temperature).log_softmax(-1)  # (M, g, vocab) at the roots
-            node_logps = torch.zeros((n_models, len(group)), dtype=torch.float64, device=device)  # reaching each root
-            aligned, leaving = [], []
-            for depth, level in enumerate(levels):
-                if depth:  # this level's nodes: their parents' cache and log-prob, extended by one token
-                    node_logps = node_logps[:, level.parent] + next_logps[:, level.parent, level.token]
-                    cache = tuple(c[:, level.parent] for c in cache)
-                    logits, cache = model.extend(level.token.expand(n_models, -1)[..., None], cache)
-                    next_logps = (logits[:, :, -1].double() / temperature).log_softmax(-1)  # (M, nodes, vocab)
-                aligned.append(node_logps + next_logps[..., END].masked_fill(~level.children[:, END], -torch.inf))
-                leaving.append(node_logps + next_logps.masked_fill(level.children, -torch.inf).logsumexp(-1))
-            owner = torch.cat([level.prompt for level in levels])  # (all nodes,) → prompt within the group
+            tokens = torch.tensor([encode_prompt(prompts[i]) for i in group], device=device)  # (g, length)
             rows = torch.tensor(group)
-            log_aligned[:, rows] = _segment_logsumexp(torch.cat(aligned, dim=1), owner, len(group)).cpu()
-            log_unaligned[:, rows] = _segment_logsumexp(torch.cat(leaving, dim=1), owner, len(group)).cpu()
+            log_aligned[:, rows], log_unaligned[:, rows] = _walk_trees(model, tokens, levels, temperature)
     log_aligned, log_unaligned = log_aligned.numpy(), log_unaligned.numpy()
     if isinstance(policy, Transformer):
         return log_aligned[0], log_unaligned[0]
