@@ -7,8 +7,8 @@ profile's parameters (``params/<profile>/<stem>.yaml``, as ``make book`` applies
 fresh result caches in a temporary folder that the chapters of one invocation share, as a
 ``make book`` from scratch does (``claims.run_cache``): a run that an earlier chapter trained
 (the KL sweep's SFT references, for one) is loaded, and charged to the chapter that trained it. The
-toolkit's entry points are wrapped by timers that attribute *exclusive* wall time (a call's
-time minus that of wrapped calls inside it) to one category each:
+toolkit's entry points are wrapped by timers (``benchmarks.profile_attribution``) that attribute
+*exclusive* wall time (a call's time minus that of wrapped calls inside it) to one category each:
 
 - training: ``train.optimize`` and ``train.fit_full_batch`` (every SFT, DPO and RFT loop), the
   unconstrained-features DPO and CHES's single-pair runs, the evaluation callbacks excluded;
@@ -40,7 +40,7 @@ Beside each CSV, ``NAME_claims.csv`` keeps every profiled chapter's claims (id, 
 value): what the timed run computed, so that a time can be compared with another only where both
 runs answered the same questions.
 
-``--at COMMIT`` profiles the book as it was at COMMIT (for a *before* beside today's *after*):
+``--at COMMIT`` (``benchmarks.profile_at``) profiles the book as it was at COMMIT (for a *before* beside today's *after*):
 the commit's files are exported to a temporary folder (``git archive``), this ``benchmarks``
 package replaces theirs, and this script runs there in a subprocess with the other arguments,
 so that its chapters, parameters and toolkit are the commit's and the timers are today's. Its
@@ -53,16 +53,11 @@ from __future__ import annotations
 import argparse
 import ast
 import contextlib
-import functools
-import importlib
 import io
 import os
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import matplotlib
@@ -75,106 +70,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.common import OUT, ROOT, stems, write
+from benchmarks.profile_at import profile_at
+from benchmarks.profile_attribution import CATEGORIES, Attribution, instrumented
 from tools.bookbuild import notebook_parameters, profile_overrides
-
-# (module, attribute path, category); a category may be a function of the call's arguments.
-TARGETS: list[tuple[str, str, object]] = [
-    ("dpo_toolkit.core.train", "optimize", "training"),
-    ("dpo_toolkit.core.train", "fit_full_batch", "training"),
-    ("dpo_toolkit.studies.likelihood_displacement.theory", "features_dpo", "training"),
-    ("dpo_toolkit.studies.ches.measures", "single_pair_displacement", "training"),
-    (
-        "dpo_toolkit.core.generate",
-        "_decode",
-        lambda args, kwargs: "sampling" if (args[2:] or [kwargs.get("generator")])[0] is not None else "greedy decoding",
-    ),
-    ("dpo_toolkit.core.evaluate", "Evaluator.kl", "KL scoring"),
-    ("dpo_toolkit.core.evaluate", "Evaluator.__call__", "evaluation (log-probs, metrics)"),
-    ("dpo_toolkit.core.exact", "response_masses", "exact enumeration"),
-    ("dpo_toolkit.core.exact", "enumerate_responses", "exact enumeration"),
-    ("dpo_toolkit.studies.vanishing_gradients.rft", "value_gradient_norms", "per-input gradients"),
-    ("torch", "save", "I/O"),
-    ("torch", "load", "I/O"),
-    ("pandas", "read_csv", "I/O"),
-    ("pandas", "DataFrame.to_csv", "I/O"),
-]
-CATEGORIES = [
-    "training",
-    "greedy decoding",
-    "sampling",
-    "KL scoring",
-    "evaluation (log-probs, metrics)",
-    "exact enumeration",
-    "per-input gradients",
-    "plotting",
-    "I/O",
-    "other",
-]
-
-
-class Attribution:
-    """Exclusive wall time (and, with a FlopCounterMode, FLOPs) per category, from a stack of
-    the wrapped calls in progress: a call is charged its own total minus its wrapped calls'."""
-
-    def __init__(self, counter: FlopCounterMode | None = None):
-        self.seconds: dict[str, float] = defaultdict(float)
-        self.flops: dict[str, int] = defaultdict(int)
-        self.counter = counter
-        self.stack: list[list] = []  # [category, start time, nested time, start FLOPs, nested FLOPs]
-
-    def total_flops(self) -> int:
-        return self.counter.get_total_flops() if self.counter is not None else 0
-
-    def wrap(self, fn, category):
-        @functools.wraps(fn)
-        def timed(*args, **kwargs):
-            name = category(args, kwargs) if callable(category) else category
-            self.stack.append([name, time.perf_counter(), 0.0, self.total_flops(), 0])
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                if torch.cuda.is_initialized():
-                    torch.cuda.synchronize()  # charge the GPU's queued work to the call that queued it
-                name, start, nested, start_flops, nested_flops = self.stack.pop()
-                elapsed, counted = time.perf_counter() - start, self.total_flops() - start_flops
-                self.seconds[name] += elapsed - nested
-                self.flops[name] += counted - nested_flops
-                if self.stack:
-                    self.stack[-1][2] += elapsed
-                    self.stack[-1][4] += counted
-
-        return timed
-
-
-@contextlib.contextmanager
-def instrumented(attribution: Attribution):
-    """Replace every target (and every plotting function) by its timed wrapper wherever a loaded module holds it."""
-    import dpo_toolkit.plotting as plotting
-
-    targets = list(TARGETS) + [("dpo_toolkit.plotting", n, "plotting") for n in dir(plotting) if n.startswith("plot_")]
-    for module_name in ["dpo_toolkit.core.runner", "dpo_toolkit.recipes.sft_then_dpo", *[m for m, _, _ in targets]]:
-        importlib.import_module(module_name)
-    for stem in stems():  # every study module, so that names they imported are replaced too
-        with contextlib.suppress(ModuleNotFoundError):
-            importlib.import_module(f"dpo_toolkit.studies.{stem}")
-    restore = []
-    for module_name, path, category in targets:
-        owner = importlib.import_module(module_name)
-        *parents, attr = path.split(".")
-        for parent in parents:
-            owner = getattr(owner, parent)
-        original = getattr(owner, attr)
-        timed = attribution.wrap(original, category)
-        holders = [owner] + [m for n, m in list(sys.modules.items()) if n.startswith("dpo_toolkit") and m is not owner]
-        for holder in holders:
-            if getattr(holder, attr, None) is original:
-                setattr(holder, attr, timed)
-                restore.append((holder, attr, original))
-    try:
-        yield
-    finally:
-        for holder, attr, original in reversed(restore):
-            setattr(holder, attr, original)
 
 
 def chapter_source(stem: str, profile: str, extra: dict | None = None) -> str:
@@ -268,7 +166,9 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     if args.device != "cpu":
         extra["device"] = args.device
     if args.at:
-        return profile_at(args.at, list(argv if argv is not None else sys.argv[1:]), args.csv)
+        name, rows, claims = profile_at(args.at, list(argv if argv is not None else sys.argv[1:]), args.csv)
+        record(claims, f"{name}_claims")
+        return record(rows, name)
     _check_toolkit_is_this_trees()
     name = args.csv or ("profile_flops" if args.flops else "profile")
     with tempfile.TemporaryDirectory() as shared:  # one results root for the invocation's chapters
@@ -299,46 +199,6 @@ def chapter_claims(root: Path, stem: str, profile: str) -> pd.DataFrame:
     columns = ["claim_id", "verdict", "our_value"]
     claims = pd.read_csv(path)[columns] if path.exists() else pd.DataFrame(columns=columns)
     return claims.assign(chapter=stem, profile=profile)[["chapter", "profile", *columns]]
-
-
-def without_options(argv: list[str], options: tuple[str, ...]) -> list[str]:
-    """argv less each of `options` and its value (``--at X`` or ``--at=X``)."""
-    rest, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg in options:
-            skip = True
-        elif not arg.startswith(tuple(f"{o}=" for o in options)):
-            rest.append(arg)
-    return rest
-
-
-def profile_at(commit: str, argv: list[str], csv: str | None) -> pd.DataFrame:
-    """Run this script with `argv` (less --at and --csv) on the book as it was at `commit` (see the
-    module's docstring); merge its rows, with `commit` and `source` columns, into ``--csv``."""
-    try:
-        sha = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", f"{commit}^{{commit}}"],
-                             check=True, capture_output=True, text=True).stdout.strip()  # fmt: skip
-    except subprocess.CalledProcessError as error:
-        raise SystemExit(f"--at {commit!r}: not a commit of this repository ({error.stderr.strip()})") from None
-    rest = without_options(argv, ("--at", "--csv"))
-    name = csv or f"profile_at_{sha}"
-    with tempfile.TemporaryDirectory() as tmp:
-        tree = Path(tmp) / sha
-        tree.mkdir()
-        archive = subprocess.run(["git", "-C", str(ROOT), "archive", sha], check=True, capture_output=True).stdout
-        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
-        shutil.rmtree(tree / "benchmarks", ignore_errors=True)
-        shutil.copytree(ROOT / "benchmarks", tree / "benchmarks", ignore=shutil.ignore_patterns("results", "__pycache__"))
-        env = {**os.environ, "PYTHONPATH": str(tree)}
-        subprocess.run([sys.executable, "-m", "benchmarks.profile", *rest, "--csv", "profile"], cwd=tree, env=env, check=True)
-        source = f"benchmarks.profile --at {sha} ({' '.join(rest)})"
-        rows = pd.read_csv(tree / "_build" / "benchmarks" / "profile.csv").assign(commit=sha, source=source)
-        claims = pd.read_csv(tree / "_build" / "benchmarks" / "profile_claims.csv").assign(commit=sha)
-    machine_columns = ["cpu", "cores", "threads", "torch"]  # write() adds this machine's again
-    record(claims.drop(columns=machine_columns), f"{name}_claims")
-    return record(rows.drop(columns=machine_columns), name)
 
 
 def record(rows: pd.DataFrame, name: str = "profile") -> pd.DataFrame:

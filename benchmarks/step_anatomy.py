@@ -141,68 +141,52 @@ def op_groups(step, steps: int) -> pd.DataFrame:
     return df.sort_values("seconds_per_step", ascending=False, ignore_index=True)
 
 
-def main(argv: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=50, help="steps per timing (≥ 5)")
-    parser.add_argument("--repeats", type=int, default=5, help="timings of each way; the best is kept (≥ 1)")
-    args = parser.parse_args(argv)
-    if args.steps < 5 or args.repeats < 1:
-        parser.error(f"--steps must be ≥ 5 and --repeats ≥ 1, got {args.steps} and {args.repeats}")
-    pairs = pairs_subset(args.steps * BATCH)
-    reference = reference_model()
-    policies = Ensemble([copy.deepcopy(reference) for _ in BETAS])
-    params, cfg = policies.params, policies.cfg
-    betas = torch.tensor([[b] for b in BETAS])  # (M, 1)
-    order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(0)).split(BATCH)
-    optimizer = make_optimizer(list(params.values()), DPO)
+def forward_backward(loss, params: dict[str, torch.Tensor], order: list[torch.Tensor]):
+    """run(i): the gradients of the summed loss of batch i (of `order`, cyclically), from zero."""
 
-    def forward_backward(policy, loss=None):
-        loss = loss or dpo_batch_loss(policy, pairs, reference, betas)
+    def run(i: int) -> None:
+        for p in params.values():
+            p.grad = None
+        loss(order[i % len(order)]).sum().backward()
 
-        def run(i: int) -> None:
-            for p in params.values():
-                p.grad = None
-            loss(order[i % len(order)]).sum().backward()
+    return run
 
-        return run
 
-    toolkit_forward_backward = forward_backward(policies)
-
-    def full_step(i: int) -> None:
-        toolkit_forward_backward(i)
-        optimizer.step()
-
-    def timed(run) -> float:
-        return seconds(lambda: [run(i) for i in range(args.steps)]) / args.steps
-
-    def gradients(run) -> dict[str, torch.Tensor]:
-        run(0)
-        return {name: p.grad.clone() for name, p in params.items()}
-
-    # a cold compile, not one served from an earlier run's cache; the folder lives until the process ends,
-    # since a new batch width recompiles during the timings
+def cold_compile(forward, run_of) -> tuple[object, float]:
+    """torch.compile(forward) and the seconds of its first forward and backward (run_of(compiled)(0)): a cold
+    compile, not one served from an earlier run's cache. Its cache folder lives until the process ends, since
+    a new batch width recompiles during the timings."""
     inductor_cache = tempfile.mkdtemp(prefix="step_anatomy-inductor-")
     atexit.register(shutil.rmtree, inductor_cache, True)
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = inductor_cache
     compile_start = time.perf_counter()
-    compiled = torch.compile(partial_stacked(params, cfg))
-    forward_backward(compiled)(0)
-    compile_s = time.perf_counter() - compile_start
-    ways = {
-        "vmap (the toolkit)": toolkit_forward_backward,
-        "without vmap": forward_backward(partial_stacked(params, cfg)),
-        "compiled (torch.compile)": forward_backward(compiled),
-        "shared prompt": forward_backward(None, shared_prompt_batch_loss(policies, pairs, reference, betas)),
-    }
-    reference_grads = gradients(ways["vmap (the toolkit)"])
-    grads_of = {name: gradients(run) for name, run in ways.items()}  # before any optimizer step changes the weights
-    for run in [*ways.values(), full_step]:  # warm-up
+    compiled = torch.compile(forward)
+    run_of(compiled)(0)
+    return compiled, time.perf_counter() - compile_start
+
+
+def gradients(run, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The gradients of run(0), by parameter name."""
+    run(0)
+    return {name: p.grad.clone() for name, p in params.items()}
+
+
+def best_seconds(runs: dict, steps: int, repeats: int) -> dict[str, float]:
+    """Each run's best time per step over `repeats` timings of `steps` steps, after a warm-up; the runs alternate
+    within each repeat, so that a drift of the machine's speed hits every one alike."""
+    for run in runs.values():  # warm-up
         for i in range(3):
             run(i)
     best: dict[str, float] = {}
-    for _ in range(args.repeats):  # alternating, so that a drift of the machine's speed hits every way alike
-        for name, run in {**ways, "full step": full_step}.items():
-            best[name] = min(best.get(name, float("inf")), timed(run))
+    for _ in range(repeats):
+        for name, run in runs.items():
+            best[name] = min(best.get(name, float("inf")), seconds(lambda run=run: [run(i) for i in range(steps)]) / steps)
+    return best
+
+
+def anatomy_table(grads_of: dict, reference_grads: dict, best: dict[str, float], compile_s: float) -> pd.DataFrame:
+    """One row per way of computing the step: its time, whether its gradients are the toolkit's bits, the
+    largest gradient difference relative to that gradient's largest entry, its speed-up over the toolkit's."""
     rows = []
     for name, grads in grads_of.items():
         rows.append(
@@ -221,6 +205,49 @@ def main(argv: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     anatomy["speedup"] = anatomy["forward_backward_s"].iloc[0] / anatomy["forward_backward_s"]
     anatomy["full_step_s"] = best["full step"]  # the toolkit's whole step, optimizer included
     anatomy["models"], anatomy["batch"] = len(BETAS), BATCH
+    return anatomy
+
+
+def _arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=50, help="steps per timing (≥ 5)")
+    parser.add_argument("--repeats", type=int, default=5, help="timings of each way; the best is kept (≥ 1)")
+    args = parser.parse_args(argv)
+    if args.steps < 5 or args.repeats < 1:
+        parser.error(f"--steps must be ≥ 5 and --repeats ≥ 1, got {args.steps} and {args.repeats}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    args = _arguments(argv)
+    pairs = pairs_subset(args.steps * BATCH)
+    reference = reference_model()
+    policies = Ensemble([copy.deepcopy(reference) for _ in BETAS])
+    params, cfg = policies.params, policies.cfg
+    betas = torch.tensor([[b] for b in BETAS])  # (M, 1)
+    order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(0)).split(BATCH)
+    optimizer = make_optimizer(list(params.values()), DPO)
+
+    def run_of(policy):  # the forward and backward of the toolkit's DPO loss with `policy` as the ensemble's forward
+        return forward_backward(dpo_batch_loss(policy, pairs, reference, betas), params, order)
+
+    toolkit_forward_backward = run_of(policies)
+
+    def full_step(i: int) -> None:
+        toolkit_forward_backward(i)
+        optimizer.step()
+
+    compiled, compile_s = cold_compile(partial_stacked(params, cfg), run_of)
+    ways = {
+        "vmap (the toolkit)": toolkit_forward_backward,
+        "without vmap": run_of(partial_stacked(params, cfg)),
+        "compiled (torch.compile)": run_of(compiled),
+        "shared prompt": forward_backward(shared_prompt_batch_loss(policies, pairs, reference, betas), params, order),
+    }
+    reference_grads = gradients(ways["vmap (the toolkit)"], params)
+    grads_of = {name: gradients(run, params) for name, run in ways.items()}  # before any optimizer step changes the weights
+    best = best_seconds({**ways, "full step": full_step}, args.steps, args.repeats)
+    anatomy = anatomy_table(grads_of, reference_grads, best, compile_s)
     groups = op_groups(full_step, args.steps)
     groups["share"] = groups["seconds_per_step"] / groups["seconds_per_step"].sum()
     write(anatomy, "step_anatomy")

@@ -1,12 +1,27 @@
 """The benchmark suite's plumbing (never its timings): the Performance page from CSVs, and
 the GPT-2 twin that TRL trains."""
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
-from benchmarks import report
+from benchmarks import common, report, report_common, report_float_order, report_time
 
 MACHINE = {"cpu": "Test CPU", "cores": 2, "threads": 2, "torch": "2.13.0"}
+
+
+def _unpadded(text: str) -> str:
+    """text with every Markdown table row written '| a | b |': to_markdown pads cells to their column's width."""
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("|"):
+            lines[i] = "| " + " | ".join(cell.strip() for cell in line.strip()[1:-1].split("|")) + " |"
+    return "\n".join(lines) + "\n"
+
+
+def _page(executed) -> str:
+    return _unpadded(report.render(executed).read_text())
 
 
 def _write_suite(folder):
@@ -39,9 +54,9 @@ def _write_suite(folder):
 def test_performance_page_quotes_every_ratio_and_judges_each_target(tmp_path, monkeypatch):
     fresh = tmp_path / "fresh"
     _write_suite(fresh)
-    monkeypatch.setattr(report, "SOURCES", (fresh, tmp_path / "committed"))
+    monkeypatch.setattr(report_common, "SOURCES", (fresh, tmp_path / "committed"))
     page = report.render(tmp_path / "executed")
-    text = page.read_text()
+    text = _unpadded(page.read_text())
     assert "Test CPU, 2 cores, torch 2.13.0 on 2 threads" in text
     assert "| one model vs TRL | ≥ 5 | **met** (6.40 ≥ 5) |" in text
     assert "| sweep vs TRL | ≥ 10 | **met** (12.00 ≥ 10) |" in text
@@ -76,9 +91,9 @@ def test_performance_page_opens_with_the_book_time_and_shows_where_it_goes(tmp_p
     _profile_rows({"grokking": {"training": 20.0, "sampling": 40.0}, "ches": {"training": 80.0, "other": 10.0}}).assign(
         commit="abc1234", source="benchmarks.profile at commit abc1234"
     ).to_csv(committed / "profile_baseline.csv", index=False)
-    monkeypatch.setattr(report, "SOURCES", (fresh, committed))
-    monkeypatch.setattr(report, "stems", lambda: ["grokking", "ches"])
-    text = report.render(tmp_path / "executed").read_text()
+    monkeypatch.setattr(report_common, "SOURCES", (fresh, committed))
+    monkeypatch.setattr(common, "stems", lambda: ["grokking", "ches"])
+    text = _page(tmp_path / "executed")
     assert text.startswith("# Performance\n\n**The whole book's computation from scratch: 1.5 min at the quick")
     assert "| grokking | 20.0 | 10.0 | 0.0 | 30.0 |" in text  # training, sampling, other, total
     assert "| quick | grokking | 60.0 | 30.0 |  | not recorded |" in text  # no claims kept: no speed-up claimed
@@ -92,14 +107,14 @@ def test_performance_page_opens_with_the_book_time_and_shows_where_it_goes(tmp_p
     )
     grown = [("grokking", "C1", "partly", "14 %"), ("ches", "C11", "reproduced", "0.8"), ("ches", "C11-phrases", "partly", "2")]
     claims(grown).to_csv(fresh / "profile_claims.csv", index=False)
-    text = report.render(tmp_path / "executed").read_text()
+    text = _page(tmp_path / "executed")
     assert "| quick | grokking | 60.0 | 30.0 | 2.00 | same claims |" in text
     assert "| quick | ches | 90.0 | 60.0 |  | more work now: + C11-phrases |" in text  # more work is not a speed-up
     assert "| quick | the 1 chapter with the same claims | 60.0 | 30.0 | 2.00 |  |" in text
     claims([("grokking", "C1", "partly", "14 %"), ("ches", "C11", "reproduced", "0.81")]).to_csv(
         fresh / "profile_claims.csv", index=False
     )
-    text = report.render(tmp_path / "executed").read_text()
+    text = _page(tmp_path / "executed")
     assert "| quick | ches | 90.0 | 60.0 | 1.50 | same claims and verdicts, 1 of 1 values differ |" in text
     assert "| quick | all chapters | 150.0 | 90.0 | 1.67 |  |" in text
     assert "`make book` from scratch" not in text  # no book.csv: no wall-time sentence
@@ -111,21 +126,21 @@ def test_performance_page_opens_with_the_book_time_and_shows_where_it_goes(tmp_p
     ]  # an older format: not quoted
     pd.DataFrame([{"source": src, "profile": p, "chapter": "all chapters", "outcome": "ran", "wall_s": w, "peak_rss_mib": 1.0}
                   for p, src, w in walls]).to_csv(fresh / "book.csv", index=False)  # fmt: skip
-    text = report.render(tmp_path / "executed").read_text()
+    text = _page(tmp_path / "executed")
     assert text.startswith("# Performance\n\n**The whole book at paper scale: 10 min on a 2-core Test CPU** (`make book` from "
                            "scratch, 2 chapters at once).\n\n**The whole book's computation")  # fmt: skip
     assert ("`make book` from scratch, wall time: paper profile 10.0 min (2 chapters at once); quick profile "
             "1.5 min (one chapter at a time), 1.0 min (2 chapters at once). No GPU") in text  # fmt: skip
     assert "| paper book from scratch, its chapters (min) | ≤ 15 | **met** (10.0 ≤ 15) |" in text
     assert "| quick book from scratch, its chapters (min) | ≤ 2 | **met** (1.0 ≤ 2) |" in text  # the fastest fresh run
-    assert report._time_verdict(56.4, 15) == "**not met** (56.4 > 15)"
-    monkeypatch.setattr(report, "stems", lambda: ["grokking", "ches", "kl_sweep"])
-    text = report.render(tmp_path / "executed").read_text()
+    assert report_time.time_verdict(56.4, 15) == "**not met** (56.4 > 15)"
+    monkeypatch.setattr(common, "stems", lambda: ["grokking", "ches", "kl_sweep"])
+    text = _page(tmp_path / "executed")
     assert "at the quick profile 2 of 3 chapters measured so far" in text  # never a total over some chapters only
     assert "- quick: benchmarks.profile at commit abc1234\n" in text
     baseline = pd.read_csv(committed / "profile_baseline.csv")
     baseline[baseline["chapter"] == "grokking"].to_csv(committed / "profile_baseline.csv", index=False)
-    text = report.render(tmp_path / "executed").read_text()
+    text = _page(tmp_path / "executed")
     assert "- quick: benchmarks.profile at commit abc1234; no time before for ches\n" in text
     assert "| quick | the 1 chapter with the same claims | 60.0 | 30.0 | 2.00 |  |" in text  # not "all chapters"
 
@@ -135,19 +150,19 @@ def test_two_profiled_runs_compare_by_their_claims():
         return pd.DataFrame(rows, columns=["claim_id", "verdict", "our_value"])
 
     before = claims(("C1", "partly", "14 %"), ("C2", "not reproduced", "13 %"))
-    assert report.compare_work(before, before.copy()) == "same claims"
-    assert report.compare_work(before, claims(("C2", "not reproduced", "13 %"), ("C1", "partly", "14 %"))) == "same claims"
-    assert report.compare_work(before, claims(("C1", "partly", "15 %"), ("C2", "not reproduced", "13 %"))) == (
+    assert report_time.compare_work(before, before.copy()) == "same claims"
+    assert report_time.compare_work(before, claims(("C2", "not reproduced", "13 %"), ("C1", "partly", "14 %"))) == "same claims"
+    assert report_time.compare_work(before, claims(("C1", "partly", "15 %"), ("C2", "not reproduced", "13 %"))) == (
         "same claims and verdicts, 1 of 2 values differ"
     )
-    assert report.compare_work(before, claims(("C1", "reproduced", "14 %"), ("C2", "partly", "13 %"))) == (
+    assert report_time.compare_work(before, claims(("C1", "reproduced", "14 %"), ("C2", "partly", "13 %"))) == (
         "same claims, 2 of 2 verdicts differ"
     )
     grown = claims(("C1", "partly", "14 %"), ("C2", "not reproduced", "13 %"), ("C2-drift", "partly", "1"))
-    assert report.compare_work(before, grown) == "more work now: + C2-drift"
-    assert report.compare_work(before, claims(("C1", "partly", "14 %"))) == "− C2"
-    assert report.compare_work(None, before) == "not recorded"
-    assert report.compare_work(before, claims()) == "not recorded"
+    assert report_time.compare_work(before, grown) == "more work now: + C2-drift"
+    assert report_time.compare_work(before, claims(("C1", "partly", "14 %"))) == "− C2"
+    assert report_time.compare_work(None, before) == "not recorded"
+    assert report_time.compare_work(before, claims()) == "not recorded"
 
 
 def _gpu_run(folder, outcomes: dict[str, str], verdicts: dict[str, str], busy=(50, 100)):
@@ -175,7 +190,7 @@ def test_a_gpu_run_is_collected_and_its_verdicts_set_beside_the_cpu_ones(tmp_pat
     out = tmp_path / "out"
     monkeypatch.setattr(gpu_book, "OUT", out)
     monkeypatch.setattr(gpu_book, "stems", lambda: ["grokking", "ches"])
-    monkeypatch.setattr(report, "stems", lambda: ["grokking", "ches"])
+    monkeypatch.setattr(common, "stems", lambda: ["grokking", "ches"])
     _gpu_run(tmp_path / "run1", {"grokking": "ran", "ches": "stopped at the 50 s budget"}, {"C1": "partly", "C2": "reproduced"})
     _gpu_run(tmp_path / "run2", {"ches": "failed (exit 1)"}, {}, busy=(20, 40))
     gpu_book.main(["collect", str(tmp_path / "run1"), str(tmp_path / "run2")])
@@ -190,8 +205,8 @@ def test_a_gpu_run_is_collected_and_its_verdicts_set_beside_the_cpu_ones(tmp_pat
               "verdict": ["partly", "not reproduced"], "precondition": "none"}  # fmt: skip
     pd.DataFrame(claims).to_csv(cpu / "grokking" / "claims.csv")
     gpu_book.main(["claims", str(cpu)])
-    monkeypatch.setattr(report, "SOURCES", (out,))
-    text = report.render(tmp_path / "executed").read_text()
+    monkeypatch.setattr(report_common, "SOURCES", (out,))
+    text = _page(tmp_path / "executed")
     assert "On the GPU: on one NVIDIA H200, 1 of 2 chapters finished, in at most 1.5 min each" in text
     assert "| 1 | grokking |  | 90 | 2 | 75% | 200 |" in text
     assert "| 2 | ches |  | failed (exit 1) after 78 | 1 | 30% | 200 |" in text
@@ -203,7 +218,7 @@ def test_a_csv_from_an_older_suite_is_named_in_the_error(tmp_path, monkeypatch):
     folder = tmp_path / "fresh"
     folder.mkdir()
     pd.DataFrame({"phase": ["x"], "seconds": [1.0]}).to_csv(folder / "sweep_speed.csv", index=False)
-    monkeypatch.setattr(report, "SOURCES", (folder,))
+    monkeypatch.setattr(report_common, "SOURCES", (folder,))
     with pytest.raises(ValueError, match=r"sweep_speed\.csv.*benchmarks\.sweep_speed"):
         report.render(tmp_path / "executed")
 
@@ -237,7 +252,7 @@ def test_profiled_chapter_source_takes_the_books_parameter_reading():
 
 
 def test_a_profile_at_another_commit_passes_on_every_other_argument():
-    from benchmarks.profile import without_options
+    from benchmarks.profile_at import without_options
 
     argv = ["grokking", "--at", "7b0f35d", "--profile", "paper", "--csv=profile_baseline", "--set", "seeds=[0]"]
     assert without_options(argv, ("--at", "--csv")) == ["grokking", "--profile", "paper", "--set", "seeds=[0]"]
@@ -264,7 +279,7 @@ def test_profile_charges_each_category_its_own_flops_and_time():
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from benchmarks.profile import Attribution
+    from benchmarks.profile_attribution import Attribution
 
     with FlopCounterMode(display=False) as counter:
         attribution = Attribution(counter)
@@ -350,22 +365,22 @@ def test_the_shared_prompt_loss_is_the_toolkits_dpo_loss_up_to_float_rounding():
 def test_the_float_order_section_counts_equal_verdicts_and_lists_the_others(tmp_path, monkeypatch):
     fresh = tmp_path / "fresh"
     fresh.mkdir()
-    monkeypatch.setattr(report, "SOURCES", (fresh, tmp_path / "committed"))
-    assert "Not measured yet under the interval rules" in "".join(report._float_order_verdicts())
+    monkeypatch.setattr(report_common, "SOURCES", (fresh, tmp_path / "committed"))
+    assert "Not measured yet under the interval rules" in _unpadded("".join(report_float_order.float_order_verdicts()))
     cpu = pd.DataFrame({"chapter": ["kl_sweep", "kl_sweep", "surgery"], "claim_id": ["C4", "C5", "C7"],
                         "verdict": ["reproduced", "not reproduced", "partly"], "our_value": ["a", "b", "c"]})  # fmt: skip
     cpu.to_csv(fresh / "claims_cpu.csv", index=False)
     cpu.assign(verdict=["partly", "not reproduced", "partly"], our_value=["a2", "b", "c"]).to_csv(
         fresh / "claims_cpu_reference.csv", index=False
     )
-    text = "".join(report._float_order_verdicts())
+    text = _unpadded("".join(report_float_order.float_order_verdicts()))
     assert "**2 of the 3 verdicts were the same** (the chapters that ran: kl_sweep, surgery)." in text  # not every chapter
     assert "| kl_sweep | C4 | reproduced | partly | a | a2 |" in text
     assert "| C5 |" not in text and "| C7 |" not in text
 
 
 def test_the_interval_float_order_section_lists_every_verdict_and_counts_decisive_flips(tmp_path, monkeypatch):
-    monkeypatch.setattr(report, "SOURCES", (tmp_path,))
+    monkeypatch.setattr(report_common, "SOURCES", (tmp_path,))
     evidence = {"n": [3, 3, ""], "estimate": [0.9, 0.4, ""], "ci_low": [0.8, 0.1, ""], "ci_high": [1.0, 0.7, ""],
                 "threshold": [0.5, 0.5, ""]}  # fmt: skip
     default = pd.DataFrame({"chapter": ["grokking", "grokking", "mixture_tpm"], "claim_id": ["C1", "C2", "C17"],
@@ -374,7 +389,47 @@ def test_the_interval_float_order_section_lists_every_verdict_and_counts_decisiv
     default.assign(verdict=["inconclusive", "not reproduced", "verified (identity)"]).to_csv(
         tmp_path / "claims_paper_perturbed.csv", index=False
     )
-    text = "".join(report._float_order_verdicts())
+    text = _unpadded("".join(report_float_order.float_order_verdicts()))
     assert "**1 of the 3 verdicts are the same; 0 differ between two decisive verdicts.**" in text
     assert "| grokking | C1 | reproduced | 0.9 [0.8, 1] (3) | inconclusive | 0.9 [0.8, 1] (3) |" in text
     assert "| mixture_tpm | C17 | verified (identity) |  | verified (identity) |  |" in text
+
+
+def test_a_page_table_writes_each_cell_as_formatted_and_never_reparses_it():
+    df = pd.DataFrame({"name": ["a", "b"], "x": [1600.0, float("nan")], "label": ["60.0", "1,600"], "n": [3, 4]})
+    text = report_common.table(df, {"name": "name", "x": "x (s)", "label": "label", "n": "n"}, {"x": ",.0f"})
+    header, rule, *rows = text.splitlines()
+    assert text.endswith(" |\n") and set(rule) <= set("|:- ")
+    assert _unpadded("\n".join([header, *rows])).splitlines() == [
+        "| name | x (s) | label | n |",
+        "| a | 1,600 | 60.0 | 3 |",  # a string that reads as a number is kept as written
+        "| b |  | 1,600 | 4 |",  # no value: an empty cell
+    ]
+
+
+def test_no_benchmark_module_is_over_300_lines():
+    folder = Path(report.__file__).parent
+    lengths = {path.name: len(path.read_text().splitlines()) for path in folder.glob("*.py")}
+    assert {name: n for name, n in lengths.items() if n > 300} == {}
+
+
+def test_a_profile_at_another_commit_merges_its_rows_and_claims_into_the_named_csvs(tmp_path, monkeypatch):
+    from benchmarks import profile
+
+    monkeypatch.setattr(common, "OUT", tmp_path)
+    monkeypatch.setattr(profile, "OUT", tmp_path)
+    rows = _profile_rows({"grokking": {"training": 1.0}}).drop(columns=list(MACHINE)).assign(commit="abc1234", source="s")
+    claims = pd.DataFrame({"chapter": ["grokking"], "profile": ["quick"], "claim_id": ["C1"], "verdict": ["partly"],
+                           "our_value": ["1"], "commit": ["abc1234"]})  # fmt: skip
+    calls = []
+
+    def at(commit, argv, csv):  # benchmarks.profile_at.profile_at without the subprocess
+        calls.append((commit, argv, csv))
+        return csv, rows, claims
+
+    monkeypatch.setattr(profile, "profile_at", at)
+    argv = ["grokking", "--profile", "quick", "--at", "abc1234", "--csv", "profile_baseline"]
+    profile.main(argv)
+    assert calls == [("abc1234", argv, "profile_baseline")]
+    assert pd.read_csv(tmp_path / "profile_baseline.csv")[["chapter", "commit"]].values.tolist() == [["grokking", "abc1234"]]
+    assert pd.read_csv(tmp_path / "profile_baseline_claims.csv")["claim_id"].tolist() == ["C1"]

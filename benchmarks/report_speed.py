@@ -1,0 +1,176 @@
+"""The Performance page on training speed: one model and the 30-β sweep against TRL, evaluation and the
+matmul rate against the machine's limit, the targets, scaling, and the sweep on a GPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+
+from benchmarks.report_common import load, machine_line, markdown, save, source, table
+from benchmarks.report_time import time_targets
+
+TARGETS = {"one model vs TRL": 5.0, "sweep vs TRL": 10.0, "sweep vs plain loop": 10.0, "fraction of peak": 0.50}
+
+Checks = list[tuple[str, float]]  # (a name in TARGETS, its measured value)
+
+
+def verdict(value: float, target: float) -> str:
+    return f"**met** ({value:.2f} ≥ {target:g})" if value >= target else f"**not met** ({value:.2f} < {target:g})"
+
+
+def one_model() -> tuple[list[str], Checks]:
+    """The section on one model trained by the toolkit, by TRL and by a plain loop (throughput.csv), and its check."""
+    throughput, path = load("throughput")
+    parts = ["## One model: the toolkit against TRL\n"]
+    if throughput is None:
+        return [*parts, "Not measured yet: run `python -m benchmarks.throughput`.\n"], []
+    parts.append(
+        f"Machine: {machine_line(throughput)}. Same data (the KL sweep's number-line pairs), batch 16, RMSprop 5e-5, "
+        f"β 0.1, {int(throughput['steps'].iloc[0])} steps of each method, alternating, best of three. TRL and the "
+        "plain loop train a Hugging Face GPT-2 of the toolkit model's shape (1 layer, d 128, 4 heads, MLP 128, "
+        "12 symbols + pad + EOS), built locally.\n"
+    )
+    columns = {"method": "method", "pairs_per_s": "pairs / s", "best_s": "best wall (s)", "vs_trl": "× TRL"}
+    parts.append(table(throughput, columns, {"pairs_per_s": ",.0f", "best_s": ".2f", "vs_trl": ".2f"}))
+    toolkit = throughput.loc[throughput["method"].str.startswith("toolkit"), "vs_trl"].iloc[0]
+    parts.append(source(path))
+    return parts, [("one model vs TRL", toolkit)]
+
+
+def sweep() -> tuple[list[str], Checks]:
+    """The section on the 30-β sweep's pair-updates per second and the machine's limit (sweep_speed.csv), and its checks."""
+    sweep, path = load("sweep_speed")
+    parts = ["## The 30-β sweep: pair-updates per second\n"]
+    if sweep is None:
+        return [*parts, "Not measured yet: run `python -m benchmarks.sweep_speed`.\n"], []
+    parts.append(
+        f"Machine: {machine_line(sweep)}. Thirty models (one per β) trained for {int(sweep['steps'].iloc[0])} steps of "
+        "batch 16 each; the per-β loops were timed on a subset of β in the same run and scaled to 30. A pair-update "
+        "is one preference pair used in one model's step.\n"
+    )
+    parts.append(table(sweep, {"method": "method", "betas_timed": "β timed", "seconds_30_betas": "s for 30 β",
+                               "pair_updates_per_s": "pair-updates / s", "batched_speedup": "batched ×"},
+                       {"seconds_30_betas": ".1f", "pair_updates_per_s": ",.0f", "batched_speedup": ".2f"}))  # fmt: skip
+    by_method = sweep.set_index("method")["batched_speedup"]
+    plain = by_method[[m for m in by_method.index if m.startswith("plain")]]
+    trl = by_method[[m for m in by_method.index if m.startswith("TRL")]]
+    checks = [("sweep vs TRL", float(trl.iloc[0]))] if len(trl) else []
+    checks.append(("sweep vs plain loop", float(plain.iloc[0])))
+    batched = sweep.iloc[0]
+    plain_fraction = float(sweep.loc[sweep["method"].str.startswith("plain"), "fraction_of_peak"].iloc[0])
+    checks.append(("fraction of peak", float(batched["fraction_of_peak"])))
+    parts.append(
+        f"\n**The machine's limit.** One pair-update costs {batched['mflop_per_pair_update']:.1f} MFLOP as the toolkit "
+        "computes it (torch's FlopCounterMode on one batched step: forward and backward of the policy on chosen and "
+        "rejected, each sequence computed in full, so the shared prompt is computed twice; the reference log-probs are "
+        f"cached once per run and not counted). The batched sweep's training runs at {batched['gflops']:.1f} GFLOP/s "
+        f"against a measured peak of {batched['peak_gflops']:.0f} GFLOP/s: {batched['fraction_of_peak']:.0%} of peak. "
+        f"The plain per-β loop already runs at {plain_fraction:.0%} of peak, so 10× over it would need "
+        f"{10 * plain_fraction:.0%} of peak with the same FLOPs per pair-update. This machine's matmul rate drifts by "
+        "tens of percent from one run to the next, so compare ratios taken within one run.\n"
+    )
+    parts.append(source(path))
+    return parts, checks
+
+
+def evaluation() -> list[str]:
+    """The section on one evaluation, whole and part by part, against the peak matmul rate (eval_speed.csv)."""
+    evaluation, path = load("eval_speed")
+    parts = ["## Evaluation against the limit\n"]
+    if evaluation is None:
+        return [*parts, "Not measured yet: run `python -m benchmarks.eval_speed`.\n"]
+    first = evaluation.iloc[0]
+    parts.append(
+        f"Machine: {machine_line(evaluation)}. One evaluation of {int(first['models'])} policies batched as one ensemble "
+        f"against an SFT reference, at the KL sweep's paper settings ({int(first['test_prompts'])} test prompts, "
+        f"{int(first['kl_samples'])} KL samples each, accuracy and margin on 1,024 test pairs), whole and part by part; "
+        "FLOPs counted by torch's FlopCounterMode, the best of three timings, against the peak matmul rate measured "
+        "around them.\n"
+    )
+    parts.append(table(evaluation, {"part": "part", "seconds": "seconds", "gflop": "GFLOP", "gflops": "GFLOP/s",
+                                    "fraction_of_peak": "of peak"},
+                       {"seconds": ".2f", "gflop": ".2f", "gflops": ".1f", "fraction_of_peak": ".0%"}))  # fmt: skip
+    training = ""
+    sweep, _ = load("sweep_speed")
+    if sweep is not None:
+        where = "" if sweep.iloc[0]["cpu"] == first["cpu"] else f", measured on {sweep.iloc[0]['cpu']}"
+        training = f"; training runs at {sweep.iloc[0]['fraction_of_peak']:.0%} (the sweep above{where})"
+    slowest = evaluation.iloc[1:].sort_values("fraction_of_peak").iloc[0]
+    parts.append(
+        f"\nA whole evaluation runs at {first['fraction_of_peak']:.0%} of the peak{training}. The furthest from it is "
+        f"{slowest['part']} ({slowest['fraction_of_peak']:.0%}): decoding computes one new token per sequence per step, "
+        "so its matrices have a single row per sequence and the per-step overhead weighs most.\n"
+    )
+    parts.append(source(path))
+    return parts
+
+
+def peak_rate() -> list[str]:
+    """The section on the dense-matmul rate at the model's shapes (peak.csv)."""
+    peak, path = load("peak")
+    parts = ["## Dense-matmul rate at the model's shapes\n"]
+    if peak is None:
+        return [*parts, "Not measured yet: run `python -m benchmarks.peak`.\n"]
+    parts.append(table(peak, {"shape": "shape", "gflops": "GFLOP/s", "fraction_of_peak": "of peak"},
+                       {"gflops": ".1f", "fraction_of_peak": ".0%"}))  # fmt: skip
+    parts.append(source(path))
+    return parts
+
+
+def targets(checks: Checks) -> list[str]:
+    """The targets table: the whole book's wall times, then each speed check against its TARGETS entry; [] without any."""
+    rows = time_targets() + [(name, f"≥ {TARGETS[name]:g}", verdict(value, TARGETS[name])) for name, value in checks]
+    if not rows:
+        return []
+    return [
+        "## Targets\n",
+        markdown(pd.DataFrame(rows, columns=["target", "goal", "measured"])),
+        "What stands between the toolkit and the limit: each step's matrices are small (16 pairs × 2 sequences × "
+        "about 9 tokens per model), so the elementwise work (softmax, LayerNorm, GELU, the optimizer) and copies "
+        "weigh more than the matmuls, and the prompt is computed twice per pair; evaluation (its own section "
+        "above) runs further still from the limit. The next section measures each part.\n",
+    ]
+
+
+def scaling(figures: Path) -> list[str]:
+    """The section on throughput as the models trained at once grow and wall time as the data grows (scaling.csv),
+    its figure saved as figures/scaling.png."""
+    scaling, path = load("scaling")
+    parts = ["## Scaling\n"]
+    if scaling is None:
+        return [*parts, "Not measured yet: run `python -m benchmarks.scaling`.\n"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    models = scaling[scaling["axis"].str.startswith("models")]
+    data = scaling[~scaling["axis"].str.startswith("models")]
+    sns.lineplot(data=models, x="size", y="pair_updates_per_s", marker="o", ax=axes[0])
+    axes[0].set(xscale="log", xlabel="models trained at once (β)", ylabel="pair-updates / s", title="throughput vs models")
+    sns.lineplot(data=data, x="size", y="seconds", marker="o", ax=axes[1])
+    axes[1].set(xlabel="training pairs (30 β, one epoch)", ylabel="wall time (s)", title="cost vs data")
+    fig.tight_layout()
+    save(fig, figures / "scaling.png")
+    parts.append("![Pair-updates per second as the number of β trained at once grows, and wall time as the data grows]"
+                 "(performance/scaling.png)\n")  # fmt: skip
+    columns = {"axis": "axis", "size": "size", "seconds": "seconds", "pair_updates_per_s": "pair-updates / s"}
+    parts.append(table(scaling, columns, {"seconds": ".2f", "pair_updates_per_s": ",.0f"}))
+    parts.append(source(path))
+    return parts
+
+
+def beyond_the_laptop() -> list[str]:
+    """The section on the sweep benchmark on a GPU (sweep_speed_gpu.csv), or that none was available."""
+    gpu, path = load("sweep_speed_gpu")
+    parts = ["## Beyond the laptop\n"]
+    if gpu is None:
+        return [
+            *parts,
+            "No GPU was available where these numbers were taken, so this page has no GPU row. On a machine with CUDA, "
+            "`python -m benchmarks.sweep_speed --device cuda` adds one.\n",
+        ]
+    parts.append(f"The sweep benchmark on {gpu['device'].iloc[0]} (`--device cuda`; TRL not run there):\n")
+    columns = {"method": "method", "pair_updates_per_s": "pair-updates / s", "fraction_of_peak": "of the GPU's matmul peak"}
+    parts.append(table(gpu, columns, {"pair_updates_per_s": ",.0f", "fraction_of_peak": ".0%"}))
+    parts.append(source(path))
+    return parts
