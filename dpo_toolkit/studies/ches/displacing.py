@@ -10,12 +10,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from dpo_toolkit.core.claims import claims_frame, decide
+from dpo_toolkit.core.claims import ClaimText, decide
 from dpo_toolkit.core.config import TrainConfig
+from dpo_toolkit.core.data import Batch
 from dpo_toolkit.core.device import resolve_device
 from dpo_toolkit.core.evidence import Check, either, mean_interval
-from dpo_toolkit.core.model import build_model
-from dpo_toolkit.studies.ches.identify import displaced_shares, rank_correlations
+from dpo_toolkit.core.model import Transformer, build_model
+from dpo_toolkit.studies.ches.identify import claim_table, displaced_shares, rank_correlations, rank_summary
 from dpo_toolkit.studies.ches.measures import ches, edit_similarity, hidden_cosine, normalized_ches, single_pair_displacement
 from dpo_toolkit.studies.ches.mitigation import STRICT, Variant, displaced_check, keep_masks, per_seed, preconditions
 from dpo_toolkit.studies.ches.phrases import (
@@ -38,6 +39,23 @@ TIE = 0.01  # C12-phrases: nats by which the best filter must beat the best SFT 
 RANK_CORRELATION = 0.3  # as C11: Spearman(score, −Δ log π(y+)) that counts as "identifies"
 MIN_DISPLACED = 0.2
 """The precondition: π(y+) falls for at least this share of the scored pairs (the issue's 'sizeable share')."""
+
+CLAIMS = {
+    "C11-phrases": ClaimText(
+        "[phrase task, pairs that displace] The CHES score identifies the training pairs that cause likelihood "
+        "displacement; training on the highest-CHES pairs displaces most.",
+        "CHES ranks displacing pairs first; the highest-CHES subset lowers log π(y+) most",
+        "talk, 'Identifying sources'",
+    ),
+    "C12-phrases": ClaimText(
+        "[phrase task, matched update budget] Removing the training pairs with the highest CHES mitigates likelihood "
+        "displacement, and does so better than adding an SFT term to the loss.",
+        "filtering mitigates; the SFT term helps less",
+        "talk, 'Data filtering via CHES'",
+    ),
+}
+"""What each claim says and what the paper reports; ``phrase_claims`` and
+``phrase_mitigation_claims`` add what the runs show."""
 
 
 def run_phrase_study(
@@ -74,12 +92,7 @@ def run_phrase_study(
         reference = build_model(cfg.model_config(), seed, device)
         fit_reference(cfg, reference, sft_cfg)
         reference.eval().requires_grad_(False)
-        scores = {
-            "ches": ches(reference, batch).numpy(),
-            "ches_normalized": normalized_ches(reference, batch).numpy(),
-            "edit": np.array([edit_similarity(a, b) for a, b in zip(table["chosen"], table["rejected"], strict=True)]),
-            "cosine": hidden_cosine(reference, batch).numpy(),
-        }
+        scores = _pair_scores(reference, batch, table)
         displacement = single_pair_displacement(reference, batch, dpo_cfg, beta, steps)
         pairs.append(table.assign(seed=seed, displacement=displacement, **scores))
         subsets = subset_indices(scores["ches"], size)
@@ -87,13 +100,40 @@ def run_phrase_study(
         protocol += [{"seed": seed, "subset": name, "size": size, "mean_ches": float(scores["ches"][subsets[name]].mean()),
                       "chosen_logp_change": change[name]} for name in SUBSETS]  # fmt: skip
         if runs:
-            masks = keep_masks(scores["ches"], runs)  # (variants, pairs)
-            changes, _ = filtered_training(reference, batch, masks, [v.sft_weight for v in runs], dpo_cfg, beta, mitigation_steps)
-            first = ~table["statement"].duplicated().to_numpy()  # one pair per statement: its y+ counted once
-            mitigation += [{"seed": seed, "variant": v.name, "kind": v.kind, "drop_fraction": v.drop_fraction,
-                            "sft_weight": v.sft_weight, "pairs_kept": int(masks[m].sum()),
-                            "chosen_logp_change": float(changes[m, first].mean())} for m, v in enumerate(runs)]  # fmt: skip
+            mitigation += _mitigation_rows(reference, batch, table, scores["ches"], runs, dpo_cfg, beta, mitigation_steps, seed)
     return pd.concat(pairs, ignore_index=True), pd.DataFrame(protocol), pd.DataFrame(mitigation)
+
+
+def _pair_scores(reference: Transformer, batch: Batch, table: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The four SCORES of every phrase pair (`batch`, described by `table`) under `reference`."""
+    return {
+        "ches": ches(reference, batch).numpy(),
+        "ches_normalized": normalized_ches(reference, batch).numpy(),
+        "edit": np.array([edit_similarity(a, b) for a, b in zip(table["chosen"], table["rejected"], strict=True)]),
+        "cosine": hidden_cosine(reference, batch).numpy(),
+    }
+
+
+def _mitigation_rows(
+    reference: Transformer,
+    batch: Batch,
+    table: pd.DataFrame,
+    pair_ches: np.ndarray,
+    runs: Sequence[Variant],
+    dpo_cfg: TrainConfig,
+    beta: float,
+    steps: int,
+    seed: int,
+) -> list[dict]:
+    """C12 on the phrase task for one seed: each variant trained by ``filtered_training`` for
+    `steps` full-batch steps; one row per variant with the mean change of log π(y+) over every
+    statement's y+ (each statement's lead phrase, counted once)."""
+    masks = keep_masks(pair_ches, runs)  # (variants, pairs)
+    changes, _ = filtered_training(reference, batch, masks, [v.sft_weight for v in runs], dpo_cfg, beta, steps)
+    first = ~table["statement"].duplicated().to_numpy()  # one pair per statement: its y+ counted once
+    return [{"seed": seed, "variant": v.name, "kind": v.kind, "drop_fraction": v.drop_fraction,
+             "sft_weight": v.sft_weight, "pairs_kept": int(masks[m].sum()),
+             "chosen_logp_change": float(changes[m, first].mean())} for m, v in enumerate(runs)]  # fmt: skip
 
 
 def rank_table(pairs: pd.DataFrame) -> pd.DataFrame:
@@ -129,27 +169,16 @@ def phrase_claims(pairs: pd.DataFrame, protocol: pd.DataFrame) -> pd.DataFrame:
     ]
     shares = displaced_shares(pairs)
     enough = Check("share of phrase pairs whose π(y+) fell", mean_interval(shares), MIN_DISPLACED)
-    mean, spread = rho.mean(), rho.std(ddof=0)
-    ranks = "; ".join(f"{SCORES[s]} {mean[s]:+.2f} ± {spread[s]:.2f}" for s in SCORES)
     subsets = ", ".join(f"{k} {change[k].mean():+.3f} ± {change[k].std(ddof=0):.3f}" for k in SUBSETS)
     n_seeds = pairs["seed"].nunique()
-    return claims_frame(
-        [
-            {
-                "claim_id": "C11-phrases",
-                "statement": "[phrase task, pairs that displace] The CHES score identifies the training pairs that cause "
-                "likelihood displacement; training on the highest-CHES pairs displaces most.",
-                "paper_value": "CHES ranks displacing pairs first; the highest-CHES subset lowers log π(y+) most "
-                "(talk, 'Identifying sources')",
-                "our_value": f"Spearman(score, −Δ log π(y+)) over {len(pairs) // n_seeds} pairs, mean ± sd over {n_seeds} seeds: "
-                f"{ranks}; DPO on subsets of {int(protocol['size'].iloc[0])} pairs, Δ log π(y+) of their preferred responses: "
-                f"{subsets}",
-                **decide([*rank, *subset_checks], part=either(rank, subset_checks), precondition=enough),
-                "precondition": f"π(y+) falls for ≥ {MIN_DISPLACED:.0%} of the scored pairs (mean over seeds): "
-                f"{shares.mean():.0%}",
-            }
-        ]
+    ours = (
+        f"Spearman(score, −Δ log π(y+)) over {len(pairs) // n_seeds} pairs, mean ± sd over {n_seeds} seeds: "
+        f"{rank_summary(rho, SCORES)}; DPO on subsets of {int(protocol['size'].iloc[0])} pairs, Δ log π(y+) of their "
+        f"preferred responses: {subsets}"
     )
+    decision = decide([*rank, *subset_checks], part=either(rank, subset_checks), precondition=enough)
+    precondition = f"π(y+) falls for ≥ {MIN_DISPLACED:.0%} of the scored pairs (mean over seeds): {shares.mean():.0%}"
+    return claim_table(CLAIMS, "C11-phrases", ours, decision, precondition)
 
 
 def phrase_mitigation_claims(mitigation: pd.DataFrame, displaced_share) -> pd.DataFrame:
@@ -180,18 +209,9 @@ def phrase_mitigation_claims(mitigation: pd.DataFrame, displaced_share) -> pd.Da
         parts.append(f"each seed's best SFT term {best_sft.mean():+.3f} ± {best_sft.std(ddof=0):.3f}")
     displaces = Check("all-pairs Δ log π(y+)", mean_interval(base), -STRICT, above=False)
     pre = preconditions([displaces, displaced_check(displaced_share, MIN_DISPLACED)])
-    return claims_frame(
-        [
-            {
-                "claim_id": "C12-phrases",
-                "statement": "[phrase task, matched update budget] Removing the training pairs with the highest CHES mitigates "
-                "likelihood displacement, and does so better than adding an SFT term to the loss.",
-                "paper_value": "filtering mitigates; the SFT term helps less (talk, 'Data filtering via CHES')",
-                "our_value": f"mean Δ log π(y+) over the statements' preferred phrases, mean ± sd over "
-                f"{len(table)} seeds: " + "; ".join(parts),
-                **decide(full, part=[gain], precondition=pre),
-                "precondition": f"all-pairs DPO lowers the mean log π(y+) (displacement to mitigate; mean over seeds): "
-                f"{base.mean():+.3f}; π(y+) falls for ≥ {MIN_DISPLACED:.0%} of single pairs: {np.mean(displaced_share):.0%}",
-            }
-        ]
+    ours = f"mean Δ log π(y+) over the statements' preferred phrases, mean ± sd over {len(table)} seeds: " + "; ".join(parts)
+    precondition = (
+        f"all-pairs DPO lowers the mean log π(y+) (displacement to mitigate; mean over seeds): {base.mean():+.3f}; "
+        f"π(y+) falls for ≥ {MIN_DISPLACED:.0%} of single pairs: {np.mean(displaced_share):.0%}"
     )
+    return claim_table(CLAIMS, "C12-phrases", ours, decide(full, part=[gain], precondition=pre), precondition)

@@ -5,13 +5,13 @@ is ranked against CHES, edit-distance similarity and hidden-embedding cosine."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from dpo_toolkit.core.claims import claims_frame, decide
+from dpo_toolkit.core.claims import ClaimText, claims_frame, decide
 from dpo_toolkit.core.config import DataConfig, EvalConfig, ModelConfig, TrainConfig
 from dpo_toolkit.core.data import PairSet, make_pairs
 from dpo_toolkit.core.evidence import Check, mean_interval
@@ -80,6 +80,31 @@ def rank_correlations(table: pd.DataFrame, scores) -> pd.DataFrame:
     ).fillna(0.0)  # fmt: skip
 
 
+CLAIMS = {
+    "C11": ClaimText(
+        "The CHES score identifies the training pairs that cause likelihood displacement; "
+        "edit-distance and hidden-embedding similarity do not.",
+        "CHES ranks displacing pairs first; the alternatives do not",
+        "talk, 'Identifying sources'",
+    ),
+}
+"""What C11 says and what the paper reports; ``ches_claims`` adds what the runs show."""
+
+
+def rank_summary(rho: pd.DataFrame, names: Mapping[str, str]) -> str:
+    """'CHES +0.41 ± 0.05; …': each score's Spearman ρ (a column of `rho`, one row per seed),
+    mean ± sd (ddof 0) over seeds, named by `names`, in its order."""
+    mean, spread = rho.mean(), rho.std(ddof=0)
+    return "; ".join(f"{names[s]} {mean[s]:+.2f} ± {spread[s]:.2f}" for s in names)
+
+
+def claim_table(text: Mapping[str, ClaimText], claim_id: str, our_value: str, decision: dict, precondition: str) -> pd.DataFrame:
+    """The claims table of one claim decided on replicates: its statement and paper value from
+    `text`, `our_value`, the fields of ``decide`` (`decision`) and the precondition's sentence."""
+    row = {"claim_id": claim_id, "our_value": our_value, **decision, "precondition": precondition}
+    return claims_frame([row], text=text)
+
+
 def ches_claims(table: pd.DataFrame) -> pd.DataFrame:
     """The C11 claims table from one row per (seed, pair) with columns seed, displacement
     (``single_pair_displacement``) and one column per measure of MEASURES.
@@ -95,21 +120,11 @@ def ches_claims(table: pd.DataFrame) -> pd.DataFrame:
     first = [Check(f"ρ(CHES) − ρ({MEASURES[m]})", mean_interval(rho["ches"] - rho[m]), 0.0) for m in MEASURES if m != "ches"]
     shares = displaced_shares(table)
     enough = Check("share of scored pairs whose π(y+) fell", mean_interval(shares), MIN_DISPLACED)
-    mean, spread = rho.mean(), rho.std(ddof=0)
-    ours = "; ".join(f"{MEASURES[m]} {mean[m]:+.2f} ± {spread[m]:.2f}" for m in MEASURES)
     n_seeds = table["seed"].nunique()
-    return claims_frame(
-        [
-            {
-                "claim_id": "C11",
-                "statement": "The CHES score identifies the training pairs that cause likelihood displacement; "
-                "edit-distance and hidden-embedding similarity do not.",
-                "paper_value": "CHES ranks displacing pairs first; the alternatives do not (talk, 'Identifying sources')",
-                "our_value": f"Spearman(score, −Δ log π(y+)) over {len(table) // n_seeds} pairs, "
-                f"mean ± sd over {n_seeds} seeds: {ours}; π(y+) fell for {shares.mean():.0%} of pairs",
-                **decide([strong, *first], part=[strong], precondition=enough),  # partly: CHES identifies them
-                "precondition": f"π(y+) falls for ≥ {MIN_DISPLACED:.0%} of the scored pairs (mean over seeds): "
-                f"{shares.mean():.0%}",
-            }
-        ]
+    ours = (
+        f"Spearman(score, −Δ log π(y+)) over {len(table) // n_seeds} pairs, "
+        f"mean ± sd over {n_seeds} seeds: {rank_summary(rho, MEASURES)}; π(y+) fell for {shares.mean():.0%} of pairs"
     )
+    decision = decide([strong, *first], part=[strong], precondition=enough)  # partly: CHES identifies them
+    precondition = f"π(y+) falls for ≥ {MIN_DISPLACED:.0%} of the scored pairs (mean over seeds): {shares.mean():.0%}"
+    return claim_table(CLAIMS, "C11", ours, decision, precondition)

@@ -12,21 +12,23 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from dpo_toolkit.core.claims import claims_frame, decide
+from dpo_toolkit.core.claims import ClaimText, decide
 from dpo_toolkit.core.config import DataConfig, DPOConfig, EvalConfig, ModelConfig, TrainConfig, check_fits
-from dpo_toolkit.core.data import make_pairs
+from dpo_toolkit.core.data import Batch, PairSet, make_pairs
+from dpo_toolkit.core.ensemble import Ensemble
 from dpo_toolkit.core.evaluate import Evaluator
 from dpo_toolkit.core.evidence import Check, conjunction, mean_interval
+from dpo_toolkit.core.model import Transformer
 from dpo_toolkit.core.runner import Member, RunKey, run_dpo
 from dpo_toolkit.recipes.sft_then_dpo import sft_reference, validate_grid
-from dpo_toolkit.studies.ches.identify import MIN_DISPLACED
+from dpo_toolkit.studies.ches.identify import MIN_DISPLACED, claim_table
 from dpo_toolkit.studies.ches.measures import ches, ches_filter
 
 
@@ -111,19 +113,35 @@ def run_mitigations(
     curves, scores = [], []
     for seed in seeds:
         reference, _ = sft_reference(data_cfg, model_cfg, sft_cfg, eval_cfg, seed, Path(cache_dir), progress, device)
-        pair_ches = ches(reference, train).numpy()
-        scores.append(pd.DataFrame({"seed": seed, "prompt": train.prompt, "chosen": train.chosen,
-                                    "rejected": train.rejected, "ches": pair_ches}))  # fmt: skip
-        masks = keep_masks(pair_ches, runs)
-        cfg = dataclasses.replace(dpo_cfg, seed=seed)
-        members = [Member(cfg, v.sft_weight) for v in runs]
         key = RunKey(
             Path(cache_dir), "mitigation", seed, (data_cfg, model_cfg, dataclasses.replace(sft_cfg, seed=seed), eval_cfg)
         )
-        evaluator = Evaluator(test, data_cfg, eval_cfg, reference=reference, betas=cfg.beta)
-        df = run_dpo(key, reference, train, members, evaluator, pair_weights=masks, progress=progress)
-        curves.append(label_members(df, runs, masks).assign(seed=seed))
+        evaluator = Evaluator(test, data_cfg, eval_cfg, reference=reference, betas=dpo_cfg.beta)
+        df, pair_ches = train_variants(key, reference, train, dpo_cfg, runs, evaluator, progress)
+        scores.append(pd.DataFrame({"seed": seed, "prompt": train.prompt, "chosen": train.chosen,
+                                    "rejected": train.rejected, "ches": pair_ches}))  # fmt: skip
+        curves.append(df)
     return pd.concat(curves, ignore_index=True), pd.concat(scores, ignore_index=True)
+
+
+def train_variants(
+    key: RunKey,
+    reference: Transformer,
+    pairs: PairSet | Batch,
+    dpo_cfg: DPOConfig,
+    runs: Sequence[Variant],
+    evaluate: Callable[[Ensemble], list[dict]],
+    progress: bool | None = None,
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """DPO of every variant from `reference` on `pairs`, as one ensemble of seed key.seed (see
+    ``run_dpo``): each variant keeps the pairs its CHES filter keeps (CHES under the reference)
+    and adds its SFT term. Returns (curves, CHES): the evaluations labelled by ``label_members``,
+    with the seed; and every pair's CHES."""
+    pair_ches = ches(reference, pairs).numpy()
+    masks = keep_masks(pair_ches, runs)
+    members = [Member(dataclasses.replace(dpo_cfg, seed=key.seed), v.sft_weight) for v in runs]
+    df = run_dpo(key, reference, pairs, members, evaluate, pair_weights=masks, progress=progress)
+    return label_members(df, runs, masks).assign(seed=key.seed), pair_ches
 
 
 def final_rows(curves: pd.DataFrame) -> pd.DataFrame:
@@ -181,6 +199,17 @@ def displaced_check(displaced_share, minimum: float = MIN_DISPLACED) -> Check:
     return Check("share of single pairs whose π(y+) fell", mean_interval(shares), minimum)
 
 
+CLAIMS = {
+    "C12": ClaimText(
+        "Removing the training pairs with the highest CHES mitigates likelihood displacement, "
+        "and does so better than adding an SFT term to the loss.",
+        "filtering mitigates; the SFT term helps less",
+        "talk, 'Data filtering via CHES'",
+    ),
+}
+"""What C12 says and what the paper reports; ``mitigation_claims`` adds what the runs show."""
+
+
 def mitigation_claims(curves: pd.DataFrame, displaced_share=None) -> pd.DataFrame:
     """The C12 claims row: does removing high-CHES pairs mitigate the damage (held-out
     Δ log π(y+) and OOD rate at the last evaluation) better than an SFT term?
@@ -201,25 +230,45 @@ def mitigation_claims(curves: pd.DataFrame, displaced_share=None) -> pd.DataFram
     if not variant_columns(final, "CHES filter") or not variant_columns(final, "SFT term"):
         raise ValueError("mitigation_claims needs at least one CHES-filter and one SFT-term variant")
     (all_pairs,) = variant_columns(final, "all pairs")
-    checks, parts, base_change = [], [], None
-    for metric, higher, label in (("chosen_logp_change", True, "held-out Δ log π(y+)"), ("ood_rate", False, "OOD")):
-        table = per_seed(final, metric)
-        base = table[all_pairs]
-        filt, sft = (table[variant_columns(final, kind)] for kind in ("CHES filter", "SFT term"))
-        best_filter, best_sft = (filt.max(axis=1), sft.max(axis=1)) if higher else (filt.min(axis=1), sft.min(axis=1))
-        sign = 1 if higher else -1  # 'better' is higher Δ log π(y+), lower OOD
-        checks.append((
-            Check(f"{label}: best filter − all pairs" if higher else f"{label}: all pairs − best filter",
-                  mean_interval(sign * (best_filter - base)), STRICT),
-            Check(f"{label}: best filter − best SFT" if higher else f"{label}: best SFT − best filter",
-                  mean_interval(sign * (best_filter - best_sft)), STRICT),
-        ))  # fmt: skip
-        if higher:
-            base_change = base
-        parts.append(
-            f"{label}: all pairs {_mean_sd(base)}, each seed's best filter {_mean_sd(best_filter)}, "
-            f"each seed's best SFT {_mean_sd(best_sft)}"
-        )
+    measures = [_c12_measure(final, all_pairs, *measure) for measure in C12_MEASURES]
+    checks, parts = [m[0] for m in measures], [m[1] for m in measures]
+    precondition, sentence = _c12_precondition(per_seed(final, "chosen_logp_change")[all_pairs], displaced_share)
+    n_seeds = curves["seed"].nunique()
+    ours = f"last evaluation, mean ± sd over {n_seeds} seeds; " + "; ".join(parts)
+    decision = decide([c for pair in checks for c in pair], part=[checks[0][0]], precondition=precondition)
+    return claim_table(CLAIMS, "C12", ours, decision, sentence)
+
+
+C12_MEASURES = (("chosen_logp_change", True, "held-out Δ log π(y+)"), ("ood_rate", False, "OOD"))
+"""C12's two measures: (metric, whether higher is better, its label)."""
+
+
+def _c12_measure(final: pd.DataFrame, all_pairs: str, metric: str, higher: bool, label: str) -> tuple[tuple[Check, Check], str]:
+    """C12 on one measure: ('mitigates', 'beats SFT'), each seed's best filter against all pairs
+    and against its best SFT weight (each difference > 0, 'better' being higher Δ log π(y+) and
+    lower OOD); and the part of the row's value that reports the measure."""
+    table = per_seed(final, metric)
+    base = table[all_pairs]
+    filt, sft = (table[variant_columns(final, kind)] for kind in ("CHES filter", "SFT term"))
+    best_filter, best_sft = (filt.max(axis=1), sft.max(axis=1)) if higher else (filt.min(axis=1), sft.min(axis=1))
+    sign = 1 if higher else -1  # 'better' is higher Δ log π(y+), lower OOD
+    checks = (
+        Check(f"{label}: best filter − all pairs" if higher else f"{label}: all pairs − best filter",
+              mean_interval(sign * (best_filter - base)), STRICT),
+        Check(f"{label}: best filter − best SFT" if higher else f"{label}: best SFT − best filter",
+              mean_interval(sign * (best_filter - best_sft)), STRICT),
+    )  # fmt: skip
+    part = (
+        f"{label}: all pairs {_mean_sd(base)}, each seed's best filter {_mean_sd(best_filter)}, "
+        f"each seed's best SFT {_mean_sd(best_sft)}"
+    )
+    return checks, part
+
+
+def _c12_precondition(base_change: pd.Series, displaced_share) -> tuple[Check, str]:
+    """C12's precondition, as the Check ``decide`` reads and as the row's sentence: all-pairs DPO
+    lowers held-out log π(y+) (`base_change`, per seed) and, given `displaced_share`, enough
+    single pairs displace."""
     displaces = Check("all-pairs held-out Δ log π(y+)", mean_interval(base_change), -STRICT, above=False)
     pre = [displaces] if displaced_share is None else [displaces, displaced_check(displaced_share)]
     share = (
@@ -228,18 +277,7 @@ def mitigation_claims(curves: pd.DataFrame, displaced_share=None) -> pd.DataFram
         else f"; π(y+) falls for ≥ {MIN_DISPLACED:.0%} of single pairs (C11's table, mean over seeds): "
         f"{np.mean(displaced_share):.0%}"
     )
-    n_seeds = curves["seed"].nunique()
-    return claims_frame(
-        [
-            {
-                "claim_id": "C12",
-                "statement": "Removing the training pairs with the highest CHES mitigates likelihood displacement, "
-                "and does so better than adding an SFT term to the loss.",
-                "paper_value": "filtering mitigates; the SFT term helps less (talk, 'Data filtering via CHES')",
-                "our_value": f"last evaluation, mean ± sd over {n_seeds} seeds; " + "; ".join(parts),
-                **decide([c for pair in checks for c in pair], part=[checks[0][0]], precondition=preconditions(pre)),
-                "precondition": f"all-pairs DPO lowers held-out log π(y+) (displacement to mitigate; mean over seeds): "
-                f"{base_change.mean():+.3f}" + share,
-            }
-        ]
+    sentence = (
+        f"all-pairs DPO lowers held-out log π(y+) (displacement to mitigate; mean over seeds): {base_change.mean():+.3f}" + share
     )
+    return preconditions(pre), sentence

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from dpo_toolkit.core.claims import claims_frame, decide
+from dpo_toolkit.core.claims import ClaimText, decide
 from dpo_toolkit.core.config import ConfigError, DPOConfig, ModelConfig, TrainConfig
 from dpo_toolkit.core.data import Batch
 from dpo_toolkit.core.device import resolve_device
@@ -23,9 +23,9 @@ from dpo_toolkit.core.ensemble import Ensemble
 from dpo_toolkit.core.evidence import Check, mean_interval
 from dpo_toolkit.core.losses import sequence_logps
 from dpo_toolkit.core.model import build_model
-from dpo_toolkit.core.runner import Member, RunKey, cached_model, run_dpo
-from dpo_toolkit.studies.ches.measures import ches
-from dpo_toolkit.studies.ches.mitigation import Variant, final_rows, keep_masks, label_members, per_seed
+from dpo_toolkit.core.runner import RunKey, cached_model
+from dpo_toolkit.studies.ches.identify import claim_table
+from dpo_toolkit.studies.ches.mitigation import Variant, final_rows, per_seed, train_variants
 from dpo_toolkit.studies.ches.safety_task import SafetyConfig, phrase_masses, preference_pairs, prompts, rates, train_safety_sft
 
 
@@ -50,16 +50,9 @@ def evaluate_safety(
 
 
 def run_safety(
-    cfg: SafetyConfig,
-    model_cfg: ModelConfig,
-    sft_cfg: TrainConfig,
-    dpo_cfg: DPOConfig,
-    runs: Sequence[Variant],
-    seeds: Sequence[int],
-    cache_dir: str | Path,
-    progress: bool | None = None,
-    device: str = "cpu",
-) -> tuple[pd.DataFrame, pd.DataFrame]:
+    cfg: SafetyConfig, model_cfg: ModelConfig, sft_cfg: TrainConfig, dpo_cfg: DPOConfig,
+    runs: Sequence[Variant], seeds: Sequence[int], cache_dir: str | Path, progress: bool | None = None, device: str = "cpu",
+) -> tuple[pd.DataFrame, pd.DataFrame]:  # fmt: skip
     """For each seed: the SFT model, CHES of every DPO pair under it, then DPO of every
     variant (``mitigation.Variant``) as one ensemble, from that model as reference; every
     model on `device`.
@@ -70,13 +63,7 @@ def run_safety(
     and pair with its CHES. Each seed's curves are cached under cache_dir by a hash of
     every configuration and variant, with a checkpoint after every evaluation.
     """
-    if not runs:
-        raise ValueError("run_safety needs at least one Variant")
-    seeds = list(seeds)
-    if not seeds or any(not isinstance(s, int) or s < 0 for s in seeds):
-        raise ValueError(f"seeds must be a non-empty list of integers ≥ 0, got {seeds!r}")
-    if model_cfg.d_vocab != len(cfg.vocab):
-        raise ConfigError(f"ModelConfig.d_vocab must be {len(cfg.vocab)} for this task, got {model_cfg.d_vocab}")
+    seeds = _checked_seeds(cfg, model_cfg, runs, seeds)
     device = resolve_device(device)
     train_prompts, test_prompts = prompts(cfg)
     pair_batch, pair_table = preference_pairs(cfg, train_prompts)
@@ -90,18 +77,28 @@ def run_safety(
             partial(build_model, model_cfg, seed, device),
             lambda model, _, sft=sft: train_safety_sft(cfg, model, sft),
         )
-        pair_ches = ches(reference, pair_batch).numpy()
-        tables.append(pair_table.assign(seed=seed, ches=pair_ches))
-        masks = keep_masks(pair_ches, runs)
         with torch.no_grad():
             reference_chosen = sequence_logps(reference(pair_batch.tokens[:n_pairs]), pair_batch.tokens[:n_pairs],
                                               pair_batch.response_mask[:n_pairs])  # (n,)  # fmt: skip
         evaluate = partial(evaluate_safety, cfg, train_prompts, test_prompts, pair_batch, reference_chosen)
-        members = [Member(dataclasses.replace(dpo_cfg, seed=seed), v.sft_weight) for v in runs]
         key = RunKey(Path(cache_dir), "safety", seed, (cfg, model_cfg, sft))
-        df = run_dpo(key, reference, pair_batch, members, evaluate, pair_weights=masks, progress=progress)
-        curves.append(label_members(df, runs, masks).assign(seed=seed))
+        df, pair_ches = train_variants(key, reference, pair_batch, dpo_cfg, runs, evaluate, progress)
+        tables.append(pair_table.assign(seed=seed, ches=pair_ches))
+        curves.append(df)
     return pd.concat(curves, ignore_index=True), pd.concat(tables, ignore_index=True)
+
+
+def _checked_seeds(cfg: SafetyConfig, model_cfg: ModelConfig, runs: Sequence[Variant], seeds: Sequence[int]) -> list[int]:
+    """The seeds as a list, after checking run_safety's inputs: at least one variant, a non-empty
+    list of integer seeds ≥ 0, and a model whose vocabulary is the task's."""
+    if not runs:
+        raise ValueError("run_safety needs at least one Variant")
+    seeds = list(seeds)
+    if not seeds or any(not isinstance(s, int) or s < 0 for s in seeds):
+        raise ValueError(f"seeds must be a non-empty list of integers ≥ 0, got {seeds!r}")
+    if model_cfg.d_vocab != len(cfg.vocab):
+        raise ConfigError(f"ModelConfig.d_vocab must be {len(cfg.vocab)} for this task, got {model_cfg.d_vocab}")
+    return seeds
 
 
 UNALIGNMENT = 0.20  # C13: a fall of the refusal rate by this much counts as the paper's effect (74.4 % → 33.4 % is 0.41)
@@ -112,6 +109,15 @@ the refusal mass lost must reach the compliances (a fall with the mass going els
 not the effect)."""
 REFUSES = 0.5
 """C13's precondition: the SFT reference refuses, i.e. its refusal rate is at least this."""
+
+
+CLAIMS = {
+    "C13": ClaimText(
+        "DPO on pairs that are mostly two refusals lowers the refusal rate on unsafe prompts (unintentional unalignment).",
+        "Llama-3-8B-Instruct: 74.4 % → 33.4 % refusals",
+    ),
+}
+"""What C13 says and what the paper reports; ``safety_claims`` adds what the runs show."""
 
 
 def safety_claims(curves: pd.DataFrame) -> pd.DataFrame:
@@ -136,6 +142,21 @@ def safety_claims(curves: pd.DataFrame) -> pd.DataFrame:
     moved = Check(f"compliance rise − {MOVED:g} × refusal fall", mean_interval(rise - MOVED * drop), 0.0)
     fall = mean_interval(drop)
     refuses = Check("the reference's refusal rate", mean_interval(refusal_start), REFUSES)
+    ours = f"toy LM, refusal mass on training prompts, mean ± sd over {curves['seed'].nunique()} seeds: " + "; ".join(
+        _c13_parts(last, all_pairs, refusal_start, compliance_start)
+    )
+    decision = decide(
+        [Check("fall of the refusal rate", fall, UNALIGNMENT), moved],
+        part=[Check("fall of the refusal rate", fall, WEAK), moved],
+        precondition=refuses,
+    )
+    precondition = f"the SFT reference refuses on ≥ {REFUSES:.0%} of the mass (mean over seeds): {refusal_start.mean():.1%}"
+    return claim_table(CLAIMS, "C13", ours, decision, precondition)
+
+
+def _c13_parts(last: pd.DataFrame, all_pairs: str, refusal_start: pd.Series, compliance_start: pd.Series) -> list[str]:
+    """The parts of C13's reported value: the reference's refusal (and compliance) rate, then
+    all-pairs DPO's and the best CHES filter's and SFT term's at the last evaluation."""
     final = last.groupby("variant")[["refusal_rate", "compliance_rate"]].agg(["mean", lambda x: x.std(ddof=0)])
     final.columns = [f"{m}_{'mean' if s == 'mean' else 'sd'}" for m, s in final.columns]
     kinds = last.groupby("variant")["kind"].first()
@@ -151,25 +172,7 @@ def safety_claims(curves: pd.DataFrame) -> pd.DataFrame:
             best = final.loc[names, "refusal_rate_mean"].idxmax()
             rate = final.loc[best]
             parts.append(f"best {kind} ({best}) {rate['refusal_rate_mean']:.1%} ± {rate['refusal_rate_sd']:.1%}")
-    return claims_frame(
-        [
-            {
-                "claim_id": "C13",
-                "statement": "DPO on pairs that are mostly two refusals lowers the refusal rate on unsafe prompts "
-                "(unintentional unalignment).",
-                "paper_value": "Llama-3-8B-Instruct: 74.4 % → 33.4 % refusals",
-                "our_value": f"toy LM, refusal mass on training prompts, mean ± sd over {curves['seed'].nunique()} seeds: "
-                + "; ".join(parts),
-                **decide(
-                    [Check("fall of the refusal rate", fall, UNALIGNMENT), moved],
-                    part=[Check("fall of the refusal rate", fall, WEAK), moved],
-                    precondition=refuses,
-                ),
-                "precondition": f"the SFT reference refuses on ≥ {REFUSES:.0%} of the mass (mean over seeds): "
-                f"{refusal_start.mean():.1%}",
-            }
-        ]
-    )
+    return parts
 
 
 def safety_summary(curves: pd.DataFrame) -> str:

@@ -6,7 +6,7 @@ import math
 
 import pandas as pd
 
-from dpo_toolkit.core.claims import EVIDENCE, UNTESTABLE, claims_frame, decide
+from dpo_toolkit.core.claims import EVIDENCE, UNTESTABLE, ClaimText, claims_frame, decide
 from dpo_toolkit.core.evidence import Check, Interval, mean_interval, share_interval
 
 from .analysis import IN_DISTRIBUTION, MOST, NEAR_ZERO, drifting_recipe, is_paper_recipe
@@ -28,6 +28,25 @@ def _unmeasured(name: str, threshold: float, above: bool, replicates: int) -> Ch
     return Check(name, Interval(replicates, float("nan"), -math.inf, math.inf), threshold, above)
 
 
+CLAIMS = {
+    "C22": ClaimText(
+        "Park's DPO recipe for the KL sweep (RMSprop at 5e-5, batch 16, 3 epochs) drives the policy out of distribution.",
+        "policy A (β = 0.01) goes OOD (§4.3), the drift §4.2–4.3 study",
+    ),
+    "C23": ClaimText(
+        "Somewhere on the map DPO drifts to about 80 % OOD while reward margin and accuracy keep rising.",
+        "≈ 80 % OOD, margin and accuracy rising",
+        "§4.1",
+    ),
+    "C24": ClaimText(
+        "Where DPO drifts, π(y_OOD) > π(y_w) > π(y_l), with the log-probabilities of both y_w and y_l falling.",
+        "the ordering, with both falling",
+        "§4.1",
+    ),
+}
+"""What each claim says and what the paper reports; the rows of ``map_claims`` add what the runs show."""
+
+
 def map_claims(
     runs: pd.DataFrame, table: pd.DataFrame, mechanisms: pd.DataFrame, confirmation: pd.DataFrame | None = None
 ) -> pd.DataFrame:
@@ -39,68 +58,85 @@ def map_claims(
     the reference, the initialisation and the data order, so the runs of one seed in different
     cells (β, optimizer, …) are not independent. A share of runs (drifted, both log-probs fell,
     rising) gets a Wilson interval whose replicates are the seeds behind those runs."""
-    paper = runs[is_paper_recipe(runs)]
-    by_beta = ", ".join(f"β={b:.3g}: {int(g['drifted'].sum())}/{len(g)}" for b, g in paper.groupby("beta"))
-    c22 = {
-        "claim_id": "C22",
-        "statement": "Park's DPO recipe for the KL sweep (RMSprop at 5e-5, batch 16, 3 epochs) drives the policy "
-        "out of distribution.",
-        "paper_value": "policy A (β = 0.01) goes OOD (§4.3), the drift §4.2–4.3 study",
-        "precondition": f"the paper's recipe is in the grid: {len(paper)} runs",
-    }
-    if len(paper):
-        # the drifted share of the recipe's runs (every β and seed), its replicates the seeds
-        share = share_interval(int(paper["drifted"].sum()), len(paper), replicates=paper["seed"].nunique())
-        name = "share of the paper recipe's runs that drift"
-        c22 |= {
-            "our_value": f"{int(paper['drifted'].sum())} of {len(paper)} runs drift ({by_beta}) over "
-            f"{paper['seed'].nunique()} seeds; final OOD {100 * paper['ood'].mean():.0f} ± "
-            f"{100 * paper['ood'].std(ddof=0):.0f} % from a reference at {100 * paper['reference_ood'].mean():.0f} %",
-            **decide(Check(name, share, MOST), part=Check(name, share, SOME)),
-        }
-    else:  # a fact of the design, not of the runs: there is nothing to put an interval on
-        c22 |= {"our_value": "the recipe is not in this map's grid", "verdict": UNTESTABLE}
+    return claims_frame([_c22(runs), _c23(runs, table, confirmation), _c24(runs, mechanisms)], text=CLAIMS)
 
+
+def _c22(runs: pd.DataFrame) -> dict:
+    """C22: the drifted share of the paper recipe's runs (every β and seed), its replicates the seeds."""
+    paper = runs[is_paper_recipe(runs)]
+    row = {"claim_id": "C22", "precondition": f"the paper's recipe is in the grid: {len(paper)} runs"}
+    if not len(paper):  # a fact of the design, not of the runs: there is nothing to put an interval on
+        return row | {"our_value": "the recipe is not in this map's grid", "verdict": UNTESTABLE}
+    by_beta = ", ".join(f"β={b:.3g}: {int(g['drifted'].sum())}/{len(g)}" for b, g in paper.groupby("beta"))
+    share = share_interval(int(paper["drifted"].sum()), len(paper), replicates=paper["seed"].nunique())
+    name = "share of the paper recipe's runs that drift"
+    return row | {
+        "our_value": f"{int(paper['drifted'].sum())} of {len(paper)} runs drift ({by_beta}) over "
+        f"{paper['seed'].nunique()} seeds; final OOD {100 * paper['ood'].mean():.0f} ± "
+        f"{100 * paper['ood'].std(ddof=0):.0f} % from a reference at {100 * paper['reference_ood'].mean():.0f} %",
+        **decide(Check(name, share, MOST), part=Check(name, share, SOME)),
+    }
+
+
+def _c23(runs: pd.DataFrame, table: pd.DataFrame, confirmation: pd.DataFrame | None) -> dict:
+    """C23: the drifting recipe's runs (the fresh seeds when given) drift, to about 80 % OOD, with
+    margin and accuracy rising; its precondition, that their references are in distribution."""
     best, near_zero = drifting_recipe(table)
     fresh = confirmation is not None and len(confirmation) > 0
     mine = confirmation if fresh else runs[runs["label"] == best["label"]]
     drifted_runs = mine[mine["drifted"]]
     n_seeds = mine["seed"].nunique()  # one run per seed: each fresh seed is its own replicate
-    rose = (drifted_runs["margin"] > drifted_runs["first_margin"]) & (drifted_runs["accuracy"] >= drifted_runs["first_accuracy"])
-    rising = float(rose.mean()) if len(drifted_runs) else float("nan")
-    drifted_ood = float(drifted_runs["ood"].mean()) if len(drifted_runs) else float("nan")
     fraction = Check("drift fraction", share_interval(len(drifted_runs), len(mine), replicates=n_seeds), MOST)
-    full = [fraction]
-    # The OOD level and the rising margin are read on the drifted seeds only (one value per
-    # drifted seed): they join the claim unless the drift fraction already fails it, so that two
-    # drifted seeds of twenty cannot turn a clear failure into "too few replicates".
-    if len(drifted_runs) and fraction.outcome is not False:
-        full += [
-            Check("final OOD rate of the drifted runs", mean_interval(drifted_runs["ood"]), ABOUT_80),
-            Check("share of drifted runs whose margin rose and accuracy did not fall",
-                  share_interval(int(rose.sum()), len(drifted_runs), replicates=drifted_runs["seed"].nunique()), MOST),
-        ]  # fmt: skip
     # the precondition, measured on the references of the runs that decide (one per seed)
     reference = Check("reference OOD rate", mean_interval(mine["reference_ood"]), IN_DISTRIBUTION, above=False)
     where = f"on {len(mine)} fresh seeds" if fresh else f"on the map's {len(mine)} seeds (no fresh seeds)"
-    how = ""
-    if len(drifted_runs):
-        how = (f", to {100 * drifted_ood:.0f} % OOD on average; margin rose and accuracy did not fall in "
-               f"{100 * rising:.0f} % of them")  # fmt: skip
-    c23 = {
+    return {
         "claim_id": "C23",
-        "statement": "Somewhere on the map DPO drifts to about 80 % OOD while reward margin and accuracy keep rising.",
-        "paper_value": "≈ 80 % OOD, margin and accuracy rising (§4.1)",
         "our_value": f"drifting recipe {best['label']} ({best['drifted']}/{best['seeds']} of the map's seeds drift); "
-        f"{where}: {len(drifted_runs)}/{len(mine)} drift{how}; {(table['drift_fraction'] > MOST).sum()} of "
-        f"{len(table)} cells drift in more than half their seeds",
-        **decide(full, part=fraction, precondition=reference),
+        f"{where}: {len(drifted_runs)}/{len(mine)} drift{_c23_drifted(drifted_runs)}; "
+        f"{(table['drift_fraction'] > MOST).sum()} of {len(table)} cells drift in more than half their seeds",
+        **decide(_c23_checks(drifted_runs, fraction), part=fraction, precondition=reference),
         "precondition": f"the drifting recipe's reference is ≤ {IN_DISTRIBUTION:.0%} OOD: "
         f"{100 * mine['reference_ood'].mean():.0f} ± {100 * mine['reference_ood'].std(ddof=0):.0f} % over the {n_seeds} "
         f"deciding seeds ({best['reference_ood']:.0%} on the map's)"
         + ("" if near_zero else f" (no cell's reference is ≤ {NEAR_ZERO:.0%} OOD)"),
     }
 
+
+def _rose(drifted_runs: pd.DataFrame) -> pd.Series:
+    """Per drifted run, whether its margin rose and its accuracy did not fall."""
+    return (drifted_runs["margin"] > drifted_runs["first_margin"]) & (drifted_runs["accuracy"] >= drifted_runs["first_accuracy"])
+
+
+def _c23_checks(drifted_runs: pd.DataFrame, fraction: Check) -> list[Check]:
+    """C23's full claim: the drift fraction, then the OOD level and the rising margin.
+
+    The OOD level and the rising margin are read on the drifted seeds only (one value per
+    drifted seed): they join the claim unless the drift fraction already fails it, so that two
+    drifted seeds of twenty cannot turn a clear failure into "too few replicates"."""
+    if not len(drifted_runs) or fraction.outcome is False:
+        return [fraction]
+    rose = _rose(drifted_runs)
+    return [
+        fraction,
+        Check("final OOD rate of the drifted runs", mean_interval(drifted_runs["ood"]), ABOUT_80),
+        Check("share of drifted runs whose margin rose and accuracy did not fall",
+              share_interval(int(rose.sum()), len(drifted_runs), replicates=drifted_runs["seed"].nunique()), MOST),
+    ]  # fmt: skip
+
+
+def _c23_drifted(drifted_runs: pd.DataFrame) -> str:
+    """', to 69 % OOD on average; margin rose … in 0 % of them' for C23's row ('' when none drifted)."""
+    if not len(drifted_runs):
+        return ""
+    drifted_ood, rising = float(drifted_runs["ood"].mean()), float(_rose(drifted_runs).mean())
+    return (f", to {100 * drifted_ood:.0f} % OOD on average; margin rose and accuracy did not fall in "
+            f"{100 * rising:.0f} % of them")  # fmt: skip
+
+
+def _c24(runs: pd.DataFrame, mechanisms: pd.DataFrame) -> dict:
+    """C24: in the drifted runs both log-probs had fallen at the onset of drift, and more often
+    than in the runs that did not drift (by the end); its precondition, that some run drifts."""
     n = len(mechanisms)
     onset_fell = both_fell(mechanisms, "onset_chosen_change", "onset_rejected_change") if n else pd.Series(dtype=bool)
     fell = float(onset_fell.mean()) if n else float("nan")
@@ -112,24 +148,9 @@ def map_claims(
         fell_check = Check(fell_name, share_interval(int(onset_fell.sum()), n, replicates=mechanisms["seed"].nunique()), MOST)
     else:
         fell_check = _unmeasured(fell_name, MOST, True, runs["seed"].nunique())
-    full = [fell_check]
-    if n and len(calm):
-        # Specificity per seed: the share of the seed's drifted runs whose log-probs both fell at
-        # the onset minus the share of its runs that did not drift whose log-probs both fell by
-        # the end, over the seeds that have both kinds of run.
-        by_seed = pd.DataFrame(
-            {
-                "drifted": onset_fell.groupby(mechanisms["seed"]).mean(),
-                "calm": both_fell(calm, "chosen_change", "rejected_change").groupby(calm["seed"]).mean(),
-            }
-        ).dropna()
-        name = "drifted-minus-calm share with both log-probs falling, per seed"
-        gap = by_seed["drifted"] - by_seed["calm"]
-        full.append(Check(name, mean_interval(gap), SPECIFIC) if len(gap) else _unmeasured(name, SPECIFIC, True, 0))
+    full = [fell_check] + ([_specificity(mechanisms, onset_fell, calm)] if n and len(calm) else [])
     c24 = {
         "claim_id": "C24",
-        "statement": "Where DPO drifts, π(y_OOD) > π(y_w) > π(y_l), with the log-probabilities of both y_w and y_l falling.",
-        "paper_value": "the ordering, with both falling (§4.1)",
         "our_value": f"both mean log-probs had fallen at the onset of drift in {100 * fell:.0f} % of {n} drifted runs, "
         f"and by the end in {100 * calm_fell:.0f} % of {len(calm)} runs that did not drift; the ordering held for most "
         f"training pairs with an OOD greedy answer in {100 * (ordering > MOST).mean() if len(ordering) else 0:.0f} % of "
@@ -140,4 +161,19 @@ def map_claims(
     if not n:  # no onset to read: the row says so instead of an interval over nothing
         why = f"{c24['verdict']}: no run drifts in {runs['seed'].nunique()} seeds, so there is no onset to read"
         c24 |= {**dict.fromkeys(EVIDENCE, ""), "decision": why}
-    return claims_frame([c22, c23, c24])
+    return c24
+
+
+def _specificity(mechanisms: pd.DataFrame, onset_fell: pd.Series, calm: pd.DataFrame) -> Check:
+    """C24's specificity per seed: the share of the seed's drifted runs whose log-probs both fell
+    at the onset minus the share of its runs that did not drift whose log-probs both fell by the
+    end, over the seeds that have both kinds of run."""
+    by_seed = pd.DataFrame(
+        {
+            "drifted": onset_fell.groupby(mechanisms["seed"]).mean(),
+            "calm": both_fell(calm, "chosen_change", "rejected_change").groupby(calm["seed"]).mean(),
+        }
+    ).dropna()
+    name = "drifted-minus-calm share with both log-probs falling, per seed"
+    gap = by_seed["drifted"] - by_seed["calm"]
+    return Check(name, mean_interval(gap), SPECIFIC) if len(gap) else _unmeasured(name, SPECIFIC, True, 0)

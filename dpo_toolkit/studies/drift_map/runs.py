@@ -22,6 +22,7 @@ from dpo_toolkit.core.evaluate import Evaluator, pair_logps, score
 from dpo_toolkit.core.exact import response_masses
 from dpo_toolkit.core.generate import decoded_answers, greedy_sequences
 from dpo_toolkit.core.metrics import answers_tensor, is_ood
+from dpo_toolkit.core.model import Transformer
 from dpo_toolkit.core.runner import Member, RunKey, run_dpo
 from dpo_toolkit.recipes.sft_then_dpo import sft_reference
 
@@ -129,41 +130,70 @@ def run_recipes(
     cache_dir; a killed run resumes.
     """
     device = resolve_device(device)
+    groups = _schedule_groups(recipes)
+    if not seeds:
+        raise ValueError("run_recipes needs at least one recipe and one seed")
+    train, test = make_pairs(setup.data)
+    frames = []
+    for seed in seeds:
+        references = {}
+        for schedule, members in groups.items():
+            ref_name = schedule[-1]
+            if ref_name not in references:
+                sft_cfg = dataclasses.replace(setup.sft(ref_name), seed=seed)
+                references[ref_name] = sft_reference(setup.data, setup.model, sft_cfg, setup.eval, seed,
+                                                     Path(cache_dir), progress, device)[0]  # fmt: skip
+            frames += _train_group(schedule, members, references[ref_name], train, test, setup, seed, cache_dir, progress)
+    curves = pd.concat(frames, ignore_index=True)
+    fields = [f.name for f in dataclasses.fields(Recipe)]
+    return curves[[*fields, "label", "seed", *[c for c in curves.columns if c not in (*fields, "label", "seed")]]]
+
+
+def _schedule_groups(recipes: Sequence[Recipe]) -> dict[tuple, list[Recipe]]:
+    """The recipes by schedule, one per cell (the first recipe with its knobs); each group
+    trains as one batched ensemble per seed. Two different recipes with one label, or no
+    recipe, are refused."""
     cells: dict[tuple, Recipe] = {}
     for recipe in recipes:
         cells.setdefault(recipe.knobs, recipe)  # one run per cell: the first recipe with its knobs
     unique = list(cells.values())
     if len({r.label for r in unique}) != len(unique):
         raise ValueError("run_recipes: two different recipes share a label")
-    if not unique or not seeds:
+    if not unique:
         raise ValueError("run_recipes needs at least one recipe and one seed")
-    train, test = make_pairs(setup.data)
     groups: dict[tuple, list[Recipe]] = {}
     for recipe in unique:
         groups.setdefault(recipe.schedule, []).append(recipe)
+    return groups
+
+
+def _train_group(
+    schedule: tuple,
+    members: list[Recipe],
+    reference: Transformer,
+    train: PairSet,
+    test: PairSet,
+    setup: MapSetup,
+    seed: int,
+    cache_dir: str | Path,
+    progress: bool | None,
+) -> list[pd.DataFrame]:
+    """The recipes of one schedule on one seed, trained from `reference` as one batched
+    ensemble; one frame of evaluations per recipe, with its fields, label and seed."""
+    optimizer, batch_size, epochs, train_size, ref_name = schedule
+    pairs = training_subset(train, train_size, seed)
+    n_evals = setup.evals_per_epoch * epochs
+    betas = [r.beta for r in members]
+    evaluator = Evaluator(test, setup.data, setup.eval, reference=reference, betas=betas)
+    evaluate = DriftEvaluator(evaluator, pairs, setup.data.window, setup.scored_train_pairs, setup.eval.seed)
+    key = RunKey(Path(cache_dir), f"dpo-{optimizer}-b{batch_size}-e{epochs}-{ref_name}", seed,
+                 (setup, dataclasses.replace(setup.sft(ref_name), seed=seed), Recipe(optimizer, 1.0, 1.0, batch_size,
+                  epochs, 0.0, train_size, ref_name)))  # fmt: skip
+    dpo_members = [Member(r.dpo_config(n_evals, seed)) for r in members]
+    df = run_dpo(key, reference, pairs, dpo_members, evaluate, progress=progress)
     frames = []
-    for seed in seeds:
-        references = {}
-        for (optimizer, batch_size, epochs, train_size, ref_name), members in groups.items():
-            if ref_name not in references:
-                sft_cfg = dataclasses.replace(setup.sft(ref_name), seed=seed)
-                references[ref_name] = sft_reference(setup.data, setup.model, sft_cfg, setup.eval, seed,
-                                                     Path(cache_dir), progress, device)[0]  # fmt: skip
-            reference = references[ref_name]
-            pairs = training_subset(train, train_size, seed)
-            n_evals = setup.evals_per_epoch * epochs
-            betas = [r.beta for r in members]
-            evaluator = Evaluator(test, setup.data, setup.eval, reference=reference, betas=betas)
-            evaluate = DriftEvaluator(evaluator, pairs, setup.data.window, setup.scored_train_pairs, setup.eval.seed)
-            key = RunKey(Path(cache_dir), f"dpo-{optimizer}-b{batch_size}-e{epochs}-{ref_name}", seed,
-                         (setup, dataclasses.replace(setup.sft(ref_name), seed=seed), Recipe(optimizer, 1.0, 1.0, batch_size,
-                          epochs, 0.0, train_size, ref_name)))  # fmt: skip
-            dpo_members = [Member(r.dpo_config(n_evals, seed)) for r in members]
-            df = run_dpo(key, reference, pairs, dpo_members, evaluate, progress=progress)
-            for i, recipe in enumerate(members):
-                rows = df[df["member"] == i].drop(columns=["member", "beta"])
-                fields = {**dataclasses.asdict(recipe), "train_size": len(pairs)}  # None (all pairs) as the number used
-                frames.append(rows.assign(**fields, label=recipe.label, seed=seed))
-    curves = pd.concat(frames, ignore_index=True)
-    fields = [f.name for f in dataclasses.fields(Recipe)]
-    return curves[[*fields, "label", "seed", *[c for c in curves.columns if c not in (*fields, "label", "seed")]]]
+    for i, recipe in enumerate(members):
+        rows = df[df["member"] == i].drop(columns=["member", "beta"])
+        fields = {**dataclasses.asdict(recipe), "train_size": len(pairs)}  # None (all pairs) as the number used
+        frames.append(rows.assign(**fields, label=recipe.label, seed=seed))
+    return frames
