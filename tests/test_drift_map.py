@@ -363,3 +363,21 @@ def test_recipes_sharing_a_schedule_train_together_as_they_would_alone(tmp_path)
     finals = together[together["step"] == together["step"].max()]
     assert finals["chosen_logp"].nunique() == 3  # the members did train differently
     assert set(together["arm"]) == {GRID} and (together["train_size"] == len(make_pairs(SHORT_DATA)[0])).all()
+
+
+def test_the_drifting_summary_against_hand_written_lines():
+    best = pd.Series({"label": "adam lr=0.005 β=0.1", "arm": "grid", "drifted": 4, "seeds": 5, "ood_mean": 0.8123,
+                      "ood_sd": 0.0449, "ood_mass_mean": 0.73456, "reference_ood": 0.012,
+                      "reference_ood_mass": 0.02})  # fmt: skip
+    confirmation = pd.DataFrame({"drifted": [True, False, True], "ood": [0.9, 0.3, 0.6]})
+    runs = pd.DataFrame({"diverged": [False, True, False, False]})
+    lines = [
+        "drifting recipe: adam lr=0.005 β=0.1 (grid)",
+        "  4/5 seeds drift; final OOD rate 81 ± 4 %, exact OOD mass 73.5 %",
+        "  reference: OOD rate 1.2 %, exact OOD mass 2.0 %",
+        "  on fresh seeds [100, 101, 102]: 2/3 drift; final OOD rate 60 ± 24 %",  # sd (ddof 0) of .9, .3, .6: 0.245
+        "diverged runs in the map: 1 of 4",
+    ]
+    assert analysis.drifting_summary(best, True, confirmation, [100, 101, 102], runs) == "\n".join(lines)
+    lines[2] += " (no cell's reference is near-zero OOD)"
+    assert analysis.drifting_summary(best, False, confirmation, [100, 101, 102], runs) == "\n".join(lines)

@@ -7,12 +7,21 @@ import torch
 from scipy import stats
 
 from dpo_toolkit.core.config import EvalConfig
-from dpo_toolkit.core.data import make_pairs
+from dpo_toolkit.core.data import VOCAB, make_pairs
 from dpo_toolkit.core.ensemble import Ensemble
 from dpo_toolkit.core.evaluate import Evaluator
 from dpo_toolkit.core.metrics import group_weight_deltas, weight_delta
 from dpo_toolkit.core.model import PARAM_GROUPS, build_model, param_group
-from dpo_toolkit.studies.surgery import matched_kl_ratio, pick_contrast_prompt, surgery_claims, surgery_curves, transplant
+from dpo_toolkit.studies import surgery
+from dpo_toolkit.studies.surgery import (
+    ContrastExample,
+    contrast_example,
+    matched_kl_ratio,
+    pick_contrast_prompt,
+    surgery_claims,
+    surgery_curves,
+    transplant,
+)
 
 
 def _state(model):
@@ -250,3 +259,83 @@ def test_the_surgery_study_trains_a_and_b_and_operates_at_each_of_their_checkpoi
     expected = surgery_curves(a["weights"].tolist(), b["weights"].tolist(), a["step"].tolist(), reference, evaluator)
     mine = curves[curves["seed"] == 1].drop(columns="seed").reset_index(drop=True)
     pd.testing.assert_frame_equal(mine, expected)
+
+
+# ---- Park Fig. 3 (left): the contrast example ------------------------------------------
+
+NOT_FOUND = "no test prompt where A answers OOD and B answers in the window"
+
+
+def test_the_contrast_report_lists_the_notes_then_both_answers():
+    labels = {"A (β=0.01)": list("30=57."), "B (β=1)": list("30=31.")}
+    example = ContrastExample(1, 30, {}, labels, (f"seed 0: {NOT_FOUND}",))
+    assert example.answer("B (β=1)") == "31."
+    assert example.report() == f"seed 0: {NOT_FOUND}\nseed 1, prompt 30: A answers '57.', B answers '31.'"
+    assert ContrastExample(None, None, {}, {}, (f"seed 0: {NOT_FOUND}", f"seed 1: {NOT_FOUND}")).report() == (
+        f"seed 0: {NOT_FOUND}\nseed 1: {NOT_FOUND}"
+    )
+    assert ContrastExample(None, None, {}, {}).report() == ""  # no seed searched: nothing to print
+
+
+def _contrast_sweep(tiny_model_cfg, tmp_path):
+    """A two-β sweep of seeds 0–2 whose last checkpoints (step 2) are saved tiny models, keyed by
+    (seed, β); step 1 and every checkpoint of seed 2 point at files that do not exist."""
+    models, rows = {}, []
+    for seed in (0, 1, 2):
+        for k, beta in enumerate((0.01, 1.0)):
+            path = tmp_path / f"s{seed}-b{beta}.pt"
+            if seed < 2:
+                models[seed, beta] = build_model(tiny_model_cfg, seed=10 * seed + k)
+                torch.save(models[seed, beta].state_dict(), path)
+            rows += [{"seed": seed, "beta": beta, "step": 2, "weights": str(path)},
+                     {"seed": seed, "beta": beta, "step": 1, "weights": str(tmp_path / "missing.pt")}]  # fmt: skip
+    return pd.DataFrame(rows), models
+
+
+def _scripted_answers(monkeypatch, script):
+    """Make the study's greedy answers come from `script` in call order; returns the policies asked."""
+    asked = []
+
+    def answers(policy, prompts):
+        asked.append(policy)
+        return script[len(asked) - 1]
+
+    monkeypatch.setattr(surgery, "greedy_answers", answers)
+    return asked
+
+
+def test_the_contrast_example_is_the_first_seed_with_a_prompt_and_stops_there(tiny_model_cfg, tmp_path, monkeypatch):
+    sweep, models = _contrast_sweep(tiny_model_cfg, tmp_path)
+    prompts = np.array([10, 20, 30, 40])
+    asked = _scripted_answers(monkeypatch, [
+        [10, 20, 30, 40], [10, 20, 30, 40],  # seed 0: A is never OOD
+        [10, 20, 50, 40], [10, 20, 31, 40],  # seed 1: A OOD at 30 (|50 − 30| > 2), B 1 off there
+    ])  # fmt: skip
+    example = contrast_example(sweep, prompts, [0, 1, 2], 0.01, 1.0, 2, tiny_model_cfg)  # seed 2 cannot be loaded
+    assert (example.seed, example.prompt) == (1, 30)
+    assert example.notes == (f"seed 0: {NOT_FOUND}",)
+    # A then B of each seed, from the last checkpoint (step 1's file does not exist)
+    for policy, key in zip(asked, [(0, 0.01), (0, 1.0), (1, 0.01), (1, 1.0)], strict=True):
+        assert _same(policy.state_dict(), models[key].state_dict()), key
+    assert list(example.patterns) == list(example.labels) == ["A (β=0.01)", "B (β=1)"]
+    for name, beta in zip(example.labels, (0.01, 1.0), strict=True):
+        labels = example.labels[name]
+        assert labels[:3] == ["3", "0", "="]  # the prompt, then the model's own greedy response
+        tokens = torch.tensor([[VOCAB.index(c) for c in labels]])
+        with torch.no_grad():
+            _, pattern = models[1, beta].eval()(tokens, return_pattern=True)  # seed 1's model, on these tokens
+        assert example.patterns[name].shape == (tiny_model_cfg.n_heads, len(labels), len(labels))
+        np.testing.assert_array_equal(example.patterns[name], pattern[0].numpy())
+    assert example.report().splitlines() == [
+        f"seed 0: {NOT_FOUND}",
+        f"seed 1, prompt 30: A answers {''.join(example.labels['A (β=0.01)'][3:])!r}, "
+        f"B answers {''.join(example.labels['B (β=1)'][3:])!r}",
+    ]
+
+
+def test_without_a_contrast_prompt_every_seed_gets_a_note(tiny_model_cfg, tmp_path, monkeypatch):
+    sweep, _ = _contrast_sweep(tiny_model_cfg, tmp_path)
+    _scripted_answers(monkeypatch, [[10, 20], [10, 20], [None, 20], [None, None]])  # B never in the window where A is OOD
+    example = contrast_example(sweep, np.array([10, 20]), [0, 1], 0.01, 1.0, 2, tiny_model_cfg)
+    assert (example.seed, example.prompt, example.patterns, example.labels) == (None, None, {}, {})
+    assert example.report() == f"seed 0: {NOT_FOUND}\nseed 1: {NOT_FOUND}"

@@ -17,7 +17,7 @@ import pandas as pd
 
 from dpo_toolkit.core import parameters as p
 from dpo_toolkit.core import validate as v
-from dpo_toolkit.core.claims import claims_frame, decide
+from dpo_toolkit.core.claims import ClaimText, claims_frame, decide
 from dpo_toolkit.core.config import OPTIMIZERS, ModelConfig
 from dpo_toolkit.core.data import make_pairs
 from dpo_toolkit.core.evidence import Check, mean_interval
@@ -140,22 +140,27 @@ def _pm(values, unit: str = " %") -> str:
     return f"{scale * x.mean():.{digits}f}{spread}{unit}"
 
 
-def grokking_claims(runs: pd.DataFrame) -> pd.DataFrame:
-    """The C1–C3 claims table from the output of ``run_sft_then_dpo``, decided on intervals over
-    seeds; with fewer than MIN_REPLICATES seeds every verdict is inconclusive."""
-    sft = runs[runs["phase"] == "sft"]
-    # "final" is the tail mean everywhere on the page (final_ood_table too), per seed
-    sft_final = np.array([tail_mean(s.sort_values("step")["ood_rate"].to_numpy()) for _, s in sft.groupby("seed")])
-    sft_interval = mean_interval(sft_final)
-    c1_full = Check("final SFT OOD rate, per seed", sft_interval, SFT_NEAR_ZERO, above=False)
-    c1_part = Check("final SFT OOD rate, per seed", sft_interval, SFT_LOW, above=False)
+# The static text of every claim (what it says, what the paper reports), by claim id.
+CLAIMS = {
+    "C1": ClaimText("The SFT reference gives almost no OOD answers.", "nearly 0 % OOD"),
+    "C2": ClaimText("DPO drifts to about 80 % OOD and never comes back.", "about 80 % OOD, no recovery"),
+    "C3": ClaimText("Margin and accuracy rise almost monotonically while OOD worsens.", "near-monotonic rise while OOD worsens"),
+}
 
-    # C2 and C3 per seed, each on the seed's own curves. "Every β" is read per seed as its worst β
-    # (every β drifted ⇔ the lowest final ≥ DRIFTED and the smallest rise ≥ WORSENS), "some β"
-    # as its best β (the largest slack of the β's joint condition ≥ 0); "no β came back" as the
-    # seed's largest fall below a drifted peak ≤ RECOVERY.
-    stats = run_statistics(runs)
-    per_seed = stats.groupby("seed").agg(
+
+def sft_finals(runs: pd.DataFrame) -> np.ndarray:
+    """The final (tail-mean) SFT OOD rate of each seed, in seed order: "final" is the tail mean
+    everywhere on the page (final_ood_table too)."""
+    sft = runs[runs["phase"] == "sft"]
+    return np.array([tail_mean(s.sort_values("step")["ood_rate"].to_numpy()) for _, s in sft.groupby("seed")])
+
+
+def seed_summary(stats: pd.DataFrame) -> pd.DataFrame:
+    """One row per seed of ``run_statistics``: what C2 and C3 read of its β. "Every β" is read per
+    seed as its worst β (every β drifted ⇔ the lowest final ≥ DRIFTED and the smallest rise ≥
+    WORSENS), "some β" as its best β (the largest slack of the β's joint condition ≥ 0); "no β came
+    back" as the seed's largest fall below a drifted peak ≤ RECOVERY."""
+    return stats.groupby("seed").agg(
         lowest_final=("final", "min"),
         mean_final=("final", "mean"),
         smallest_rise=("rise", "min"),
@@ -164,6 +169,18 @@ def grokking_claims(runs: pd.DataFrame) -> pd.DataFrame:
         worst_defect=("defect", "max"),
         best_c3=("c3_slack", "max"),
     )
+
+
+def _c1_verdict(sft_final: np.ndarray) -> dict:
+    """C1's verdict fields: the final SFT OOD rate near zero (full) or low (part)."""
+    sft_interval = mean_interval(sft_final)
+    c1_full = Check("final SFT OOD rate, per seed", sft_interval, SFT_NEAR_ZERO, above=False)
+    c1_part = Check("final SFT OOD rate, per seed", sft_interval, SFT_LOW, above=False)
+    return decide(c1_full, part=c1_part)
+
+
+def _c2_c3_verdicts(per_seed: pd.DataFrame) -> tuple[dict, dict]:
+    """C2's and C3's verdict fields, each on its checks over the seeds of ``seed_summary``."""
     no_recovery = Check(
         "largest fall below a drifted peak, per seed", mean_interval(per_seed["largest_fallback"]), RECOVERY, above=False
     )
@@ -185,41 +202,38 @@ def grokking_claims(runs: pd.DataFrame) -> pd.DataFrame:
         rises,
     ]
     c3_part = Check("C3 slack of the best β, per seed", mean_interval(per_seed["best_c3"]), 0.0)
+    return decide(c2_full, part=c2_part), decide(c3_full, part=c3_part)
 
+
+def _our_values(sft_final: np.ndarray, stats: pd.DataFrame, per_seed: pd.DataFrame) -> dict[str, str]:
+    """The `our_value` text of C1–C3: what was measured, mean ± sd over seeds."""
     n_seeds = len(sft_final)
     seeds = f"mean ± sd over {n_seeds} seed{'s' if n_seeds != 1 else ''}"
-    by_beta = stats.groupby("beta")
-    finals_text = ", ".join(f"β={b:g}: {_pm(g['final'])}" for b, g in by_beta)
+    finals_text = ", ".join(f"β={b:g}: {_pm(g['final'])}" for b, g in stats.groupby("beta"))
     n_monotone = int((stats["defect"] <= MONOTONE).sum())
     n_worsens = int((stats["rise"] >= WORSENS).sum())
-    return claims_frame(
-        [
-            {
-                "claim_id": "C1",
-                "statement": "The SFT reference gives almost no OOD answers.",
-                "paper_value": "nearly 0 % OOD",
-                "our_value": f"final (mean of the last {TAIL:.0%} of evaluations) {_pm(sft_final)} OOD ({seeds})",
-                **decide(c1_full, part=c1_part),
-            },
-            {
-                "claim_id": "C2",
-                "statement": "DPO drifts to about 80 % OOD and never comes back.",
-                "paper_value": "about 80 % OOD, no recovery",
-                "our_value": f"final OOD {finals_text}; largest fall below a drifted peak "
-                f"{_pm(per_seed['largest_fallback'], ' points')} ({seeds})",
-                **decide(c2_full, part=c2_part),
-            },
-            {
-                "claim_id": "C3",
-                "statement": "Margin and accuracy rise almost monotonically while OOD worsens.",
-                "paper_value": "near-monotonic rise while OOD worsens",
-                "our_value": f"largest dip of margin or accuracy {_pm(per_seed['worst_defect'], '')} of its range "
-                f"(1 where it does not end higher), smallest OOD rise {_pm(per_seed['smallest_rise'], ' points')} ({seeds}); "
-                f"of {len(stats)} (seed, β) runs, {n_monotone} rise almost monotonically and {n_worsens} worsen in OOD",
-                **decide(c3_full, part=c3_part),
-            },
-        ]
-    )
+    return {
+        "C1": f"final (mean of the last {TAIL:.0%} of evaluations) {_pm(sft_final)} OOD ({seeds})",
+        "C2": f"final OOD {finals_text}; largest fall below a drifted peak "
+        f"{_pm(per_seed['largest_fallback'], ' points')} ({seeds})",
+        "C3": f"largest dip of margin or accuracy {_pm(per_seed['worst_defect'], '')} of its range "
+        f"(1 where it does not end higher), smallest OOD rise {_pm(per_seed['smallest_rise'], ' points')} ({seeds}); "
+        f"of {len(stats)} (seed, β) runs, {n_monotone} rise almost monotonically and {n_worsens} worsen in OOD",
+    }
+
+
+def grokking_claims(runs: pd.DataFrame) -> pd.DataFrame:
+    """The C1–C3 claims table from the output of ``run_sft_then_dpo``, decided on intervals over
+    seeds; with fewer than MIN_REPLICATES seeds every verdict is inconclusive. C2 and C3 are read
+    per seed, each on the seed's own curves (``run_statistics``, ``seed_summary``)."""
+    sft_final = sft_finals(runs)
+    stats = run_statistics(runs)
+    per_seed = seed_summary(stats)
+    c1 = _c1_verdict(sft_final)
+    c2, c3 = _c2_c3_verdicts(per_seed)
+    verdicts = {"C1": c1, "C2": c2, "C3": c3}
+    ours = _our_values(sft_final, stats, per_seed)
+    return claims_frame([{"claim_id": c, "our_value": ours[c], **verdicts[c]} for c in CLAIMS], text=CLAIMS)
 
 
 def final_ood_table(runs: pd.DataFrame) -> pd.DataFrame:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from dpo_toolkit.core.claims import claims_frame, decide
+from dpo_toolkit.core.claims import ClaimText, claims_frame, decide
 from dpo_toolkit.core.evidence import Check, either, mean_interval
 from dpo_toolkit.core.parameters import BETA, check, fail
 from dpo_toolkit.core.stats import spearman
@@ -164,26 +164,30 @@ def _pm(values, digits: int = 2) -> str:
     return f"{x.mean():.{digits}f}" + (f" ± {x.std(ddof=1):.{digits}f}" if x.size > 1 else "")
 
 
-def sweep_claims(sweep: pd.DataFrame) -> pd.DataFrame:
-    """The C4–C6 claims table from the DPO rows of ``run_sft_then_dpo`` (any number of seeds).
+# The static text of every claim (what it says, what the paper reports), by claim id.
+CLAIMS = {
+    "C4": ClaimText("KL grows with DPO steps and falls with β.", "KL rises with N and falls with log β"),
+    "C5": ClaimText("The least-OOD checkpoints of every β share one KL band.", f"KL {PAPER_BAND[0]}–{PAPER_BAND[1]}"),
+    "C6": ClaimText("OOD rate against KL is U-shaped.", "U-shaped, optima at its bottom"),
+}
 
-    Each claim's quantities are computed per seed (``seed_statistics``) and decided on their
-    intervals over seeds; with fewer than MIN_REPLICATES seeds every verdict is inconclusive."""
-    per_seed = seed_statistics(sweep)
-    n_seeds = len(per_seed)
-    seeds = f"over {n_seeds} seed{'s' if n_seeds != 1 else ''}"
 
+def _c4_verdict(per_seed: pd.DataFrame) -> dict:
+    """C4's verdict fields: KL grows with step at most β and falls with β (either one is the part)."""
     grow = Check(
         f"share of β whose KL grows with step (Spearman ≥ {RANK_CORR}), per seed",
         mean_interval(per_seed["grow_share"]),
         GROW_SHARE,
     )
     fall = Check("Spearman(β, final KL), per seed", mean_interval(per_seed["fall"]), -RANK_CORR, above=False)
+    return decide([grow, fall], part=either([grow], [fall]))
 
-    # C5 read per seed: each seed's band over its β is one band (tightness) and meets the paper's
-    # band (its low end ≤ the paper's high end, its high end ≥ the paper's low end). The bands of
-    # different seeds must agree too: where they do not, the intervals of band_low and band_high
-    # over seeds widen, and the location checks cannot hold.
+
+def _c5_verdict(per_seed: pd.DataFrame) -> dict:
+    """C5's verdict fields, read per seed: each seed's band over its β is one band (tightness) and
+    meets the paper's band (its low end ≤ the paper's high end, its high end ≥ the paper's low
+    end). The bands of different seeds must agree too: where they do not, the intervals of
+    band_low and band_high over seeds widen, and the location checks cannot hold."""
     varying = Check(
         "share of β runs whose OOD rate changes along the run, per seed", mean_interval(per_seed["varying_share"]), VARYING_SHARE
     )
@@ -199,43 +203,51 @@ def sweep_claims(sweep: pd.DataFrame) -> pd.DataFrame:
     high_end = Check(
         "band's high end (90 % quantile of least-OOD KL), per seed", mean_interval(per_seed["band_high"]), PAPER_BAND[0]
     )
+    return decide([tight, low_end, high_end], part=tight, precondition=varying)
 
+
+def _c6_verdict(per_seed: pd.DataFrame) -> dict:
+    """C6's verdict fields: both arms of the binned OOD-vs-KL curve rise (one arm is the part)."""
     u_depth = Check(
         "rise of the shallower arm of the binned OOD-vs-KL curve, per seed", mean_interval(per_seed["u_depth"]), U_RISE
     )
     one_arm = Check(
         "rise of the deeper arm of the binned OOD-vs-KL curve, per seed", mean_interval(per_seed["deeper_arm"]), U_RISE
     )
+    return decide(u_depth, part=one_arm)
 
-    return claims_frame(
-        [
-            {
-                "claim_id": "C4",
-                "statement": "KL grows with DPO steps and falls with β.",
-                "paper_value": "KL rises with N and falls with log β",
-                "our_value": f"Spearman(step, KL) ≥ {RANK_CORR} at {_pm(100 * per_seed['grow_share'], 0)} % of β; "
-                f"Spearman(β, final KL) = {_pm(per_seed['fall'])} (mean ± sd {seeds})",
-                **decide([grow, fall], part=either([grow], [fall])),
-            },
-            {
-                "claim_id": "C5",
-                "statement": "The least-OOD checkpoints of every β share one KL band.",
-                "paper_value": f"KL {PAPER_BAND[0]}–{PAPER_BAND[1]}",
-                "our_value": f"per-seed band (10–90 % of its least-OOD KLs) from {_pm(per_seed['band_low'])} "
-                f"to {_pm(per_seed['band_high'])}, tightness {_pm(per_seed['tightness'])} (mean ± sd {seeds})",
-                **decide([tight, low_end, high_end], part=tight, precondition=varying),
-                "precondition": f"OOD rate changes along the run in ≥ {VARYING_SHARE:.0%} of a seed's β runs "
-                f"(else the least-OOD checkpoint is a tie-break), on average over seeds: "
-                f"{_pm(100 * per_seed['varying_share'], 0)} % {seeds}",
-            },
-            {
-                "claim_id": "C6",
-                "statement": "OOD rate against KL is U-shaped.",
-                "paper_value": "U-shaped, optima at its bottom",
-                "our_value": f"per seed, mean OOD in ≤ {U_BINS} KL bins bottoms out at KL {_pm(per_seed['bottom_kl'])}, "
-                f"inside the range in {int(per_seed['interior'].sum())} of {n_seeds} seeds; its shallower arm rises "
-                f"{_pm(per_seed['u_depth'])}, its deeper arm {_pm(per_seed['deeper_arm'])} (mean ± sd {seeds})",
-                **decide(u_depth, part=one_arm),
-            },
-        ]
-    )
+
+def _measured(per_seed: pd.DataFrame) -> dict[str, dict[str, str]]:
+    """The measured text of C4–C6 (mean ± sd over seeds): each claim's `our_value`, and C5's
+    `precondition`."""
+    n_seeds = len(per_seed)
+    seeds = f"over {n_seeds} seed{'s' if n_seeds != 1 else ''}"
+    return {
+        "C4": {
+            "our_value": f"Spearman(step, KL) ≥ {RANK_CORR} at {_pm(100 * per_seed['grow_share'], 0)} % of β; "
+            f"Spearman(β, final KL) = {_pm(per_seed['fall'])} (mean ± sd {seeds})"
+        },
+        "C5": {
+            "our_value": f"per-seed band (10–90 % of its least-OOD KLs) from {_pm(per_seed['band_low'])} "
+            f"to {_pm(per_seed['band_high'])}, tightness {_pm(per_seed['tightness'])} (mean ± sd {seeds})",
+            "precondition": f"OOD rate changes along the run in ≥ {VARYING_SHARE:.0%} of a seed's β runs "
+            f"(else the least-OOD checkpoint is a tie-break), on average over seeds: "
+            f"{_pm(100 * per_seed['varying_share'], 0)} % {seeds}",
+        },
+        "C6": {
+            "our_value": f"per seed, mean OOD in ≤ {U_BINS} KL bins bottoms out at KL {_pm(per_seed['bottom_kl'])}, "
+            f"inside the range in {int(per_seed['interior'].sum())} of {n_seeds} seeds; its shallower arm rises "
+            f"{_pm(per_seed['u_depth'])}, its deeper arm {_pm(per_seed['deeper_arm'])} (mean ± sd {seeds})"
+        },
+    }
+
+
+def sweep_claims(sweep: pd.DataFrame) -> pd.DataFrame:
+    """The C4–C6 claims table from the DPO rows of ``run_sft_then_dpo`` (any number of seeds).
+
+    Each claim's quantities are computed per seed (``seed_statistics``) and decided on their
+    intervals over seeds; with fewer than MIN_REPLICATES seeds every verdict is inconclusive."""
+    per_seed = seed_statistics(sweep)
+    verdicts = {"C4": _c4_verdict(per_seed), "C5": _c5_verdict(per_seed), "C6": _c6_verdict(per_seed)}
+    measured = _measured(per_seed)
+    return claims_frame([{"claim_id": c, **verdicts[c], **measured[c]} for c in CLAIMS], text=CLAIMS)

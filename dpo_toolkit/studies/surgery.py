@@ -8,19 +8,21 @@ multi-head attention module, projections and biases included (Park footnote 3).
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from dpo_toolkit.core.claims import claims_frame, decide
+from dpo_toolkit.core.claims import ClaimText, claims_frame, decide
 from dpo_toolkit.core.config import DataConfig, DPOConfig, EvalConfig, ModelConfig, TrainConfig
-from dpo_toolkit.core.data import make_pairs
+from dpo_toolkit.core.data import VOCAB, make_pairs
 from dpo_toolkit.core.ensemble import Ensemble, model_device
 from dpo_toolkit.core.evaluate import Evaluator
 from dpo_toolkit.core.evidence import Check, conjunction, mean_interval
+from dpo_toolkit.core.generate import greedy_answers, greedy_sequences
 from dpo_toolkit.core.metrics import group_weight_deltas
 from dpo_toolkit.core.model import PARAM_GROUPS, Transformer, load_model, param_group
 from dpo_toolkit.core.parameters import BETA, check, fail
@@ -80,10 +82,9 @@ def surgery_curves(
 
     policy_paths[k] and donor_paths[k] hold A and B after steps[k] DPO steps (B at the
     same step as A). All 3·K models are evaluated as one ensemble; accuracy and margin
-    use the evaluator's β (A's). Also returns, per checkpoint of A, the WeightDelta from the reference,
-    its attention share, and the attention share of the change since the previous
-    checkpoint (FracWeightDelta, Park Eq. 8; NaN at the first).
-    Returns one row per checkpoint and variant ('A', 'attention', 'non-attention').
+    use the evaluator's β (A's). Also returns, per checkpoint of A, its weight deltas
+    (``checkpoint_deltas``). Returns one row per checkpoint and variant ('A', 'attention',
+    'non-attention').
     """
     if not len(policy_paths) == len(donor_paths) == len(steps):
         raise ValueError("surgery_curves needs one policy path and one donor path per step")
@@ -99,8 +100,13 @@ def surgery_curves(
     for v, name in enumerate(variants):
         for k, step in enumerate(steps):
             rows.append({"variant": name, "step": step, **metrics[v * len(steps) + k]})
-    df = pd.DataFrame(rows)
+    return pd.DataFrame(rows).merge(checkpoint_deltas(policies, steps, reference), on="step", how="left")
 
+
+def checkpoint_deltas(policies: Sequence[Transformer], steps: Sequence[int], reference: Transformer) -> pd.DataFrame:
+    """Per checkpoint of A (policies[k] after steps[k] steps): the WeightDelta from the reference,
+    its attention share, and the attention share of the change since the previous checkpoint
+    (FracWeightDelta, Park Eq. 8; NaN at the first)."""
     reference_params = dict(reference.named_parameters())
     stacked = Ensemble(policies).params  # (K, *shape) each
     from_reference = {g: d.cpu() for g, d in group_weight_deltas(stacked, reference_params).items()}  # {group: (K,)}
@@ -110,7 +116,7 @@ def surgery_curves(
             step_change[g][k] = float(d)
     total_from_reference = sum(from_reference.values())
     total_step = sum(step_change.values())
-    deltas = pd.DataFrame(
+    return pd.DataFrame(
         {
             "step": list(steps),
             "weight_delta": total_from_reference.numpy(),
@@ -118,7 +124,6 @@ def surgery_curves(
             "attention_share_step": (step_change["attention"] / total_step).numpy(),
         }
     )
-    return df.merge(deltas, on="step", how="left")
 
 
 def surgery_study(
@@ -169,6 +174,80 @@ def pick_contrast_prompt(prompts: np.ndarray, answers_a: list, answers_b: list, 
     return min(candidates)[1]
 
 
+def last_weights(sweep: pd.DataFrame, seed: int, beta: float) -> str:
+    """The weights file of the last checkpoint of (seed, β) in `sweep` (β matched exactly)."""
+    return sweep[(sweep["seed"] == seed) & (sweep["beta"] == beta)].sort_values("step")["weights"].iloc[-1]
+
+
+def attention_maps(policies: Mapping[str, Transformer], prompt: int) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
+    """Each policy's attention pattern (n_heads, L, L) on its own greedy sequence for `prompt`, cut
+    after its last response token (L tokens), and the characters of that sequence, by name."""
+    patterns, labels = {}, {}
+    for name, policy in policies.items():
+        sequence = greedy_sequences(policy, [prompt])
+        length = int(sequence.response_mask[0].nonzero().max()) + 1
+        tokens = sequence.tokens[:, :length]
+        _, pattern = policy(tokens, return_pattern=True)
+        patterns[name] = pattern[0].cpu().numpy()
+        labels[name] = [VOCAB[t] for t in tokens[0].tolist()]
+    return patterns, labels
+
+
+@dataclass(frozen=True)
+class ContrastExample:
+    """Park Fig. 3 (left): the seed and prompt where A's greedy answer is OOD and B's is in the
+    window, with the attention maps of both there (``attention_maps``; A first, then B); seed and
+    prompt are None, the maps empty, when no seed has such a prompt. `notes`: one line per seed
+    searched without one."""
+
+    seed: int | None
+    prompt: int | None
+    patterns: dict[str, np.ndarray]
+    labels: dict[str, list[str]]
+    notes: tuple[str, ...] = ()
+
+    def answer(self, name: str) -> str:
+        """The response of policy `name`: its sequence after the prompt's digits and the '='."""
+        return "".join(self.labels[name][len(str(self.prompt)) + 1 :])
+
+    def report(self) -> str:
+        """What the chapter prints: the notes, then the seed, the prompt and both answers."""
+        lines = list(self.notes)
+        if self.prompt is not None:
+            a, b = self.labels
+            lines.append(f"seed {self.seed}, prompt {self.prompt}: A answers {self.answer(a)!r}, B answers {self.answer(b)!r}")
+        return "\n".join(lines)
+
+
+def contrast_example(
+    sweep: pd.DataFrame,
+    prompts: np.ndarray,
+    seeds: Iterable[int],
+    beta_a: float,
+    beta_b: float,
+    window: int,
+    model_cfg: ModelConfig,
+    device: str | torch.device = "cpu",
+) -> ContrastExample:
+    """Park Fig. 3 (left) from the last checkpoints of A (beta_a) and B (beta_b) in `sweep`: the
+    first seed, in the order of `seeds`, that has a contrast prompt (``pick_contrast_prompt`` over
+    their greedy answers to `prompts`), that prompt and both models' attention maps there. A seed
+    without one gets a note instead of a prompt picked by hand; no seed after the first that has
+    one is loaded."""
+    notes = []
+    for seed in seeds:
+        policy_a, policy_b = (load_model(last_weights(sweep, seed, b), model_cfg, device) for b in (beta_a, beta_b))
+        answers_a, answers_b = greedy_answers(policy_a, prompts), greedy_answers(policy_b, prompts)
+        try:
+            prompt = pick_contrast_prompt(prompts, answers_a, answers_b, window)
+        except ValueError as error:
+            notes.append(f"seed {seed}: {error}")
+            continue
+        patterns, labels = attention_maps({f"A (β={beta_a:g})": policy_a, f"B (β={beta_b:g})": policy_b}, prompt)
+        return ContrastExample(seed, prompt, patterns, labels, tuple(notes))
+    return ContrastExample(None, None, {}, {}, tuple(notes))
+
+
 # Verdict thresholds, fixed before any run.
 KL_GAP = 2.0  # C7: KL of the smallest β over the largest, at matched WeightDelta
 TAMED = 0.5  # C8: a surgery tames A when KL(A') ≤ TAMED · KL(A)
@@ -195,24 +274,68 @@ def matched_kl_ratio(low: pd.DataFrame, high: pd.DataFrame, n_points: int = 10) 
     return float(np.median(kl_low / kl_high))
 
 
-def surgery_claims(sweep: pd.DataFrame, curves: pd.DataFrame, param_counts: dict[str, int]) -> pd.DataFrame:
-    """The C7–C9 claims table.
+# The static text of every claim (what it says, what the paper reports), by claim id.
+CLAIMS = {
+    "C7": ClaimText(
+        "Equal weight deltas give different KL at different β.", "same WeightDelta, different KL across β", "Fig. 3 right"
+    ),
+    "C8": ClaimText(
+        "Swapping in B's attention weights tames A's KL and OOD; swapping the rest does not.",
+        "attention swap: KL grows slowly, OOD dips; non-attention swap: KL explodes, OOD barely moves",
+    ),
+    "C9": ClaimText(
+        "Attention receives about 25 % of the weight change while holding about 65 % of the parameters.",
+        f"{PAPER_ATTENTION_SHARE:.0%} of the change; attention holds 65K of 104K parameters",
+    ),
+}
 
-    sweep: DPO rows of ``run_sft_then_dpo`` over the β grid (with weight_delta and kl);
-    curves: ``surgery_curves`` of each seed with a `seed` column; param_counts:
-    ``group_param_counts`` of the model. Every deciding quantity is computed once per seed (a
-    seed is one replicate: its reference, initialisation and data order; A and B of one seed
-    share them) and read as the 95 % interval of its mean over seeds (``core.evidence``).
-    """
+
+def _pm(s: pd.Series, fmt: str = ".2f") -> str:
+    """Mean ± sd over seeds (the value alone for one seed)."""
+    return f"{s.mean():{fmt}} ± {s.std(ddof=1):.2f}" if s.count() > 1 else f"{s.mean():{fmt}}"
+
+
+def _c7_row(sweep: pd.DataFrame, seeds: str) -> dict:
+    """C7's row fields: KL of the smallest β over the largest at matched WeightDelta, per seed;
+    its precondition is that every seed's two runs share a WeightDelta range."""
     beta_low, beta_high = sweep["beta"].min(), sweep["beta"].max()
     ratios = pd.Series(
         {seed: matched_kl_ratio(g[g["beta"] == beta_low], g[g["beta"] == beta_high]) for seed, g in sweep.groupby("seed")}
     )
-    matched = bool(ratios.notna().all())  # precondition: every seed's two runs share a WeightDelta range
+    matched = bool(ratios.notna().all())
     # The old partly ("in some seeds, or on average") was a weaker reading of the same threshold, not a
     # part of the claim: on intervals it is what `inconclusive` says, so C7 has no part.
-    c7 = decide(Check("KL(β low)/KL(β high) at matched WeightDelta", mean_interval(ratios), KL_GAP), precondition=matched)
+    return {
+        "our_value": f"KL(β={beta_low:g}) / KL(β={beta_high:g}) at matched WeightDelta (median over the shared "
+        f"WeightDelta range), mean ± sd over {seeds}: {_pm(ratios)}",
+        **decide(Check("KL(β low)/KL(β high) at matched WeightDelta", mean_interval(ratios), KL_GAP), precondition=matched),
+        "precondition": f"the two β's runs share a WeightDelta range in every seed: {int(ratios.notna().sum())} of {len(ratios)}",
+    }
 
+
+def _c8_precondition(sweep: pd.DataFrame, a_ood_seed: pd.Series) -> tuple[Check, str]:
+    """C8's precondition (A goes OOD, B does not, at their last checkpoints; per seed) and its text.
+    Two thresholds, one precondition: the check that decides their conjunction (the first that
+    fails, else the first undecided, else one that holds)."""
+    last = sweep[sweep["step"] == sweep["step"].max()]
+    b_ood_seed = last[np.isclose(last["beta"], sweep["beta"].max())].groupby("seed")["ood_rate"].mean()
+    a_ood, b_ood = float(a_ood_seed.mean()), float(b_ood_seed.mean())
+    _, check = conjunction(
+        [
+            Check("OOD rate of A at its last checkpoint", mean_interval(a_ood_seed), A_OOD),
+            Check("OOD rate of B at its last checkpoint", mean_interval(b_ood_seed), B_OOD, above=False),
+        ]
+    )
+    text = (
+        f"at their last checkpoints A answers OOD on ≥ {A_OOD:.0%} of test prompts and B on "
+        f"≤ {B_OOD:.0%} (means over seeds, read on their intervals): A {a_ood:.1%}, B {b_ood:.1%}"
+    )
+    return check, text
+
+
+def _c8_row(sweep: pd.DataFrame, curves: pd.DataFrame, seeds: str) -> dict:
+    """C8's row fields: at A's last checkpoint, per seed, swapping in B's attention tames A's KL
+    and OOD (the part carrying the effect) and swapping the rest does not."""
     final = curves[curves["step"] == curves["step"].max()].pivot_table(index="seed", columns="variant", values=["kl", "ood_rate"])
     kl_ratio = {v: final["kl"][v] / final["kl"]["A"] for v in SURGERIES}  # per seed
     ood_change = {v: final["ood_rate"][v] - final["ood_rate"]["A"] for v in SURGERIES}
@@ -222,69 +345,47 @@ def surgery_claims(sweep: pd.DataFrame, curves: pd.DataFrame, param_counts: dict
     ]
     rest_does_not = Check("KL(A')/KL(A), rest swapped", mean_interval(kl_ratio["non-attention"]), TAMED)
     a_ood_seed = final["ood_rate"]["A"]
-    last = sweep[sweep["step"] == sweep["step"].max()]
-    b_ood_seed = last[np.isclose(last["beta"], beta_high)].groupby("seed")["ood_rate"].mean()
-    a_ood, b_ood = float(a_ood_seed.mean()), float(b_ood_seed.mean())
-    # two thresholds, one precondition: the check that decides their conjunction (the first that
-    # fails, else the first undecided, else one that holds)
-    _, c8_pre = conjunction(
-        [
-            Check("OOD rate of A at its last checkpoint", mean_interval(a_ood_seed), A_OOD),
-            Check("OOD rate of B at its last checkpoint", mean_interval(b_ood_seed), B_OOD, above=False),
-        ]
-    )
-    c8 = decide([*attention_tames, rest_does_not], part=attention_tames, precondition=c8_pre)
+    precondition, precondition_text = _c8_precondition(sweep, a_ood_seed)
+    return {
+        "our_value": f"at A's last checkpoint, mean ± sd over {seeds}: KL(A')/KL(A) = "
+        f"{_pm(kl_ratio['attention'])} (attention swapped) vs {_pm(kl_ratio['non-attention'])} (rest swapped); "
+        f"OOD(A') − OOD(A) = {_pm(ood_change['attention'], '+.2f')} vs {_pm(ood_change['non-attention'], '+.2f')}; "
+        f"OOD(A) = {_pm(a_ood_seed)}",
+        **decide([*attention_tames, rest_does_not], part=attention_tames, precondition=precondition),
+        "precondition": precondition_text,
+    }
 
+
+def _c9_row(curves: pd.DataFrame, param_counts: dict[str, int], seeds: str) -> dict:
+    """C9's row fields: the paper's "only ever 25 %" as the largest attention share of a step's
+    change, once per seed (the old rule took the largest over every seed at once, a pooled statistic
+    that grows with the number of seeds); the median share is the part."""
     param_share = param_counts["attention"] / sum(param_counts.values())
     a = curves[curves["variant"] == "A"]
     share = a.groupby("seed")["attention_share_step"].median()
-    # "only ever 25 %": the largest share over a seed's checkpoints, once per seed (the old rule took
-    # the largest over every seed at once, a pooled statistic that grows with the number of seeds)
     share_max_seed = a.groupby("seed")["attention_share_step"].max()
     share_max = a["attention_share_step"].max()
-    c9 = decide(
-        Check("largest attention share of a step's change", mean_interval(share_max_seed), SMALL_SHARE, above=False),
-        part=Check("median attention share of a step's change", mean_interval(share), SMALL_SHARE, above=False),
-    )
+    return {
+        "our_value": f"attention share of A's change between checkpoints, mean ± sd over {seeds}: largest "
+        f"{_pm(share_max_seed)}, median {_pm(share)} (largest over every seed {share_max:.2f}); "
+        f"attention holds {param_share:.1%} of the parameters",
+        **decide(
+            Check("largest attention share of a step's change", mean_interval(share_max_seed), SMALL_SHARE, above=False),
+            part=Check("median attention share of a step's change", mean_interval(share), SMALL_SHARE, above=False),
+        ),
+    }
 
-    def pm(s: pd.Series, fmt: str = ".2f") -> str:
-        """Mean ± sd over seeds (the value alone for one seed)."""
-        return f"{s.mean():{fmt}} ± {s.std(ddof=1):.2f}" if s.count() > 1 else f"{s.mean():{fmt}}"
 
+def surgery_claims(sweep: pd.DataFrame, curves: pd.DataFrame, param_counts: dict[str, int]) -> pd.DataFrame:
+    """The C7–C9 claims table.
+
+    sweep: DPO rows of ``run_sft_then_dpo`` over the β grid (with weight_delta and kl);
+    curves: ``surgery_curves`` of each seed with a `seed` column; param_counts:
+    ``group_param_counts`` of the model. Every deciding quantity is computed once per seed (a
+    seed is one replicate: its reference, initialisation and data order; A and B of one seed
+    share them) and read as the 95 % interval of its mean over seeds (``core.evidence``).
+    """
     n_seeds = curves["seed"].nunique()
     seeds = f"{n_seeds} seed{'s' if n_seeds != 1 else ''}"
-    return claims_frame(
-        [
-            {
-                "claim_id": "C7",
-                "statement": "Equal weight deltas give different KL at different β.",
-                "paper_value": "same WeightDelta, different KL across β (Fig. 3 right)",
-                "our_value": f"KL(β={beta_low:g}) / KL(β={beta_high:g}) at matched WeightDelta (median over the shared "
-                f"WeightDelta range), mean ± sd over {seeds}: {pm(ratios)}",
-                **c7,
-                "precondition": "the two β's runs share a WeightDelta range in every seed: "
-                f"{int(ratios.notna().sum())} of {len(ratios)}",
-            },
-            {
-                "claim_id": "C8",
-                "statement": "Swapping in B's attention weights tames A's KL and OOD; swapping the rest does not.",
-                "paper_value": "attention swap: KL grows slowly, OOD dips; non-attention swap: KL explodes, OOD barely moves",
-                "our_value": f"at A's last checkpoint, mean ± sd over {seeds}: KL(A')/KL(A) = "
-                f"{pm(kl_ratio['attention'])} (attention swapped) vs {pm(kl_ratio['non-attention'])} (rest swapped); "
-                f"OOD(A') − OOD(A) = {pm(ood_change['attention'], '+.2f')} vs {pm(ood_change['non-attention'], '+.2f')}; "
-                f"OOD(A) = {pm(a_ood_seed)}",
-                **c8,
-                "precondition": f"at their last checkpoints A answers OOD on ≥ {A_OOD:.0%} of test prompts and B on "
-                f"≤ {B_OOD:.0%} (means over seeds, read on their intervals): A {a_ood:.1%}, B {b_ood:.1%}",
-            },
-            {
-                "claim_id": "C9",
-                "statement": "Attention receives about 25 % of the weight change while holding about 65 % of the parameters.",
-                "paper_value": f"{PAPER_ATTENTION_SHARE:.0%} of the change; attention holds 65K of 104K parameters",
-                "our_value": f"attention share of A's change between checkpoints, mean ± sd over {seeds}: largest "
-                f"{pm(share_max_seed)}, median {pm(share)} (largest over every seed {share_max:.2f}); "
-                f"attention holds {param_share:.1%} of the parameters",
-                **c9,
-            },
-        ]
-    )
+    rows = {"C7": _c7_row(sweep, seeds), "C8": _c8_row(sweep, curves, seeds), "C9": _c9_row(curves, param_counts, seeds)}
+    return claims_frame([{"claim_id": c, **rows[c]} for c in CLAIMS], text=CLAIMS)

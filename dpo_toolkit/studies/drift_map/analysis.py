@@ -15,6 +15,8 @@ whose replicates are the seeds behind those runs, a per-seed quantity the interv
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pandas as pd
 
@@ -89,6 +91,29 @@ def drifting_recipe(table: pd.DataFrame) -> tuple[pd.Series, bool]:
             break
     best = candidates.sort_values(["drift_fraction", "ood_mean", "label"], ascending=[False, False, True]).iloc[0]
     return best, bool(limit == NEAR_ZERO)
+
+
+def drifting_summary(
+    best: pd.Series, near_zero: bool, confirmation: pd.DataFrame, confirmation_seeds: Sequence[int], runs: pd.DataFrame
+) -> str:
+    """In lines of plain text: the drifting recipe (`best`, `near_zero` from ``drifting_recipe``)
+    with its seeds that drift, its final OOD rate and exact OOD mass (mean ± sd over seeds) and its
+    reference's; its re-run on `confirmation_seeds` (``outcomes`` of those runs); and how many
+    runs of the map (``outcomes``) diverged."""
+    far = "" if near_zero else " (no cell's reference is near-zero OOD)"
+    fresh = confirmation["ood"]
+    return "\n".join(
+        [
+            f"drifting recipe: {best['label']} ({best['arm']})",
+            f"  {best['drifted']}/{best['seeds']} seeds drift; final OOD rate {100 * best['ood_mean']:.0f} ± "
+            f"{100 * best['ood_sd']:.0f} %, exact OOD mass {100 * best['ood_mass_mean']:.1f} %",
+            f"  reference: OOD rate {100 * best['reference_ood']:.1f} %, "
+            f"exact OOD mass {100 * best['reference_ood_mass']:.1f} %{far}",
+            f"  on fresh seeds {confirmation_seeds}: {confirmation['drifted'].sum()}/{len(confirmation)} drift; "
+            f"final OOD rate {100 * fresh.mean():.0f} ± {100 * fresh.std(ddof=0):.0f} %",
+            f"diverged runs in the map: {runs['diverged'].sum()} of {len(runs)}",
+        ]
+    )
 
 
 def horizon_table(curves: pd.DataFrame, label: str, epochs: list[float]) -> pd.DataFrame:
