@@ -13,7 +13,7 @@ from dpo_toolkit.core import runner as runner_module
 from dpo_toolkit.core.config import DPOConfig, EvalConfig, TrainConfig
 from dpo_toolkit.core.evaluate import Evaluator
 from dpo_toolkit.core.model import build_model
-from dpo_toolkit.core.runner import Member, RunKey, array_hash, cached_model, run_dpo
+from dpo_toolkit.core.runner import Member, RunKey, array_hash, cached_frames, cached_model, run_dpo
 from dpo_toolkit.core.train import train_sft
 
 DPO = DPOConfig(optimizer="adam", lr=1e-3, weight_decay=0.0, epochs=2, batch_size=8, grad_clip=1.0, n_evals=2, beta=0.1)
@@ -112,6 +112,30 @@ def test_cached_model_trains_once_and_removes_its_checkpoint(tiny_model_cfg, tmp
     assert not torch.equal(next(first.parameters()), next(build_model(tiny_model_cfg, 3).parameters()))
     pd.testing.assert_frame_equal(curve, again)
     assert not any(p.requires_grad for p in second.parameters())
+
+
+def test_cached_frames_computes_once_resumes_and_cleans_up(tmp_path):
+    key = RunKey(tmp_path, "tables", 2)
+    calls = []
+
+    def compute(checkpoint):
+        calls.append(checkpoint.path)
+        checkpoint.path.write_text("progress")
+        key.path("-partial.csv").write_text("rows so far")
+        if len(calls) == 1:
+            raise KeyboardInterrupt  # killed before its tables were written
+        return pd.DataFrame({"step": [0, 1], "x": [0.1, 1 / 3]}), pd.DataFrame({"arm": ["a"], "ok": [True]})
+
+    with pytest.raises(KeyboardInterrupt):
+        cached_frames(key, ("-one.csv", "-two.csv"), compute, scratch=("-partial.csv",))
+    assert key.path(".ckpt").exists() and not list(tmp_path.glob("*-one.csv"))  # a killed run never looks finished
+    one, two = cached_frames(key, ("-one.csv", "-two.csv"), compute, scratch=("-partial.csv",))
+    assert calls == [key.path(".ckpt")] * 2 and not key.path(".ckpt").exists() and not key.path("-partial.csv").exists()
+    pd.testing.assert_frame_equal(one, pd.read_csv(key.path("-one.csv")))  # as stored, on the first call too
+    assert one["x"].tolist() == [0.1, 1 / 3] and two["ok"].tolist() == [True]
+    again = cached_frames(key, ("-one.csv", "-two.csv"), lambda checkpoint: pytest.fail("recomputed a stored run"))
+    pd.testing.assert_frame_equal(again[0], one)
+    pd.testing.assert_frame_equal(again[1], two)
 
 
 def test_run_keys_hash_what_the_result_depends_on(tiny_data_cfg, tiny_model_cfg, tmp_path):

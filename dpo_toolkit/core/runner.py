@@ -2,9 +2,10 @@
 
 A run's files live under one cache directory, named ``<name>-seed<seed>-<hash>`` where the
 hash covers everything the result depends on (``RunKey``). ``cached_model`` trains a model
-once (SFT, pretraining) and loads it afterwards; ``run_dpo`` trains the members of a batched
-DPO ensemble, each with its own β, learning rate, weight decay, SFT weight and pair weights.
-Both checkpoint after every evaluation, resume after a kill with the numbers an unbroken run
+once (SFT, pretraining) and loads it afterwards; ``cached_frames`` does the same for a run whose
+result is a set of tables; ``run_dpo`` trains the members of a batched DPO ensemble, each with
+its own β, learning rate, weight decay, SFT weight and pair weights.
+All checkpoint after every evaluation, resume after a kill with the numbers an unbroken run
 gives, and write their CSVs atomically, so an interrupted run never looks finished. Chapters
 share one cache directory (``claims.run_cache``), so both hold a lock on the run while they
 train it: a process that asks for a run another process is training waits, then loads it.
@@ -115,6 +116,32 @@ def cached_model(
             tmp.replace(weights)
             checkpoint.remove()
     return model.eval().requires_grad_(False), df
+
+
+def cached_frames(
+    key: RunKey,
+    suffixes: Sequence[str],
+    compute: Callable[[Checkpoint], Sequence[pd.DataFrame]],
+    scratch: Sequence[str] = (),
+) -> list[pd.DataFrame]:
+    """The tables of one run, stored at ``key.path(suffix)`` for each suffix: computed by
+    compute(checkpoint) the first time (one frame per suffix, in order), loaded afterwards.
+
+    Holds the run's lock throughout. The frames are written atomically (``storage.write_csv``);
+    only then are the checkpoint (``key.path('.ckpt')``) and the `scratch` files (suffixes of files
+    compute leaves to resume from) removed, so a killed run resumes and never looks finished.
+    Returns the frames as stored (read back from their CSVs): a first call and a later one
+    return the same frames."""
+    paths = [key.path(suffix) for suffix in suffixes]
+    with key.lock():
+        if not all(path.exists() for path in paths):
+            checkpoint = Checkpoint(key.path(".ckpt"))
+            for df, path in zip(compute(checkpoint), paths, strict=True):
+                write_csv(df, path)
+            checkpoint.remove()
+            for suffix in scratch:
+                key.path(suffix).unlink(missing_ok=True)
+        return [pd.read_csv(path) for path in paths]
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from dpo_toolkit.core.claims import claims_frame, decide
-from dpo_toolkit.core.evidence import Check, mean_interval
+from dpo_toolkit.core.claims import ClaimText, claims_frame, decide
+from dpo_toolkit.core.evidence import Check, Interval, mean_interval
 
 CORRELATION = 0.8  # |Pearson| that counts as "in proportion to"
 
@@ -40,6 +40,16 @@ def mean_sd(values: pd.Series, digits: int = 2, sign: str = "") -> str:
     return mean if len(values) < 2 else f"{mean} ± {values.std(ddof=1):.{digits}f}"
 
 
+CLAIMS = {
+    "C10": ClaimText(
+        "Single-token DPO lowers log π(y+) when ⟨W_y+, W_y−⟩ is large, and the mass moves to tokens z "
+        "in proportion to ⟨W_z, W_y+ − W_y−⟩, which can be tokens of the opposite meaning.",
+        "displacement in OLMo-1B, Gemma-2B, Llama-3-8B, some of it catastrophic",
+        "talk's table",
+    ),
+}
+
+
 def displacement_claims(features: pd.DataFrame, geometry: pd.DataFrame, pairs: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
     """The C10 claims table.
 
@@ -56,53 +66,65 @@ def displacement_claims(features: pd.DataFrame, geometry: pd.DataFrame, pairs: p
     The unconstrained-features model is reported but never counts: its proportionality holds by
     algebra (an identity is not evidence).
     """
+    r_seeds, rank_seeds = _per_seed_correlations(geometry, pairs)
+    displaced = Check("share of runs and one-step pairs in which π(y+) fell, per seed", _displaced_seeds(pairs, table), ANY)
+    lm_parts = [
+        Check("median Pearson(⟨W_z, W_y+ − W_y−⟩, Δ log π(z)) per seed", mean_interval(r_seeds), CORRELATION),
+        Check("Spearman(⟨W_y+, W_y−⟩, Δ log π(y+)) per seed", mean_interval(rank_seeds), -RANK_CORRELATION, above=False),
+        Check("share of catastrophic runs per seed", mean_interval(table.groupby("seed")["is_catastrophic"].mean()), ANY),
+    ]
+    our_value = _c10_value(features, geometry, pairs, table, r_seeds, rank_seeds)
+    return claims_frame([{"claim_id": "C10", "our_value": our_value, **decide(lm_parts, part=displaced)}], text=CLAIMS)
+
+
+def _per_seed_correlations(geometry: pd.DataFrame, pairs: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+    """Per seed of the LM: the median over its runs of Pearson(⟨W_z, W_y+ − W_y−⟩, Δ log π(z)), and
+    Spearman(⟨W_y+, W_y−⟩, Δ log π(y+)) over its pairs; a seed with neither defined gives no value."""
     # a correlation left undefined (a constant change) is skipped, as the pooled median did; a seed
     # with none defined gives no value, and the interval's n says how many seeds did
     r_seeds = per_run_pearson(geometry, "dlogp_lm").groupby(level="seed").median().dropna()
-    r_lm_features = float(per_run_pearson(geometry, "dlogp_features").min())
     rank_seeds = (
         pairs.groupby("seed")
         .apply(lambda g: g[["inner_pos_neg", "dlogp_pos"]].corr(method="spearman").iloc[0, 1], include_groups=False)
         .dropna()
     )
+    return r_seeds, rank_seeds
+
+
+def _displaced_seeds(pairs: pd.DataFrame, table: pd.DataFrame) -> Interval:
+    """The interval over seeds of "the LM displaces at all": per seed, the share of its multi-step
+    runs and one-step pairs in which π(y+) fell."""
+    one_step_fell = pairs["dlogp_pos"] < -FLOAT64_NOISE
+    # both kinds together: > 0 exactly when either kind shows a fall
+    fell = pd.concat([table["displaced"].astype(float), one_step_fell.astype(float)], keys=["runs", "pairs"])
+    seeds = pd.concat([table["seed"], pairs["seed"]], keys=["runs", "pairs"])
+    return mean_interval(fell.groupby(seeds.to_numpy()).mean())
+
+
+def _c10_value(
+    features: pd.DataFrame,
+    geometry: pd.DataFrame,
+    pairs: pd.DataFrame,
+    table: pd.DataFrame,
+    r_seeds: pd.Series,
+    rank_seeds: pd.Series,
+) -> str:
+    """C10's measured values: the tiny LM's per seed and pooled, then the unconstrained-features model's."""
+    r_lm_features = float(per_run_pearson(geometry, "dlogp_features").min())
     rank_lm = float(pairs[["inner_pos_neg", "dlogp_pos"]].corr(method="spearman").iloc[0, 1])
-    share_displaced = float(table["displaced"].mean())
-    share_catastrophic = float(table["is_catastrophic"].mean())
     r_features = float(features["z_corr"].min())
     rank_features = float(features[["inner_pos_neg", "dlogp_pos_first_order"]].corr(method="spearman").iloc[0, 1])
     displaced_features = float((features["p_pos_after"] < features["p_pos_before"]).mean())
-    one_step_fell = pairs["dlogp_pos"] < -FLOAT64_NOISE
-    one_step_displaced = float(one_step_fell.mean())
-    catastrophic_seeds = table.groupby("seed")["is_catastrophic"].mean()
-    # "the LM displaces at all": a multi-step run or a one-step pair in which π(y+) fell; per seed,
-    # the share of those trials (both kinds together: > 0 exactly when either kind shows a fall)
-    fell = pd.concat([table["displaced"].astype(float), one_step_fell.astype(float)], keys=["runs", "pairs"])
-    seeds = pd.concat([table["seed"], pairs["seed"]], keys=["runs", "pairs"])
-    displaced_seeds = fell.groupby(seeds.to_numpy()).mean()
-    displaced = Check("share of runs and one-step pairs in which π(y+) fell, per seed", mean_interval(displaced_seeds), ANY)
-    lm_parts = [
-        Check("median Pearson(⟨W_z, W_y+ − W_y−⟩, Δ log π(z)) per seed", mean_interval(r_seeds), CORRELATION),
-        Check("Spearman(⟨W_y+, W_y−⟩, Δ log π(y+)) per seed", mean_interval(rank_seeds), -RANK_CORRELATION, above=False),
-        Check("share of catastrophic runs per seed", mean_interval(catastrophic_seeds), ANY),
-    ]
-    return claims_frame(
-        [
-            {
-                "claim_id": "C10",
-                "statement": "Single-token DPO lowers log π(y+) when ⟨W_y+, W_y−⟩ is large, and the mass moves to tokens z "
-                "in proportion to ⟨W_z, W_y+ − W_y−⟩, which can be tokens of the opposite meaning.",
-                "paper_value": "displacement in OLMo-1B, Gemma-2B, Llama-3-8B, some of it catastrophic (talk's table)",
-                "our_value": f"tiny LM, {len(r_seeds)} seed{'s' if len(r_seeds) != 1 else ''} (mean ± sd over seeds): "
-                f"Pearson(⟨W_z, W_y+ − W_y−⟩, "
-                f"Δ log π(z)) after one step, median over each seed's runs {mean_sd(r_seeds)} (its unconstrained-features "
-                f"model: ≥ {r_lm_features:.3f}); Spearman(⟨W_y+, W_y−⟩, Δ log π(y+)) over each seed's pairs "
-                f"{mean_sd(rank_seeds, sign='+')} ({rank_lm:+.2f} over all {len(pairs)} pairs), "
-                f"π(y+) fell after one step for {one_step_displaced:.0%} of them; "
-                f"multi-step runs: π(y+) fell in {share_displaced:.0%}, "
-                f"catastrophic in {share_catastrophic:.0%} of {len(table)}. "
-                f"Unconstrained features ({len(features)} random instances): Pearson ≥ {r_features:.3f}, "
-                f"Spearman {rank_features:+.2f}, π(y+) fell in {displaced_features:.0%}",
-                **decide(lm_parts, part=displaced),
-            }
-        ]
+    one_step_displaced = float((pairs["dlogp_pos"] < -FLOAT64_NOISE).mean())
+    return (
+        f"tiny LM, {len(r_seeds)} seed{'s' if len(r_seeds) != 1 else ''} (mean ± sd over seeds): "
+        f"Pearson(⟨W_z, W_y+ − W_y−⟩, "
+        f"Δ log π(z)) after one step, median over each seed's runs {mean_sd(r_seeds)} (its unconstrained-features "
+        f"model: ≥ {r_lm_features:.3f}); Spearman(⟨W_y+, W_y−⟩, Δ log π(y+)) over each seed's pairs "
+        f"{mean_sd(rank_seeds, sign='+')} ({rank_lm:+.2f} over all {len(pairs)} pairs), "
+        f"π(y+) fell after one step for {one_step_displaced:.0%} of them; "
+        f"multi-step runs: π(y+) fell in {float(table['displaced'].mean()):.0%}, "
+        f"catastrophic in {float(table['is_catastrophic'].mean()):.0%} of {len(table)}. "
+        f"Unconstrained features ({len(features)} random instances): Pearson ≥ {r_features:.3f}, "
+        f"Spearman {rank_features:+.2f}, π(y+) fell in {displaced_features:.0%}"
     )

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 import pandas as pd
 import torch
 
-from dpo_toolkit.core.claims import claims_frame, decide
+from dpo_toolkit.core.claims import ClaimText, claims_frame, decide
 from dpo_toolkit.core.config import ModelConfig, TrainConfig
 from dpo_toolkit.core.device import resolve_device
 from dpo_toolkit.core.evidence import Check, Interval, mean_interval, share_interval
@@ -130,23 +130,26 @@ def run_map(
 
 
 CELL = ["optimizer", "pair", "lead_weight", "scale"]
+CELL_MEANS = {"displaced": "displaced", "catastrophic": "is_catastrophic", "p_ref": "p_pos_before",
+              "p_after": "p_pos_after", "h_to_w": "h_to_w"}  # fmt: skip
+"""map_table's columns that average a column of the runs over each cell: its name → the runs' column."""
 
 
 def map_table(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per cell, every cell: runs, the share displaced and catastrophic, mean π_ref(y+)
     and π(y+) after DPO, and the mean ‖h‖² / ‖W_z‖²."""
-    return (
-        runs.groupby(CELL, sort=False)
-        .agg(
-            runs=("displaced", "size"),
-            displaced=("displaced", "mean"),
-            catastrophic=("is_catastrophic", "mean"),
-            p_ref=("p_pos_before", "mean"),
-            p_after=("p_pos_after", "mean"),
-            h_to_w=("h_to_w", "mean"),
-        )
-        .reset_index()
-    )
+    means = {name: (column, "mean") for name, column in CELL_MEANS.items()}
+    return runs.groupby(CELL, sort=False).agg(runs=("displaced", "size"), **means).reset_index()
+
+
+CLAIMS = {
+    "C10-map": ClaimText(
+        "[displacement map] Where the theory's conditions hold (π_ref(y+) high, h small against W, "
+        "y+ and y− similar), single-prompt DPO in a trained LM lowers π(y+), sometimes catastrophically.",
+        "displacement in OLMo-1B, Gemma-2B, Llama-3-8B, some of it catastrophic",
+        "talk's table",
+    ),
+}
 
 
 def map_claims(runs: pd.DataFrame) -> pd.DataFrame:
@@ -162,23 +165,30 @@ def map_claims(runs: pd.DataFrame) -> pd.DataFrame:
     # picked as the best of many cells on the same runs, its share is an optimistic estimate (the
     # map has no fresh seeds to confirm it on): (a) is the claim's most lenient part
     best = cells.sort_values(["displaced", "catastrophic"], ascending=False).iloc[0]
-    in_best = (runs[CELL] == best[CELL]).all(axis=1)
-    best_runs = runs[in_best]
-    by_similarity = runs.groupby("similar")["displaced"].mean()
-    similar, opposite = float(by_similarity.get(True, float("nan"))), float(by_similarity.get(False, float("nan")))
+    cell = f"{best['optimizer']}, {best['pair']}, lead weight {best['lead_weight']:g}, scale {best['scale']:g}"
+    displaced = Check(
+        "share of the map's runs in which π(y+) fell, per seed", mean_interval(runs.groupby("seed")["displaced"].mean()), ANY
+    )
+    row = {"claim_id": "C10-map", "our_value": _map_value(runs, cells, best, cell)}
+    return claims_frame([{**row, **decide(_map_parts(runs, best, cell), part=displaced)}], text=CLAIMS)
+
+
+def _map_parts(runs: pd.DataFrame, best: pd.Series, cell: str) -> list[Check]:
+    """C10-map's three parts: (a) the most displacing cell (`best`, described by `cell`) displaces in
+    most of its runs, (b) some run is catastrophic, (c) synonym pairs displace more often than
+    pairs of opposite meaning; (b) and (c) per seed."""
+    best_runs = runs[(runs[CELL] == best[CELL]).all(axis=1)]
     per_seed = runs.groupby("seed")
     # (c) per seed: the displaced share of its synonym-pair runs minus that of its opposite-meaning
     # runs; a seed without either kind of pair has no difference to give
     gap = (per_seed.apply(lambda g: g.loc[g["similar"], "displaced"].mean() - g.loc[~g["similar"], "displaced"].mean(),
                           include_groups=False)).dropna()  # fmt: skip
-    displacing = cells[cells["displaced"] >= MOST]
-    cell = f"{best['optimizer']}, {best['pair']}, lead weight {best['lead_weight']:g}, scale {best['scale']:g}"
     most = Check(
         f"displaced share of the most displacing cell ({cell})",
         share_interval(int(best_runs["displaced"].sum()), len(best_runs), replicates=best_runs["seed"].nunique()),
         MOST,
     )
-    parts = [
+    return [
         most,
         Check("share of catastrophic runs per seed", mean_interval(per_seed["is_catastrophic"].mean()), ANY),
         Check(
@@ -187,22 +197,20 @@ def map_claims(runs: pd.DataFrame) -> pd.DataFrame:
             ANY,
         ),
     ]
-    displaced = Check("share of the map's runs in which π(y+) fell, per seed", mean_interval(per_seed["displaced"].mean()), ANY)
-    return claims_frame(
-        [
-            {
-                "claim_id": "C10-map",
-                "statement": "[displacement map] Where the theory's conditions hold (π_ref(y+) high, h small against W, "
-                "y+ and y− similar), single-prompt DPO in a trained LM lowers π(y+), sometimes catastrophically.",
-                "paper_value": "displacement in OLMo-1B, Gemma-2B, Llama-3-8B, some of it catastrophic (talk's table)",
-                "our_value": f"{len(runs)} runs in {len(cells)} cells over {runs['seed'].nunique()} seeds: π(y+) fell in "
-                f"{runs['displaced'].mean():.0%}, catastrophic in {runs['is_catastrophic'].mean():.0%}; "
-                f"{len(displacing)} cells displace in ≥ {MOST:.0%} of runs; "
-                f"most displacing cell: {cell} ({best['displaced']:.0%} displaced, {best['catastrophic']:.0%} catastrophic); "
-                f"displaced share, synonym pairs {similar:.0%} vs opposite meanings {opposite:.0%}",
-                **decide(parts, part=displaced),
-            }
-        ]
+
+
+def _map_value(runs: pd.DataFrame, cells: pd.DataFrame, best: pd.Series, cell: str) -> str:
+    """C10-map's measured values: the map's shares, its displacing cells, its most displacing
+    cell and the displaced shares of synonym and opposite-meaning pairs."""
+    by_similarity = runs.groupby("similar")["displaced"].mean()
+    similar, opposite = float(by_similarity.get(True, float("nan"))), float(by_similarity.get(False, float("nan")))
+    displacing = cells[cells["displaced"] >= MOST]
+    return (
+        f"{len(runs)} runs in {len(cells)} cells over {runs['seed'].nunique()} seeds: π(y+) fell in "
+        f"{runs['displaced'].mean():.0%}, catastrophic in {runs['is_catastrophic'].mean():.0%}; "
+        f"{len(displacing)} cells displace in ≥ {MOST:.0%} of runs; "
+        f"most displacing cell: {cell} ({best['displaced']:.0%} displaced, {best['catastrophic']:.0%} catastrophic); "
+        f"displaced share, synonym pairs {similar:.0%} vs opposite meanings {opposite:.0%}"
     )
 
 

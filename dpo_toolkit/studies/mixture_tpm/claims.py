@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from dpo_toolkit.core.claims import claims_frame, decide, identity, verdict
+from dpo_toolkit.core.claims import ClaimText, claims_frame, decide, identity, verdict
 from dpo_toolkit.core.evidence import Check, mean_interval
 from dpo_toolkit.studies.mixture_tpm.policy import heat_table
 
@@ -18,6 +18,19 @@ is at least this share of the reference's (a softmax never gives exactly zero, s
 alone is no evidence; a tenth of the reference's mass is not negligible)."""
 AMPLIFIES = 1.0  # C20: heat amplifies the trained policy's mass more than the reference's (relative > 1)
 BRINGS_BACK = 1.0  # C20 in full: at the hottest T the trained policy has at least the reference's T = 1 mass
+
+
+CLAIMS = {
+    "C17": ClaimText("Lemma 1: the KL-regularised optimum is a per-sample tilt of the mixture.", "an identity"),
+    "C18": ClaimText(
+        "Theorem 2: TPM(A) ≥ α and 0 < TPM(U) ≤ 1 − α for every β > 0 under its assumptions.", "holds for every β > 0"
+    ),
+    "C19": ClaimText("When an assumption fails, TPM(A) < α can happen.", "not stated (the theorem needs its assumptions)"),
+    "C20": ClaimText(
+        "A DPO-trained policy keeps non-zero unaligned (OOD) mass at every checkpoint, and sampling temperature re-amplifies it.",
+        "this project's claim, from Theorem 2 and the post's jailbreak remark",
+    ),
+}
 
 
 def mixture_claims(lemma_error: float, theorem: pd.DataFrame, masses: pd.DataFrame, temperatures: pd.DataFrame) -> pd.DataFrame:
@@ -39,18 +52,45 @@ def mixture_claims(lemma_error: float, theorem: pd.DataFrame, masses: pd.DataFra
     ratio at the seed's worst β; ``claims.decide``): inconclusive on fewer than three seeds.
     """
     heat = heat_table(temperatures)
-    c17 = identity(lemma_error <= LEMMA_TOLERANCE)
+    c17 = {
+        "claim_id": "C17",
+        "our_value": f"max |difference| {lemma_error:.1e} over random instances and β in [1e-3, 1e3]",
+        "verdict": identity(lemma_error <= LEMMA_TOLERANCE),
+    }
+    return claims_frame([c17, _c18(theorem), _c19(theorem), _c20(masses, heat)], text=CLAIMS)
 
+
+def _c18(theorem: pd.DataFrame) -> dict:
+    """C18's row: Theorem 2 on the random cases meeting its assumptions as worded (those meeting the
+    covariance the proof uses reported beside them)."""
     proof, stated = theorem[theorem["proof_needs"]], theorem[theorem["as_stated"]]
     proof_fails, stated_fails = int((~proof["holds"]).sum()), int((~stated["holds"]).sum())
-    c18 = verdict(stated_fails == 0, testable=len(stated) > 0)
     stated_broken = stated.loc[~stated["holds"], "instance"].nunique()
+    return {
+        "claim_id": "C18",
+        "our_value": f"{proof_fails} failures in {len(proof)} (instance, β) cases meeting the covariance the proof uses; "
+        f"{stated_fails} failures in {len(stated)} cases meeting the assumptions as worded "
+        f"({stated_broken} instances)",
+        "verdict": verdict(stated_fails == 0, testable=len(stated) > 0),
+        "precondition": f"random instances meet the assumptions as worded: {len(stated)} (instance, β) cases",
+    }
 
+
+def _c19(theorem: pd.DataFrame) -> dict:
+    """C19's row: TPM(A) < α in some random case that violates the worded assumptions."""
     failed = theorem[~theorem["as_stated"]]
     below = failed[failed["tpm_aligned"] < failed["alpha"]]
     shortfall = float((below["alpha"] - below["tpm_aligned"]).max()) if len(below) else 0.0
-    c19 = identity(len(below) > 0)
+    return {
+        "claim_id": "C19",
+        "our_value": f"TPM(A) < α in {len(below)} of {len(failed)} cases violating the worded assumptions; "
+        f"largest shortfall α − TPM(A) = {shortfall:.2f}",
+        "verdict": identity(len(below) > 0),
+    }
 
+
+def _c20(masses: pd.DataFrame, heat: pd.DataFrame) -> dict:
+    """C20's row: the unaligned mass DPO keeps and heat's amplification of it, decided on intervals over seeds."""
     trained = masses[masses["step"] > 0]
     floor = float(trained["log_unaligned"].min()) / np.log(10)  # log10 of the smallest unaligned mass
     # C20 on intervals over seeds: a seed sets the SFT reference and the DPO runs of every β, so the
@@ -67,45 +107,13 @@ def mixture_claims(lemma_error: float, theorem: pd.DataFrame, masses: pd.DataFra
     last = masses[masses["step"] == masses["step"].max()].set_index(["seed", "beta", "prompt"])["log_unaligned"]
     reference = masses[masses["step"] == 0].set_index(["seed", "beta", "prompt"])["log_unaligned"]
     shrank = float((last <= reference.loc[last.index]).mean())
-    return claims_frame(
-        [
-            {
-                "claim_id": "C17",
-                "statement": "Lemma 1: the KL-regularised optimum is a per-sample tilt of the mixture.",
-                "paper_value": "an identity",
-                "our_value": f"max |difference| {lemma_error:.1e} over random instances and β in [1e-3, 1e3]",
-                "verdict": c17,
-            },
-            {
-                "claim_id": "C18",
-                "statement": "Theorem 2: TPM(A) ≥ α and 0 < TPM(U) ≤ 1 − α for every β > 0 under its assumptions.",
-                "paper_value": "holds for every β > 0",
-                "our_value": f"{proof_fails} failures in {len(proof)} (instance, β) cases meeting the covariance the proof uses; "
-                f"{stated_fails} failures in {len(stated)} cases meeting the assumptions as worded "
-                f"({stated_broken} instances)",
-                "verdict": c18,
-                "precondition": f"random instances meet the assumptions as worded: {len(stated)} (instance, β) cases",
-            },
-            {
-                "claim_id": "C19",
-                "statement": "When an assumption fails, TPM(A) < α can happen.",
-                "paper_value": "not stated (the theorem needs its assumptions)",
-                "our_value": f"TPM(A) < α in {len(below)} of {len(failed)} cases violating the worded assumptions; "
-                f"largest shortfall α − TPM(A) = {shortfall:.2f}",
-                "verdict": c19,
-            },
-            {
-                "claim_id": "C20",
-                "statement": "A DPO-trained policy keeps non-zero unaligned (OOD) mass at every checkpoint, "
-                "and sampling temperature re-amplifies it.",
-                "paper_value": "this project's claim, from Theorem 2 and the post's jailbreak remark",
-                "our_value": f"over {len(heat)} runs ({len(worst)} seed{'s' if len(worst) != 1 else ''}): DPO keeps "
-                f"{heat['kept'].min():.0%}–{heat['kept'].max():.0%} of the reference's mean unaligned mass (final mass ≤ "
-                f"the reference's at {shrank:.0%} of prompts); at T={hottest:g} "
-                f"the trained policy has {heat['heat_back'].min():.2f}–{heat['heat_back'].max():.2f}× the reference's T=1 mass, "
-                f"and heat amplifies it {heat['relative'].min():.2f}–{heat['relative'].max():.2f}× as much as the reference's; "
-                f"smallest mass 10^{floor:.1f}",
-                **decide([kept, more_than_reference, brought_back], part=[kept, more_than_reference]),
-            },
-        ]
-    )
+    return {
+        "claim_id": "C20",
+        "our_value": f"over {len(heat)} runs ({len(worst)} seed{'s' if len(worst) != 1 else ''}): DPO keeps "
+        f"{heat['kept'].min():.0%}–{heat['kept'].max():.0%} of the reference's mean unaligned mass (final mass ≤ "
+        f"the reference's at {shrank:.0%} of prompts); at T={hottest:g} "
+        f"the trained policy has {heat['heat_back'].min():.2f}–{heat['heat_back'].max():.2f}× the reference's T=1 mass, "
+        f"and heat amplifies it {heat['relative'].min():.2f}–{heat['relative'].max():.2f}× as much as the reference's; "
+        f"smallest mass 10^{floor:.1f}",
+        **decide([kept, more_than_reference, brought_back], part=[kept, more_than_reference]),
+    }

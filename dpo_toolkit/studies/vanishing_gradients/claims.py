@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from dpo_toolkit.core.claims import claims_frame, decide
+from dpo_toolkit.core.claims import ClaimText, claims_frame, decide
 from dpo_toolkit.core.evidence import Check, mean_interval
 from dpo_toolkit.studies.vanishing_gradients.study import ARMS, LOW_REWARD, SMALL_STD
 
@@ -65,12 +65,41 @@ def envelope_slope(train: pd.DataFrame) -> tuple[float, float]:
     return slope, decades
 
 
+CLAIMS = {
+    "C14": ClaimText(
+        "‖∇V_x‖ is bounded by C · std(r)^(2/3): the gradient vanishes with the reward std.", "‖∇V_x‖ = O(std^(2/3))"
+    ),
+    "C15": ClaimText(
+        "RL fine-tuning barely improves inputs with small reward std and low reward.",
+        "small-std, low-reward inputs are common and barely improve",
+    ),
+    "C16": ClaimText(
+        "A short SFT phase (1 % of labels, 40 % of steps) removes the problem, reaching about the reward of full SFT.",
+        "cheap SFT ≈ full SFT reward after RFT",
+    ),
+}
+
+
 def vanishing_claims(curves: pd.DataFrame, inputs: pd.DataFrame) -> pd.DataFrame:
     """The C14–C16 claims table from ``run_vanishing_gradients`` (any number of seeds).
 
     Every deciding quantity is computed once per seed (a seed is one replicate: its initialisation,
     batch orders and small-SFT labels; the three arms of one seed share them) and read as the 95 %
     interval of its mean over seeds (``core.evidence``); fewer than three seeds decide nothing."""
+    n_seeds = curves["seed"].nunique()
+    seeds = f"{n_seeds} seed{'s' if n_seeds != 1 else ''}"
+    return claims_frame([_c14(inputs, seeds), _c15(inputs, seeds), _c16(curves, seeds)], text=CLAIMS)
+
+
+def _pm(s: pd.Series, fmt: str = ".2f") -> str:
+    """Mean ± sd over seeds (the value alone for one seed; 'undefined' for none)."""
+    if not s.count():
+        return "undefined"
+    return f"{s.mean():{fmt}} ± {s.std(ddof=1):{fmt}}" if s.count() > 1 else f"{s.mean():{fmt}}"
+
+
+def _c14(inputs: pd.DataFrame, seeds: str) -> dict:
+    """C14's row: the log-log slope of the gradient envelope per seed, against the bound's exponent."""
     train = inputs[inputs["split"] == "train"]
     positive = train[train["std"] > 0]
     ratio = positive["grad_norm"] / positive["std"] ** BOUND_EXPONENT
@@ -88,7 +117,20 @@ def vanishing_claims(curves: pd.DataFrame, inputs: pd.DataFrame) -> pd.DataFrame
         part=Check("log-log slope of the gradient envelope", slopes, BOUND_EXPONENT / 2),
         precondition=Check("decades of std the envelope spans", mean_interval(bound["decades"]), MIN_DECADES),
     )
+    return {
+        "claim_id": "C14",
+        "our_value": f"constant-free check (the theorem's constant could not be read here): log-log slope of the "
+        f"envelope {_pm(bound['slope'])} over {_pm(bound['decades'], '.1f')} decades of std (mean ± sd over "
+        f"{seeds}); largest ‖∇V_x‖ / std^(2/3) = {ratio.max():.3g} over {len(positive)} "
+        f"(input, checkpoint) cases (a fitted C, reported, not tested)",
+        **c14,
+        "precondition": f"the envelope's populated bins of reward std span ≥ {MIN_DECADES:g} decades (per seed, "
+        f"read on the interval of their mean): {_pm(bound['decades'], '.1f')}",
+    }
 
+
+def _c15(inputs: pd.DataFrame, seeds: str) -> dict:
+    """C15's row: the gain of small-std low-reward inputs against that of the larger-std ones, per seed."""
     stall = stall_table(inputs)
     low = stall[stall["low"]]
     stalled, others = low[low["small_low"]], low[~low["small_low"]]
@@ -114,7 +156,22 @@ def vanishing_claims(curves: pd.DataFrame, inputs: pd.DataFrame) -> pd.DataFrame
         # no seed with a ratio at all (no small-std input anywhere): nothing to test
         precondition=improve if gain_ratio.notna().any() or improve.outcome is False else False,
     )
+    return {
+        "claim_id": "C15",
+        "our_value": f"low-reward training inputs at the start of RFT (all arms, {seeds}): "
+        f"{len(stalled)} with small std gain {stalled['gain'].mean():.3f} on average, "
+        f"{len(others)} with larger std gain {others['gain'].mean():.3f}; their ratio per seed "
+        f"{_pm(gain_ratio)} (mean ± sd)",
+        **c15,
+        "precondition": "low-reward training inputs with small std and with larger std in every seed, the latter "
+        f"improving (their mean gain per seed read on its interval): {len(stalled)} and {len(others)} "
+        f"(mean gain {others['gain'].mean():+.3f}; {int(gain_ratio.notna().sum())} of {len(per_seed)} seeds have "
+        "both, the latter improving)",
+    }
 
+
+def _c16(curves: pd.DataFrame, seeds: str) -> dict:
+    """C16's row: the final training reward after small SFT against full SFT and no SFT, per seed."""
     final = curves[curves["step"] == curves["step"].max()].pivot_table(index="seed", columns="arm", values="reward_train")
     start = curves[curves["step"] == 0].groupby("arm")["small_std_low_reward"].mean()
     end = curves[curves["step"] == curves["step"].max()].groupby("arm")["small_std_low_reward"].mean()
@@ -124,53 +181,7 @@ def vanishing_claims(curves: pd.DataFrame, inputs: pd.DataFrame) -> pd.DataFrame
          beats],
         part=beats,
     )  # fmt: skip
-
-    def pm(s: pd.Series, fmt: str = ".2f") -> str:
-        """Mean ± sd over seeds (the value alone for one seed; 'undefined' for none)."""
-        if not s.count():
-            return "undefined"
-        return f"{s.mean():{fmt}} ± {s.std(ddof=1):{fmt}}" if s.count() > 1 else f"{s.mean():{fmt}}"
-
-    n_seeds = curves["seed"].nunique()
-    seeds = f"{n_seeds} seed{'s' if n_seeds != 1 else ''}"
     arms = "; ".join(
-        f"{arm}: reward {pm(final[arm], '.3f')}, small-std low-reward inputs {start[arm]:.0f} → {end[arm]:.0f}" for arm in ARMS
+        f"{arm}: reward {_pm(final[arm], '.3f')}, small-std low-reward inputs {start[arm]:.0f} → {end[arm]:.0f}" for arm in ARMS
     )
-    return claims_frame(
-        [
-            {
-                "claim_id": "C14",
-                "statement": "‖∇V_x‖ is bounded by C · std(r)^(2/3): the gradient vanishes with the reward std.",
-                "paper_value": "‖∇V_x‖ = O(std^(2/3))",
-                "our_value": f"constant-free check (the theorem's constant could not be read here): log-log slope of the "
-                f"envelope {pm(bound['slope'])} over {pm(bound['decades'], '.1f')} decades of std (mean ± sd over "
-                f"{seeds}); largest ‖∇V_x‖ / std^(2/3) = {ratio.max():.3g} over {len(positive)} "
-                f"(input, checkpoint) cases (a fitted C, reported, not tested)",
-                **c14,
-                "precondition": f"the envelope's populated bins of reward std span ≥ {MIN_DECADES:g} decades (per seed, "
-                f"read on the interval of their mean): {pm(bound['decades'], '.1f')}",
-            },
-            {
-                "claim_id": "C15",
-                "statement": "RL fine-tuning barely improves inputs with small reward std and low reward.",
-                "paper_value": "small-std, low-reward inputs are common and barely improve",
-                "our_value": f"low-reward training inputs at the start of RFT (all arms, {seeds}): "
-                f"{len(stalled)} with small std gain {stalled['gain'].mean():.3f} on average, "
-                f"{len(others)} with larger std gain {others['gain'].mean():.3f}; their ratio per seed "
-                f"{pm(gain_ratio)} (mean ± sd)",
-                **c15,
-                "precondition": "low-reward training inputs with small std and with larger std in every seed, the latter "
-                f"improving (their mean gain per seed read on its interval): {len(stalled)} and {len(others)} "
-                f"(mean gain {others['gain'].mean():+.3f}; {int(gain_ratio.notna().sum())} of {len(per_seed)} seeds have "
-                "both, the latter improving)",
-            },
-            {
-                "claim_id": "C16",
-                "statement": "A short SFT phase (1 % of labels, 40 % of steps) removes the problem, "
-                "reaching about the reward of full SFT.",
-                "paper_value": "cheap SFT ≈ full SFT reward after RFT",
-                "our_value": f"final training reward after RFT, mean ± sd over {seeds}: {arms}",
-                **c16,
-            },
-        ]
-    )
+    return {"claim_id": "C16", "our_value": f"final training reward after RFT, mean ± sd over {seeds}: {arms}", **c16}

@@ -23,7 +23,7 @@ from dpo_toolkit.core.data import Batch
 from dpo_toolkit.core.device import resolve_device
 from dpo_toolkit.core.ensemble import Ensemble
 from dpo_toolkit.core.model import Transformer, build_model
-from dpo_toolkit.core.runner import RunKey, cached_model
+from dpo_toolkit.core.runner import RunKey, cached_frames, cached_model
 from dpo_toolkit.core.storage import write_csv
 from dpo_toolkit.core.train import Checkpoint, train_sft
 from dpo_toolkit.studies.vanishing_gradients.rft import (
@@ -48,6 +48,11 @@ SMALL_STD = 0.05  # a reward std below this counts as small
 LOW_REWARD = 0.8  # an expected reward below this counts as low (off by more than 10 on average)
 
 
+def _phase(name: str, epochs: v.Spec = p.EPOCHS) -> dict[str, v.Spec]:
+    """The specs of one training phase's `<name>_epochs` and `<name>_lr`."""
+    return {f"{name}_epochs": epochs, f"{name}_lr": p.LEARNING_RATE}
+
+
 # The notebook's `parameters` cell, one spec per variable (notebooks/vanishing_gradients.md).
 PARAMETERS = {
     "prompt_min": v.integer(100, 999),
@@ -57,14 +62,10 @@ PARAMETERS = {
     "shift": v.integer(1, 99),
     "task_seed": v.integer(0),
     "seeds": p.SEEDS,
-    "pretrain_epochs": v.integer(1, 4000),  # default: 400
-    "pretrain_lr": p.LEARNING_RATE,
-    "sft_epochs": p.EPOCHS,
-    "sft_lr": p.LEARNING_RATE,
-    "label_fraction": v.real(0, 1, open_low=True),
-    "step_fraction": v.real(0, 1, open_low=True),
-    "rft_epochs": p.EPOCHS,
-    "rft_lr": p.LEARNING_RATE,
+    **_phase("pretrain", v.integer(1, 4000)),  # default: 400 epochs
+    **_phase("sft"),
+    **dict.fromkeys(("label_fraction", "step_fraction"), v.real(0, 1, open_low=True)),  # the small SFT's shares
+    **_phase("rft"),
     "batch_size": p.BATCH_SIZE,
     "n_evals": p.EVALS,
     "results_root": p.RESULTS_ROOT,
@@ -169,6 +170,64 @@ class Probe:
         return pd.concat(self.rows, ignore_index=True).drop_duplicates(["arm", "prompt", "step"], keep="last")
 
 
+PARTIAL = "-inputs.partial.csv"  # the RFT probe's rows so far, kept for a resumed run (``Probe``)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Setup:
+    """What the runs of every seed share: the configurations, the run cache, the device."""
+
+    task_cfg: RLTaskConfig
+    model_cfg: ModelConfig
+    pretrain_cfg: TrainConfig
+    sft_cfg: TrainConfig
+    fix: SmallSFTConfig
+    rft_cfg: TrainConfig
+    cache_dir: Path
+    progress: bool | None
+    device: torch.device
+
+    def sft(self, start: Transformer, name: str, data: Batch, cfg: TrainConfig, seed: int, *depends_on) -> Transformer:
+        """A copy of start after SFT on data, cached by everything it depends on; a killed run resumes."""
+        cfg = dataclasses.replace(cfg, seed=seed)
+
+        def fit(model: Transformer, checkpoint: Checkpoint) -> None:
+            train_sft(model.train().requires_grad_(True), data, cfg, no_evaluation, self.progress, checkpoint)
+
+        key = RunKey(self.cache_dir, name, seed, (self.task_cfg, self.model_cfg, *depends_on, cfg))
+        return cached_model(key, lambda: copy.deepcopy(start), fit)[0]
+
+    def starting_points(self, seed: int, prompts: np.ndarray, train: np.ndarray, hard: np.ndarray) -> list[Transformer]:
+        """One seed's starting points of RL fine-tuning, in ARMS order: the pretrained policy (shifted
+        labels on the hard prompts), it after SFT on every training label, and after the small SFT."""
+        pretrain_data = label_batch(prompts, pretrain_labels(self.task_cfg, prompts, hard))
+        pretrained = self.sft(build_model(self.model_cfg, seed, self.device), "pretrain", pretrain_data, self.pretrain_cfg, seed)
+        full = self.sft(pretrained, "full-sft", label_batch(train, targets(train)), self.sft_cfg, seed, self.pretrain_cfg)
+        n_small = max(1, round(self.fix.label_fraction * len(train)))
+        labelled = np.sort(np.random.default_rng(seed).choice(train, n_small, replace=False))
+        small_cfg = small_sft_config(self.sft_cfg, len(train), n_small, self.fix)
+        small_data = label_batch(labelled, targets(labelled))
+        small = self.sft(pretrained, "small-sft", small_data, small_cfg, seed, self.pretrain_cfg, self.fix)
+        return [pretrained, full, small]
+
+    def rft(self, seed: int, prompts: np.ndarray, train: np.ndarray, hard: np.ndarray) -> list[pd.DataFrame]:
+        """One seed's RL fine-tuning of its starting points as one ensemble: [curve, inputs], cached
+        in the run cache (``runner.cached_frames``); a killed run resumes, its probe rows kept."""
+        starts = self.starting_points(seed, prompts, train, hard)
+        configs = (self.task_cfg, self.model_cfg, self.pretrain_cfg, self.sft_cfg, self.fix, self.rft_cfg)
+        key = RunKey(self.cache_dir, "rft", seed, configs, self.device.type)
+
+        def compute(checkpoint: Checkpoint) -> tuple[pd.DataFrame, pd.DataFrame]:
+            policies = Ensemble(starts)
+            probe = Probe(policies, prompts, np.isin(prompts, train), np.isin(prompts, hard), key.path(PARTIAL))
+            rewards = closeness_reward(train, all_responses(self.model_cfg.d_vocab))
+            cfg = dataclasses.replace(self.rft_cfg, seed=seed)
+            curve = train_rft(policies, train, rewards, cfg, probe, probe.stamp, self.progress, checkpoint)
+            return curve.assign(arm=curve["member"].map(dict(enumerate(ARMS)))).drop(columns="member"), probe.table()
+
+        return cached_frames(key, ("-curves.csv", "-inputs.csv"), compute, scratch=(PARTIAL,))
+
+
 def run_vanishing_gradients(
     task_cfg: RLTaskConfig,
     model_cfg: ModelConfig,
@@ -197,43 +256,12 @@ def run_vanishing_gradients(
     seeds = list(seeds)
     if not seeds or any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in seeds):
         raise ValueError(f"seeds must be a non-empty list of integers ≥ 0, got {seeds!r}")
+    setup = _Setup(task_cfg, model_cfg, pretrain_cfg, sft_cfg, fix, rft_cfg, Path(cache_dir), progress, device)
     train, test, hard = split_prompts(task_cfg)
     prompts = np.sort(np.concatenate([train, test]))
     curves, inputs = [], []
     for seed in seeds:
-
-        def sft(start: Transformer, name: str, data: Batch, cfg: TrainConfig, *depends_on, seed: int = seed) -> Transformer:
-            """A copy of start after SFT on data, cached by everything it depends on; a killed run resumes."""
-            cfg = dataclasses.replace(cfg, seed=seed)
-
-            def fit(model: Transformer, checkpoint: Checkpoint) -> None:
-                train_sft(model.train().requires_grad_(True), data, cfg, no_evaluation, progress, checkpoint)
-
-            key = RunKey(Path(cache_dir), name, seed, (task_cfg, model_cfg, *depends_on, cfg))
-            return cached_model(key, lambda: copy.deepcopy(start), fit)[0]
-
-        pretrain_data = label_batch(prompts, pretrain_labels(task_cfg, prompts, hard))
-        pretrained = sft(build_model(model_cfg, seed, device), "pretrain", pretrain_data, pretrain_cfg)
-        full = sft(pretrained, "full-sft", label_batch(train, targets(train)), sft_cfg, pretrain_cfg)
-        n_small = max(1, round(fix.label_fraction * len(train)))
-        labelled = np.sort(np.random.default_rng(seed).choice(train, n_small, replace=False))
-        small_cfg = small_sft_config(sft_cfg, len(train), n_small, fix)
-        small = sft(pretrained, "small-sft", label_batch(labelled, targets(labelled)), small_cfg, pretrain_cfg, fix)
-        key = RunKey(Path(cache_dir), "rft", seed, (task_cfg, model_cfg, pretrain_cfg, sft_cfg, fix, rft_cfg), device.type)
-        curve_path, inputs_path = key.path("-curves.csv"), key.path("-inputs.csv")
-        with key.lock():  # as cached_model's runs: another process asking for this run waits, then reads it
-            if not (curve_path.exists() and inputs_path.exists()):
-                policies = Ensemble([pretrained, full, small])
-                partial, rft_checkpoint = key.path("-inputs.partial.csv"), Checkpoint(key.path(".ckpt"))
-                probe = Probe(policies, prompts, np.isin(prompts, train), np.isin(prompts, hard), partial)
-                rewards = closeness_reward(train, all_responses(model_cfg.d_vocab))
-                cfg = dataclasses.replace(rft_cfg, seed=seed)
-                curve = train_rft(policies, train, rewards, cfg, probe, probe.stamp, progress, rft_checkpoint)
-                curve = curve.assign(arm=curve["member"].map(dict(enumerate(ARMS)))).drop(columns="member")
-                write_csv(probe.table(), inputs_path)
-                write_csv(curve, curve_path)
-                rft_checkpoint.remove()
-                partial.unlink(missing_ok=True)
-            curves.append(pd.read_csv(curve_path).assign(seed=seed))
-            inputs.append(pd.read_csv(inputs_path).assign(seed=seed))
+        curve, inputs_of_seed = setup.rft(seed, prompts, train, hard)
+        curves.append(curve.assign(seed=seed))
+        inputs.append(inputs_of_seed.assign(seed=seed))
     return pd.concat(curves, ignore_index=True), pd.concat(inputs, ignore_index=True)
