@@ -396,3 +396,12 @@ def test_largest_prompt_against_brute_force(window, n_ctx):
 
 def test_a_parameter_error_is_a_value_error():
     assert issubclass(ParameterError, ValueError)
+
+
+@pytest.mark.parametrize("bad", [[], [-1], True, [True], 1.5, "ab", [0.5], None])
+def test_seed_list_is_the_one_check_of_seeds(bad):
+    from dpo_toolkit.core.validate import seed_list
+
+    assert seed_list(3) == [3] and seed_list([0, 2]) == [0, 2] and seed_list(range(2)) == [0, 1]
+    with pytest.raises(ValueError, match=r"my_seeds must be a non-empty list of integers ≥ 0"):
+        seed_list(bad, "my_seeds")

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
-from .validate import Spec, choice, integer, real
+from .validate import SEED, Spec, choice, integer, real
 
 OPTIMIZERS = ("adamw", "adam", "rmsprop", "sgd")
 """The optimizers a TrainConfig names (``core.optim`` builds them)."""
@@ -62,7 +62,7 @@ class DataConfig:
         "prompt_min": integer(0),
         "window": integer(1),
         "test_fraction": real(0, 1, open_low=True, open_high=True),
-        "seed": integer(0),
+        "seed": SEED,
     }
 
     def __post_init__(self) -> None:
@@ -148,7 +148,7 @@ class TrainConfig:
         "batch_size": integer(1),
         "grad_clip": real(0, open_low=True, optional=True),
         "n_evals": integer(1),
-        "seed": integer(0),
+        "seed": SEED,
     }
 
     def __post_init__(self) -> None:
@@ -183,7 +183,7 @@ class RLTaskConfig:
         "test_fraction": real(0, 1, open_low=True, open_high=True),
         "hard_fraction": real(0, 1),
         "shift": integer(1, 99),
-        "seed": integer(0),
+        "seed": SEED,
     }
 
     def __post_init__(self) -> None:
@@ -248,7 +248,7 @@ class EvalConfig:
     FIELDS: ClassVar[dict[str, Spec]] = {
         "kl_samples": integer(2),
         "max_pairs": integer(1, optional=True),
-        "seed": integer(0),
+        "seed": SEED,
     }
 
     def __post_init__(self) -> None:

@@ -24,8 +24,8 @@ import ast
 import math
 from collections.abc import Mapping
 
-from .config import DataConfig, DPOConfig, EvalConfig, TrainConfig
-from .validate import Spec, integer
+from .config import DPOConfig, EvalConfig, TrainConfig
+from .validate import SEED, Spec, integer
 
 
 class ParameterError(ValueError):
@@ -34,7 +34,6 @@ class ParameterError(ValueError):
 
 # Shared specs, one wording for the parameters every chapter has; a config field's range comes
 # from the config, and a notebook adds only its cap against typos.
-SEED = DataConfig.FIELDS["seed"]  # any seed: of a split, a run, an instance
 SEEDS = SEED.as_list()
 RESULTS_ROOT = Spec("folder", optional=True)  # None means $DPO_RESULTS_ROOT or _build/results
 DEVICE = Spec("device")  # where every model, tensor and evaluation of the chapter computes

@@ -31,6 +31,7 @@ from .data import Batch, PairSet
 from .ensemble import Ensemble
 from .storage import write_csv
 from .train import Checkpoint, train_dpo_ensemble
+from .validate import SEED
 
 RESULTS_VERSION = 4
 """Part of every run key: bump it when what a run writes changes (new columns, another
@@ -63,7 +64,7 @@ class RunKey:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+        if not SEED.accepts(self.seed):
             raise ValueError(f"seeds must be integers ≥ 0, got {self.seed!r}")
         if self.device not in ("cpu", "cuda"):
             raise ValueError(f"RunKey.device must be 'cpu' or 'cuda' (a device type), got {self.device!r}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -164,3 +165,18 @@ def writable_folder(path: str) -> bool:
     full = Path(path).absolute()
     nearest = next(p for p in (full, *full.parents) if os.path.exists(p))
     return nearest.is_dir() and os.access(nearest, os.W_OK | os.X_OK)
+
+
+SEED = integer(0)
+"""Any seed: of a split, a run, an instance (the one range of a seed)."""
+
+
+def seed_list(seeds: int | Iterable[int], name: str = "seeds") -> list[int]:
+    """`seeds` as a list (one seed → [seed]); raises ValueError naming `name` unless it is a
+    non-empty list of integers ≥ 0. The one check of a list of seeds."""
+    listed = (
+        [seeds] if SEED.accepts(seeds) else list(seeds) if isinstance(seeds, Iterable) and not isinstance(seeds, str) else None
+    )
+    if not listed or not all(SEED.accepts(s) for s in listed):
+        raise ValueError(f"{name} must be a non-empty list of integers ≥ 0, got {seeds!r}")
+    return listed

@@ -16,14 +16,13 @@ from dpo_toolkit.core.parameters import (
     LEARNING_RATE,
     MARGIN_PAIRS,
     RESULTS_ROOT,
-    SEED,
     SEEDS,
     check,
     check_evals,
     fail,
     steps,
 )
-from dpo_toolkit.core.validate import choice
+from dpo_toolkit.core.validate import SEED, choice
 from dpo_toolkit.recipes.sft_then_dpo import SFT_RECIPES
 
 # ---- the number-line data of Park §3.2, shared by five chapters -------------------------

@@ -26,6 +26,7 @@ from dpo_toolkit.core.metrics import TRL_NAMES, group_weight_deltas
 from dpo_toolkit.core.model import Transformer, build_model
 from dpo_toolkit.core.runner import Member, RunKey, cached_model, run_dpo
 from dpo_toolkit.core.train import train_sft
+from dpo_toolkit.core.validate import seed_list
 
 SFT_RECIPES = ("kl_sweep", "grokking")
 """Park's two SFT recipes (``sft_recipe``)."""
@@ -104,10 +105,7 @@ def validate_grid(
     if not betas:
         raise ValueError("betas must name at least one β > 0, got an empty list")
     dpo_cfgs = [dataclasses.replace(dpo_cfg, beta=b) for b in betas]
-    seeds = [seeds] if isinstance(seeds, int) else list(seeds)
-    if not seeds or any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in seeds):
-        raise ValueError(f"seeds must be a non-empty list of integers ≥ 0, got {seeds!r}")
-    return dpo_cfgs, seeds
+    return dpo_cfgs, seed_list(seeds)
 
 
 def run_sft_then_dpo(

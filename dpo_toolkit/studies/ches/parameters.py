@@ -14,7 +14,7 @@ PARAMETERS = {
     "sft_lr": p.LEARNING_RATE,
     "batch_size": p.BATCH_SIZE,
     "n_pairs": v.integer(1),
-    "pair_seed": v.integer(0),
+    "pair_seed": v.SEED,
     "beta": p.BETA,
     "dpo_steps": p.STEPS,
     "dpo_lr": p.LEARNING_RATE,

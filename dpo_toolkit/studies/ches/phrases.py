@@ -45,7 +45,7 @@ FIELDS = {
     "n_statements": spec.integer(6),
     "hedge_fraction": spec.real(0, 0.5),
     "lead_weight": spec.real(0, 1, open_low=True, open_high=True),
-    "seed": spec.integer(0),
+    "seed": spec.SEED,
 }  # what each PhraseConfig field accepts
 
 

@@ -24,6 +24,7 @@ from dpo_toolkit.core.evidence import Check, mean_interval
 from dpo_toolkit.core.losses import sequence_logps
 from dpo_toolkit.core.model import build_model
 from dpo_toolkit.core.runner import RunKey, cached_model
+from dpo_toolkit.core.validate import seed_list
 from dpo_toolkit.studies.ches.identify import claim_table
 from dpo_toolkit.studies.ches.mitigation import Variant, final_rows, per_seed, train_variants
 from dpo_toolkit.studies.ches.safety_task import SafetyConfig, phrase_masses, preference_pairs, prompts, rates, train_safety_sft
@@ -93,9 +94,7 @@ def _checked_seeds(cfg: SafetyConfig, model_cfg: ModelConfig, runs: Sequence[Var
     list of integer seeds ≥ 0, and a model whose vocabulary is the task's."""
     if not runs:
         raise ValueError("run_safety needs at least one Variant")
-    seeds = list(seeds)
-    if not seeds or any(not isinstance(s, int) or s < 0 for s in seeds):
-        raise ValueError(f"seeds must be a non-empty list of integers ≥ 0, got {seeds!r}")
+    seeds = seed_list(seeds)
     if model_cfg.d_vocab != len(cfg.vocab):
         raise ConfigError(f"ModelConfig.d_vocab must be {len(cfg.vocab)} for this task, got {model_cfg.d_vocab}")
     return seeds

@@ -35,7 +35,7 @@ FIELDS = {
     "refusal_share": spec.real(0, 1, open_low=True, open_high=True),
     "both_refusal_share": spec.real(0, 1),
     "pairs_per_prompt": spec.integer(1),
-    "seed": spec.integer(0),
+    "seed": spec.SEED,
 }  # what each SafetyConfig field accepts
 
 

@@ -26,6 +26,7 @@ from dpo_toolkit.core.model import Transformer, build_model
 from dpo_toolkit.core.runner import RunKey, cached_frames, cached_model
 from dpo_toolkit.core.storage import write_csv
 from dpo_toolkit.core.train import Checkpoint, train_sft
+from dpo_toolkit.core.validate import seed_list
 from dpo_toolkit.studies.vanishing_gradients.rft import (
     all_responses,
     closeness_reward,
@@ -60,7 +61,7 @@ PARAMETERS = {
     "test_fraction": v.real(0, 1, open_low=True, open_high=True),
     "hard_fraction": v.real(0, 1),
     "shift": v.integer(1, 99),
-    "task_seed": v.integer(0),
+    "task_seed": v.SEED,
     "seeds": p.SEEDS,
     **_phase("pretrain", v.integer(1, 4000)),  # default: 400 epochs
     **_phase("sft"),
@@ -253,9 +254,7 @@ def run_vanishing_gradients(
     (value, std, grad_norm, split, hard).
     """
     device = resolve_device(device)
-    seeds = list(seeds)
-    if not seeds or any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in seeds):
-        raise ValueError(f"seeds must be a non-empty list of integers ≥ 0, got {seeds!r}")
+    seeds = seed_list(seeds)
     setup = _Setup(task_cfg, model_cfg, pretrain_cfg, sft_cfg, fix, rft_cfg, Path(cache_dir), progress, device)
     train, test, hard = split_prompts(task_cfg)
     prompts = np.sort(np.concatenate([train, test]))
