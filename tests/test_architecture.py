@@ -191,3 +191,30 @@ def test_a_planted_upward_arrow_and_study_to_study_import_are_found(tmp_path):
     )
     assert upward_arrows(graph) == [("dpo_toolkit.core.low", "dpo_toolkit.studies.one"), ("tools", "benchmarks")]
     assert study_to_study(graph) == [("dpo_toolkit.studies.two", "dpo_toolkit.studies.one")]
+
+
+LONGEST = 50  # lines of a function, def to last line
+LONG_ALLOWED = {"dpo_toolkit/core/train.py:optimize"}  # the one trainer reads best as one loop
+
+
+def long_functions(root: Path, package: str = "dpo_toolkit") -> list[str]:
+    """'path:name (lines)' of every function under package longer than LONGEST lines."""
+    found = []
+    for path in sorted((root / package).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                where = f"{path.relative_to(root)}:{node.name}"
+                if lines > LONGEST and where not in LONG_ALLOWED:
+                    found.append(f"{where} ({lines})")
+    return found
+
+
+def test_no_function_in_the_toolkit_is_longer_than_fifty_lines():
+    assert long_functions(ROOT) == []
+
+
+def test_a_planted_long_function_is_found(tmp_path):
+    body = "".join(f"    x{i} = {i}\n" for i in range(LONGEST))
+    _plant(tmp_path, {"dpo_toolkit/core/long.py": f"def long():\n{body}"})
+    assert long_functions(tmp_path) == [f"dpo_toolkit/core/long.py:long ({LONGEST + 1})"]

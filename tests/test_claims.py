@@ -133,3 +133,18 @@ def test_a_second_arm_is_labelled_and_kept_apart():
     assert both["verdict"].tolist() == ["partly", "reproduced"]  # the arm never overwrites the paper's verdict
     with pytest.raises(ValueError, match="duplicate"):
         with_arm(both, arm.assign(claim_id="C4-drift"), "", "again")
+
+
+def test_claim_text_fills_the_static_fields_and_renders_its_source():
+    from dpo_toolkit.core.claims import ClaimText
+
+    text = {"C1": ClaimText("It drifts.", "80 % OOD", "§4.1"), "C2": ClaimText("It rises.", "monotone")}
+    df = claims_frame(
+        [
+            {"claim_id": "C1", "our_value": "81 %", "verdict": "verified (identity)"},
+            {"claim_id": "C2", "our_value": "yes", "verdict": "verified (identity)"},
+        ],
+        text=text,
+    )
+    assert df["statement"].tolist() == ["It drifts.", "It rises."]
+    assert df["paper_value"].tolist() == ["80 % OOD (§4.1)", "monotone"]
