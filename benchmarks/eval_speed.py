@@ -53,14 +53,14 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     train_sft(reference, train, sft, lambda model: {}, progress=False)
     reference.eval().requires_grad_(False)
     policies = Ensemble([copy.deepcopy(reference) for _ in BETAS])
-    evaluator = Evaluator(test, DATA, EVAL, reference, betas=BETAS)
+    evaluator = Evaluator(test, DATA, EVAL, reference)
     parts = {
-        "whole evaluation (Evaluator.__call__)": lambda: evaluator(policies),
+        "whole evaluation (Evaluator.__call__)": lambda: evaluator(policies, BETAS),
         "greedy answers (KV-cached decoding)": lambda: greedy_answers(policies, evaluator.prompts),
         "test pairs' log-probs (accuracy, margin)": lambda: pair_logps(policies, evaluator.test_batch),
         "KL: sampling and scoring": lambda: evaluator.kl(policies),
     }
-    evaluator(policies)  # warm-up
+    evaluator(policies, BETAS)  # warm-up
     peaks = [peak_gflops()]
     best = {name: min(seconds(run) for _ in range(args.repeats)) for name, run in parts.items()}
     peaks.append(peak_gflops())

@@ -56,7 +56,7 @@ def batched(pairs: PairSet, betas: list[float]) -> float:
     reference = reference_model()
     cfgs = [dataclasses.replace(DPO, beta=b) for b in betas]
     policies = Ensemble([copy.deepcopy(reference) for _ in betas])
-    return seconds(lambda: train_dpo_ensemble(policies, reference, pairs, cfgs, lambda e: [{}] * len(e), progress=False))
+    return seconds(lambda: train_dpo_ensemble(policies, reference, pairs, cfgs, lambda e, betas: [{}] * len(e), progress=False))
 
 
 def plain_loop(pairs: PairSet, betas: list[float]) -> float:
@@ -65,7 +65,7 @@ def plain_loop(pairs: PairSet, betas: list[float]) -> float:
     def run() -> None:
         for beta in betas:
             policy = copy.deepcopy(reference).requires_grad_(True)
-            train_dpo(policy, reference, pairs, dataclasses.replace(DPO, beta=beta), lambda p: {}, progress=False)
+            train_dpo(policy, reference, pairs, dataclasses.replace(DPO, beta=beta), lambda p, betas: {}, progress=False)
 
     return seconds(run)
 

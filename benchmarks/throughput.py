@@ -90,7 +90,7 @@ def run_toolkit(pairs: PairSet) -> None:
     cfg = DPOConfig(
         optimizer="rmsprop", lr=LR, weight_decay=0.0, epochs=1, batch_size=BATCH, grad_clip=None, n_evals=1, beta=BETA
     )
-    train_dpo(policy, reference, pairs, cfg, lambda p: {}, progress=False)
+    train_dpo(policy, reference, pairs, cfg, lambda p, betas: {}, progress=False)
 
 
 def run_trl(pairs: PairSet, workdir: str, defaults: bool = False) -> None:

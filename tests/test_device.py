@@ -76,9 +76,9 @@ def test_a_policy_and_a_reference_on_different_devices_are_refused_before_traini
     elsewhere = build_model(tiny_model_cfg, 0).to("meta")  # a second device that needs no hardware
     before = {k: v.clone() for k, v in reference.state_dict().items()}
     with pytest.raises(ValueError, match="the policy is on meta but the reference on cpu"):
-        train_dpo(elsewhere, reference, train, DPOConfig(epochs=1), evaluate=lambda m: {})
+        train_dpo(elsewhere, reference, train, DPOConfig(epochs=1), evaluate=lambda m, betas: {})
     with pytest.raises(ValueError, match="the policy is on meta but the reference on cpu"):
-        train_dpo_ensemble(Ensemble([elsewhere]), reference, train, [DPOConfig(epochs=1)], evaluate=lambda p: [{}])
+        train_dpo_ensemble(Ensemble([elsewhere]), reference, train, [DPOConfig(epochs=1)], evaluate=lambda p, betas: [{}])
     with pytest.raises(ValueError, match="the policy is on meta but the reference on cpu"):
-        Evaluator(test, tiny_data_cfg, EvalConfig(), reference=reference, betas=0.1)(elsewhere)
+        Evaluator(test, tiny_data_cfg, EvalConfig(), reference=reference)(elsewhere, betas=0.1)
     assert all(torch.equal(v, before[k]) for k, v in reference.state_dict().items())

@@ -315,9 +315,9 @@ def test_exact_ood_mass_and_the_ordering_along_a_run_against_brute_force():
     with torch.no_grad():
         for m in policies:
             m.unembed.weight.mul_(6)  # sharper distributions, so that some greedy answers leave the window
-    evaluator = Evaluator(test, SHORT_DATA, EvalConfig(kl_samples=2), reference=reference, betas=0.1)
+    evaluator = Evaluator(test, SHORT_DATA, EvalConfig(kl_samples=2), reference=reference)
     drift = DriftEvaluator(evaluator, train, SHORT_DATA.window, n_scored=len(train), seed=0)
-    rows = drift(Ensemble(policies))
+    rows = drift(Ensemble(policies), betas=[0.1, 0.1])
     for model, row in zip(policies, rows, strict=True):
 
         def ood_mass(prompt, model=model):

@@ -43,9 +43,9 @@ def test_decoding_is_per_model_and_samples_share_random_numbers(three):
 
 def test_evaluator_rows_equal_per_model_evaluation(three, tiny_pairs, tiny_data_cfg):
     _, test = tiny_pairs
-    rows = Evaluator(test, tiny_data_cfg, EvalConfig(kl_samples=4), reference=three[0], betas=[0.1, 0.2, 0.3])(Ensemble(three))
+    rows = Evaluator(test, tiny_data_cfg, EvalConfig(kl_samples=4), reference=three[0])(Ensemble(three), betas=[0.1, 0.2, 0.3])
     for row, model, beta in zip(rows, three, [0.1, 0.2, 0.3], strict=True):
-        alone = Evaluator(test, tiny_data_cfg, EvalConfig(kl_samples=4), reference=three[0], betas=beta)(model)
+        alone = Evaluator(test, tiny_data_cfg, EvalConfig(kl_samples=4), reference=three[0])(model, betas=beta)
         assert row == pytest.approx(alone, rel=1e-4, abs=1e-5)
 
 
@@ -74,11 +74,11 @@ def test_batched_training_equals_per_beta_training(tiny_model_cfg, tiny_pairs, t
         DPOConfig(optimizer=optimizer, lr=1e-3, epochs=2, batch_size=8, grad_clip=grad_clip, n_evals=3, beta=b) for b in betas
     ]
     ensemble = Ensemble([copy.deepcopy(reference) for _ in betas])
-    evaluate = Evaluator(test, tiny_data_cfg, EvalConfig(kl_samples=3), reference=reference, betas=betas)
+    evaluate = Evaluator(test, tiny_data_cfg, EvalConfig(kl_samples=3), reference=reference)
     batched = train_dpo_ensemble(ensemble, reference, train, cfgs, evaluate, progress=False)
     for i, cfg in enumerate(cfgs):
         policy = copy.deepcopy(reference).requires_grad_(True)
-        alone_eval = Evaluator(test, tiny_data_cfg, EvalConfig(kl_samples=3), reference=reference, betas=cfg.beta)
+        alone_eval = Evaluator(test, tiny_data_cfg, EvalConfig(kl_samples=3), reference=reference)
         alone = train_dpo(policy, reference, train, cfg, alone_eval, progress=False)
         mine = batched[batched["member"] == i].drop(columns=["member", "beta"]).reset_index(drop=True)
         # TRL's strict accuracy: at step 0 every reward is 0 up to float noise, which the batched and the
@@ -111,14 +111,13 @@ def test_members_with_their_own_learning_rate_and_weight_decay_equal_separate_ru
         )
         for b, lr, wd in members
     ]
-    betas = [c.beta for c in cfgs]
-    evaluate = Evaluator(test, tiny_data_cfg, EvalConfig(kl_samples=3), reference=reference, betas=betas)
+    evaluate = Evaluator(test, tiny_data_cfg, EvalConfig(kl_samples=3), reference=reference)
     ensemble = Ensemble([copy.deepcopy(reference) for _ in cfgs])
     batched = train_dpo_ensemble(ensemble, reference, train, cfgs, evaluate, progress=False)
     finals = []
     for i, cfg in enumerate(cfgs):
         policy = copy.deepcopy(reference).requires_grad_(True)
-        alone_eval = Evaluator(test, tiny_data_cfg, EvalConfig(kl_samples=3), reference=reference, betas=cfg.beta)
+        alone_eval = Evaluator(test, tiny_data_cfg, EvalConfig(kl_samples=3), reference=reference)
         alone = train_dpo(policy, reference, train, cfg, alone_eval, progress=False)
         mine = batched[batched["member"] == i].drop(columns=["member", "beta"]).reset_index(drop=True)
         # TRL's strict accuracy: at step 0 every reward is 0 up to float noise, which the batched and the
@@ -161,6 +160,18 @@ def test_ensemble_configs_may_differ_in_beta_lr_and_weight_decay_only(three, tin
     train, _ = tiny_pairs
     cfgs = [DPOConfig(beta=0.1), DPOConfig(beta=0.2, batch_size=8), DPOConfig(beta=0.3)]
     with pytest.raises(ValueError, match="differ in beta, lr and weight_decay only"):
-        train_dpo_ensemble(Ensemble(three), three[0], train, cfgs, lambda e: [{}] * 3)
+        train_dpo_ensemble(Ensemble(three), three[0], train, cfgs, lambda e, betas: [{}] * 3)
     with pytest.raises(ValueError, match="one DPOConfig per model"):
-        train_dpo_ensemble(Ensemble(three), three[0], train, cfgs[:2], lambda e: [{}] * 3)
+        train_dpo_ensemble(Ensemble(three), three[0], train, cfgs[:2], lambda e, betas: [{}] * 3)
+
+
+def test_the_dpo_trainers_hand_each_runs_beta_to_the_evaluation(three, tiny_pairs):
+    """β travels one route, in each run's DPOConfig: the trainers pass it to every evaluation."""
+    train, _ = tiny_pairs
+    cfgs = [DPOConfig(epochs=1, batch_size=16, n_evals=2, beta=b) for b in (0.05, 0.5, 3.0)]
+    seen = []
+    train_dpo_ensemble(Ensemble(three), three[0], train, cfgs, lambda p, betas: seen.append(betas) or [{}] * 3, progress=False)
+    assert seen and all(betas == [0.05, 0.5, 3.0] for betas in seen)
+    seen.clear()
+    train_dpo(copy.deepcopy(three[1]), three[0], train, cfgs[2], lambda p, betas: seen.append(betas) or {}, progress=False)
+    assert seen and all(betas == [3.0] for betas in seen)

@@ -85,11 +85,11 @@ def test_kl_is_zero_for_identical_models_and_matches_exact_enumeration():
     prompts = np.array([3, 7])
     test = PairSet(prompts, prompts, prompts + 1)
     data_cfg = DataConfig(prompt_min=1, prompt_max=9, window=1)
-    same = Evaluator(test, data_cfg, EvalConfig(kl_samples=8), reference=copy.deepcopy(policy), betas=0.1).kl(policy)
+    same = Evaluator(test, data_cfg, EvalConfig(kl_samples=8), reference=copy.deepcopy(policy)).kl(policy)
     assert all(float(v) == 0.0 for v in same.values())
     exact = np.mean([exact_kl(policy, reference, s) for s in prompts])
     assert exact > 0.1
-    est = Evaluator(test, data_cfg, EvalConfig(kl_samples=4000, seed=5), reference=reference, betas=0.1).kl(policy)
+    est = Evaluator(test, data_cfg, EvalConfig(kl_samples=4000, seed=5), reference=reference).kl(policy)
     for name in ("kl", "kl_mc"):  # both estimators are unbiased
         assert abs(est[name].item() - exact) < 4 * est[f"{name}_se"].item(), name
         assert est[f"{name}_se"].item() < 0.1 * exact
@@ -143,8 +143,8 @@ def test_reward_accuracy_tolerance_ignores_float_noise():
 
 def test_evaluator_scores_a_fixed_subset_of_pairs(tiny_pairs, tiny_data_cfg, tiny_model):
     _, test = tiny_pairs
-    sub = Evaluator(test, tiny_data_cfg, EvalConfig(max_pairs=5), reference=tiny_model, betas=0.1)
-    again = Evaluator(test, tiny_data_cfg, EvalConfig(max_pairs=5), reference=tiny_model, betas=0.1)
+    sub = Evaluator(test, tiny_data_cfg, EvalConfig(max_pairs=5), reference=tiny_model)
+    again = Evaluator(test, tiny_data_cfg, EvalConfig(max_pairs=5), reference=tiny_model)
     assert sub.test_batch.tokens.shape[0] == 2 * 5
     assert torch.equal(sub.test_batch.tokens, again.test_batch.tokens)
     assert len(sub.prompts) == len(test.prompts)  # greedy and KL metrics still use every test prompt
@@ -152,10 +152,10 @@ def test_evaluator_scores_a_fixed_subset_of_pairs(tiny_pairs, tiny_data_cfg, tin
 
 def test_evaluator_with_reference_needs_beta(tiny_pairs, tiny_data_cfg, tiny_model):
     _, test = tiny_pairs
-    with pytest.raises(ValueError, match="needs betas"):
-        Evaluator(test, tiny_data_cfg, EvalConfig(), reference=tiny_model)  # at construction, before any evaluation
+    with pytest.raises(ValueError, match="needs the β of the runs it evaluates"):
+        Evaluator(test, tiny_data_cfg, EvalConfig(), reference=tiny_model)(tiny_model)  # β comes with the runs evaluated
     with pytest.raises(ValueError, match="2 betas for an ensemble of 3"):
-        Evaluator(test, tiny_data_cfg, EvalConfig(), reference=tiny_model, betas=[0.1, 0.2])(Ensemble([tiny_model] * 3))
+        Evaluator(test, tiny_data_cfg, EvalConfig(), reference=tiny_model)(Ensemble([tiny_model] * 3), betas=[0.1, 0.2])
 
 
 def test_greedy_sequences_spell_the_greedy_answers(tiny_model):
@@ -187,7 +187,7 @@ def test_trl_metrics_against_hand_computed_values():
 def test_the_evaluator_reports_trl_metrics_consistent_with_its_own(tiny_pairs, tiny_data_cfg, tiny_model, tiny_model_cfg):
     _, test = tiny_pairs
     policy = build_model(tiny_model_cfg, seed=5)
-    row = Evaluator(test, tiny_data_cfg, EvalConfig(kl_samples=2), reference=tiny_model, betas=0.5)(policy)
+    row = Evaluator(test, tiny_data_cfg, EvalConfig(kl_samples=2), reference=tiny_model)(policy, betas=0.5)
     assert row["rewards/margins"] == pytest.approx(row["margin"])
     assert row["rewards/chosen"] == pytest.approx(0.5 * row["chosen_logp_change"])
 
@@ -207,7 +207,7 @@ def test_score_counts_each_distinct_sequence_once_and_returns_every_row(tiny_pai
 def test_kl_is_exactly_zero_for_the_reference_and_matches_per_model_scoring(tiny_pairs, tiny_data_cfg, tiny_model):
     _, test = tiny_pairs
     other = build_model(tiny_model.cfg, seed=5)
-    evaluator = Evaluator(test, tiny_data_cfg, EvalConfig(kl_samples=3), reference=tiny_model, betas=0.1)
+    evaluator = Evaluator(test, tiny_data_cfg, EvalConfig(kl_samples=3), reference=tiny_model)
     kl = evaluator.kl(Ensemble([tiny_model, other]))
     assert kl["kl"][0] == 0.0 and kl["kl_mc"][0] == 0.0  # a policy equal to the reference, bit for bit
     samples = sample_responses(other, evaluator.prompts, 3, evaluator.eval_cfg.seed)  # every sample scored in full

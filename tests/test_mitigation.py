@@ -53,10 +53,10 @@ def test_a_zero_one_mask_trains_like_the_kept_subset(tiny_model, tiny_pairs):
     cfg = DPOConfig(**FULL_BATCH, beta=0.1)
     masked = Ensemble([copy.deepcopy(tiny_model), copy.deepcopy(tiny_model)])
     weights = torch.stack([torch.ones(len(train)), torch.tensor(keep, dtype=torch.float32)])
-    train_dpo_ensemble(masked, reference, train, [cfg, cfg], lambda p: [{}] * len(p), False, pair_weights=weights)
+    train_dpo_ensemble(masked, reference, train, [cfg, cfg], lambda p, betas: [{}] * len(p), False, pair_weights=weights)
     subset = PairSet(train.prompt[keep], train.chosen[keep], train.rejected[keep])
     alone = Ensemble([copy.deepcopy(tiny_model)])
-    train_dpo_ensemble(alone, reference, subset, [cfg], lambda p: [{}], False)
+    train_dpo_ensemble(alone, reference, subset, [cfg], lambda p, betas: [{}], False)
 
     def gap(i: int) -> float:
         return max((a - b).abs().max().item() for a, b in zip(_params(masked, i), _params(alone, 0), strict=True))
@@ -85,11 +85,15 @@ def test_ensemble_options_are_validated_before_training(tiny_model, tiny_pairs):
     cfg = DPOConfig(**FULL_BATCH, beta=0.1)
     policies = Ensemble([copy.deepcopy(tiny_model)])
     with pytest.raises(ValueError, match="pair_weights"):
-        train_dpo_ensemble(policies, tiny_model, train, [cfg], lambda p: [{}], False, pair_weights=torch.ones(2, len(train)))
+        train_dpo_ensemble(
+            policies, tiny_model, train, [cfg], lambda p, betas: [{}], False, pair_weights=torch.ones(2, len(train))
+        )
     with pytest.raises(ValueError, match="pair_weights"):
-        train_dpo_ensemble(policies, tiny_model, train, [cfg], lambda p: [{}], False, pair_weights=-torch.ones(1, len(train)))
+        train_dpo_ensemble(
+            policies, tiny_model, train, [cfg], lambda p, betas: [{}], False, pair_weights=-torch.ones(1, len(train))
+        )
     with pytest.raises(ValueError, match="sft_weights"):
-        train_dpo_ensemble(policies, tiny_model, train, [cfg], lambda p: [{}], False, sft_weights=[-1.0])
+        train_dpo_ensemble(policies, tiny_model, train, [cfg], lambda p, betas: [{}], False, sft_weights=[-1.0])
 
 
 def test_variants_and_masks():
@@ -252,15 +256,15 @@ def test_run_mitigations_end_to_end_and_cached(tiny_model_cfg, tiny_data_cfg, tm
 
 def test_evaluator_reports_the_change_of_the_preferred_log_prob(tiny_model, tiny_pairs, tiny_data_cfg):
     _, test = tiny_pairs
-    evaluator = Evaluator(test, tiny_data_cfg, EvalConfig(kl_samples=2), reference=tiny_model, betas=0.1)
-    same = evaluator(tiny_model)
+    evaluator = Evaluator(test, tiny_data_cfg, EvalConfig(kl_samples=2), reference=tiny_model)
+    same = evaluator(tiny_model, betas=0.1)
     assert same["chosen_logp_change"] == pytest.approx(0, abs=1e-6) and same["displaced"] == 0
     moved = copy.deepcopy(tiny_model)
     with torch.no_grad():
         moved.unembed.bias.add_(torch.linspace(-1, 1, moved.unembed.bias.numel()))
     chosen_before, _ = pair_logps(tiny_model, test)
     chosen_after, _ = pair_logps(moved, test)
-    row = evaluator(moved)
+    row = evaluator(moved, betas=0.1)
     assert row["chosen_logp_change"] == pytest.approx(float((chosen_after - chosen_before).mean()), abs=1e-5)
     assert row["displaced"] == pytest.approx(float((chosen_after - chosen_before < -1e-4).double().mean()))
 

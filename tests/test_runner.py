@@ -30,17 +30,17 @@ def _dying(evaluate, at_call: int):
     """evaluate, except that its at_call-th call raises KeyboardInterrupt (a run killed there)."""
     calls = []
 
-    def dies(policies):
+    def dies(policies, betas):
         calls.append(1)
         if len(calls) == at_call:
             raise KeyboardInterrupt
-        return evaluate(policies)
+        return evaluate(policies, betas)
 
     return dies
 
 
-def _evaluator(tiny_pairs, tiny_data_cfg, reference, betas):
-    return Evaluator(tiny_pairs[1], tiny_data_cfg, EvalConfig(kl_samples=2), reference=reference, betas=betas)
+def _evaluator(tiny_pairs, tiny_data_cfg, reference):
+    return Evaluator(tiny_pairs[1], tiny_data_cfg, EvalConfig(kl_samples=2), reference=reference)
 
 
 def test_members_with_their_own_beta_lr_weight_decay_and_sft_weight_equal_separate_runs(
@@ -53,12 +53,11 @@ def test_members_with_their_own_beta_lr_weight_decay_and_sft_weight_equal_separa
     ]
     n_pairs = len(tiny_pairs[0])
     weights = torch.stack([torch.ones(n_pairs), torch.ones(n_pairs), (torch.arange(n_pairs) % 2).float()])  # (members, pairs)
-    betas = [m.cfg.beta for m in members]
     key = RunKey(tmp_path, "together", 0, (tiny_data_cfg,))
-    together = run_dpo(key, reference, tiny_pairs[0], members, _evaluator(tiny_pairs, tiny_data_cfg, reference, betas), weights)
+    together = run_dpo(key, reference, tiny_pairs[0], members, _evaluator(tiny_pairs, tiny_data_cfg, reference), weights)
     for i, member in enumerate(members):
         alone_key = RunKey(tmp_path, f"alone{i}", 0, (tiny_data_cfg,))
-        evaluate = _evaluator(tiny_pairs, tiny_data_cfg, reference, member.cfg.beta)
+        evaluate = _evaluator(tiny_pairs, tiny_data_cfg, reference)
         alone = run_dpo(alone_key, reference, tiny_pairs[0], [member], evaluate, weights[i : i + 1])
         mine = together[together["member"] == i].drop(columns="member").reset_index(drop=True)
         strict = ["member", "rewards/accuracies"]  # TRL's strict accuracy: float noise decides the ties at step 0
@@ -68,7 +67,7 @@ def test_members_with_their_own_beta_lr_weight_decay_and_sft_weight_equal_separa
 
 def test_a_second_call_reads_the_cache_and_a_changed_member_does_not(reference, tiny_pairs, tiny_data_cfg, tmp_path, monkeypatch):
     key = RunKey(tmp_path, "dpo", 0, (tiny_data_cfg,))
-    evaluate = _evaluator(tiny_pairs, tiny_data_cfg, reference, 0.1)
+    evaluate = _evaluator(tiny_pairs, tiny_data_cfg, reference)
     first = run_dpo(key, reference, tiny_pairs[0], [Member(DPO)], evaluate, keep=[0])
     assert first["weights"].str.endswith(".pt").all()
     calls = []
@@ -82,7 +81,7 @@ def test_a_second_call_reads_the_cache_and_a_changed_member_does_not(reference, 
 
 def test_a_killed_run_resumes_with_the_numbers_of_an_unbroken_one(reference, tiny_pairs, tiny_data_cfg, tmp_path):
     members = [Member(DPO), Member(DPOConfig(**{**DPO.__dict__, "lr": 3e-3}))]
-    evaluate = _evaluator(tiny_pairs, tiny_data_cfg, reference, [0.1, 0.1])
+    evaluate = _evaluator(tiny_pairs, tiny_data_cfg, reference)
     unbroken = run_dpo(RunKey(tmp_path / "a", "dpo", 0), reference, tiny_pairs[0], members, evaluate)
     dies_at_the_second_evaluation = _dying(evaluate, at_call=2)
     key = RunKey(tmp_path / "b", "dpo", 0)
@@ -163,7 +162,7 @@ def test_members_validate_themselves():
 
 
 def test_a_run_killed_without_kept_weights_resumes_with_every_kept_step(reference, tiny_pairs, tiny_data_cfg, tmp_path):
-    evaluate = _evaluator(tiny_pairs, tiny_data_cfg, reference, 0.1)
+    evaluate = _evaluator(tiny_pairs, tiny_data_cfg, reference)
     dies_at_the_second_evaluation = _dying(evaluate, at_call=2)
     key = RunKey(tmp_path, "dpo", 0)
     with pytest.raises(KeyboardInterrupt):
@@ -175,7 +174,7 @@ def test_a_run_killed_without_kept_weights_resumes_with_every_kept_step(referenc
 
 def test_a_checkpoint_left_beside_a_finished_curve_is_removed(reference, tiny_pairs, tiny_data_cfg, tmp_path):
     key = RunKey(tmp_path, "dpo", 0)
-    evaluate = _evaluator(tiny_pairs, tiny_data_cfg, reference, 0.1)
+    evaluate = _evaluator(tiny_pairs, tiny_data_cfg, reference)
     first = run_dpo(key, reference, tiny_pairs[0], [Member(DPO)], evaluate)
     (curve,) = tmp_path.glob("*.csv")
     curve.with_suffix(".ckpt").write_text("killed after the curve was written")

@@ -97,8 +97,8 @@ def test_surgery_curves_on_saved_checkpoints(pair, tiny_pairs, tiny_data_cfg, tm
         paths[name] = str(tmp_path / f"{name}.pt")
         torch.save(m.state_dict(), paths[name])
     _, test = tiny_pairs
-    evaluator = Evaluator(test, tiny_data_cfg, EvalConfig(kl_samples=2), reference=reference, betas=0.1)
-    df = surgery_curves([paths["ref"], paths["moved"]], [paths["ref"], paths["donor"]], [0, 5], reference, evaluator)
+    evaluator = Evaluator(test, tiny_data_cfg, EvalConfig(kl_samples=2), reference=reference)
+    df = surgery_curves([paths["ref"], paths["moved"]], [paths["ref"], paths["donor"]], [0, 5], reference, evaluator, 0.1)
     assert len(df) == 6 and set(df["variant"]) == {"A", "attention", "non-attention"}
     at0 = df[df["step"] == 0]
     assert np.allclose(at0["kl"], 0.0, atol=1e-6)  # A = B = reference at step 0: every surgery is the reference
@@ -108,8 +108,8 @@ def test_surgery_curves_on_saved_checkpoints(pair, tiny_pairs, tiny_data_cfg, tm
     assert a5["attention_share_step"] == pytest.approx(share, rel=1e-9)
     assert a5["attention_share_from_reference"] == pytest.approx(share, rel=1e-9)
     assert np.isnan(df.loc[df["step"] == 0, "attention_share_step"]).all()
-    swapped = Evaluator(test, tiny_data_cfg, EvalConfig(kl_samples=2), reference=reference, betas=0.1)(
-        transplant(moved, donor, ["attention"])
+    swapped = Evaluator(test, tiny_data_cfg, EvalConfig(kl_samples=2), reference=reference)(
+        transplant(moved, donor, ["attention"]), betas=0.1
     )
     row = df[(df["step"] == 5) & (df["variant"] == "attention")].iloc[0]
     assert row["kl"] == pytest.approx(swapped["kl"], rel=1e-4, abs=1e-6)
@@ -254,9 +254,9 @@ def test_the_surgery_study_trains_a_and_b_and_operates_at_each_of_their_checkpoi
     runs = run_sft_then_dpo(tiny_data_cfg, tiny_model_cfg, sft, dpo, eval_cfg, [0.1, 1.0], [1], tmp_path, keep_betas=[0.1, 1.0])
     one = runs[(runs["phase"] == "dpo")].sort_values("step")
     reference, _ = sft_reference(tiny_data_cfg, tiny_model_cfg, sft, eval_cfg, 1, tmp_path)
-    evaluator = Evaluator(make_pairs(tiny_data_cfg)[1], tiny_data_cfg, eval_cfg, reference=reference, betas=0.1)
+    evaluator = Evaluator(make_pairs(tiny_data_cfg)[1], tiny_data_cfg, eval_cfg, reference=reference)
     a, b = (one[one["beta"] == beta] for beta in (0.1, 1.0))
-    expected = surgery_curves(a["weights"].tolist(), b["weights"].tolist(), a["step"].tolist(), reference, evaluator)
+    expected = surgery_curves(a["weights"].tolist(), b["weights"].tolist(), a["step"].tolist(), reference, evaluator, 0.1)
     mine = curves[curves["seed"] == 1].drop(columns="seed").reset_index(drop=True)
     pd.testing.assert_frame_equal(mine, expected)
 

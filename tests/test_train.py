@@ -46,9 +46,7 @@ def _dpo(reference, pairs, data_cfg, beta=0.1, seed=0):
     cfg = DPOConfig(
         optimizer="rmsprop", lr=1e-3, weight_decay=0.0, epochs=1, batch_size=8, grad_clip=None, n_evals=3, seed=seed, beta=beta
     )
-    evaluate = Evaluator(
-        train, data_cfg, EvalConfig(kl_samples=4), reference=reference, betas=beta
-    )  # margin on the training pairs
+    evaluate = Evaluator(train, data_cfg, EvalConfig(kl_samples=4), reference=reference)  # margin on the training pairs
     return policy, train_dpo(policy, reference, train, cfg, evaluate, progress=False)
 
 

@@ -80,8 +80,10 @@ class Evaluator:
     Models compute on their own device (the reference on the policies'); the metrics are
     computed from their outputs on the CPU, in float64.
 
-    With a reference, `betas` are the β of the DPO rewards: one value for every model, or one
-    per model of the ensembles it will evaluate. Without a reference only greedy metrics are computed.
+    With a reference, a call takes `betas`, the β of the DPO rewards of the runs it evaluates
+    (one value for every model, or one per model): the DPO trainers pass each run's
+    ``DPOConfig.beta``, so that β travels one route, in the run's config. Without a reference only
+    greedy metrics are computed.
     """
 
     def __init__(
@@ -90,12 +92,8 @@ class Evaluator:
         data_cfg: DataConfig,
         eval_cfg: EvalConfig,
         reference: Transformer | None = None,
-        betas: float | Sequence[float] | None = None,
     ):
-        if reference is not None and betas is None:
-            raise ValueError("Evaluator with a reference needs betas (one β, or one per model) for the DPO rewards")
         self.data_cfg, self.eval_cfg, self.reference = data_cfg, eval_cfg, reference
-        self.betas = None if betas is None else torch.as_tensor(betas, dtype=torch.float64).reshape(-1, 1)  # (M, 1) or (1, 1)
         self.prompts = test.prompts  # (n_prompts,)
         self.span = data_cfg.prompt_max - data_cfg.prompt_min
         if eval_cfg.max_pairs is not None and eval_cfg.max_pairs < len(test):
@@ -106,8 +104,9 @@ class Evaluator:
             self.reference_chosen_logps, self.reference_rejected_logps = (x.cpu() for x in pair_logps(reference, self.test_batch))
 
     @torch.no_grad()
-    def __call__(self, policy: Transformer | Ensemble):
-        """Metrics of one model (a dict), or of each model of an ensemble (a list of dicts)."""
+    def __call__(self, policy: Transformer | Ensemble, betas: float | Sequence[float] | None = None):
+        """Metrics of one model (a dict), or of each model of an ensemble (a list of dicts); with a
+        reference, `betas` are the β of the runs evaluated (one, or one per model)."""
         model = as_ensemble(policy)
         if self.reference is not None:
             check_same_device(model, self.reference)
@@ -118,7 +117,9 @@ class Evaluator:
             "seq_error": sequence_error(answers, prompts, self.span).mean(-1),
         }
         if self.reference is not None:
-            betas = self.betas
+            if betas is None:
+                raise ValueError("Evaluator with a reference needs the β of the runs it evaluates (betas: one, or one per model)")
+            betas = torch.as_tensor(betas, dtype=torch.float64).reshape(-1, 1)  # (M, 1) or (1, 1)
             if len(betas) not in (1, len(model)):
                 raise ValueError(f"Evaluator has {len(betas)} betas for an ensemble of {len(model)} models")
             policy_chosen_logps, policy_rejected_logps = (x.cpu() for x in pair_logps(model, self.test_batch))  # (M, n)

@@ -166,13 +166,13 @@ def run_dpo(
     reference: torch.nn.Module,
     train: PairSet | Batch,
     members: Sequence[Member],
-    evaluate: Callable[[Ensemble], list[dict]],
+    evaluate: Callable[..., list[dict]],
     pair_weights: torch.Tensor | None = None,
     keep: Sequence[int] = (),
     progress: bool | None = None,
 ) -> pd.DataFrame:
     """DPO of every member from a copy of `reference`, as one batched ensemble on the same
-    minibatches, evaluated by evaluate(policies) at every evaluation (see ``train.optimize``).
+    minibatches, evaluated by evaluate(policies, betas=[each member's β]) at every evaluation (see ``train.optimize``).
 
     pair_weights (members, pairs): member i weights pair j by pair_weights[i, j] (a 0/1 mask
     trains on a subset with the same number of steps). For every member index in `keep`,

@@ -236,7 +236,7 @@ def train_dpo(
     reference: Transformer,
     train: PairSet,
     cfg: DPOConfig,
-    evaluate: Callable[[Transformer], dict],
+    evaluate: Callable[..., dict],  # evaluate(policy, betas=[cfg.beta])
     progress: bool | None = None,
 ) -> pd.DataFrame:
     """DPO of `policy` against a frozen `reference` (Park Eq. 2), in place. Returns one row per evaluation."""
@@ -244,7 +244,7 @@ def train_dpo(
     betas = torch.tensor([[cfg.beta]])  # (1, 1)
     batch_loss = dpo_batch_loss(lambda tokens: policy(tokens)[None], train, reference, betas)
     params = list(policy.parameters())
-    evaluation = partial(evaluate, policy)
+    evaluation = partial(evaluate, policy, betas=[cfg.beta])  # the run's β, from its config only
     df = optimize(params, batch_loss, len(train), [cfg], evaluation, progress=progress, desc=f"DPO β={cfg.beta:g}")
     return df.drop(columns="member")
 
@@ -254,7 +254,7 @@ def train_dpo_ensemble(
     reference: Transformer,
     train: PairSet | Batch,
     cfgs: Sequence[DPOConfig],
-    evaluate: Callable[[Ensemble], list[dict]],
+    evaluate: Callable[..., list[dict]],  # evaluate(policies, betas=[β of each member])
     progress: bool | None = None,
     checkpoint: Checkpoint | None = None,
     on_eval: Callable[[int], object] | None = None,
@@ -292,7 +292,7 @@ def train_dpo_ensemble(
     betas = torch.tensor([[c.beta] for c in cfgs])  # (M, 1)
     batch_loss = dpo_batch_loss(policies, train, reference, betas, pair_weights, sft_weights)
     params = list(policies.params.values())
-    evaluation = partial(evaluate, policies)
+    evaluation = partial(evaluate, policies, betas=[c.beta for c in cfgs])  # each member's β, from its config only
     df = optimize(params, batch_loss, n_pairs, cfgs, evaluation, stacked=True, checkpoint=checkpoint, on_eval=on_eval,
                   progress=progress, desc=f"DPO ×{len(cfgs)}")  # fmt: skip
     return df.assign(beta=df["member"].map(dict(enumerate(c.beta for c in cfgs))))

@@ -86,10 +86,10 @@ def keep_indices(betas: list[float], keep_betas: Iterable[float]) -> list[int]:
     return sorted(set(indices))
 
 
-def evaluate_with_deltas(evaluator: Evaluator, reference_params: dict, policies: Ensemble) -> list[dict]:
-    """The Evaluator's rows for each model, with its WeightDelta from the reference (Park Eq. 7),
-    in all and in attention."""
-    rows = evaluator(policies)
+def evaluate_with_deltas(evaluator: Evaluator, reference_params: dict, policies: Ensemble, betas: list[float]) -> list[dict]:
+    """The Evaluator's rows for each model (at its run's β), with its WeightDelta from the
+    reference (Park Eq. 7), in all and in attention."""
+    rows = evaluator(policies, betas)
     deltas = group_weight_deltas(policies.params, reference_params)  # {group: (M,)}
     total = sum(deltas.values())
     for i, row in enumerate(rows):
@@ -145,7 +145,7 @@ def run_sft_then_dpo(
         frames.append(sft.assign(phase="sft", beta=float("nan"), seed=seed))
         members = [Member(dataclasses.replace(c, seed=seed)) for c in dpo_cfgs]
         key = RunKey(Path(cache_dir), "dpo", seed, (data_cfg, model_cfg, dataclasses.replace(sft_cfg, seed=seed), eval_cfg))
-        evaluator = Evaluator(test, data_cfg, eval_cfg, reference=reference, betas=[c.beta for c in dpo_cfgs])
+        evaluator = Evaluator(test, data_cfg, eval_cfg, reference=reference)
         evaluate = partial(evaluate_with_deltas, evaluator, dict(reference.named_parameters()))
         dpo = run_dpo(key, reference, train, members, evaluate, keep=kept, progress=progress)
         if not kept:

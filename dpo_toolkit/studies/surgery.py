@@ -76,13 +76,14 @@ def surgery_curves(
     steps: Sequence[int],
     reference: Transformer,
     evaluator: Evaluator,
+    beta: float,
 ) -> pd.DataFrame:
     """OOD, KL and the other Evaluator metrics of A, of A with B's attention, and of A with
     B's non-attention weights, at every checkpoint (Park Figs. 4–5).
 
     policy_paths[k] and donor_paths[k] hold A and B after steps[k] DPO steps (B at the
     same step as A). All 3·K models are evaluated as one ensemble; accuracy and margin
-    use the evaluator's β (A's). Also returns, per checkpoint of A, its weight deltas
+    use `beta`, A's (the β of the run whose weights are operated on). Also returns, per checkpoint of A, its weight deltas
     (``checkpoint_deltas``). Returns one row per checkpoint and variant ('A', 'attention',
     'non-attention').
     """
@@ -95,7 +96,7 @@ def surgery_curves(
     for name, groups in SURGERIES.items():
         variants[name] = [transplant(a, b, groups) for a, b in zip(policies, donors, strict=True)]
     models = [m for group in variants.values() for m in group]
-    metrics = evaluator(Ensemble(models))
+    metrics = evaluator(Ensemble(models), betas=beta)
     rows = []
     for v, name in enumerate(variants):
         for k, step in enumerate(steps):
@@ -151,9 +152,9 @@ def surgery_study(
         reference, _ = sft_reference(data_cfg, model_cfg, sft_cfg, eval_cfg, seed, cache_dir, device=device)
         runs_a = sweep[(sweep["seed"] == seed) & np.isclose(sweep["beta"], beta_a)].sort_values("step")
         runs_b = sweep[(sweep["seed"] == seed) & np.isclose(sweep["beta"], beta_b)].sort_values("step")
-        evaluator = Evaluator(test, data_cfg, eval_cfg, reference=reference, betas=beta_a)
+        evaluator = Evaluator(test, data_cfg, eval_cfg, reference=reference)
         curves = surgery_curves(runs_a["weights"].tolist(), runs_b["weights"].tolist(), runs_a["step"].tolist(),
-                                reference, evaluator)  # fmt: skip
+                                reference, evaluator, beta_a)  # fmt: skip
         frames.append(curves.assign(seed=seed))
     return sweep, pd.concat(frames, ignore_index=True)
 

@@ -116,7 +116,7 @@ def run_mitigations(
         key = RunKey(
             Path(cache_dir), "mitigation", seed, (data_cfg, model_cfg, dataclasses.replace(sft_cfg, seed=seed), eval_cfg)
         )
-        evaluator = Evaluator(test, data_cfg, eval_cfg, reference=reference, betas=dpo_cfg.beta)
+        evaluator = Evaluator(test, data_cfg, eval_cfg, reference=reference)
         df, pair_ches = train_variants(key, reference, train, dpo_cfg, runs, evaluator, progress)
         scores.append(pd.DataFrame({"seed": seed, "prompt": train.prompt, "chosen": train.chosen,
                                     "rejected": train.rejected, "ches": pair_ches}))  # fmt: skip

@@ -37,8 +37,10 @@ def evaluate_safety(
     pairs: Batch,
     reference_chosen: torch.Tensor,
     policies: Ensemble,
+    betas: list[float] | None = None,
 ) -> list[dict]:
-    """Rates on the training and (suffix _test) held-out prompts, and the change of log π(y+) over the pairs, per model."""
+    """Rates on the training and (suffix _test) held-out prompts, and the change of log π(y+) over the
+    pairs, per model (no DPO reward, so the runs' `betas` are not read)."""
     columns = rates(phrase_masses(policies, cfg, train_prompts))
     columns.update({f"{k}_test": v for k, v in rates(phrase_masses(policies, cfg, test_prompts)).items()})
     n = len(reference_chosen)

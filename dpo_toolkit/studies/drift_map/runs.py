@@ -90,8 +90,8 @@ class DriftEvaluator:
         )  # pair j asks train_prompts[pair_prompt[j]]
 
     @torch.no_grad()
-    def __call__(self, policies: Ensemble) -> list[dict]:
-        rows = self.evaluator(policies)
+    def __call__(self, policies: Ensemble, betas: list[float]) -> list[dict]:
+        rows = self.evaluator(policies, betas)  # the β of each member's run
         _, test_log_ood = response_masses(policies, self.evaluator.prompts, self.window)  # (M, test prompts)
         chosen_logps, rejected_logps = (x.double().cpu().numpy() for x in pair_logps(policies, self.batch))  # (M, pairs) each
         greedy = greedy_sequences(policies, self.train_prompts)  # (M, train prompts, T)
@@ -183,8 +183,7 @@ def _train_group(
     optimizer, batch_size, epochs, train_size, ref_name = schedule
     pairs = training_subset(train, train_size, seed)
     n_evals = setup.evals_per_epoch * epochs
-    betas = [r.beta for r in members]
-    evaluator = Evaluator(test, setup.data, setup.eval, reference=reference, betas=betas)
+    evaluator = Evaluator(test, setup.data, setup.eval, reference=reference)
     evaluate = DriftEvaluator(evaluator, pairs, setup.data.window, setup.scored_train_pairs, setup.eval.seed)
     key = RunKey(Path(cache_dir), f"dpo-{optimizer}-b{batch_size}-e{epochs}-{ref_name}", seed,
                  (setup, dataclasses.replace(setup.sft(ref_name), seed=seed), Recipe(optimizer, 1.0, 1.0, batch_size,
