@@ -223,3 +223,12 @@ def test_the_run_cache_is_one_folder_under_the_results_root(tmp_path, monkeypatc
     monkeypatch.setenv("DPO_RESULTS_ROOT", str(tmp_path / "elsewhere"))
     assert run_cache() == tmp_path / "elsewhere" / "runs"
     assert results_dir("kl_sweep").parent == run_cache().parent  # beside every chapter's own results
+
+
+def test_a_run_key_hashes_arrays_by_their_bytes_and_refuses_other_parts(tmp_path, tiny_data_cfg):
+    weights = torch.ones(3)
+    key = RunKey(tmp_path, "dpo", 0, (tiny_data_cfg, weights))
+    assert key.stem == RunKey(tmp_path, "dpo", 0, (tiny_data_cfg, torch.ones(3))).stem
+    assert key.stem != RunKey(tmp_path, "dpo", 0, (tiny_data_cfg, torch.zeros(3))).stem
+    with pytest.raises(TypeError, match="dataclass instances and arrays only, got str"):
+        RunKey(tmp_path, "dpo", 0, (tiny_data_cfg, "0123456789ab"))  # a string is not an array's hash

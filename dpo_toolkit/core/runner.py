@@ -41,6 +41,9 @@ evaluation), so that results cached by an older toolkit are not read as current 
 4: decoding in larger chunks; the reference scores each distinct KL sample once (float rounding again)."""
 
 
+ARRAYS = (torch.Tensor, np.ndarray)  # hashed by their bytes in a RunKey; every other part is a dataclass
+
+
 def array_hash(values: torch.Tensor | np.ndarray) -> str:
     """A short stable hash of an array's dtype, shape and bytes."""
     array = np.ascontiguousarray(values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else values)
@@ -66,14 +69,16 @@ class RunKey:
     def __post_init__(self) -> None:
         if not SEED.accepts(self.seed):
             raise ValueError(f"seeds must be integers ≥ 0, got {self.seed!r}")
+        odd = [type(x).__name__ for x in self.depends_on if not isinstance(x, ARRAYS) and not dataclasses.is_dataclass(x)]
+        if odd:
+            raise TypeError(f"RunKey.depends_on holds dataclass instances and arrays only, got {', '.join(odd)}")
         if self.device not in ("cpu", "cuda"):
             raise ValueError(f"RunKey.device must be 'cpu' or 'cuda' (a device type), got {self.device!r}")
 
     @property
     def stem(self) -> Path:
-        parts = [array_hash(x) if isinstance(x, torch.Tensor | np.ndarray) else x for x in self.depends_on]
-        arrays = [p for p in parts if isinstance(p, str)]
-        key = config_hash(*(p for p in parts if not isinstance(p, str)))
+        arrays = [array_hash(x) for x in self.depends_on if isinstance(x, ARRAYS)]
+        key = config_hash(*(x for x in self.depends_on if not isinstance(x, ARRAYS)))
         on = "" if self.device == "cpu" else f"-{self.device}"
         key = hashlib.sha256(f"v{RESULTS_VERSION}{on}-{key}".encode()).hexdigest()[:12]
         if arrays:
