@@ -279,7 +279,7 @@ def run_chapters(stems: list[str], profile: str, executed: Path, results: Path, 
     Chapters never share results (each writes results/STEM), and each process keeps the
     machine's thread count, so every number is the one a run on its own gives. OpenMP's
     threads sleep while they wait (OMP_WAIT_POLICY=PASSIVE, unless set): spinning threads of
-    two processes on one core's worth of work would slow both (README, "Two processes at a time")."""
+    two processes on one core's worth of work would slow both (docs/timings.md, "Two processes at a time")."""
     expected = expected_seconds(stems, profile, executed)
     pending = sorted(stems, key=lambda stem: -expected[stem])  # stable: ties keep the table-of-contents order
     env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
