@@ -405,3 +405,23 @@ def test_seed_list_is_the_one_check_of_seeds(bad):
     assert seed_list(3) == [3] and seed_list([0, 2]) == [0, 2] and seed_list(range(2)) == [0, 1]
     with pytest.raises(ValueError, match=r"my_seeds must be a non-empty list of integers ≥ 0"):
         seed_list(bad, "my_seeds")
+
+
+@pytest.mark.parametrize("stem", sorted(MODULES))
+def test_the_rerun_boxs_example_passes_every_chapters_check_as_papermill_parses_it(stem, tmp_path):
+    """The provenance box's example, parsed as papermill's command line parses it (-y: YAML, -p: a
+    number or a string), must pass the chapter's parameter check: `-p seeds "[0, 1, 2, 3]"`, the
+    example the box once printed, reaches the notebook as a string and is refused."""
+    import shlex
+
+    from papermill.cli import NoDatesSafeLoader
+
+    from tools.bookbuild import RERUN_EXAMPLE
+
+    flag, value = shlex.split(RERUN_EXAMPLE)
+    assert flag == "-y"
+    overrides = yaml.load(value, Loader=NoDatesSafeLoader)
+    namespace = run_setup(stem, overrides, tmp_path / "results")
+    assert namespace["seeds"] == [0, 1, 2, 3]
+    with pytest.raises(ParameterError, match="seeds"):
+        run_setup(stem, {"seeds": "[0, 1, 2, 3]"}, tmp_path / "results")  # what -p passes

@@ -126,6 +126,11 @@ def _duration(seconds: float) -> str:
     return f"{minutes} min {secs} s" if minutes else f"{secs} s"
 
 
+RERUN_EXAMPLE = '-y "seeds: [0, 1, 2, 3]"'
+"""The re-run box's example: papermill's -p passes '[0, 1, 2, 3]' as a string, -y as a list (a test
+parses it as papermill does and checks it against every chapter's parameters)."""
+
+
 def provenance_markdown(stem: str, profile: str, wall_s: float, downloads: list[str], error: str | None) -> str:
     """The closing cell of an executed chapter: re-run box, parameters, provenance, downloads."""
     machine = f"{os.cpu_count()} CPUs, {platform.machine()} {platform.system()}, Python {platform.python_version()}"
@@ -167,7 +172,8 @@ From the repository root, after `make install`, this runs the chapter as the boo
 {command}
 ```
 
-Add `-p NAME VALUE` to change a parameter, for example `-p seeds "[0, 1, 2, 3]"`.
+Add `-p NAME VALUE` to change a number or a string and `-y "NAME: VALUE"` for a list, for
+example `{RERUN_EXAMPLE}`.
 {launch}:::
 
 | parameter | this run | default | note |
