@@ -252,3 +252,35 @@ def test_jobs_must_be_positive(repo, capsys):
     with pytest.raises(SystemExit):
         bookbuild.main(["chapter", "demo", "--profile", "paper", "--executed", "x", "--results", "y", "--jobs", "0"])
     assert "--jobs must be ≥ 1, got 0" in capsys.readouterr().err
+
+
+CLAIMS_CSV = """claim_id,statement,paper_value,our_value,verdict,precondition,n,estimate,ci_low,ci_high,threshold
+C1,It drifts.,80 %,81 %,not reproduced,none,3,-0.48,-0.56,-0.40,0
+C2,It rises.,monotone,yes,inconclusive,none,3,0.09,-0.11,0.30,0.05
+C3,An identity.,holds,holds,verified (identity),none,,,,,
+"""
+
+
+def test_every_chapter_opens_with_its_answer_computed_from_its_claims(repo, executions, tmp_path):
+    results = tmp_path / "results"
+    (results / "demo").mkdir(parents=True)
+    (results / "demo" / "claims.csv").write_text(CLAIMS_CSV)
+    bookbuild.run_chapter("demo", "paper", tmp_path / "out", results)
+    cells = nbformat.read(tmp_path / "out" / "demo.ipynb", as_version=4).cells
+    box = cells[0].source  # the demo notebook has no Markdown cell: the box comes first
+    assert box.startswith("::::{admonition} The answer at the `paper` profile") and cells[1].cell_type == "code"
+    assert "**A demo chapter** At this profile: C1 not reproduced; besides, 1 inconclusive, 1 exact identities verified." in box
+    assert "-0.48 [-0.56, -0.4], n = 3, threshold 0" in box and "(exact)" in box
+    assert box.count('class="verdict-badge"') == 3 and "✗ C1" in box and "? C2" in box
+
+
+def test_the_answer_says_when_nothing_is_decided():
+    import pandas as pd
+
+    from tools.chapter_answer import answer_sentence
+
+    claims = pd.read_csv(__import__("io").StringIO(CLAIMS_CSV), dtype=str, keep_default_na=False)
+    undecided = claims.assign(verdict=["inconclusive", "untestable here", "verified (identity)"])
+    assert answer_sentence(undecided) == (
+        "Nothing is decided on trained models at this profile (1 inconclusive, 1 untestable here, 1 exact identities verified)."
+    )

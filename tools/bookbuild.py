@@ -38,8 +38,9 @@ import yaml
 from papermill.translators import PythonTranslator
 
 from dpo_toolkit import __version__
-from dpo_toolkit.core.claims import GLYPHS, IDENTITY, INCONCLUSIVE, TESTED, UNTESTABLE, VERDICTS, read_claims
+from dpo_toolkit.core.claims import IDENTITY, INCONCLUSIVE, TESTED, UNTESTABLE, VERDICTS, read_claims
 from tools import install_cell
+from tools.chapter_answer import answer_markdown, badge
 from tools.peakmem import PeakMemory
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -215,6 +216,20 @@ def record_timing(executed: Path, stem: str, profile: str, outcome: str, wall_s:
             writer.writerows(rows.values())
 
 
+def add_answer(nb: nbformat.NotebookNode, stem: str, profile: str, claims_path: Path, error: str | None) -> None:
+    """Put the chapter's answer box (``chapter_answer``) after its first Markdown cell (the title and
+    the question), above every figure; nothing when the chapter failed or wrote no valid claims table."""
+    if error:
+        return
+    try:
+        claims = read_claims(claims_path)
+    except (OSError, ValueError):  # no table, or a malformed one: the scorecard names the problem
+        return
+    box = nbformat.v4.new_markdown_cell(answer_markdown(chapter_title(stem), claims, profile))
+    first = next((i for i, c in enumerate(nb.cells) if c.cell_type == "markdown"), -1)
+    nb.cells.insert(first + 1, box)
+
+
 def run_chapter(stem: str, profile: str, executed: Path, results: Path) -> str:
     """Run one chapter unless cached; returns 'cached', 'ran' or 'failed'."""
     executed.mkdir(parents=True, exist_ok=True)
@@ -252,6 +267,7 @@ def run_chapter(stem: str, profile: str, executed: Path, results: Path) -> str:
             downloads.append(f"downloads/{stem}/{path.name}")
     if output.exists():
         nb = nbformat.read(output, as_version=4)
+        add_answer(nb, stem, profile, results / stem / "claims.csv", error)
         nb.cells.append(nbformat.v4.new_markdown_cell(provenance_markdown(stem, profile, wall_s, downloads, error)))
         nbformat.write(nb, output)
     if error:
@@ -315,17 +331,6 @@ def chapter_title(stem: str) -> str:
     return stem
 
 
-BADGE_COLOURS = {  # verdict → background; white text on each passes WCAG AA contrast
-    "reproduced": "#1b7f3b",
-    "partly": "#9a5b00",
-    "not reproduced": "#b3261e",
-    "inconclusive": "#6a3d9a",
-    "untestable here": "#5f6368",
-    "verified (identity)": "#1a5fb4",
-}
-BADGE_GLYPHS = GLYPHS  # a glyph beside each badge's id, so that no verdict is told by colour alone
-
-
 GROUPS = {
     "tested": "## Claims tested here",
     "inconclusive": "## Inconclusive (the interval straddles its threshold, or fewer than 3 replicates)",
@@ -337,17 +342,6 @@ GROUPS = {
 def group_of(verdict: str) -> str:
     """'tested', 'inconclusive', 'untestable' or 'identity': the scorecard table a verdict is listed in."""
     return {IDENTITY: "identity", UNTESTABLE: "untestable", INCONCLUSIVE: "inconclusive"}.get(verdict, "tested")
-
-
-def badge(claim_id: str, verdict: str, title: str, kind: str = "verdict-badge") -> str:
-    """An inline HTML badge: the claim's id on its verdict's colour, the verdict and statement on hover."""
-    colour = BADGE_COLOURS.get(verdict, "#444444")
-    tip = html.escape(f"{claim_id}: {verdict}. {title}", quote=True).replace("|", "&#124;")  # a | would end the table cell
-    return (
-        f'<span class="{kind}" data-verdict="{html.escape(verdict)}" title="{tip}" style="background:{colour};'
-        f'color:#fff;border-radius:4px;padding:1px 6px;margin:0 4px 2px 0;display:inline-block;font-weight:600">'
-        f"{BADGE_GLYPHS.get(verdict, '')} {claim_id}</span>"
-    )
 
 
 def seeds_in_words(stems: list[str], profile: str) -> str:
