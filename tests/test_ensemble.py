@@ -156,13 +156,15 @@ def test_memberwise_optimizer_step_against_one_torch_optimizer_per_member():
             assert torch.allclose(stacked[i], p, rtol=1e-5, atol=1e-6), (name, i, float((stacked[i] - p).abs().max()))
 
 
-def test_ensemble_configs_may_differ_in_beta_lr_and_weight_decay_only(three, tiny_pairs):
+def test_ensemble_configs_may_differ_in_beta_lr_weight_decay_and_seed_only(three, tiny_pairs):
     train, _ = tiny_pairs
     cfgs = [DPOConfig(beta=0.1), DPOConfig(beta=0.2, batch_size=8), DPOConfig(beta=0.3)]
-    with pytest.raises(ValueError, match="differ in beta, lr and weight_decay only"):
+    with pytest.raises(ValueError, match="differ in beta, lr, weight_decay and seed only"):
         train_dpo_ensemble(Ensemble(three), three[0], train, cfgs, lambda e, betas: [{}] * 3)
     with pytest.raises(ValueError, match="one DPOConfig per model"):
         train_dpo_ensemble(Ensemble(three), three[0], train, cfgs[:2], lambda e, betas: [{}] * 3)
+    with pytest.raises(ValueError, match="2 references for 3 models"):
+        train_dpo_ensemble(Ensemble(three), Ensemble(three[:2]), train, [DPOConfig()] * 3, lambda e, betas: [{}] * 3)
 
 
 def test_the_dpo_trainers_hand_each_runs_beta_to_the_evaluation(three, tiny_pairs):
@@ -175,3 +177,64 @@ def test_the_dpo_trainers_hand_each_runs_beta_to_the_evaluation(three, tiny_pair
     seen.clear()
     train_dpo(copy.deepcopy(three[1]), three[0], train, cfgs[2], lambda p, betas: seen.append(betas) or {}, progress=False)
     assert seen and all(betas == [3.0] for betas in seen)
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "rmsprop"])
+def test_replicates_as_members_equal_separate_runs(tiny_model_cfg, tiny_pairs, tiny_data_cfg, optimizer):
+    """Replicates as members: three members, each with its own frozen reference (its own SFT from
+    its own initialisation) and its own seed (its own batch order), trained as one ensemble, equal
+    three separate train_dpo runs, each against its reference with its seed: curves (every metric,
+    KL included, against the member's own reference) and weights."""
+    train, test = tiny_pairs
+    references = []
+    for seed in (0, 1, 2):
+        reference = build_model(tiny_model_cfg, seed=seed)
+        sft = TrainConfig(lr=1e-2, epochs=2, batch_size=16, n_evals=1, seed=seed)
+        train_sft(reference, train, sft, lambda m: {}, progress=False)
+        references.append(reference.requires_grad_(False))
+    cfgs = [
+        DPOConfig(optimizer=optimizer, lr=1e-3, epochs=2, batch_size=8, grad_clip=1.0, n_evals=3, beta=0.2, seed=seed)
+        for seed in (3, 4, 5)
+    ]
+    evaluate = Evaluator(test, tiny_data_cfg, EvalConfig(kl_samples=3), reference=Ensemble(references))
+    ensemble = Ensemble([copy.deepcopy(r) for r in references])
+    batched = train_dpo_ensemble(ensemble, Ensemble(references), train, cfgs, evaluate, progress=False)
+    finals = []
+    for i, (reference, cfg) in enumerate(zip(references, cfgs, strict=True)):
+        policy = copy.deepcopy(reference).requires_grad_(True)
+        alone_eval = Evaluator(test, tiny_data_cfg, EvalConfig(kl_samples=3), reference=reference)
+        alone = train_dpo(policy, reference, train, cfg, alone_eval, progress=False)
+        mine = batched[batched["member"] == i].drop(columns=["member", "beta"]).reset_index(drop=True)
+        noise_decided = ["rewards/accuracies"]  # TRL's strict accuracy: float noise decides the ties at step 0
+        pd.testing.assert_frame_equal(mine.drop(columns=noise_decided), alone.drop(columns=noise_decided), rtol=1e-4, atol=1e-5)
+        d = tiny_model_cfg.d_model
+        for (name, p), q in zip(policy.named_parameters(), ensemble.member(i).parameters(), strict=True):
+            if name == "attn.W_QKV.bias":  # the key bias has zero gradient: its float noise changes no output
+                p, q = torch.cat([p[:d], p[2 * d :]]), torch.cat([q[:d], q[2 * d :]])
+            assert torch.allclose(p, q, atol=1e-5), (name, i)
+        finals.append(mine["loss"].iloc[-1])
+    assert len(set(finals)) == 3  # the replicates did differ
+
+
+def test_per_member_batch_orders_are_each_members_own_and_shared_when_seeds_agree():
+    """optimize draws one batch order per member from its own seed when the seeds differ, and one
+    shared order (indices of shape (batch,), as before) when they agree."""
+    from dpo_toolkit.core.train import optimize
+
+    for seeds, shape in (((7, 7), (4,)), ((7, 8), (2, 4))):
+        params = [torch.zeros(2, 3, requires_grad=True)]
+        seen = []
+
+        def batch_loss(index, params=params, seen=seen):
+            seen.append(index.clone())
+            return params[0].sum(-1) * 0 + 1.0
+
+        cfgs = [TrainConfig(optimizer="sgd", epochs=1, batch_size=4, n_evals=1, seed=s) for s in seeds]
+        optimize(params, batch_loss, 8, cfgs, lambda: [{}, {}], stacked=True, progress=False)
+        assert seen[0].shape == shape
+        expected = [torch.randperm(8, generator=torch.Generator().manual_seed(s)) for s in seeds]
+        got = torch.cat(seen, dim=-1)
+        if len(set(seeds)) == 1:
+            assert torch.equal(got, expected[0])
+        else:
+            assert all(torch.equal(got[i], expected[i]) for i in range(2)) and not torch.equal(got[0], got[1])

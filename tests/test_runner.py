@@ -232,3 +232,21 @@ def test_a_run_key_hashes_arrays_by_their_bytes_and_refuses_other_parts(tmp_path
     assert key.stem != RunKey(tmp_path, "dpo", 0, (tiny_data_cfg, torch.zeros(3))).stem
     with pytest.raises(TypeError, match="dataclass instances and arrays only, got str"):
         RunKey(tmp_path, "dpo", 0, (tiny_data_cfg, "0123456789ab"))  # a string is not an array's hash
+
+
+def test_each_member_starts_from_its_own_reference_when_there_is_one_per_member(tiny_model_cfg):
+    from dpo_toolkit.core.ensemble import Ensemble
+    from dpo_toolkit.core.model import build_model
+    from dpo_toolkit.core.runner import starting_points
+
+    references = [build_model(tiny_model_cfg, seed=s) for s in (0, 1)]
+    starts = starting_points(Ensemble(references), 2)
+    for start, reference in zip(starts, references, strict=True):
+        assert all(torch.equal(p, q) for p, q in zip(start.parameters(), reference.parameters(), strict=True))
+    assert all(
+        torch.equal(p, q)
+        for s in starting_points(references[1], 2)
+        for p, q in zip(s.parameters(), references[1].parameters(), strict=True)
+    )
+    with pytest.raises(ValueError, match="2 references for 3 members"):
+        starting_points(Ensemble(references), 3)

@@ -98,10 +98,11 @@ class Batch:
     response_mask: torch.Tensor  # (batch, seq) bool, True on response tokens incl. the final '.'
 
     def select(self, index: torch.Tensor | np.ndarray) -> Batch:
-        """The chosen rows, trimmed to their longest sequence (batchwise right padding)."""
-        response_mask = self.response_mask[index]  # (rows, seq)
-        width = int(response_mask.any(0).nonzero().max()) + 1
-        return Batch(self.tokens[index, :width], response_mask[:, :width])
+        """The chosen rows, trimmed to their longest sequence (batchwise right padding); an index of
+        shape (M, rows) gives each model its own rows: tokens (M, rows, seq)."""
+        response_mask = self.response_mask[index]  # (rows, seq) or (M, rows, seq)
+        width = int(response_mask.reshape(-1, response_mask.shape[-1]).any(0).nonzero().max()) + 1
+        return Batch(self.tokens[index][..., :width], response_mask[..., :width])
 
 
 def collate(prompts: np.ndarray, responses: np.ndarray) -> Batch:

@@ -91,7 +91,7 @@ class Evaluator:
         test: PairSet,
         data_cfg: DataConfig,
         eval_cfg: EvalConfig,
-        reference: Transformer | None = None,
+        reference: Transformer | Ensemble | None = None,
     ):
         self.data_cfg, self.eval_cfg, self.reference = data_cfg, eval_cfg, reference
         self.prompts = test.prompts  # (n_prompts,)
@@ -100,7 +100,7 @@ class Evaluator:
             keep = np.sort(np.random.default_rng(eval_cfg.seed).choice(len(test), eval_cfg.max_pairs, replace=False))
             test = PairSet(test.prompt[keep], test.chosen[keep], test.rejected[keep])
         self.test_batch = collate_pairs(test)
-        if reference is not None:  # kept on the CPU, where the metrics are computed
+        if reference is not None:  # kept on the CPU, where the metrics are computed: (n,) each, or (M, n) per reference
             self.reference_chosen_logps, self.reference_rejected_logps = (x.cpu() for x in pair_logps(reference, self.test_batch))
 
     @torch.no_grad()
@@ -135,6 +135,17 @@ class Evaluator:
         rows = [{k: float(v[i]) for k, v in columns.items()} for i in range(len(model))]
         return rows[0] if isinstance(policy, Transformer) else rows
 
+    def _reference_logits(self, tokens: torch.Tensor, chunk: int) -> torch.Tensor:
+        """The reference's logits on each model's samples, tokens (M, rows, T): one reference scores each
+        distinct sample once (models sharing random numbers often draw the same one); an ensemble of
+        references (one per model) scores each model's own samples."""
+        if isinstance(self.reference, Ensemble):
+            return torch.cat([self.reference(tokens[:, i : i + chunk]) for i in range(0, tokens.shape[1], chunk)], 1)
+        distinct, inverse = torch.unique(tokens.flatten(0, 1), dim=0, return_inverse=True)  # (D, T), (M · rows,)
+        per_call = rows_per_call(1)
+        logits = torch.cat([self.reference(distinct[i : i + per_call]) for i in range(0, len(distinct), per_call)])
+        return logits[inverse]
+
     @torch.no_grad()
     def kl(self, policy: Transformer | Ensemble) -> dict[str, torch.Tensor]:
         """KL(policy ‖ reference) over the test prompts (Eq. 6): both estimators and their standard errors, each (M,)."""
@@ -146,10 +157,7 @@ class Evaluator:
         # the reference scores each distinct sample once (models sharing random numbers often draw the same one)
         chunk = rows_per_call(len(model))
         policy_logits = torch.cat([model(samples.tokens[:, i : i + chunk]) for i in range(0, samples.tokens.shape[1], chunk)], 1)
-        distinct, inverse = torch.unique(samples.tokens.flatten(0, 1), dim=0, return_inverse=True)  # (D, T), (M · rows,)
-        per_call = rows_per_call(1)
-        reference_logits = torch.cat([self.reference(distinct[i : i + per_call]) for i in range(0, len(distinct), per_call)])
-        reference_logits = reference_logits[inverse].view(policy_logits.shape)  # (M, rows, T, V)
+        reference_logits = self._reference_logits(samples.tokens, chunk).view(policy_logits.shape)  # (M, rows, T, V)
         path = path_kl(policy_logits, reference_logits, samples.response_mask)  # (M, rows)
         mc = sequence_logps(policy_logits, samples.tokens, samples.response_mask) - sequence_logps(
             reference_logits, samples.tokens, samples.response_mask

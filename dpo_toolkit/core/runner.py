@@ -28,7 +28,7 @@ from filelock import FileLock
 
 from .config import DPOConfig, config_hash
 from .data import Batch, PairSet
-from .ensemble import Ensemble
+from .ensemble import Ensemble, model_device
 from .storage import write_csv
 from .train import Checkpoint, train_dpo_ensemble
 from .validate import SEED
@@ -166,9 +166,19 @@ class Member:
             raise ValueError(f"Member.sft_weight must be a finite number ≥ 0, got {self.sft_weight!r}")
 
 
+def starting_points(reference: torch.nn.Module | Ensemble, n_members: int) -> list[torch.nn.Module]:
+    """Each member's starting weights: a copy of the one reference, or of its own reference when
+    `reference` is an Ensemble of one frozen reference per member (replicates as members)."""
+    if isinstance(reference, Ensemble):
+        if len(reference) != n_members:
+            raise ValueError(f"run_dpo: {len(reference)} references for {n_members} members (one, or one per member)")
+        return [reference.member(i) for i in range(n_members)]
+    return [copy.deepcopy(reference) for _ in range(n_members)]
+
+
 def run_dpo(
     key: RunKey,
-    reference: torch.nn.Module,
+    reference: torch.nn.Module | Ensemble,
     train: PairSet | Batch,
     members: Sequence[Member],
     evaluate: Callable[..., list[dict]],
@@ -176,21 +186,20 @@ def run_dpo(
     keep: Sequence[int] = (),
     progress: bool | None = None,
 ) -> pd.DataFrame:
-    """DPO of every member from a copy of `reference`, as one batched ensemble on the same
-    minibatches, evaluated by evaluate(policies, betas=[each member's β]) at every evaluation (see ``train.optimize``).
+    """DPO of every member from a copy of `reference` (or of its own, when `reference` is an Ensemble
+    of one reference per member), as one batched ensemble (one batch order per seed), evaluated by
+    evaluate(policies, betas=[each member's β]) at every evaluation (see ``train.optimize``).
 
     pair_weights (members, pairs): member i weights pair j by pair_weights[i, j] (a 0/1 mask
     trains on a subset with the same number of steps). For every member index in `keep`,
     its weights at each evaluation are saved and the `weights` column holds the file
     (empty for other rows). The curve is cached at ``key`` extended by the members and pair
     weights: a second call loads it; a killed run resumes from its last evaluation.
-    Returns one row per evaluation and member with `member`, `beta`, step, epoch, loss and
-    evaluate's metrics.
-    """
+    Returns one row per evaluation and member: `member`, `beta`, step, epoch, loss, evaluate's metrics."""
     if not members:
         raise ValueError("run_dpo needs at least one Member")
     extra = (*members, *(() if pair_weights is None else (torch.as_tensor(pair_weights),)))
-    key = dataclasses.replace(key, depends_on=(*key.depends_on, *extra), device=next(reference.parameters()).device.type)
+    key = dataclasses.replace(key, depends_on=(*key.depends_on, *extra), device=model_device(reference).type)
     curve, weights_dir = key.path(".csv"), key.path("-weights")
 
     def weights_path(member: int, step: int) -> Path:
@@ -201,7 +210,7 @@ def run_dpo(
     with key.lock():
         df = pd.read_csv(curve) if curve.exists() else None
         if df is None or not all(weights_path(i, t).exists() for i in keep for t in df["step"].unique()):
-            policies = Ensemble([copy.deepcopy(reference) for _ in members])
+            policies = Ensemble(starting_points(reference, len(members)))
 
             def save_kept(step: int) -> None:
                 weights_dir.mkdir(exist_ok=True)

@@ -19,7 +19,7 @@ import torch
 
 from .config import DPOConfig, TrainConfig
 from .data import Batch, PairSet, collate, collate_pairs
-from .ensemble import Ensemble, check_same_device
+from .ensemble import Ensemble, check_same_device, model_device
 from .evaluate import pair_logps
 from .losses import dpo_loss, sequence_logps, sft_loss
 from .model import Transformer
@@ -87,8 +87,10 @@ def optimize(
     """The project's one trainer: minibatch training over a shuffled index of n_items,
     evaluating at eval_steps. Every chapter's SFT, DPO and RFT runs go through it.
 
-    members[0] sets the schedule (optimizer, epochs, batch size, evaluations, clipping and
-    the seed of the batch order), which all members share. With `stacked` (params are an
+    members[0] sets the schedule (optimizer, epochs, batch size, evaluations, clipping), which
+    all members share, and the seed of the batch order; when the members' seeds differ, each
+    member draws its own order from its own seed and batch_loss gets indices of shape (M, batch)
+    instead of (batch,). With `stacked` (params are an
     ensemble's stacked weights, leading dimension the member), member i takes members[i]'s
     learning rate and weight decay (``optim.ensemble_optimizer``) and gradients are clipped
     per member; otherwise params are one model's, and len(members) must be 1.
@@ -107,7 +109,9 @@ def optimize(
         raise ValueError(f"optimize: unstacked params are one model, so one config; got {len(members)}")
     optimizer = ensemble_optimizer(params, members) if stacked else make_optimizer(params, cfg)
     clip = clip_per_model if stacked else torch.nn.utils.clip_grad_norm_
-    generator = torch.Generator().manual_seed(cfg.seed)
+    # one batch order for all members, or one per member when their seeds differ (replicates as members)
+    per_member = len({c.seed for c in members}) > 1
+    generators = [torch.Generator().manual_seed(c.seed) for c in (members if per_member else members[:1])]
     steps_per_epoch = math.ceil(n_items / cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
     at = eval_steps(total, cfg.n_evals)
@@ -133,11 +137,11 @@ def optimize(
         record()
     with progress_bar(total, start, desc, progress) as bar:
         for epoch in range(cfg.epochs):
-            order = torch.randperm(n_items, generator=generator)  # drawn every epoch, so resuming replays it
-            for position, index in enumerate(order.split(cfg.batch_size)):
+            orders = torch.stack([torch.randperm(n_items, generator=g) for g in generators])  # (1 or M, n_items)
+            for position, index in enumerate(orders.split(cfg.batch_size, dim=1)):  # drawn every epoch: resuming replays it
                 if epoch * steps_per_epoch + position < start:
                     continue
-                loss = batch_loss(index)  # (M,)
+                loss = batch_loss(index if per_member else index[0])  # (M,)
                 optimizer.zero_grad(set_to_none=True)
                 loss.sum().backward()
                 if cfg.grad_clip is not None:
@@ -189,10 +193,18 @@ def train_sft(
     return df.drop(columns="member")
 
 
+def take(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """values (n,) or (M, n) at a minibatch's indices, (batch,) shared or (M, batch) per model:
+    (batch,) or (M, batch)."""
+    if index.ndim == 1:
+        return values[..., index]
+    return values[index] if values.ndim == 1 else values.gather(1, index)
+
+
 def dpo_batch_loss(
     policy,
     train: PairSet | Batch,
-    reference: Transformer,
+    reference: Transformer | Ensemble,
     betas: torch.Tensor,
     pair_weights: torch.Tensor | None = None,
     sft_weights: torch.Tensor | None = None,
@@ -203,29 +215,32 @@ def dpo_batch_loss(
     pair_weights (M, n_pairs) weight each model's pairs: a model's loss is the weighted
     mean over the minibatch (0 when all its weights there are 0). None: the plain mean.
     `train` is the pairs, or their ``collate_pairs``-layout batch (chosen rows, then rejected rows).
+    `reference` is one model, or an Ensemble with one frozen reference per model (replicates as
+    members); the minibatch indices are shared (batch,) or per model (M, batch).
     Everything runs on the reference's device (the policy's weights must be there too).
     """
-    device = next(reference.parameters()).device  # the policy's too: data and weights follow the reference
+    device = model_device(reference)  # the policy's too: data and weights follow the reference
     batch = train if isinstance(train, Batch) else collate_pairs(train)  # chosen rows 0..n−1, rejected rows n..2n−1
     batch = Batch(batch.tokens.to(device), batch.response_mask.to(device))
     betas = betas.to(device)
     pair_weights = None if pair_weights is None else pair_weights.to(device)
     sft_weights = None if sft_weights is None else sft_weights.to(device)
-    reference_chosen_logps, reference_rejected_logps = pair_logps(reference, batch)  # (n,) each
+    reference_chosen_logps, reference_rejected_logps = pair_logps(reference, batch)  # (n,) each, or (M, n)
     n = batch.tokens.shape[0] // 2
 
-    def batch_loss(index: torch.Tensor) -> torch.Tensor:
-        b = batch.select(torch.cat([index, index + n]))
+    def batch_loss(index: torch.Tensor) -> torch.Tensor:  # index (batch,) or (M, batch)
+        b = batch.select(torch.cat([index, index + n], dim=-1))
         logps = sequence_logps(policy(b.tokens), b.tokens, b.response_mask)  # (M, 2·batch)
         policy_chosen_logps, policy_rejected_logps = logps.chunk(2, dim=-1)  # (M, batch) each
+        ref_chosen_logps, ref_rejected_logps = take(reference_chosen_logps, index), take(reference_rejected_logps, index)
         losses, _, _ = dpo_loss(
-            policy_chosen_logps, policy_rejected_logps, reference_chosen_logps[index], reference_rejected_logps[index], betas
+            policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, betas
         )  # (M, batch)
         if sft_weights is not None:
             losses = losses - sft_weights * policy_chosen_logps
         if pair_weights is None:
             return losses.mean(-1)
-        weights = pair_weights[:, index]  # (M, batch)
+        weights = pair_weights[:, index] if index.ndim == 1 else pair_weights.gather(1, index)  # (M, batch)
         return (losses * weights).sum(-1) / weights.sum(-1).clamp(min=1e-12)
 
     return batch_loss
@@ -249,9 +264,33 @@ def train_dpo(
     return df.drop(columns="member")
 
 
+def _ensemble_inputs(policies, reference, cfgs, n_pairs, pair_weights, sft_weights):
+    """train_dpo_ensemble's inputs checked before any work; returns pair_weights (M, n_pairs) and
+    sft_weights (M, 1) as tensors (or None)."""
+    check_same_device(policies, reference)
+    n_models = len(policies)
+    if len(cfgs) != n_models:
+        raise ValueError(f"train_dpo_ensemble needs one DPOConfig per model: {len(cfgs)} configs for {n_models} models")
+    if isinstance(reference, Ensemble) and len(reference) != n_models:
+        raise ValueError(f"train_dpo_ensemble: {len(reference)} references for {n_models} models (one, or one per model)")
+    shared = {dataclasses.replace(c, beta=1.0, lr=1.0, weight_decay=0.0, seed=0) for c in cfgs}
+    if len(shared) != 1:
+        raise ValueError("train_dpo_ensemble: the DPOConfigs of an ensemble may differ in beta, lr, weight_decay and seed only")
+    if pair_weights is not None:
+        pair_weights = torch.as_tensor(pair_weights, dtype=torch.float32)
+        if pair_weights.shape != (n_models, n_pairs) or (pair_weights < 0).any():
+            shape = tuple(pair_weights.shape)
+            raise ValueError(f"pair_weights must be ≥ 0 with shape (models, pairs) = {(n_models, n_pairs)}, got {shape}")
+    if sft_weights is not None:
+        if len(sft_weights) != n_models or any(not math.isfinite(w) or w < 0 for w in sft_weights):
+            raise ValueError(f"sft_weights must be {n_models} finite numbers ≥ 0 (one per model), got {list(sft_weights)}")
+        sft_weights = torch.tensor([[float(w)] for w in sft_weights])  # (M, 1)
+    return pair_weights, sft_weights
+
+
 def train_dpo_ensemble(
     policies: Ensemble,
-    reference: Transformer,
+    reference: Transformer | Ensemble,
     train: PairSet | Batch,
     cfgs: Sequence[DPOConfig],
     evaluate: Callable[..., list[dict]],  # evaluate(policies, betas=[β of each member])
@@ -264,31 +303,18 @@ def train_dpo_ensemble(
     """DPO of every model of `policies` at its own β, learning rate and weight decay, in
     place, as one batched run.
 
-    cfgs[i] configures model i; they may differ in beta, lr and weight_decay only. Every
-    model sees the same minibatches. Optionally, model i weights pair j by pair_weights[i, j] (a 0/1 mask
+    cfgs[i] configures model i; they may differ in beta, lr, weight_decay and seed only. Models
+    of one seed see the same minibatches; when the seeds differ, each model draws its own batch
+    order (replicates as members). `reference` is one frozen model, or an Ensemble of one frozen
+    reference per model. Optionally, model i weights pair j by pair_weights[i, j] (a 0/1 mask
     trains it on a subset with the same number of steps) and adds sft_weights[i] × the
     SFT loss on the preferred responses (see dpo_batch_loss). Returns one row per
     evaluation and model, with `member` the model's index and `beta` its β. With
     `checkpoint`, progress is saved after every evaluation and resumed from; ``on_eval(step)``
     runs after every evaluation (see optimize).
     """
-    check_same_device(policies, reference)
-    n_models = len(policies)
-    if len(cfgs) != n_models:
-        raise ValueError(f"train_dpo_ensemble needs one DPOConfig per model: {len(cfgs)} configs for {n_models} models")
-    shared = {dataclasses.replace(c, beta=1.0, lr=1.0, weight_decay=0.0) for c in cfgs}
-    if len(shared) != 1:
-        raise ValueError("train_dpo_ensemble: the DPOConfigs of an ensemble may differ in beta, lr and weight_decay only")
     n_pairs = train.tokens.shape[0] // 2 if isinstance(train, Batch) else len(train)
-    if pair_weights is not None:
-        pair_weights = torch.as_tensor(pair_weights, dtype=torch.float32)
-        if pair_weights.shape != (n_models, n_pairs) or (pair_weights < 0).any():
-            shape = tuple(pair_weights.shape)
-            raise ValueError(f"pair_weights must be ≥ 0 with shape (models, pairs) = {(n_models, n_pairs)}, got {shape}")
-    if sft_weights is not None:
-        if len(sft_weights) != n_models or any(not math.isfinite(w) or w < 0 for w in sft_weights):
-            raise ValueError(f"sft_weights must be {n_models} finite numbers ≥ 0 (one per model), got {list(sft_weights)}")
-        sft_weights = torch.tensor([[float(w)] for w in sft_weights])  # (M, 1)
+    pair_weights, sft_weights = _ensemble_inputs(policies, reference, cfgs, n_pairs, pair_weights, sft_weights)
     betas = torch.tensor([[c.beta] for c in cfgs])  # (M, 1)
     batch_loss = dpo_batch_loss(policies, train, reference, betas, pair_weights, sft_weights)
     params = list(policies.params.values())
