@@ -238,3 +238,31 @@ def test_per_member_batch_orders_are_each_members_own_and_shared_when_seeds_agre
             assert torch.equal(got, expected[0])
         else:
             assert all(torch.equal(got[i], expected[i]) for i in range(2)) and not torch.equal(got[0], got[1])
+
+
+def test_sft_of_replicates_as_members_equals_separate_runs(tiny_model_cfg, tiny_pairs):
+    """Three initialisations and three seeds (batch orders) trained by SFT as one ensemble equal three
+    separate train_sft runs, curves and weights."""
+    from dpo_toolkit.core.train import train_sft_ensemble
+
+    train, _ = tiny_pairs
+    models = [build_model(tiny_model_cfg, seed=s) for s in (0, 1, 2)]
+    cfgs = [
+        TrainConfig(optimizer="adam", lr=1e-2, weight_decay=0.0, epochs=2, batch_size=16, n_evals=2, seed=s) for s in (5, 6, 7)
+    ]
+    ensemble = Ensemble(models)
+    batched = train_sft_ensemble(ensemble, train, cfgs, lambda p: [{}] * 3, progress=False)
+    for i, (model, cfg) in enumerate(zip(models, cfgs, strict=True)):
+        alone = train_sft(copy.deepcopy(model), train, cfg, lambda m: {}, progress=False)
+        mine = batched[batched["member"] == i].drop(columns="member").reset_index(drop=True)
+        pd.testing.assert_frame_equal(mine, alone, rtol=1e-4, atol=1e-5)
+    singles = [copy.deepcopy(m) for m in models]
+    for m, cfg in zip(singles, cfgs, strict=True):
+        train_sft(m, train, cfg, lambda m: {}, progress=False)
+    d = tiny_model_cfg.d_model
+    for i, single in enumerate(singles):
+        for (name, p), q in zip(single.named_parameters(), ensemble.member(i).parameters(), strict=True):
+            if name == "attn.W_QKV.bias":  # the key bias has zero gradient: Adam amplifies its float noise
+                p, q = torch.cat([p[:d], p[2 * d :]]), torch.cat([q[:d], q[2 * d :]])
+            assert torch.allclose(p, q, atol=1e-5), (name, i)
+    assert not torch.allclose(ensemble.params["unembed.weight"][0], ensemble.params["unembed.weight"][1])

@@ -21,8 +21,9 @@ def sequence_logps(logits: torch.Tensor, tokens: torch.Tensor, response_mask: to
 
 
 def sft_loss(logps: torch.Tensor) -> torch.Tensor:
-    """SFT loss −E[log π(y | x)] (Park Eq. 4): mean over the batch of summed response log-probs (batch,)."""
-    return -logps.mean()
+    """SFT loss −E[log π(y | x)] (Park Eq. 4): mean over the batch of summed response log-probs,
+    (batch,) → a scalar, or (M, batch) → (M,), one loss per model."""
+    return -logps.mean(-1)
 
 
 def soft_label_sft_loss(logps: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -193,6 +193,35 @@ def train_sft(
     return df.drop(columns="member")
 
 
+def train_sft_ensemble(
+    policies: Ensemble,
+    train: PairSet | Batch,
+    cfgs: Sequence[TrainConfig],
+    evaluate: Callable[[Ensemble], list[dict]],
+    progress: bool | None = None,
+    checkpoint: Checkpoint | None = None,
+) -> pd.DataFrame:
+    """SFT (Park Eq. 4) of every model of `policies` as one batched run, in place: replicates as
+    members. cfgs[i] configures model i; they may differ in lr, weight_decay and seed only (each
+    seed its own batch order; the initialisation is the Ensemble's, one model per seed). Returns
+    one row per evaluation and model, with `member` the model's index."""
+    if len(cfgs) != len(policies) or len({dataclasses.replace(c, lr=1.0, weight_decay=0.0, seed=0) for c in cfgs}) != 1:
+        raise ValueError("train_sft_ensemble needs one TrainConfig per model, differing in lr, weight_decay and seed only")
+    batch = train if isinstance(train, Batch) else collate(train.prompt, train.chosen)
+    device = model_device(policies)  # the data follow the models
+    batch = Batch(batch.tokens.to(device), batch.response_mask.to(device))
+
+    def batch_loss(index: torch.Tensor) -> torch.Tensor:  # index (batch,) or (M, batch)
+        b = batch.select(index)
+        return sft_loss(sequence_logps(policies(b.tokens), b.tokens, b.response_mask))  # (M,)
+
+    params = list(policies.params.values())
+    evaluation = partial(evaluate, policies)
+    n_items = batch.tokens.shape[0]
+    return optimize(params, batch_loss, n_items, cfgs, evaluation, stacked=True, checkpoint=checkpoint, progress=progress,
+                    desc=f"SFT ×{len(cfgs)}")  # fmt: skip
+
+
 def take(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """values (n,) or (M, n) at a minibatch's indices, (batch,) shared or (M, batch) per model:
     (batch,) or (M, batch)."""
