@@ -284,3 +284,21 @@ def test_the_answer_says_when_nothing_is_decided():
     assert answer_sentence(undecided) == (
         "Nothing is decided on trained models at this profile (1 inconclusive, 1 untestable here, 1 exact identities verified)."
     )
+
+
+def test_the_answer_box_goes_between_the_question_and_the_first_section(repo, tmp_path):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# A demo chapter\n\nDoes it drift?\n\n## The task\n\nDetails.")]
+    claims = tmp_path / "claims.csv"
+    claims.write_text(CLAIMS_CSV)
+    bookbuild.add_answer(nb, "demo", "quick", claims, None)
+    assert [c.source.split("\n")[0] for c in nb.cells] == [
+        "# A demo chapter",
+        "::::{admonition} The answer at the `quick` profile",
+        "## The task",
+    ]
+    assert nb.cells[0].source == "# A demo chapter\n\nDoes it drift?\n" and nb.cells[2].source.endswith("Details.")
+    failed = nbformat.v4.new_notebook()
+    failed.cells = [nbformat.v4.new_markdown_cell("# A demo chapter")]
+    bookbuild.add_answer(failed, "demo", "quick", claims, "RuntimeError: boom")
+    assert len(failed.cells) == 1  # a failed chapter has no answer to give

@@ -217,8 +217,9 @@ def record_timing(executed: Path, stem: str, profile: str, outcome: str, wall_s:
 
 
 def add_answer(nb: nbformat.NotebookNode, stem: str, profile: str, claims_path: Path, error: str | None) -> None:
-    """Put the chapter's answer box (``chapter_answer``) after its first Markdown cell (the title and
-    the question), above every figure; nothing when the chapter failed or wrote no valid claims table."""
+    """Put the chapter's answer box (``chapter_answer``) after the title and the question (the first
+    Markdown cell, up to its first `##` section), above every figure; nothing when the chapter
+    failed or wrote no valid claims table."""
     if error:
         return
     try:
@@ -226,8 +227,15 @@ def add_answer(nb: nbformat.NotebookNode, stem: str, profile: str, claims_path: 
     except (OSError, ValueError):  # no table, or a malformed one: the scorecard names the problem
         return
     box = nbformat.v4.new_markdown_cell(answer_markdown(chapter_title(stem), claims, profile))
-    first = next((i for i, c in enumerate(nb.cells) if c.cell_type == "markdown"), -1)
+    first = next((i for i, c in enumerate(nb.cells) if c.cell_type == "markdown"), None)
+    if first is None:
+        nb.cells.insert(0, box)
+        return
+    head, sep, rest = nb.cells[first].source.partition("\n## ")  # the title and the question, then the sections
+    nb.cells[first].source = head
     nb.cells.insert(first + 1, box)
+    if sep:
+        nb.cells.insert(first + 2, nbformat.v4.new_markdown_cell("## " + rest))
 
 
 def run_chapter(stem: str, profile: str, executed: Path, results: Path) -> str:

@@ -5,6 +5,7 @@ scorecard share."""
 from __future__ import annotations
 
 import html
+import math
 
 import pandas as pd
 
@@ -36,6 +37,8 @@ def _evidence(claim) -> str:
     """'0.44 [0.38, 0.49], n = 3, threshold 0.35' for a claim decided on replicates; 'exact' otherwise."""
     if not claim.n:
         return "exact"
+    if not all(math.isfinite(float(x)) for x in (claim.ci_low, claim.ci_high)):
+        return f"{float(claim.estimate):.3g}, n = {claim.n}: too few replicates for an interval"
     return (
         f"{float(claim.estimate):.3g} [{float(claim.ci_low):.3g}, {float(claim.ci_high):.3g}], "
         f"n = {claim.n}, threshold {float(claim.threshold):.3g}"
