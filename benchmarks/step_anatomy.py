@@ -51,11 +51,11 @@ from benchmarks.sweep_speed import BETAS, DPO, reference_model
 from benchmarks.throughput import BATCH, pairs_subset
 from dpo_toolkit.core.config import ModelConfig
 from dpo_toolkit.core.data import PairSet, collate_pairs
+from dpo_toolkit.core.dpo_train import dpo_batch_loss
 from dpo_toolkit.core.ensemble import Ensemble
 from dpo_toolkit.core.evaluate import pair_logps
 from dpo_toolkit.core.losses import dpo_loss, sequence_logps
 from dpo_toolkit.core.optim import make_optimizer
-from dpo_toolkit.core.train import dpo_batch_loss
 
 MATMULS = {"aten::bmm", "aten::mm", "aten::addmm", "aten::baddbmm"}
 COPIES = {"aten::copy_", "aten::cat", "aten::clone"}
@@ -89,7 +89,7 @@ def stacked_logits(params: dict[str, torch.Tensor], cfg: ModelConfig, tokens: to
 
 
 def shared_prompt_batch_loss(policies: Ensemble, pairs: PairSet, reference: torch.nn.Module, betas: torch.Tensor):
-    """``train.dpo_batch_loss`` (plain DPO, Park Eq. 2) with each pair's prompt computed once: the prompt
+    """``dpo_train.dpo_batch_loss`` (plain DPO, Park Eq. 2) with each pair's prompt computed once: the prompt
     through ``Ensemble.extend``, then chosen and rejected continuing its cache. Needs prompts of one length."""
     batch = collate_pairs(pairs)  # chosen rows 0..n−1, rejected rows n..2n−1
     prompt_lengths = batch.response_mask.int().argmax(-1)  # first response position of every row

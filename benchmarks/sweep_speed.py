@@ -35,9 +35,9 @@ from benchmarks.throughput import BATCH, LR, pairs_subset, run_trl
 from dpo_toolkit.core.config import DPOConfig, ModelConfig
 from dpo_toolkit.core.data import PairSet
 from dpo_toolkit.core.device import resolve_device
+from dpo_toolkit.core.dpo_train import dpo_batch_loss, train_dpo, train_dpo_ensemble
 from dpo_toolkit.core.ensemble import Ensemble
 from dpo_toolkit.core.model import build_model
-from dpo_toolkit.core.train import dpo_batch_loss, train_dpo, train_dpo_ensemble
 from dpo_toolkit.studies.kl_sweep import beta_grid
 
 BETAS = beta_grid(30, 1e-2, 1.0)

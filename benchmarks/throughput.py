@@ -37,8 +37,8 @@ import torch.nn.functional as F
 from benchmarks.common import seconds, write
 from dpo_toolkit.core.config import DataConfig, DPOConfig, ModelConfig
 from dpo_toolkit.core.data import VOCAB, PairSet, make_pairs
+from dpo_toolkit.core.dpo_train import train_dpo
 from dpo_toolkit.core.model import build_model
-from dpo_toolkit.core.train import train_dpo
 
 DATA = DataConfig(prompt_min=100, prompt_max=500, window=10, test_fraction=0.5)
 BATCH, LR, BETA = 16, 5e-5, 0.1

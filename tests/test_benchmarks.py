@@ -325,7 +325,7 @@ def test_the_ensemble_forward_without_vmap_is_the_same_bits_as_the_toolkits():
 
 
 def test_the_shared_prompt_loss_is_the_toolkits_dpo_loss_up_to_float_rounding():
-    """benchmarks.step_anatomy's shared-prompt step: same losses and gradients as train.dpo_batch_loss, to float tolerance."""
+    """benchmarks.step_anatomy's shared-prompt step: same losses and gradients as dpo_train.dpo_batch_loss, to float tolerance."""
     import numpy as np
     import pytest
     import torch
@@ -333,9 +333,9 @@ def test_the_shared_prompt_loss_is_the_toolkits_dpo_loss_up_to_float_rounding():
     from benchmarks.step_anatomy import shared_prompt_batch_loss
     from dpo_toolkit.core.config import ModelConfig
     from dpo_toolkit.core.data import PairSet
+    from dpo_toolkit.core.dpo_train import dpo_batch_loss
     from dpo_toolkit.core.ensemble import Ensemble
     from dpo_toolkit.core.model import build_model
-    from dpo_toolkit.core.train import dpo_batch_loss
 
     cfg = ModelConfig(d_model=16, n_heads=2, d_mlp=24)
     rng = np.random.default_rng(0)

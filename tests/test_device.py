@@ -66,10 +66,10 @@ def test_every_chapter_entry_point_refuses_absent_cuda_before_writing(tmp_path, 
 
 def test_a_policy_and_a_reference_on_different_devices_are_refused_before_training(tiny_model_cfg, tiny_pairs, tiny_data_cfg):
     from dpo_toolkit.core.config import DPOConfig, EvalConfig
+    from dpo_toolkit.core.dpo_train import train_dpo, train_dpo_ensemble
     from dpo_toolkit.core.ensemble import Ensemble
     from dpo_toolkit.core.evaluate import Evaluator
     from dpo_toolkit.core.model import build_model
-    from dpo_toolkit.core.train import train_dpo, train_dpo_ensemble
 
     train, test = tiny_pairs
     reference = build_model(tiny_model_cfg, 0).requires_grad_(False)

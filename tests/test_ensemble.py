@@ -6,11 +6,12 @@ import pytest
 import torch
 
 from dpo_toolkit.core.config import DPOConfig, EvalConfig, TrainConfig
+from dpo_toolkit.core.dpo_train import train_dpo, train_dpo_ensemble
 from dpo_toolkit.core.ensemble import Ensemble
 from dpo_toolkit.core.evaluate import Evaluator
 from dpo_toolkit.core.generate import greedy_answers, sample_responses
 from dpo_toolkit.core.model import build_model
-from dpo_toolkit.core.train import clip_per_model, train_dpo, train_dpo_ensemble, train_sft
+from dpo_toolkit.core.train import clip_per_model, train_sft
 
 
 @pytest.fixture

@@ -7,10 +7,10 @@ import torch
 
 from dpo_toolkit.core.config import DPOConfig, EvalConfig, TrainConfig
 from dpo_toolkit.core.data import PairSet, collate_pairs
+from dpo_toolkit.core.dpo_train import dpo_batch_loss, train_dpo_ensemble
 from dpo_toolkit.core.ensemble import Ensemble
 from dpo_toolkit.core.evaluate import Evaluator, pair_logps
 from dpo_toolkit.core.losses import dpo_loss, sequence_logps
-from dpo_toolkit.core.train import dpo_batch_loss, train_dpo_ensemble
 from dpo_toolkit.studies.ches.drift_filter import drift_answer, drift_claims
 from dpo_toolkit.studies.ches.measures import ches_filter
 from dpo_toolkit.studies.ches.mitigation import (

@@ -12,7 +12,6 @@ from dpo_toolkit.core.ensemble import Ensemble
 from dpo_toolkit.core.evaluate import Evaluator
 from dpo_toolkit.core.metrics import group_weight_deltas, weight_delta
 from dpo_toolkit.core.model import PARAM_GROUPS, build_model, param_group
-from dpo_toolkit.studies import surgery
 from dpo_toolkit.studies.surgery import (
     ContrastExample,
     contrast_example,
@@ -22,6 +21,7 @@ from dpo_toolkit.studies.surgery import (
     surgery_curves,
     transplant,
 )
+from dpo_toolkit.studies.surgery import contrast as surgery_contrast
 
 
 def _state(model):
@@ -300,7 +300,7 @@ def _scripted_answers(monkeypatch, script):
         asked.append(policy)
         return script[len(asked) - 1]
 
-    monkeypatch.setattr(surgery, "greedy_answers", answers)
+    monkeypatch.setattr(surgery_contrast, "greedy_answers", answers)
     return asked
 
 

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from dpo_toolkit.core.config import DPOConfig, EvalConfig, TrainConfig
+from dpo_toolkit.core.dpo_train import train_dpo
 from dpo_toolkit.core.evaluate import Evaluator
-from dpo_toolkit.core.train import Checkpoint, eval_steps, make_optimizer, optimize, train_dpo, train_sft
+from dpo_toolkit.core.train import Checkpoint, eval_steps, make_optimizer, optimize, train_sft
 
 
 def test_eval_steps():

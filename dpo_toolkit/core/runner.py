@@ -28,9 +28,10 @@ from filelock import FileLock
 
 from .config import DPOConfig, config_hash
 from .data import Batch, PairSet
+from .dpo_train import train_dpo_ensemble
 from .ensemble import Ensemble, model_device
 from .storage import write_csv
-from .train import Checkpoint, train_dpo_ensemble
+from .train import Checkpoint
 from .validate import SEED
 
 RESULTS_VERSION = 4
