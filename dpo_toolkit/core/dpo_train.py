@@ -68,7 +68,7 @@ def dpo_batch_loss(
             losses = losses - sft_weights * policy_chosen_logps
         if pair_weights is None:
             return losses.mean(-1)
-        weights = pair_weights[:, index] if index.ndim == 1 else pair_weights.gather(1, index)  # (M, batch)
+        weights = take(pair_weights, index)  # (M, batch)
         return (losses * weights).sum(-1) / weights.sum(-1).clamp(min=1e-12)
 
     return batch_loss
