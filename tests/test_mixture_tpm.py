@@ -6,6 +6,7 @@ from dpo_toolkit.studies.mixture_tpm.claims import mixture_claims
 from dpo_toolkit.studies.mixture_tpm.policy import heat_table, mass_summary
 from dpo_toolkit.studies.mixture_tpm.theory import (
     assumptions,
+    exact_condition,
     lemma1_max_error,
     log_total_probability_mass,
     random_instance,
@@ -171,6 +172,8 @@ def _claims_inputs(stated_holds: bool, hot: float, last_cold: float = 0.05, seed
             "tpm_aligned": [0.6, 0.55 if stated_holds else 0.4, 0.3],
             "log_tpm_unaligned": np.log([0.4, 0.45 if stated_holds else 0.6, 0.7]),
             "holds": [True, stated_holds, False],
+            "aligned_up": [True, stated_holds, False],
+            "exact": [True, stated_holds, False],
         }
     )
     masses = pd.concat(
@@ -221,7 +224,7 @@ def test_c20_reads_each_seed_at_its_worst_beta():
     runs = {(seed, beta): (0.05, 0.3 if beta == 0.1 else 0.06) for seed in (0, 1, 2) for beta in (0.1, 1.0)}
     c20 = mixture_claims(0.0, theorem, masses, _temperatures(runs)).set_index("claim_id").loc["C20"]
     assert c20["verdict"] == "not reproduced" and (c20["n"], c20["estimate"], c20["threshold"]) == ("3", "0.8", "1")
-    assert "over 6 runs (3 seeds)" in c20["our_value"]
+    assert "Over 6 runs (3 seeds)" in c20["our_value"]
 
 
 def test_c20_on_one_seed_or_disagreeing_seeds_is_inconclusive():
@@ -261,3 +264,65 @@ def test_c18_is_untestable_when_no_random_case_meets_the_worded_assumptions():
     claims = mixture_claims(0.0, theorem.assign(as_stated=False), masses, temperatures).set_index("claim_id")
     assert claims.loc["C18", "verdict"] == "untestable here"
     assert "0 (instance, β) cases" in claims.loc["C18", "precondition"]
+
+
+def _brute_force_tpm_aligned(alpha, p_aligned, p_unaligned, rewards, beta) -> float:
+    """TPM(A) = Σ_y α_A(y) p_A(y) from Lemma 1's weights written out, in exact rational-free float64:
+    α_A(y) = α e^{r/β} / Σ_y' p_ref(y') e^{r(y')/β}, without any shift (small instances only)."""
+    p_ref = alpha * p_aligned + (1 - alpha) * p_unaligned
+    z = sum(p_ref[y] * np.exp(rewards[y] / beta) for y in range(len(rewards)))
+    return sum(alpha * np.exp(rewards[y] / beta) / z * p_aligned[y] for y in range(len(rewards)))
+
+
+def test_exact_condition_agrees_with_brute_force_tpm_on_random_instances():
+    rng = np.random.default_rng(7)
+    worded_and_fails = 0
+    for _ in range(400):
+        alpha, p_aligned, p_unaligned, rewards = random_instance(rng, 4)
+        for beta in (0.5, 2.0, 20.0):  # e^{r/β} without overflow for |r| ≲ 10
+            up = _brute_force_tpm_aligned(alpha, p_aligned, p_unaligned, rewards, beta) >= alpha
+            assert exact_condition(p_aligned, p_unaligned, rewards, beta) == up
+            worded_and_fails += assumptions(alpha, p_aligned, p_unaligned, rewards, beta)["as_stated"] and not up
+    # the worded assumptions hold and the conclusion fails: the cases the exact condition explains
+    assert worded_and_fails > 0
+
+
+def test_exact_condition_by_hand():
+    # two outputs, r = (0, log 3) at β = 1: e^{r} = (1, 3). p_A = (0.5, 0.5) → E_A = 2; p_U = (0.2, 0.8) → E_U = 2.6
+    p_aligned, p_unaligned, rewards = np.array([0.5, 0.5]), np.array([0.2, 0.8]), np.array([0.0, np.log(3)])
+    assert not exact_condition(p_aligned, p_unaligned, rewards, 1.0)
+    assert exact_condition(p_unaligned, p_aligned, rewards, 1.0)
+    # TPM(A) = α·2 / (α·2 + (1 − α)·2.6) < α for every α in (0, 1)
+    for alpha in (0.1, 0.5, 0.9):
+        assert total_probability_mass(alpha, p_aligned, p_unaligned, rewards, 1.0)[0] < alpha
+    with pytest.raises(ValueError, match="beta"):
+        exact_condition(p_aligned, p_unaligned, rewards, 0.0)
+
+
+def test_theorem2_table_exact_condition_never_disagrees():
+    table = theorem2_table(200, 6, BETAS, seed=3)
+    assert (table["exact"] == table["aligned_up"]).all()
+    assert (table["aligned_up"] == (table["tpm_aligned"] >= table["alpha"])).all()
+    worded = table[table["as_stated"]]
+    assert (~worded["exact"]).any()  # the worded reading does not imply the exact condition
+
+
+def test_c18_reports_the_exact_condition_and_its_disagreements():
+    theorem, masses, temperatures = _claims_inputs(False, 0.3)
+    c18 = mixture_claims(0.0, theorem, masses, temperatures).set_index("claim_id").loc["C18"]
+    assert "disagrees with the computed TPM in 0 of 3 cases; it fails in 1 of the worded cases" in c18["our_value"]
+    broken = theorem.assign(exact=[True, True, False])
+    c18 = mixture_claims(0.0, broken, masses, temperatures).set_index("claim_id").loc["C18"]
+    assert "in 1 of 3 cases" in c18["our_value"]
+
+
+def test_c20_reports_the_runs_in_which_dpo_raised_the_unaligned_mass():
+    theorem, masses, _ = _claims_inputs(True, 0.3)
+    # seed 2's run ends at 0.35 against the reference's 0.1: raised to 350 %; the others lowered to 50 %
+    runs = {(0, 0.1): (0.05, 0.3), (1, 0.1): (0.05, 0.3), (2, 0.1): (0.35, 0.6)}
+    c20 = mixture_claims(0.0, theorem, masses, _temperatures(runs)).set_index("claim_id").loc["C20"]
+    assert "raised the unaligned mass (T = 1, mean over prompts) in 1 of 3 runs in 1 of 3 seeds, up to 350%" in c20["our_value"]
+    # the Wilson interval of 1 of 3: [0.0615, 0.792]
+    assert "share 0.33, 95 % CI [0.06, 0.79]" in c20["our_value"]
+    lowered = mixture_claims(0.0, *_claims_inputs(True, 0.3)).set_index("claim_id").loc["C20", "our_value"]
+    assert "in 0 of 3 runs (share 0.00" in lowered

@@ -66,6 +66,20 @@ def total_probability_mass(alpha: float, p_aligned, p_unaligned, rewards, beta: 
     return float(np.exp(log_aligned)), float(np.exp(log_unaligned))
 
 
+def exact_condition(p_aligned, p_unaligned, rewards, beta: float) -> bool:
+    """The exact condition for TPM(A) ≥ α: E_{p_A}[e^{r/β}] ≥ E_{p_U}[e^{r/β}].
+
+    Since TPM(A) = α·E_A/Z with Z = α·E_A + (1 − α)·E_U (Lemma 1's weights summed against p_A),
+    TPM(A) ≥ α ⇔ E_A ≥ Z ⇔ (1 − α)·E_A ≥ (1 − α)·E_U, i.e. E_A ≥ E_U for any α in (0, 1).
+    Neither the worded assumptions nor the proof's covariance appear: the covariance condition is
+    sufficient, not necessary. Computed with r shifted by its maximum (e^{r/β} overflows otherwise)."""
+    p_aligned, p_unaligned, rewards = (np.asarray(a, dtype=np.float64) for a in (p_aligned, p_unaligned, rewards))
+    if beta <= 0:
+        raise ValueError(f"beta must be > 0, got {beta}")
+    tilt = np.exp((rewards - rewards.max()) / beta)
+    return bool((p_aligned * tilt).sum() >= (p_unaligned * tilt).sum())
+
+
 def uniform_covariance(f: np.ndarray, g: np.ndarray, support: np.ndarray) -> float:
     """Cov(f, g) under the uniform distribution over the outputs where `support` is True."""
     f, g = np.asarray(f, dtype=np.float64)[support], np.asarray(g, dtype=np.float64)[support]
@@ -125,8 +139,10 @@ def theorem2_table(n_instances: int, n_outputs: int, betas: np.ndarray, seed: in
     """Theorem 2 checked on random instances at every β, with both readings of its assumptions.
 
     One row per instance and β: alpha, the assumption flags `as_stated` and `proof_needs`
-    (see ``assumptions``), tpm_aligned, log_tpm_unaligned, and `holds`: TPM(A) ≥ α and
-    0 < TPM(U) ≤ 1 − α (to a relative 1e-12, and TPM(U) > 0 read from its logarithm).
+    (see ``assumptions``), tpm_aligned, log_tpm_unaligned, `holds`: TPM(A) ≥ α and
+    0 < TPM(U) ≤ 1 − α (to a relative 1e-12, and TPM(U) > 0 read from its logarithm), and
+    `exact`: ``exact_condition``, which must agree with `aligned_up` (TPM(A) ≥ α, read in log
+    space without tolerance) in every case.
     """
     rng = np.random.default_rng(seed)
     rows = []
@@ -140,5 +156,7 @@ def theorem2_table(n_instances: int, n_outputs: int, betas: np.ndarray, seed: in
                 tpm_aligned >= alpha * (1 - 1e-12) and np.isfinite(log_unaligned) and tpm_unaligned <= (1 - alpha) * (1 + 1e-12)
             )
             rows.append({"instance": instance, "beta": float(beta), "alpha": alpha, **flags, "tpm_aligned": tpm_aligned,
-                         "log_tpm_unaligned": log_unaligned, "holds": bool(holds)})  # fmt: skip
+                         "log_tpm_unaligned": log_unaligned, "holds": bool(holds),
+                         "aligned_up": bool(log_aligned >= np.log(alpha)),
+                         "exact": exact_condition(p_aligned, p_unaligned, rewards, beta)})  # fmt: skip
     return pd.DataFrame(rows)
