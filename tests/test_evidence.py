@@ -17,7 +17,7 @@ from dpo_toolkit.core.claims import (
     claims_frame,
     decide,
 )
-from dpo_toolkit.core.evidence import MIN_REPLICATES, Check, either, mean_interval, share_interval
+from dpo_toolkit.core.evidence import MIN_REPLICATES, Check, Interval, either, mean_interval, ratio_interval, share_interval
 
 
 def test_bootstrap_interval_matches_the_normal_closed_form_on_a_large_normal_sample():
@@ -128,3 +128,37 @@ def test_a_decisive_verdict_whose_interval_straddles_fails_validation():
     table = claims_frame([{**row, **inconclusive}])
     assert "Decided: inconclusive" in table["our_value"].iloc[0]
     assert pd.Series(table.columns).isin(["n", "estimate", "ci_low", "ci_high", "threshold"]).sum() == 5
+
+
+def test_ratio_interval_with_unit_denominators_is_the_t_interval_of_the_numerators():
+    # b ≡ 1: R = mean(a) = 2, residual a − 2 = (−1, 0, 1), sd 1; t_{2, 0.975} = 4.3027 → half-width 4.3027/√3 = 2.4841
+    interval = ratio_interval([1.0, 2.0, 3.0], [1.0, 1.0, 1.0])
+    assert interval.estimate == pytest.approx(2.0)
+    assert interval.low <= 2 - 2.4841 + 1e-4 and interval.high >= 2 + 2.4841 - 1e-4
+    assert interval.spread == pytest.approx(1.0)
+
+
+def test_ratio_interval_is_a_ratio_of_means_not_a_mean_of_ratios():
+    # the per-replicate ratios (500, 0.5, 0.5005, 0.25) average to 125; the ratio of means is 0.5 / 1.0
+    a, b = [0.5, 0.5, 0.5, 0.5], [0.001, 1.0, 0.999, 2.0]
+    assert ratio_interval(a, b).estimate == pytest.approx(2.0 / 4.0)
+    assert ratio_interval([5.0, 5.5, 6.0], [10.0, 11.0, 12.0]) == Interval(3, 0.5, 0.5, 0.5, 0.0)  # proportional: a point
+
+
+def test_ratio_interval_matches_the_delta_method_on_many_replicates():
+    rng = np.random.default_rng(1)
+    b = rng.uniform(0.5, 1.5, 400)
+    a = 0.3 * b + rng.normal(0, 0.05, 400)
+    interval = ratio_interval(a, b)
+    ratio = a.mean() / b.mean()
+    half = 1.96 * (a - ratio * b).std(ddof=1) / (np.sqrt(400) * b.mean())  # closed form, normal approximation
+    assert interval.high - interval.low == pytest.approx(2 * half, rel=0.1)
+    assert interval.low < 0.3 < interval.high
+
+
+def test_ratio_interval_is_unbounded_when_the_denominator_may_be_zero_or_a_value_is_missing():
+    assert math.isinf(ratio_interval([0.1, 0.2, 0.1], [0.01, -0.02, 0.015]).low)
+    assert math.isinf(ratio_interval([0.1, np.nan, 0.1], [1.0, 1.0, 1.0]).high)
+    assert math.isinf(ratio_interval([0.1], [1.0]).low)
+    with pytest.raises(ValueError, match="pair per replicate"):
+        ratio_interval([0.1, 0.2], [1.0])

@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -133,8 +135,10 @@ def test_task_split_labels_and_batches():
     train, test, hard = split_prompts(cfg)
     assert len(test) == 10 and len(train) == 30 and len(hard) == 20
     assert sorted(np.concatenate([train, test]).tolist()) == list(range(100, 140))
-    labels = pretrain_labels(cfg, np.array([hard[0], 1000 + 0]), hard)
-    assert labels.tolist() == [(hard[0] % 100 + 30) % 100, 0]
+    shared = dataclasses.replace(cfg, wrong_labels="shared shift")
+    easy = int(np.setdiff1d(np.arange(100, 140), hard)[0])
+    labels = pretrain_labels(shared, np.array([hard[0], easy]), hard)
+    assert labels.tolist() == [(hard[0] % 100 + 30) % 100, easy % 100]
     batch = label_batch(np.array([105, 299]), np.array([5, 99]))
     assert batch.tokens.tolist() == [[1, 0, 5, 10, 0, 5], [2, 9, 9, 10, 9, 9]]
     assert batch.response_mask.sum(1).tolist() == [2, 2]
@@ -145,7 +149,7 @@ def test_task_split_labels_and_batches():
     [
         ({"prompt_min": 99}, "RLTaskConfig.prompt_min must be an integer in [100, 999]"),
         ({"prompt_max": 1000}, "RLTaskConfig.prompt_max must be an integer in [prompt_min=100, 999]"),
-        ({"shift": 0}, "RLTaskConfig.shift must be an integer in [1, 99]"),
+        ({"shift": 0}, "RLTaskConfig.shift must be an integer in [1, 50]"),
         ({"hard_fraction": 1.5}, "RLTaskConfig.hard_fraction must be a number in [0, 1]"),
         ({"prompt_max": 100, "test_fraction": 0.5}, "leaves ≥ 1 prompt in train and in test"),
     ],

@@ -161,8 +161,10 @@ class RLTaskConfig:
 
     Prompts are 3-digit numbers s; a response is exactly two tokens, read as a 2-digit
     number, and its target is s mod 100. A seeded `hard_fraction` of the prompts is
-    pretrained on labels shifted by `shift`, so that the pretrained policy is confidently
-    wrong there.
+    pretrained on wrong labels, at least `shift` from the target, so that the pretrained policy
+    is confidently wrong there: each hard prompt's own shift, drawn from [shift, 100 − shift]
+    (`wrong_labels` "per prompt"), or `shift` for all of them ("shared shift", where progress on
+    one hard prompt can fix the others by undoing the one shared rule).
     """
 
     prompt_min: int = 100
@@ -174,15 +176,18 @@ class RLTaskConfig:
     hard_fraction: float = 0.5
     """Fraction of prompts pretrained on shifted labels."""
     shift: int = 30
-    """Label shift (mod 100) on the hard prompts."""
+    """Smallest label shift (mod 100) on the hard prompts: reward ≤ 1 − shift/50 there."""
+    wrong_labels: str = "per prompt"
+    """"per prompt": each hard prompt's shift drawn from [shift, 100 − shift]; "shared shift": all `shift`."""
     seed: int = 0
-    """Seed of the split and of the choice of hard prompts."""
+    """Seed of the split, of the choice of hard prompts and of their shifts."""
 
     FIELDS: ClassVar[dict[str, Spec]] = {
         "prompt_min": integer(100, 999),
         "test_fraction": real(0, 1, open_low=True, open_high=True),
         "hard_fraction": real(0, 1),
-        "shift": integer(1, 99),
+        "shift": integer(1, 50),
+        "wrong_labels": choice("per prompt", "shared shift"),
         "seed": SEED,
     }
 

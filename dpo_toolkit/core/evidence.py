@@ -12,6 +12,7 @@ replicate and summarised by
   replicates (with three it hardly exceeds their range); the t interval holds its coverage there
   under normality. Their union keeps whichever is more cautious: t on few replicates, the
   bootstrap where the replicates are many and skewed;
+- ``ratio_interval``: a ratio of two means over paired replicates (a share of a gap closed);
 - ``share_interval``: a share of trials (k of m) with its 95 % Wilson interval, for claims about
   a proportion (drift fraction, displaced share).
 
@@ -98,6 +99,44 @@ def share_interval(successes: int, trials: int, replicates: int | None = None) -
     p = successes / trials
     n = trials if replicates is None else int(replicates)
     return Interval(n, p, float(ci.low), float(ci.high), math.sqrt(p * (1 - p) * trials / max(n, 1)))
+
+
+def ratio_interval(numerators, denominators) -> Interval:
+    """A ratio of means over replicates, mean(a) / mean(b), from paired values (a_i, b_i), one pair
+    per replicate, with its 95 % interval: the union of the paired BCa bootstrap interval and the
+    delta-method t interval R ± t·sd(a − R·b) / (√n·|mean(b)|) (as ``mean_interval`` unions BCa
+    with Student's t, for the same reason). A ratio of means, not a mean of per-replicate ratios:
+    a replicate whose denominator is near zero would make its own ratio explode.
+
+    (−∞, ∞) when the denominator's own interval (``mean_interval``) reaches zero (the ratio is then
+    unbounded), on one replicate, or when a value is missing."""
+    a, b = (np.asarray(x, dtype=float).ravel() for x in (numerators, denominators))
+    if a.size == 0 or a.shape != b.shape:
+        raise ValueError(f"ratio_interval needs one (numerator, denominator) pair per replicate; got {a.size} and {b.size}")
+    n = int(a.size)
+    if not (np.isfinite(a).all() and np.isfinite(b).all()) or n == 1:
+        return Interval(n, math.nan if not np.isfinite(b).all() or b.mean() == 0 else float(a.mean() / b.mean()),
+                        -math.inf, math.inf)  # fmt: skip
+    denominator = mean_interval(b)
+    if denominator.low <= 0 <= denominator.high:
+        return Interval(n, float(a.mean() / b.mean()) if b.mean() != 0 else math.nan, -math.inf, math.inf)
+    ratio = float(a.mean() / b.mean())
+    residual = a - ratio * b
+    spread = float(residual.std(ddof=1)) / abs(float(b.mean()))  # sd of one replicate's contribution to R
+    if np.ptp(residual) == 0:
+        return Interval(n, ratio, ratio, ratio, 0.0)
+    half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1)) * spread / math.sqrt(n)  # delta method
+    ci = None
+    for method in ("BCa", "percentile"):
+        rng = np.random.default_rng(_BOOTSTRAP_SEED)
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", stats.DegenerateDataWarning)
+            result = stats.bootstrap((a, b), lambda x, y: x.mean() / y.mean(), paired=True, confidence_level=CONFIDENCE,
+                                     n_resamples=RESAMPLES, method=method, rng=rng)  # fmt: skip
+        ci = result.confidence_interval
+        if np.isfinite(ci.low) and np.isfinite(ci.high):
+            break
+    return Interval(n, ratio, min(float(ci.low), ratio - half), max(float(ci.high), ratio + half), spread)
 
 
 @dataclass(frozen=True)

@@ -132,7 +132,13 @@ def direction(heat: pd.DataFrame) -> str:
     meet Theorem 2's conditions, so a rise is a finding, not an error."""
     raised = heat[heat["kept"] > 1]
     share = share_interval(len(raised), len(heat), replicates=heat["seed"].nunique())
-    where = f" in {raised['seed'].nunique()} of {heat['seed'].nunique()} seeds, up to {raised['kept'].max():.0%} of the " \
-        "reference's mass" if len(raised) else ""
-    return (f"DPO raised the unaligned mass (T = 1, mean over prompts) in {len(raised)} of {len(heat)} runs{where} "
-            f"(share {share.estimate:.2f}, 95 % CI [{share.low:.2f}, {share.high:.2f}]) and lowered it in the rest")
+    where = (
+        f" in {raised['seed'].nunique()} of {heat['seed'].nunique()} seeds, up to {raised['kept'].max():.0%} of the "
+        "reference's mass"
+        if len(raised)
+        else ""
+    )
+    return (
+        f"DPO raised the unaligned mass (T = 1, mean over prompts) in {len(raised)} of {len(heat)} runs{where} "
+        f"(share {share.estimate:.2f}, 95 % CI [{share.low:.2f}, {share.high:.2f}]) and lowered it in the rest"
+    )

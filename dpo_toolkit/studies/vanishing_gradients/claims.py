@@ -5,25 +5,39 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from dpo_toolkit.core.claims import ClaimText, claims_frame, decide
-from dpo_toolkit.core.evidence import Check, mean_interval
+from dpo_toolkit.core.claims import INCONCLUSIVE, ClaimText, claims_frame, decide, verdict
+from dpo_toolkit.core.evidence import Check, mean_interval, ratio_interval
+from dpo_toolkit.studies.vanishing_gradients.bound import bound_ratio
+from dpo_toolkit.studies.vanishing_gradients.rft import RESPONSE_LENGTH
 from dpo_toolkit.studies.vanishing_gradients.study import ARMS, LOW_REWARD, SMALL_STD
 
 BOUND_EXPONENT = 2 / 3
 
 
-SLOPE_TOLERANCE = 0.1  # C14: the envelope's log-log slope may fall this far below 2/3
+BOUND_CONSTANT_CONFIRMED = False
+"""Whether Theorem 1's constant and its γ (``bound``: ‖∇V_x‖ ≤ 6·L·γ·std^(2/3)) were confirmed against
+the paper's text. They were not: the full text of arXiv 2310.20703 could not be read from this
+machine (the talk states O(std^(2/3)) only; the official code, apple/ml-rlgrad, does not compute the
+bound). The bound with its constant is C14's testable content, so C14 is ``untestable here`` until
+then; the bound under our reading is computed and reported on every case."""
 
 
-MIN_DECADES = 2.0
-"""C14's precondition: the reward stds of the (input, checkpoint) cases span at least this many
-decades, so that the envelope's log-log slope (the exponent) can be measured at all."""
+SOFTMAX_SLOPE = 2.0
+"""The envelope slope of any softmax policy that merely turns deterministic: with ε the mass off its
+answer, ‖∇V_x‖ ∝ ε and std ∝ √ε, so ‖∇V_x‖ ∝ std². A description beside which the fitted slope is
+read, never a test of the theorem."""
 
 
 STALL_RATIO = 0.25  # C15: small-std, low-reward inputs gain at most this share of the others' gain
 
 
-FIX_SHARE = 0.9  # C16: the small SFT reaches at least this share of full SFT's final reward
+GAP_CLOSED = 0.5  # C16: the small SFT closes at least this share of the gap between no SFT and full SFT
+
+
+STALL_GAP = 0.005
+"""C16's precondition: RFT without SFT ends at least this far below RFT after full SFT (final training
+reward, on the interval of the per-seed gap): a quarter of one step of the reward (0.02 per unit of
+distance), averaged over prompts. Below it there is no gap for the small SFT to close."""
 
 
 def envelope(inputs: pd.DataFrame, per_decade: int = 2, min_points: int = 5) -> pd.DataFrame:
@@ -39,11 +53,12 @@ def envelope(inputs: pd.DataFrame, per_decade: int = 2, min_points: int = 5) -> 
     return grouped[grouped["n"] >= min_points][["log10_std", "log10_grad", "n"]].reset_index(drop=True)
 
 
-def stall_table(inputs: pd.DataFrame) -> pd.DataFrame:
-    """Per arm, seed and training prompt: the value and std when RL fine-tuning began, the
+def stall_table(inputs: pd.DataFrame, split: str = "train") -> pd.DataFrame:
+    """Per arm, seed and prompt of `split`: the value and std when RL fine-tuning began, the
     gain V_final − V_initial, and flags `low` (initial V < LOW_REWARD) and `small_low`
-    (also initial std < SMALL_STD)."""
-    rows = inputs[inputs["split"] == "train"]
+    (also initial std < SMALL_STD). On "test" (prompts RL fine-tuning never sees) a gain is
+    transfer from the training prompts alone."""
+    rows = inputs[inputs["split"] == split]
     keys = ["arm", "seed", "prompt"]
     first = rows[rows["step"] == rows["step"].min()].set_index(keys)
     last = rows[rows["step"] == rows["step"].max()].set_index(keys)
@@ -52,6 +67,19 @@ def stall_table(inputs: pd.DataFrame) -> pd.DataFrame:
     table["low"] = table["initial_value"] < LOW_REWARD
     table["small_low"] = table["low"] & (table["initial_std"] < SMALL_STD)
     return table.reset_index()
+
+
+def bound_cases(inputs: pd.DataFrame) -> pd.DataFrame:
+    """The training (input, checkpoint) cases with std > 0, with Theorem 1's ratio as we read it
+    (``bound.bound_ratio``): `ratio_low` with γ from below (an upper estimate of the ratio, on every
+    case), `ratio` with the exact γ (where the probe computed it), `ratio_best` the exact one where
+    known, else the upper estimate: never below the true ratio. `regime`: small std and low reward."""
+    cases = inputs[(inputs["split"] == "train") & (inputs["std"] > 0)].copy()
+    cases["ratio_low"] = bound_ratio(cases["grad_norm"], cases["std"], cases["gamma_low"], RESPONSE_LENGTH)
+    cases["ratio"] = bound_ratio(cases["grad_norm"], cases["std"], cases["gamma"], RESPONSE_LENGTH)
+    cases["ratio_best"] = cases["ratio"].fillna(cases["ratio_low"])
+    cases["regime"] = (cases["std"] < SMALL_STD) & (cases["value"] < LOW_REWARD)
+    return cases
 
 
 def envelope_slope(train: pd.DataFrame) -> tuple[float, float]:
@@ -67,28 +95,36 @@ def envelope_slope(train: pd.DataFrame) -> tuple[float, float]:
 
 CLAIMS = {
     "C14": ClaimText(
-        "‖∇V_x‖ is bounded by C · std(r)^(2/3): the gradient vanishes with the reward std.", "‖∇V_x‖ = O(std^(2/3))"
+        "‖∇V_x‖ ≤ 6 · L · γ(x; θ) · std(r)^(2/3): the expected gradient vanishes with the reward std, even at low reward.",
+        "‖∇V_x‖ = O(std^(2/3)) (Thm. 1; constant 6·L·γ as we read it)",
     ),
     "C15": ClaimText(
         "RL fine-tuning barely improves inputs with small reward std and low reward.",
         "small-std, low-reward inputs are common and barely improve",
     ),
     "C16": ClaimText(
-        "A short SFT phase (1 % of labels, 40 % of steps) removes the problem, reaching about the reward of full SFT.",
+        "A short SFT phase (1 % of labels, 40 % of steps) removes the problem, closing most of the gap to full SFT's reward.",
         "cheap SFT ≈ full SFT reward after RFT",
     ),
 }
 
 
-def vanishing_claims(curves: pd.DataFrame, inputs: pd.DataFrame) -> pd.DataFrame:
+def vanishing_claims(
+    curves: pd.DataFrame, inputs: pd.DataFrame, constant_confirmed: bool = BOUND_CONSTANT_CONFIRMED
+) -> pd.DataFrame:
     """The C14–C16 claims table from ``run_vanishing_gradients`` (any number of seeds).
 
-    Every deciding quantity is computed once per seed (a seed is one replicate: its initialisation,
-    batch orders and small-SFT labels; the three arms of one seed share them) and read as the 95 %
-    interval of its mean over seeds (``core.evidence``); fewer than three seeds decide nothing."""
+    C14 is Theorem 1 with its constant (``bound``), checked on every (input, checkpoint) case:
+    tested only where the constant is confirmed (`constant_confirmed`, ``BOUND_CONSTANT_CONFIRMED``)
+    and the runs reach the theorem's regime (small-std, low-reward cases in every seed); the
+    envelope's slope is a description beside the softmax baseline. C15 and C16 are computed once
+    per seed (a seed is one replicate: its initialisation, batch orders and small-SFT labels; the
+    three arms of one seed share them) and read on 95 % intervals over seeds (``core.evidence``);
+    fewer than three seeds decide nothing."""
     n_seeds = curves["seed"].nunique()
     seeds = f"{n_seeds} seed{'s' if n_seeds != 1 else ''}"
-    return claims_frame([_c14(inputs, seeds), _c15(inputs, seeds), _c16(curves, seeds)], text=CLAIMS)
+    rows = [_c14(inputs, seeds, constant_confirmed), _c15(inputs, seeds), _c16(curves, seeds)]
+    return claims_frame(rows, text=CLAIMS)
 
 
 def _pm(s: pd.Series, fmt: str = ".2f") -> str:
@@ -98,39 +134,40 @@ def _pm(s: pd.Series, fmt: str = ".2f") -> str:
     return f"{s.mean():{fmt}} ± {s.std(ddof=1):{fmt}}" if s.count() > 1 else f"{s.mean():{fmt}}"
 
 
-def _c14(inputs: pd.DataFrame, seeds: str) -> dict:
-    """C14's row: the log-log slope of the gradient envelope per seed, against the bound's exponent."""
+def _c14(inputs: pd.DataFrame, seeds: str, constant_confirmed: bool) -> dict:
+    """C14's row: Theorem 1's bound on every case, where its constant is confirmed and the runs reach
+    its regime; the envelope's slope reported beside the softmax baseline, as a description."""
+    cases = bound_cases(inputs)
     train = inputs[inputs["split"] == "train"]
-    positive = train[train["std"] > 0]
-    ratio = positive["grad_norm"] / positive["std"] ** BOUND_EXPONENT
-    # The exponent and its range of std per seed: the envelope of one seed's (arm, input, checkpoint)
-    # cases, not of every seed pooled (a pooled envelope takes the largest gradient over replicates,
-    # and its span of std, a single number, flipped across MIN_DECADES between CPUs).
-    bound = pd.DataFrame([envelope_slope(g) for _, g in train.groupby("seed")], columns=["slope", "decades"])
-    # Constant-free: the theorem's constant (Razin et al., Thm. 1) could not be read from the sources
-    # reachable here (the talk states O(std^(2/3)) only), so the exponent is what is tested.
-    # partly: the gradient vanishes at least half as fast as the bound says (a positive slope alone
-    # is close to implied: ∇V_x → 0 as std → 0 anyway)
-    slopes = mean_interval(bound["slope"])
-    c14 = decide(
-        Check("log-log slope of the gradient envelope", slopes, BOUND_EXPONENT - SLOPE_TOLERANCE),
-        part=Check("log-log slope of the gradient envelope", slopes, BOUND_EXPONENT / 2),
-        precondition=Check("decades of std the envelope spans", mean_interval(bound["decades"]), MIN_DECADES),
-    )
+    slopes = pd.DataFrame([envelope_slope(g) for _, g in train.groupby("seed")], columns=["slope", "decades"])
+    regime_seeds = int(cases.groupby("seed")["regime"].any().sum()) if len(cases) else 0
+    n_seeds = train["seed"].nunique()
+    exact = cases["ratio"].dropna()
+    tightest = float(cases["ratio_best"].max()) if len(cases) else float("nan")
+    # holds: every case's ratio, read from above (exact γ or γ from below), is ≤ 1; fails: a ratio
+    # with the exact γ is > 1; else some estimate from above exceeds 1 where γ was only bounded
+    holds, fails = bool(tightest <= 1), bool((exact > 1).any())
+    testable = constant_confirmed and regime_seeds == n_seeds > 0
+    c14 = INCONCLUSIVE if testable and not (holds or fails) else verdict(holds, testable=testable)
     return {
         "claim_id": "C14",
-        "our_value": f"constant-free check (the theorem's constant could not be read here): log-log slope of the "
-        f"envelope {_pm(bound['slope'])} over {_pm(bound['decades'], '.1f')} decades of std (mean ± sd over "
-        f"{seeds}); largest ‖∇V_x‖ / std^(2/3) = {ratio.max():.3g} over {len(positive)} "
-        f"(input, checkpoint) cases (a fitted C, reported, not tested)",
-        **c14,
-        "precondition": f"the envelope's populated bins of reward std span ≥ {MIN_DECADES:g} decades (per seed, "
-        f"read on the interval of their mean): {_pm(bound['decades'], '.1f')}",
+        "our_value": f"the bound as we read it, ‖∇V_x‖ ≤ 6·L·γ·std^(2/3) with L = {RESPONSE_LENGTH}: largest ratio "
+        f"‖∇V_x‖ / bound {tightest:.3g} over {len(cases)} (input, checkpoint) cases ({seeds}; γ from below on every case, "
+        f"exact on {len(exact)}, largest exact ratio {exact.max() if len(exact) else float('nan'):.3g}); "
+        f"{int(cases['regime'].sum())} cases in the theorem's regime (std < {SMALL_STD:g}, V < {LOW_REWARD:g}). "
+        f"Described, not tested: the gradient envelope's log-log slope {_pm(slopes['slope'])} over "
+        f"{_pm(slopes['decades'], '.1f')} decades of std, against {SOFTMAX_SLOPE:g} for any softmax policy that merely "
+        "turns deterministic",
+        "verdict": c14,
+        "precondition": f"Theorem 1's constant and γ confirmed against the paper's text: {'yes' if constant_confirmed else 'no'} "
+        f"(our reading, 6·L·γ; the text was not reachable here); cases in the theorem's regime in every seed: "
+        f"{regime_seeds} of {n_seeds} seeds",
     }
 
 
 def _c15(inputs: pd.DataFrame, seeds: str) -> dict:
-    """C15's row: the gain of small-std low-reward inputs against that of the larger-std ones, per seed."""
+    """C15's row: the gain of small-std low-reward inputs against that of the larger-std ones, per
+    seed; the same on held-out prompts (transfer alone) reported beside it."""
     stall = stall_table(inputs)
     low = stall[stall["low"]]
     stalled, others = low[low["small_low"]], low[~low["small_low"]]
@@ -156,12 +193,15 @@ def _c15(inputs: pd.DataFrame, seeds: str) -> dict:
         # no seed with a ratio at all (no small-std input anywhere): nothing to test
         precondition=improve if gain_ratio.notna().any() or improve.outcome is False else False,
     )
+    held_out = stall_table(inputs, "test")
+    held_out = held_out[held_out["small_low"]]
     return {
         "claim_id": "C15",
         "our_value": f"low-reward training inputs at the start of RFT (all arms, {seeds}): "
         f"{len(stalled)} with small std gain {stalled['gain'].mean():.3f} on average, "
         f"{len(others)} with larger std gain {others['gain'].mean():.3f}; their ratio per seed "
-        f"{_pm(gain_ratio)} (mean ± sd)",
+        f"{_pm(gain_ratio)} (mean ± sd). Transfer alone: {len(held_out)} small-std low-reward held-out inputs, "
+        f"never trained on, gain {held_out['gain'].mean() if len(held_out) else float('nan'):.3f}",
         **c15,
         "precondition": "low-reward training inputs with small std and with larger std in every seed, the latter "
         f"improving (their mean gain per seed read on its interval): {len(stalled)} and {len(others)} "
@@ -171,17 +211,26 @@ def _c15(inputs: pd.DataFrame, seeds: str) -> dict:
 
 
 def _c16(curves: pd.DataFrame, seeds: str) -> dict:
-    """C16's row: the final training reward after small SFT against full SFT and no SFT, per seed."""
+    """C16's row: the share of the gap between no SFT and full SFT (final training reward) that the
+    small SFT closes, a ratio of means over seeds; tested where no SFT stalls (the gap's interval > 0)."""
     final = curves[curves["step"] == curves["step"].max()].pivot_table(index="seed", columns="arm", values="reward_train")
     start = curves[curves["step"] == 0].groupby("arm")["small_std_low_reward"].mean()
     end = curves[curves["step"] == curves["step"].max()].groupby("arm")["small_std_low_reward"].mean()
-    beats = Check("reward after small SFT − after no SFT", mean_interval(final["small SFT"] - final["no SFT"]), 0.0)
+    gap = final["full SFT"] - final["no SFT"]  # per seed
+    closed = ratio_interval(final["small SFT"] - final["no SFT"], gap)
     c16 = decide(
-        [Check("reward after small SFT / after full SFT", mean_interval(final["small SFT"] / final["full SFT"]), FIX_SHARE),
-         beats],
-        part=beats,
-    )  # fmt: skip
+        Check("share of the no-SFT gap the small SFT closes", closed, GAP_CLOSED),
+        part=Check("share of the no-SFT gap the small SFT closes", closed, 0.0),
+        precondition=Check("final reward, full SFT − no SFT", mean_interval(gap), STALL_GAP),
+    )
     arms = "; ".join(
         f"{arm}: reward {_pm(final[arm], '.3f')}, small-std low-reward inputs {start[arm]:.0f} → {end[arm]:.0f}" for arm in ARMS
     )
-    return {"claim_id": "C16", "our_value": f"final training reward after RFT, mean ± sd over {seeds}: {arms}", **c16}
+    return {
+        "claim_id": "C16",
+        "our_value": f"final training reward after RFT, mean ± sd over {seeds}: {arms}; the small SFT closes "
+        f"{closed.estimate:.2f} of the gap between no SFT and full SFT (ratio of means over seeds)",
+        **c16,
+        "precondition": f"RFT without SFT stalls ≥ {STALL_GAP:g} below RFT after full SFT (the final reward gap, per "
+        f"seed, read on its interval): gap {_pm(gap, '.3f')}",
+    }

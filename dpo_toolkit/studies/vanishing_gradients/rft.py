@@ -59,9 +59,23 @@ def split_prompts(cfg: RLTaskConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return np.sort(order[n_test:]), np.sort(order[:n_test]), np.sort(hard)
 
 
+def label_shifts(cfg: RLTaskConfig, prompts: np.ndarray) -> np.ndarray:
+    """The label shift of each prompt, were it hard: cfg.shift for every prompt ("shared shift"), or
+    each prompt's own, uniform on [shift, 100 − shift] ("per prompt"), drawn from cfg.seed with a
+    stream of its own (the split and the hard prompts stay those of ``split_prompts``), one per
+    three-digit prompt, so that a prompt's shift does not depend on the prompt range. A shift's
+    cyclic distance is ≥ shift, so the wrong label's reward is ≤ 1 − shift/50."""
+    prompts = np.asarray(prompts)
+    if cfg.wrong_labels == "shared shift":
+        return np.full(len(prompts), cfg.shift)
+    rng = np.random.default_rng([cfg.seed, 1])
+    every = rng.integers(cfg.shift, 100 - cfg.shift, endpoint=True, size=900)  # one per three-digit prompt 100–999
+    return every[prompts - 100]
+
+
 def pretrain_labels(cfg: RLTaskConfig, prompts: np.ndarray, hard: np.ndarray) -> np.ndarray:
-    """The pretraining label of each prompt: its target, shifted by cfg.shift (mod 100) on hard prompts."""
-    return (targets(prompts) + np.where(np.isin(prompts, hard), cfg.shift, 0)) % 100
+    """The pretraining label of each prompt: its target, shifted (mod 100) on the hard prompts (``label_shifts``)."""
+    return (targets(prompts) + np.where(np.isin(prompts, hard), label_shifts(cfg, prompts), 0)) % 100
 
 
 def label_batch(prompts: np.ndarray, labels: np.ndarray) -> Batch:

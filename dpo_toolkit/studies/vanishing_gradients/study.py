@@ -27,7 +27,9 @@ from dpo_toolkit.core.runner import RunKey, cached_frames, cached_model
 from dpo_toolkit.core.storage import write_csv
 from dpo_toolkit.core.train import Checkpoint, train_sft
 from dpo_toolkit.core.validate import seed_list
+from dpo_toolkit.studies.vanishing_gradients.bound import bound_ratio, gamma_exact, gamma_lower
 from dpo_toolkit.studies.vanishing_gradients.rft import (
+    RESPONSE_LENGTH,
     all_responses,
     closeness_reward,
     label_batch,
@@ -56,11 +58,12 @@ def _phase(name: str, epochs: v.Spec = p.EPOCHS) -> dict[str, v.Spec]:
 
 # The notebook's `parameters` cell, one spec per variable (notebooks/vanishing_gradients.md).
 PARAMETERS = {
-    "prompt_min": v.integer(100, 999),
+    "prompt_min": RLTaskConfig.FIELDS["prompt_min"],
     "prompt_max": v.integer(100, 999),
-    "test_fraction": v.real(0, 1, open_low=True, open_high=True),
-    "hard_fraction": v.real(0, 1),
-    "shift": v.integer(1, 99),
+    "test_fraction": RLTaskConfig.FIELDS["test_fraction"],
+    "hard_fraction": RLTaskConfig.FIELDS["hard_fraction"],
+    "shift": RLTaskConfig.FIELDS["shift"],
+    "wrong_labels": RLTaskConfig.FIELDS["wrong_labels"],
     "task_seed": v.SEED,
     "seeds": p.SEEDS,
     **_phase("pretrain", v.integer(1, 4000)),  # default: 400 epochs
@@ -135,6 +138,7 @@ class Probe:
             stds.append(std_i)
             grad_norm = np.full(len(self.prompts), np.nan)
             grad_norm[train] = value_gradient_norms(model, self.prompts[train], self.rewards[train])
+            gamma_low, gamma = _gammas(model, self.prompts, train, grad_norm, std_i.numpy())
             frames.append(
                 pd.DataFrame(
                     {
@@ -145,6 +149,8 @@ class Probe:
                         "value": value_i.numpy(),
                         "std": std_i.numpy(),
                         "grad_norm": grad_norm,
+                        "gamma_low": gamma_low,
+                        "gamma": gamma,
                     }
                 )
             )
@@ -169,6 +175,19 @@ class Probe:
         """Every stamped row; a step stamped twice (a resumed run redoing the evaluation after its
         checkpoint) keeps its last stamp."""
         return pd.concat(self.rows, ignore_index=True).drop_duplicates(["arm", "prompt", "step"], keep="last")
+
+
+def _gammas(model: Transformer, prompts: np.ndarray, train: np.ndarray, grad_norm: np.ndarray, std: np.ndarray):
+    """γ(x; θ) of Theorem 1 (``bound``) on the training prompts: from below on every one
+    (`gamma_low`), exactly on the one whose conservative bound ratio is largest (`gamma`, NaN on
+    the others: the exact value costs 13 Jacobians). Both (n,), NaN on test prompts."""
+    gamma_low, gamma = np.full(len(prompts), np.nan), np.full(len(prompts), np.nan)
+    gamma_low[train] = gamma_lower(model, prompts[train])
+    ratio = bound_ratio(grad_norm, std, gamma_low, RESPONSE_LENGTH)
+    if np.isfinite(ratio).any():
+        tightest = int(np.nanargmax(ratio))
+        gamma[tightest] = gamma_exact(model, int(prompts[tightest]))
+    return gamma_low, gamma
 
 
 PARTIAL = "-inputs.partial.csv"  # the RFT probe's rows so far, kept for a resumed run (``Probe``)
@@ -251,7 +270,7 @@ def run_vanishing_gradients(
     hash of every configuration.
     Returns (curves, inputs): one row per RFT evaluation and arm (mean rewards, count of
     small-std low-reward training prompts), and one row per evaluation, arm and prompt
-    (value, std, grad_norm, split, hard).
+    (value, std, grad_norm, gamma_low, gamma, split, hard; ``Probe``).
     """
     device = resolve_device(device)
     seeds = seed_list(seeds)
