@@ -85,13 +85,15 @@ RECIPES = {
 
 
 def _curves(ood: dict[tuple[str, int], list[float]], reference_ood: float = 0.02) -> pd.DataFrame:
-    """Curves at epochs 0, 1, 2, 3 whose greedy OOD rate is given per (recipe, seed). In runs that
-    end at ≥ 50 % OOD both log-probs fall; in the others log π(y_w) rises."""
+    """Curves at epochs 0, 0.5, 1, 2, 3 whose greedy OOD rate is given per (recipe, seed) at epochs 1–3;
+    at epoch 0.5, a first checkpoint still at the reference's OOD (so that no hand-made drift is a
+    jump, which ``core.drift`` counts as a collapse). In runs that end at ≥ 50 % OOD both log-probs
+    fall; in the others log π(y_w) rises."""
     rows = []
     for (name, seed), values in ood.items():
         recipe = RECIPES[name]
         falls = values[-1] >= 0.5
-        for step, value in enumerate([reference_ood, *values]):
+        for step, value in zip([0, 0.5, 1, 2, 3], [reference_ood, reference_ood, *values], strict=True):
             rows.append({**dataclasses.asdict(recipe), "train_size": 100, "label": recipe.label, "seed": seed, "step": step,
                          "epoch": float(step), "loss": 0.6, "ood_rate": value, "ood_mass": min(1.0, value + 0.1),
                          "chosen_logp": -1.0 - step if falls else -1.0 + 0.1 * step, "rejected_logp": -1.5 - 2 * step,
@@ -112,10 +114,11 @@ def test_cell_drift_fractions_against_a_hand_made_table():
         ("a", 1): [0.1, 0.2, 0.3],   # does not
         ("a", 2): [0.7, 0.9, 0.4],   # peaked, came back: not drifted at the end
         ("b", 0): [0.3, 0.5, 0.55],  # drifts
-        ("b", 1): [0.6, 0.6, 0.8],   # drifts
+        ("b", 1): [0.45, 0.6, 0.8],  # drifts
     })  # fmt: skip
     runs = analysis.outcomes(curves)
     table = analysis.cell_table(runs).set_index("label")
+    assert (runs["collapse"] == "").all() and (table["collapsed"] == 0).all()
     a, b = RECIPES["a"].label, RECIPES["b"].label
     assert table.loc[a, "drifted"] == 1 and table.loc[a, "seeds"] == 3
     assert table.loc[a, "drift_fraction"] == pytest.approx(1 / 3)
@@ -141,7 +144,7 @@ def test_the_regime_summary_names_the_paper_recipe_and_where_drift_appears():
 
 def test_the_drifting_recipe_prefers_a_near_zero_reference_and_breaks_ties_by_ood():
     table = pd.DataFrame({"label": ["x", "y", "z"], "drift_fraction": [1.0, 0.6, 0.6], "ood_mean": [0.9, 0.6, 0.7],
-                          "reference_ood": [0.3, 0.0, 0.05]})  # fmt: skip
+                          "reference_ood": [0.3, 0.0, 0.05], "collapsed": 0, "seeds": 5})  # fmt: skip
     best, near_zero = analysis.drifting_recipe(table)
     assert best["label"] == "z" and near_zero  # x drifts more, but from a reference that is 30 % OOD
     best, near_zero = analysis.drifting_recipe(table.assign(reference_ood=0.3))
@@ -368,16 +371,38 @@ def test_recipes_sharing_a_schedule_train_together_as_they_would_alone(tmp_path)
 def test_the_drifting_summary_against_hand_written_lines():
     best = pd.Series({"label": "adam lr=0.005 β=0.1", "arm": "grid", "drifted": 4, "seeds": 5, "ood_mean": 0.8123,
                       "ood_sd": 0.0449, "ood_mass_mean": 0.73456, "reference_ood": 0.012,
-                      "reference_ood_mass": 0.02})  # fmt: skip
-    confirmation = pd.DataFrame({"drifted": [True, False, True], "ood": [0.9, 0.3, 0.6]})
-    runs = pd.DataFrame({"diverged": [False, True, False, False]})
+                      "reference_ood_mass": 0.02, "collapsed": 1})  # fmt: skip
+    confirmation = pd.DataFrame({"drifted": [True, False, True], "ood": [0.9, 0.3, 0.6], "collapse": ["", "", ""]})
+    runs = pd.DataFrame({"diverged": [False, True, False, False], "collapse": ["", "", "no preference learning", ""]})
     lines = [
         "drifting recipe: adam lr=0.005 β=0.1 (grid)",
         "  4/5 seeds drift; final OOD rate 81 ± 4 %, exact OOD mass 73.5 %",
         "  reference: OOD rate 1.2 %, exact OOD mass 2.0 %",
         "  on fresh seeds [100, 101, 102]: 2/3 drift; final OOD rate 60 ± 24 %",  # sd (ddof 0) of .9, .3, .6: 0.245
-        "diverged runs in the map: 1 of 4",
+        "  collapsed (chance accuracy at loss log 2, or an OOD jump at the first checkpoint): 1/5 seeds; on the fresh seeds 0/3",
+        "diverged runs in the map: 1 of 4; collapsed: 1 of 4",
     ]
     assert analysis.drifting_summary(best, True, confirmation, [100, 101, 102], runs) == "\n".join(lines)
     lines[2] += " (no cell's reference is near-zero OOD)"
     assert analysis.drifting_summary(best, False, confirmation, [100, 101, 102], runs) == "\n".join(lines)
+
+
+def test_a_collapse_is_never_a_drift_nor_the_drifting_recipe():
+    curves = _curves({
+        ("b", 0): [0.6, 0.9, 1.0],  # 60 % OOD at the first checkpoint (set below): a jump, not a drift
+        ("b", 1): [0.7, 0.9, 1.0],
+        ("a", 0): [0.1, 0.3, 0.6],  # gradual: a drift
+        ("a", 1): [0.1, 0.2, 0.3],
+    })  # fmt: skip
+    jump = (curves["label"] == RECIPES["b"].label) & (curves["step"] == 0.5)
+    curves.loc[jump, "ood_rate"] = 0.6
+    runs = analysis.outcomes(curves).set_index(["label", "seed"])
+    b, a = RECIPES["b"].label, RECIPES["a"].label
+    assert runs.loc[(b, 0), "collapse"] == "OOD jump at the first checkpoint" and not runs.loc[(b, 0), "drifted"]
+    assert runs.loc[(a, 0), "drifted"] and runs.loc[(a, 0), "collapse"] == ""
+    table = analysis.cell_table(runs.reset_index())
+    best, _ = analysis.drifting_recipe(table)
+    assert best["label"] == a  # b ends at 100 % OOD in every seed, but it collapsed
+    # chance accuracy with the loss at log 2 at the end is a collapse too, however gradual the OOD rise
+    flat = _curves({("a", 0): [0.1, 0.3, 0.6]}).assign(accuracy=0.55, loss=0.70)
+    assert analysis.outcomes(flat)["collapse"].tolist() == ["no preference learning"]

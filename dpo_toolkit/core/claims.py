@@ -171,6 +171,28 @@ def with_arm(claims: pd.DataFrame, arm: pd.DataFrame, suffix: str, label: str) -
     return claims_frame([*claims.to_dict("records"), *labelled.to_dict("records")])
 
 
+def gated(claims: pd.DataFrame, precondition: Check, what: str) -> pd.DataFrame:
+    """`claims` under one more precondition shared by every row (an arm's runs do not collapse, say):
+    where it fails, each tested or undecided claim becomes ``untestable here``; where it straddles,
+    each decisive claim becomes ``inconclusive``; `what` and the check are added to each row's
+    precondition. Identities are left alone."""
+    outcome, note = precondition.outcome, f"{what}: {precondition.describe()}"
+    rows = []
+    for row in claims.to_dict("records"):
+        if row["verdict"] != IDENTITY:
+            before = row["verdict"]
+            if outcome is False:
+                row["verdict"] = UNTESTABLE
+            elif outcome is None and row["verdict"] in DECISIVE:
+                row["verdict"] = INCONCLUSIVE
+            if row["verdict"] != before:
+                why = "fails" if outcome is False else "is undecided"
+                row["our_value"] = f"{row['our_value']}. Read as {before} on its own; {row['verdict']}: '{what}' {why}"
+            row["precondition"] = note if row["precondition"] == NO_PRECONDITION else f"{row['precondition']}; {note}"
+        rows.append(row)
+    return claims_frame(rows)
+
+
 def _validate(df: pd.DataFrame, where: str) -> None:
     if list(df.columns) != COLUMNS:
         raise ValueError(f"{where}: columns must be {COLUMNS}, got {list(df.columns)}")

@@ -6,7 +6,9 @@ and at least DRIFT_RISE above its reference's (``core.drift``: the thresholds of
 chapter's C2, 50 % and 10 points), applied here to each run's last checkpoint rather than to
 a seed-mean curve's tail. A run whose loss, KL or OOD mass stops being finite has *diverged*: it is
 reported apart and never counts as drifted (a model of NaNs answers nothing parseable, which
-the OOD rate would otherwise read as 100 % OOD).
+the OOD rate would otherwise read as 100 % OOD). A run that *collapses* (``core.drift``: chance
+accuracy with the loss at log 2, or ≥ 50 % OOD at its first checkpoint) is reported apart too and
+never counts as drifted: large adaptive steps that break the policy are not Park's drift.
 
 The claims are decided on intervals over independent seeds (``core.evidence``, ``claims.decide``):
 a share of runs (the drift fraction, the share whose log-probs both fell) gets a Wilson interval
@@ -20,7 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from dpo_toolkit.core.drift import DRIFT_OOD, drifted
+from dpo_toolkit.core.drift import DRIFT_OOD, collapse_reasons, drifted
 from dpo_toolkit.core.stats import spearman
 
 from .design import GRID, PAPER_RECIPE
@@ -35,8 +37,9 @@ def outcomes(curves: pd.DataFrame, epoch: float | None = None) -> pd.DataFrame:
     """One row per run (label, seed): the reference's OOD rate and mass (step 0), the run's at its
     last evaluation (or its last one at or before `epoch`), its peak OOD rate, the change of the
     mean log π(y_w) and log π(y_l) of the scored training pairs, accuracy and margin at the first
-    checkpoint and at the end, `diverged` (a non-finite loss, KL or OOD mass up to then) and
-    `drifted` (never for a diverged run)."""
+    checkpoint and at the end, `diverged` (a non-finite loss, KL or OOD mass up to then),
+    `collapse` (``core.drift.collapse_reasons``: why the run collapsed, '' if it did not) and
+    `drifted` (never for a diverged or collapsed run)."""
     keys = ["label", "seed"]
     curves = curves.sort_values([*keys, "step"])
     start = curves[curves["step"] == 0].set_index(keys)
@@ -55,7 +58,9 @@ def outcomes(curves: pd.DataFrame, epoch: float | None = None) -> pd.DataFrame:
     out["first_accuracy"], out["accuracy"] = first["accuracy"], end["accuracy"]
     out["first_margin"], out["margin"], out["kl"] = first["margin"], end["margin"], end["kl"]
     out["diverged"] = diverged.reindex(out.index, fill_value=False).astype(bool)
-    out["drifted"] = drifted(out["ood"], out["reference_ood"]) & ~out["diverged"]
+    out["first_ood"], out["end_loss"] = first["ood_rate"], end["loss"]
+    out["collapse"] = collapse_reasons(out["accuracy"], out["end_loss"], out["first_ood"], out["reference_ood"])
+    out["drifted"] = drifted(out["ood"], out["reference_ood"]) & ~out["diverged"] & (out["collapse"] == "")
     return out.reset_index()
 
 
@@ -69,6 +74,7 @@ def cell_table(runs: pd.DataFrame) -> pd.DataFrame:
         raise ValueError("cell_table: a (label, seed) appears twice; two cells share a label")
     table["drifted"] = grouped["drifted"].sum().astype(int)
     table["diverged"] = grouped["diverged"].sum().astype(int)
+    table["collapsed"] = grouped["collapse"].apply(lambda c: int((c != "").sum()))
     table["drift_fraction"] = table["drifted"] / table["seeds"]
     for column in ("ood", "ood_mass"):
         table[f"{column}_mean"] = grouped[column].mean()
@@ -81,10 +87,13 @@ def cell_table(runs: pd.DataFrame) -> pd.DataFrame:
 def drifting_recipe(table: pd.DataFrame) -> tuple[pd.Series, bool]:
     """The cell with the highest drift fraction (ties: higher mean final OOD, then the label)
     among cells whose reference is near-zero OOD (≤ NEAR_ZERO); when none is, among cells whose
-    reference is mostly in distribution (≤ IN_DISTRIBUTION), then among all. Returns it and
-    whether the near-zero condition could be met."""
+    reference is mostly in distribution (≤ IN_DISTRIBUTION), then among all. A cell where most
+    seeds collapse is never chosen (while another cell is left). Returns it and whether the
+    near-zero condition could be met."""
     if table.empty:
         raise ValueError("drifting_recipe: the cell table is empty")
+    sound = table[table["collapsed"] <= MOST * table["seeds"]]
+    table = sound if len(sound) else table
     for limit in (NEAR_ZERO, IN_DISTRIBUTION, np.inf):
         candidates = table[table["reference_ood"] <= limit]
         if len(candidates):
@@ -111,7 +120,11 @@ def drifting_summary(
             f"exact OOD mass {100 * best['reference_ood_mass']:.1f} %{far}",
             f"  on fresh seeds {confirmation_seeds}: {confirmation['drifted'].sum()}/{len(confirmation)} drift; "
             f"final OOD rate {100 * fresh.mean():.0f} ± {100 * fresh.std(ddof=0):.0f} %",
-            f"diverged runs in the map: {runs['diverged'].sum()} of {len(runs)}",
+            f"  collapsed (chance accuracy at loss log 2, or an OOD jump at the first checkpoint): "
+            f"{best['collapsed']}/{best['seeds']} seeds; on the fresh seeds {(confirmation['collapse'] != '').sum()}"
+            f"/{len(confirmation)}",
+            f"diverged runs in the map: {runs['diverged'].sum()} of {len(runs)}; collapsed: "
+            f"{(runs['collapse'] != '').sum()} of {len(runs)}",
         ]
     )
 
@@ -189,6 +202,7 @@ def readable(table: pd.DataFrame) -> pd.DataFrame:
             "recipe": table["label"],
             "arm": table["arm"],
             "seeds drifting": table["drifted"].astype(str) + "/" + table["seeds"].astype(str),
+            "seeds collapsing": table["collapsed"].astype(str) + "/" + table["seeds"].astype(str),
             "final OOD rate (%)": [
                 f"{100 * m:.0f} ± {100 * s:.0f}" for m, s in zip(table["ood_mean"], table["ood_sd"], strict=True)
             ],

@@ -140,7 +140,7 @@ def _c24(runs: pd.DataFrame, mechanisms: pd.DataFrame) -> dict:
     n = len(mechanisms)
     onset_fell = both_fell(mechanisms, "onset_chosen_change", "onset_rejected_change") if n else pd.Series(dtype=bool)
     fell = float(onset_fell.mean()) if n else float("nan")
-    calm = runs[~runs["drifted"] & ~runs["diverged"]]
+    calm = runs[~runs["drifted"] & ~runs["diverged"] & (runs["collapse"] == "")]  # a collapse is neither
     calm_fell = float(both_fell(calm, "chosen_change", "rejected_change").mean()) if len(calm) else float("nan")
     ordering = mechanisms["onset_ordering"].dropna() if n else pd.Series(dtype=float)
     fell_name = "share of drifted runs in which both log-probs fell at the onset"
