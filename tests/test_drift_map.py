@@ -15,6 +15,7 @@ from dpo_toolkit.core.config import ConfigError, DataConfig, EvalConfig, ModelCo
 from dpo_toolkit.core.data import END, encode_prompt, encode_response, make_pairs
 from dpo_toolkit.core.ensemble import Ensemble
 from dpo_toolkit.core.evaluate import Evaluator
+from dpo_toolkit.core.evidence import mean_interval
 from dpo_toolkit.core.exact import enumerate_responses, is_aligned
 from dpo_toolkit.core.generate import greedy_answers
 from dpo_toolkit.core.losses import sequence_logps
@@ -119,6 +120,15 @@ def test_cell_drift_fractions_against_a_hand_made_table():
     runs = analysis.outcomes(curves)
     table = analysis.cell_table(runs).set_index("label")
     assert (runs["collapse"] == "").all() and (table["collapsed"] == 0).all()
+    # the continuous outcome: OOD change against each seed's reference (0.02), mean over seeds with its interval
+    a_changes = [0.7 - 0.02, 0.3 - 0.02, 0.4 - 0.02]
+    assert table.loc[RECIPES["a"].label, "ood_change_mean"] == pytest.approx(np.mean(a_changes))
+    interval = mean_interval(a_changes)
+    assert (table.loc[RECIPES["a"].label, "ood_change_low"], table.loc[RECIPES["a"].label, "ood_change_high"]) == (
+        pytest.approx(interval.low),
+        pytest.approx(interval.high),
+    )
+    assert table.loc[RECIPES["a"].label, "rose"] == 3 and table.loc[RECIPES["b"].label, "rose"] == 2
     a, b = RECIPES["a"].label, RECIPES["b"].label
     assert table.loc[a, "drifted"] == 1 and table.loc[a, "seeds"] == 3
     assert table.loc[a, "drift_fraction"] == pytest.approx(1 / 3)

@@ -22,7 +22,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from dpo_toolkit.core.drift import DRIFT_OOD, collapse_reasons, drifted
+from dpo_toolkit.core.drift import DRIFT_OOD, DRIFT_RISE, collapse_reasons, drifted
+from dpo_toolkit.core.evidence import mean_interval
 from dpo_toolkit.core.stats import spearman
 
 from .design import GRID, PAPER_RECIPE
@@ -60,13 +61,21 @@ def outcomes(curves: pd.DataFrame, epoch: float | None = None) -> pd.DataFrame:
     out["diverged"] = diverged.reindex(out.index, fill_value=False).astype(bool)
     out["first_ood"], out["end_loss"] = first["ood_rate"], end["loss"]
     out["collapse"] = collapse_reasons(out["accuracy"], out["end_loss"], out["first_ood"], out["reference_ood"])
+    # the continuous outcome, against the run's own reference: the change of greedy OOD rate and of exact
+    # OOD mass at the end, and the largest rise of the OOD rate along the run
+    out["ood_change"] = out["ood"] - out["reference_ood"]
+    out["mass_change"] = out["ood_mass"] - out["reference_ood_mass"]
+    out["peak_change"] = out["peak_ood"] - out["reference_ood"]
     out["drifted"] = drifted(out["ood"], out["reference_ood"]) & ~out["diverged"] & (out["collapse"] == "")
     return out.reset_index()
 
 
 def cell_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per cell (recipe): seeds, drifted seeds, the drift fraction, the final OOD rate and
-    exact OOD mass (mean and sd over seeds) and the reference's, in the order of the runs."""
+    """One row per cell (recipe): seeds, drifted, collapsed and diverged seeds, the drift fraction,
+    the change of OOD rate and of exact OOD mass against each seed's reference (mean over seeds with
+    its 95 % interval: `ood_change_mean`, `_low`, `_high`, and the same for `mass_change`), the seeds
+    whose OOD rate rose ≥ 10 points (`rose`), the final OOD rate and exact OOD mass (mean and sd
+    over seeds) and the reference's, in the order of the runs."""
     grouped = runs.groupby("label", sort=False)
     table = grouped[RECIPE_FIELDS].first()
     table["seeds"] = grouped["seed"].size()
@@ -76,6 +85,13 @@ def cell_table(runs: pd.DataFrame) -> pd.DataFrame:
     table["diverged"] = grouped["diverged"].sum().astype(int)
     table["collapsed"] = grouped["collapse"].apply(lambda c: int((c != "").sum()))
     table["drift_fraction"] = table["drifted"] / table["seeds"]
+    # the primary, continuous outcome: the change of OOD rate against each seed's own reference, its
+    # mean over seeds with a 95 % interval (core.evidence), and the share of seeds that rise ≥ 10 points
+    for column in ("ood_change", "mass_change"):
+        intervals = grouped[column].apply(mean_interval)
+        table[f"{column}_mean"] = [i.estimate for i in intervals]
+        table[f"{column}_low"], table[f"{column}_high"] = [i.low for i in intervals], [i.high for i in intervals]
+    table["rose"] = grouped["ood_change"].apply(lambda c: int((c >= DRIFT_RISE - 1e-12).sum()))
     for column in ("ood", "ood_mass"):
         table[f"{column}_mean"] = grouped[column].mean()
         table[f"{column}_sd"] = grouped[column].std(ddof=0)
@@ -203,6 +219,11 @@ def readable(table: pd.DataFrame) -> pd.DataFrame:
             "arm": table["arm"],
             "seeds drifting": table["drifted"].astype(str) + "/" + table["seeds"].astype(str),
             "seeds collapsing": table["collapsed"].astype(str) + "/" + table["seeds"].astype(str),
+            "OOD rate change, points [95 % CI]": [
+                f"{100 * m:+.0f} [{100 * lo:+.0f}, {100 * hi:+.0f}]" if np.isfinite(lo) else f"{100 * m:+.0f} (one seed)"
+                for m, lo, hi in zip(table["ood_change_mean"], table["ood_change_low"], table["ood_change_high"], strict=True)
+            ],
+            "seeds rising ≥ 10 points": table["rose"].astype(str) + "/" + table["seeds"].astype(str),
             "final OOD rate (%)": [
                 f"{100 * m:.0f} ± {100 * s:.0f}" for m, s in zip(table["ood_mean"], table["ood_sd"], strict=True)
             ],
