@@ -416,3 +416,12 @@ def test_a_collapse_is_never_a_drift_nor_the_drifting_recipe():
     # chance accuracy with the loss at log 2 at the end is a collapse too, however gradual the OOD rise
     flat = _curves({("a", 0): [0.1, 0.3, 0.6]}).assign(accuracy=0.55, loss=0.70)
     assert analysis.outcomes(flat)["collapse"].tolist() == ["no preference learning"]
+
+
+def test_c23_counts_a_drift_with_rising_margin_only_where_the_preferences_were_learned():
+    from dpo_toolkit.studies.drift_map.claims import _rose
+
+    runs = pd.DataFrame({"margin": [2.0, 2.0, 2.0, 0.5], "first_margin": [1.0, 1.0, 1.0, 1.0],
+                         "accuracy": [0.75, 0.65, 0.72, 0.9], "start_accuracy": [0.5, 0.5, 0.65, 0.5]})  # fmt: skip
+    # learned; ends below 0.7; only 7 points above its start; margin fell
+    assert _rose(runs).tolist() == [True, False, False, False]

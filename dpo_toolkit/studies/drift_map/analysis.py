@@ -56,7 +56,7 @@ def outcomes(curves: pd.DataFrame, epoch: float | None = None) -> pd.DataFrame:
     out["ood"], out["ood_mass"], out["peak_ood"] = end["ood_rate"], end["ood_mass"], upto.groupby(keys)["ood_rate"].max()
     out["chosen_change"] = end["chosen_logp"] - start["chosen_logp"]
     out["rejected_change"] = end["rejected_logp"] - start["rejected_logp"]
-    out["first_accuracy"], out["accuracy"] = first["accuracy"], end["accuracy"]
+    out["start_accuracy"], out["first_accuracy"], out["accuracy"] = start["accuracy"], first["accuracy"], end["accuracy"]
     out["first_margin"], out["margin"], out["kl"] = first["margin"], end["margin"], end["kl"]
     out["diverged"] = diverged.reindex(out.index, fill_value=False).astype(bool)
     out["first_ood"], out["end_loss"] = first["ood_rate"], end["loss"]

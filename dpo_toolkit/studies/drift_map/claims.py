@@ -103,9 +103,14 @@ def _c23(runs: pd.DataFrame, table: pd.DataFrame, confirmation: pd.DataFrame | N
     }
 
 
+LEARNED = 0.7  # C23: a drifting run learned the preferences when its held-out accuracy ends ≥ 0.7 …
+LEARNED_GAIN = 0.1  # … and ≥ 10 points above its reference's (step 0): Park's drift comes with rising accuracy
+
+
 def _rose(drifted_runs: pd.DataFrame) -> pd.Series:
-    """Per drifted run, whether its margin rose and its accuracy did not fall."""
-    return (drifted_runs["margin"] > drifted_runs["first_margin"]) & (drifted_runs["accuracy"] >= drifted_runs["first_accuracy"])
+    """Per drifted run, whether its margin rose and it learned the preferences (LEARNED, LEARNED_GAIN)."""
+    learned = (drifted_runs["accuracy"] >= LEARNED) & (drifted_runs["accuracy"] - drifted_runs["start_accuracy"] >= LEARNED_GAIN)
+    return (drifted_runs["margin"] > drifted_runs["first_margin"]) & learned
 
 
 def _c23_checks(drifted_runs: pd.DataFrame, fraction: Check) -> list[Check]:
@@ -120,7 +125,7 @@ def _c23_checks(drifted_runs: pd.DataFrame, fraction: Check) -> list[Check]:
     return [
         fraction,
         Check("final OOD rate of the drifted runs", mean_interval(drifted_runs["ood"]), ABOUT_80),
-        Check("share of drifted runs whose margin rose and accuracy did not fall",
+        Check(f"share of drifted runs whose margin rose and accuracy ended ≥ {LEARNED:g}, ≥ {LEARNED_GAIN:g} above the start",
               share_interval(int(rose.sum()), len(drifted_runs), replicates=drifted_runs["seed"].nunique()), MOST),
     ]  # fmt: skip
 
@@ -130,7 +135,8 @@ def _c23_drifted(drifted_runs: pd.DataFrame) -> str:
     if not len(drifted_runs):
         return ""
     drifted_ood, rising = float(drifted_runs["ood"].mean()), float(_rose(drifted_runs).mean())
-    return (f", to {100 * drifted_ood:.0f} % OOD on average; margin rose and accuracy did not fall in "
+    return (f", to {100 * drifted_ood:.0f} % OOD on average; margin rose and accuracy ended ≥ {LEARNED:g} "
+            f"(≥ {LEARNED_GAIN:g} above the reference's) in "
             f"{100 * rising:.0f} % of them")  # fmt: skip
 
 
