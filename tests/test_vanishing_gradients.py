@@ -24,20 +24,25 @@ SEEDS = (0, 1, 2)
 JITTER = (-0.01, 0.0, 0.01)  # per seed: three replicates that differ a little, as trained seeds do
 
 
-def _inputs(std_small_gain: float, seeds=SEEDS) -> pd.DataFrame:
+def _inputs(std_small_gain: float, seeds=SEEDS, transfer: tuple[float, float] = (0.0, 0.0)) -> pd.DataFrame:
     """Per seed, two arms × 4 training prompts at steps 0 and 10; prompts 0–1 start small-std,
     2–3 larger-std, all low-reward. The small-std ones gain std_small_gain + JITTER[seed], the
-    others 0.4."""
+    others 0.4; and 4 held-out prompts (4–5 small-std, 6–7 larger) that gain `transfer`, so that
+    the own gains (trained − held out) are std_small_gain + JITTER − transfer[0] and 0.4 − transfer[1]."""
     rows = []
     for seed in seeds:
         for arm in ("no SFT", "small SFT"):
-            for prompt, std in zip(range(4), [0.01, 0.02, 0.2, 0.3], strict=True):
-                gain = std_small_gain + JITTER[seed] if std < 0.05 else 0.4
+            for prompt, std in zip(range(8), [0.01, 0.02, 0.2, 0.3] * 2, strict=True):
+                split = "train" if prompt < 4 else "test"
+                if split == "train":
+                    gain = std_small_gain + JITTER[seed] if std < 0.05 else 0.4
+                else:
+                    gain = transfer[0] if std < 0.05 else transfer[1]
                 for step, value in ((0, 0.4), (10, 0.4 + gain)):
-                    grad = 3 * std**2 if step == 0 else 0.1 * std
-                    rows.append({"arm": arm, "seed": seed, "prompt": prompt, "split": "train", "hard": True, "step": step,
-                                 "value": value, "std": std, "grad_norm": grad, "gamma_low": 10.0,
-                                 "gamma": np.nan})  # fmt: skip
+                    grad = (3 * std**2 if step == 0 else 0.1 * std) if split == "train" else np.nan
+                    rows.append({"arm": arm, "seed": seed, "prompt": prompt, "split": split, "hard": True, "step": step,
+                                 "value": value, "std": std, "grad_norm": grad, "gamma_low": 10.0 if split == "train"
+                                 else np.nan, "gamma": np.nan})  # fmt: skip
     return pd.DataFrame(rows)
 
 
@@ -52,7 +57,7 @@ def _curves(small_reward: float, seeds=SEEDS) -> pd.DataFrame:
 
 
 def test_stall_table_by_hand():
-    table = stall_table(_inputs(0.01, seeds=(1,)))
+    table = stall_table(_inputs(0.01, seeds=(1,)))  # the training prompts
     assert len(table) == 8
     assert table.loc[table["prompt"] == 0, "gain"].tolist() == pytest.approx([0.01, 0.01])
     assert table["small_low"].tolist() == [True, True, False, False] * 2
@@ -73,7 +78,7 @@ def test_claim_verdicts(small_gain, small_reward, expected):
     claims = vanishing_claims(_curves(small_reward), _inputs(small_gain)).set_index("claim_id")
     assert claims.loc[["C15", "C16"], "verdict"].tolist() == expected
     assert claims.loc[["C15", "C16"], "n"].tolist() == ["3", "3"]
-    assert float(claims.loc["C15", "estimate"]) == pytest.approx(small_gain / 0.4, abs=1e-3)  # mean of per-seed ratios
+    assert float(claims.loc["C15", "estimate"]) == pytest.approx(small_gain / 0.4, abs=1e-3)  # ratio of the mean own gains
 
 
 def test_c15_interval_is_the_student_t_interval_of_the_per_seed_ratios():
@@ -87,7 +92,8 @@ def test_c15_interval_is_the_student_t_interval_of_the_per_seed_ratios():
 def test_c15_and_c16_straddling_or_on_two_seeds_are_inconclusive():
     jitter = (-0.1, 0.0, 0.1)  # ratios 0.25 ± 0.25: the interval straddles 0.25 (and 0.5)
     inputs = _inputs(0.1)
-    inputs.loc[(inputs["std"] < 0.05) & (inputs["step"] == 10), "value"] = 0.5 + inputs["seed"].map(dict(enumerate(jitter)))
+    trained_small = (inputs["std"] < 0.05) & (inputs["step"] == 10) & (inputs["split"] == "train")
+    inputs.loc[trained_small, "value"] = 0.5 + inputs["seed"].map(dict(enumerate(jitter)))
     curves = _curves(0.85)  # closes (0.15 ± 0.01) / 0.3 = 0.5 ± 0.033 of the gap: straddles 0.5
     claims = vanishing_claims(curves, inputs).set_index("claim_id")
     assert claims.loc["C15", "verdict"] == "inconclusive"
@@ -187,6 +193,17 @@ def test_bad_seeds_fail_before_training(tmp_path):
         run_vanishing_gradients(RLTaskConfig(), ModelConfig(), CFG, CFG, SmallSFTConfig(), CFG, seeds=[], cache_dir=tmp_path)
 
 
+def test_c15_reads_gains_net_of_transfer():
+    # trained small-std inputs gain 0.3, larger 0.4 (ratio 0.75: not a stall); held-out ones gain 0.28 and 0.1 by
+    # transfer alone, so the own gains are 0.02 ± 0.01 and 0.3: a ratio of 0.067, a stall of their own gradient
+    claims = vanishing_claims(_curves(0.95), _inputs(0.3, transfer=(0.28, 0.1))).set_index("claim_id")
+    assert claims.loc["C15", "verdict"] == "reproduced"
+    assert float(claims.loc["C15", "estimate"]) == pytest.approx(0.02 / 0.3, abs=1e-3)
+    assert "held-out inputs of each kind, never trained on, gain 0.280 and 0.100" in claims.loc["C15", "our_value"]
+    # the same training gains with no transfer: the small-std inputs gain 0.75 of the others' by their own gradient
+    assert vanishing_claims(_curves(0.95), _inputs(0.3)).set_index("claim_id").loc["C15", "verdict"] == "not reproduced"
+
+
 def test_c15_is_untestable_without_small_std_low_reward_inputs():
     inputs = _inputs(0.01)
     inputs.loc[inputs["std"] < 0.05, "std"] = 0.1  # no input starts with a small std (the old rule said not reproduced)
@@ -224,12 +241,12 @@ def test_c14_describes_the_envelope_slope_and_never_decides_on_it(exponent):
 def test_c15_is_untestable_when_the_larger_std_inputs_do_not_improve():
     """A negative gain of the others made the ratio negative, which the old rule read as stalling (reproduced)."""
     inputs = _inputs(0.3)
-    larger = (inputs["std"] >= 0.05) & (inputs["step"] == 10)
-    inputs.loc[larger, "value"] = 0.3  # the larger-std inputs lose 0.1
+    larger = (inputs["std"] >= 0.05) & (inputs["step"] == 10) & (inputs["split"] == "train")
+    inputs.loc[larger, "value"] = 0.3  # the larger-std training inputs lose 0.1 (the held-out ones stay)
     claims = vanishing_claims(_curves(0.95), inputs).set_index("claim_id")
     assert claims.loc["C15", "verdict"] == "untestable here"  # every seed's larger-std inputs lose 0.1
     assert "-0.100" in claims.loc["C15", "precondition"]
-    assert "mean gain of larger-std low-reward inputs" in claims.loc["C15", "our_value"]
+    assert "own gain of larger-std low-reward inputs" in claims.loc["C15", "our_value"]
 
 
 def test_c15_is_inconclusive_when_only_some_seeds_lack_a_ratio():

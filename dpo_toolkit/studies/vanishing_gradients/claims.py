@@ -165,48 +165,57 @@ def _c14(inputs: pd.DataFrame, seeds: str, constant_confirmed: bool) -> dict:
     }
 
 
+def own_gains(inputs: pd.DataFrame) -> pd.DataFrame:
+    """Per seed, the mean gain over RL fine-tuning of the low-reward inputs with small std at its start
+    (`small_*`) and with larger std (`larger_*`): on training prompts (`_trained`), on held-out prompts
+    RL fine-tuning never sees (`_held`: transfer alone), and their difference (`_own`: what an input
+    gains from its own gradient, net of transfer from the others). NaN where a seed lacks a group."""
+    seeds = pd.Index(sorted(inputs["seed"].unique()), name="seed")
+    columns = {}
+    for split, name in (("train", "trained"), ("test", "held")):
+        low = stall_table(inputs, split)
+        low = low[low["low"]]
+        means = low.groupby(["seed", "small_low"])["gain"].mean().unstack().reindex(index=seeds, columns=[True, False])
+        columns[f"small_{name}"], columns[f"larger_{name}"] = means[True], means[False]
+    table = pd.DataFrame(columns, index=seeds)
+    table["small_own"] = table["small_trained"] - table["small_held"]
+    table["larger_own"] = table["larger_trained"] - table["larger_held"]
+    return table
+
+
 def _c15(inputs: pd.DataFrame, seeds: str) -> dict:
-    """C15's row: the gain of small-std low-reward inputs against that of the larger-std ones, per
-    seed; the same on held-out prompts (transfer alone) reported beside it."""
+    """C15's row: the own gain (net of transfer, ``own_gains``) of small-std low-reward inputs against
+    that of the larger-std ones, a ratio of means over seeds; the raw gains reported beside it."""
     stall = stall_table(inputs)
     low = stall[stall["low"]]
     stalled, others = low[low["small_low"]], low[~low["small_low"]]
-    per_seed = pd.DataFrame(
-        {
-            "stalled": stalled.groupby("seed")["gain"].mean(),
-            "others": others.groupby("seed")["gain"].mean(),
-        },
-        index=pd.Index(sorted(inputs["seed"].unique()), name="seed"),
-    )
-    # a ratio to a gain ≤ 0 says nothing about stalling: a seed without both groups, or whose
-    # larger-std inputs do not improve, has no ratio
-    gain_ratio = (per_seed["stalled"] / per_seed["others"]).where(per_seed["others"] > 0)
-    # precondition: the larger-std inputs improve, on the interval of their mean gain per seed. A
-    # seed without a ratio is not a failed precondition (whether a seed has one moves with the float
-    # order): its missing value opens the ratio's interval, so the claim is undecided, not untestable;
-    # only where no seed has one is it untestable
-    improve = Check("mean gain of larger-std low-reward inputs", mean_interval(per_seed["others"]), 0.0)
-    ratios = mean_interval(gain_ratio)
+    gains = own_gains(inputs)
+    ratio = ratio_interval(gains["small_own"], gains["larger_own"])
+    # precondition: the larger-std inputs improve by their own gradient, on the interval of their own gain
+    # per seed. A seed without both groups is not a failed precondition (whether a seed has one moves
+    # with the float order): its missing value opens the interval, so the claim is undecided, not
+    # untestable; only where no seed has both is it untestable
+    improve = Check("own gain of larger-std low-reward inputs", mean_interval(gains["larger_own"]), 0.0)
+    both = gains[["small_own", "larger_own"]].notna().all(axis=1)
+    name = "own gain of small-std over larger-std low-reward inputs"
     c15 = decide(
-        Check("gain of small-std over larger-std low-reward inputs", ratios, STALL_RATIO, above=False),
-        part=Check("gain of small-std over larger-std low-reward inputs", ratios, 2 * STALL_RATIO, above=False),
-        # no seed with a ratio at all (no small-std input anywhere): nothing to test
-        precondition=improve if gain_ratio.notna().any() or improve.outcome is False else False,
+        Check(name, ratio, STALL_RATIO, above=False),
+        part=Check(name, ratio, 2 * STALL_RATIO, above=False),
+        precondition=improve if both.any() or improve.outcome is False else False,
     )
-    held_out = stall_table(inputs, "test")
-    held_out = held_out[held_out["small_low"]]
+    mean = gains.mean()
     return {
         "claim_id": "C15",
-        "our_value": f"low-reward training inputs at the start of RFT (all arms, {seeds}): "
-        f"{len(stalled)} with small std gain {stalled['gain'].mean():.3f} on average, "
-        f"{len(others)} with larger std gain {others['gain'].mean():.3f}; their ratio per seed "
-        f"{_pm(gain_ratio)} (mean ± sd). Transfer alone: {len(held_out)} small-std low-reward held-out inputs, "
-        f"never trained on, gain {held_out['gain'].mean() if len(held_out) else float('nan'):.3f}",
+        "our_value": f"low-reward training inputs at the start of RFT (all arms, {seeds}): {len(stalled)} with small std "
+        f"gain {stalled['gain'].mean():.3f} on average, {len(others)} with larger std {others['gain'].mean():.3f}; "
+        f"held-out inputs of each kind, never trained on, gain {mean['small_held']:.3f} and {mean['larger_held']:.3f} "
+        f"(transfer alone); net of it, their own gains are {mean['small_own']:.3f} and {mean['larger_own']:.3f} "
+        f"(means over seeds), a ratio of {ratio.estimate:.2f}",
         **c15,
-        "precondition": "low-reward training inputs with small std and with larger std in every seed, the latter "
-        f"improving (their mean gain per seed read on its interval): {len(stalled)} and {len(others)} "
-        f"(mean gain {others['gain'].mean():+.3f}; {int(gain_ratio.notna().sum())} of {len(per_seed)} seeds have "
-        "both, the latter improving)",
+        "precondition": "low-reward inputs with small std and with larger std, trained and held out, in every seed, the "
+        f"larger-std ones gaining by their own gradient (their own gain per seed read on its interval): {len(stalled)} "
+        f"and {len(others)} trained (own gain {mean['larger_own']:+.3f}; {int(both.sum())} of {len(gains)} seeds have "
+        "every group)",
     }
 
 
