@@ -18,6 +18,7 @@ RUNS = {
     "stable": [(0, 0.02, 0.5, np.nan), (10, 0.02, 0.8, 0.45), (20, 0.03, 0.82, 0.4)],
     "drift then recovery": [(0, 0.05, 0.5, np.nan), (10, 0.2, 0.65, 0.6), (20, 0.6, 0.7, 0.55), (30, 0.1, 0.72, 0.5)],
     "no learning": [(0, 0.1, 0.5, np.nan), (10, 0.2, 0.55, 0.70), (20, 0.3, 0.58, 0.68)],
+    "not moved yet": [(0, 0.1, 0.5, np.nan), (10, 0.12, 0.52, 0.69), (20, 0.15, 0.55, 0.69)],  # a short run
 }
 EXPECTED = {
     "collapse": "no preference learning; OOD jump at the first checkpoint",
@@ -25,6 +26,7 @@ EXPECTED = {
     "stable": "",
     "drift then recovery": "",
     "no learning": "no preference learning",
+    "not moved yet": "",
 }
 
 
@@ -44,14 +46,15 @@ def test_collapse_rule_on_hand_made_runs():
 
 
 def test_collapse_reasons_at_the_thresholds():
-    # accuracy exactly 0.6 and loss exactly 0.02 from log 2 collapse; just past either does not
-    assert collapse_reasons([0.6], [LOG2 + 0.02], [0.0], [0.0]).tolist() == ["no preference learning"]
-    assert collapse_reasons([0.61], [LOG2], [0.0], [0.0]).tolist() == [""]
-    assert collapse_reasons([0.5], [LOG2 - 0.021], [0.0], [0.0]).tolist() == [""]
+    # accuracy exactly 0.6 and loss exactly 0.02 from log 2 collapse, with OOD 10 points up; just past any does not
+    assert collapse_reasons([0.6], [LOG2 + 0.02], [0.0], [0.1], [0.0]).tolist() == ["no preference learning"]
+    assert collapse_reasons([0.61], [LOG2], [0.0], [0.1], [0.0]).tolist() == [""]
+    assert collapse_reasons([0.5], [LOG2 - 0.021], [0.0], [0.1], [0.0]).tolist() == [""]
+    assert collapse_reasons([0.5], [LOG2], [0.0], [0.09], [0.0]).tolist() == [""]  # it has not moved
     # a jump needs a reference below 50 % OOD: a reference already OOD does not jump
-    assert collapse_reasons([0.9], [0.3], [0.5], [0.1]).tolist() == ["OOD jump at the first checkpoint"]
-    assert collapse_reasons([0.9], [0.3], [0.7], [0.6]).tolist() == [""]
-    assert collapse_reasons([np.nan], [np.nan], [np.nan], [0.0]).tolist() == [""]  # a diverged run: reported apart
+    assert collapse_reasons([0.9], [0.3], [0.5], [0.5], [0.1]).tolist() == ["OOD jump at the first checkpoint"]
+    assert collapse_reasons([0.9], [0.3], [0.7], [0.7], [0.6]).tolist() == [""]
+    assert collapse_reasons([np.nan], [np.nan], [np.nan], [np.nan], [0.0]).tolist() == [""]  # a diverged run
 
 
 def test_collapse_check_reads_the_share_of_collapsed_runs_on_its_interval():

@@ -416,6 +416,8 @@ def test_a_collapse_is_never_a_drift_nor_the_drifting_recipe():
     # chance accuracy with the loss at log 2 at the end is a collapse too, however gradual the OOD rise
     flat = _curves({("a", 0): [0.1, 0.3, 0.6]}).assign(accuracy=0.55, loss=0.70)
     assert analysis.outcomes(flat)["collapse"].tolist() == ["no preference learning"]
+    still = _curves({("a", 0): [0.02, 0.05, 0.08]}).assign(accuracy=0.55, loss=0.70)  # not moved: not yet learning
+    assert analysis.outcomes(still)["collapse"].tolist() == [""]
 
 
 def test_c23_counts_a_drift_with_rising_margin_only_where_the_preferences_were_learned():

@@ -28,8 +28,9 @@ def drifted(ood: np.ndarray | pd.Series | float, reference_ood: np.ndarray | pd.
 
 
 COLLAPSE_ACCURACY = 0.6
-"""A run has *collapsed* when preference learning failed while the policy moved: held-out preference
-accuracy at the end ≤ 0.6 (chance is 0.5) …"""
+"""A run has *collapsed* when preference learning failed while the policy moved out of distribution
+(its greedy OOD rate rose ≥ DRIFT_RISE above its reference's): held-out preference accuracy at the
+end ≤ 0.6 (chance is 0.5) …"""
 COLLAPSE_LOSS = 0.02
 """… with its DPO training loss at the end within 0.02 of log 2 (the loss of zero margins: the
 implicit reward never separated y_w from y_l) — or ≥ COLLAPSE_JUMP OOD already at its first checkpoint."""
@@ -38,15 +39,18 @@ COLLAPSE_JUMP = 0.5
 that) jumped out of distribution within a few updates: Park's drift is gradual, this is a break."""
 
 
-def collapse_reasons(accuracy, loss, first_ood, reference_ood) -> np.ndarray:
-    """Why each run collapsed ('' when it did not): 'no preference learning' (end accuracy ≤
-    COLLAPSE_ACCURACY and end loss within COLLAPSE_LOSS of log 2) and/or 'OOD jump at the first
-    checkpoint' (≥ COLLAPSE_JUMP there, from a reference below it). A collapse is never a drift: the
-    policy did not learn the preferences and extrapolate, it broke (issue: Park's drift as a graded
-    effect). NaN inputs (a diverged run) give no reason; divergence is reported apart."""
-    accuracy, loss, first_ood, reference_ood = (np.asarray(x, dtype=float) for x in (accuracy, loss, first_ood, reference_ood))
-    # 1e-12: float slack at the threshold, as drifted()
-    no_learning = (accuracy <= COLLAPSE_ACCURACY) & (np.abs(loss - np.log(2)) <= COLLAPSE_LOSS + 1e-12)
+def collapse_reasons(accuracy, loss, first_ood, ood, reference_ood) -> np.ndarray:
+    """Why each run collapsed ('' when it did not): 'no preference learning' (its OOD rate rose ≥
+    DRIFT_RISE by the end, with end accuracy ≤ COLLAPSE_ACCURACY and end loss within COLLAPSE_LOSS of
+    log 2) and/or 'OOD jump at the first checkpoint' (≥ COLLAPSE_JUMP there, from a reference below
+    it). A run that has not moved is no collapse (a short run that has not learned yet). A collapse
+    is never a drift: the policy did not learn the preferences and extrapolate, it broke (issue:
+    Park's drift as a graded effect). NaN inputs (a diverged run) give no reason."""
+    accuracy, loss, first_ood, ood, reference_ood = (
+        np.asarray(x, dtype=float) for x in (accuracy, loss, first_ood, ood, reference_ood)
+    )
+    moved = ood - reference_ood >= DRIFT_RISE - 1e-12  # 1e-12: float slack at the threshold, as drifted()
+    no_learning = moved & (accuracy <= COLLAPSE_ACCURACY) & (np.abs(loss - np.log(2)) <= COLLAPSE_LOSS + 1e-12)
     jump = (first_ood >= COLLAPSE_JUMP) & (reference_ood < COLLAPSE_JUMP)
     learning, jumping = "no preference learning", "OOD jump at the first checkpoint"
     both = f"{learning}; {jumping}"
@@ -55,15 +59,17 @@ def collapse_reasons(accuracy, loss, first_ood, reference_ood) -> np.ndarray:
 
 def collapse_table(curves: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """One row per run (`keys`, e.g. ["beta", "seed"]) of DPO curves with step, loss, accuracy and
-    ood_rate: the reference's OOD (step 0), the first checkpoint's, the end's accuracy and loss, and
+    ood_rate: the reference's OOD (step 0), the first checkpoint's, the end's OOD, accuracy and loss, and
     `collapse` (``collapse_reasons``; '' for a run that did not collapse)."""
     curves = curves.sort_values([*keys, "step"])
     start = curves[curves["step"] == 0].groupby(keys).head(1).set_index(keys)
     trained = curves[curves["step"] > 0]
     first, end = trained.groupby(keys).head(1).set_index(keys), trained.groupby(keys).tail(1).set_index(keys)
-    table = pd.DataFrame({"reference_ood": start["ood_rate"], "first_ood": first["ood_rate"],
+    table = pd.DataFrame({"reference_ood": start["ood_rate"], "first_ood": first["ood_rate"], "ood": end["ood_rate"],
                           "accuracy": end["accuracy"], "loss": end["loss"]})  # fmt: skip
-    table["collapse"] = collapse_reasons(table["accuracy"], table["loss"], table["first_ood"], table["reference_ood"])
+    table["collapse"] = collapse_reasons(
+        table["accuracy"], table["loss"], table["first_ood"], table["ood"], table["reference_ood"]
+    )
     return table.reset_index()
 
 

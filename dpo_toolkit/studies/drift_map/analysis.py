@@ -60,7 +60,7 @@ def outcomes(curves: pd.DataFrame, epoch: float | None = None) -> pd.DataFrame:
     out["first_margin"], out["margin"], out["kl"] = first["margin"], end["margin"], end["kl"]
     out["diverged"] = diverged.reindex(out.index, fill_value=False).astype(bool)
     out["first_ood"], out["end_loss"] = first["ood_rate"], end["loss"]
-    out["collapse"] = collapse_reasons(out["accuracy"], out["end_loss"], out["first_ood"], out["reference_ood"])
+    out["collapse"] = collapse_reasons(out["accuracy"], out["end_loss"], out["first_ood"], out["ood"], out["reference_ood"])
     # the continuous outcome, against the run's own reference: the change of greedy OOD rate and of exact
     # OOD mass at the end, and the largest rise of the OOD rate along the run
     out["ood_change"] = out["ood"] - out["reference_ood"]
