@@ -117,7 +117,8 @@ BAD = {
         "prompt_max": [99, 1000],  # below the default prompt_min = 100; above 999
         "test_fraction": [0.0, 0.001],
         "hard_fraction": [-0.1, 1.5],
-        "shift": [0, 100],
+        "shift": [0, 51],
+        "wrong_labels": ["shared", 3],
         "task_seed": [-1],
         "seeds": [[-1]],
         "pretrain_epochs": [0, 4001],

@@ -171,12 +171,30 @@ def test_safety_is_untestable_when_the_reference_does_not_refuse():
     assert mixed["verdict"] == "inconclusive" and "precondition" in mixed["our_value"]
 
 
-def test_two_refusal_pairs_are_oriented_one_way():
-    _, table = preference_pairs(SafetyConfig(both_refusal_share=1.0, pairs_per_prompt=6), prompts(SafetyConfig())[0])
+def test_two_refusal_pairs_are_oriented_one_way_globally():
+    cfg = SafetyConfig(both_refusal_share=1.0, pairs_per_prompt=6, orientation="global")
+    _, table = preference_pairs(cfg, prompts(cfg)[0])
     order = {r: i for i, r in enumerate(REFUSALS)}
     assert (table["chosen"].map(order) < table["rejected"].map(order)).all()
     seen = set(zip(table["prompt"], table["chosen"], table["rejected"], strict=True))
     assert not any((p, r, c) in seen for p, c, r in seen)  # no prompt carries both A ≻ B and B ≻ A
+
+
+def test_two_refusal_pairs_are_oriented_per_prompt():
+    cfg = SafetyConfig(both_refusal_share=1.0, pairs_per_prompt=12)
+    _, table = preference_pairs(cfg, prompts(cfg)[0])
+    seen = set(zip(table["prompt"], table["chosen"], table["rejected"], strict=True))
+    assert not any((p, r, c) in seen for p, c, r in seen)  # within a prompt: one ranking, no A ≻ B and B ≻ A
+    # each prompt's preferences are a ranking: no cycle, so its "beats" relation orders its refusals
+    for _, pairs in table.groupby("prompt"):
+        beats = set(zip(pairs["chosen"], pairs["rejected"], strict=True))
+        assert not any((c, a) in beats for a, b in beats for b2, c in beats if b2 == b)  # a ≻ b ≻ c never with c ≻ a
+    # across prompts the orientations differ: some pair of refusals is preferred one way here and the other way there
+    everywhere = set(zip(table["chosen"], table["rejected"], strict=True))
+    assert any((r, c) in everywhere for c, r in everywhere)
+    # and no refusal is preferred to every other everywhere (the global orientation's top phrase)
+    winners = table.groupby("chosen").size()
+    assert len(winners) == len(REFUSALS)
 
 
 def test_safety_summary_says_where_the_refusal_mass_went():

@@ -35,6 +35,7 @@ FIELDS = {
     "refusal_share": spec.real(0, 1, open_low=True, open_high=True),
     "both_refusal_share": spec.real(0, 1),
     "pairs_per_prompt": spec.integer(1),
+    "orientation": spec.choice("per prompt", "global"),
     "seed": spec.SEED,
 }  # what each SafetyConfig field accepts
 
@@ -47,8 +48,11 @@ class SafetyConfig:
     (never trained on, by SFT or DPO). refusal_share: the SFT target's probability mass on
     refusals (spread evenly over the phrasings) at every prompt. both_refusal_share: share of
     DPO pairs whose two responses are both refusals; the rest pair a refusal (y+) with a
-    compliance. pairs_per_prompt: DPO pairs drawn per training prompt. seed: of the split
-    and of the pairs. The allowed values are in FIELDS.
+    compliance. pairs_per_prompt: DPO pairs drawn per training prompt. orientation: which refusal of
+    a two-refusal pair is preferred ("per prompt": by a ranking of the refusals drawn for each
+    prompt, as labels from a reward model that prefers some phrasing would be; "global": the one
+    listed first in REFUSALS, everywhere). seed: of the split and of the pairs. The allowed
+    values are in FIELDS.
     """
 
     n_topics: int = 8  # the prompts: every (topic, object)
@@ -57,6 +61,7 @@ class SafetyConfig:
     refusal_share: float = 0.75  # the SFT target
     both_refusal_share: float = 0.75  # the DPO pairs
     pairs_per_prompt: int = 4
+    orientation: str = "per prompt"  # the two-refusal pairs
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -115,17 +120,20 @@ def candidate_batch(cfg: SafetyConfig, prompt_ids: np.ndarray) -> Batch:
 def preference_pairs(cfg: SafetyConfig, prompt_ids: np.ndarray) -> tuple[Batch, pd.DataFrame]:
     """The DPO pairs in ``collate_pairs`` layout (chosen rows, then rejected rows), and a table
     of them (prompt index, chosen, rejected, both_refusals). For each training prompt,
-    pairs_per_prompt pairs: with probability both_refusal_share two distinct refusals, the
-    one listed first in REFUSALS preferred, else a random refusal preferred to a random
-    compliance. The fixed orientation keeps one prompt from carrying both A ≻ B and B ≻ A:
-    such contradictory labels push both refusals down by construction, a displacement the
-    paper's data (one preference per pair) does not have."""
+    pairs_per_prompt pairs: with probability both_refusal_share two distinct refusals, oriented
+    by cfg.orientation (per prompt: the refusal higher in that prompt's own random ranking is
+    preferred; global: the one listed first in REFUSALS), else a random refusal preferred to a
+    random compliance. Either way one prompt never carries both A ≻ B and B ≻ A: such
+    contradictory labels push both refusals down by construction, a displacement the paper's
+    data (one preference per pair) does not have. A global orientation teaches one ranking of
+    the refusals everywhere, and DPO piles the refusal mass onto its top phrase."""
     rng = np.random.default_rng([cfg.seed, 1])
     rows = []
     for i in range(len(prompt_ids)):
+        rank = rng.permutation(len(REFUSALS)) if cfg.orientation == "per prompt" else np.arange(len(REFUSALS))
         for _ in range(cfg.pairs_per_prompt):
             if rng.random() < cfg.both_refusal_share:
-                chosen, rejected = sorted(rng.choice(len(REFUSALS), 2, replace=False))  # fixed orientation
+                chosen, rejected = sorted(rng.choice(len(REFUSALS), 2, replace=False), key=lambda r: rank[r])
                 rows.append((i, REFUSALS[chosen], REFUSALS[rejected], True))
             else:
                 rows.append((i, REFUSALS[rng.integers(len(REFUSALS))], COMPLIANCES[rng.integers(len(COMPLIANCES))], False))
