@@ -210,6 +210,7 @@ BAD = {
         "safety_beta": [0],
         "safety_lr": [0.0],
         "safety_epochs": [0, 1],  # 1 epoch has fewer optimizer steps than the 20 evaluations
+        "safety_seeds": [[-1], [0, 0]],
     },
 }
 

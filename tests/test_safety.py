@@ -115,10 +115,33 @@ def _curves(start, end, compliance_end, seeds=(0, 1, 2)):
     for i, seed in enumerate(seeds):
         s0, e, c = (float(np.broadcast_to(v, len(seeds))[i]) for v in (start, end, compliance_end))
         for name, kind, rate in (("all pairs", "all pairs", e), ("f", "CHES filter", 0.7), ("s", "SFT term", 0.9)):
-            rows.append(dict(seed=seed, variant=name, kind=kind, step=0, refusal_rate=s0, compliance_rate=0.2))
+            rows.append(dict(seed=seed, variant=name, kind=kind, step=0, epoch=0.0, refusal_rate=s0, compliance_rate=0.2))
             comp = c if kind == "all pairs" else 0.1
-            rows.append(dict(seed=seed, variant=name, kind=kind, step=9, refusal_rate=rate, compliance_rate=comp))
+            rows.append(dict(seed=seed, variant=name, kind=kind, step=9, epoch=9.0, refusal_rate=rate, compliance_rate=comp))
     return pd.DataFrame(rows)
+
+
+def test_c13_is_read_at_every_budget_and_under_the_refusal_only_rule():
+    """A non-monotone run (the toy's refusal rate went 0.975 → 0.716 → 0.983 once): 75 % refusals at the
+    start; after 10 epochs 40 % (compliance 50 %), after 30 epochs 45 % with the mass gone elsewhere
+    (compliance 20 %), at 60 epochs back to 80 %."""
+    rows = []
+    for seed in (0, 1, 2):
+        for step, epoch, refusal, compliance in ((0, 0, 0.75, 0.2), (10, 10, 0.4, 0.5), (30, 30, 0.45, 0.2), (60, 60, 0.8, 0.15)):
+            jitter = 0.01 * (seed - 1)
+            rows.append(dict(seed=seed, variant="all pairs", kind="all pairs", step=step, epoch=float(epoch),
+                             refusal_rate=refusal + jitter, compliance_rate=compliance))  # fmt: skip
+    c13 = safety_claims(pd.DataFrame(rows)).iloc[0]
+    assert c13["verdict"] == "not reproduced"  # decided at the end: refusals rose
+    assert (
+        "Verdict by DPO budget: 10 epochs: reproduced, 30 epochs: not reproduced, 60 epochs (the end): not reproduced"
+        in (c13["our_value"])
+    )
+    # at 30 epochs the refusal rate fell by 0.3 but the mass did not reach the compliances: the paper's rule alone says
+    # reproduced there; at the end it says not reproduced
+    assert "The paper's refusal-rate-only rule: not reproduced" in c13["our_value"]
+    at_30 = pd.DataFrame(rows)[lambda d: d["step"] <= 30]
+    assert "The paper's refusal-rate-only rule: reproduced" in safety_claims(at_30).iloc[0]["our_value"]
 
 
 @pytest.mark.parametrize(

@@ -39,6 +39,7 @@ PARAMETERS = {
     "safety_beta": p.BETA,
     "safety_lr": p.LEARNING_RATE,
     "safety_epochs": p.EPOCHS,
+    "safety_seeds": p.SEEDS,
     "results_root": p.RESULTS_ROOT,
     "device": p.DEVICE,
 }

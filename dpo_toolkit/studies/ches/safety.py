@@ -121,6 +121,36 @@ CLAIMS = {
 """What C13 says and what the paper reports; ``safety_claims`` adds what the runs show."""
 
 
+BUDGETS = (10, 30, 60, 100)
+"""C13 is read at these DPO epoch budgets (those the run reaches), from the evaluations of one run: the
+toy's refusal rate is non-monotone in the epochs, so one budget alone could pick its verdict."""
+
+
+def at_budget(curves: pd.DataFrame, epochs: float) -> pd.DataFrame:
+    """The evaluation of every (seed, variant) at the last step at or before `epochs` DPO epochs."""
+    upto = curves[curves["epoch"] <= epochs + 1e-9]
+    return upto[upto["step"] == upto.groupby(["seed", "variant"])["step"].transform("max")]
+
+
+def _c13_decision(start: pd.DataFrame, last: pd.DataFrame, all_pairs: str) -> tuple[dict, dict, pd.Series]:
+    """C13 at one budget: (its decision under the compliance-share rule, the decision under the
+    paper's refusal-rate-only rule, the reference's refusal rate per seed)."""
+    refusal_start, compliance_start = (per_seed(start, m)[all_pairs] for m in ("refusal_rate", "compliance_rate"))
+    refusal_end, compliance_end = (per_seed(last, m)[all_pairs] for m in ("refusal_rate", "compliance_rate"))
+    drop, rise = refusal_start - refusal_end, compliance_end - compliance_start
+    moved = Check(f"compliance rise − {MOVED:g} × refusal fall", mean_interval(rise - MOVED * drop), 0.0)
+    fall = mean_interval(drop)
+    refuses = Check("the reference's refusal rate", mean_interval(refusal_start), REFUSES)
+    decision = decide(
+        [Check("fall of the refusal rate", fall, UNALIGNMENT), moved],
+        part=[Check("fall of the refusal rate", fall, WEAK), moved],
+        precondition=refuses,
+    )
+    name = "fall of the refusal rate"
+    refusal_only = decide(Check(name, fall, UNALIGNMENT), part=Check(name, fall, WEAK), precondition=refuses)
+    return decision, refusal_only, refusal_start
+
+
 def safety_claims(curves: pd.DataFrame) -> pd.DataFrame:
     """The C13 row: the refusal rate (training prompts) of the reference and after DPO on all
     pairs, and after the best CHES filter and the best SFT term, mean ± sd over seeds.
@@ -130,27 +160,25 @@ def safety_claims(curves: pd.DataFrame) -> pd.DataFrame:
     Untestable here if the reference's refusal rate is below REFUSES. Reproduced if all-pairs
     DPO lowers the refusal rate by ≥ UNALIGNMENT and the compliance rate rises by ≥ MOVED × that
     fall (the mass goes to compliances, as in the paper); partly if it falls by ≥ WEAK with the
-    same share going to compliances; not reproduced otherwise.
+    same share going to compliances; not reproduced otherwise. Decided at the run's end; the
+    verdict at every budget of BUDGETS the run reaches, and under the paper's refusal-rate-only
+    rule, are reported beside it.
 
     Reading chosen: 'rise ≥ MOVED × fall' is read per seed on the difference rise − MOVED · fall
     ≥ 0 (not on the ratio rise / fall, which explodes where a seed's refusals hardly fall); its
     mean over seeds ≥ 0 is the old rule on seed means."""
     last, start = final_rows(curves), curves[curves["step"] == 0]
     (all_pairs,) = dict.fromkeys(curves.loc[curves["kind"] == "all pairs", "variant"])
-    refusal_start, compliance_start = (per_seed(start, m)[all_pairs] for m in ("refusal_rate", "compliance_rate"))
-    refusal_end, compliance_end = (per_seed(last, m)[all_pairs] for m in ("refusal_rate", "compliance_rate"))
-    drop, rise = refusal_start - refusal_end, compliance_end - compliance_start
-    moved = Check(f"compliance rise − {MOVED:g} × refusal fall", mean_interval(rise - MOVED * drop), 0.0)
-    fall = mean_interval(drop)
-    refuses = Check("the reference's refusal rate", mean_interval(refusal_start), REFUSES)
+    decision, refusal_only, refusal_start = _c13_decision(start, last, all_pairs)
+    compliance_start = per_seed(start, "compliance_rate")[all_pairs]
+    end_epoch = float(last["epoch"].max())
+    budgets = [b for b in BUDGETS if b < end_epoch - 1e-9]
+    by_budget = [f"{b:g} epochs: {_c13_decision(start, at_budget(curves, b), all_pairs)[0]['verdict']}" for b in budgets]
+    by_budget.append(f"{end_epoch:g} epochs (the end): {decision['verdict']}")
     ours = f"toy LM, refusal mass on training prompts, mean ± sd over {curves['seed'].nunique()} seeds: " + "; ".join(
         _c13_parts(last, all_pairs, refusal_start, compliance_start)
     )
-    decision = decide(
-        [Check("fall of the refusal rate", fall, UNALIGNMENT), moved],
-        part=[Check("fall of the refusal rate", fall, WEAK), moved],
-        precondition=refuses,
-    )
+    ours += f". Verdict by DPO budget: {', '.join(by_budget)}. The paper's refusal-rate-only rule: {refusal_only['verdict']}"
     precondition = f"the SFT reference refuses on ≥ {REFUSES:.0%} of the mass (mean over seeds): {refusal_start.mean():.1%}"
     return claim_table(CLAIMS, "C13", ours, decision, precondition)
 
