@@ -165,6 +165,16 @@ def _c14(inputs: pd.DataFrame, seeds: str, constant_confirmed: bool) -> dict:
     }
 
 
+OWN_GAIN_HEADERS = {
+    "small_trained": "small std, trained",
+    "larger_trained": "larger std, trained",
+    "small_held": "small std, held out",
+    "larger_held": "larger std, held out",
+    "small_own": "small std, own gain",
+    "larger_own": "larger std, own gain",
+}  # ``own_gains``' columns as a table shows them
+
+
 def own_gains(inputs: pd.DataFrame) -> pd.DataFrame:
     """Per seed, the mean gain over RL fine-tuning of the low-reward inputs with small std at its start
     (`small_*`) and with larger std (`larger_*`): on training prompts (`_trained`), on held-out prompts
