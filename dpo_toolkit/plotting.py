@@ -509,34 +509,42 @@ def plot_ches_by_kind(pairs: pd.DataFrame, column: str, order: list, title: str)
 
 
 @book_figure
-def plot_drift_map(table: pd.DataFrame) -> plt.Figure:
-    """The drift map's grid: for each optimizer (a row), the share of seeds that drift and the
-    mean final OOD rate over learning rate × β, every cell annotated (drifted/seeds; mean ± sd).
-    table: ``drift_map.analysis.cell_table`` rows of the grid."""
+def plot_drift_map(table: pd.DataFrame, paper: pd.Series | None = None) -> plt.Figure:
+    """When does DPO drift: for each optimizer (a panel), the change of the greedy OOD rate against
+    each seed's own reference over learning rate × β, in points (mean over seeds, colour), every cell
+    annotated with its 95 % interval and, where runs collapsed, how many; cells where most seeds
+    collapse hatched, and the paper's recipe (`paper`: a boolean per row of `table`, e.g.
+    ``drift_map.analysis.is_paper_recipe``) outlined. table: ``drift_map.analysis.cell_table`` rows of
+    the grid."""
     optimizers = list(dict.fromkeys(table["optimizer"]))
-    fig, axes = plt.subplots(len(optimizers), 2, figsize=(11, 3.4 * len(optimizers)), squeeze=False)
-    for row, optimizer in zip(axes, optimizers, strict=True):
+    fig, axes = plt.subplots(len(optimizers), 1, figsize=(8, 3.6 * len(optimizers)), squeeze=False)
+    paper = pd.Series(False, index=table.index) if paper is None else paper
+    for ax, optimizer in zip(axes[:, 0], optimizers, strict=True):
         cells = table[table["optimizer"] == optimizer]
         index, columns = sorted(cells["lr"].unique()), sorted(cells["beta"].unique())
-        share = cells.pivot(index="lr", columns="beta", values="drift_fraction").loc[index, columns]
-        ood = cells.pivot(index="lr", columns="beta", values="ood_mean").loc[index, columns]
-        counts = cells.assign(text=cells["drifted"].astype(str) + "/" + cells["seeds"].astype(str))
-        counts = counts.pivot(index="lr", columns="beta", values="text").loc[index, columns]
-        spread = cells.assign(
-            text=[f"{100 * m:.0f}±{100 * s:.0f}" for m, s in zip(cells["ood_mean"], cells["ood_sd"], strict=True)]
-        )
-        spread = spread.pivot(index="lr", columns="beta", values="text").loc[index, columns]
-        ticks = {"xticklabels": [f"{b:.3g}" for b in columns], "yticklabels": [f"{lr:.2g}" for lr in index]}
-        sns.heatmap(share, ax=row[0], vmin=0, vmax=1, cmap="rocket_r", annot=counts, fmt="", cbar_kws={"label": "share of seeds"},
-                    **ticks)  # fmt: skip
-        sns.heatmap(100 * ood, ax=row[1], vmin=0, vmax=100, cmap="mako_r", annot=spread, fmt="",
-                    cbar_kws={"label": "OOD rate (%)"}, **ticks)  # fmt: skip
-        row[0].set(title=f"{optimizer}: seeds that drift", xlabel="β", ylabel="learning rate")
-        row[1].set(title=f"{optimizer}: final greedy OOD rate (%), mean ± sd", xlabel="β", ylabel="learning rate")
-        for ax in row:
-            ax.invert_yaxis()
+        change = (100 * cells.pivot(index="lr", columns="beta", values="ood_change_mean")).loc[index, columns]
+        text = cells.assign(text=[_change_text(r) for r in cells.itertuples()]).pivot(index="lr", columns="beta", values="text")
+        sns.heatmap(change, ax=ax, vmin=-100, vmax=100, center=0, cmap="vlag", annot=text.loc[index, columns], fmt="",
+                    annot_kws={"fontsize": 8}, cbar_kws={"label": "OOD change (points)"},
+                    xticklabels=[f"{b:.3g}" for b in columns], yticklabels=[f"{lr:.2g}" for lr in index])  # fmt: skip
+        for row in cells.itertuples():
+            x, y = columns.index(row.beta), index.index(row.lr)
+            if row.collapsed > row.seeds / 2:
+                ax.add_patch(plt.Rectangle((x, y), 1, 1, fill=False, hatch="///", edgecolor="0.35", lw=0))
+            if paper.loc[row.Index]:
+                ax.add_patch(plt.Rectangle((x, y), 1, 1, fill=False, edgecolor="black", lw=2.5))
+        ax.set(title=f"{optimizer}: greedy OOD rate, change against each seed's reference", xlabel="β", ylabel="learning rate")
+        ax.invert_yaxis()
     fig.tight_layout()
     return fig
+
+
+def _change_text(row) -> str:
+    """A drift-map cell's annotation: the OOD change in points with its interval, and collapsed seeds if any."""
+    estimate = f"{100 * row.ood_change_mean:+.0f}"
+    interval = f"[{100 * row.ood_change_low:+.0f}, {100 * row.ood_change_high:+.0f}]" if np.isfinite(row.ood_change_low) else ""
+    collapsed = f"\ncollapse {row.collapsed}/{row.seeds}" if row.collapsed else ""
+    return f"{estimate}\n{interval}{collapsed}"
 
 
 @book_figure

@@ -150,6 +150,13 @@ def test_the_regime_summary_names_the_paper_recipe_and_where_drift_appears():
     assert "**The paper's recipe as written does not drift here**: 0 of its 3 runs" in text
     assert "- **adam** drifts in more than half its seeds at lr 0.001, every β (3/3)." in text
     assert "- **rmsprop**: no cell drifts in more than half its seeds (at most 0 of 3)." in text
+    # the continuous reading: rmsprop's cell rose by 0.1 − 0.02 = 8 points in every seed (below 10); adam's by 78
+    assert "- **adam** never collapses in most seeds; rises ≥ 10 points, clear of zero, at lr 0.001 (β 0.1 (+78))." in text
+    assert "- **rmsprop** never collapses in most seeds; rises ≥ 10 points with an interval clear of zero in no cell" in text
+    jump = curves.assign(ood_rate=np.where((curves["label"] == RECIPES["b"].label) & (curves["step"] == 0.5), 0.6,
+                                           curves["ood_rate"]))  # fmt: skip
+    collapsed = analysis.regime_summary(analysis.cell_table(analysis.outcomes(jump)))
+    assert "- **adam** collapses at lr 0.001 (β 0.1 (+78)); rises ≥ 10 points with an interval clear of zero" in collapsed
 
 
 def test_the_drifting_recipe_prefers_a_near_zero_reference_and_breaks_ties_by_ood():

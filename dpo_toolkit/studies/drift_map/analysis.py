@@ -262,4 +262,28 @@ def regime_summary(table: pd.DataFrame) -> str:
                 f"at lr {lr:g}, {betas} ({', '.join(f'{d}/{n}' for d, n in zip(at['drifted'], at['seeds'], strict=True))})"
             )
         lines.append(f"- **{optimizer}** drifts in more than half its seeds " + "; ".join(parts) + ".")
-    return "\n".join(lines)
+    return "\n".join([*lines, "", *_graded_lines(grid)])
+
+
+def _graded_lines(grid: pd.DataFrame) -> list[str]:
+    """The continuous reading, per optimizer (Markdown bullets): where most seeds collapse, and where the
+    OOD rate rose by ≥ DRIFT_RISE on average with its interval clear of zero without collapse."""
+    lines = ["On the continuous outcome (the OOD rate's change against each seed's reference):"]
+    for optimizer, cells in grid.groupby("optimizer", sort=False):
+        collapse = cells[cells["collapsed"] > MOST * cells["seeds"]]
+        sound = cells[cells["collapsed"] <= MOST * cells["seeds"]]
+        graded = sound[(sound["ood_change_low"] > 0) & (sound["ood_change_mean"] >= DRIFT_RISE - 1e-12)]
+        parts = [f"collapses at {_where(collapse)}" if len(collapse) else "never collapses in most seeds"]
+        parts.append(f"rises ≥ {100 * DRIFT_RISE:.0f} points, clear of zero, at {_where(graded)}" if len(graded)
+                     else f"rises ≥ {100 * DRIFT_RISE:.0f} points with an interval clear of zero in no cell outside a collapse")  # fmt: skip
+        lines.append(f"- **{optimizer}** " + "; ".join(parts) + ".")
+    return lines
+
+
+def _where(cells: pd.DataFrame) -> str:
+    """'lr 0.005 (every β), lr 0.0005 (β 0.01, 0.0316)' for a set of grid cells."""
+    out = []
+    for lr, at in cells.groupby("lr", sort=True):
+        betas = ", ".join(f"{b:g} ({100 * c:+.0f})" for b, c in zip(at["beta"], at["ood_change_mean"], strict=True))
+        out.append(f"lr {lr:g} (β {betas})")
+    return "; ".join(out)
