@@ -274,8 +274,9 @@ def _graded_lines(grid: pd.DataFrame) -> list[str]:
         sound = cells[cells["collapsed"] <= MOST * cells["seeds"]]
         graded = sound[(sound["ood_change_low"] > 0) & (sound["ood_change_mean"] >= DRIFT_RISE - 1e-12)]
         parts = [f"collapses at {_where(collapse)}" if len(collapse) else "never collapses in most seeds"]
-        parts.append(f"rises ≥ {100 * DRIFT_RISE:.0f} points, clear of zero, at {_where(graded)}" if len(graded)
-                     else f"rises ≥ {100 * DRIFT_RISE:.0f} points with an interval clear of zero in no cell outside a collapse")  # fmt: skip
+        rise = f"rises ≥ {100 * DRIFT_RISE:.0f} points"
+        parts.append(f"{rise}, clear of zero, at {_where(graded)}" if len(graded)
+                     else f"{rise} with an interval clear of zero in no cell outside a collapse")  # fmt: skip
         lines.append(f"- **{optimizer}** " + "; ".join(parts) + ".")
     return lines
 
