@@ -302,3 +302,17 @@ def test_the_answer_box_goes_between_the_question_and_the_first_section(repo, tm
     failed.cells = [nbformat.v4.new_markdown_cell("# A demo chapter")]
     bookbuild.add_answer(failed, "demo", "quick", claims, "RuntimeError: boom")
     assert len(failed.cells) == 1  # a failed chapter has no answer to give
+
+
+def test_every_figure_gets_its_caption_as_alt_text():
+    nb = nbformat.v4.new_notebook()
+    figure = nbformat.v4.new_code_cell("fig = plot()")
+    figure.metadata["mystnb"] = {"figure": {"caption": "OOD rate against\n  KL, per seed.", "name": "fig-x"}}
+    own = nbformat.v4.new_code_cell("fig = plot()")
+    own.metadata["mystnb"] = {"figure": {"caption": "c"}, "image": {"alt": "chosen by hand"}}
+    plain = nbformat.v4.new_code_cell("x = 1")
+    nb.cells = [nbformat.v4.new_markdown_cell("# T"), figure, own, plain]
+    bookbuild.add_alt_text(nb)
+    assert figure.metadata["mystnb"]["image"]["alt"] == "OOD rate against KL, per seed."
+    assert own.metadata["mystnb"]["image"]["alt"] == "chosen by hand"
+    assert "mystnb" not in plain.metadata

@@ -238,6 +238,17 @@ def add_answer(nb: nbformat.NotebookNode, stem: str, profile: str, claims_path: 
         nb.cells.insert(first + 2, nbformat.v4.new_markdown_cell("## " + rest))
 
 
+def add_alt_text(nb: nbformat.NotebookNode) -> None:
+    """Give every figure its caption as alt text (MyST-NB cell metadata `mystnb.figure.caption` →
+    `mystnb.image.alt`), so that a screen reader says what the figure shows rather than its file
+    name; a cell that sets its own alt text keeps it."""
+    for cell in nb.cells:
+        mystnb = cell.get("metadata", {}).get("mystnb", {})
+        caption = mystnb.get("figure", {}).get("caption")
+        if cell.cell_type == "code" and caption and "alt" not in mystnb.get("image", {}):
+            mystnb.setdefault("image", {})["alt"] = " ".join(str(caption).split())
+
+
 def run_chapter(stem: str, profile: str, executed: Path, results: Path) -> str:
     """Run one chapter unless cached; returns 'cached', 'ran' or 'failed'."""
     executed.mkdir(parents=True, exist_ok=True)
@@ -276,6 +287,7 @@ def run_chapter(stem: str, profile: str, executed: Path, results: Path) -> str:
     if output.exists():
         nb = nbformat.read(output, as_version=4)
         add_answer(nb, stem, profile, results / stem / "claims.csv", error)
+        add_alt_text(nb)
         nb.cells.append(nbformat.v4.new_markdown_cell(provenance_markdown(stem, profile, wall_s, downloads, error)))
         nbformat.write(nb, output)
     if error:

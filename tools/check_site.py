@@ -115,6 +115,9 @@ def check_page(driver: webdriver.Chrome, base: str, page: str, screenshots: Path
         "return [...document.images].map(i => [i.currentSrc || i.src, i.naturalWidth, i.naturalHeight])"
     )
     failures += [f"{page}: image {src} has natural size {w}×{h}" for src, w, h in images if not (w and h)]
+    alts = driver.execute_script("return [...document.querySelectorAll('article img')].map(i => [i.currentSrc || i.src, i.alt])")
+    failures += [f"{page}: image {src.rsplit('/', 1)[-1][:16]}… has no alt text but its file name ({alt!r})"
+                 for src, alt in alts if not alt.strip() or alt.strip().lower().endswith((".png", ".svg", ".jpg"))]  # fmt: skip
     cells = driver.execute_script("return [...document.querySelectorAll('table.claims-table td')].map(td => td.textContent)")
     failures += [f"{page}: claims table cell cut short: {text[-60:]!r}" for text in cells if text.rstrip().endswith(("…", "..."))]
     raw_tables = driver.execute_script(
