@@ -113,3 +113,48 @@ def test_a_hand_built_instance_displaces_exactly_as_computed_by_hand():
     assert row["p_pos_before"] == pytest.approx(p_ref, abs=1e-9)
     assert row["p_pos_after"] == pytest.approx(p[0], rel=1e-9)
     assert row["displaced"] == (p[0] < p_ref) and row["mass_left_pos"] == pytest.approx(p_ref - p[0], rel=1e-9)
+
+
+def test_steps_to_margin_against_gradient_descent_on_h():
+    """The closed form (m + e^m − 1) / (lr β² ‖d‖²) against counting plain gradient-descent steps on h."""
+    W, beta, lr = _embeddings(2), 0.5, 0.05
+    h_ref = reference_hidden(W, 0, 0.6)
+    reference_logps = (W @ h_ref).log_softmax(-1)
+    d = W[0] - W[1]
+    h, steps, target = h_ref.clone().requires_grad_(True), 0, 3.0
+    while True:
+        logps = (W @ h).log_softmax(-1)
+        margin = beta * float(((logps[0] - reference_logps[0]) - (logps[1] - reference_logps[1])).detach())
+        if margin >= target:
+            break
+        (grad,) = torch.autograd.grad(single_token_dpo_loss(logps, reference_logps, 0, 1, beta), [h])
+        with torch.no_grad():
+            h -= lr * grad
+        steps += 1
+    predicted = words.steps_to_margin(target, beta, float(d @ d), lr)
+    assert steps == pytest.approx(predicted, rel=0.02)
+    assert words.reachable_margin(predicted, beta, float(d @ d), lr) == pytest.approx(target, rel=1e-9)
+
+
+def test_crossing_margin_never_when_y_pos_leads_the_projection_and_found_by_brute_force_otherwise():
+    vocab = _toy_vocabulary()
+    W = vocab.W
+    # ('maybe', 'perhaps'): 'no' has the largest ⟨W_z, d⟩, so π(maybe) eventually falls below π_ref
+    i_pos, i_neg, beta = vocab.index("maybe"), vocab.index("perhaps"), 0.1
+    h_ref = reference_hidden(W, i_pos, 0.8)
+    crossing = words.crossing_margin(W, h_ref, i_pos, i_neg, beta)
+    reference = float((W @ h_ref).log_softmax(-1)[i_pos])
+
+    def log_p_pos(margin):
+        return float((W @ dpo_endpoint(W, h_ref, i_pos, i_neg, beta, margin)).log_softmax(-1)[i_pos])
+
+    margins = torch.linspace(1e-3, 60, 60001, dtype=torch.float64).tolist()  # brute force: the first margin below
+    first = next(m for m in margins if log_p_pos(m) < reference)
+    assert 0 < crossing < 60 and crossing == pytest.approx(first, abs=2e-3)
+    # ('no', 'yes'): 'no' itself leads ⟨W_z, W_no − W_yes⟩, so π(no) never falls below π_ref, at every margin
+    i_pos, i_neg = vocab.index("no"), vocab.index("yes")
+    h_ref = reference_hidden(W, i_pos, 0.8)
+    assert words.crossing_margin(W, h_ref, i_pos, i_neg, beta) == float("inf")
+    start = float((W @ h_ref).log_softmax(-1)[i_pos])
+    along = [float((W @ dpo_endpoint(W, h_ref, i_pos, i_neg, beta, m)).log_softmax(-1)[i_pos]) for m in (0.1, 1, 10, 100)]
+    assert all(b >= a - 1e-12 for a, b in zip([start, *along], along, strict=False))  # monotone: rises at every point
