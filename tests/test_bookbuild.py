@@ -316,3 +316,13 @@ def test_every_figure_gets_its_caption_as_alt_text():
     assert figure.metadata["mystnb"]["image"]["alt"] == "OOD rate against KL, per seed."
     assert own.metadata["mystnb"]["image"]["alt"] == "chosen by hand"
     assert "mystnb" not in plain.metadata
+
+
+def test_the_build_fails_when_the_install_cell_installs_another_repository(repo, monkeypatch, tmp_path, capsys):
+    (repo / "_config.yml").write_text("title: demo\n")
+    monkeypatch.setenv("BOOK_REPOSITORY_URL", "https://github.com/someone/fork")
+    out = tmp_path / "config.yml"
+    assert bookbuild.main(["config", str(out)]) == 2 and not out.exists()
+    assert "installs the toolkit from https://github.com/dpo-toolkit/dpo-toolkit" in capsys.readouterr().err
+    monkeypatch.setattr(bookbuild.install_cell, "REPOSITORY", "https://github.com/someone/fork")
+    assert bookbuild.main(["config", str(out)]) == 0 and out.exists()

@@ -480,10 +480,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "config":
         repo = repository()
-        if repo and repo[0] != install_cell.REPOSITORY:
-            print(f"warning: the notebooks' install cell (Colab) installs the toolkit from {install_cell.REPOSITORY}, but this "
+        if repo and repo[0] != install_cell.REPOSITORY:  # a fork's Colab button would install the wrong toolkit
+            print(f"error: the notebooks' install cell (Colab) installs the toolkit from {install_cell.REPOSITORY}, but this "
                   f"book is built from {repo[0]}: set REPOSITORY in tools/install_cell.py, then run "
                   "`python -m tools.install_cell write` and `make notebooks`", file=sys.stderr)  # fmt: skip
+            return 2
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(yaml.safe_dump(book_config(), sort_keys=False, allow_unicode=True))
         return 0

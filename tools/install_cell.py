@@ -10,7 +10,7 @@ repository; inside the repository (`make install`, Binder, the book build, nbval
 toolkit is importable and the cell does nothing. Where torch is already installed (Colab),
 it installs with --no-deps, keeping that torch and the pandas, seaborn and matplotlib beside
 it. The cell is tagged remove-cell, so the book does not show it. A fork sets REPOSITORY
-below to its own URL and runs `write`; `make book` warns when REPOSITORY is not the git
+below to its own URL and runs `write`; `make book` fails when REPOSITORY is not the git
 remote the book is built from.
 """
 
