@@ -174,12 +174,7 @@ def pair_rows(vocab: Vocabulary, y_pos: str, y_neg: str, p_ref: float, beta: flo
     order = projection.argsort(descending=True)
     unit_pos, unit_neg = W[i_pos] / W[i_pos].norm(), W[i_neg] / W[i_neg].norm()
     norm2 = float((W[i_pos] - W[i_neg]) @ (W[i_pos] - W[i_neg]))
-    crossing = crossing_margin(W, h_ref, i_pos, i_neg, beta)
-    path = {
-        "crossing_margin": crossing,  # where π(y+) first falls below π_ref (inf: never)
-        "crossing_steps": steps_to_margin(crossing, beta, norm2) if math.isfinite(crossing) else math.inf,
-        "reachable_margin": reachable_margin(REALISTIC_STEPS, beta, norm2),
-    }
+    path = _path(W, h_ref, i_pos, i_neg, beta, norm2)
     rows = []
     for margin in margins:
         after = (W @ dpo_endpoint(W, h_ref, i_pos, i_neg, beta, margin)).softmax(-1)
@@ -211,6 +206,17 @@ def pair_rows(vocab: Vocabulary, y_pos: str, y_neg: str, p_ref: float, beta: flo
             }
         )
     return rows
+
+
+def _path(W: torch.Tensor, h_ref: torch.Tensor, i_pos: int, i_neg: int, beta: float, norm2: float) -> dict[str, float]:
+    """How far a pair's run must and can go: the margin where π(y+) first falls below π_ref (inf: never)
+    and its steps, and the margin REALISTIC_STEPS reach (``pair_rows``' path columns)."""
+    crossing = crossing_margin(W, h_ref, i_pos, i_neg, beta)
+    return {
+        "crossing_margin": crossing,
+        "crossing_steps": steps_to_margin(crossing, beta, norm2) if math.isfinite(crossing) else math.inf,
+        "reachable_margin": reachable_margin(REALISTIC_STEPS, beta, norm2),
+    }
 
 
 def words_table(
