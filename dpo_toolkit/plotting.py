@@ -95,17 +95,16 @@ def plot_training_curves(runs: pd.DataFrame, metrics: dict[str, str], ncols: int
         has = data.dropna(subset=[column])
         sns.lineplot(data=has[has["run"] != "SFT"] if split else has, x="epoch", y=column, hue="run",
                      hue_order=dpo_runs if split else order, palette=palette, errorbar="sd", ax=dpo_ax)  # fmt: skip
-        dpo_ax.set(xlabel="DPO epoch" if split or "SFT" not in order else "epoch", ylabel="" if split else label)
+        dpo_ax.set(xlabel="DPO epoch" if split or "SFT" not in order else "epoch", ylabel=label)
         if sft_ax is None:
             continue
         sft = has[has["run"] == "SFT"]
         if len(sft):
             sns.lineplot(data=sft, x="epoch", y=column, color="black", errorbar="sd", ax=sft_ax)
             sft_ax.set(xlabel="SFT epoch", ylabel=label)
-        else:  # the DPO panel carries the metric's axis
-            sft_ax.axis("off")
-            sft_ax.text(0.5, 0.5, "not defined for SFT", ha="center", va="center", transform=sft_ax.transAxes, color="grey")
-            dpo_ax.set_ylabel(label)
+        else:  # a metric of DPO only: its DPO panel alone, with its own axis
+            sft_ax.remove()
+            dpo_ax.set_title(f"{label}: DPO only (no SFT value)")
             dpo_ax.tick_params(labelleft=True)
     _shared_legend(fig, [ax for _, ax, _, _ in panels])
     return fig
@@ -310,10 +309,10 @@ def plot_tpm_vs_beta(theorem: pd.DataFrame, instances: dict[str, int]) -> plt.Fi
     for ax, (title, instance) in zip(axes.flat, instances.items(), strict=False):
         rows = theorem[theorem["instance"] == instance]
         alpha = rows["alpha"].iloc[0]
-        ax.plot(rows["beta"], rows["tpm_aligned"], color="tab:green", label="TPM(A)")
-        ax.plot(rows["beta"], np.exp(rows["log_tpm_unaligned"]), color="tab:red", label="TPM(U)")
-        ax.axhline(alpha, color="tab:green", ls="--", lw=1, label="α")
-        ax.axhline(1 - alpha, color="tab:red", ls="--", lw=1, label="1 − α")
+        ax.plot(rows["beta"], rows["tpm_aligned"], color="#0072B2", marker="o", ms=3, label="TPM(A)")  # colour and marker
+        ax.plot(rows["beta"], np.exp(rows["log_tpm_unaligned"]), color="#D55E00", ls="-.", marker="^", ms=3, label="TPM(U)")
+        ax.axhline(alpha, color="#0072B2", ls="--", lw=1, label="α")
+        ax.axhline(1 - alpha, color="#D55E00", ls=":", lw=1, label="1 − α")
         ax.set(xscale="log", xlabel="β", ylabel="total probability mass", title=title, ylim=(-0.02, 1.02))
     axes[0, 0].legend(frameon=False)
     fig.tight_layout()
@@ -349,7 +348,10 @@ def plot_temperature(temperatures: pd.DataFrame) -> plt.Figure:
     return fig
 
 
-ARM_PALETTE = {"no SFT": "tab:red", "full SFT": "tab:blue", "small SFT": "tab:green"}
+# Okabe–Ito colours, and a dash and a marker per arm: no arm is told by colour alone
+ARM_PALETTE = {"no SFT": "#D55E00", "full SFT": "#0072B2", "small SFT": "#009E73"}
+ARM_DASHES = {"no SFT": "", "full SFT": (5, 2), "small SFT": (1.5, 1.5)}
+ARM_MARKERS = {"no SFT": "o", "full SFT": "s", "small SFT": "^"}
 
 
 @book_figure
@@ -360,7 +362,8 @@ def plot_gradient_bound(cases: pd.DataFrame) -> plt.Figure:
     under (γ exact where computed, else from below, so a point is never drawn too low)."""
     data = cases[cases["grad_norm"] > 0].assign(scaled=lambda d: d["ratio_best"] * d["std"] ** (2 / 3))
     fig, ax = plt.subplots(figsize=(7, 5))
-    sns.scatterplot(data=data, x="std", y="scaled", hue="arm", palette=ARM_PALETTE, s=6, alpha=0.35, linewidth=0, ax=ax)
+    sns.scatterplot(data=data, x="std", y="scaled", hue="arm", palette=ARM_PALETTE, style="arm", markers=ARM_MARKERS, s=8,
+                    alpha=0.35, linewidth=0, ax=ax)  # fmt: skip
     regime = data[data["regime"]]
     ax.scatter(regime["std"], regime["scaled"], s=30, facecolors="none", edgecolors="black", lw=0.6,
                label="small std, low reward")  # fmt: skip
@@ -383,7 +386,8 @@ def plot_gain_by_std(stall: pd.DataFrame, n_bins: int = 6) -> plt.Figure:
     sns.barplot(data=data, x="std_bin", y="gain", color="grey", errorbar="sd", ax=left)
     left.set(xlabel="initial reward std (equal-count bins)", ylabel="V_final − V_initial", title="low-reward inputs, all arms")
     left.tick_params(axis="x", rotation=30)
-    sns.scatterplot(data=data, x="initial_std", y="gain", hue="arm", palette=ARM_PALETTE, s=14, ax=right)
+    sns.scatterplot(data=data, x="initial_std", y="gain", hue="arm", palette=ARM_PALETTE, style="arm", markers=ARM_MARKERS,
+                    s=16, ax=right)  # fmt: skip
     right.axvline(0.05, color="grey", ls="--", lw=0.8)
     right.set(xscale="log", xlabel="initial reward std", ylabel="V_final − V_initial", title="each low-reward input")
     fig.tight_layout()
@@ -395,10 +399,20 @@ def plot_rft_curves(curves: pd.DataFrame) -> plt.Figure:
     """Expected training reward and the number of small-std, low-reward training inputs
     against RFT step, one line per arm (mean ± sd over seeds)."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    sns.lineplot(data=curves, x="step", y="reward_train", hue="arm", palette=ARM_PALETTE, errorbar="sd", ax=left)
+    sns.lineplot(data=curves, x="step", y="reward_train", hue="arm", palette=ARM_PALETTE, style="arm", dashes=ARM_DASHES,
+                 errorbar="sd", ax=left)  # fmt: skip
     left.set(xlabel="RFT step", ylabel="mean V_x over training inputs", title="expected reward")
     sns.lineplot(
-        data=curves, x="step", y="small_std_low_reward", hue="arm", palette=ARM_PALETTE, errorbar="sd", ax=right, legend=False
+        data=curves,
+        x="step",
+        y="small_std_low_reward",
+        hue="arm",
+        palette=ARM_PALETTE,
+        style="arm",
+        dashes=ARM_DASHES,
+        errorbar="sd",
+        ax=right,
+        legend=False,
     )
     right.set(xlabel="RFT step", ylabel="inputs", title="small-std, low-reward training inputs")
     fig.tight_layout()
@@ -482,11 +496,14 @@ def plot_variant_curves(curves: pd.DataFrame, metrics: dict[str, str], ncols: in
     palette = {v: "black" for v in order if kinds[v] == "all pairs"}
     palette |= dict(zip(filters, sns.color_palette("Blues_r", len(filters) + 1), strict=False))
     palette |= dict(zip(sfts, sns.color_palette("Oranges_r", len(sfts) + 1), strict=False))
+    patterns = ["", (5, 2), (1.5, 1.5), (6, 2, 1.5, 2), (3, 3)]  # shades of one hue need a dash each to be told apart
+    dashes = {v: patterns[i % len(patterns)] for group in ([v for v in order if v not in filters + sfts], filters, sfts)
+              for i, v in enumerate(group)}  # fmt: skip
     nrows = -(-len(metrics) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(5.5 * ncols, 3.8 * nrows), squeeze=False)
     for ax, (column, title) in zip(axes.flat, metrics.items(), strict=False):
-        sns.lineplot(data=curves, x="step", y=column, hue="variant", hue_order=order, palette=palette, errorbar="sd",
-                     ax=ax, legend=ax is axes.flat[0])  # fmt: skip
+        sns.lineplot(data=curves, x="step", y=column, hue="variant", hue_order=order, palette=palette, style="variant",
+                     style_order=order, dashes=dashes, errorbar="sd", ax=ax, legend=ax is axes.flat[0])  # fmt: skip
         ax.set(xlabel="DPO step", ylabel=title)
     for ax in axes.flat[len(metrics) :]:
         ax.set_visible(False)
@@ -561,7 +578,7 @@ def plot_drift_arms(table: pd.DataFrame, base_label: str) -> plt.Figure:
     axes[1].errorbar(100 * cells["ood_mass_mean"], y + 0.15, xerr=100 * cells["ood_mass_sd"], fmt="s",
                      label="exact OOD probability mass")  # fmt: skip
     axes[1].set(xlim=(-2, 102), xlabel="final value (%), mean ± sd over seeds", title="how far out of distribution")
-    axes[1].legend(loc="lower right")
+    axes[1].legend(loc="upper center", bbox_to_anchor=(0.5, -0.55 / fig.get_figheight()), ncol=2, frameon=False)
     axes[0].invert_yaxis()
     fig.tight_layout()
     return fig
@@ -574,7 +591,7 @@ def plot_drift_mechanism(curves: pd.DataFrame) -> plt.Figure:
     log of the mean OOD mass on the test prompts; and, among those pairs whose prompt gets an OOD
     greedy answer y_OOD, the share with π(y_OOD) > π(y_w) > π(y_l)."""
     data = curves.assign(seed=curves["seed"].astype(str), log_ood=np.log(curves["ood_mass"].clip(lower=1e-300)))
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7))
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
     sns.lineplot(data=data, x="epoch", y="ood_rate", hue="seed", ax=axes[0, 0])
     axes[0, 0].set(title="greedy OOD rate (test prompts)", xlabel="DPO epoch", ylabel="share of prompts", ylim=(-0.02, 1.02))
     sns.lineplot(data=data, x="epoch", y="ood_mass", hue="seed", ax=axes[0, 1], legend=False)
@@ -585,6 +602,8 @@ def plot_drift_mechanism(curves: pd.DataFrame) -> plt.Figure:
     sns.lineplot(data=long.assign(quantity=long["quantity"].map(names)), x="epoch", y="value", hue="quantity", units="seed",
                  estimator=None, ax=axes[1, 0], linewidth=0.9)  # fmt: skip
     axes[1, 0].set(title="training pairs: log-probabilities (one line per seed)", xlabel="DPO epoch", ylabel="nats")
+    for ax, ncol in ((axes[0, 0], 5), (axes[1, 0], 2)):  # below its panel, never over the curves
+        sns.move_legend(ax, "upper center", bbox_to_anchor=(0.5, -0.2), ncol=ncol, frameon=False, title=None)
     sns.lineplot(data=data, x="epoch", y="ordering", hue="seed", ax=axes[1, 1], legend=False)
     axes[1, 1].axhline(0.5, color="grey", linestyle=":")
     axes[1, 1].set(
@@ -612,23 +631,35 @@ def plot_beta_kl(curves: pd.DataFrame, lrs: dict[str, float]) -> plt.Figure:
 
 
 @book_figure
-def plot_displacement_map(table: pd.DataFrame) -> plt.Figure:
-    """The displacement map: the share of runs in which π(y+) fell, per cell, rows = pair and
-    π_ref(y+) (the corpus's lead weight), columns = optimizer and the h/W rebalancing scale;
-    each cell annotated 'displaced % (catastrophic %)'. table: ``displacement_map.map_table``."""
+def plot_displacement_map(table: pd.DataFrame, recipe: dict | None = None) -> plt.Figure:
+    """The displacement map: the share of runs in which π(y+) fell, per cell; rows = pair and its
+    measured π_ref(y+) (mean over the row's runs), columns = optimizer and the rebalancing (h ÷ s,
+    W × s: the same logits, ‖W‖²/‖h‖² × s⁴); each cell 'displaced % (catastrophic %)', left empty
+    where no run displaced. ``recipe`` (column values, e.g. the chapter's literal run: optimizer and
+    scale 1) is outlined. table: ``displacement_map.map_table``."""
+    p_ref = table.groupby(["pair", "lead_weight"], sort=False)["p_ref"].transform("mean")
+    rebalanced = zip(table["optimizer"], table["scale"], strict=True)
+    shares = zip(table["displaced"], table["catastrophic"], strict=True)
     cells = table.assign(
-        row=[f"{p}, lead {w:g}" for p, w in zip(table["pair"], table["lead_weight"], strict=True)],
-        column=[f"{o}\nscale {s:g}" for o, s in zip(table["optimizer"], table["scale"], strict=True)],
-        text=[f"{100 * d:.0f}\n({100 * c:.0f})" for d, c in zip(table["displaced"], table["catastrophic"], strict=True)],
+        row=[f"{p}, π_ref(y+) ≈ {r:.2f}" for p, r in zip(table["pair"], p_ref, strict=True)],
+        column=[f"{o}\nh ÷ {s:g}, W × {s:g}" if s != 1 else f"{o}\nas trained" for o, s in rebalanced],
+        text=[f"{100 * d:.0f}\n({100 * c:.0f})" if d > 0 or c > 0 else "" for d, c in shares],  # empty: none displaced
     )
     rows, columns = list(dict.fromkeys(cells["row"])), list(dict.fromkeys(cells["column"]))
     share = cells.pivot(index="row", columns="column", values="displaced").loc[rows, columns]
     text = cells.pivot(index="row", columns="column", values="text").loc[rows, columns]
     fig, ax = plt.subplots(figsize=(max(6.0, 0.95 * len(columns) + 2.5), 0.55 * len(rows) + 1.8))
     sns.heatmap(100 * share, ax=ax, vmin=0, vmax=100, cmap="rocket_r", annot=text, fmt="", annot_kws={"fontsize": 10},
-                cbar_kws={"label": "runs in which π(y+) fell (%)"})  # fmt: skip
-    ax.set(xlabel="optimizer and rebalancing scale (‖W‖²/‖h‖² × scale⁴)", ylabel="pair (y+/y−) and π_ref(y+)",
-           title="Single-prompt DPO in the persona LM: displaced % (catastrophic %)")  # fmt: skip
+                cbar_kws={"label": "runs in which π(y+) fell (%)"}, linewidths=0.5, linecolor="white")  # fmt: skip
+    if recipe:
+        marked = cells[np.logical_and.reduce([cells[k] == v for k, v in recipe.items()])]
+        for row, column in zip(marked["row"], marked["column"], strict=True):
+            ax.add_patch(plt.Rectangle((columns.index(column), rows.index(row)), 1, 1, fill=False, lw=2.5, ec="#0072B2"))
+    ax.set(
+        xlabel="optimizer, and the rebalancing of the last hidden state h against the unembedding W",
+        ylabel="pair (y+/y−) and its π_ref(y+)",
+        title="Single-prompt DPO in the persona LM: displaced % (catastrophic %)",
+    )
     fig.tight_layout()
     return fig
 

@@ -127,6 +127,7 @@ def test_scorecard_counts_verdicts_and_names_missing_and_failed_chapters(repo, t
     matrix_row = next(line for line in page.splitlines() if line.startswith("| {doc}`A demo chapter"))
     assert matrix_row.count('class="verdict-badge"') == 7  # one badge per claim
     assert "✓ C1</span>" in matrix_row and "? C7</span>" in matrix_row  # a glyph, not colour alone
+    assert 'href="demo.html#claim-C1"' in matrix_row  # each badge links its claim's row
     assert 'data-verdict="partly"' in matrix_row and 'title="C2: partly. It &#124; splits"' in matrix_row  # | ends a cell
     assert "| {doc}`The broken chapter <broken>` | chapter failed |" in page
     assert "The gone chapter <gone>`: **no claims table**" in page
@@ -140,7 +141,31 @@ def test_book_config_adds_the_repository_when_known(repo, monkeypatch):
     config = bookbuild.book_config()
     assert config["repository"] == {"url": "https://github.com/someone/book", "branch": "main"}
     assert config["html"]["use_repository_button"] is True and config["html"]["home_page_in_navbar"] is True
+    assert config["launch_buttons"]["colab_url"] == "https://colab.research.google.com"  # header launch buttons
     assert json.dumps(config)  # plain data, writable as YAML
+
+
+def test_launch_buttons_open_the_notebook_in_the_repository():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("page_fixes", bookbuild.ROOT / "book" / "_ext" / "page_fixes.py")
+    page_fixes = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(page_fixes)
+    theme = "https://github.com/someone/book/blob/main/book/chapters/ches.ipynb"  # what sphinx-book-theme builds
+    buttons = [
+        {"label": "download-buttons", "buttons": [{"url": "_sources/book/chapters/ches.ipynb"}]},
+        {"label": "launch-buttons", "buttons": [
+            {"text": "Colab", "url": "https://colab.research.google.com/github/someone/book/blob/main/book/chapters/ches.ipynb"},
+            {"text": "Binder", "url": "https://mybinder.org/v2/gh/someone/book/main?urlpath=lab/tree/book/chapters/ches.ipynb"},
+            {"text": "Live Code", "javascript": "initThebeSBT()"},
+        ]},
+    ]  # fmt: skip
+    page_fixes.launch_to_sources(buttons)
+    colab, binder, live = buttons[1]["buttons"]
+    assert colab["url"] == "https://colab.research.google.com/github/someone/book/blob/main/notebooks/ches.ipynb"
+    assert binder["url"].endswith("urlpath=lab/tree/notebooks/ches.ipynb") and "url" not in live
+    assert buttons[0]["buttons"][0]["url"] == "_sources/book/chapters/ches.ipynb"  # the download stays the built page's
+    assert "book/chapters" in theme
 
 
 def test_cli_runs_several_chapters_and_leaves_an_unchanged_scorecard_untouched(repo, executions, tmp_path, capsys):
@@ -286,18 +311,19 @@ def test_the_answer_says_when_nothing_is_decided():
     )
 
 
-def test_the_answer_box_goes_between_the_question_and_the_first_section(repo, tmp_path):
+def test_the_answer_box_goes_right_under_the_question(repo, tmp_path):
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_markdown_cell("# A demo chapter\n\nDoes it drift?\n\n## The task\n\nDetails.")]
+    nb.cells = [nbformat.v4.new_markdown_cell("# A demo chapter?\n\n**Claim.** It drifts.\n\n## The task\n\nDetails.")]
     claims = tmp_path / "claims.csv"
     claims.write_text(CLAIMS_CSV)
     bookbuild.add_answer(nb, "demo", "quick", claims, None)
     assert [c.source.split("\n")[0] for c in nb.cells] == [
-        "# A demo chapter",
+        "# A demo chapter?",
         "::::{admonition} The answer at the `quick` profile",
-        "## The task",
+        "**Claim.** It drifts.",
     ]
-    assert nb.cells[0].source == "# A demo chapter\n\nDoes it drift?\n" and nb.cells[2].source.endswith("Details.")
+    assert nb.cells[0].source == "# A demo chapter?" and nb.cells[2].source.endswith("## The task\n\nDetails.")
+    assert '<a class="badge-link" href="#claim-C1"><span class="verdict-badge"' in nb.cells[1].source  # to its row
     failed = nbformat.v4.new_notebook()
     failed.cells = [nbformat.v4.new_markdown_cell("# A demo chapter")]
     bookbuild.add_answer(failed, "demo", "quick", claims, "RuntimeError: boom")

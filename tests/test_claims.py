@@ -99,6 +99,8 @@ def test_claims_table_shows_every_cell_in_full_without_a_positional_index():
     assert "<th>claim</th>" in html and "<th></th>" not in html  # no positional index column
     assert text.startswith("C1 [partly] DPO drifts")
     assert "<td>◐ partly</td>" in html and "<td>exact</td>" in html  # a glyph beside the verdict; no interval
+    assert '<tr id="claim-C1">' in html and html.count("<tr") == 2  # the row is its badges' target; the header has none
+    assert html.index("<th>claim</th>") < html.index("<th>verdict</th>") < html.index("<th>statement</th>")  # verdict second
     decided = ClaimsTable(claims_frame([{**ROW, **decide(Check("x", mean_interval([0.9, 1.0, 1.1]), 0.5))}]))._repr_html_()
     assert "<td>✓ reproduced</td>" in decided and "<td>1 [0.752, 1.25] (n=3) · 0.5</td>" in decided
 

@@ -32,15 +32,17 @@ import time
 from pathlib import Path
 
 import nbformat
+import pandas as pd
 import papermill
 import torch
 import yaml
 from papermill.translators import PythonTranslator
 
 from dpo_toolkit import __version__
-from dpo_toolkit.core.claims import IDENTITY, INCONCLUSIVE, TESTED, UNTESTABLE, VERDICTS, read_claims
+from dpo_toolkit.core.claims import IDENTITY, INCONCLUSIVE, TESTED, UNTESTABLE, VERDICTS, claim_anchor, read_claims
 from tools import install_cell
 from tools.chapter_answer import answer_markdown, badge
+from tools.intro_answer import intro_markdown
 from tools.peakmem import PeakMemory
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,6 +71,13 @@ def book_config() -> dict:
     if repo:
         config["repository"] = {"url": repo[0], "branch": repo[1]}
         config.setdefault("html", {}).update(use_repository_button=True, use_issues_button=True)
+        # Header buttons that open the chapter in Binder or Colab; book/_ext/page_fixes.py points them at
+        # the notebook in notebooks/ (the theme would link the build's copy, book/chapters/<stem>.ipynb).
+        config["launch_buttons"] = {
+            "notebook_interface": "jupyterlab",
+            "binderhub_url": "https://mybinder.org",
+            "colab_url": "https://colab.research.google.com",
+        }
     return config
 
 
@@ -217,9 +226,10 @@ def record_timing(executed: Path, stem: str, profile: str, outcome: str, wall_s:
 
 
 def add_answer(nb: nbformat.NotebookNode, stem: str, profile: str, claims_path: Path, error: str | None) -> None:
-    """Put the chapter's answer box (``chapter_answer``) after the title and the question (the first
-    Markdown cell, up to its first `##` section), above every figure; nothing when the chapter
-    failed or wrote no valid claims table."""
+    """Put the chapter's answer box (``chapter_answer``) right under the title, which is the chapter's
+    question (the first line of its first Markdown cell), above the claims' statements and every
+    figure, so that it is on the first screen; nothing when the chapter failed or wrote no valid
+    claims table."""
     if error:
         return
     try:
@@ -231,11 +241,11 @@ def add_answer(nb: nbformat.NotebookNode, stem: str, profile: str, claims_path: 
     if first is None:
         nb.cells.insert(0, box)
         return
-    head, sep, rest = nb.cells[first].source.partition("\n## ")  # the title and the question, then the sections
-    nb.cells[first].source = head
+    title, _, rest = nb.cells[first].source.lstrip().partition("\n")  # the title is the chapter's question
+    nb.cells[first].source = title
     nb.cells.insert(first + 1, box)
-    if sep:
-        nb.cells.insert(first + 2, nbformat.v4.new_markdown_cell("## " + rest))
+    if rest.strip():
+        nb.cells.insert(first + 2, nbformat.v4.new_markdown_cell(rest.strip("\n")))
 
 
 def add_alt_text(nb: nbformat.NotebookNode) -> None:
@@ -383,6 +393,17 @@ def seeds_in_words(stems: list[str], profile: str) -> str:
     return f"{low} seed{'s' if low > 1 else ''} per chapter" if low == high else f"{low}–{high} seeds per chapter"
 
 
+def chapter_claims(stem: str, executed: Path, results: Path) -> pd.DataFrame | str:
+    """The chapter's claims table, or what went wrong: 'chapter failed: `error`' or 'no claims table: why'."""
+    failure = executed / f"{stem}.failed"
+    if failure.exists():
+        return f"chapter failed: `{failure.read_text().strip()}`"
+    try:
+        return read_claims(results / stem / "claims.csv")
+    except (OSError, ValueError) as e:
+        return f"no claims table: {type(e).__name__}: {e}"
+
+
 def scorecard(stems: list[str], executed: Path, results: Path, profile: str) -> tuple[str, str, bool]:
     """(page, summary line, any chapter failed) from every chapter's claims.csv.
 
@@ -392,20 +413,16 @@ def scorecard(stems: list[str], executed: Path, results: Path, profile: str) -> 
     rows, matrix, problems, counts, failed = {g: [] for g in GROUPS}, [], [], dict.fromkeys(VERDICTS, 0), False
     for stem in stems:
         link = f"{{doc}}`{chapter_title(stem)} <{stem}>`"
-        failure = executed / f"{stem}.failed"
-        claims_path = results / stem / "claims.csv"
-        if failure.exists():
-            failed = True
-            problems.append(f"- {link}: **the chapter failed** (`{failure.read_text().strip()}`); its claims are missing.")
-            matrix.append(f"| {link} | chapter failed |")
+        claims = chapter_claims(stem, executed, results)
+        if isinstance(claims, str):
+            what, why = claims.split(": ", 1)
+            failed = failed or what == "chapter failed"
+            problems.append(f"- {link}: **{'the chapter failed' if what == 'chapter failed' else what}** ({why}).")
+            matrix.append(f"| {link} | {what} |")
             continue
-        try:
-            claims = read_claims(claims_path)
-        except (OSError, ValueError) as e:
-            problems.append(f"- {link}: **no claims table** ({type(e).__name__}: {e}).")
-            matrix.append(f"| {link} | no claims table |")
-            continue
-        matrix.append(f"| {link} | " + " ".join(badge(c.claim_id, c.verdict, c.statement) for c in claims.itertuples()) + " |")
+        matrix.append(f"| {link} | " + " ".join(
+            badge(c.claim_id, c.verdict, c.statement, href=f"{stem}.html#{claim_anchor(c.claim_id)}") for c in claims.itertuples()
+        ) + " |")  # fmt: skip
         for claim in claims.itertuples():
             counts[claim.verdict] += 1
             cells = [claim.claim_id, f"**{claim.verdict}**", claim.statement, link]
@@ -505,8 +522,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     page, summary, failed = scorecard(args.stems, args.executed, args.results, args.profile)
     args.executed.mkdir(parents=True, exist_ok=True)
-    summary_line = f"**Scorecard:** {summary} ({{doc}}`details </book/chapters/scorecard>`).\n"
-    for name, text in (("scorecard.md", page), ("scorecard_summary.md", summary_line)):
+    matrix = [(stem, chapter_title(stem), chapter_claims(stem, args.executed, args.results)) for stem in args.stems]
+    intro = intro_markdown(args.profile, seeds_in_words(args.stems, args.profile), summary, matrix)
+    for name, text in (("scorecard.md", page), ("scorecard_summary.md", intro)):
         path = args.executed / name
         if not path.exists() or path.read_text() != text:  # unchanged pages keep their mtime: no re-render
             path.write_text(text)

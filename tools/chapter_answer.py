@@ -9,28 +9,34 @@ import math
 
 import pandas as pd
 
-from dpo_toolkit.core.claims import GLYPHS, IDENTITY, INCONCLUSIVE, TESTED, UNTESTABLE
+from dpo_toolkit.core.claims import GLYPHS, IDENTITY, INCONCLUSIVE, TESTED, UNTESTABLE, claim_anchor
 
-BADGE_COLOURS = {  # verdict → background; white text on each passes WCAG AA contrast
-    "reproduced": "#1b7f3b",
-    "partly": "#9a5b00",
-    "not reproduced": "#b3261e",
-    "inconclusive": "#6a3d9a",
-    "untestable here": "#5f6368",
-    "verified (identity)": "#1a5fb4",
+# verdict → (background, text colour). The Okabe–Ito palette (Okabe & Ito 2008, "Color Universal
+# Design"): every pair of backgrounds stays ≥ 20 apart in CIEDE2000 under simulated deuteranopia and
+# protanopia (Machado 2009, full severity; tools/site_checks.py checks it on the built site), and each
+# text colour has WCAG AA contrast (≥ 4.5) on its background.
+BADGE_COLOURS = {
+    "reproduced": ("#0072B2", "#ffffff"),  # blue
+    "partly": ("#F0E442", "#000000"),  # yellow
+    "not reproduced": ("#D55E00", "#000000"),  # vermillion
+    "inconclusive": ("#5A5A5A", "#ffffff"),  # dark grey: no decision
+    "untestable here": ("#DDDDDD", "#000000"),  # light grey: no test
+    "verified (identity)": ("#56B4E9", "#000000"),  # sky blue
 }
 BADGE_GLYPHS = GLYPHS  # a glyph beside each badge's id, so that no verdict is told by colour alone
 
 
-def badge(claim_id: str, verdict: str, title: str, kind: str = "verdict-badge") -> str:
-    """An inline HTML badge: the claim's id on its verdict's colour, the verdict and statement on hover."""
-    colour = BADGE_COLOURS.get(verdict, "#444444")
+def badge(claim_id: str, verdict: str, title: str, kind: str = "verdict-badge", href: str | None = None) -> str:
+    """An inline HTML badge: a glyph and the claim's id on its verdict's colour, the verdict and
+    statement on hover; a link to the claim's row when ``href`` is given."""
+    background, text = BADGE_COLOURS.get(verdict, ("#444444", "#ffffff"))
     tip = html.escape(f"{claim_id}: {verdict}. {title}", quote=True).replace("|", "&#124;")  # a | would end the table cell
-    return (
-        f'<span class="{kind}" data-verdict="{html.escape(verdict)}" title="{tip}" style="background:{colour};'
-        f'color:#fff;border-radius:4px;padding:1px 6px;margin:0 4px 2px 0;display:inline-block;font-weight:600">'
-        f"{BADGE_GLYPHS.get(verdict, '')} {claim_id}</span>"
+    span = (
+        f'<span class="{kind}" data-verdict="{html.escape(verdict)}" title="{tip}" style="background:{background};'
+        f"color:{text};border-radius:4px;padding:1px 6px;margin:0 4px 2px 0;display:inline-block;font-weight:600;"
+        f'border:1px solid #555">{BADGE_GLYPHS.get(verdict, "")} {html.escape(claim_id)}</span>'
     )
+    return f'<a class="badge-link" href="{html.escape(href, quote=True)}">{span}</a>' if href else span
 
 
 def _evidence(claim) -> str:
@@ -64,7 +70,8 @@ def answer_markdown(title: str, claims: pd.DataFrame, profile: str) -> str:
     """The chapter's answer box: its question, the sentence, one badge per claim with its verdict in
     words and its evidence, the profile; it points to the claims table at the end of the chapter."""
     lines = [
-        f"- {badge(c.claim_id, c.verdict, c.statement)} **{html.escape(c.verdict)}** — {html.escape(c.statement)} "
+        f"- {badge(c.claim_id, c.verdict, c.statement, href='#' + claim_anchor(c.claim_id))} "
+        f"**{html.escape(c.verdict)}** — {html.escape(c.statement)} "
         f"({_evidence(c)})"
         for c in claims.itertuples()
     ]

@@ -41,6 +41,18 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
 from dpo_toolkit.plotting import MAX_SHRINK, MIN_TICK_PX
+from tools.site_checks import (
+    badge_colours,
+    colour_failures,
+    first_screen_failures,
+    glyph_failures,
+    math_failures,
+    set_viewport,
+    table_text_failures,
+    width_failures,
+)
+
+GENERATED = ("scorecard", "performance")  # pages of the book under chapters/, not chapters
 
 
 def toc_pages(book_root: Path) -> list[str]:
@@ -93,16 +105,22 @@ def _resolves(url: str) -> bool:
         return False
 
 
-def check_page(driver: webdriver.Chrome, base: str, page: str, screenshots: Path) -> list[str]:
-    """Every failure found on one page, as lines naming the page."""
-    url = urljoin(base, page)
+def _load(driver: webdriver.Chrome, url: str, page: str) -> list[str]:
+    """Open the page and wait for it to load; a failure when it does not within 20 s."""
     driver.get(url)
-    failures = []
     deadline = time.time() + 20
+    time.sleep(0.05)  # a change of emulated viewport can start the load over just after get() returns
     while driver.execute_script("return document.readyState") != "complete" and time.time() < deadline:
         time.sleep(0.2)
-    if driver.execute_script("return document.readyState") != "complete":
-        failures.append(f"{page}: did not finish loading within 20 s")
+    return (
+        []
+        if driver.execute_script("return document.readyState") == "complete"
+        else [f"{page}: did not finish loading within 20 s"]
+    )
+
+
+def _console_failures(driver: webdriver.Chrome, base: str, page: str) -> list[str]:
+    failures = []
     for entry in driver.get_log("browser"):
         if entry["level"] != "SEVERE":
             continue
@@ -111,26 +129,24 @@ def check_page(driver: webdriver.Chrome, base: str, page: str, screenshots: Path
             print(f"skipped (offline): {page}: {message}")
             continue
         failures.append(f"{page}: console error: {message}")
+    return failures
+
+
+def _image_failures(driver: webdriver.Chrome, page: str) -> list[str]:
     images = driver.execute_script(
         "return [...document.images].map(i => [i.currentSrc || i.src, i.naturalWidth, i.naturalHeight])"
     )
-    failures += [f"{page}: image {src} has natural size {w}×{h}" for src, w, h in images if not (w and h)]
+    failures = [f"{page}: image {src} has natural size {w}×{h}" for src, w, h in images if not (w and h)]
     alts = driver.execute_script("return [...document.querySelectorAll('article img')].map(i => [i.currentSrc || i.src, i.alt])")
-    failures += [f"{page}: image {src.rsplit('/', 1)[-1][:16]}… has no alt text but its file name ({alt!r})"
-                 for src, alt in alts if not alt.strip() or alt.strip().lower().endswith((".png", ".svg", ".jpg"))]  # fmt: skip
-    cells = driver.execute_script("return [...document.querySelectorAll('table.claims-table td')].map(td => td.textContent)")
-    failures += [f"{page}: claims table cell cut short: {text[-60:]!r}" for text in cells if text.rstrip().endswith(("…", "..."))]
-    raw_tables = driver.execute_script(
-        "return [...document.querySelectorAll('article p, article div.output pre, article div.cell_output')]"
-        "  .map(e => e.innerText).filter(t => /^\\s*\\|.*\\|\\s*$/m.test(t) && /\\|\\s*-{3,}/.test(t))"
-    )
-    failures += [f"{page}: Markdown table shown as raw text: {text.strip()[:60]!r}" for text in raw_tables]
-    if "chapters/" in page and Path(page).stem not in ("scorecard", "performance") and not cells:
-        failures.append(f"{page}: no claims table (class claims-table)")
-    failures += _figure_failures(driver, page)
-    links = driver.execute_script("return [...document.querySelectorAll('a[href]')].map(a => a.href)")
-    checked: dict[str, bool] = {}
-    for link in links:
+    named = [(src, alt) for src, alt in alts if not alt.strip() or alt.strip().lower().endswith((".png", ".svg", ".jpg"))]
+    return failures + [
+        f"{page}: image {src.rsplit('/', 1)[-1][:16]}… has no alt text but its file name ({alt!r})" for src, alt in named
+    ]
+
+
+def _link_failures(driver: webdriver.Chrome, base: str, url: str, page: str) -> list[str]:
+    failures, checked = [], {}
+    for link in driver.execute_script("return [...document.querySelectorAll('a[href]')].map(a => a.href)"):
         target, fragment = urldefrag(link)
         if urlparse(target).netloc != urlparse(base).netloc:
             continue  # external: not this site's to check
@@ -144,10 +160,42 @@ def check_page(driver: webdriver.Chrome, base: str, page: str, screenshots: Path
             and not driver.execute_script("return document.getElementById(arguments[0]) !== null", fragment)
         ):
             failures.append(f"{page}: link to missing anchor #{fragment}")
+    return failures
+
+
+def check_page(driver: webdriver.Chrome, base: str, page: str, screenshots: Path, colours: dict | None = None) -> list[str]:
+    """Every failure found on one page, as lines naming the page; the badge colours it shows go into
+    ``colours`` (verdict → CSS colour) for the site-wide colour check."""
+    url = urljoin(base, page)
+    set_viewport(driver, "desktop")
+    failures = _load(driver, url, page)
+    failures += _console_failures(driver, base, page) + _image_failures(driver, page)
+    cells = driver.execute_script("return [...document.querySelectorAll('table.claims-table td')].map(td => td.textContent)")
+    raw_tables = driver.execute_script(
+        "return [...document.querySelectorAll('article p, article div.output pre, article div.cell_output')]"
+        "  .map(e => e.innerText).filter(t => /^\\s*\\|.*\\|\\s*$/m.test(t) && /\\|\\s*-{3,}/.test(t))"
+    )
+    failures += [f"{page}: Markdown table shown as raw text: {text.strip()[:60]!r}" for text in raw_tables]
+    chapter = "chapters/" in page and Path(page).stem not in GENERATED
+    if chapter and not cells:
+        failures.append(f"{page}: no claims table (class claims-table)")
+    if chapter:
+        failures += first_screen_failures(driver, page)
+    failures += glyph_failures(driver, page) + table_text_failures(driver, page) + math_failures(driver, page)
+    failures += width_failures(driver, page, "desktop") + _figure_failures(driver, page)
+    failures += _link_failures(driver, base, url, page)
+    if colours is not None:
+        colours.update(badge_colours(driver))
     screenshots.mkdir(parents=True, exist_ok=True)
     stem = page.replace("/", "__").removesuffix(".html")
-    driver.save_screenshot(str(screenshots / f"{stem}.png"))
+    driver.execute_script("window.scrollTo(0, 0)")
+    driver.save_screenshot(str(screenshots / f"{stem}.png"))  # the first screen at 1400 × 900
     _element_screenshots(driver, screenshots / stem)
+    set_viewport(driver, "phone")
+    failures += _load(driver, url, page) + width_failures(driver, page, "phone")
+    driver.execute_script("window.scrollTo(0, 0)")
+    driver.save_screenshot(str(screenshots / f"{stem}__phone.png"))  # the first screen at 390 × 844
+    set_viewport(driver, "desktop")
     return failures
 
 
@@ -202,13 +250,14 @@ def check_site(book_root: Path, screenshots: Path) -> list[str]:
     pages = toc_pages(book_root)
     server, base = _serve(html)
     driver = _driver()
-    failures = []
+    failures, colours = [], {}
     try:
         for page in pages:
             if not (html / page).exists():
                 failures.append(f"{page}: listed in _toc.yml but not built")
                 continue
-            failures += check_page(driver, base, page, screenshots)
+            failures += check_page(driver, base, page, screenshots, colours)
+        failures += colour_failures(colours)
         scorecards = [p for p in pages if p.endswith("/scorecard.html")]
         if not scorecards:
             failures.append("no scorecard page in _toc.yml")
@@ -228,10 +277,13 @@ def check_site(book_root: Path, screenshots: Path) -> list[str]:
             )
             if badges != claims or not claims:
                 failures.append(f"scorecard: {badges} verdict badges for {claims} claims in its table")
-            generated = ("scorecard.html", "performance.html")  # pages of the book, not chapters
             for page in pages:
                 name = Path(page).name
-                if "/chapters/" in page and name not in generated and not any(h.split("#")[0].endswith(name) for h in hrefs):
+                if (
+                    "/chapters/" in page
+                    and Path(page).stem not in GENERATED
+                    and not any(h.split("#")[0].endswith(name) for h in hrefs)
+                ):
                     failures.append(f"scorecard does not list the chapter {page}")
     finally:
         driver.quit()

@@ -14,7 +14,9 @@ those columns are empty for identities and exact computations (``verdict``, ``id
 
 from __future__ import annotations
 
+import html
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -221,6 +223,11 @@ def verdict_digest(df: pd.DataFrame) -> str:
     return "\n".join(f"{r.claim_id}: {r.verdict}" + (f" (n={r.n})" if r.n else "") for r in df.itertuples())
 
 
+def claim_anchor(claim_id: str) -> str:
+    """The id of a claim's row in its chapter's claims table, the target of the claim's verdict badges."""
+    return f"claim-{claim_id}"
+
+
 class ClaimsTable:
     """A claims table as a chapter shows it: every cell in full (pandas would cut cells at 50
     characters), one row per claim, no positional index. Plain text lists one claim per block."""
@@ -234,9 +241,12 @@ class ClaimsTable:
             verdict=[f"{GLYPHS[v]} {v}" for v in self.df["verdict"]],
             evidence=[_evidence(r) for r in self.df.itertuples()],
         )[["claim_id", "verdict", "statement", "paper_value", "our_value", "evidence", "precondition"]]
-        return shown.rename(columns={**HEADERS, "evidence": "estimate [95 % CI] (n) · threshold"}).to_html(
+        table = shown.rename(columns={**HEADERS, "evidence": "estimate [95 % CI] (n) · threshold"}).to_html(
             index=False, border=0, classes="claims-table"
         )
+        head, body = table.split("<tbody>", 1)
+        rows = iter(self.df["claim_id"])  # each row its anchor, the target of the claim's verdict badges
+        return head + "<tbody>" + re.sub("<tr>", lambda _: f'<tr id="{html.escape(claim_anchor(next(rows)), quote=True)}">', body)
 
     def __repr__(self) -> str:
         return "\n".join(
