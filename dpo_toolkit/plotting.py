@@ -578,7 +578,7 @@ def plot_drift_arms(table: pd.DataFrame, base_label: str) -> plt.Figure:
     axes[1].errorbar(100 * cells["ood_mass_mean"], y + 0.15, xerr=100 * cells["ood_mass_sd"], fmt="s",
                      label="exact OOD probability mass")  # fmt: skip
     axes[1].set(xlim=(-2, 102), xlabel="final value (%), mean ± sd over seeds", title="how far out of distribution")
-    axes[1].legend(loc="upper center", bbox_to_anchor=(0.5, -0.55 / fig.get_figheight()), ncol=2, frameon=False)
+    axes[1].legend(loc="upper center", bbox_to_anchor=(0.5, -0.55 / fig.get_figheight()), ncol=1, frameon=False)
     axes[0].invert_yaxis()
     fig.tight_layout()
     return fig

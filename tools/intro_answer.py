@@ -81,18 +81,21 @@ def intro_markdown(profile: str, seeds: str, summary: str, matrix: list[tuple[st
         rows.append(f"| {link} | {cells} |")
     paper = findings_markdown(pd.read_csv(PAPER_CLAIMS, dtype=str, keep_default_na=False))
     caveat = (
-        " Few replicates: most verdicts here are `inconclusive` by design; the paper profile's are below."
+        " With so few replicates most verdicts here are `inconclusive` by design; `make book` runs the paper profile."
         if profile == "quick"
         else ""
     )
-    return f"""::::{{admonition}} What this site shows: the `{profile}` profile ({seeds})
+    legend = " · ".join(f"{glyph} {verdict}" for verdict, glyph in GLYPHS.items())
+    return f"""::::{{admonition}} What the book finds, and what this site shows (the `{profile}` profile)
 :class: important book-answer
-**This build:** {summary} ({{doc}}`scorecard </book/chapters/scorecard>`).{caveat}
+{paper}
 
-| chapter | verdict of each claim ({" · ".join(f"{glyph} {verdict}" for verdict, glyph in GLYPHS.items())}) |
+**This site** was built at the `{profile}` profile ({seeds}): {summary} ({{doc}}`scorecard </book/chapters/scorecard>`).{caveat}
+
+| chapter | verdict of each claim |
 | --- | --- |
 {chr(10).join(rows)}
 
-{paper}
+{legend}
 ::::
 """

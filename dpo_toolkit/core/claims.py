@@ -224,8 +224,7 @@ def verdict_digest(df: pd.DataFrame) -> str:
 
 
 def claim_anchor(claim_id: str) -> str:
-    """The id of a claim's row in its chapter's claims table, the target of the claim's verdict badges."""
-    return f"claim-{claim_id}"
+    return f"claim-{claim_id}"  # the id of the claim's row in its chapter's claims table, its badges' target
 
 
 class ClaimsTable:
@@ -245,8 +244,8 @@ class ClaimsTable:
             index=False, border=0, classes="claims-table"
         )
         head, body = table.split("<tbody>", 1)
-        rows = iter(self.df["claim_id"])  # each row its anchor, the target of the claim's verdict badges
-        return head + "<tbody>" + re.sub("<tr>", lambda _: f'<tr id="{html.escape(claim_anchor(next(rows)), quote=True)}">', body)
+        ids = iter(self.df["claim_id"])  # each row its anchor, the target of the claim's verdict badges
+        return f"{head}<tbody>" + re.sub("<tr>", lambda _: f'<tr id="{html.escape(claim_anchor(next(ids)))}">', body)
 
     def __repr__(self) -> str:
         return "\n".join(
