@@ -287,12 +287,12 @@ def plot_surgery_shares(curves: pd.DataFrame) -> plt.Figure:
         model=lambda d: d["variant"].map(SURGERY_LABELS),
     )
     sns.lineplot(data=change, x="step", y="ood_change", hue="model", style="model", errorbar="sd",
-                 palette=["tab:green", "tab:blue"], ax=right)  # fmt: skip
+                 palette=["#009E73", "#0072B2"], ax=right)  # fmt: skip
     right.axhline(0, color="grey", lw=0.8)
     lo, hi = right.get_ylim()
-    right.axhspan(0, max(hi, 0), color="red", alpha=0.06)
-    right.axhspan(min(lo, 0), 0, color="green", alpha=0.06)
-    right.set(ylabel="OOD(A′) − OOD(A)", xlabel="DPO step", title="red: surgery harms, green: it helps")
+    right.axhspan(0, max(hi, 0), color="#D55E00", alpha=0.06)
+    right.axhspan(min(lo, 0), 0, color="#0072B2", alpha=0.06)
+    right.set(ylabel="OOD(A′) − OOD(A)", xlabel="DPO step", title="above 0: surgery harms; below 0: it helps")
     right.legend(frameon=False)
     fig.tight_layout()
     return fig

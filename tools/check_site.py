@@ -5,17 +5,22 @@
 BOOK_ROOT holds _toc.yml and the built _build/html. The site is served on localhost and
 driven with Selenium through the distribution's chromium and chromedriver (never a
 downloaded browser). For the intro, every page of the table of contents and the
-bibliography, it checks that the page loads with no console errors, that every image
-has a non-zero natural size, that every link within the site resolves (and every
-#fragment names an element of its page), and that the scorecard links every chapter.
-It also checks that no figure is wider than the text column or shrunk into it by more than
-dpo_toolkit.plotting.MAX_SHRINK (which keeps tick labels ≥ 10 px), and that figure numbers
-restart in each chapter. It saves a screenshot of each page (a 1,400 × 1,600 window), of
-each page's first claims table and of its widest figure, and exits 1 listing every failure.
+bibliography, at a 1,400 × 900 viewport, it checks that the page loads with no console
+errors, that every image has a non-zero natural size and alt text that is not a file name,
+that every link within the site resolves (and every #fragment names an element of its
+page), and that the scorecard links every chapter. It also checks that no figure is wider
+than the text column or shrunk into it by more than dpo_toolkit.plotting.MAX_SHRINK (which
+keeps tick labels ≥ 10 px), that figure numbers restart in each chapter, and what
+tools/site_checks.py asks for a reader's first minutes: each chapter's verdict badges on its
+first screen, a glyph in every badge, verdict colours apart under simulated colour-vision
+deficiency, readable table headers and whole cells, maths typeset, and no table or page
+wider than its column or viewport, at 1,400 px and again at a phone's 390 px. It saves a
+screenshot of each page's first screen at both sizes, of its first claims table and of its
+widest figure, and exits 1 listing every failure.
 
-Resources on other hosts (MathJax from its CDN) cannot load on an offline machine; the
-console errors that say so (net::ERR_NAME_NOT_RESOLVED and the like, for a URL that is
-not this site's) are reported as skipped, not as failures.
+MathJax is served from the built site (sphinx-mathjax-offline). Console errors that say a
+resource on another host could not load (net::ERR_NAME_NOT_RESOLVED and the like) are
+reported as skipped, not as failures.
 """
 
 from __future__ import annotations
