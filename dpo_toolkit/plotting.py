@@ -632,11 +632,11 @@ def plot_beta_kl(curves: pd.DataFrame, lrs: dict[str, float]) -> plt.Figure:
 
 @book_figure
 def plot_displacement_map(table: pd.DataFrame, recipe: dict | None = None) -> plt.Figure:
-    """The displacement map: the share of runs in which π(y+) fell, per cell; rows = pair and its
-    measured π_ref(y+) (mean over the row's runs), columns = optimizer and the rebalancing (h ÷ s,
-    W × s: the same logits, ‖W‖²/‖h‖² × s⁴); each cell 'displaced % (catastrophic %)', left empty
-    where no run displaced. ``recipe`` (column values, e.g. the chapter's literal run: optimizer and
-    scale 1) is outlined. table: ``displacement_map.map_table``."""
+    """The displacement map, one panel per head (trained, frozen): the share of runs in which π(y+)
+    fell, per cell; rows = pair and its measured π_ref(y+) (mean over the row's runs), columns =
+    optimizer and the rebalancing (h ÷ s, W × s: the same logits, ‖W‖²/‖h‖² × s⁴); each cell
+    'displaced % (catastrophic %)', left empty where no run displaced. ``recipe`` (cell values, e.g.
+    the chapter's literal run) is outlined. table: ``displacement_map.map_table``."""
     p_ref = table.groupby(["pair", "lead_weight"], sort=False)["p_ref"].transform("mean")
     rebalanced = zip(table["optimizer"], table["scale"], strict=True)
     shares = zip(table["displaced"], table["catastrophic"], strict=True)
@@ -646,20 +646,21 @@ def plot_displacement_map(table: pd.DataFrame, recipe: dict | None = None) -> pl
         text=[f"{100 * d:.0f}\n({100 * c:.0f})" if d > 0 or c > 0 else "" for d, c in shares],  # empty: none displaced
     )
     rows, columns = list(dict.fromkeys(cells["row"])), list(dict.fromkeys(cells["column"]))
-    share = cells.pivot(index="row", columns="column", values="displaced").loc[rows, columns]
-    text = cells.pivot(index="row", columns="column", values="text").loc[rows, columns]
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.95 * len(columns) + 2.5), 0.55 * len(rows) + 1.8))
-    sns.heatmap(100 * share, ax=ax, vmin=0, vmax=100, cmap="rocket_r", annot=text, fmt="", annot_kws={"fontsize": 10},
-                cbar_kws={"label": "runs in which π(y+) fell (%)"}, linewidths=0.5, linecolor="white")  # fmt: skip
-    if recipe:
-        marked = cells[np.logical_and.reduce([cells[k] == v for k, v in recipe.items()])]
+    heads = list(dict.fromkeys(cells["head"]))
+    fig, axes = plt.subplots(len(heads), 1, figsize=(max(6.0, 0.95 * len(columns) + 2.5), (0.55 * len(rows) + 1.6) * len(heads)),
+                             squeeze=False)  # fmt: skip
+    for ax, head in zip(axes[:, 0], heads, strict=True):
+        panel = cells[cells["head"] == head]
+        share = panel.pivot(index="row", columns="column", values="displaced").reindex(index=rows, columns=columns)
+        text = panel.pivot(index="row", columns="column", values="text").reindex(index=rows, columns=columns).fillna("")
+        sns.heatmap(100 * share, ax=ax, vmin=0, vmax=100, cmap="rocket_r", annot=text, fmt="", annot_kws={"fontsize": 10},
+                    cbar_kws={"label": "runs in which π(y+) fell (%)"}, linewidths=0.5, linecolor="white")  # fmt: skip
+        marked = panel[np.logical_and.reduce([panel[k] == v for k, v in (recipe or {}).items()])] if recipe else panel.iloc[:0]
         for row, column in zip(marked["row"], marked["column"], strict=True):
             ax.add_patch(plt.Rectangle((columns.index(column), rows.index(row)), 1, 1, fill=False, lw=2.5, ec="#0072B2"))
-    ax.set(
-        xlabel="optimizer, and the rebalancing of the last hidden state h against the unembedding W",
-        ylabel="pair (y+/y−) and its π_ref(y+)",
-        title="Single-prompt DPO in the persona LM: displaced % (catastrophic %)",
-    )
+        which = "head frozen (W fixed, h trained)" if head == "frozen" else f"head {head}"
+        ax.set(xlabel="optimizer, and the rebalancing of the last hidden state h against the unembedding W",
+               ylabel="pair (y+/y−) and its π_ref(y+)", title=f"{which}: displaced % (catastrophic %)")  # fmt: skip
     fig.tight_layout()
     return fig
 

@@ -163,3 +163,86 @@ def test_claim_verdicts_on_few_or_disagreeing_seeds_are_inconclusive():
     row = displacement_claims(FEATURES, _seeded(PROPORTIONAL, PROPORTIONAL, PROPORTIONAL), _seeded(FALLING, FALLING, FALLING),
                               _seeded(TABLE, NEVER.assign(displaced=True), NEVER.assign(displaced=True))).iloc[0]  # fmt: skip
     assert row["verdict"] == "inconclusive" and "share of catastrophic runs per seed" in row["our_value"]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_first_order_terms_against_a_step_on_h_alone_and_on_w_alone(seed):
+    """The h-term is the change of log π(y+) of a step on h with W fixed (the frozen head), the W-term
+    that of a step on W with h fixed; together they are first_order_logp_change at y+."""
+    from dpo_toolkit.studies.likelihood_displacement.theory import first_order_terms
+
+    h, W = _instance(seed)
+    bias = torch.linspace(-0.3, 0.3, len(W), dtype=torch.float64)
+    reference = (W @ h + bias).log_softmax(-1)
+    from_W, from_h = first_order_terms(h, W, reference, 0, 1, 0.1, bias=bias)
+    assert from_W + from_h == pytest.approx(float(first_order_logp_change(h, W, reference, 0, 1, 0.1, bias=bias)[0]), rel=1e-12)
+    eta = 1e-6
+    for trained, term in (("h", from_h), ("W", from_W)):
+        h_var, W_var = h.clone().requires_grad_(trained == "h"), W.clone().requires_grad_(trained == "W")
+        loss = single_token_dpo_loss((W_var @ h_var + bias).log_softmax(-1), reference, 0, 1, 0.1)
+        (grad,) = torch.autograd.grad(loss, [h_var if trained == "h" else W_var])
+        with torch.no_grad():
+            stepped = (W - eta * grad) @ h if trained == "W" else W @ (h - eta * grad)
+            change = ((stepped + bias).log_softmax(-1) - reference)[0]
+        assert float(change) / eta == pytest.approx(term, rel=1e-4), trained
+    assert from_W >= 0  # never negative: ‖h‖² (1 − π(y+) + π(y−))
+
+
+def test_projection_rank_by_brute_force():
+    from dpo_toolkit.studies.likelihood_displacement.theory import projection_rank
+
+    for seed in range(5):
+        _, W = _instance(seed, V=9)
+        for y_pos, y_neg in ((0, 1), (3, 2), (8, 0)):
+            projection = [float(W[z] @ (W[y_pos] - W[y_neg])) for z in range(len(W))]
+            assert projection_rank(W, y_pos, y_neg) == 1 + sum(p > projection[y_pos] for p in projection)
+    assert projection_rank(torch.eye(3, dtype=torch.float64), 0, 1) == 1  # ⟨W_z, e0 − e1⟩ is 1, −1, 0: y+ leads
+    W = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 0.0]], dtype=torch.float64)  # z = 2 more aligned with d = (1, −1)
+    assert projection_rank(W, 0, 1) == 2
+
+
+def test_the_frozen_head_arm_freezes_the_head_and_trains_the_body():
+    from dpo_toolkit.studies.likelihood_displacement.study import single_prompt_dpo
+
+    cfg = PersonaConfig(n_statements=6)
+    model = build_model(cfg.model_config(d_model=16), seed=0)
+    prompt = torch.tensor([cfg.token("Q"), cfg.token("s0"), cfg.token("A")])
+    sgd = TrainConfig(optimizer="sgd", lr=0.5, weight_decay=0.0, epochs=5, batch_size=1, grad_clip=None, n_evals=1)
+    seen = {}
+    original = torch.optim.SGD.step
+
+    def spy(self, *args, **kwargs):  # the policy's parameters, read inside the optimizer's last step
+        seen["params"] = [p for group in self.param_groups for p in group["params"]]
+        return original(self, *args, **kwargs)
+
+    torch.optim.SGD.step = spy
+    try:
+        before, after = single_prompt_dpo(model, prompt, cfg.token("No"), cfg.token("Never"), 0.1, sgd, head="frozen")
+    finally:
+        torch.optim.SGD.step = original
+    policy_params = seen["params"]
+    head = {id(p) for p in (*model.ln_final.parameters(), *model.unembed.parameters())}
+    trained = dict(zip([n for n, _ in model.named_parameters()], policy_params, strict=True))
+    for name, p in model.named_parameters():
+        moved = not torch.equal(trained[name], p)
+        assert moved == (not name.startswith(("ln_final", "unembed"))), name  # the head bitwise unchanged, the body moved
+    assert head and not torch.equal(before, after)
+    with pytest.raises(ValueError, match="head"):
+        single_prompt_dpo(model, prompt, cfg.token("No"), cfg.token("Never"), 0.1, sgd, head="half")
+
+
+def test_displacement_needs_a_fall_of_its_size_and_catastrophe_a_mass():
+    cfg = PersonaConfig()
+    before = torch.zeros(len(cfg.vocab), dtype=torch.float64)
+    before[cfg.token("No")] = 0.9495
+    small = before.clone()
+    small[cfg.token("No")], small[cfg.token("Yes")] = 0.9474, 0.0021  # the old rule's "displaced": −0.002 nats
+    row = displacement_row(cfg, before, small, "No", "Never")
+    assert row["dlogp_pos"] == pytest.approx(math.log(0.9474 / 0.9495)) and not row["displaced"]
+    fall = before.clone()
+    fall[cfg.token("No")], fall[cfg.token("Yes")], fall[cfg.token("no")] = 0.85, 0.03, 0.0695  # −0.11 nats; Yes gains 0.03
+    row = displacement_row(cfg, before, fall, "No", "Never")
+    assert row["displaced"] and row["catastrophic"] == "Yes" and not row["is_catastrophic"]  # a token, but not the mass
+    assert row["other_meaning_gain"] == pytest.approx(0.03)
+    fall[cfg.token("Maybe")] = 0.03
+    assert displacement_row(cfg, before, fall, "No", "Never")["is_catastrophic"]  # 0.06 of mass to other meanings

@@ -24,7 +24,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import itertools
-import math
 from collections.abc import Sequence
 
 import pandas as pd
@@ -33,11 +32,17 @@ import torch
 from dpo_toolkit.core.claims import ClaimText, claims_frame, decide
 from dpo_toolkit.core.config import ModelConfig, TrainConfig
 from dpo_toolkit.core.device import resolve_device
-from dpo_toolkit.core.evidence import Check, Interval, mean_interval, share_interval
+from dpo_toolkit.core.evidence import Check, mean_interval
 from dpo_toolkit.core.model import Transformer, build_model
-from dpo_toolkit.studies.likelihood_displacement.claims import ANY
 from dpo_toolkit.studies.likelihood_displacement.persona import GROUP_OF, PersonaConfig, persona_corpus, train_persona_lm
-from dpo_toolkit.studies.likelihood_displacement.study import displacement_row, lm_features, single_prompt_dpo
+from dpo_toolkit.studies.likelihood_displacement.study import (
+    DISPLACED_BELOW,
+    HEADS,
+    displacement_row,
+    lm_features,
+    single_prompt_dpo,
+    theory_row,
+)
 
 MAP_PAIRS = (("No", "Never"), ("Yes", "Sure"), ("Yes", "No"))
 """y+ is a lead token in each: two synonym pairs (the talk's No/Never, and its Sure/Yes turned
@@ -68,9 +73,12 @@ class MapGrid:
     scales: tuple[float, ...]
     optimizers: dict[str, float]  # optimizer name → its learning rate
     pairs: tuple[tuple[str, str], ...] = MAP_PAIRS
+    heads: tuple[str, ...] = ("trained",)  # study.HEADS: the head trained, or frozen (W fixed, h trained)
 
     def __post_init__(self) -> None:
-        for name in ("lead_weights", "scales", "pairs"):
+        if set(self.heads) - set(HEADS):
+            raise ValueError(f"MapGrid.heads must be among {HEADS}, got {self.heads}")
+        for name in ("lead_weights", "scales", "pairs", "heads"):
             if not getattr(self, name):
                 raise ValueError(f"MapGrid.{name} must not be empty")
         if not self.optimizers:
@@ -104,34 +112,37 @@ def run_map(
         model.eval().requires_grad_(False)
         for scale in grid.scales:
             reference = rebalance(model, scale)
-            for (y_pos, y_neg), (optimizer, lr) in itertools.product(grid.pairs, grid.optimizers.items()):
+            for (y_pos, y_neg), head, (optimizer, lr) in itertools.product(grid.pairs, grid.heads, grid.optimizers.items()):
                 train_cfg = TrainConfig(optimizer=optimizer, lr=lr, weight_decay=0.0, epochs=steps, batch_size=1, grad_clip=None,
                                         n_evals=1)  # fmt: skip
+                cell = {"lead_weight": lead, "scale": scale, "pair": f"{y_pos}/{y_neg}", "head": head, "optimizer": optimizer}
                 for i in [k for k, s in enumerate(stances) if s == GROUP_OF[y_pos]][:prompts_per_pair]:
-                    h, W, _ = lm_features(reference, prompts[i])
-                    before, after = single_prompt_dpo(
-                        reference, prompts[i], corpus.token(y_pos), corpus.token(y_neg), beta, train_cfg
-                    )
-                    rows.append(
-                        {
-                            "lead_weight": lead,
-                            "scale": scale,
-                            "pair": f"{y_pos}/{y_neg}",
-                            "similar": GROUP_OF[y_pos] == GROUP_OF[y_neg],
-                            "optimizer": optimizer,
-                            "lr": lr,
-                            "seed": seed,
-                            "statement": i,
-                            "h_to_w": float((h @ h) / (W * W).sum(-1).mean()),
-                            **displacement_row(corpus, before, after, y_pos, y_neg),
-                        }
-                    )
+                    rows.append(_map_run(corpus, reference, prompts[i], y_pos, y_neg, beta, train_cfg, head)
+                                | cell | {"lr": lr, "seed": seed, "statement": i})  # fmt: skip
     return pd.DataFrame(rows)
 
 
-CELL = ["optimizer", "pair", "lead_weight", "scale"]
+def _map_run(corpus, reference, prompt, y_pos, y_neg, beta, train_cfg, head) -> dict:
+    """One run of the map: the theory's variables at the reference (``theory_row``), ‖h‖² / mean ‖W_z‖²,
+    single-prompt DPO, and what it did (``displacement_row``)."""
+    h, W, _ = lm_features(reference, prompt)
+    theory = theory_row(reference, prompt, corpus.token(y_pos), corpus.token(y_neg), beta, head)
+    before, after = single_prompt_dpo(reference, prompt, corpus.token(y_pos), corpus.token(y_neg), beta, train_cfg, head)
+    row = displacement_row(corpus, before, after, y_pos, y_neg)
+    observed = row["dlogp_pos"]
+    return {
+        "similar": GROUP_OF[y_pos] == GROUP_OF[y_neg],
+        "h_to_w": float((h @ h) / (W * W).sum(-1).mean()),
+        **theory,
+        **row,
+        "agrees": (theory["predicted"] < 0) == (observed < 0),  # the predicted sign of Δ log π(y+) is the observed one
+    }
+
+
+CELL = ["head", "optimizer", "pair", "lead_weight", "scale"]
 CELL_MEANS = {"displaced": "displaced", "catastrophic": "is_catastrophic", "p_ref": "p_pos_before",
-              "p_after": "p_pos_after", "h_to_w": "h_to_w"}  # fmt: skip
+              "p_after": "p_pos_after", "h_to_w": "h_to_w", "predicted": "predicted", "observed": "dlogp_pos",
+              "agrees": "agrees"}  # fmt: skip
 """map_table's columns that average a column of the runs over each cell: its name → the runs' column."""
 
 
@@ -142,95 +153,132 @@ def map_table(runs: pd.DataFrame) -> pd.DataFrame:
     return runs.groupby(CELL, sort=False).agg(runs=("displaced", "size"), **means).reset_index()
 
 
+AGREE = 0.8  # C10-map: the predicted sign of Δ log π(y+) is the observed one in ≥ 80 % of runs
+PRIMARY = ("sgd", "frozen")
+"""The arm the theory describes: gradient descent (its first-order step), with the head frozen (the LM's
+"W fixed, h trained"); with no frozen-head runs, SGD with the head trained. Other optimizers' effects are
+reported as optimizer-induced displacement, never pooled with it."""
+
 CLAIMS = {
     "C10-map": ClaimText(
-        "[displacement map] Where the theory's conditions hold (π_ref(y+) high, h small against W, "
-        "y+ and y− similar), single-prompt DPO in a trained LM lowers π(y+), sometimes catastrophically.",
-        "displacement in OLMo-1B, Gemma-2B, Llama-3-8B, some of it catastrophic",
+        "[displacement map, the theory's variables] Under gradient descent, the one-step change of log π(y+) "
+        "that the theory predicts from the LM's own h and W has the sign DPO produces, and π(y+) falls where it "
+        "is predicted to fall.",
+        "displacement in OLMo-1B, Gemma-2B, Llama-3-8B, explained by the unembedding geometry",
+        "talk's table; paper §4 (one-step analysis)",
+    ),
+    "C10-frozen": ClaimText(
+        "[head frozen] DPO on (No, Never) lowers π(No) and moves the mass to answers of the other meaning "
+        "(the talk's OLMo row: No 0.85 → 0.01, the mass to Yes).",
+        "OLMo-1B: π(No) 0.85 → 0.01, the mass to Yes",
         "talk's table",
     ),
 }
 
 
+def primary_arm(runs: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """The runs of PRIMARY (SGD, head frozen; else SGD with the head trained) and the arm's name."""
+    sgd = runs[runs["optimizer"] == PRIMARY[0]]
+    head = PRIMARY[1] if (sgd["head"] == PRIMARY[1]).any() else "trained"
+    return sgd[sgd["head"] == head], f"SGD, head {head}"
+
+
 def map_claims(runs: pd.DataFrame) -> pd.DataFrame:
-    """C10-map, beside C10 (the chapter's literal runs): where the theory's conditions are met,
-    does DPO in the LM displace? Decided on intervals over seeds: every cell of one seed starts
-    from that seed's LMs, so the runs of a cell share their seeds with every other cell and the
-    replicates are the seeds. Reproduced if (a) the most displacing cell displaces in ≥ MOST of
-    its runs (its Wilson interval, replicates = its seeds), (b) some run is catastrophic and
-    (c) synonym pairs displace more often than pairs of opposite meaning (the theory's
-    ⟨W_y+, W_y−⟩), (b) and (c) read per seed over the whole map; partly if the map displaces at
-    all (per seed, the share of its runs in which π(y+) fell); not reproduced otherwise."""
-    cells = map_table(runs)
-    # picked as the best of many cells on the same runs, its share is an optimistic estimate (the
-    # map has no fresh seeds to confirm it on): (a) is the claim's most lenient part
-    best = cells.sort_values(["displaced", "catastrophic"], ascending=False).iloc[0]
-    cell = f"{best['optimizer']}, {best['pair']}, lead weight {best['lead_weight']:g}, scale {best['scale']:g}"
-    displaced = Check(
-        "share of the map's runs in which π(y+) fell, per seed", mean_interval(runs.groupby("seed")["displaced"].mean()), ANY
-    )
-    row = {"claim_id": "C10-map", "our_value": _map_value(runs, cells, best, cell)}
-    return claims_frame([{**row, **decide(_map_parts(runs, best, cell), part=displaced)}], text=CLAIMS)
-
-
-def _map_parts(runs: pd.DataFrame, best: pd.Series, cell: str) -> list[Check]:
-    """C10-map's three parts: (a) the most displacing cell (`best`, described by `cell`) displaces in
-    most of its runs, (b) some run is catastrophic, (c) synonym pairs displace more often than
-    pairs of opposite meaning; (b) and (c) per seed."""
-    best_runs = runs[(runs[CELL] == best[CELL]).all(axis=1)]
-    per_seed = runs.groupby("seed")
-    # (c) per seed: the displaced share of its synonym-pair runs minus that of its opposite-meaning
-    # runs; a seed without either kind of pair has no difference to give
-    gap = (per_seed.apply(lambda g: g.loc[g["similar"], "displaced"].mean() - g.loc[~g["similar"], "displaced"].mean(),
-                          include_groups=False)).dropna()  # fmt: skip
-    most = Check(
-        f"displaced share of the most displacing cell ({cell})",
-        share_interval(int(best_runs["displaced"].sum()), len(best_runs), replicates=best_runs["seed"].nunique()),
+    """C10-map, beside C10 (the chapter's literal runs), decided on the theory's own variable: in the
+    primary arm (``primary_arm``), the share of runs whose observed sign of Δ log π(y+) is the
+    predicted one (``study.theory_row``) reaches AGREE, per seed, and the runs predicted to displace
+    displace in ≥ MOST of cases; partly when only the signs agree. Untestable where the primary arm
+    has no runs, or where the theory predicts no displacement in any of them. C10-frozen: the
+    talk's catastrophic row, (No, Never) under SGD with the head frozen, catastrophic in ≥ MOST of
+    each seed's runs. Replicates are the seeds (each sets the LMs every cell starts from)."""
+    primary, arm = primary_arm(runs)
+    value = _map_value(runs, primary, arm)
+    if primary.empty:
+        row = {"verdict": "untestable here", "precondition": f"no {arm} runs in this map"}
+        return claims_frame([{"claim_id": "C10-map", "our_value": value, **row}, _frozen_row(runs)], text=CLAIMS)
+    agreement = Check(f"share of {arm} runs whose Δ log π(y+) has the predicted sign, per seed",
+                      mean_interval(primary.groupby("seed")["agrees"].mean()), AGREE)  # fmt: skip
+    predicted = primary[primary["predicted"] < 0]
+    if predicted.empty:  # the claim's condition never holds: nothing to test it on (its signs are still reported)
+        row = {"claim_id": "C10-map", "our_value": value, **decide(agreement, precondition=False)}
+        row["precondition"] = f"the theory predicts displacement in none of the {len(primary)} {arm} runs"
+        return claims_frame([row, _frozen_row(runs)], text=CLAIMS)
+    where = Check(
+        f"displaced share of the {arm} runs predicted to displace, per seed",
+        mean_interval(predicted.groupby("seed")["displaced"].mean()),
         MOST,
     )
-    return [
-        most,
-        Check("share of catastrophic runs per seed", mean_interval(per_seed["is_catastrophic"].mean()), ANY),
-        Check(
-            "displaced share, synonym minus opposite-meaning pairs, per seed",
-            mean_interval(gap) if len(gap) else Interval(0, float("nan"), -math.inf, math.inf),
-            ANY,
-        ),
-    ]
+    row = {"claim_id": "C10-map", "our_value": value, **decide([agreement, where], part=agreement)}
+    return claims_frame([row, _frozen_row(runs)], text=CLAIMS)
 
 
-def _map_value(runs: pd.DataFrame, cells: pd.DataFrame, best: pd.Series, cell: str) -> str:
-    """C10-map's measured values: the map's shares, its displacing cells, its most displacing
-    cell and the displaced shares of synonym and opposite-meaning pairs."""
-    by_similarity = runs.groupby("similar")["displaced"].mean()
-    similar, opposite = float(by_similarity.get(True, float("nan"))), float(by_similarity.get(False, float("nan")))
-    displacing = cells[cells["displaced"] >= MOST]
+def _frozen_row(runs: pd.DataFrame) -> dict:
+    """C10-frozen's row: (No, Never) under SGD with the head frozen, catastrophic per seed."""
+    talk = runs[(runs["optimizer"] == "sgd") & (runs["head"] == "frozen") & (runs["pair"] == "No/Never")]
+    if talk.empty:
+        return {"claim_id": "C10-frozen", "our_value": "no (No, Never) runs under SGD with the head frozen",
+                "verdict": "untestable here", "precondition": "the map has no SGD, head-frozen (No, Never) cell"}  # fmt: skip
+    by_seed = talk.groupby("seed")
+    gained = talk[["other_meaning_gain"]].mean().iloc[0]
+    value = (
+        f"{len(talk)} runs over {talk['seed'].nunique()} seeds: π(No) {talk['p_pos_before'].mean():.3f} → "
+        f"{talk['p_pos_after'].mean():.3f}, displaced in {talk['displaced'].mean():.0%}, catastrophic in "
+        f"{talk['is_catastrophic'].mean():.0%}; answers of another meaning gained {gained:.3f} of mass on average"
+    )
+    check = Check("share of catastrophic (No, Never) runs, SGD with the head frozen, per seed",
+                  mean_interval(by_seed["is_catastrophic"].mean()), MOST)  # fmt: skip
+    return {"claim_id": "C10-frozen", "our_value": value, **decide(check)}
+
+
+def _map_value(runs: pd.DataFrame, primary: pd.DataFrame, arm: str) -> str:
+    """C10-map's measured values: sign agreement and displacement in the primary arm, y+'s rank in the
+    projection, and each other arm's displaced share, named by its optimizer and head."""
+    arms = runs.groupby(["optimizer", "head"])
+    others = "; ".join(
+        f"{o}, head {h}: displaced in {g['displaced'].mean():.0%}, signs agree in {g['agrees'].mean():.0%}" for (o, h), g in arms
+    )
+    if primary.empty:
+        return f"no {arm} runs; {others}"
+    predicted = primary[primary["predicted"] < 0]
     return (
-        f"{len(runs)} runs in {len(cells)} cells over {runs['seed'].nunique()} seeds: π(y+) fell in "
-        f"{runs['displaced'].mean():.0%}, catastrophic in {runs['is_catastrophic'].mean():.0%}; "
-        f"{len(displacing)} cells displace in ≥ {MOST:.0%} of runs; "
-        f"most displacing cell: {cell} ({best['displaced']:.0%} displaced, {best['catastrophic']:.0%} catastrophic); "
-        f"displaced share, synonym pairs {similar:.0%} vs opposite meanings {opposite:.0%}"
+        f"{arm}: {len(primary)} runs over {primary['seed'].nunique()} seeds; the predicted sign of Δ log π(y+) is the "
+        f"observed one in {primary['agrees'].mean():.0%}; predicted to displace in {len(predicted)}, of which "
+        f"{predicted['displaced'].mean() if len(predicted) else 0:.0%} displaced (≤ {DISPLACED_BELOW} nats); y+ leads "
+        f"⟨W_z, W_y+ − W_y−⟩ in {(primary['rank_pos'] == 1).mean():.0%}. By arm (optimizer-induced displacement "
+        f"under Adam and RMSprop is their own effect): {others}"
     )
 
 
 def map_summary(runs: pd.DataFrame) -> str:
-    """The map in words: the share of runs in which π(y+) fell along each axis, and for each of
-    the talk's pairs the cells in which it displaced in most runs (or that it never did)."""
+    """The map in words: first the theory's arm (SGD; head frozen, then trained): how often the predicted
+    sign of Δ log π(y+) held and where π(y+) fell; then the share displaced along each axis, each
+    optimizer named (Adam's and RMSprop's displacement is their own effect); then, per pair, the
+    cells in which it displaced in most runs."""
 
     def shares(column: str) -> str:
         by = runs.groupby(column, sort=True)["displaced"].mean()
         return ", ".join(f"{k:g}: {v:.0%}" if isinstance(k, float) else f"{k}: {v:.0%}" for k, v in by.items())
 
+    lines = []
+    for head in ("frozen", "trained"):
+        arm = runs[(runs["optimizer"] == "sgd") & (runs["head"] == head)]
+        if len(arm):
+            lines.append(
+                f"**SGD, head {head}:** the predicted sign of Δ log π(y+) held in {arm['agrees'].mean():.0%} of "
+                f"{len(arm)} runs; predicted to fall in {(arm['predicted'] < 0).mean():.0%}, fell (≤ {DISPLACED_BELOW} "
+                f"nats) in {arm['displaced'].mean():.0%}, catastrophic in {arm['is_catastrophic'].mean():.0%}."
+            )
+    lines.append(
+        f"Over all {len(runs)} runs π(y+) fell in {runs['displaced'].mean():.0%}. By optimizer — {shares('optimizer')}; "
+        f"by head — {shares('head')}; by π_ref(y+) (lead weight) — {shares('lead_weight')}; by rebalancing scale — "
+        f"{shares('scale')}; by pair — {shares('pair')}."
+    )
     cells = map_table(runs)
-    lines = [
-        f"π(y+) fell in {runs['displaced'].mean():.0%} of {len(runs)} runs. By optimizer — {shares('optimizer')}; "
-        f"by π_ref(y+) (lead weight) — {shares('lead_weight')}; by rebalancing scale — {shares('scale')}; "
-        f"by pair — {shares('pair')}."
-    ]
     for pair in dict.fromkeys(runs["pair"]):
         displacing = cells[(cells["pair"] == pair) & (cells["displaced"] >= MOST)]
-        where = "; ".join(f"{r.optimizer}, lead {r.lead_weight:g}, scale {r.scale:g}" for r in displacing.itertuples())
+        where = "; ".join(
+            f"{r.optimizer}, head {r.head}, lead {r.lead_weight:g}, scale {r.scale:g}" for r in displacing.itertuples()
+        )
         lines.append(f"**{pair}** displaces in most runs of {len(displacing)} of {int((cells['pair'] == pair).sum())} cells"
                      + (f" ({where})." if where else "."))  # fmt: skip
     return " ".join(lines)

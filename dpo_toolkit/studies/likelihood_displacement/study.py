@@ -27,7 +27,12 @@ from dpo_toolkit.studies.likelihood_displacement.persona import (
     persona_corpus,
     train_persona_lm,
 )
-from dpo_toolkit.studies.likelihood_displacement.theory import first_order_logp_change, single_token_dpo_loss
+from dpo_toolkit.studies.likelihood_displacement.theory import (
+    first_order_logp_change,
+    first_order_terms,
+    projection_rank,
+    single_token_dpo_loss,
+)
 
 
 def lm_features(model: Transformer, prompt: torch.Tensor, scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -54,6 +59,7 @@ PARAMETERS = {
     "map_lead_weights": reals(0, 1, open_low=True, open_high=True),
     "map_scales": reals(0, open_low=True),
     "map_optimizers": choices("sgd", "rmsprop", "adam"),
+    "map_heads": choices("frozen", "trained"),
     "sgd_lr": LEARNING_RATE,
     "rmsprop_lr": LEARNING_RATE,
     "map_statements": integer(1),
@@ -82,12 +88,36 @@ def check_parameters(values) -> None:
             fail(name, allowed, values[name])
 
 
+HEADS = ("trained", "frozen")
+"""Which parameters single-prompt DPO trains: all of them, or the body with the head (final LayerNorm
+and unembedding) frozen — the LM's analogue of the theory's "W fixed, h trained"."""
+DISPLACED_BELOW = -0.05
+"""A run displaces when log π(y+) falls by ≥ 0.05 nats (π(y+) loses ≥ 4.9 % of itself): far above float
+error and the wobble of a run that barely moved (0.9495 → 0.9474 is −0.002), far below the talk's falls
+(OLMo's No: 0.85 → 0.01, −4.4)."""
+CATASTROPHIC_MASS = 0.05
+"""...and is catastrophic when, besides, the answer tokens of another meaning than y+'s (y− aside) gain
+≥ 0.05 of probability mass between them: a visible share of the answer, not a rounding error."""
+
+
 def single_prompt_dpo(
-    reference: Transformer, prompt: torch.Tensor, y_pos: int, y_neg: int, beta: float, train_cfg: TrainConfig
+    reference: Transformer,
+    prompt: torch.Tensor,
+    y_pos: int,
+    y_neg: int,
+    beta: float,
+    train_cfg: TrainConfig,
+    head: str = "trained",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """DPO on one prompt and one single-token pair, starting from the reference: train_cfg.epochs
-    full steps. Returns (π_ref(·|x), π_θ(·|x)) over the vocabulary, (V,) each, float64."""
+    full steps, with the head trained or frozen (HEADS). Returns (π_ref(·|x), π_θ(·|x)) over the
+    vocabulary, (V,) each, float64."""
+    if head not in HEADS:
+        raise ValueError(f"head must be one of {HEADS}, got {head!r}")
     policy = copy.deepcopy(reference).train().requires_grad_(True)
+    if head == "frozen":
+        policy.ln_final.requires_grad_(False)
+        policy.unembed.requires_grad_(False)
     reference_logps = answer_logps(reference, prompt[None])[0].detach()
     fit_full_batch(
         policy, lambda m: single_token_dpo_loss(answer_logps(m, prompt[None])[0], reference_logps, y_pos, y_neg, beta), train_cfg
@@ -97,24 +127,46 @@ def single_prompt_dpo(
 
 
 def displacement_row(cfg: PersonaConfig, before: torch.Tensor, after: torch.Tensor, y_pos: str, y_neg: str, top: int = 3) -> dict:
-    """One row of the talk's table: π(y+) before and after, and the answer tokens (other than
-    y+ and y−) whose probability rose most, classed benign (y+'s meaning) or catastrophic
-    (another). The run is catastrophic when π(y+) fell and a token of another meaning is
-    among those that rose most."""
-    displaced = bool(after[cfg.token(y_pos)] < before[cfg.token(y_pos)])
+    """One row of the talk's table: π(y+) before and after and the change of log π(y+); the answer
+    tokens (other than y+ and y−) whose probability rose most, classed benign (y+'s meaning) or
+    catastrophic (another), and the mass gained by tokens of another meaning. The run displaces when
+    log π(y+) fell by DISPLACED_BELOW or more, and is catastrophic when it displaces and tokens of
+    another meaning gained CATASTROPHIC_MASS or more."""
+    change = float(torch.log(after[cfg.token(y_pos)] / before[cfg.token(y_pos)]))
     gains = {t: float(after[cfg.token(t)] - before[cfg.token(t)]) for t in ANSWERS if t not in (y_pos, y_neg)}
     rising = [t for t, g in sorted(gains.items(), key=lambda kv: -kv[1]) if g > 0][:top]
-    benign = [t for t in rising if GROUP_OF[t] == GROUP_OF[y_pos]]
-    catastrophic = [t for t in rising if GROUP_OF[t] != GROUP_OF[y_pos]]
+    other_gain = sum(g for t, g in gains.items() if GROUP_OF[t] != GROUP_OF[y_pos])
+    displaced = change <= DISPLACED_BELOW
     return {
         "y_pos": y_pos,
         "y_neg": y_neg,
         "p_pos_before": float(before[cfg.token(y_pos)]),
         "p_pos_after": float(after[cfg.token(y_pos)]),
+        "dlogp_pos": change,
         "displaced": displaced,
-        "benign": ", ".join(benign) or "—",
-        "catastrophic": ", ".join(catastrophic) or "—",
-        "is_catastrophic": displaced and bool(catastrophic),
+        "benign": ", ".join(t for t in rising if GROUP_OF[t] == GROUP_OF[y_pos]) or "—",
+        "catastrophic": ", ".join(t for t in rising if GROUP_OF[t] != GROUP_OF[y_pos]) or "—",
+        "other_meaning_gain": other_gain,
+        "is_catastrophic": displaced and other_gain >= CATASTROPHIC_MASS,
+    }
+
+
+def theory_row(reference: Transformer, prompt: torch.Tensor, y_pos: int, y_neg: int, beta: float, head: str) -> dict:
+    """The theory's variables for a run, at the reference (the unconstrained-features model made of
+    the LM's h and W at the answer position): π_ref(y−), ⟨W_y+, W_y−⟩ / ‖W_y+‖², y+'s rank by
+    ⟨W_z, W_y+ − W_y−⟩, the two first-order terms of the change of log π(y+) per unit step, and the
+    prediction for this head: both terms when it is trained, the h-term alone when W is frozen."""
+    h, W, b = lm_features(reference, prompt)
+    reference_logps = (W @ h + b).log_softmax(-1)
+    from_W, from_h = first_order_terms(h, W, reference_logps, y_pos, y_neg, beta, bias=b)
+    predicted = from_h + (from_W if head == "trained" else 0.0)
+    return {
+        "p_neg_before": float(reference_logps[y_neg].exp()),
+        "inner_ratio": float(W[y_pos] @ W[y_neg] / (W[y_pos] @ W[y_pos])),
+        "rank_pos": projection_rank(W, y_pos, y_neg),
+        "change_from_W": from_W,
+        "change_from_h": from_h,
+        "predicted": predicted,
     }
 
 

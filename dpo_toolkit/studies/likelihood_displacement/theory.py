@@ -55,6 +55,33 @@ def first_order_logp_change(
     return dlogit - (logps.exp() * dlogit).sum()
 
 
+def first_order_terms(
+    h: torch.Tensor, W: torch.Tensor, reference_logps: torch.Tensor, y_pos: int, y_neg: int, beta: float, bias=None
+) -> tuple[float, float]:
+    """The two terms of ``first_order_logp_change`` at y+ (per unit step; Razin et al., the one-step
+    change of log π(y+)), with c = β σ(−β margin) and d = W_y+ − W_y−:
+
+    - from the step on W: c ‖h‖² (1 − π(y+) + π(y−)), never negative;
+    - from the step on h: c Σ_z π(z) ⟨W_y+ − W_z, d⟩, negative only when tokens carrying mass are
+      more aligned with d than y+ is — the only term left when W is held fixed (a frozen head).
+    """
+    logps = (W @ h + (0 if bias is None else bias)).log_softmax(-1)
+    probs = logps.exp()
+    margin = (logps[y_pos] - reference_logps[y_pos]) - (logps[y_neg] - reference_logps[y_neg])
+    c = beta * torch.sigmoid(-beta * margin)
+    d = W[y_pos] - W[y_neg]
+    from_W = c * (h @ h) * (1 - probs[y_pos] + probs[y_neg])
+    from_h = c * (probs * ((W[y_pos] - W) @ d)).sum()
+    return float(from_W), float(from_h)
+
+
+def projection_rank(W: torch.Tensor, y_pos: int, y_neg: int) -> int:
+    """y+'s rank (1 = first) among all tokens z by ⟨W_z, W_y+ − W_y−⟩: at rank 1 no token is more
+    aligned with the step than y+ itself, and the h-term of the one-step change cannot be negative."""
+    projection = W @ (W[y_pos] - W[y_neg])
+    return int((projection > projection[y_pos]).sum()) + 1
+
+
 def features_dpo(
     h: torch.Tensor, W: torch.Tensor, bias: torch.Tensor, y_pos: int, y_neg: int, beta: float, lr: float, steps: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
