@@ -169,3 +169,14 @@ def test_raw_tex_fails_and_offline_mathjax_typesets_it(browser, site, tmp_path):
     _open(browser, site("typeset.html", maths, head='<script defer src="mathjax/tex-chtml.js"></script>'))
     assert site_checks.math_failures(browser, "typeset.html") == []
     assert browser.execute_script("return document.querySelectorAll('mjx-container').length") == 1
+
+
+def test_an_image_whose_alt_text_is_its_file_name_fails(browser, site, tmp_path):
+    from tools.check_site import _image_failures
+
+    shutil.copy(ROOT / "book" / "favicon.png", tmp_path / "fig.png")
+    _open(browser, site("alt.html", '<img src="fig.png" alt="../../_images/fig.png"><img src="fig.png" alt="">'))
+    failures = _image_failures(browser, "alt.html")
+    assert len(failures) == 2 and all("has no alt text but its file name" in f for f in failures)
+    _open(browser, site("described.html", '<img src="fig.png" alt="OOD rate against KL, one point per checkpoint">'))
+    assert _image_failures(browser, "described.html") == []
