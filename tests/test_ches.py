@@ -215,3 +215,19 @@ def test_pair_subset_is_a_seeded_sorted_draw_and_checks_its_size(tiny_data_cfg, 
     }
     with pytest.raises(ValueError, match="n_pairs must be in"):
         pair_subset(tiny_data_cfg, len(train) + 1, seed=0)
+
+
+def test_c11_is_decided_on_plain_sgd_where_the_pairs_were_also_trained_by_it():
+    # Adam displaces and CHES ranks its displacement perfectly; SGD displaces no pair: C11 cannot be tested
+    adam_only = _table(PERFECT).assign(displacement_sgd=np.tile(np.arange(20.0) + 1, 3))
+    row = ches_claims(adam_only).iloc[0]
+    assert row["verdict"] == "untestable here"
+    assert row["precondition"] == "π(y+) falls under plain SGD for ≥ 20% of the scored pairs (mean over seeds): 0%"
+    assert "under the chapter's optimizer (an optimizer effect, not deciding): CHES +1.00" in row["our_value"]
+    # SGD displaces every pair but one, in the order CHES gives: reproduced on SGD's displacement
+    both = _table(PERFECT).assign(displacement_sgd=np.tile(DISPLACING, 3))
+    assert ches_claims(both).iloc[0]["verdict"] == "reproduced"
+    # SGD displaces, but backwards to CHES: not reproduced, whatever Adam's ranking
+    backwards = _table(PERFECT).assign(displacement_sgd=np.tile(np.arange(20.0) - 20, 3))  # pair i falls by 20 − i
+    row = ches_claims(backwards).iloc[0]
+    assert row["verdict"] == "not reproduced" and row["estimate"] == "-1" and "plain SGD" in row["our_value"]

@@ -190,6 +190,7 @@ BAD = {
         "beta": [NAN, -0.1],
         "dpo_steps": [0, 3001],
         "dpo_lr": [0.0],
+        "sgd_lr": [0.0, -0.1],
         "mitigation_beta": [0],
         "mitigation_epochs": [0, 1001],
         "mitigation_lr": [0.0],

@@ -39,17 +39,20 @@ def score_pairs(
     seeds: Sequence[int],
     cache_dir: str | Path,
     device: str = "cpu",
+    sgd_cfg: TrainConfig | None = None,
 ) -> pd.DataFrame:
     """For each seed's SFT reference (``park.sft_reference``, cached) and each pair: its
-    displacement when DPO (dpo_cfg's optimizer, β, dpo_steps steps) trains on it alone, and
-    its three scores. One row per (seed, pair): seed, prompt, chosen, rejected, displacement,
-    and one column per measure of MEASURES. Every model trains and is scored on `device`."""
+    displacement when DPO (dpo_cfg's optimizer, β, dpo_steps steps) trains on it alone, the same
+    under plain SGD (sgd_cfg, when given: column displacement_sgd), and its three scores. One row
+    per (seed, pair): seed, prompt, chosen, rejected, displacement(s), and one column per measure
+    of MEASURES. Every model trains and is scored on `device`."""
     frames = []
     for seed in seeds:
         reference, _ = sft_reference(data_cfg, ModelConfig(), sft_cfg, EvalConfig(), seed, Path(cache_dir), device=device)
+        sgd = {"displacement_sgd": single_pair_displacement(reference, pairs, sgd_cfg, beta, dpo_steps)} if sgd_cfg else {}
         frames.append(pd.DataFrame({
             "seed": seed, "prompt": pairs.prompt, "chosen": pairs.chosen, "rejected": pairs.rejected,
-            "displacement": single_pair_displacement(reference, pairs, dpo_cfg, beta, dpo_steps),
+            "displacement": single_pair_displacement(reference, pairs, dpo_cfg, beta, dpo_steps), **sgd,
             "ches": ches(reference, pairs).numpy(),
             "edit": [edit_similarity(str(a), str(b)) for a, b in zip(pairs.chosen, pairs.rejected, strict=True)],
             "cosine": hidden_cosine(reference, pairs).numpy(),
@@ -62,6 +65,33 @@ RANK_CORRELATION = 0.3  # C11: Spearman(score, −displacement) that counts as "
 MIN_DISPLACED = 0.1
 """C11's precondition: there are displacing pairs to identify, i.e. π(y+) fell for at least
 this share of the scored pairs (one in ten)."""
+
+
+SGD_DISPLACING = 0.2
+"""C11's precondition where the pairs were also trained by plain SGD: at least this share of single
+pairs (one in five) displace under SGD. CHES is a gradient-flow quantity (Razin et al. §4), so C11
+is decided on the displacement plain gradient descent produces; Adam's, measured beside it, is an
+optimizer effect the theory does not describe: reported, never deciding."""
+
+
+def theory_arm(table: pd.DataFrame, fallback: float = MIN_DISPLACED) -> tuple[pd.DataFrame, str, float]:
+    """(the rows with the displacement C11 is decided on, the optimizer's name, the precondition's
+    threshold): plain SGD's (displacement_sgd, SGD_DISPLACING) where the table has it, else the
+    chapter's optimizer's (`fallback`)."""
+    if "displacement_sgd" in table:
+        return table.assign(displacement=table["displacement_sgd"]), "plain SGD", SGD_DISPLACING
+    return table, "the chapter's optimizer", fallback
+
+
+def other_optimizer(table: pd.DataFrame, names: Mapping[str, str]) -> str:
+    """'; under Adam (…)': the chapter optimizer's ρ and displaced share, where C11 is decided on SGD."""
+    if "displacement_sgd" not in table:
+        return ""
+    rho = rank_correlations(table, names)
+    return (
+        f"; under the chapter's optimizer (an optimizer effect, not deciding): {rank_summary(rho, names)}, "
+        f"π(y+) fell for {displaced_shares(table).mean():.0%} of pairs"
+    )
 
 
 def displaced_shares(table: pd.DataFrame) -> pd.Series:
@@ -115,16 +145,18 @@ def ches_claims(table: pd.DataFrame) -> pd.DataFrame:
     CHES's ρ is ≥ RANK_CORRELATION without ranking first. Each check is an interval over seeds
     (``mean_interval``). Precondition: the per-seed share of pairs whose π(y+) fell is
     ≥ MIN_DISPLACED."""
-    rho = rank_correlations(table, MEASURES)
-    strong = Check("Spearman(CHES, −Δ log π(y+))", mean_interval(rho["ches"]), RANK_CORRELATION)
+    decided, optimizer, needed = theory_arm(table)
+    rho = rank_correlations(decided, MEASURES)
+    strong = Check(f"Spearman(CHES, −Δ log π(y+)), {optimizer}", mean_interval(rho["ches"]), RANK_CORRELATION)
     first = [Check(f"ρ(CHES) − ρ({MEASURES[m]})", mean_interval(rho["ches"] - rho[m]), 0.0) for m in MEASURES if m != "ches"]
-    shares = displaced_shares(table)
-    enough = Check("share of scored pairs whose π(y+) fell", mean_interval(shares), MIN_DISPLACED)
+    shares = displaced_shares(decided)
+    enough = Check(f"share of scored pairs whose π(y+) fell under {optimizer}", mean_interval(shares), needed)
     n_seeds = table["seed"].nunique()
     ours = (
-        f"Spearman(score, −Δ log π(y+)) over {len(table) // n_seeds} pairs, "
+        f"{optimizer}: Spearman(score, −Δ log π(y+)) over {len(table) // n_seeds} pairs, "
         f"mean ± sd over {n_seeds} seeds: {rank_summary(rho, MEASURES)}; π(y+) fell for {shares.mean():.0%} of pairs"
+        + other_optimizer(table, MEASURES)
     )
     decision = decide([strong, *first], part=[strong], precondition=enough)  # partly: CHES identifies them
-    precondition = f"π(y+) falls for ≥ {MIN_DISPLACED:.0%} of the scored pairs (mean over seeds): {shares.mean():.0%}"
+    precondition = f"π(y+) falls under {optimizer} for ≥ {needed:.0%} of the scored pairs (mean over seeds): {shares.mean():.0%}"
     return claim_table(CLAIMS, "C11", ours, decision, precondition)

@@ -18,6 +18,7 @@ PARAMETERS = {
     "beta": p.BETA,
     "dpo_steps": p.STEPS,
     "dpo_lr": p.LEARNING_RATE,
+    "sgd_lr": p.LEARNING_RATE,
     "mitigation_beta": p.BETA,
     "mitigation_epochs": p.EPOCHS,
     "mitigation_lr": p.LEARNING_RATE,
