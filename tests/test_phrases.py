@@ -134,7 +134,8 @@ def _study(displacements, ches_values, subset_changes, seeds=SEEDS):
     """Hand-made run_phrase_study output: per seed the same pairs; subset_changes maps each subset
     to one change (every seed) or a list of one change per seed."""
     pairs = pd.concat(
-        [pd.DataFrame({"seed": s, "displacement": displacements, "ches": ches_values, "ches_normalized": ches_values,
+        [pd.DataFrame({"seed": s, "statement": np.arange(len(ches_values)) // 3, "displacement": displacements,
+                       "ches": ches_values, "ches_normalized": ches_values,
                        "edit": np.zeros(len(ches_values)), "cosine": np.arange(len(ches_values)) % 3}) for s in seeds],
         ignore_index=True,
     )  # fmt: skip
@@ -168,6 +169,16 @@ def test_phrase_verdicts(displacement, scores, subsets, expected):
     claims = phrase_claims(*_study(displacement, scores, subsets))
     assert claims["claim_id"].tolist() == ["C11-phrases"] and claims["verdict"].iloc[0] == expected
     assert claims["n"].iloc[0] == "3"
+
+
+def test_a_ranking_that_only_tells_statements_apart_is_not_enough():
+    # statement 0's pairs barely move, statement 1's fall; CHES is higher on statement 1 (overall ρ > 0.3) but
+    # orders each statement's own pairs backwards (within-statement ρ −1)
+    displacement = np.array([0.1, 0.05, -0.05, -0.2, -0.3, -0.4])
+    scores = np.array([2.0, 1.0, 0.0, 5.0, 4.0, 3.0])
+    row = phrase_claims(*_study(displacement, scores, ORDERED)).iloc[0]
+    assert row["verdict"] == "partly" and row["estimate"] == "-1"  # decided by the within-statement check
+    assert "within-statement Spearman" in row["our_value"]
 
 
 def test_phrase_claim_reads_the_deciding_quantity_per_seed():

@@ -16,6 +16,7 @@ from dpo_toolkit.core.data import Batch
 from dpo_toolkit.core.device import resolve_device
 from dpo_toolkit.core.evidence import Check, either, mean_interval
 from dpo_toolkit.core.model import Transformer, build_model
+from dpo_toolkit.core.stats import spearman
 from dpo_toolkit.studies.ches.identify import (
     claim_table,
     displaced_shares,
@@ -152,14 +153,25 @@ def rank_table(pairs: pd.DataFrame) -> pd.DataFrame:
     return rank_correlations(pairs, SCORES)
 
 
+def within_statement_rho(pairs: pd.DataFrame) -> pd.Series:
+    """Per seed, the mean over statements of Spearman(CHES, −Δ log π(y+)) among one statement's pairs:
+    a ranking that does not come from telling statements apart (528 pairs come from 48 statements,
+    so an overall ρ can rest on a few prompts). A statement whose pairs all tie ranks nothing (ρ 0)."""
+    by_statement = pairs.groupby(["seed", "statement"]).apply(
+        lambda g: spearman(g["ches"], -g["displacement"]), include_groups=False
+    )
+    return by_statement.fillna(0.0).groupby(level="seed").mean()
+
+
 def phrase_claims(pairs: pd.DataFrame, protocol: pd.DataFrame) -> pd.DataFrame:
     """C11 on the phrase task ('C11-phrases'), every quantity per seed (a replicate: its
     reference) and read as an interval over seeds.
 
     Untestable unless π(y+) falls for ≥ MIN_DISPLACED of the pairs. Reproduced if both hold:
     (rank) the better CHES form of each seed (CHES or its length-normalised form, whichever has
-    the higher ρ in that seed) has Spearman ρ with −Δ log π(y+) ≥ RANK_CORRELATION and at least
-    that of each alternative score (edit similarity, hidden cosine); (protocol) the
+    the higher ρ in that seed) has Spearman ρ with −Δ log π(y+) ≥ RANK_CORRELATION, so does CHES
+    within statements (``within_statement_rho``), and the better form's ρ is at least that of each
+    alternative score (edit similarity, hidden cosine); (protocol) the
     highest-CHES subset lowers log π(y+) (its change < 0: it displaces) and by more than the
     median and the lowest subsets (each difference > 0). Partly if one of the two holds.
 
@@ -168,8 +180,10 @@ def phrase_claims(pairs: pd.DataFrame, protocol: pd.DataFrame) -> pd.DataFrame:
     decided, optimizer, needed = theory_arm(pairs, MIN_DISPLACED)
     rho = rank_table(decided)
     ches_form = rho[["ches", "ches_normalized"]].max(axis=1)
+    within = within_statement_rho(decided)
     rank = [
         Check(f"Spearman(better CHES form, −Δ log π(y+)), {optimizer}", mean_interval(ches_form), RANK_CORRELATION),
+        Check("within-statement Spearman(CHES, −Δ log π(y+)), mean over statements", mean_interval(within), RANK_CORRELATION),
         *(Check(f"ρ(better CHES form) − ρ({SCORES[s]})", mean_interval(ches_form - rho[s]), 0.0) for s in ("edit", "cosine")),
     ]
     change = protocol.pivot(index="seed", columns="subset", values="chosen_logp_change")
