@@ -37,9 +37,10 @@ FINDINGS = {  # source study → (what the paper profile found, the claims it re
         ("C14", "C15", "C16"),
     ),
     "Razin et al., arXiv 2410.08847 (likelihood displacement)": (
-        "DPO in a tiny persona LM does not displace the preferred token as the talk's table shows, DPO on refusal pairs "
-        "does not unalign a toy safety model, and whether CHES finds the displacing pairs stays open.",
-        ("C10", "C13", "C11"),
+        "DPO in a tiny persona LM does not displace the preferred token as the talk's table shows (the theory itself "
+        "predicts no fall there), DPO on refusal pairs does not unalign a toy safety model, and CHES cannot be tested: "
+        "plain gradient descent displaces almost no single pair.",
+        ("C10", "C10-map", "C13", "C11"),
     ),
 }
 
