@@ -85,6 +85,26 @@ def to_html(frame: pd.DataFrame) -> str:
     return readable(frame).to_html(max_rows=pd.get_option("display.max_rows"), border=0, classes="dataframe")
 
 
+class EveryRow:
+    """A frame a notebook shows whole, every row included (a map reports every cell): pandas
+    otherwise cuts a table longer than ``display.max_rows`` to its ends around a row of "...".
+    """
+
+    def __init__(self, frame: pd.DataFrame):
+        self.frame = frame
+
+    def _repr_html_(self) -> str:
+        return readable(self.frame).to_html(max_rows=None, border=0, classes="dataframe")
+
+    def __repr__(self) -> str:
+        return readable(self.frame).to_string(max_rows=None)
+
+
+def every_row(frame: pd.DataFrame) -> EveryRow:
+    """Show ``frame`` with every row, headers in words (``readable``)."""
+    return EveryRow(frame)
+
+
 def use_readable_headers() -> None:
     """Make every DataFrame this IPython session displays show readable headers and full cells
     (``to_html``); nothing outside IPython."""

@@ -38,3 +38,11 @@ def test_html_keeps_every_cell_whole():
     long = "sucks (+4.4e-06), fake (+3.2e-06), weird (+2.1e-06), and more than fifty characters"
     html = tables.to_html(pd.DataFrame({"top_gainers": [long]}))
     assert long in html and "<th>top gainers</th>" in html and "..." not in html
+
+
+def test_every_row_shows_a_table_longer_than_the_display_limit_whole():
+    frame = pd.DataFrame({"pair_index": range(pd.get_option("display.max_rows") + 5)})
+    assert "<td>...</td>" in tables.to_html(frame)  # the default view cuts it
+    html = tables.every_row(frame)._repr_html_()
+    assert "<td>...</td>" not in html and html.count("<tr") == len(frame) + 1 and "pair index" in html
+    assert repr(tables.every_row(frame)).count("\n") == len(frame)
