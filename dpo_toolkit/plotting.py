@@ -677,3 +677,43 @@ def plot_ches_protocol(protocol: pd.DataFrame) -> plt.Figure:
     ax.set(xlabel="training subset by CHES", ylabel="Δ log π(y+) of its preferred responses (nats)")
     fig.tight_layout()
     return fig
+
+
+@book_figure
+def plot_update_axis(bands: pd.DataFrame, cells: pd.DataFrame) -> plt.Figure:
+    """When DPO drifts along the number of updates: for each task and optimizer (a panel), the
+    change of the greedy OOD rate against each seed's reference along training (mean over seeds,
+    band: its 95 % interval), a colour per learning rate and a dash per β; a cross where most seeds
+    have collapsed by that horizon. bands: ``drift_map.updates.update_curves``; cells:
+    ``drift_map.updates.update_cells``."""
+    panels = list(dict.fromkeys(zip(bands["task"], bands["optimizer"], strict=True)))
+    ncols = min(MAX_PANELS_PER_ROW, len(panels))
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(6 * ncols, 4.2 * nrows), squeeze=False)
+    lrs, betas = sorted(bands["lr"].unique()), sorted(bands["beta"].unique())
+    colours = dict(zip(lrs, sns.color_palette("colorblind", len(lrs)), strict=True))
+    dashes = dict(zip(betas, ["-", "--", ":", "-."] * len(betas), strict=False))
+    for ax, (task, optimizer) in zip(axes.ravel(), panels, strict=False):
+        mine = bands[(bands["task"] == task) & (bands["optimizer"] == optimizer) & (bands["step"] > 0)]
+        for (lr, beta), line in mine.groupby(["lr", "beta"]):
+            ax.plot(line["step"], 100 * line["ood_change_mean"], color=colours[lr], linestyle=dashes[beta],
+                    label=f"lr {lr:g}, β {beta:g}")  # fmt: skip
+            low, high = (100 * line[c].clip(-1, 1) for c in ("ood_change_low", "ood_change_high"))
+            ax.fill_between(line["step"], low, high, color=colours[lr], alpha=0.12, linewidth=0)
+        broken = cells[(cells["task"] == task) & (cells["optimizer"] == optimizer) & cells["collapse_regime"]]
+        ax.scatter(broken["updates"], 100 * broken["ood_change_mean"], marker="x", color="black", s=60, zorder=3,
+                   label="most seeds collapsed")  # fmt: skip
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.axhline(10, color="grey", lw=0.8, linestyle=":")
+        ax.set(xscale="log", title=f"{task.replace('_', ' ')} task, {optimizer}", xlabel="DPO updates (epochs)",
+               ylabel="OOD rate change (points)", ylim=(-100, 100))  # fmt: skip
+        horizons = cells[cells["task"] == task].drop_duplicates("updates").sort_values("updates")
+        ticks = [f"{u}\n({e})" for u, e in zip(horizons["updates"], horizons["read_epoch"], strict=True)]
+        ax.set_xticks(horizons["updates"], ticks)
+        ax.xaxis.set_minor_formatter(plt.NullFormatter())
+    for ax in axes.ravel()[len(panels) :]:
+        ax.set_visible(False)
+    handles, labels = axes.ravel()[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(4, len(labels)), frameon=False)
+    fig.tight_layout()
+    return fig

@@ -37,6 +37,17 @@ def test_few_replicates_get_at_least_the_student_t_interval():
     assert i.low == pytest.approx(np.mean(x) - half)
 
 
+def test_a_bonferroni_level_widens_the_interval_to_the_student_t_closed_form_at_that_level():
+    x = [0.4, 0.7, 0.6, 0.9]
+    level = 1 - 0.05 / 12  # twelve cells read at once
+    half = stats.t.ppf(0.5 + level / 2, 3) * np.std(x, ddof=1) / 2
+    wide = mean_interval(x, confidence=level)
+    assert wide.low == pytest.approx(np.mean(x) - half) and wide.high == pytest.approx(np.mean(x) + half)
+    assert wide.low < mean_interval(x).low
+    with pytest.raises(ValueError, match="confidence must be in"):
+        mean_interval(x, confidence=1.0)
+
+
 def test_interval_edge_cases_one_value_and_all_equal():
     one = mean_interval([0.7])
     assert (one.n, one.low, one.high) == (1, -math.inf, math.inf)

@@ -177,6 +177,14 @@ BAD = {
         "margin_pairs": [0, 10_241],
         "scored_train_pairs": [0, 2561],
         "confirmation_seeds": [[0], [-1], []],  # 0 is one of the map's seeds
+        "update_tasks": [["chess"], [], ["grokking", "grokking"]],
+        "grokking_optimizers": [["sgd"], []],  # the update axis crosses adaptive optimizers only
+        "kl_optimizers": [["lion"]],
+        "update_lrs": [[0.0], [2.0]],
+        "update_betas": [[0.0], [0.1, 0.1]],
+        "grokking_read_epochs": [[0], [10, 3]],  # horizons of one long run: increasing
+        "kl_read_epochs": [[3, 3], [30, 10]],
+        "update_seeds": [[-1], []],
     },
     "ches": {
         "device": DEVICE,

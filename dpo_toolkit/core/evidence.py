@@ -56,9 +56,10 @@ class Interval:
         return f"{self.estimate:.3g} [{self.low:.3g}, {self.high:.3g}] (n={self.n})"
 
 
-def mean_interval(values) -> Interval:
-    """The mean of one value per replicate, with its 95 % interval: the union of the BCa bootstrap
-    interval and Student's t interval (module docstring).
+def mean_interval(values, confidence: float = CONFIDENCE) -> Interval:
+    """The mean of one value per replicate, with its 95 % interval (or one at `confidence`, e.g. a
+    Bonferroni level 1 − 0.05/k for k cells read at once): the union of the BCa bootstrap interval
+    and Student's t interval (module docstring).
 
     Equal values give a point interval; one value gives (−∞, ∞): a single run bounds nothing, and
     so does a replicate without a value (NaN or ±inf, e.g. a ratio whose denominator vanished): the
@@ -76,13 +77,15 @@ def mean_interval(values) -> Interval:
     spread = float(x.std(ddof=1))
     if np.ptp(x) == 0:
         return Interval(int(x.size), float(x[0]), float(x[0]), float(x[0]), 0.0)
-    half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, x.size - 1)) * spread / math.sqrt(x.size)  # Student's t
+    if not 0 < confidence < 1:
+        raise ValueError(f"mean_interval: confidence must be in (0, 1); got {confidence}")
+    half = float(stats.t.ppf(0.5 + confidence / 2, x.size - 1)) * spread / math.sqrt(x.size)  # Student's t
     ci = None
     for method in ("BCa", "percentile"):
         rng = np.random.default_rng(_BOOTSTRAP_SEED)
         with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", stats.DegenerateDataWarning)  # BCa undefined: the percentile interval below
-            result = stats.bootstrap((x,), np.mean, confidence_level=CONFIDENCE, n_resamples=RESAMPLES, method=method, rng=rng)
+            result = stats.bootstrap((x,), np.mean, confidence_level=confidence, n_resamples=RESAMPLES, method=method, rng=rng)
         ci = result.confidence_interval
         if np.isfinite(ci.low) and np.isfinite(ci.high):
             break

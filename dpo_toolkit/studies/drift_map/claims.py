@@ -1,15 +1,20 @@
-"""Claims C22–C24 of the drift map, decided on intervals over independent seeds (``core.evidence``)."""
+"""Claims C22–C25 of the drift map (C22-full and C25 on its update-count axis), decided on intervals
+over independent seeds (``core.evidence``)."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 
 from dpo_toolkit.core.claims import EVIDENCE, UNTESTABLE, ClaimText, claims_frame, decide
+from dpo_toolkit.core.drift import DRIFT_OOD, DRIFT_RISE
 from dpo_toolkit.core.evidence import Check, Interval, mean_interval, share_interval
 
 from .analysis import IN_DISTRIBUTION, MOST, NEAR_ZERO, drifting_recipe, is_paper_recipe
+from .design import PAPER_RECIPE
+from .updates import MANY_EPOCHS, SMALL_LR, corner, largest
 
 ABOUT_80 = 0.6  # C23: "about 80 %" — the drifted runs end at ≥ 60 % OOD on average
 SOME = 0.2  # C22 partly: at least one run in five drifts
@@ -33,6 +38,11 @@ CLAIMS = {
         "Park's DPO recipe for the KL sweep (RMSprop at 5e-5, batch 16, 3 epochs) drives the policy out of distribution.",
         "policy A (β = 0.01) goes OOD (§4.3), the drift §4.2–4.3 study",
     ),
+    "C22-full": ClaimText(
+        "Park's DPO recipe for the KL sweep (RMSprop at 5e-5, batch 16, 3 epochs) drives the policy out of distribution, "
+        "at Park's full data (S = [100, 500]): the update axis's cell read at 3 epochs.",
+        "policy A (β = 0.01) goes OOD (§4.3), the drift §4.2–4.3 study",
+    ),
     "C23": ClaimText(
         "Somewhere on the map DPO drifts to about 80 % OOD while reward margin and accuracy keep rising.",
         "≈ 80 % OOD, margin and accuracy rising",
@@ -43,8 +53,21 @@ CLAIMS = {
         "the ordering, with both falling",
         "§4.1",
     ),
+    "C25": ClaimText(
+        "With small adaptive steps (lr ≤ 5e-5) and many updates (≥ 30 epochs), DPO drifts out of distribution "
+        "gradually, on Park's §4.1 task (W = 5, S = 1–99).",
+        "OOD grows over training to ≈ 80 % while the reward margin and accuracy rise",
+        "§4.1, Fig. 1",
+    ),
+    "C25-kl": ClaimText(
+        "With small adaptive steps (lr ≤ 5e-5) and many updates (≥ 30 epochs), DPO drifts out of distribution "
+        "gradually, on the KL sweep's task at Park's full size (W = 10, S = [100, 500]).",
+        "policy A (β = 0.01) goes OOD",
+        "§4.3",
+    ),
 }
 """What each claim says and what the paper reports; the rows of ``map_claims`` add what the runs show."""
+UPDATE_CLAIMS = {"grokking": "C25", "kl_sweep": "C25-kl"}  # the update axis's claim of each task
 
 
 def map_claims(
@@ -62,18 +85,24 @@ def map_claims(
 
 
 def _c22(runs: pd.DataFrame) -> dict:
-    """C22: the drifted share of the paper recipe's runs (every β and seed), its replicates the seeds."""
-    paper = runs[is_paper_recipe(runs)]
-    row = {"claim_id": "C22", "precondition": f"the paper's recipe is in the grid: {len(paper)} runs"}
+    """C22: the drifted share of the paper recipe's runs in the grid (every β and seed)."""
+    return _paper_recipe_drifts("C22", runs[is_paper_recipe(runs)], "the paper's recipe is in the grid")
+
+
+def _paper_recipe_drifts(claim_id: str, paper: pd.DataFrame, where: str) -> dict:
+    """The drifted share of the paper recipe's runs `paper` (``outcomes`` rows, every β and seed), its
+    replicates the seeds: reproduced when at least MOST, partly when at least SOME."""
+    row = {"claim_id": claim_id, "precondition": f"{where}: {len(paper)} runs"}
     if not len(paper):  # a fact of the design, not of the runs: there is nothing to put an interval on
-        return row | {"our_value": "the recipe is not in this map's grid", "verdict": UNTESTABLE}
+        return row | {"our_value": "the recipe is not in this map", "verdict": UNTESTABLE}
     by_beta = ", ".join(f"β={b:.3g}: {int(g['drifted'].sum())}/{len(g)}" for b, g in paper.groupby("beta"))
     share = share_interval(int(paper["drifted"].sum()), len(paper), replicates=paper["seed"].nunique())
     name = "share of the paper recipe's runs that drift"
     return row | {
         "our_value": f"{int(paper['drifted'].sum())} of {len(paper)} runs drift ({by_beta}) over "
         f"{paper['seed'].nunique()} seeds; final OOD {100 * paper['ood'].mean():.0f} ± "
-        f"{100 * paper['ood'].std(ddof=0):.0f} % from a reference at {100 * paper['reference_ood'].mean():.0f} %",
+        f"{100 * paper['ood'].std(ddof=0):.0f} % from a reference at {100 * paper['reference_ood'].mean():.0f} %; "
+        f"{(paper['collapse'] != '').sum()} collapsed",
         **decide(Check(name, share, MOST), part=Check(name, share, SOME)),
     }
 
@@ -183,3 +212,43 @@ def _specificity(mechanisms: pd.DataFrame, onset_fell: pd.Series, calm: pd.DataF
     name = "drifted-minus-calm share with both log-probs falling, per seed"
     gap = by_seed["drifted"] - by_seed["calm"]
     return Check(name, mean_interval(gap), SPECIFIC) if len(gap) else _unmeasured(name, SPECIFIC, True, 0)
+
+
+def update_claims(read: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
+    """The update axis's claims from ``updates.read_along`` rows (`read`) and ``updates.update_cells``
+    (`cells`): C22-full (Park's recipe at Park's full data: rmsprop 5e-5, batch 16, read at 3 epochs
+    on the KL sweep's task) when that task was run, and C25 / C25-kl for each task run."""
+    rows = []
+    if (read["task"] == "kl_sweep").any():
+        full = read[(read["task"] == "kl_sweep") & (read["read_epoch"] == PAPER_RECIPE["epochs"])]
+        paper = full[(full["optimizer"] == PAPER_RECIPE["optimizer"]) & np.isclose(full["lr"], PAPER_RECIPE["lr"])
+                     & (full["batch_size"] == PAPER_RECIPE["batch_size"])]  # fmt: skip
+        rows.append(_paper_recipe_drifts("C22-full", paper, "the paper's recipe is on the update axis of the KL sweep's task"))
+    rows += [_graded(read[read["task"] == task], cells[cells["task"] == task], UPDATE_CLAIMS[task])
+             for task in UPDATE_CLAIMS if (read["task"] == task).any()]  # fmt: skip
+    return claims_frame(rows, text=CLAIMS)
+
+
+def _graded(read: pd.DataFrame, cells: pd.DataFrame, claim_id: str) -> dict:
+    """C25 on one task: in the small-step, many-update corner (``updates.corner``, outside a collapse
+    regime), the largest cell-mean rise of the OOD rate, with a simultaneous interval over the
+    corner's cells (``updates.largest``), read against DRIFT_RISE (partly: a graded rise), and the
+    largest cell-mean final OOD rate against DRIFT_OOD (reproduced: the rise reaches the drift rule).
+    The two maxima may sit in different cells; the row names both."""
+    mine = corner(cells)
+    n_seeds = read["seed"].nunique()
+    row = {"claim_id": claim_id, "precondition": f"cells with lr ≤ {SMALL_LR:g} read at ≥ {MANY_EPOCHS} epochs, "
+           f"outside a collapse regime: {len(mine)} (recipe, horizon) cells"}  # fmt: skip
+    if mine.empty:
+        why = "the update axis has no small-step, many-update cell outside a collapse regime"
+        return row | {"our_value": why, "verdict": UNTESTABLE}
+    rise, rise_at = largest(read, mine, "ood_change")
+    level, level_at = largest(read, mine, "ood")
+    rise_check = Check(f"largest mean OOD-rate rise over the corner's {len(mine)} cells (simultaneous 95 %)", rise, DRIFT_RISE)
+    level_check = Check(f"largest mean OOD rate over the corner's {len(mine)} cells (simultaneous 95 %)", level, DRIFT_OOD)
+    return row | {
+        "our_value": f"largest rise {100 * rise.estimate:+.0f} points ({rise_at}); largest OOD rate "
+        f"{100 * level.estimate:.0f} % ({level_at}); references {100 * read['reference_ood'].mean():.0f} % OOD "
+        f"(exact mass {100 * read['reference_ood_mass'].mean():.0f} %) over {n_seeds} seeds",
+        **decide([rise_check, level_check], part=rise_check),
+    }

@@ -28,7 +28,13 @@ REFERENCES = SFT_RECIPES
 PAPER_RECIPE = {"optimizer": "rmsprop", "lr": 5e-5, "batch_size": 16, "epochs": 3, "weight_decay": 0.0}
 """Park §3.3's DPO recipe for the KL sweep (all β): the grid cells with these knobs are 'the paper's recipe'."""
 
-GRID, ARMS = "grid", ("batch size", "weight decay", "horizon", "training set", "reference")
+GRID, UPDATES = "grid", "updates"  # the grid's cells; the update-count axis's long runs (updates.py)
+ARMS = ("batch size", "weight decay", "horizon", "training set", "reference", UPDATES)
+TASK_DATA = {  # the update axis's tasks at Park's full data: the number line's S, W and held-out share
+    "grokking": {"prompt_min": 1, "prompt_max": 99, "window": 5, "test_fraction": 0.3},  # Park §4.1
+    "kl_sweep": {"prompt_min": 100, "prompt_max": 500, "window": 10, "test_fraction": 0.5},  # Park §4.2
+}
+ADAPTIVE = ("adam", "adamw", "rmsprop")  # the update axis crosses adaptive optimizers only (Park's)
 
 
 @dataclass(frozen=True)
@@ -156,6 +162,14 @@ PARAMETERS = {
     "margin_pairs": p.MARGIN_PAIRS,
     "scored_train_pairs": v.integer(1, 2560),  # default: 256
     "confirmation_seeds": p.SEEDS,
+    "update_tasks": v.choices(*TASK_DATA),
+    "grokking_optimizers": v.choices(*ADAPTIVE),
+    "kl_optimizers": v.choices(*ADAPTIVE),
+    "update_lrs": v.reals(0, 1, open_low=True),
+    "update_betas": p.BETAS,
+    "grokking_read_epochs": v.integers(1),
+    "kl_read_epochs": v.integers(1),
+    "update_seeds": p.SEEDS,
     "results_root": p.RESULTS_ROOT,
     "device": p.DEVICE,
 }
@@ -170,6 +184,9 @@ def check_parameters(values) -> None:
     if values["long_epochs"] <= values["dpo_epochs"]:
         p.fail("long_epochs", f"an integer > dpo_epochs = {values['dpo_epochs']} (the horizon arm runs longer)",
                values["long_epochs"])  # fmt: skip
+    for name in ("grokking_read_epochs", "kl_read_epochs"):
+        if list(values[name]) != sorted(values[name]):
+            p.fail(name, "increasing epochs (the horizons read along one long run)", values[name])
     too_big = [n for n in values["arm_train_sizes"] if n >= len(train)]
     if too_big:
         p.fail("arm_train_sizes", f"sizes < {len(train)}, the training pairs of this data set", values["arm_train_sizes"])

@@ -45,12 +45,17 @@ class MapSetup:
     """Evaluations per DPO epoch (after one at step 0, the reference)."""
     scored_train_pairs: int = 256
     """Training pairs (a fixed random subset) whose chosen and rejected log-probs are tracked."""
+    epochs_per_eval: int = 1
+    """With evals_per_epoch = 1, evaluate every this many epochs instead (the update axis's long runs)."""
 
     def __post_init__(self) -> None:
         check_fits(self.model, self.data)
         require(isinstance(self.evals_per_epoch, int) and self.evals_per_epoch >= 1, self, "evals_per_epoch", "an integer ≥ 1")
         require(isinstance(self.scored_train_pairs, int) and self.scored_train_pairs >= 1, self, "scored_train_pairs",
                 "an integer ≥ 1")  # fmt: skip
+        require(isinstance(self.epochs_per_eval, int) and self.epochs_per_eval >= 1
+                and (self.epochs_per_eval == 1 or self.evals_per_epoch == 1), self, "epochs_per_eval",
+                "an integer ≥ 1 (> 1 only with evals_per_epoch = 1)")  # fmt: skip
 
     def sft(self, reference: str) -> TrainConfig:
         return {"kl_sweep": self.kl_sweep_sft, "grokking": self.grokking_sft}[reference]
@@ -182,7 +187,7 @@ def _train_group(
     ensemble; one frame of evaluations per recipe, with its fields, label and seed."""
     optimizer, batch_size, epochs, train_size, ref_name = schedule
     pairs = training_subset(train, train_size, seed)
-    n_evals = setup.evals_per_epoch * epochs
+    n_evals = max(1, setup.evals_per_epoch * epochs // setup.epochs_per_eval)
     evaluator = Evaluator(test, setup.data, setup.eval, reference=reference)
     evaluate = DriftEvaluator(evaluator, pairs, setup.data.window, setup.scored_train_pairs, setup.eval.seed)
     key = RunKey(Path(cache_dir), f"dpo-{optimizer}-b{batch_size}-e{epochs}-{ref_name}", seed,
