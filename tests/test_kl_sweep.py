@@ -165,13 +165,14 @@ def test_sweep_killed_midway_resumes_to_identical_results(tmp_path):
     subprocess.run([*run, str(tmp_path / "a"), str(tmp_path / "a.csv")], check=True, timeout=300)
     proc = subprocess.Popen([*run, str(tmp_path / "b"), str(tmp_path / "b.csv")])
     deadline = time.time() + 120
-    while not list((tmp_path / "b").glob("*.ckpt")) and time.time() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.3)  # let it get a few evaluations further
+    # kill as soon as DPO has checkpointed an evaluation (not an SFT checkpoint: between SFT's end, which
+    # removes its checkpoint, and DPO's first one there is none, and a loaded machine may sit in that gap)
+    while not list((tmp_path / "b").glob("dpo*.ckpt")) and time.time() < deadline:
+        time.sleep(0.02)
     proc.kill()  # SIGKILL
     proc.wait()
     assert not (tmp_path / "b.csv").exists(), "the sweep finished before it could be killed"
-    assert list((tmp_path / "b").glob("*.ckpt")), "no checkpoint was left to resume from"
+    assert list((tmp_path / "b").glob("dpo*.ckpt")), "no DPO checkpoint was left to resume from"
     subprocess.run([*run, str(tmp_path / "b"), str(tmp_path / "b.csv")], check=True, timeout=300)
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "a.csv"), pd.read_csv(tmp_path / "b.csv"))
 
