@@ -100,6 +100,17 @@ def cell_table(runs: pd.DataFrame) -> pd.DataFrame:
     return table.reset_index()
 
 
+def collapse_regime(table: pd.DataFrame) -> pd.Series:
+    """Per cell of a ``cell_table``: whether most of its seeds collapsed (a collapse regime, not drift)."""
+    return table["collapsed"] > MOST * table["seeds"]
+
+
+def graded_rise(table: pd.DataFrame) -> pd.Series:
+    """Per cell of a ``cell_table``: whether its OOD rate rose ≥ DRIFT_RISE on average with its
+    interval clear of zero (the continuous reading of drift)."""
+    return (table["ood_change_low"] > 0) & (table["ood_change_mean"] >= DRIFT_RISE - 1e-12)
+
+
 def drifting_recipe(table: pd.DataFrame) -> tuple[pd.Series, bool]:
     """The cell with the highest drift fraction (ties: higher mean final OOD, then the label)
     among cells whose reference is near-zero OOD (≤ NEAR_ZERO); when none is, among cells whose
@@ -108,7 +119,7 @@ def drifting_recipe(table: pd.DataFrame) -> tuple[pd.Series, bool]:
     near-zero condition could be met."""
     if table.empty:
         raise ValueError("drifting_recipe: the cell table is empty")
-    sound = table[table["collapsed"] <= MOST * table["seeds"]]
+    sound = table[~collapse_regime(table)]
     table = sound if len(sound) else table
     for limit in (NEAR_ZERO, IN_DISTRIBUTION, np.inf):
         candidates = table[table["reference_ood"] <= limit]
@@ -270,9 +281,9 @@ def _graded_lines(grid: pd.DataFrame) -> list[str]:
     OOD rate rose by ≥ DRIFT_RISE on average with its interval clear of zero without collapse."""
     lines = ["On the continuous outcome (the OOD rate's change against each seed's reference):"]
     for optimizer, cells in grid.groupby("optimizer", sort=False):
-        collapse = cells[cells["collapsed"] > MOST * cells["seeds"]]
-        sound = cells[cells["collapsed"] <= MOST * cells["seeds"]]
-        graded = sound[(sound["ood_change_low"] > 0) & (sound["ood_change_mean"] >= DRIFT_RISE - 1e-12)]
+        collapse = cells[collapse_regime(cells)]
+        sound = cells[~collapse_regime(cells)]
+        graded = sound[graded_rise(sound)]
         parts = [f"collapses at {_where(collapse)}" if len(collapse) else "never collapses in most seeds"]
         rise = f"rises ≥ {100 * DRIFT_RISE:.0f} points"
         parts.append(f"{rise}, clear of zero, at {_where(graded)}" if len(graded)

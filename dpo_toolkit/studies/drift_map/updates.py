@@ -35,10 +35,10 @@ import pandas as pd
 from dpo_toolkit.core.config import DataConfig, require
 from dpo_toolkit.core.data import make_pairs
 from dpo_toolkit.core.drift import DRIFT_OOD, DRIFT_RISE
-from dpo_toolkit.core.evidence import Interval, mean_interval
+from dpo_toolkit.core.evidence import CONFIDENCE, Interval, mean_interval
 from dpo_toolkit.core.parameters import steps
 
-from .analysis import MOST, cell_table, outcomes
+from .analysis import MOST, cell_table, collapse_regime, graded_rise, outcomes
 from .design import ADAPTIVE, TASK_DATA, UPDATES, Recipe
 from .runs import MapSetup, run_recipes
 
@@ -114,8 +114,8 @@ def run_updates(
     axes: Sequence[UpdateAxis], setup: MapSetup, seeds: Sequence[int], cache_dir: str | Path, device: str = "cpu"
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every axis's cells with every seed, each task on its own data (``task_data``, split as
-    `setup`'s) from its own SFT reference per seed, evaluated once per epoch (every read epoch is
-    an evaluation, every axis.eval_every epochs). Returns the curves (``runs.run_recipes``) and ``read_along`` of them, both with
+    `setup`'s) from its own SFT reference per seed, evaluated every axis.eval_every epochs (so every
+    read epoch is an evaluation). Returns the curves (``runs.run_recipes``) and ``read_along`` of them, both with
     a `task` column. Cached and resumed by the runner."""
     curves, read = [], []
     for axis in axes:
@@ -144,7 +144,7 @@ def update_cells(read: pd.DataFrame) -> pd.DataFrame:
         accuracy = at.groupby("label", sort=False)["accuracy"].mean()
         frames.append(table.assign(task=task, read_epoch=epoch, updates=updates, accuracy_mean=table["label"].map(accuracy)))
     cells = pd.concat(frames, ignore_index=True)
-    cells["collapse_regime"] = cells["collapsed"] > MOST * cells["seeds"]
+    cells["collapse_regime"] = collapse_regime(cells)
     return cells
 
 
@@ -182,7 +182,7 @@ def when_it_drifts(cells: pd.DataFrame) -> str:
 
 def _task_sentence(cells: pd.DataFrame, task: str) -> str:
     sound = cells[~cells["collapse_regime"]]
-    graded = sound[(sound["ood_change_low"] > 0) & (sound["ood_change_mean"] >= DRIFT_RISE - 1e-12)]
+    graded = sound[graded_rise(sound)]
     rule = sound[sound["drift_fraction"] > MOST]
     collapsed = cells[cells["collapse_regime"]]
     parts = [
@@ -210,7 +210,7 @@ def largest(read: pd.DataFrame, cells: pd.DataFrame, column: str) -> tuple[Inter
     95 % interval for it: each cell's interval over its seeds (rows of `read`) at the Bonferroni
     level 1 − 0.05/k for k cells, so that all k hold at once with 95 % and the largest mean lies
     between the largest low and the largest high. Returns it and where the largest estimate is."""
-    level = 1 - 0.05 / len(cells)
+    level = 1 - (1 - CONFIDENCE) / len(cells)
     intervals = [
         mean_interval(read.loc[(read["label"] == r.label) & (read["read_epoch"] == r.read_epoch), column], confidence=level)
         for r in cells.itertuples()
