@@ -106,8 +106,7 @@ def collapse_regime(table: pd.DataFrame) -> pd.Series:
 
 
 def graded_rise(table: pd.DataFrame) -> pd.Series:
-    """Per cell of a ``cell_table``: whether its OOD rate rose ≥ DRIFT_RISE on average with its
-    interval clear of zero (the continuous reading of drift)."""
+    """Per cell of a ``cell_table``: whether its OOD rate rose ≥ DRIFT_RISE on average, interval clear of zero."""
     return (table["ood_change_low"] > 0) & (table["ood_change_mean"] >= DRIFT_RISE - 1e-12)
 
 
