@@ -215,33 +215,27 @@ def _wilson(k: int, m: int) -> tuple[float, float]:
 def _claims(curves: pd.DataFrame, confirmation: pd.DataFrame | None = None) -> pd.DataFrame:
     runs = analysis.outcomes(curves)
     fresh = None if confirmation is None else analysis.outcomes(confirmation)
-    return map_claims(runs, analysis.cell_table(runs), analysis.mechanism(curves, runs), fresh).set_index("claim_id")
+    return map_claims(runs, analysis.cell_table(runs), fresh).set_index("claim_id")
 
 
 def test_the_claims_on_five_seeds_that_drift_in_the_paper_recipe():
     drifting = _curves({("a", s): DRIFTS for s in range(5)} | {("b", s): CALM for s in range(5)})
     claims = _claims(drifting)
-    assert claims["verdict"].to_dict() == {"C22": REPRODUCED, "C23": REPRODUCED, "C24": REPRODUCED}
+    assert claims["verdict"].to_dict() == {"C22": REPRODUCED, "C23": REPRODUCED}
     c22 = claims.loc["C22"]  # 5 of 5 runs over 5 seeds: Wilson [5 / (5 + z²), 1] = [0.566, 1] is clear of 50 %
     assert (c22["n"], c22["estimate"], c22["threshold"]) == ("5", "1", "0.5")
     assert float(c22["ci_low"]) == pytest.approx(5 / (5 + Z**2), abs=1e-4) and float(c22["ci_high"]) == 1.0
     assert claims.loc["C23", "n"] == "5"  # the drift fraction over the drifting recipe's 5 seeds decides
     assert "5 of 5 runs drift (β=0.1: 5/5) over 5 seeds" in c22["our_value"] and "Decided: reproduced" in c22["our_value"]
 
-    # the fall of both log-probs is no mark of drift when the calm runs' y_w falls too: per seed, 1 − 1 = 0 < 20 points
-    both_fall_everywhere = drifting.assign(chosen_logp=-1.0 - drifting["step"])
-    c24 = _claims(both_fall_everywhere).loc["C24"]
-    assert c24["verdict"] == PARTLY and c24["estimate"] == "0" and c24["threshold"] == "0.2"
-
 
 def test_the_claims_when_nothing_drifts():
     calm = _curves({(r, s): CALM for r in [*PAPER_BETAS, "b"] for s in range(5)})
     claims = _claims(calm)
     # C22: 0 of 20 runs, Wilson [0, 0.161], below even the partial "one run in five"; C23: 0 of 5, [0, 0.434] < 50 %
-    assert claims["verdict"].to_dict() == {"C22": NOT_REPRODUCED, "C23": NOT_REPRODUCED, "C24": UNTESTABLE}
+    assert claims["verdict"].to_dict() == {"C22": NOT_REPRODUCED, "C23": NOT_REPRODUCED}
     assert float(claims.loc["C22", "ci_high"]) == pytest.approx(_wilson(0, 20)[1], abs=1e-4)
     assert float(claims.loc["C23", "ci_high"]) == pytest.approx(_wilson(0, 5)[1], abs=1e-4)
-    assert claims.loc["C24", "n"] == "" and "no run drifts in 5 seeds" in claims.loc["C24", "our_value"]
 
 
 def test_c22_is_partly_when_a_third_of_the_runs_drift_over_twelve_seeds():
@@ -276,22 +270,14 @@ def test_the_claims_on_one_or_two_seeds_are_inconclusive():
         claims = _claims(curves)
         assert set(claims["verdict"]) == {INCONCLUSIVE}
         assert (claims["n"] == str(len(seeds))).all()
-    # nothing drifts on two seeds: C24's precondition is not judged on them either
     calm = _curves({(r, s): CALM for r in ("a", "b") for s in (0, 1)})
-    assert _claims(calm)["verdict"].tolist() == [INCONCLUSIVE] * 3
+    assert _claims(calm)["verdict"].tolist() == [INCONCLUSIVE] * 2
 
 
 def test_the_claims_straddling_and_untestable():
     # 3 of 5 paper runs drift: Wilson [0.231, 0.882] straddles 50 % (the partial 20 % holds, but the full claim is open)
     mixed = _curves({("a", s): DRIFTS if s < 3 else CALM for s in range(5)} | {("b", s): CALM for s in range(5)})
     assert _claims(mixed).loc["C22", "verdict"] == INCONCLUSIVE
-    # C24's specificity per seed: the calm run's y_w also falls in seeds 0 and 1, so the gaps are 0, 0, 1, 1, 1;
-    # mean 0.6, and Student's t half-width 2.776 · 0.548 / √5 = 0.68 puts the interval across 20 points
-    drifting = _curves({("a", s): DRIFTS for s in range(5)} | {("b", s): CALM for s in range(5)})
-    y_w_falls = (drifting["label"] == RECIPES["b"].label) & drifting["seed"].isin([0, 1])
-    drifting.loc[y_w_falls, "chosen_logp"] = -1.0 - drifting.loc[y_w_falls, "step"]
-    c24 = _claims(drifting).loc["C24"]
-    assert c24["verdict"] == INCONCLUSIVE and c24["estimate"] == "0.6" and float(c24["ci_low"]) < 0.2 < float(c24["ci_high"])
     no_paper = _curves({("b", s): DRIFTS for s in range(5)})
     assert _claims(no_paper).loc["C22", "verdict"] == UNTESTABLE
     far = _curves({("b", s): DRIFTS for s in range(5)}, reference_ood=0.3)
@@ -431,6 +417,7 @@ def test_c23_counts_a_drift_with_rising_margin_only_where_the_preferences_were_l
     from dpo_toolkit.studies.drift_map.claims import _rose
 
     runs = pd.DataFrame({"margin": [2.0, 2.0, 2.0, 0.5], "first_margin": [1.0, 1.0, 1.0, 1.0],
-                         "accuracy": [0.75, 0.65, 0.72, 0.9], "start_accuracy": [0.5, 0.5, 0.65, 0.5]})  # fmt: skip
-    # learned; ends below 0.7; only 7 points above its start; margin fell
+                         "accuracy": [0.75, 0.65, 0.72, 0.9], "first_accuracy": [0.5, 0.5, 0.65, 0.5],
+                         "start_accuracy": [0.0, 0.0, 0.0, 0.0]})  # fmt: skip
+    # learned; ends below 0.7; only 7 points above its first checkpoint (72 points above step 0's 0); margin fell
     assert _rose(runs).tolist() == [True, False, False, False]

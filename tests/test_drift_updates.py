@@ -20,6 +20,7 @@ from dpo_toolkit.studies.drift_map.updates import (
     TASK_DATA,
     UpdateAxis,
     corner,
+    drifting_cell,
     largest,
     read_along,
     task_data,
@@ -181,3 +182,25 @@ def test_the_update_figure_draws_a_line_per_cell_and_a_cross_per_collapsed_horiz
     crosses = ax.collections[-1].get_offsets()
     assert len(crosses) == 3 and set(np.round(crosses[:, 1], 6)) == {80.0}  # BIG collapsed (a jump) at every horizon
     plt.close(fig)
+
+
+def test_the_drifting_cell_is_the_first_horizon_clear_of_fifty_percent_that_learned_and_did_not_collapse():
+    fast = Recipe("rmsprop", 5e-4, 0.1, epochs=30, reference="kl_sweep", arm=UPDATES)
+    slow = Recipe("rmsprop", 5e-5, 0.1, epochs=30, reference="kl_sweep", arm=UPDATES)
+    # fast: 60–64 % at 10 epochs (clear of 50 % over 5 seeds), slow: only by 30 epochs
+    curves = _curves({fast: [[0.1, 0.3, 0.6 + 0.01 * s, 0.8] for s in range(5)],
+                      slow: [[0.1, 0.1, 0.3, 0.7 + 0.01 * s] for s in range(5)]}).assign(task="kl_sweep")  # fmt: skip
+    read = read_along(curves, (3, 10, 30), steps_per_epoch=252).assign(task="kl_sweep")
+    cells = update_cells(read)
+    best = drifting_cell(read, cells)
+    assert (best["label"], best["read_epoch"], best["updates"]) == (fast.label, 10, 2520)
+    assert best["ood_low"] > 0.5 and best["ood_high"] < 0.7
+    # a cell that did not learn the preferences (accuracy 0.65 < 0.7) is no drifting recipe, however far it drifts
+    unlearned = _curves({fast: [[0.1, 0.3, 0.6 + 0.01 * s, 0.8] for s in range(5)]}, accuracy=0.65).assign(task="kl_sweep")
+    read = read_along(unlearned, (3, 10, 30), steps_per_epoch=252).assign(task="kl_sweep")
+    assert drifting_cell(read, update_cells(read)) is None
+    # nor is a cell whose interval straddles 50 % (45–75 % over the seeds), nor one on another task
+    straddles = _curves({fast: [[0.1, 0.3, 0.4, v] for v in (0.45, 0.75, 0.5, 0.7, 0.46)]}).assign(task="kl_sweep")
+    read = read_along(straddles, (3, 10, 30), steps_per_epoch=252).assign(task="kl_sweep")
+    assert drifting_cell(read, update_cells(read)) is None
+    assert drifting_cell(read.assign(task="grokking"), update_cells(read.assign(task="grokking"))) is None

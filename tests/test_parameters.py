@@ -75,6 +75,7 @@ DRIFTING_ARM = {
     "drift_lr": [0.0, 2.0],
     "drift_reference": ["dpo", None],
     "drift_sft_epochs": [0, 1001],
+    "drift_epochs": [0, 1001],
 }
 BAD = {
     "grokking": {
@@ -437,3 +438,17 @@ def test_the_rerun_boxs_example_passes_every_chapters_check_as_papermill_parses_
     assert namespace["seeds"] == [0, 1, 2, 3]
     with pytest.raises(ParameterError, match="seeds"):
         run_setup(stem, {"seeds": "[0, 1, 2, 3]"}, tmp_path / "results")  # what -p passes
+
+
+@pytest.mark.parametrize("stem", ["kl_sweep", "surgery", "ches"])
+def test_the_drifting_arm_is_the_drift_maps_drifting_recipe(stem):
+    """Each chapter's drifting arm is DRIFTING_RECIPE: its optimizer, rate and reference by default,
+    its paper profile's epochs from params/paper (the quick profile runs fewer)."""
+    from dpo_toolkit.recipes.parameter_sets import DRIFTING_RECIPE
+
+    defaults = {name: p["default"] for name, p in papermill.inspect_notebook(str(ROOT / "notebooks" / f"{stem}.ipynb")).items()}
+    paper = yaml.safe_load((ROOT / "params" / "paper" / f"{stem}.yaml").read_text())
+    assert {**defaults, **paper}["drift_epochs"] == DRIFTING_RECIPE["drift_epochs"]
+    for name in ("drift_optimizer", "drift_lr", "drift_reference"):
+        assert yaml.safe_load(defaults[name]) == DRIFTING_RECIPE[name] and name not in paper, f"{stem}.{name}"
+    assert int(defaults["drift_epochs"]) < DRIFTING_RECIPE["drift_epochs"]

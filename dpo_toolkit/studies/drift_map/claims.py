@@ -3,34 +3,21 @@ over independent seeds (``core.evidence``)."""
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pandas as pd
 
-from dpo_toolkit.core.claims import EVIDENCE, UNTESTABLE, ClaimText, claims_frame, decide
+from dpo_toolkit.core.claims import UNTESTABLE, ClaimText, claims_frame, decide
 from dpo_toolkit.core.drift import DRIFT_OOD, DRIFT_RISE
-from dpo_toolkit.core.evidence import Check, Interval, mean_interval, share_interval
+from dpo_toolkit.core.evidence import Check, mean_interval, share_interval
 
 from .analysis import IN_DISTRIBUTION, MOST, NEAR_ZERO, drifting_recipe, is_paper_recipe
 from .design import PAPER_RECIPE
-from .updates import MANY_EPOCHS, SMALL_LR, corner, largest
+from .mass import share_gap
+from .updates import LEARNED, MANY_EPOCHS, SMALL_LR, corner, largest
 
 ABOUT_80 = 0.6  # C23: "about 80 %" — the drifted runs end at ≥ 60 % OOD on average
 SOME = 0.2  # C22 partly: at least one run in five drifts
-SPECIFIC = 0.2  # C24: both log-probs fall in ≥ 20 points more of the drifted runs than of the others
-
-
-def both_fell(changes: pd.DataFrame, chosen: str, rejected: str) -> pd.Series:
-    """Whether the mean log π(y_w) and log π(y_l) both fell from the reference, per row."""
-    return (changes[chosen] < 0) & (changes[rejected] < 0)
-
-
-def _unmeasured(name: str, threshold: float, above: bool, replicates: int) -> Check:
-    """A check on a quantity these runs do not define (no run to read it on): its interval is
-    the whole line, so it never holds or fails; `replicates` is the seeds behind the runs, so
-    that ``decide`` still reads the precondition that explains the gap."""
-    return Check(name, Interval(replicates, float("nan"), -math.inf, math.inf), threshold, above)
+SEPARATES = 0.2  # C24: the OOD share of the mass leaving y_w, y_l is ≥ 20 points larger in drifting runs than in calm ones
 
 
 CLAIMS = {
@@ -49,7 +36,8 @@ CLAIMS = {
         "§4.1",
     ),
     "C24": ClaimText(
-        "Where DPO drifts, π(y_OOD) > π(y_w) > π(y_l), with the log-probabilities of both y_w and y_l falling.",
+        "Where DPO drifts, the probability that leaves y_w and y_l goes to OOD answers (π(y_OOD) > π(y_w) > π(y_l), "
+        "both falling): a larger share of it than where DPO does not drift, at equal update counts.",
         "the ordering, with both falling",
         "§4.1",
     ),
@@ -70,10 +58,8 @@ CLAIMS = {
 UPDATE_CLAIMS = {"grokking": "C25", "kl_sweep": "C25-kl"}  # the update axis's claim of each task
 
 
-def map_claims(
-    runs: pd.DataFrame, table: pd.DataFrame, mechanisms: pd.DataFrame, confirmation: pd.DataFrame | None = None
-) -> pd.DataFrame:
-    """Claims C22–C24 from the runs (``outcomes``), the cells (``cell_table``), ``mechanism``, and
+def map_claims(runs: pd.DataFrame, table: pd.DataFrame, confirmation: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Claims C22 and C23 from the runs (``outcomes``), the cells (``cell_table``), and
     the drifting recipe re-run on fresh seeds (`confirmation`, its ``outcomes``; C23 is decided on
     them when given, since the recipe was picked as the best of many cells on the map's own seeds).
 
@@ -81,7 +67,7 @@ def map_claims(
     the reference, the initialisation and the data order, so the runs of one seed in different
     cells (β, optimizer, …) are not independent. A share of runs (drifted, both log-probs fell,
     rising) gets a Wilson interval whose replicates are the seeds behind those runs."""
-    return claims_frame([_c22(runs), _c23(runs, table, confirmation), _c24(runs, mechanisms)], text=CLAIMS)
+    return claims_frame([_c22(runs), _c23(runs, table, confirmation)], text=CLAIMS)
 
 
 def _c22(runs: pd.DataFrame) -> dict:
@@ -132,13 +118,15 @@ def _c23(runs: pd.DataFrame, table: pd.DataFrame, confirmation: pd.DataFrame | N
     }
 
 
-LEARNED = 0.7  # C23: a drifting run learned the preferences when its held-out accuracy ends ≥ 0.7 …
-LEARNED_GAIN = 0.1  # … and ≥ 10 points above its reference's (step 0): Park's drift comes with rising accuracy
+# C23: a drifted run learned the preferences when its accuracy ends ≥ LEARNED and ≥ 10 points above
+LEARNED_GAIN = 0.1  # its first checkpoint's: Park's drift comes with rising accuracy.
+# Not above step 0's: there the policy is its reference, every margin is 0 and Park §3.4's accuracy (ties
+# count as wrong) reads 0, so a gain over it would hold for any run that learns anything.
 
 
 def _rose(drifted_runs: pd.DataFrame) -> pd.Series:
     """Per drifted run, whether its margin rose and it learned the preferences (LEARNED, LEARNED_GAIN)."""
-    learned = (drifted_runs["accuracy"] >= LEARNED) & (drifted_runs["accuracy"] - drifted_runs["start_accuracy"] >= LEARNED_GAIN)
+    learned = (drifted_runs["accuracy"] >= LEARNED) & (drifted_runs["accuracy"] - drifted_runs["first_accuracy"] >= LEARNED_GAIN)
     return (drifted_runs["margin"] > drifted_runs["first_margin"]) & learned
 
 
@@ -154,7 +142,7 @@ def _c23_checks(drifted_runs: pd.DataFrame, fraction: Check) -> list[Check]:
     return [
         fraction,
         Check("final OOD rate of the drifted runs", mean_interval(drifted_runs["ood"]), ABOUT_80),
-        Check(f"share of drifted runs whose margin rose and accuracy ended ≥ {LEARNED:g}, ≥ {LEARNED_GAIN:g} above the start",
+        Check(f"share of drifted runs whose margin rose and accuracy ended ≥ {LEARNED:g}, +{LEARNED_GAIN:g} on checkpoint 1",
               share_interval(int(rose.sum()), len(drifted_runs), replicates=drifted_runs["seed"].nunique()), MOST),
     ]  # fmt: skip
 
@@ -165,59 +153,15 @@ def _c23_drifted(drifted_runs: pd.DataFrame) -> str:
         return ""
     drifted_ood, rising = float(drifted_runs["ood"].mean()), float(_rose(drifted_runs).mean())
     return (f", to {100 * drifted_ood:.0f} % OOD on average; margin rose and accuracy ended ≥ {LEARNED:g} "
-            f"(≥ {LEARNED_GAIN:g} above the reference's) in "
+            f"(≥ {LEARNED_GAIN:g} above the first checkpoint's) in "
             f"{100 * rising:.0f} % of them")  # fmt: skip
 
 
-def _c24(runs: pd.DataFrame, mechanisms: pd.DataFrame) -> dict:
-    """C24: in the drifted runs both log-probs had fallen at the onset of drift, and more often
-    than in the runs that did not drift (by the end); its precondition, that some run drifts."""
-    n = len(mechanisms)
-    onset_fell = both_fell(mechanisms, "onset_chosen_change", "onset_rejected_change") if n else pd.Series(dtype=bool)
-    fell = float(onset_fell.mean()) if n else float("nan")
-    calm = runs[~runs["drifted"] & ~runs["diverged"] & (runs["collapse"] == "")]  # a collapse is neither
-    calm_fell = float(both_fell(calm, "chosen_change", "rejected_change").mean()) if len(calm) else float("nan")
-    ordering = mechanisms["onset_ordering"].dropna() if n else pd.Series(dtype=float)
-    fell_name = "share of drifted runs in which both log-probs fell at the onset"
-    if n:
-        fell_check = Check(fell_name, share_interval(int(onset_fell.sum()), n, replicates=mechanisms["seed"].nunique()), MOST)
-    else:
-        fell_check = _unmeasured(fell_name, MOST, True, runs["seed"].nunique())
-    full = [fell_check] + ([_specificity(mechanisms, onset_fell, calm)] if n and len(calm) else [])
-    c24 = {
-        "claim_id": "C24",
-        "our_value": f"both mean log-probs had fallen at the onset of drift in {100 * fell:.0f} % of {n} drifted runs, "
-        f"and by the end in {100 * calm_fell:.0f} % of {len(calm)} runs that did not drift; the ordering held for most "
-        f"training pairs with an OOD greedy answer in {100 * (ordering > MOST).mean() if len(ordering) else 0:.0f} % of "
-        f"the {len(ordering)} drifted runs that had such pairs",
-        **decide(full, part=fell_check, precondition=n > 0),
-        "precondition": f"at least one run drifts: {n}",
-    }
-    if not n:  # no onset to read: the row says so instead of an interval over nothing
-        why = f"{c24['verdict']}: no run drifts in {runs['seed'].nunique()} seeds, so there is no onset to read"
-        c24 |= {**dict.fromkeys(EVIDENCE, ""), "decision": why}
-    return c24
-
-
-def _specificity(mechanisms: pd.DataFrame, onset_fell: pd.Series, calm: pd.DataFrame) -> Check:
-    """C24's specificity per seed: the share of the seed's drifted runs whose log-probs both fell
-    at the onset minus the share of its runs that did not drift whose log-probs both fell by the
-    end, over the seeds that have both kinds of run."""
-    by_seed = pd.DataFrame(
-        {
-            "drifted": onset_fell.groupby(mechanisms["seed"]).mean(),
-            "calm": both_fell(calm, "chosen_change", "rejected_change").groupby(calm["seed"]).mean(),
-        }
-    ).dropna()
-    name = "drifted-minus-calm share with both log-probs falling, per seed"
-    gap = by_seed["drifted"] - by_seed["calm"]
-    return Check(name, mean_interval(gap), SPECIFIC) if len(gap) else _unmeasured(name, SPECIFIC, True, 0)
-
-
-def update_claims(read: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
+def update_claims(read: pd.DataFrame, cells: pd.DataFrame, flows: pd.DataFrame | None = None) -> pd.DataFrame:
     """The update axis's claims from ``updates.read_along`` rows (`read`) and ``updates.update_cells``
     (`cells`): C22-full (Park's recipe at Park's full data: rmsprop 5e-5, batch 16, read at 3 epochs
-    on the KL sweep's task) when that task was run, and C25 / C25-kl for each task run."""
+    on the KL sweep's task) when that task was run, C25 / C25-kl for each task run, and C24 from
+    ``mass.mass_flow`` (`flows`) when given."""
     rows = []
     if (read["task"] == "kl_sweep").any():
         full = read[(read["task"] == "kl_sweep") & (read["read_epoch"] == PAPER_RECIPE["epochs"])]
@@ -226,7 +170,27 @@ def update_claims(read: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
         rows.append(_paper_recipe_drifts("C22-full", paper, "the paper's recipe is on the update axis of the KL sweep's task"))
     rows += [_graded(read[read["task"] == task], cells[cells["task"] == task], UPDATE_CLAIMS[task])
              for task in UPDATE_CLAIMS if (read["task"] == task).any()]  # fmt: skip
+    if flows is not None:
+        rows.append(_c24(flows))
     return claims_frame(rows, text=CLAIMS)
+
+
+def _c24(flows: pd.DataFrame) -> dict:
+    """C24: per seed, the OOD share of the pair mass that left y_w and y_l in its drifting runs minus
+    that in its calm runs at equal update counts (``mass.share_gap``), read against SEPARATES; its
+    precondition, that some seed has both kinds of run at one horizon."""
+    gap = share_gap(flows)
+    kinds = flows[flows["kind"] != ""].groupby("kind")["ood_share"]
+    share = {k: f"{100 * kinds.mean().get(k, float('nan')):.0f} % in {kinds.count().get(k, 0)} {k} runs"
+             for k in ("drifting", "calm")}  # fmt: skip
+    row = {"claim_id": "C24", "precondition": f"seeds with drifting and calm runs at one horizon: {len(gap)}",
+           "our_value": f"of the pair mass that left y_w and y_l, the share that went OOD: {share['drifting']}, "
+           f"{share['calm']} (mean over runs with ≥ 5 % of it gone); the rest went to other in-window answers"}  # fmt: skip
+    if not len(gap):
+        why = "no seed has both a drifting and a calm run at one horizon"
+        return row | {"our_value": f"{row['our_value']}; {why}", "verdict": UNTESTABLE}
+    name = "per-seed OOD share in drifting minus calm runs, at equal update counts"
+    return row | decide(Check(name, mean_interval(gap), SEPARATES))
 
 
 def _graded(read: pd.DataFrame, cells: pd.DataFrame, claim_id: str) -> dict:

@@ -78,6 +78,8 @@ class DriftEvaluator:
       over the test prompts;
     - ``chosen_logp`` and ``rejected_logp``: mean log π(y_w | s) and log π(y_l | s) over a fixed
       subset of the training pairs; ``train_ood_rate`` the greedy OOD rate on their prompts;
+    - ``pair_mass`` and ``pair_ood_mass``: mean over those pairs of π(y_w | s) + π(y_l | s) and of
+      the exact OOD mass of the pair's prompt (C24's mass decomposition, ``mass``);
     - ``ordering``: among those pairs whose prompt gets an OOD greedy answer y_OOD, the share with
       π(y_OOD | s) > π(y_w | s) > π(y_l | s), Park's proposed mechanism of drift (NaN when no
       prompt gets an OOD greedy answer). The greedy answer is the
@@ -98,6 +100,7 @@ class DriftEvaluator:
     def __call__(self, policies: Ensemble, betas: list[float]) -> list[dict]:
         rows = self.evaluator(policies, betas)  # the β of each member's run
         _, test_log_ood = response_masses(policies, self.evaluator.prompts, self.window)  # (M, test prompts)
+        _, train_log_ood = response_masses(policies, self.train_prompts, self.window)  # (M, train prompts)
         chosen_logps, rejected_logps = (x.double().cpu().numpy() for x in pair_logps(policies, self.batch))  # (M, pairs) each
         greedy = greedy_sequences(policies, self.train_prompts)  # (M, train prompts, T)
         greedy_logps = score(policies, greedy).double().cpu().numpy()  # (M, train prompts)
@@ -105,6 +108,8 @@ class DriftEvaluator:
         greedy_ood = is_ood(answers_tensor(decoded_answers(greedy)), prompts, self.window).numpy()  # (M, train prompts)
         pair_ood, pair_greedy_logps = greedy_ood[:, self.pair_prompt], greedy_logps[:, self.pair_prompt]  # (M, pairs)
         chain = (pair_greedy_logps > chosen_logps) & (chosen_logps > rejected_logps)  # π(y_OOD) > π(y_w) > π(y_l)
+        pair_mass = np.exp(chosen_logps) + np.exp(rejected_logps)  # (M, pairs): π(y_w | s) + π(y_l | s)
+        pair_ood_mass = np.exp(train_log_ood)[:, self.pair_prompt]  # (M, pairs): P(OOD | s) of each pair's prompt
         n_ood = pair_ood.sum(-1)  # (M,)
         ordering = np.where(n_ood > 0, (pair_ood & chain).sum(-1) / np.maximum(n_ood, 1), np.nan)  # (M,)
         for i, row in enumerate(rows):
@@ -113,6 +118,8 @@ class DriftEvaluator:
                 train_ood_rate=float(greedy_ood[i].mean()),
                 chosen_logp=float(chosen_logps[i].mean()),
                 rejected_logp=float(rejected_logps[i].mean()),
+                pair_mass=float(pair_mass[i].mean()),
+                pair_ood_mass=float(pair_ood_mass[i].mean()),
                 ordering=float(ordering[i]),
             )
         return rows

@@ -46,6 +46,7 @@ TASKS = tuple(TASK_DATA)
 TASK_REFERENCE = {"grokking": "grokking", "kl_sweep": "kl_sweep"}  # each task's SFT recipe (design.REFERENCES)
 SMALL_LR = 5e-5  # the small-step corner: learning rate ≤ 5e-5 …
 MANY_EPOCHS = 30  # … read at ≥ 30 epochs; the corner the map must never cut
+LEARNED = 0.7  # a run learned the preferences when its held-out accuracy ends ≥ 0.7 (C23, the drifting recipe)
 
 
 def task_data(task: str, split_seed: int) -> DataConfig:
@@ -219,3 +220,21 @@ def largest(read: pd.DataFrame, cells: pd.DataFrame, column: str) -> tuple[Inter
     where = f"{cells['label'].iloc[best]} at {cells['read_epoch'].iloc[best]} epochs"
     n = min(i.n for i in intervals)
     return Interval(n, intervals[best].estimate, max(i.low for i in intervals), max(i.high for i in intervals)), where
+
+
+def drifting_cell(read: pd.DataFrame, cells: pd.DataFrame, task: str = "kl_sweep") -> pd.Series | None:
+    """The drifting recipe the other chapters use (issue: Park's drift as a graded effect, item 5):
+    among `task`'s cells at every horizon (``update_cells``) outside a collapse regime, whose mean
+    held-out accuracy ends ≥ LEARNED and whose OOD rate's 95 % interval over seeds (rows of `read`)
+    is clear above DRIFT_OOD, the one with the fewest updates, then the smallest learning rate,
+    then the highest accuracy; with its interval (`ood_low`, `ood_high`). None when no cell qualifies."""
+    mine = cells[(cells["task"] == task) & ~cells["collapse_regime"] & (cells["accuracy_mean"] >= LEARNED)]
+    rows, of_task = [], read[read["task"] == task]
+    for r in mine.itertuples():
+        i = mean_interval(of_task.loc[(of_task["label"] == r.label) & (of_task["read_epoch"] == r.read_epoch), "ood"])
+        if i.low > DRIFT_OOD:
+            rows.append({**mine.loc[r.Index].to_dict(), "ood_low": i.low, "ood_high": i.high})
+    if not rows:
+        return None
+    found = pd.DataFrame(rows).sort_values(["updates", "lr", "accuracy_mean"], ascending=[True, True, False])
+    return found.iloc[0]
