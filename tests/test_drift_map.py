@@ -161,9 +161,12 @@ def test_the_regime_summary_names_the_paper_recipe_and_where_drift_appears():
 
 def test_the_drifting_recipe_prefers_a_near_zero_reference_and_breaks_ties_by_ood():
     table = pd.DataFrame({"label": ["x", "y", "z"], "drift_fraction": [1.0, 0.6, 0.6], "ood_mean": [0.9, 0.6, 0.7],
-                          "reference_ood": [0.3, 0.0, 0.05], "collapsed": 0, "seeds": 5})  # fmt: skip
+                          "reference_ood": [0.3, 0.0, 0.05], "reference_ood_mass": 0.2, "collapsed": 0, "seeds": 5})  # fmt: skip
     best, near_zero = analysis.drifting_recipe(table)
     assert best["label"] == "z" and near_zero  # x drifts more, but from a reference that is 30 % OOD
+    # between references alike by greedy OOD, the one with less exact OOD mass, before the final OOD
+    best, _ = analysis.drifting_recipe(table.assign(reference_ood_mass=[0.2, 0.1, 0.3]))
+    assert best["label"] == "y"
     best, near_zero = analysis.drifting_recipe(table.assign(reference_ood=0.3))
     assert best["label"] == "x" and not near_zero
 

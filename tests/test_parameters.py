@@ -14,6 +14,7 @@ notebook does not have are tested on their own, below the table.
 
 from __future__ import annotations
 
+import ast
 import importlib
 import math
 import os
@@ -450,5 +451,5 @@ def test_the_drifting_arm_is_the_drift_maps_drifting_recipe(stem):
     paper = yaml.safe_load((ROOT / "params" / "paper" / f"{stem}.yaml").read_text())
     assert {**defaults, **paper}["drift_epochs"] == DRIFTING_RECIPE["drift_epochs"]
     for name in ("drift_optimizer", "drift_lr", "drift_reference"):
-        assert yaml.safe_load(defaults[name]) == DRIFTING_RECIPE[name] and name not in paper, f"{stem}.{name}"
+        assert ast.literal_eval(defaults[name]) == DRIFTING_RECIPE[name] and name not in paper, f"{stem}.{name}"
     assert int(defaults["drift_epochs"]) < DRIFTING_RECIPE["drift_epochs"]

@@ -111,11 +111,10 @@ def graded_rise(table: pd.DataFrame) -> pd.Series:
 
 
 def drifting_recipe(table: pd.DataFrame) -> tuple[pd.Series, bool]:
-    """The cell with the highest drift fraction (ties: higher mean final OOD, then the label)
-    among cells whose reference is near-zero OOD (≤ NEAR_ZERO); when none is, among cells whose
-    reference is mostly in distribution (≤ IN_DISTRIBUTION), then among all. A cell where most
-    seeds collapse is never chosen (while another cell is left). Returns it and whether the
-    near-zero condition could be met."""
+    """The cell with the highest drift fraction (ties: the reference with less exact OOD mass, then higher
+    mean final OOD, then the label) among cells whose reference is near-zero OOD (≤ NEAR_ZERO); else
+    among those mostly in distribution (≤ IN_DISTRIBUTION), then among all. A cell where most
+    seeds collapse is never chosen (while another is left). Returns it and whether near-zero held."""
     if table.empty:
         raise ValueError("drifting_recipe: the cell table is empty")
     sound = table[~collapse_regime(table)]
@@ -124,7 +123,8 @@ def drifting_recipe(table: pd.DataFrame) -> tuple[pd.Series, bool]:
         candidates = table[table["reference_ood"] <= limit]
         if len(candidates):
             break
-    best = candidates.sort_values(["drift_fraction", "ood_mean", "label"], ascending=[False, False, True]).iloc[0]
+    order = ["drift_fraction", "reference_ood_mass", "ood_mean", "label"]  # references by greedy OOD, then mass
+    best = candidates.sort_values(order, ascending=[False, True, False, True]).iloc[0]
     return best, bool(limit == NEAR_ZERO)
 
 
