@@ -105,7 +105,14 @@ def _combine(curves, read, out: Path) -> None:
     for name, frame in {"update_read": read, "update_cells": cells, "mass_flows": flows, "claims": claims,
                         "flow_summary": mass.flow_summary(flows)}.items():  # fmt: skip
         frame.to_csv(out / f"{name}.csv", index=False)
-    lines = [updates.when_it_drifts(cells), "drifting recipe: " + ("none" if recipe is None else recipe.to_json())]
+    import subprocess
+
+    from benchmarks.common import machine
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    seeds = sorted(read["seed"].unique().tolist())
+    lines = [f"commit {commit or 'unknown'}; {machine()}; seeds {seeds}; tasks {sorted(read['task'].unique())}"]
+    lines += [updates.when_it_drifts(cells), "drifting recipe: " + ("none" if recipe is None else recipe.to_json())]
     lines += [f"{r.claim_id}: {r.verdict} | {r.our_value}" for r in claims.itertuples()]
     (out / "summary.txt").write_text("\n\n".join(lines) + "\n")
     with pd.option_context("display.width", 200, "display.max_columns", 20):
