@@ -658,7 +658,9 @@ def plot_displacement_map(table: pd.DataFrame, recipe: dict | None = None) -> pl
         marked = panel[np.logical_and.reduce([panel[k] == v for k, v in (recipe or {}).items()])] if recipe else panel.iloc[:0]
         for row, column in zip(marked["row"], marked["column"], strict=True):
             ax.add_patch(plt.Rectangle((columns.index(column), rows.index(row)), 1, 1, fill=False, lw=2.5, ec="#0072B2"))
-        which = "head frozen (W fixed, h trained)" if head == "frozen" else f"head {head}"
+        which = {"frozen": "head frozen (W fixed, h trained)", "slow": "head at a tenth of the body's learning rate"}.get(
+            head, f"head {head}"
+        )
         ax.set(xlabel="optimizer, and the rebalancing of the last hidden state h against the unembedding W",
                ylabel="pair (y+/y−) and its π_ref(y+)", title=f"{which}: displaced % (catastrophic %)")  # fmt: skip
     fig.tight_layout()

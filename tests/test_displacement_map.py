@@ -105,14 +105,16 @@ def test_the_map_runs_every_cell_from_one_reference_per_seed_and_lead_weight():
     cfg = PersonaConfig(n_statements=10)
     sft = TrainConfig(optimizer="adam", lr=3e-3, weight_decay=0.0, epochs=30, batch_size=1, grad_clip=None, n_evals=1)
     grid = MapGrid(lead_weights=(0.6,), scales=(1.0, 8.0), optimizers={"sgd": 0.1, "adam": 1e-3}, pairs=(("No", "Never"),),
-                   heads=("trained", "frozen"))  # fmt: skip
+                   heads=("trained", "frozen", "slow"))  # fmt: skip
     runs = run_map(cfg, cfg.model_config(d_model=16), sft, grid, beta=0.1, steps=3, seeds=[0], prompts_per_pair=2)
-    assert len(runs) == 2 * 2 * 2 * 2  # scales × heads × optimizers × statements
+    assert len(runs) == 2 * 3 * 2 * 2  # scales × heads × optimizers × statements
     assert (runs["displaced"] == (runs["dlogp_pos"] <= DISPLACED_BELOW)).all()
     assert np.allclose(runs["dlogp_pos"], np.log(runs["p_pos_after"] / runs["p_pos_before"]))
     frozen, trained = runs[runs["head"] == "frozen"], runs[runs["head"] == "trained"]
     assert np.allclose(frozen["predicted"], frozen["change_from_h"])  # W fixed: the h-term alone
     assert np.allclose(trained["predicted"], trained["change_from_h"] + trained["change_from_W"])
+    slow = runs[runs["head"] == "slow"]  # the head at a tenth of the rate: a tenth of the W-term
+    assert np.allclose(slow["predicted"], slow["change_from_h"] + 0.1 * slow["change_from_W"])
     assert (runs["change_from_W"] >= 0).all() and (runs["rank_pos"] >= 1).all()
     by_scale = runs.groupby(["head", "optimizer", "statement"])
     assert (by_scale["p_pos_before"].agg(lambda p: p.max() - p.min()) < 1e-6).all()  # rebalancing keeps π_ref

@@ -246,3 +246,39 @@ def test_displacement_needs_a_fall_of_its_size_and_catastrophe_a_mass():
     assert row["other_meaning_gain"] == pytest.approx(0.03)
     fall[cfg.token("Maybe")] = 0.03
     assert displacement_row(cfg, before, fall, "No", "Never")["is_catastrophic"]  # 0.06 of mass to other meanings
+
+
+def test_the_slow_head_steps_the_head_at_its_share_of_the_rate_and_the_body_at_the_full_rate():
+    from dpo_toolkit.studies.likelihood_displacement.study import SLOW_HEAD, single_prompt_dpo
+
+    cfg = PersonaConfig(n_statements=6)
+    model = build_model(cfg.model_config(d_model=16), seed=0)
+    prompt = torch.tensor([cfg.token("Q"), cfg.token("s0"), cfg.token("A")])
+    one_step = TrainConfig(optimizer="sgd", lr=0.5, weight_decay=0.0, epochs=1, batch_size=1, grad_clip=None, n_evals=1)
+    original, after = torch.optim.SGD.step, {}
+
+    def spy(self, *args, **kwargs):  # every parameter after the one step, with its group's learning rate
+        out = original(self, *args, **kwargs)
+        after["steps"] = [(p.detach().clone(), group["lr"]) for group in self.param_groups for p in group["params"]]
+        return out
+
+    moves = {}
+    torch.optim.SGD.step = spy
+    try:
+        for head in ("trained", "slow"):
+            single_prompt_dpo(model, prompt, cfg.token("No"), cfg.token("Never"), 0.1, one_step, head=head)
+            moves[head] = after["steps"]
+    finally:
+        torch.optim.SGD.step = original
+    names = [n for n, _ in model.named_parameters()]
+    is_head = [n.startswith(("ln_final", "unembed")) for n in names]
+    start = dict(model.named_parameters())
+    trained = dict(zip(names, moves["trained"], strict=True))
+    order = [n for n, h in zip(names, is_head, strict=True) if not h] + [n for n, h in zip(names, is_head, strict=True) if h]
+    slow = dict(zip(order, moves["slow"], strict=True))  # the body's group, then the head's
+    for name, in_head in zip(names, is_head, strict=True):
+        full_step = trained[name][0] - start[name]
+        slow_step = slow[name][0] - start[name]
+        assert slow[name][1] == pytest.approx(one_step.lr * (SLOW_HEAD if in_head else 1.0)), name
+        assert torch.allclose(slow_step, (SLOW_HEAD if in_head else 1.0) * full_step, atol=1e-7), name
+    assert any(is_head) and all((trained[n][0] - start[n]).abs().max() > 0 for n in names)

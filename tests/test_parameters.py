@@ -150,7 +150,7 @@ BAD = {
         "map_lead_weights": [[1.0], [0.0], []],
         "map_scales": [[0.0], [-1.0]],
         "map_optimizers": [["lion"], [], ["sgd", "sgd"]],
-        "map_heads": [["half"], [], ["frozen", "frozen"]],
+        "map_heads": [["half"], [], ["frozen", "frozen"], ["slow", "fast"]],
         "sgd_lr": [0.0],
         "rmsprop_lr": [2.0],
         "map_statements": [0, 1000],

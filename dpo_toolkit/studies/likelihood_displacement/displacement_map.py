@@ -260,7 +260,7 @@ def map_summary(runs: pd.DataFrame) -> str:
         return ", ".join(f"{k:g}: {v:.0%}" if isinstance(k, float) else f"{k}: {v:.0%}" for k, v in by.items())
 
     lines = []
-    for head in ("frozen", "trained"):
+    for head in ("frozen", "slow", "trained"):
         arm = runs[(runs["optimizer"] == "sgd") & (runs["head"] == head)]
         if len(arm):
             lines.append(

@@ -43,6 +43,14 @@ def lm_features(model: Transformer, prompt: torch.Tensor, scale: float = 1.0) ->
         return hidden[0, -1].double() / scale, model.unembed.weight.double() * scale, model.unembed.bias.double()
 
 
+HEADS = ("trained", "frozen", "slow")
+"""Which parameters single-prompt DPO trains: all of them; the body with the head (final LayerNorm
+and unembedding) frozen — the LM's analogue of the theory's "W fixed, h trained"; or all of them with
+the head at SLOW_HEAD × the learning rate (per-parameter-group rates: the theory's W-step scaled, which
+the rebalancing of ‖h‖ against ‖W‖ does not do to the dynamics)."""
+SLOW_HEAD = 0.1
+"""The head's learning rate, as a share of the body's, in the 'slow' head: one step moves W a tenth as far."""
+
 # The notebook's `parameters` cell, one spec per variable (notebooks/likelihood_displacement.md).
 PARAMETERS = {
     "n_statements": integer(6, 600),  # default: 60
@@ -59,7 +67,7 @@ PARAMETERS = {
     "map_lead_weights": reals(0, 1, open_low=True, open_high=True),
     "map_scales": reals(0, open_low=True),
     "map_optimizers": choices("sgd", "rmsprop", "adam"),
-    "map_heads": choices("frozen", "trained"),
+    "map_heads": choices(*HEADS),
     "sgd_lr": LEARNING_RATE,
     "rmsprop_lr": LEARNING_RATE,
     "map_statements": integer(1),
@@ -88,9 +96,6 @@ def check_parameters(values) -> None:
             fail(name, allowed, values[name])
 
 
-HEADS = ("trained", "frozen")
-"""Which parameters single-prompt DPO trains: all of them, or the body with the head (final LayerNorm
-and unembedding) frozen — the LM's analogue of the theory's "W fixed, h trained"."""
 DISPLACED_BELOW = -0.05
 """A run displaces when log π(y+) falls by ≥ 0.05 nats (π(y+) loses ≥ 4.9 % of itself): far above float
 error and the wobble of a run that barely moved (0.9495 → 0.9474 is −0.002), far below the talk's falls
@@ -110,7 +115,7 @@ def single_prompt_dpo(
     head: str = "trained",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """DPO on one prompt and one single-token pair, starting from the reference: train_cfg.epochs
-    full steps, with the head trained or frozen (HEADS). Returns (π_ref(·|x), π_θ(·|x)) over the
+    full steps, with the head trained, frozen or slow (HEADS). Returns (π_ref(·|x), π_θ(·|x)) over the
     vocabulary, (V,) each, float64."""
     if head not in HEADS:
         raise ValueError(f"head must be one of {HEADS}, got {head!r}")
@@ -118,9 +123,15 @@ def single_prompt_dpo(
     if head == "frozen":
         policy.ln_final.requires_grad_(False)
         policy.unembed.requires_grad_(False)
+    head_params = [*policy.ln_final.parameters(), *policy.unembed.parameters()]
+    body = [p for p in policy.parameters() if all(p is not q for q in head_params)]
+    groups = [{"params": body}, {"params": head_params, "lr": SLOW_HEAD * train_cfg.lr}] if head == "slow" else None
     reference_logps = answer_logps(reference, prompt[None])[0].detach()
     fit_full_batch(
-        policy, lambda m: single_token_dpo_loss(answer_logps(m, prompt[None])[0], reference_logps, y_pos, y_neg, beta), train_cfg
+        policy,
+        lambda m: single_token_dpo_loss(answer_logps(m, prompt[None])[0], reference_logps, y_pos, y_neg, beta),
+        train_cfg,
+        groups,
     )
     with torch.no_grad():
         return reference_logps.double().exp(), answer_logps(policy, prompt[None])[0].double().exp()
@@ -155,11 +166,12 @@ def theory_row(reference: Transformer, prompt: torch.Tensor, y_pos: int, y_neg: 
     """The theory's variables for a run, at the reference (the unconstrained-features model made of
     the LM's h and W at the answer position): π_ref(y−), ⟨W_y+, W_y−⟩ / ‖W_y+‖², y+'s rank by
     ⟨W_z, W_y+ − W_y−⟩, the two first-order terms of the change of log π(y+) per unit step, and the
-    prediction for this head: both terms when it is trained, the h-term alone when W is frozen."""
+    prediction for this head: both terms when it is trained, the h-term alone when W is frozen, the
+    W-term at SLOW_HEAD of its size when the head is slow."""
     h, W, b = lm_features(reference, prompt)
     reference_logps = (W @ h + b).log_softmax(-1)
     from_W, from_h = first_order_terms(h, W, reference_logps, y_pos, y_neg, beta, bias=b)
-    predicted = from_h + (from_W if head == "trained" else 0.0)
+    predicted = from_h + {"trained": 1.0, "frozen": 0.0, "slow": SLOW_HEAD}[head] * from_W
     return {
         "p_neg_before": float(reference_logps[y_neg].exp()),
         "inner_ratio": float(W[y_pos] @ W[y_neg] / (W[y_pos] @ W[y_pos])),
