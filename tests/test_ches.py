@@ -97,19 +97,24 @@ def test_hf_path_on_a_tiny_gpt2_matches_a_direct_computation():
     assert abs(scores[1].item()) < 1e-9  # y+ = y− gives 0
 
 
-def test_single_pair_displacement_matches_training_each_pair_alone(tiny_model, tiny_pairs):
+@pytest.mark.parametrize("frozen_head", [False, True])
+def test_single_pair_displacement_matches_training_each_pair_alone(tiny_model, tiny_pairs, frozen_head):
     train, _ = tiny_pairs
     pairs = PairSet(train.prompt[:3], train.chosen[:3], train.rejected[:3])
     cfg = TrainConfig(optimizer="adam", lr=1e-2, weight_decay=0.0)
     reference = tiny_model.eval().requires_grad_(False)
-    batched = single_pair_displacement(reference, pairs, cfg, beta=0.5, steps=4, chunk=2)
-    assert batched.shape == (3,)
+    batched = single_pair_displacement(reference, pairs, cfg, beta=0.5, steps=4, chunk=2, frozen_head=frozen_head)
+    other = single_pair_displacement(reference, pairs, cfg, beta=0.5, steps=4, chunk=2, frozen_head=not frozen_head)
+    assert batched.shape == (3,) and np.abs(batched - other).max() > 1e-3  # freezing the head changes the runs
     for i in range(3):
         batch = collate_pairs(pairs, np.array([i]))
         policy = copy.deepcopy(reference).requires_grad_(True)
+        if frozen_head:  # the final LayerNorm and the unembedding keep their weights; the body trains
+            policy.ln_final.requires_grad_(False)
+            policy.unembed.requires_grad_(False)
         with torch.no_grad():
             ref_chosen, ref_rejected = sequence_logps(reference(batch.tokens), batch.tokens, batch.response_mask)
-        optimizer = make_optimizer(policy.parameters(), cfg)
+        optimizer = make_optimizer([p for p in policy.parameters() if p.requires_grad], cfg)
         for _ in range(4):
             chosen, rejected = sequence_logps(policy(batch.tokens), batch.tokens, batch.response_mask)
             loss, _, _ = dpo_loss(chosen[None], rejected[None], ref_chosen[None], ref_rejected[None], 0.5)
@@ -231,3 +236,13 @@ def test_c11_is_decided_on_plain_sgd_where_the_pairs_were_also_trained_by_it():
     backwards = _table(PERFECT).assign(displacement_sgd=np.tile(np.arange(20.0) - 20, 3))  # pair i falls by 20 − i
     row = ches_claims(backwards).iloc[0]
     assert row["verdict"] == "not reproduced" and row["estimate"] == "-1" and "plain SGD" in row["our_value"]
+
+
+def test_c11_prefers_plain_sgd_with_the_head_frozen_where_it_was_run():
+    # SGD with the head trained displaces nothing; with the head frozen every pair but one falls, in CHES's order
+    frozen = _table(PERFECT).assign(displacement_sgd=np.tile(np.arange(20.0) + 1, 3),
+                                    displacement_sgd_frozen=np.tile(DISPLACING, 3))  # fmt: skip
+    row = ches_claims(frozen).iloc[0]
+    assert row["verdict"] == "reproduced" and "plain SGD, head frozen" in row["our_value"]
+    assert row["precondition"].startswith("π(y+) falls under plain SGD, head frozen for ≥ 20%")
+    assert "with the head trained π(y+) fell for 0% of pairs" in row["our_value"]

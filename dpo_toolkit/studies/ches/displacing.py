@@ -81,7 +81,8 @@ def run_phrase_study(
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """For each seed: the reference (``train_phrase_reference``), every pair's displacement when
     DPO (dpo_cfg's optimizer, β, `steps` steps) trains on it alone and its four SCORES; then
-    with `sgd_cfg`, every pair's displacement under plain SGD too (displacement_sgd); then
+    with `sgd_cfg`, every pair's displacement under plain SGD too, with the head trained
+    (displacement_sgd) and frozen (displacement_sgd_frozen); then
     the protocol: DPO for `steps` full-batch steps on each of the lowest-, median- and
     highest-CHES subsets of round(subset_fraction · pairs) pairs.
 
@@ -104,7 +105,9 @@ def run_phrase_study(
         reference.eval().requires_grad_(False)
         scores = _pair_scores(reference, batch, table)
         displacement = single_pair_displacement(reference, batch, dpo_cfg, beta, steps)
-        sgd = {"displacement_sgd": single_pair_displacement(reference, batch, sgd_cfg, beta, steps)} if sgd_cfg else {}
+        sgd = {"displacement_sgd": single_pair_displacement(reference, batch, sgd_cfg, beta, steps),
+               "displacement_sgd_frozen": single_pair_displacement(reference, batch, sgd_cfg, beta, steps,
+                                                                   frozen_head=True)} if sgd_cfg else {}  # fmt: skip
         pairs.append(table.assign(seed=seed, displacement=displacement, **sgd, **scores))
         subsets = subset_indices(scores["ches"], size)
         change = subset_displacement(reference, batch, subsets, dpo_cfg, beta, steps)

@@ -76,8 +76,11 @@ optimizer effect the theory does not describe: reported, never deciding."""
 
 def theory_arm(table: pd.DataFrame, fallback: float = MIN_DISPLACED) -> tuple[pd.DataFrame, str, float]:
     """(the rows with the displacement C11 is decided on, the optimizer's name, the precondition's
-    threshold): plain SGD's (displacement_sgd, SGD_DISPLACING) where the table has it, else the
-    chapter's optimizer's (`fallback`)."""
+    threshold): plain SGD's with the head frozen (displacement_sgd_frozen: W fixed, h trained, the
+    setting CHES is derived in) where the table has it, else plain SGD's (displacement_sgd), both
+    with SGD_DISPLACING; else the chapter's optimizer's (`fallback`)."""
+    if "displacement_sgd_frozen" in table:
+        return table.assign(displacement=table["displacement_sgd_frozen"]), "plain SGD, head frozen", SGD_DISPLACING
     if "displacement_sgd" in table:
         return table.assign(displacement=table["displacement_sgd"]), "plain SGD", SGD_DISPLACING
     return table, "the chapter's optimizer", fallback
@@ -88,8 +91,12 @@ def other_optimizer(table: pd.DataFrame, names: Mapping[str, str]) -> str:
     if "displacement_sgd" not in table:
         return ""
     rho = rank_correlations(table, names)
+    trained = ""
+    if "displacement_sgd_frozen" in table:
+        fell = (table["displacement_sgd"] < 0).groupby(table["seed"]).mean().mean()
+        trained = f"; under plain SGD with the head trained π(y+) fell for {fell:.0%} of pairs"
     return (
-        f"; under the chapter's optimizer (an optimizer effect, not deciding): {rank_summary(rho, names)}, "
+        f"{trained}; under the chapter's optimizer (an optimizer effect, not deciding): {rank_summary(rho, names)}, "
         f"π(y+) fell for {displaced_shares(table).mean():.0%} of pairs"
     )
 

@@ -120,14 +120,25 @@ def n_pairs_of(pairs: PairSet | Batch) -> int:
     return len(pairs) if isinstance(pairs, PairSet) else len(pairs.tokens) // 2
 
 
+HEAD = ("ln_final", "unembed")  # the head: the final LayerNorm and the unembedding W
+
+
 def single_pair_displacement(
-    reference: Transformer, pairs: PairSet | Batch, cfg: TrainConfig, beta: float, steps: int, chunk: int = 128
+    reference: Transformer,
+    pairs: PairSet | Batch,
+    cfg: TrainConfig,
+    beta: float,
+    steps: int,
+    chunk: int = 128,
+    frozen_head: bool = False,
 ) -> np.ndarray:
     """Likelihood displacement of each pair trained on alone: log π(y+) after `steps` DPO
     steps on that one pair (from the reference, optimizer of cfg) minus log π_ref(y+). (n,).
 
     Takes the pairs, or their batch in ``collate_pairs`` layout. The pairs train as
-    independent models of one Ensemble, `chunk` at a time, on the reference's device.
+    independent models of one Ensemble, `chunk` at a time, on the reference's device. With
+    `frozen_head`, the head (HEAD) keeps its weights and the body trains: the LM's "W fixed, h
+    trained", the setting in which CHES is derived (Razin et al. §4).
     """
     if steps < 1:
         raise ValueError(f"steps must be ≥ 1, got {steps}")
@@ -143,7 +154,8 @@ def single_pair_displacement(
             reference_logps = sequence_logps(reference(tokens.flatten(0, 1)), tokens.flatten(0, 1), mask.flatten(0, 1))
             reference_logps = reference_logps.view(n, 2)  # (M, 2)
         policies = Ensemble([reference] * n)
-        optimizer = make_optimizer(list(policies.params.values()), cfg)
+        trained = [p for name, p in policies.params.items() if not (frozen_head and name.startswith(HEAD))]
+        optimizer = make_optimizer(trained, cfg)
         for _ in range(steps):
             logps = sequence_logps(policies(tokens), tokens, mask)  # (M, 2)
             losses, _, _ = dpo_loss(logps[:, 0], logps[:, 1], reference_logps[:, 0], reference_logps[:, 1], beta)
