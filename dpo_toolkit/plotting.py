@@ -669,14 +669,20 @@ def plot_displacement_map(table: pd.DataFrame, recipe: dict | None = None) -> pl
 
 @book_figure
 def plot_ches_protocol(protocol: pd.DataFrame) -> plt.Figure:
-    """The paper's protocol: Δ log π(y+) of the preferred responses after DPO on the lowest-,
-    median- and highest-CHES subsets, mean ± sd over seeds, with each seed's value."""
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    """The paper's protocol for every score: the change of log π(y+) of the preferred responses after
+    DPO on the lowest-, median- and highest-scoring subsets, as a fraction of its ceiling
+    log(1/π_ref(y+)), mean ± sd over seeds, a bar per score (hatched per score, not told by colour alone)."""
+    fig, ax = plt.subplots(figsize=(7.5, 3.8))
     order = ["lowest", "median", "highest"]
-    sns.barplot(data=protocol, x="subset", y="chosen_logp_change", order=order, errorbar="sd", color="tab:blue", ax=ax)
-    sns.stripplot(data=protocol, x="subset", y="chosen_logp_change", order=order, color="black", size=4, ax=ax)
+    measures = list(dict.fromkeys(protocol["measure"]))
+    sns.barplot(data=protocol, x="subset", y="ceiling_fraction", hue="measure", order=order, hue_order=measures,
+                errorbar="sd", palette="colorblind", ax=ax)  # fmt: skip
+    for bars, hatch in zip(ax.containers, ["", "//", "..", "xx"], strict=False):
+        for bar in bars:
+            bar.set_hatch(hatch)
     ax.axhline(0, color="grey", lw=0.8)
-    ax.set(xlabel="training subset by CHES", ylabel="Δ log π(y+) of its preferred responses (nats)")
+    ax.set(xlabel="training subset by score", ylabel="Δ log π(y+) / log(1/π_ref(y+))")
+    ax.legend(title="score", loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=len(measures), frameon=False)
     fig.tight_layout()
     return fig
 

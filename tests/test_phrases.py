@@ -140,8 +140,9 @@ def _study(displacements, ches_values, subset_changes, seeds=SEEDS):
         ignore_index=True,
     )  # fmt: skip
     per_seed = {k: np.broadcast_to(v, len(seeds)) for k, v in subset_changes.items()}
-    protocol = pd.DataFrame([{"seed": s, "subset": k, "size": 2, "mean_ches": 0.0, "chosen_logp_change": float(v[i])}
-                             for i, s in enumerate(seeds) for k, v in per_seed.items()])  # fmt: skip
+    protocol = pd.DataFrame([{"seed": s, "measure": m, "subset": k, "size": 2, "mean_score": 0.0,
+                              "chosen_logp_change": float(v[i]) if m == "ches" else 9.0}
+                             for i, s in enumerate(seeds) for k, v in per_seed.items() for m in ("ches", "edit")])  # fmt: skip
     return pairs, protocol
 
 
@@ -282,3 +283,19 @@ def test_phrase_mitigation_is_inconclusive_on_two_seeds_a_single_share_or_a_stra
     row = phrase_mitigation_claims(_mitigation(straddling), displaced_share=SHARES).iloc[0]
     assert row["verdict"] == "inconclusive"  # gains +0.4, −0.4, +0.4 over all pairs: mean 0.133, interval across 0.01
     assert float(row["estimate"]) == pytest.approx(0.4 / 3, abs=1e-3)
+
+
+def test_the_protocol_figure_has_a_hatched_bar_per_score_and_subset_at_its_ceiling_fraction():
+    import matplotlib.pyplot as plt
+
+    from dpo_toolkit.plotting import plot_ches_protocol
+
+    protocol = pd.DataFrame([{"seed": s, "measure": m, "subset": k, "ceiling_fraction": f + 0.1 * i}
+                             for s in (0, 1) for i, m in enumerate(("ches", "edit", "cosine"))
+                             for k, f in (("lowest", 0.5), ("median", 0.2), ("highest", -0.3))])  # fmt: skip
+    fig = plot_ches_protocol(protocol)
+    ax = fig.axes[0]
+    heights = [bar.get_height() for bars in ax.containers for bar in bars]
+    assert heights == pytest.approx([0.5, 0.2, -0.3, 0.6, 0.3, -0.2, 0.7, 0.4, -0.1])
+    assert len({bars[0].get_hatch() for bars in ax.containers}) == 3  # each score its own hatch
+    plt.close(fig)

@@ -30,6 +30,7 @@ from dpo_toolkit.studies.ches.mitigation import STRICT, Variant, displaced_check
 from dpo_toolkit.studies.ches.phrases import (
     SUBSETS,
     PhraseConfig,
+    chosen_ceilings,
     filtered_training,
     phrase_pairs,
     subset_displacement,
@@ -84,15 +85,16 @@ def run_phrase_study(
     with `sgd_cfg`, every pair's displacement under plain SGD too, with the head trained
     (displacement_sgd) and frozen (displacement_sgd_frozen); then
     the protocol: DPO for `steps` full-batch steps on each of the lowest-, median- and
-    highest-CHES subsets of round(subset_fraction · pairs) pairs.
+    highest-scoring subsets of round(subset_fraction · pairs) pairs, for every score (``_protocol_rows``).
 
     With `runs` (``mitigation.variants``): C12 on this task, each variant (all pairs, a CHES
     filter, an SFT term) trained by ``filtered_training`` for `mitigation_steps` full-batch
     steps, so that every kept pair gets the same number of updates in every variant.
 
     Returns (pairs, protocol, mitigation): one row per (seed, pair) with statement, chosen,
-    rejected, same_meaning, displacement and the scores; one row per (seed, subset) with its
-    size, mean CHES and the mean change of log π(y+) over its preferred responses; one row per
+    rejected, same_meaning, displacement and the scores; one row per (seed, score, subset) with
+    its size, mean score, the mean change of log π(y+) over its preferred responses and that change
+    as a fraction of its ceiling log(1/π_ref(y+)); one row per
     (seed, variant) with its kind, drop fraction, SFT weight, pairs kept and the mean change of
     log π(y+) over every statement's y+ (each statement's lead phrase, counted once)."""
     device = resolve_device(device)
@@ -109,13 +111,27 @@ def run_phrase_study(
                "displacement_sgd_frozen": single_pair_displacement(reference, batch, sgd_cfg, beta, steps,
                                                                    frozen_head=True)} if sgd_cfg else {}  # fmt: skip
         pairs.append(table.assign(seed=seed, displacement=displacement, **sgd, **scores))
-        subsets = subset_indices(scores["ches"], size)
-        change = subset_displacement(reference, batch, subsets, dpo_cfg, beta, steps)
-        protocol += [{"seed": seed, "subset": name, "size": size, "mean_ches": float(scores["ches"][subsets[name]].mean()),
-                      "chosen_logp_change": change[name]} for name in SUBSETS]  # fmt: skip
+        protocol += _protocol_rows(reference, batch, scores, size, dpo_cfg, beta, steps, seed)
         if runs:
             mitigation += _mitigation_rows(reference, batch, table, scores["ches"], runs, dpo_cfg, beta, mitigation_steps, seed)
     return pd.concat(pairs, ignore_index=True), pd.DataFrame(protocol), pd.DataFrame(mitigation)
+
+
+def _protocol_rows(reference, batch, scores: dict, size: int, dpo_cfg: TrainConfig, beta: float, steps: int, seed: int):
+    """The paper's protocol for every score of SCORES (not CHES alone): DPO on the lowest-, median-
+    and highest-scoring subsets of `size` pairs; one row per score and subset with its mean score,
+    the mean change of log π(y+) of its preferred responses, their mean ceiling log(1/π_ref(y+)),
+    and the change as a fraction of that ceiling (1: π(y+) reached 1; negative: it fell)."""
+    ceilings = chosen_ceilings(reference, batch)
+    rows = []
+    for measure in SCORES:
+        subsets = subset_indices(scores[measure], size)
+        change = subset_displacement(reference, batch, subsets, dpo_cfg, beta, steps)
+        rows += [{"seed": seed, "measure": measure, "subset": name, "size": size,
+                  "mean_score": float(scores[measure][subsets[name]].mean()), "chosen_logp_change": change[name],
+                  "ceiling": float(ceilings[subsets[name]].mean()),
+                  "ceiling_fraction": change[name] / float(ceilings[subsets[name]].mean())} for name in SUBSETS]  # fmt: skip
+    return rows
 
 
 def _pair_scores(reference: Transformer, batch: Batch, table: pd.DataFrame) -> dict[str, np.ndarray]:
@@ -189,6 +205,7 @@ def phrase_claims(pairs: pd.DataFrame, protocol: pd.DataFrame) -> pd.DataFrame:
         Check("within-statement Spearman(CHES, −Δ log π(y+)), mean over statements", mean_interval(within), RANK_CORRELATION),
         *(Check(f"ρ(better CHES form) − ρ({SCORES[s]})", mean_interval(ches_form - rho[s]), 0.0) for s in ("edit", "cosine")),
     ]
+    protocol = protocol[protocol["measure"] == "ches"] if "measure" in protocol else protocol  # the claim is CHES's
     change = protocol.pivot(index="seed", columns="subset", values="chosen_logp_change")
     highest = change["highest"]
     subset_checks = [

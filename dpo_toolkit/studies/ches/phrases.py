@@ -147,6 +147,16 @@ def subset_indices(scores: np.ndarray, size: int) -> dict[str, np.ndarray]:
     return {"lowest": order[:size], "median": order[middle : middle + size], "highest": order[len(scores) - size :]}
 
 
+@torch.no_grad()
+def chosen_ceilings(reference: Transformer, batch: Batch) -> np.ndarray:
+    """log(1/π_ref(y+)) of every pair of `batch` (``collate_pairs`` layout): the most log π(y+) can
+    rise, the ceiling a protocol's gain is read against. (n_pairs,)."""
+    n_pairs = len(batch.tokens) // 2
+    device = model_device(reference)
+    tokens, mask = batch.tokens[:n_pairs].to(device), batch.response_mask[:n_pairs].to(device)
+    return (-sequence_logps(reference(tokens), tokens, mask)).double().cpu().numpy()
+
+
 def subset_displacement(
     reference: Transformer, batch: Batch, subsets: dict[str, np.ndarray], cfg: TrainConfig, beta: float, steps: int
 ) -> dict[str, float]:
