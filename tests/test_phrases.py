@@ -209,8 +209,8 @@ def test_filtered_members_train_as_their_kept_subset_and_the_sft_term_adds_lambd
     kept = np.array([1, 4, 9, 16, 25, 36])
     weights = torch.zeros(3, n)
     weights[0], weights[1, kept], weights[2] = 1.0, 1.0, 1.0
-    changes, ref_chosen = filtered_training(reference, batch, weights, [0.0, 0.0, 0.7], train, beta=0.5, steps=4)
-    assert changes.shape == (3, n) and ref_chosen.shape == (n,)
+    changes, ref_chosen, areas = filtered_training(reference, batch, weights, [0.0, 0.0, 0.7], train, beta=0.5, steps=4)
+    assert changes.shape == (3, n) and ref_chosen.shape == (n,) and areas.shape == (3, n)
     alone = subset_displacement(reference, batch, {"kept": kept}, train, beta=0.5, steps=4)["kept"]
     assert float(changes[1, kept].mean()) == pytest.approx(alone, abs=1e-5)  # the masked member = DPO on its kept pairs
     policy = copy.deepcopy(reference).requires_grad_(True)  # the SFT member, by hand
@@ -218,21 +218,25 @@ def test_filtered_members_train_as_their_kept_subset_and_the_sft_term_adds_lambd
     with torch.no_grad():
         ref_logps = sequence_logps(reference(t), t, m)
     optimizer = make_optimizer(policy.parameters(), train)
+    after_each = []
     for _ in range(4):
         logps = sequence_logps(policy(t), t, m)
         loss, _, _ = dpo_loss(logps[:n], logps[n:], ref_logps[:n], ref_logps[n:], 0.5)
         optimizer.zero_grad()
         (loss.mean() - 0.7 * logps[:n].mean()).backward()
         optimizer.step()
-    with torch.no_grad():
-        expected = sequence_logps(policy(t), t, m)[:n] - ref_logps[:n]
+        with torch.no_grad():
+            after_each.append(sequence_logps(policy(t), t, m)[:n] - ref_logps[:n])
+    expected = after_each[-1]
     assert torch.allclose(changes[2], expected.double(), atol=1e-5)
+    assert torch.allclose(areas[2], torch.stack(after_each).mean(0).double(), atol=1e-5)  # the mean over the 4 steps
 
 
 def _mitigation(values: dict[str, tuple[str, float | list[float]]], seeds=SEEDS) -> pd.DataFrame:
     """Hand-made run_phrase_study mitigation rows: each variant's change, one for every seed or one per seed."""
     per_seed = {name: (kind, np.broadcast_to(v, len(seeds))) for name, (kind, v) in values.items()}
-    return pd.DataFrame([{"seed": s, "variant": name, "kind": kind, "chosen_logp_change": float(v[i])}
+    return pd.DataFrame([{"seed": s, "variant": name, "kind": kind, "chosen_logp_change": float(v[i]),
+                          "chosen_logp_area": float(v[i])}
                          for i, s in enumerate(seeds) for name, (kind, v) in per_seed.items()])  # fmt: skip
 
 
@@ -299,3 +303,20 @@ def test_the_protocol_figure_has_a_hatched_bar_per_score_and_subset_at_its_ceili
     assert heights == pytest.approx([0.5, 0.2, -0.3, 0.6, 0.3, -0.2, 0.7, 0.4, -0.1])
     assert len({bars[0].get_hatch() for bars in ax.containers}) == 3  # each score its own hatch
     plt.close(fig)
+
+
+def test_phrase_mitigation_reads_the_area_where_the_end_saturates():
+    # at the end the filter and the SFT term both sit at the ceiling (+0.05): a tie; the filter got there sooner
+    rows = []
+    for s in SEEDS:
+        variants = (
+            ("all pairs", "all pairs", -0.1, -0.05),
+            ("CHES top 10% removed", "CHES filter", 0.05, 0.04),
+            ("SFT λ=1", "SFT term", 0.05, 0.02 + 0.001 * s),
+        )
+        for name, kind, end, area in variants:
+            rows.append({"seed": s, "variant": name, "kind": kind, "chosen_logp_change": end, "chosen_logp_area": area})
+    mitigation = pd.DataFrame(rows)
+    assert phrase_mitigation_claims(mitigation, displaced_share=SHARES).iloc[0]["verdict"] == "reproduced"
+    at_end = phrase_mitigation_claims(mitigation, displaced_share=SHARES, metric="chosen_logp_change").iloc[0]
+    assert at_end["verdict"] == "partly"  # above all pairs, tied with the SFT term at the ceiling

@@ -157,13 +157,15 @@ def _mitigation_rows(
 ) -> list[dict]:
     """C12 on the phrase task for one seed: each variant trained by ``filtered_training`` for
     `steps` full-batch steps; one row per variant with the mean change of log π(y+) over every
-    statement's y+ (each statement's lead phrase, counted once)."""
+    statement's y+ (each statement's lead phrase, counted once), at the end and averaged over the
+    steps (the area under its curve per step)."""
     masks = keep_masks(pair_ches, runs)  # (variants, pairs)
-    changes, _ = filtered_training(reference, batch, masks, [v.sft_weight for v in runs], dpo_cfg, beta, steps)
+    changes, _, areas = filtered_training(reference, batch, masks, [v.sft_weight for v in runs], dpo_cfg, beta, steps)
     first = ~table["statement"].duplicated().to_numpy()  # one pair per statement: its y+ counted once
     return [{"seed": seed, "variant": v.name, "kind": v.kind, "drop_fraction": v.drop_fraction,
              "sft_weight": v.sft_weight, "pairs_kept": int(masks[m].sum()),
-             "chosen_logp_change": float(changes[m, first].mean())} for m, v in enumerate(runs)]  # fmt: skip
+             "chosen_logp_change": float(changes[m, first].mean()),
+             "chosen_logp_area": float(areas[m, first].mean())} for m, v in enumerate(runs)]  # fmt: skip
 
 
 def rank_table(pairs: pd.DataFrame) -> pd.DataFrame:
@@ -227,17 +229,21 @@ def phrase_claims(pairs: pd.DataFrame, protocol: pd.DataFrame) -> pd.DataFrame:
     return claim_table(CLAIMS, "C11-phrases", ours, decision, precondition)
 
 
-def phrase_mitigation_claims(mitigation: pd.DataFrame, displaced_share) -> pd.DataFrame:
-    """C12 on the phrase task ('C12-phrases'), at a matched update budget per kept pair.
+def phrase_mitigation_claims(mitigation: pd.DataFrame, displaced_share, metric: str = "chosen_logp_area") -> pd.DataFrame:
+    """C12 on the phrase task ('C12-phrases'), at a matched update budget per kept pair, read on
+    `metric`: by default the area under the Δ log π(y+) curve per step, since at the end a filter
+    and an SFT term can both sit at the ceiling log(1/π_ref(y+)) and tie (the saturation that left
+    this claim open); 'chosen_logp_change' reads the end.
 
-    Per seed (a replicate): the best CHES filter of that seed (highest mean Δ log π(y+)) against
+    Per seed (a replicate): the best CHES filter of that seed (highest mean of `metric`) against
     all pairs and against the best SFT term of that seed; each difference is read as an interval
     over seeds. Untestable unless all-pairs DPO lowers the mean log π(y+) (< 0: displacement to
     mitigate) and π(y+) falls for ≥ MIN_DISPLACED of single pairs (`displaced_share`: one value
     per seed, ``identify.displaced_shares`` of the pairs table). Reproduced if the best filter
     raises it above all pairs and above the best SFT term by ≥ TIE; partly if above all pairs by
     ≥ TIE. The best filter and SFT term are chosen per seed, not from seed means."""
-    table = per_seed(mitigation, "chosen_logp_change")
+    table = per_seed(mitigation, metric)
+    end = per_seed(mitigation, "chosen_logp_change")
     kinds = mitigation.groupby("variant")["kind"].first()
     filters = [v for v in table.columns if kinds[v] == "CHES filter"]
     if not filters:
@@ -245,19 +251,21 @@ def phrase_mitigation_claims(mitigation: pd.DataFrame, displaced_share) -> pd.Da
     sfts = [v for v in table.columns if kinds[v] == "SFT term"]
     (all_pairs,) = [v for v in table.columns if kinds[v] == "all pairs"]
     base, best = table[all_pairs], table[filters].max(axis=1)
-    gain = Check("best filter − all pairs (Δ log π(y+))", mean_interval(best - base), TIE)
+    what = {"chosen_logp_area": "Δ log π(y+) per step, area", "chosen_logp_change": "Δ log π(y+) at the end"}[metric]
+    gain = Check(f"best filter − all pairs ({what})", mean_interval(best - base), TIE)
     full = [gain]
     parts = [f"all pairs {base.mean():+.3f} ± {base.std(ddof=0):.3f}",
              f"each seed's best filter {best.mean():+.3f} ± {best.std(ddof=0):.3f}"]  # fmt: skip
     if sfts:
         best_sft = table[sfts].max(axis=1)
-        full.append(Check("best filter − best SFT term (Δ log π(y+))", mean_interval(best - best_sft), TIE))
+        full.append(Check(f"best filter − best SFT term ({what})", mean_interval(best - best_sft), TIE))
         parts.append(f"each seed's best SFT term {best_sft.mean():+.3f} ± {best_sft.std(ddof=0):.3f}")
-    displaces = Check("all-pairs Δ log π(y+)", mean_interval(base), -STRICT, above=False)
+    displaces = Check("all-pairs Δ log π(y+) at the end", mean_interval(end[all_pairs]), -STRICT, above=False)
     pre = preconditions([displaces, displaced_check(displaced_share, MIN_DISPLACED)])
-    ours = f"mean Δ log π(y+) over the statements' preferred phrases, mean ± sd over {len(table)} seeds: " + "; ".join(parts)
+    at_end = f"; at the end: all pairs {end[all_pairs].mean():+.3f}, best filter {end[filters].max(axis=1).mean():+.3f}"
+    ours = f"{what}, mean over the statements' preferred phrases, mean ± sd over {len(table)} seeds: " + "; ".join(parts) + at_end
     precondition = (
-        f"all-pairs DPO lowers the mean log π(y+) (displacement to mitigate; mean over seeds): {base.mean():+.3f}; "
+        f"all-pairs DPO lowers the mean log π(y+) (displacement to mitigate; mean over seeds): {end[all_pairs].mean():+.3f}; "
         f"π(y+) falls for ≥ {MIN_DISPLACED:.0%} of single pairs: {np.mean(displaced_share):.0%}"
     )
     return claim_table(CLAIMS, "C12-phrases", ours, decide(full, part=[gain], precondition=pre), precondition)

@@ -200,8 +200,10 @@ def filtered_training(
     sft_weights[m] × their mean −log π(y+), for `steps` steps of cfg's optimizer from the
     reference; the members train as one Ensemble. Every kept pair is in every step, so each
     gets the same number of updates in every member (the update budget per kept pair is
-    matched). Returns (the change of log π(y+) of every pair, (members, pairs); the
-    reference's log π(y+), (pairs,))."""
+    matched). Returns (the change of log π(y+) of every pair at the end, (members, pairs); the
+    reference's log π(y+), (pairs,); the mean of that change over the `steps` steps, after each
+    step, (members, pairs): the area under its curve per step, which still tells two members
+    apart once both sit at the ceiling log(1/π_ref(y+)) at the end)."""
     n_pairs = len(batch.tokens) // 2
     device = model_device(reference)
     n_members = len(weights)
@@ -215,13 +217,16 @@ def filtered_training(
     policies = Ensemble([reference] * n_members)
     optimizer = make_optimizer(list(policies.params.values()), cfg)
     stacked, stacked_mask = tokens.expand(n_members, -1, -1), mask.expand(n_members, -1, -1)  # (M, 2n, T)
-    for _ in range(steps):
+    area = torch.zeros(n_members, n_pairs, dtype=torch.float64, device=device)  # Σ over steps of the change after each
+    for step in range(steps):
         logps = sequence_logps(policies(stacked), stacked, stacked_mask)  # (M, 2n)
+        if step:  # the change after the previous step
+            area += (logps[:, :n_pairs] - ref_chosen).detach().double()
         losses, _, _ = dpo_loss(logps[:, :n_pairs], logps[:, n_pairs:], ref_chosen, ref_rejected, beta)  # (M, n)
         loss = (shares * (losses - lambdas * logps[:, :n_pairs])).sum()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
     with torch.no_grad():
-        chosen_after = sequence_logps(policies(stacked), stacked, stacked_mask)[:, :n_pairs]
-    return (chosen_after - ref_chosen).double().cpu(), ref_chosen.double().cpu()
+        change = (sequence_logps(policies(stacked), stacked, stacked_mask)[:, :n_pairs] - ref_chosen).double()
+    return change.cpu(), ref_chosen.double().cpu(), ((area + change) / steps).cpu()
