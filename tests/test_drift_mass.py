@@ -24,59 +24,52 @@ SHORT_DATA = DataConfig(prompt_min=1, prompt_max=9, window=1, test_fraction=0.4,
 
 
 def _enumerated(model, prompt: int) -> list:
-    """Every response of `model` to `prompt`: its tokens, aligned or not, probability."""
-    return [(r, is_aligned(r, prompt, SHORT_DATA.window), float(np.exp(lp))) for r, lp in enumerate_responses(model, prompt)]
+    """Every response of `model` to `prompt`: (tokens, (aligned or not, probability))."""
+    return [(r, (is_aligned(r, prompt, SHORT_DATA.window), float(np.exp(lp)))) for r, lp in enumerate_responses(model, prompt)]
 
 
-def _by_brute_force(reference, policy, train) -> dict:
-    """The decomposition summed response by response: per pair, the mass that left y_w and y_l, the
-    OOD mass gained, and the mass gained by every other in-window response (other answers, and other
-    spellings of y_w and y_l such as '01'; π(y) is the probability of y's own string); means over the pairs."""
-    left, to_ood, to_window = [], [], []
-    for s, y_w, y_l in zip(train.prompt, train.chosen, train.rejected, strict=True):
-        before, after = _enumerated(reference, int(s)), _enumerated(policy, int(s))
-        pair = {tuple(encode_response(int(y_w))), tuple(encode_response(int(y_l)))}
-
-        def mass(leaves, keep):
-            return sum(p for answer, aligned, p in leaves if keep(answer, aligned))
-
-        def is_pair(response, aligned, pair=pair):
-            return response in pair
-
-        def ood(response, aligned):
-            return not aligned
-
-        def other(response, aligned, pair=pair):
-            return aligned and response not in pair
-
-        left.append(mass(before, is_pair) - mass(after, is_pair))
-        to_ood.append(mass(after, ood) - mass(before, ood))
-        to_window.append(mass(after, other) - mass(before, other))
-    return {"left": np.mean(left), "to_ood": np.mean(to_ood), "to_window": np.mean(to_window)}
+def _by_brute_force(reference, policy, prompts) -> dict:
+    """The decomposition summed response by response: per prompt, what the in-window answers that fell
+    lost (each answer's own string 'a.'), what those that rose gained, the OOD mass gained, and the
+    mass gained by every other aligned response (other spellings); means over the prompts."""
+    left, to_window, to_ood, to_spellings = [], [], [], []
+    for s in prompts:
+        before, after = dict(_enumerated(reference, int(s))), dict(_enumerated(policy, int(s)))
+        answers = {tuple(encode_response(a)) for a in range(max(int(s) - SHORT_DATA.window, 0), int(s) + SHORT_DATA.window + 1)}
+        moved = {r: after[r][1] - before[r][1] for r in answers}
+        left.append(sum(max(0.0, -m) for m in moved.values()))
+        to_window.append(sum(max(0.0, m) for m in moved.values()))
+        to_ood.append(sum(after[r][1] - before[r][1] for r in after if not after[r][0]))
+        to_spellings.append(sum(after[r][1] - before[r][1] for r in after if after[r][0] and r not in answers))
+    return {"left": np.mean(left), "to_window": np.mean(to_window), "to_ood": np.mean(to_ood),
+            "to_spellings": np.mean(to_spellings)}  # fmt: skip
 
 
 def test_the_mass_decomposition_against_exact_enumeration():
-    """The pair mass and its prompts' OOD mass logged by DriftEvaluator, turned into left / to_ood /
-    to_window by mass_flow, equal the same sums over every enumerated response; the other in-window
-    answers are read from the enumeration directly, so the conservation is checked, not assumed."""
+    """The in-window losses and gains and the OOD mass logged by DriftEvaluator, turned into left /
+    to_window / to_ood / to_spellings by mass_flow, equal the same sums over every enumerated
+    response; the other spellings are read from the enumeration directly, so the conservation
+    left = to_window + to_ood + to_spellings is checked, not assumed."""
     train, test = make_pairs(SHORT_DATA)
     reference = build_model(SHORT, seed=1).double()
-    policy = build_model(SHORT, seed=2).double()
+    policy = build_model(SHORT, seed=3).double()
     with torch.no_grad():
-        policy.unembed.weight.mul_(5)  # a policy far from its reference, so every term is sizeable
+        policy.unembed.weight.mul_(2)  # a policy far from its reference: every term is sizeable, to_ood negative here
     evaluator = Evaluator(test, SHORT_DATA, EvalConfig(kl_samples=2), reference=reference)
     drift = DriftEvaluator(evaluator, train, SHORT_DATA.window, n_scored=len(train), seed=0)
     rows = drift(Ensemble([reference, policy]), betas=[0.1, 0.1])
+    assert rows[0]["window_lost"] == pytest.approx(0.0, abs=1e-12)  # the reference has moved nothing
     curves = pd.DataFrame([{**row, "step": step, "epoch": float(step)} for step, row in enumerate(rows)])
     curves = curves.assign(task="t", label="a", seed=0)
     read = pd.DataFrame({"task": ["t"], "label": ["a"], "seed": [0], "read_epoch": [1], "updates": [10],
                          "diverged": [False], "collapse": [""], "ood_change": [0.3]})  # fmt: skip
     flow = mass_flow(curves, read).iloc[0]
-    expected = _by_brute_force(reference, policy, train)
-    for column in ("left", "to_ood", "to_window"):
-        assert flow[column] == pytest.approx(expected[column], abs=1e-9)
-    assert abs(expected["to_ood"]) > 0.01 and abs(expected["to_window"]) > 0.01  # both terms are sizeable
-    assert flow["ood_share"] == pytest.approx(expected["to_ood"] / expected["left"]) and flow["kind"] == "drifting"
+    expected = _by_brute_force(reference, policy, train.prompts)
+    for column in ("left", "to_window", "to_ood", "to_spellings"):
+        assert flow[column] == pytest.approx(expected[column], abs=1e-9), column
+    assert min(abs(v) for v in expected.values()) > 0.01  # every term is sizeable
+    assert expected["to_ood"] < 0 and flow["ood_share"] == 0.0  # the OOD mass fell: none of the moving mass landed there
+    assert flow["kind"] == "drifting"
 
 
 def _flows(shares: dict[tuple[int, str], float], left: float = 0.2) -> pd.DataFrame:
@@ -118,16 +111,34 @@ def test_c24_is_untestable_without_both_kinds_and_skips_collapses_and_small_loss
     only_calm = _flows({(s, "calm"): 0.1 for s in range(5)})
     c24 = _c24(only_calm)
     assert c24["verdict"] == UNTESTABLE and "no seed has both a drifting and a calm run" in c24["our_value"]
-    # a collapsed run is neither kind, and a run that lost < LEFT of its pair mass has no share
+    # a collapsed run is neither kind, and a run whose falling answers lost < LEFT has no share
     curves = pd.DataFrame([
-        {"task": "t", "label": lab, "seed": 0, "step": step, "epoch": float(step), "pair_mass": mass, "pair_ood_mass": ood}
-        for lab, masses in {"moved": [(0.5, 0.2), (0.3, 0.3)], "still": [(0.5, 0.2), (0.5 * (1 - LEFT / 2), 0.21)]}.items()
-        for step, (mass, ood) in enumerate(masses)
+        {"task": "t", "label": lab, "seed": 0, "step": step, "epoch": float(step), "window_lost": lost,
+         "window_gained": gained, "train_ood_mass": ood}
+        for lab, masses in {"moved": [(0.0, 0.0, 0.2), (0.2, 0.1, 0.3)], "still": [(0.0, 0.0, 0.2), (LEFT / 2, 0.0, 0.2)]}.items()
+        for step, (lost, gained, ood) in enumerate(masses)
     ])  # fmt: skip
     read = pd.DataFrame({"task": "t", "label": ["moved", "still"], "seed": 0, "read_epoch": 1, "updates": 5,
                          "diverged": False, "collapse": ["no preference learning", ""], "ood_change": [0.5, 0.0]})  # fmt: skip
     flows = mass_flow(curves, read).set_index("label")
-    assert flows.loc["moved", "kind"] == "" and flows.loc["moved", "ood_share"] == pytest.approx(0.1 / 0.2)
+    assert flows.loc["moved", "kind"] == "" and flows.loc["moved", "ood_share"] == pytest.approx(0.1 / (0.1 + 0.1))
+    assert flows.loc["moved", "to_spellings"] == pytest.approx(0.0)
     assert flows.loc["still", "kind"] == "calm" and np.isnan(flows.loc["still", "ood_share"])
     summary = flow_summary(flows.reset_index())
     assert summary["kind"].tolist() == ["calm"] and summary["shares"].tolist() == [0]
+
+
+def test_the_ood_share_is_the_landed_share_of_the_moving_mass():
+    curves = pd.DataFrame([
+        {"task": "t", "label": lab, "seed": 0, "step": step, "epoch": float(step), "window_lost": lost,
+         "window_gained": gained, "train_ood_mass": ood}
+        for lab, masses in {"out": [(0.0, 0.0, 0.2), (0.3, 0.05, 0.45)], "within": [(0.0, 0.0, 0.2), (0.3, 0.3, 0.2)],
+                            "back": [(0.0, 0.0, 0.2), (0.05, 0.15, 0.1)]}.items()
+        for step, (lost, gained, ood) in enumerate(masses)
+    ])  # fmt: skip
+    read = pd.DataFrame({"task": "t", "label": ["out", "within", "back"], "seed": 0, "read_epoch": 1, "updates": 5,
+                         "diverged": False, "collapse": "", "ood_change": [0.5, 0.0, 0.0]})  # fmt: skip
+    flows = mass_flow(curves, read).set_index("label")
+    # out: 0.25 landed OOD, 0.05 in the window; within: all of it in the window; back: OOD fed the window
+    assert flows["ood_share"].to_dict() == pytest.approx({"out": 0.25 / 0.30, "within": 0.0, "back": 0.0})
+    assert flows.loc["back", "to_spellings"] == pytest.approx(0.05 - 0.15 + 0.1)

@@ -12,7 +12,7 @@ from dpo_toolkit.core.evidence import Check, mean_interval, share_interval
 
 from .analysis import IN_DISTRIBUTION, MOST, NEAR_ZERO, drifting_recipe, is_paper_recipe
 from .design import PAPER_RECIPE
-from .mass import share_gap
+from .mass import LEFT, share_gap
 from .updates import LEARNED, MANY_EPOCHS, SMALL_LR, corner, largest
 
 ABOUT_80 = 0.6  # C23: "about 80 %" — the drifted runs end at ≥ 60 % OOD on average
@@ -176,7 +176,7 @@ def update_claims(read: pd.DataFrame, cells: pd.DataFrame, flows: pd.DataFrame |
 
 
 def _c24(flows: pd.DataFrame) -> dict:
-    """C24: per seed, the OOD share of the pair mass that left y_w and y_l in its drifting runs minus
+    """C24: per seed, the OOD share of the probability the falling y_w and y_l lost in its drifting runs minus
     that in its calm runs at equal update counts (``mass.share_gap``), read against SEPARATES; its
     precondition, that some seed has both kinds of run at one horizon."""
     gap = share_gap(flows)
@@ -184,8 +184,8 @@ def _c24(flows: pd.DataFrame) -> dict:
     share = {k: f"{100 * kinds.mean().get(k, float('nan')):.0f} % in {kinds.count().get(k, 0)} {k} runs"
              for k in ("drifting", "calm")}  # fmt: skip
     row = {"claim_id": "C24", "precondition": f"seeds with drifting and calm runs at one horizon: {len(gap)}",
-           "our_value": f"of the pair mass that left y_w and y_l, the share that went OOD: {share['drifting']}, "
-           f"{share['calm']} (mean over runs with ≥ 5 % of it gone); the rest went to other in-window answers"}  # fmt: skip
+           "our_value": f"of the probability that moved off the falling y_w and y_l, the share that landed OOD (not on rising "
+           f"in-window answers): {share['drifting']}, {share['calm']} (runs that lost ≥ {LEFT:g} per prompt)"}  # fmt: skip
     if not len(gap):
         why = "no seed has both a drifting and a calm run at one horizon"
         return row | {"our_value": f"{row['our_value']}; {why}", "verdict": UNTESTABLE}

@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from dpo_toolkit.core.config import DataConfig, EvalConfig, ModelConfig, TrainConfig, check_fits, require
-from dpo_toolkit.core.data import PairSet, collate_pairs, make_pairs
+from dpo_toolkit.core.data import PairSet, collate, collate_pairs, make_pairs
 from dpo_toolkit.core.device import resolve_device
 from dpo_toolkit.core.ensemble import Ensemble
 from dpo_toolkit.core.evaluate import Evaluator, pair_logps, score
@@ -78,8 +78,11 @@ class DriftEvaluator:
       over the test prompts;
     - ``chosen_logp`` and ``rejected_logp``: mean log π(y_w | s) and log π(y_l | s) over a fixed
       subset of the training pairs; ``train_ood_rate`` the greedy OOD rate on their prompts;
-    - ``pair_mass`` and ``pair_ood_mass``: mean over those pairs of π(y_w | s) + π(y_l | s) and of
-      the exact OOD mass of the pair's prompt (C24's mass decomposition, ``mass``);
+    - ``window_lost``, ``window_gained`` and ``train_ood_mass`` (C24's mass decomposition, ``mass``):
+      on those pairs' prompts, mean over prompts, the probability the in-window answers that fell
+      since the reference lost between them, Σ_a (π_ref(a|s) − π(a|s))⁺, what those that rose gained,
+      Σ_a (π(a|s) − π_ref(a|s))⁺ (a over the answers in [s − W, s + W], each one's own string 'a.',
+      every one a y_w or y_l of some pair of s), and the exact OOD mass (``exact.response_masses``);
     - ``ordering``: among those pairs whose prompt gets an OOD greedy answer y_OOD, the share with
       π(y_OOD | s) > π(y_w | s) > π(y_l | s), Park's proposed mechanism of drift (NaN when no
       prompt gets an OOD greedy answer). The greedy answer is the
@@ -95,12 +98,20 @@ class DriftEvaluator:
         self.train_prompts, self.pair_prompt = np.unique(
             scored.prompt, return_inverse=True
         )  # pair j asks train_prompts[pair_prompt[j]]
+        owner, answer = zip(*[(i, a) for i, p in enumerate(self.train_prompts.tolist())
+                              for a in range(max(p - window, 0), p + window + 1)], strict=True)  # fmt: skip
+        self.window_owner = np.array(owner)  # (K,): the prompt (index into train_prompts) of each in-window answer
+        self.window_batch = collate(self.train_prompts[self.window_owner], np.array(answer))  # (K, T): 's=a.'
+        self.reference_window = np.exp(score(evaluator.reference, self.window_batch).double().cpu().numpy())  # (K,)
 
     @torch.no_grad()
     def __call__(self, policies: Ensemble, betas: list[float]) -> list[dict]:
         rows = self.evaluator(policies, betas)  # the β of each member's run
         _, test_log_ood = response_masses(policies, self.evaluator.prompts, self.window)  # (M, test prompts)
         _, train_log_ood = response_masses(policies, self.train_prompts, self.window)  # (M, train prompts)
+        moved = np.exp(score(policies, self.window_batch).double().cpu().numpy()) - self.reference_window  # (M, K)
+        lost, gained = (np.stack([np.bincount(self.window_owner, weights=w, minlength=len(self.train_prompts)) for w in x])
+                        for x in (np.clip(-moved, 0, None), np.clip(moved, 0, None)))  # (M, train prompts) each  # fmt: skip
         chosen_logps, rejected_logps = (x.double().cpu().numpy() for x in pair_logps(policies, self.batch))  # (M, pairs) each
         greedy = greedy_sequences(policies, self.train_prompts)  # (M, train prompts, T)
         greedy_logps = score(policies, greedy).double().cpu().numpy()  # (M, train prompts)
@@ -108,8 +119,6 @@ class DriftEvaluator:
         greedy_ood = is_ood(answers_tensor(decoded_answers(greedy)), prompts, self.window).numpy()  # (M, train prompts)
         pair_ood, pair_greedy_logps = greedy_ood[:, self.pair_prompt], greedy_logps[:, self.pair_prompt]  # (M, pairs)
         chain = (pair_greedy_logps > chosen_logps) & (chosen_logps > rejected_logps)  # π(y_OOD) > π(y_w) > π(y_l)
-        pair_mass = np.exp(chosen_logps) + np.exp(rejected_logps)  # (M, pairs): π(y_w | s) + π(y_l | s)
-        pair_ood_mass = np.exp(train_log_ood)[:, self.pair_prompt]  # (M, pairs): P(OOD | s) of each pair's prompt
         n_ood = pair_ood.sum(-1)  # (M,)
         ordering = np.where(n_ood > 0, (pair_ood & chain).sum(-1) / np.maximum(n_ood, 1), np.nan)  # (M,)
         for i, row in enumerate(rows):
@@ -118,8 +127,9 @@ class DriftEvaluator:
                 train_ood_rate=float(greedy_ood[i].mean()),
                 chosen_logp=float(chosen_logps[i].mean()),
                 rejected_logp=float(rejected_logps[i].mean()),
-                pair_mass=float(pair_mass[i].mean()),
-                pair_ood_mass=float(pair_ood_mass[i].mean()),
+                window_lost=float(lost[i].mean()),
+                window_gained=float(gained[i].mean()),
+                train_ood_mass=float(np.exp(train_log_ood[i]).mean()),
                 ordering=float(ordering[i]),
             )
         return rows
