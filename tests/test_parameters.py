@@ -216,6 +216,7 @@ BAD = {
         "phrase_sft_steps": [0, 3001],
         "phrase_subset_fraction": [0.0, 0.5, 0.001],  # 0.001 leaves each subset of 264 pairs empty
         "phrase_mitigation_steps": [0],
+        "sgd_mitigation_steps": [0, 2.5],
         "safety_refusal_share": [0.0, 1.0],
         "safety_both_refusal_share": [-0.1, 1.1],
         "safety_sft_steps": [0],

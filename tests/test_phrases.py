@@ -11,13 +11,13 @@ from dpo_toolkit.core.losses import dpo_loss, sequence_logps
 from dpo_toolkit.core.model import build_model
 from dpo_toolkit.core.optim import make_optimizer
 from dpo_toolkit.studies.ches.displacing import phrase_claims, phrase_mitigation_claims
+from dpo_toolkit.studies.ches.full_batch import filtered_training
 from dpo_toolkit.studies.ches.measures import normalized_ches, single_pair_displacement
 from dpo_toolkit.studies.ches.phrases import (
     MEANING,
     PHRASE_GROUPS,
     PHRASES,
     PhraseConfig,
-    filtered_training,
     phrase_batch,
     phrase_pairs,
     statements,

@@ -17,6 +17,7 @@ from dpo_toolkit.core.device import resolve_device
 from dpo_toolkit.core.evidence import Check, either, mean_interval
 from dpo_toolkit.core.model import Transformer, build_model
 from dpo_toolkit.core.stats import spearman
+from dpo_toolkit.studies.ches.full_batch import matched_claims, variant_rows
 from dpo_toolkit.studies.ches.identify import (
     claim_table,
     displaced_shares,
@@ -26,12 +27,11 @@ from dpo_toolkit.studies.ches.identify import (
     theory_arm,
 )
 from dpo_toolkit.studies.ches.measures import ches, edit_similarity, hidden_cosine, normalized_ches, single_pair_displacement
-from dpo_toolkit.studies.ches.mitigation import STRICT, Variant, displaced_check, keep_masks, per_seed, preconditions
+from dpo_toolkit.studies.ches.mitigation import STRICT, Variant
 from dpo_toolkit.studies.ches.phrases import (
     SUBSETS,
     PhraseConfig,
     chosen_ceilings,
-    filtered_training,
     phrase_pairs,
     subset_displacement,
     subset_indices,
@@ -44,7 +44,6 @@ SCORES = {
     "edit": "edit-distance similarity",
     "cosine": "hidden-embedding cosine",
 }
-TIE = 0.01  # C12-phrases: nats by which the best filter must beat the best SFT term (both can sit at log(1/π_ref(y+)))
 RANK_CORRELATION = 0.3  # as C11: Spearman(score, −Δ log π(y+)) that counts as "identifies"
 MIN_DISPLACED = 0.2
 """The precondition: π(y+) falls for at least this share of the scored pairs (the issue's 'sizeable share')."""
@@ -155,17 +154,12 @@ def _mitigation_rows(
     steps: int,
     seed: int,
 ) -> list[dict]:
-    """C12 on the phrase task for one seed: each variant trained by ``filtered_training`` for
-    `steps` full-batch steps; one row per variant with the mean change of log π(y+) over every
+    """C12 on the phrase task for one seed: each variant trained by ``full_batch.filtered_training``
+    for `steps` full-batch steps; one row per variant with the mean change of log π(y+) over every
     statement's y+ (each statement's lead phrase, counted once), at the end and averaged over the
     steps (the area under its curve per step)."""
-    masks = keep_masks(pair_ches, runs)  # (variants, pairs)
-    changes, _, areas = filtered_training(reference, batch, masks, [v.sft_weight for v in runs], dpo_cfg, beta, steps)
     first = ~table["statement"].duplicated().to_numpy()  # one pair per statement: its y+ counted once
-    return [{"seed": seed, "variant": v.name, "kind": v.kind, "drop_fraction": v.drop_fraction,
-             "sft_weight": v.sft_weight, "pairs_kept": int(masks[m].sum()),
-             "chosen_logp_change": float(changes[m, first].mean()),
-             "chosen_logp_area": float(areas[m, first].mean())} for m, v in enumerate(runs)]  # fmt: skip
+    return [{"seed": seed, **row} for row in variant_rows(reference, batch, pair_ches, runs, dpo_cfg, beta, steps, first)]
 
 
 def rank_table(pairs: pd.DataFrame) -> pd.DataFrame:
@@ -230,42 +224,7 @@ def phrase_claims(pairs: pd.DataFrame, protocol: pd.DataFrame) -> pd.DataFrame:
 
 
 def phrase_mitigation_claims(mitigation: pd.DataFrame, displaced_share, metric: str = "chosen_logp_area") -> pd.DataFrame:
-    """C12 on the phrase task ('C12-phrases'), at a matched update budget per kept pair, read on
-    `metric`: by default the area under the Δ log π(y+) curve per step, since at the end a filter
-    and an SFT term can both sit at the ceiling log(1/π_ref(y+)) and tie (the saturation that left
-    this claim open); 'chosen_logp_change' reads the end.
-
-    Per seed (a replicate): the best CHES filter of that seed (highest mean of `metric`) against
-    all pairs and against the best SFT term of that seed; each difference is read as an interval
-    over seeds. Untestable unless all-pairs DPO lowers the mean log π(y+) (< 0: displacement to
-    mitigate) and π(y+) falls for ≥ MIN_DISPLACED of single pairs (`displaced_share`: one value
-    per seed, ``identify.displaced_shares`` of the pairs table). Reproduced if the best filter
-    raises it above all pairs and above the best SFT term by ≥ TIE; partly if above all pairs by
-    ≥ TIE. The best filter and SFT term are chosen per seed, not from seed means."""
-    table = per_seed(mitigation, metric)
-    end = per_seed(mitigation, "chosen_logp_change")
-    kinds = mitigation.groupby("variant")["kind"].first()
-    filters = [v for v in table.columns if kinds[v] == "CHES filter"]
-    if not filters:
-        raise ValueError("phrase_mitigation_claims needs at least one CHES-filter variant")
-    sfts = [v for v in table.columns if kinds[v] == "SFT term"]
-    (all_pairs,) = [v for v in table.columns if kinds[v] == "all pairs"]
-    base, best = table[all_pairs], table[filters].max(axis=1)
-    what = {"chosen_logp_area": "Δ log π(y+) per step, area", "chosen_logp_change": "Δ log π(y+) at the end"}[metric]
-    gain = Check(f"best filter − all pairs ({what})", mean_interval(best - base), TIE)
-    full = [gain]
-    parts = [f"all pairs {base.mean():+.3f} ± {base.std(ddof=0):.3f}",
-             f"each seed's best filter {best.mean():+.3f} ± {best.std(ddof=0):.3f}"]  # fmt: skip
-    if sfts:
-        best_sft = table[sfts].max(axis=1)
-        full.append(Check(f"best filter − best SFT term ({what})", mean_interval(best - best_sft), TIE))
-        parts.append(f"each seed's best SFT term {best_sft.mean():+.3f} ± {best_sft.std(ddof=0):.3f}")
-    displaces = Check("all-pairs Δ log π(y+) at the end", mean_interval(end[all_pairs]), -STRICT, above=False)
-    pre = preconditions([displaces, displaced_check(displaced_share, MIN_DISPLACED)])
-    at_end = f"; at the end: all pairs {end[all_pairs].mean():+.3f}, best filter {end[filters].max(axis=1).mean():+.3f}"
-    ours = f"{what}, mean over the statements' preferred phrases, mean ± sd over {len(table)} seeds: " + "; ".join(parts) + at_end
-    precondition = (
-        f"all-pairs DPO lowers the mean log π(y+) (displacement to mitigate; mean over seeds): {end[all_pairs].mean():+.3f}; "
-        f"π(y+) falls for ≥ {MIN_DISPLACED:.0%} of single pairs: {np.mean(displaced_share):.0%}"
-    )
-    return claim_table(CLAIMS, "C12-phrases", ours, decide(full, part=[gain], precondition=pre), precondition)
+    """C12 on the phrase task ('C12-phrases'): ``full_batch.matched_claims`` on the change of
+    log π(y+) of the statements' preferred phrases, with this task's MIN_DISPLACED."""
+    return matched_claims(mitigation, displaced_share, "C12-phrases", CLAIMS, "the statements' preferred phrases",
+                          MIN_DISPLACED, metric)  # fmt: skip

@@ -26,6 +26,7 @@ PARAMETERS = {
     "kl_samples": p.KL_SAMPLES,
     "drop_fractions": v.reals(0, 1, open_low=True, open_high=True),
     "sft_weights": v.reals(0, open_low=True),
+    "sgd_mitigation_steps": p.STEPS,
     "grokking_beta": p.BETA,
     "grokking_dpo_epochs": p.EPOCHS,
     **sets.DRIFTING_ARM,

@@ -14,7 +14,6 @@ same group, or a phrase of another meaning.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -184,49 +183,3 @@ def subset_displacement(
     with torch.no_grad():
         change = sequence_logps(policies(tokens), tokens, mask)[:, :size] - reference_logps[:, :size]  # (M, k)
     return {name: float(change[m].double().mean()) for m, name in enumerate(names)}
-
-
-def filtered_training(
-    reference: Transformer,
-    batch: Batch,
-    weights: torch.Tensor,
-    sft_weights: Sequence[float],
-    cfg: TrainConfig,
-    beta: float,
-    steps: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Full-batch DPO of one member per row of `weights` (members, pairs): member m minimises
-    the mean DPO loss over the pairs it keeps (weight 1; removed pairs have weight 0) plus
-    sft_weights[m] × their mean −log π(y+), for `steps` steps of cfg's optimizer from the
-    reference; the members train as one Ensemble. Every kept pair is in every step, so each
-    gets the same number of updates in every member (the update budget per kept pair is
-    matched). Returns (the change of log π(y+) of every pair at the end, (members, pairs); the
-    reference's log π(y+), (pairs,); the mean of that change over the `steps` steps, after each
-    step, (members, pairs): the area under its curve per step, which still tells two members
-    apart once both sit at the ceiling log(1/π_ref(y+)) at the end)."""
-    n_pairs = len(batch.tokens) // 2
-    device = model_device(reference)
-    n_members = len(weights)
-    tokens, mask = batch.tokens.to(device), batch.response_mask.to(device)
-    with torch.no_grad():
-        reference_logps = sequence_logps(reference(tokens), tokens, mask)  # (2n,)
-    ref_chosen, ref_rejected = reference_logps[:n_pairs], reference_logps[n_pairs:]
-    weights = weights.to(device)
-    shares = weights / weights.sum(1, keepdim=True)  # (M, n): the mean over kept pairs
-    lambdas = torch.tensor(list(sft_weights), dtype=shares.dtype, device=device)[:, None]  # (M, 1)
-    policies = Ensemble([reference] * n_members)
-    optimizer = make_optimizer(list(policies.params.values()), cfg)
-    stacked, stacked_mask = tokens.expand(n_members, -1, -1), mask.expand(n_members, -1, -1)  # (M, 2n, T)
-    area = torch.zeros(n_members, n_pairs, dtype=torch.float64, device=device)  # Σ over steps of the change after each
-    for step in range(steps):
-        logps = sequence_logps(policies(stacked), stacked, stacked_mask)  # (M, 2n)
-        if step:  # the change after the previous step
-            area += (logps[:, :n_pairs] - ref_chosen).detach().double()
-        losses, _, _ = dpo_loss(logps[:, :n_pairs], logps[:, n_pairs:], ref_chosen, ref_rejected, beta)  # (M, n)
-        loss = (shares * (losses - lambdas * logps[:, :n_pairs])).sum()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    with torch.no_grad():
-        change = (sequence_logps(policies(stacked), stacked, stacked_mask)[:, :n_pairs] - ref_chosen).double()
-    return change.cpu(), ref_chosen.double().cpu(), ((area + change) / steps).cpu()
