@@ -11,7 +11,7 @@ from dpo_toolkit.core.losses import dpo_loss, sequence_logps
 from dpo_toolkit.core.model import build_model
 from dpo_toolkit.core.optim import make_optimizer
 from dpo_toolkit.studies.ches.displacing import phrase_claims, phrase_mitigation_claims
-from dpo_toolkit.studies.ches.full_batch import filtered_training
+from dpo_toolkit.studies.ches.full_batch import filtered_training, matched_claims
 from dpo_toolkit.studies.ches.measures import normalized_ches, single_pair_displacement
 from dpo_toolkit.studies.ches.phrases import (
     MEANING,
@@ -241,6 +241,14 @@ def _mitigation(values: dict[str, tuple[str, float | list[float]]], seeds=SEEDS)
 
 
 SHARES = [0.4, 0.35, 0.45]  # per seed, the share of single pairs whose π(y+) fell
+
+
+def _pairs(shares, seeds=SEEDS) -> pd.DataFrame:
+    """A hand-made pairs table: 100 pairs per seed, the given share of them with π(y+) fallen."""
+    return pd.DataFrame([{"seed": s, "displacement": -1.0 if i < round(100 * share) else 1.0}
+                         for s, share in zip(seeds, shares, strict=True) for i in range(100)])  # fmt: skip
+
+
 SWITCHING = {"all": ("all pairs", -0.5), "f1": ("CHES filter", [-0.1, -0.1, -0.9]), "f2": ("CHES filter", [-0.9, -0.9, -0.1]),
              "s": ("SFT term", -0.3)}  # fmt: skip
 """The best filter differs between seeds (f1, f1, f2); each seed's best is at −0.1."""
@@ -259,32 +267,32 @@ SWITCHING = {"all": ("all pairs", -0.5), "f1": ("CHES filter", [-0.1, -0.1, -0.9
     ],
 )
 def test_phrase_mitigation_verdicts(values, expected):
-    claims = phrase_mitigation_claims(_mitigation(values), displaced_share=SHARES)
+    claims = phrase_mitigation_claims(_mitigation(values), _pairs(SHARES))
     assert claims["claim_id"].tolist() == ["C12-phrases"] and claims["verdict"].iloc[0] == expected
     # too few single pairs displace: 15 ± 1 % in every seed, above C11's 10 % but below this task's 20 %
-    few = phrase_mitigation_claims(_mitigation(values), displaced_share=[0.15, 0.14, 0.16])
+    few = phrase_mitigation_claims(_mitigation(values), _pairs([0.15, 0.14, 0.16]))
     assert few["verdict"].iloc[0] == "untestable here"
 
 
 def test_phrase_mitigation_reads_each_seeds_best_filter():
-    row = phrase_mitigation_claims(_mitigation(SWITCHING), displaced_share=SHARES).iloc[0]
+    row = phrase_mitigation_claims(_mitigation(SWITCHING), _pairs(SHARES)).iloc[0]
     # each seed's best filter is at −0.1: it gains 0.4 over all pairs in every seed (the deciding, first check)
     assert (row["verdict"], row["estimate"], row["ci_low"], row["ci_high"], row["threshold"]) == (
         "reproduced", "0.4", "0.4", "0.4", "0.01")  # fmt: skip
     # the seed means would pick f1 (mean −0.367), below the SFT term's −0.3: the old rule said partly
     assert "each seed's best filter -0.100 ± 0.000" in row["our_value"]
-    few = phrase_mitigation_claims(_mitigation(SWITCHING), displaced_share=[0.15, 0.14, 0.16]).iloc[0]
+    few = phrase_mitigation_claims(_mitigation(SWITCHING), _pairs([0.15, 0.14, 0.16])).iloc[0]
     assert (few["verdict"], few["threshold"]) == ("untestable here", "0.2")  # this task's MIN_DISPLACED, not C11's 0.1
 
 
 def test_phrase_mitigation_is_inconclusive_on_two_seeds_a_single_share_or_a_straddling_gain():
     values = {"all": ("all pairs", -0.5), "f": ("CHES filter", -0.1), "s": ("SFT term", -0.3)}
-    two = phrase_mitigation_claims(_mitigation(values, seeds=(0, 1)), displaced_share=SHARES[:2]).iloc[0]
+    two = phrase_mitigation_claims(_mitigation(values, seeds=(0, 1)), _pairs(SHARES[:2], seeds=(0, 1))).iloc[0]
     assert two["verdict"] == "inconclusive" and two["n"] == "2"
-    pooled = phrase_mitigation_claims(_mitigation(values), displaced_share=0.4).iloc[0]  # one number: one replicate
+    pooled = matched_claims(_mitigation(values), displaced_share=0.4).iloc[0]  # one number: one replicate
     assert pooled["verdict"] == "inconclusive" and "precondition" in pooled["our_value"]
     straddling = {"all": ("all pairs", -0.5), "f": ("CHES filter", [-0.1, -0.9, -0.1]), "s": ("SFT term", -1.0)}
-    row = phrase_mitigation_claims(_mitigation(straddling), displaced_share=SHARES).iloc[0]
+    row = phrase_mitigation_claims(_mitigation(straddling), _pairs(SHARES)).iloc[0]
     assert row["verdict"] == "inconclusive"  # gains +0.4, −0.4, +0.4 over all pairs: mean 0.133, interval across 0.01
     assert float(row["estimate"]) == pytest.approx(0.4 / 3, abs=1e-3)
 
@@ -317,6 +325,22 @@ def test_phrase_mitigation_reads_the_area_where_the_end_saturates():
         for name, kind, end, area in variants:
             rows.append({"seed": s, "variant": name, "kind": kind, "chosen_logp_change": end, "chosen_logp_area": area})
     mitigation = pd.DataFrame(rows)
-    assert phrase_mitigation_claims(mitigation, displaced_share=SHARES).iloc[0]["verdict"] == "reproduced"
-    at_end = phrase_mitigation_claims(mitigation, displaced_share=SHARES, metric="chosen_logp_change").iloc[0]
+    assert phrase_mitigation_claims(mitigation, _pairs(SHARES)).iloc[0]["verdict"] == "reproduced"
+    at_end = phrase_mitigation_claims(mitigation, _pairs(SHARES), metric="chosen_logp_change").iloc[0]
     assert at_end["verdict"] == "partly"  # above all pairs, tied with the SFT term at the ceiling
+
+
+def test_phrase_mitigation_is_decided_on_the_sgd_arm_with_its_own_share_and_reports_adam_beside():
+    from dpo_toolkit.studies.ches.displacing import ADAM_ARM, SGD_ARM
+
+    good = {"all": ("all pairs", -0.5), "f": ("CHES filter", -0.1), "s": ("SFT term", -0.3)}
+    rising = {"all": ("all pairs", 0.2), "f": ("CHES filter", 0.3), "s": ("SFT term", 0.1)}
+    mitigation = pd.concat([_mitigation(good).assign(arm=ADAM_ARM), _mitigation(rising).assign(arm=SGD_ARM)])
+    pairs = _pairs(SHARES).assign(displacement_sgd_frozen=_pairs([0.3, 0.3, 0.3])["displacement"])
+    row = phrase_mitigation_claims(mitigation, pairs).iloc[0]
+    assert row["verdict"] == "untestable here"  # under SGD all pairs raise log π(y+): nothing to mitigate
+    assert SGD_ARM in row["our_value"]
+    assert f"under {ADAM_ARM} (an optimizer arm, not deciding): all pairs -0.500" in row["our_value"]
+    assert "single pairs: 30%" in row["precondition"]  # the SGD head-frozen share, not the Adam column's 40 %
+    swapped = pd.concat([_mitigation(rising).assign(arm=ADAM_ARM), _mitigation(good).assign(arm=SGD_ARM)])
+    assert phrase_mitigation_claims(swapped, pairs).iloc[0]["verdict"] == "reproduced"

@@ -27,7 +27,7 @@ from dpo_toolkit.studies.ches.identify import (
     theory_arm,
 )
 from dpo_toolkit.studies.ches.measures import ches, edit_similarity, hidden_cosine, normalized_ches, single_pair_displacement
-from dpo_toolkit.studies.ches.mitigation import STRICT, Variant
+from dpo_toolkit.studies.ches.mitigation import STRICT, Variant, per_seed
 from dpo_toolkit.studies.ches.phrases import (
     SUBSETS,
     PhraseConfig,
@@ -46,6 +46,8 @@ SCORES = {
 }
 RANK_CORRELATION = 0.3  # as C11: Spearman(score, −Δ log π(y+)) that counts as "identifies"
 MIN_DISPLACED = 0.2
+SGD_ARM = "plain SGD, head frozen"  # C12-phrases' deciding arm: each kept pair's gradient as in all pairs
+ADAM_ARM = "Adam"  # the chapter's single-pair optimizer, mean over the kept pairs: an optimizer arm
 """The precondition: π(y+) falls for at least this share of the scored pairs (the issue's 'sizeable share')."""
 
 CLAIMS = {
@@ -87,8 +89,11 @@ def run_phrase_study(
     highest-scoring subsets of round(subset_fraction · pairs) pairs, for every score (``_protocol_rows``).
 
     With `runs` (``mitigation.variants``): C12 on this task, each variant (all pairs, a CHES
-    filter, an SFT term) trained by ``filtered_training`` for `mitigation_steps` full-batch
-    steps, so that every kept pair gets the same number of updates in every variant.
+    filter, an SFT term) trained by ``full_batch.filtered_training`` for `mitigation_steps`
+    full-batch steps, so that every kept pair gets the same number of updates in every variant:
+    under dpo_cfg's optimizer on the mean over the kept pairs (arm ADAM_ARM) and, with `sgd_cfg`,
+    under plain SGD with the head frozen and each kept pair's loss divided by all pairs (SGD_ARM,
+    each kept pair's gradient as in all pairs).
 
     Returns (pairs, protocol, mitigation): one row per (seed, pair) with statement, chosen,
     rejected, same_meaning, displacement and the scores; one row per (seed, score, subset) with
@@ -112,7 +117,10 @@ def run_phrase_study(
         pairs.append(table.assign(seed=seed, displacement=displacement, **sgd, **scores))
         protocol += _protocol_rows(reference, batch, scores, size, dpo_cfg, beta, steps, seed)
         if runs:
-            mitigation += _mitigation_rows(reference, batch, table, scores["ches"], runs, dpo_cfg, beta, mitigation_steps, seed)
+            arms = [(ADAM_ARM, dpo_cfg, {})] + ([(SGD_ARM, sgd_cfg, {"share": "all", "frozen_head": True})] if sgd_cfg else [])
+            for arm, cfg, how in arms:
+                rows = _mitigation_rows(reference, batch, table, scores["ches"], runs, cfg, beta, mitigation_steps, seed, **how)
+                mitigation += [{"arm": arm, **row} for row in rows]
     return pd.concat(pairs, ignore_index=True), pd.DataFrame(protocol), pd.DataFrame(mitigation)
 
 
@@ -153,13 +161,14 @@ def _mitigation_rows(
     beta: float,
     steps: int,
     seed: int,
+    **how,
 ) -> list[dict]:
     """C12 on the phrase task for one seed: each variant trained by ``full_batch.filtered_training``
-    for `steps` full-batch steps; one row per variant with the mean change of log π(y+) over every
+    (keyword arguments `how`) for `steps` full-batch steps; one row per variant with the mean change of log π(y+) over every
     statement's y+ (each statement's lead phrase, counted once), at the end and averaged over the
     steps (the area under its curve per step)."""
     first = ~table["statement"].duplicated().to_numpy()  # one pair per statement: its y+ counted once
-    return [{"seed": seed, **row} for row in variant_rows(reference, batch, pair_ches, runs, dpo_cfg, beta, steps, first)]
+    return [{"seed": seed, **row} for row in variant_rows(reference, batch, pair_ches, runs, dpo_cfg, beta, steps, first, **how)]
 
 
 def rank_table(pairs: pd.DataFrame) -> pd.DataFrame:
@@ -223,8 +232,22 @@ def phrase_claims(pairs: pd.DataFrame, protocol: pd.DataFrame) -> pd.DataFrame:
     return claim_table(CLAIMS, "C11-phrases", ours, decision, precondition)
 
 
-def phrase_mitigation_claims(mitigation: pd.DataFrame, displaced_share, metric: str = "chosen_logp_area") -> pd.DataFrame:
+def phrase_mitigation_claims(mitigation: pd.DataFrame, pairs: pd.DataFrame, metric: str = "chosen_logp_area") -> pd.DataFrame:
     """C12 on the phrase task ('C12-phrases'): ``full_batch.matched_claims`` on the change of
-    log π(y+) of the statements' preferred phrases, with this task's MIN_DISPLACED."""
-    return matched_claims(mitigation, displaced_share, "C12-phrases", CLAIMS, "the statements' preferred phrases",
-                          MIN_DISPLACED, metric)  # fmt: skip
+    log π(y+) of the statements' preferred phrases, with this task's MIN_DISPLACED. Decided on
+    SGD_ARM where `mitigation` has it, its precondition's share of displacing single pairs from
+    the pairs table's theory arm (``identify.theory_arm``: plain SGD, head frozen); the other arm
+    is reported beside it. Without an arm column: every row, with the table's own displacement."""
+    arms = mitigation["arm"] if "arm" in mitigation else pd.Series("", index=mitigation.index)
+    deciding = SGD_ARM if (arms == SGD_ARM).any() else arms.iloc[0]
+    decided = theory_arm(pairs)[0] if deciding == SGD_ARM else pairs
+    kinds = mitigation.groupby("variant")["kind"].first()
+    beside = ""
+    for arm in dict.fromkeys(arms[arms != deciding]):
+        means = per_seed(mitigation[arms == arm], metric).mean()
+        best = {k: means[[v for v in means.index if kinds[v] == k]].max() for k in ("all pairs", "CHES filter", "SFT term")}
+        beside += (f"; under {arm} (an optimizer arm, not deciding): all pairs {best['all pairs']:+.3f}, "
+                   f"best filter {best['CHES filter']:+.3f}, best SFT term {best['SFT term']:+.3f}")  # fmt: skip
+    where = f"the statements' preferred phrases, {deciding}" if deciding else "the statements' preferred phrases"
+    return matched_claims(mitigation[arms == deciding], displaced_shares(decided), "C12-phrases", CLAIMS, where,
+                          MIN_DISPLACED, metric, beside)  # fmt: skip

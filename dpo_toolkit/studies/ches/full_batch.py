@@ -157,6 +157,7 @@ def matched_claims(
     measured: str = "C11's scored pairs",
     minimum: float = MIN_DISPLACED,
     metric: str = "chosen_logp_area",
+    beside: str = "",
 ) -> pd.DataFrame:
     """C12 at a matched update budget (one row per seed and variant in `mitigation`), read on
     `metric`: by default the area under the Δ log π(y+) curve per step (at the end a filter and an
@@ -167,7 +168,8 @@ def matched_claims(
     Untestable unless all-pairs DPO lowers the mean log π(y+) at the end (< 0: displacement to
     mitigate) and π(y+) falls for ≥ `minimum` of single pairs (`displaced_share`, one value per
     seed). Reproduced if the best filter beats all pairs and the best SFT term by ≥ TIE; partly if
-    it beats all pairs by ≥ TIE. The best filter and SFT term are chosen per seed."""
+    it beats all pairs by ≥ TIE. The best filter and SFT term are chosen per seed. `beside` (other
+    arms' figures) is appended to the row's value."""
     table, end = per_seed(mitigation, metric), per_seed(mitigation, "chosen_logp_change")
     kinds = mitigation.groupby("variant")["kind"].first()
     filters = [v for v in table.columns if kinds[v] == "CHES filter"]
@@ -188,7 +190,7 @@ def matched_claims(
     displaces = Check("all-pairs Δ log π(y+) at the end", mean_interval(end[all_pairs]), -STRICT, above=False)
     pre = preconditions([displaces, displaced_check(displaced_share, minimum)])
     at_end = f"; at the end: all pairs {end[all_pairs].mean():+.3f}, best filter {end[filters].max(axis=1).mean():+.3f}"
-    ours = f"{what}, mean over {measured}, mean ± sd over {len(table)} seeds: " + "; ".join(parts) + at_end
+    ours = f"{what}, mean over {measured}, mean ± sd over {len(table)} seeds: " + "; ".join(parts) + at_end + beside
     precondition = (
         f"all-pairs DPO lowers the mean log π(y+) (displacement to mitigate; mean over seeds): {end[all_pairs].mean():+.3f}; "
         f"π(y+) falls for ≥ {minimum:.0%} of single pairs: {np.mean(displaced_share):.0%}"
