@@ -46,9 +46,9 @@ SCORES = {
 }
 RANK_CORRELATION = 0.3  # as C11: Spearman(score, −Δ log π(y+)) that counts as "identifies"
 MIN_DISPLACED = 0.2
+"""The precondition: π(y+) falls for at least this share of the scored pairs (the issue's 'sizeable share')."""
 SGD_ARM = "plain SGD, head frozen"  # C12-phrases' deciding arm: each kept pair's gradient as in all pairs
 ADAM_ARM = "Adam"  # the chapter's single-pair optimizer, mean over the kept pairs: an optimizer arm
-"""The precondition: π(y+) falls for at least this share of the scored pairs (the issue's 'sizeable share')."""
 
 CLAIMS = {
     "C11-phrases": ClaimText(
@@ -88,19 +88,14 @@ def run_phrase_study(
     the protocol: DPO for `steps` full-batch steps on each of the lowest-, median- and
     highest-scoring subsets of round(subset_fraction · pairs) pairs, for every score (``_protocol_rows``).
 
-    With `runs` (``mitigation.variants``): C12 on this task, each variant (all pairs, a CHES
-    filter, an SFT term) trained by ``full_batch.filtered_training`` for `mitigation_steps`
-    full-batch steps, so that every kept pair gets the same number of updates in every variant:
-    under dpo_cfg's optimizer on the mean over the kept pairs (arm ADAM_ARM) and, with `sgd_cfg`,
-    under plain SGD with the head frozen and each kept pair's loss divided by all pairs (SGD_ARM,
-    each kept pair's gradient as in all pairs).
+    With `runs` (``mitigation.variants``): C12 on this task, each variant trained full-batch for
+    `mitigation_steps` steps under dpo_cfg and, with `sgd_cfg`, under plain SGD (``_mitigation_rows``).
 
     Returns (pairs, protocol, mitigation): one row per (seed, pair) with statement, chosen,
     rejected, same_meaning, displacement and the scores; one row per (seed, score, subset) with
     its size, mean score, the mean change of log π(y+) over its preferred responses and that change
-    as a fraction of its ceiling log(1/π_ref(y+)); one row per
-    (seed, variant) with its kind, drop fraction, SFT weight, pairs kept and the mean change of
-    log π(y+) over every statement's y+ (each statement's lead phrase, counted once)."""
+    as a fraction of its ceiling log(1/π_ref(y+)); one row per (arm, seed, variant) as
+    ``_mitigation_rows``."""
     device = resolve_device(device)
     batch, table = phrase_pairs(cfg)
     size = round(subset_fraction * len(table))
@@ -117,10 +112,8 @@ def run_phrase_study(
         pairs.append(table.assign(seed=seed, displacement=displacement, **sgd, **scores))
         protocol += _protocol_rows(reference, batch, scores, size, dpo_cfg, beta, steps, seed)
         if runs:
-            arms = [(ADAM_ARM, dpo_cfg, {})] + ([(SGD_ARM, sgd_cfg, {"share": "all", "frozen_head": True})] if sgd_cfg else [])
-            for arm, cfg, how in arms:
-                rows = _mitigation_rows(reference, batch, table, scores["ches"], runs, cfg, beta, mitigation_steps, seed, **how)
-                mitigation += [{"arm": arm, **row} for row in rows]
+            mitigation += _mitigation_rows(reference, batch, table, scores["ches"], runs, (dpo_cfg, sgd_cfg), beta,
+                                           mitigation_steps, seed)  # fmt: skip
     return pd.concat(pairs, ignore_index=True), pd.DataFrame(protocol), pd.DataFrame(mitigation)
 
 
@@ -157,18 +150,25 @@ def _mitigation_rows(
     table: pd.DataFrame,
     pair_ches: np.ndarray,
     runs: Sequence[Variant],
-    dpo_cfg: TrainConfig,
+    cfgs: tuple[TrainConfig, TrainConfig | None],
     beta: float,
     steps: int,
     seed: int,
-    **how,
 ) -> list[dict]:
     """C12 on the phrase task for one seed: each variant trained by ``full_batch.filtered_training``
-    (keyword arguments `how`) for `steps` full-batch steps; one row per variant with the mean change of log π(y+) over every
-    statement's y+ (each statement's lead phrase, counted once), at the end and averaged over the
-    steps (the area under its curve per step)."""
+    for `steps` full-batch steps, under cfgs[0] (ADAM_ARM: the mean over the kept pairs) and, when
+    given, cfgs[1] (SGD_ARM: head frozen, each kept pair's loss divided by all pairs); one row per
+    arm and variant with the mean change of log π(y+) over every statement's y+ (each statement's
+    lead phrase, counted once), at the end and averaged over the steps (the area under its curve)."""
     first = ~table["statement"].duplicated().to_numpy()  # one pair per statement: its y+ counted once
-    return [{"seed": seed, **row} for row in variant_rows(reference, batch, pair_ches, runs, dpo_cfg, beta, steps, first, **how)]
+    arms = [(ADAM_ARM, cfgs[0], {})] + ([(SGD_ARM, cfgs[1], {"share": "all", "frozen_head": True})] if cfgs[1] else [])
+    rows = []
+    for arm, cfg, how in arms:
+        rows += [
+            {"arm": arm, "seed": seed, **row}
+            for row in variant_rows(reference, batch, pair_ches, runs, cfg, beta, steps, first, **how)
+        ]
+    return rows
 
 
 def rank_table(pairs: pd.DataFrame) -> pd.DataFrame:
