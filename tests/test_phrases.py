@@ -344,3 +344,19 @@ def test_phrase_mitigation_is_decided_on_the_sgd_arm_with_its_own_share_and_repo
     assert "single pairs: 30%" in row["precondition"]  # the SGD head-frozen share, not the Adam column's 40 %
     swapped = pd.concat([_mitigation(rising).assign(arm=ADAM_ARM), _mitigation(good).assign(arm=SGD_ARM)])
     assert phrase_mitigation_claims(swapped, pairs).iloc[0]["verdict"] == "reproduced"
+
+
+def test_run_phrase_study_gives_each_seed_what_it_gives_alone_with_both_c12_arms():
+    from dpo_toolkit.studies.ches.displacing import ADAM_ARM, SGD_ARM, run_phrase_study
+    from dpo_toolkit.studies.ches.mitigation import variants
+
+    cfg = PhraseConfig(n_statements=6)
+    sft = TrainConfig(**{**ADAM, "epochs": 3})
+    sgd = TrainConfig(**{**ADAM, "optimizer": "sgd", "lr": 0.1})
+    study = dict(runs=variants([0.5], [1.0]), mitigation_steps=2, sgd_cfg=sgd)
+    _, _, mitigation = run_phrase_study(cfg, sft, TrainConfig(**ADAM), 0.1, 2, 0.25, (0, 1), **study)
+    arms = sorted(set(zip(mitigation["seed"], mitigation["arm"], strict=True)))
+    assert arms == [(0, ADAM_ARM), (0, SGD_ARM), (1, ADAM_ARM), (1, SGD_ARM)]
+    _, _, alone = run_phrase_study(cfg, sft, TrainConfig(**ADAM), 0.1, 2, 0.25, (1,), **study)
+    second = mitigation[mitigation["seed"] == 1].reset_index(drop=True)
+    pd.testing.assert_frame_equal(second, alone, atol=1e-6)  # the second seed is not trained on the first's configs
