@@ -250,4 +250,4 @@ def phrase_mitigation_claims(mitigation: pd.DataFrame, pairs: pd.DataFrame, metr
                    f"best filter {best['CHES filter']:+.3f}, best SFT term {best['SFT term']:+.3f}")  # fmt: skip
     where = f"the statements' preferred phrases, {deciding}" if deciding else "the statements' preferred phrases"
     return matched_claims(mitigation[arms == deciding], displaced_shares(decided), "C12-phrases", CLAIMS, where,
-                          MIN_DISPLACED, metric, beside)  # fmt: skip
+                          MIN_DISPLACED, metric, beside, deciding or "the chapter's optimizer")  # fmt: skip

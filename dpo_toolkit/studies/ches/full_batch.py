@@ -158,6 +158,7 @@ def matched_claims(
     minimum: float = MIN_DISPLACED,
     metric: str = "chosen_logp_area",
     beside: str = "",
+    optimizer: str = "plain SGD",
 ) -> pd.DataFrame:
     """C12 at a matched update budget (one row per seed and variant in `mitigation`), read on
     `metric`: by default the area under the Δ log π(y+) curve per step (at the end a filter and an
@@ -166,8 +167,8 @@ def matched_claims(
     Per seed (a replicate): the best CHES filter of that seed (highest `metric`) against all pairs
     and against the best SFT term of that seed, each difference read as an interval over seeds.
     Untestable unless all-pairs DPO lowers the mean log π(y+) at the end (< 0: displacement to
-    mitigate) and π(y+) falls for ≥ `minimum` of single pairs (`displaced_share`, one value per
-    seed). Reproduced if the best filter beats all pairs and the best SFT term by ≥ TIE; partly if
+    mitigate) and π(y+) falls for ≥ `minimum` of single pairs under `optimizer` (`displaced_share`,
+    one value per seed). Reproduced if the best filter beats all pairs and the best SFT term by ≥ TIE; partly if
     it beats all pairs by ≥ TIE. The best filter and SFT term are chosen per seed. `beside` (other
     arms' figures) is appended to the row's value."""
     table, end = per_seed(mitigation, metric), per_seed(mitigation, "chosen_logp_change")
@@ -193,6 +194,6 @@ def matched_claims(
     ours = f"{what}, mean over {measured}, mean ± sd over {len(table)} seeds: " + "; ".join(parts) + at_end + beside
     precondition = (
         f"all-pairs DPO lowers the mean log π(y+) (displacement to mitigate; mean over seeds): {end[all_pairs].mean():+.3f}; "
-        f"π(y+) falls for ≥ {minimum:.0%} of single pairs: {np.mean(displaced_share):.0%}"
+        f"π(y+) falls under {optimizer} for ≥ {minimum:.0%} of single pairs: {np.mean(displaced_share):.0%}"
     )
     return claim_table(texts, claim_id, ours, decide(full, part=[gain], precondition=pre), precondition)

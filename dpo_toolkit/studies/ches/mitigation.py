@@ -274,8 +274,8 @@ def _c12_precondition(base_change: pd.Series, displaced_share) -> tuple[Check, s
     share = (
         ""
         if displaced_share is None
-        else f"; π(y+) falls for ≥ {MIN_DISPLACED:.0%} of single pairs (C11's table, mean over seeds): "
-        f"{np.mean(displaced_share):.0%}"
+        else f"; π(y+) falls for ≥ {MIN_DISPLACED:.0%} of single pairs under the chapter's optimizer (C11's table, "
+        f"mean over seeds): {np.mean(displaced_share):.0%}"
     )
     sentence = (
         f"all-pairs DPO lowers held-out log π(y+) (displacement to mitigate; mean over seeds): {base_change.mean():+.3f}" + share

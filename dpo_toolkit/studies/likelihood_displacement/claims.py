@@ -123,7 +123,7 @@ def _c10_value(
         f"model: ≥ {r_lm_features:.3f}); Spearman(⟨W_y+, W_y−⟩, Δ log π(y+)) over each seed's pairs "
         f"{mean_sd(rank_seeds, sign='+')} ({rank_lm:+.2f} over all {len(pairs)} pairs), "
         f"π(y+) fell after one step for {one_step_displaced:.0%} of them; "
-        f"multi-step runs: π(y+) fell in {float(table['displaced'].mean()):.0%}, "
+        f"multi-step runs (the chapter's optimizer): π(y+) fell in {float(table['displaced'].mean()):.0%}, "
         f"catastrophic in {float(table['is_catastrophic'].mean()):.0%} of {len(table)}. "
         f"Unconstrained features ({len(features)} random instances): Pearson ≥ {r_features:.3f}, "
         f"Spearman {rank_features:+.2f}, π(y+) fell in {displaced_features:.0%}"

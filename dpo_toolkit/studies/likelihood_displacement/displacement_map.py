@@ -221,9 +221,9 @@ def _frozen_row(runs: pd.DataFrame) -> dict:
     by_seed = talk.groupby("seed")
     gained = talk[["other_meaning_gain"]].mean().iloc[0]
     value = (
-        f"{len(talk)} runs over {talk['seed'].nunique()} seeds: π(No) {talk['p_pos_before'].mean():.3f} → "
-        f"{talk['p_pos_after'].mean():.3f}, displaced in {talk['displaced'].mean():.0%}, catastrophic in "
-        f"{talk['is_catastrophic'].mean():.0%}; answers of another meaning gained {gained:.3f} of mass on average"
+        f"plain SGD, head frozen: {len(talk)} runs over {talk['seed'].nunique()} seeds: π(No) "
+        f"{talk['p_pos_before'].mean():.3f} → {talk['p_pos_after'].mean():.3f}, displaced in {talk['displaced'].mean():.0%}, "
+        f"catastrophic in {talk['is_catastrophic'].mean():.0%}; answers of another meaning gained {gained:.3f} of mass on average"
     )
     check = Check("share of catastrophic (No, Never) runs, SGD with the head frozen, per seed",
                   mean_interval(by_seed["is_catastrophic"].mean()), MOST)  # fmt: skip
