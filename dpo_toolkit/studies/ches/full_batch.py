@@ -31,7 +31,15 @@ from dpo_toolkit.core.optim import make_optimizer
 from dpo_toolkit.recipes.sft_then_dpo import sft_reference
 from dpo_toolkit.studies.ches.identify import MIN_DISPLACED, claim_table
 from dpo_toolkit.studies.ches.measures import HEAD, ches
-from dpo_toolkit.studies.ches.mitigation import STRICT, Variant, displaced_check, keep_masks, per_seed, preconditions
+from dpo_toolkit.studies.ches.mitigation import (
+    STRICT,
+    Variant,
+    displaced_check,
+    keep_masks,
+    label_members,
+    per_seed,
+    preconditions,
+)
 
 SHARES = ("kept", "all")
 TIE = 0.01  # nats by which the best filter must beat all pairs and the best SFT term (both can sit at a ceiling)
@@ -105,9 +113,9 @@ def variant_rows(
     masks = keep_masks(pair_ches, runs)  # (variants, pairs)
     changes, _, areas = filtered_training(reference, batch, masks, [v.sft_weight for v in runs], cfg, beta, steps, **how)
     measured = np.ones(changes.shape[1], dtype=bool) if measured is None else measured
-    return [{"variant": v.name, "kind": v.kind, "drop_fraction": v.drop_fraction, "sft_weight": v.sft_weight,
-             "pairs_kept": int(masks[m].sum()), "chosen_logp_change": float(changes[m, measured].mean()),
-             "chosen_logp_area": float(areas[m, measured].mean())} for m, v in enumerate(runs)]  # fmt: skip
+    means = pd.DataFrame({"member": range(len(runs)), "chosen_logp_change": changes[:, measured].mean(1).numpy(),
+                          "chosen_logp_area": areas[:, measured].mean(1).numpy()})  # fmt: skip
+    return label_members(means, runs, masks).to_dict("records")
 
 
 def run_number_line_sgd(
