@@ -283,3 +283,21 @@ def test_drift_answer_names_the_case():
     assert "is not decided by these 1 seed(s)" in one
     switching = drift_answer(_curves({"all pairs": (0, 0.5), "f": (0, [0.2, 0.2, 0.5]), "f2": (0, [0.5, 0.5, 0.2])}, KINDS))
     assert "(f in 2 of 3 seeds, f2 in 1) +0.100" in switching
+
+
+def test_mitigation_seeds_as_members_equal_one_run_per_seed(tiny_data_cfg, tiny_model_cfg, tmp_path):
+    """Seeds [0, 1] as members of one ensemble (each against its own reference, its own CHES filter
+    and batch order) give each seed's curves and CHES alone, to float tolerance."""
+    sft = TrainConfig(optimizer="adam", lr=1e-3, weight_decay=0.0, epochs=2, batch_size=16, grad_clip=None, n_evals=1)
+    dpo = DPOConfig(optimizer="rmsprop", lr=1e-3, weight_decay=0.0, epochs=1, batch_size=16, grad_clip=None, n_evals=2, beta=0.1)
+    runs = variants([0.5], [1.0])
+    together = run_mitigations(tiny_data_cfg, tiny_model_cfg, sft, dpo, EvalConfig(kl_samples=2), runs, [0, 1], tmp_path / "both")
+    alone = [run_mitigations(tiny_data_cfg, tiny_model_cfg, sft, dpo, EvalConfig(kl_samples=2), runs, [s], tmp_path / f"{s}")
+             for s in (0, 1)]  # fmt: skip
+    for i in (0, 1):  # curves, then CHES scores
+        expected = pd.concat([one[i] for one in alone], ignore_index=True)
+        numbers = expected.select_dtypes("number").columns.drop(["accuracy", "rewards/accuracies"], errors="ignore")
+        assert list(together[i].columns) == list(expected.columns)
+        pd.testing.assert_frame_equal(together[i][numbers], expected[numbers], rtol=1e-4, atol=1e-5)
+    final = together[0][together[0]["step"] == together[0]["step"].max()]
+    assert final.groupby("seed")["loss"].mean().nunique() == 2  # the replicates did differ

@@ -2,6 +2,7 @@ import subprocess
 import sys
 import time
 
+import pandas as pd
 import pytest
 import torch
 
@@ -37,7 +38,7 @@ def test_resume_reads_finished_runs_instead_of_training(tiny_data_cfg, tiny_mode
     def boom(*args, **kwargs):
         raise AssertionError("training ran although its result was cached")
 
-    monkeypatch.setattr(park_module, "train_sft", boom)
+    monkeypatch.setattr(park_module, "train_sft_ensemble", boom)
     monkeypatch.setattr(runner_module, "train_dpo_ensemble", boom)
     again = _run(tiny_data_cfg, tiny_model_cfg, tmp_path)
     assert again.equals(first)
@@ -53,7 +54,7 @@ def test_resume_reads_finished_runs_instead_of_training(tiny_data_cfg, tiny_mode
     ],
 )
 def test_bad_input_fails_before_any_training(tiny_data_cfg, tiny_model_cfg, tmp_path, monkeypatch, betas, seeds, message):
-    monkeypatch.setattr(park_module, "train_sft", lambda *a, **k: pytest.fail("trained before validating"))
+    monkeypatch.setattr(park_module, "train_sft_ensemble", lambda *a, **k: pytest.fail("trained before validating"))
     with pytest.raises(ValueError) as info:
         _run(tiny_data_cfg, tiny_model_cfg, tmp_path, betas=betas, seeds=seeds)
     assert message in str(info.value)
@@ -76,7 +77,7 @@ def test_kept_weights_are_saved_at_every_evaluation(tiny_data_cfg, tiny_model_cf
 
 
 def test_unknown_keep_beta_fails_before_training(tiny_data_cfg, tiny_model_cfg, tmp_path, monkeypatch):
-    monkeypatch.setattr(park_module, "train_sft", lambda *a, **k: pytest.fail("trained before validating"))
+    monkeypatch.setattr(park_module, "train_sft_ensemble", lambda *a, **k: pytest.fail("trained before validating"))
     with pytest.raises(ValueError, match=r"keep_betas: 0\.3 is not one of the trained betas"):
         run_sft_then_dpo(
             tiny_data_cfg, tiny_model_cfg, SFT, DPO, EVAL, betas=[0.1, 0.5], seeds=[0], cache_dir=tmp_path, keep_betas=[0.3]
@@ -138,3 +139,38 @@ def test_sft_recipes_are_parks_two():
     assert sft_recipe("grokking", 3).n_evals == 3
     with pytest.raises(ValueError, match="kl_sweep"):
         sft_recipe("dpo", 10)
+
+
+def test_replicates_as_members_equal_one_run_per_seed(tiny_data_cfg, tiny_model_cfg, tmp_path):
+    """Seeds [0, 1] trained as members of one SFT ensemble and one DPO ensemble (each member against
+    its own seed's reference, with its own seed's batch order) give what each seed gives alone, to
+    float tolerance: every curve of SFT and DPO, KL and WeightDelta included."""
+    together = _run(tiny_data_cfg, tiny_model_cfg, tmp_path / "together", seeds=[0, 1])
+    alone = pd.concat([_run(tiny_data_cfg, tiny_model_cfg, tmp_path / f"alone{s}", seeds=[s]) for s in (0, 1)])
+    assert list(together["seed"]) == list(alone["seed"]) and list(together["phase"]) == list(alone["phase"])
+    noise_decided = ["rewards/accuracies", "accuracy"]  # float noise decides the ties at step 0
+    numbers = together.drop(columns=["weights", *noise_decided]).select_dtypes("number").columns
+    pd.testing.assert_frame_equal(
+        together[numbers].reset_index(drop=True), alone[numbers].reset_index(drop=True), rtol=1e-4, atol=1e-5
+    )
+    differ = together[(together["phase"] == "dpo") & (together["step"] > 0)].groupby("seed")["loss"].mean()
+    assert differ[0] != differ[1]  # the replicates did differ
+
+
+def test_sft_references_share_the_cache_of_each_seed(tiny_data_cfg, tiny_model_cfg, tmp_path, monkeypatch):
+    """A seed trained as a member of a group is cached as its own run: asking for it alone loads
+    it, and a group with one new seed trains that seed only."""
+    from dpo_toolkit.recipes.sft_then_dpo import sft_reference, sft_references
+
+    group = sft_references(tiny_data_cfg, tiny_model_cfg, SFT, EVAL, [0, 1], tmp_path, progress=False)
+    trained = []
+    real = park_module.train_sft_ensemble
+    monkeypatch.setattr(
+        park_module, "train_sft_ensemble", lambda policies, *a, **k: trained.append(len(policies)) or real(policies, *a, **k)
+    )
+    model, curve = sft_reference(tiny_data_cfg, tiny_model_cfg, SFT, EVAL, 1, tmp_path, progress=False)
+    assert trained == []
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), group[1][0].parameters(), strict=True))
+    assert curve.equals(group[1][1])
+    sft_references(tiny_data_cfg, tiny_model_cfg, SFT, EVAL, [1, 2, 0], tmp_path, progress=False)
+    assert trained == [1]

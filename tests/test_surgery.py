@@ -251,8 +251,10 @@ def test_the_surgery_study_trains_a_and_b_and_operates_at_each_of_their_checkpoi
     sweep, curves = surgery_study(tiny_data_cfg, tiny_model_cfg, sft, dpo, eval_cfg, [0.1, 1.0], [0, 1], 0.1, 1.0, tmp_path)
     assert set(curves["seed"]) == {0, 1} and set(curves["variant"]) == {"A", "attention", "non-attention"}
     assert sorted(curves["step"].unique()) == sorted(sweep["step"].unique())
-    runs = run_sft_then_dpo(tiny_data_cfg, tiny_model_cfg, sft, dpo, eval_cfg, [0.1, 1.0], [1], tmp_path, keep_betas=[0.1, 1.0])
-    one = runs[(runs["phase"] == "dpo")].sort_values("step")
+    runs = run_sft_then_dpo(
+        tiny_data_cfg, tiny_model_cfg, sft, dpo, eval_cfg, [0.1, 1.0], [0, 1], tmp_path, keep_betas=[0.1, 1.0]
+    )
+    one = runs[(runs["phase"] == "dpo") & (runs["seed"] == 1)].sort_values("step")
     reference, _ = sft_reference(tiny_data_cfg, tiny_model_cfg, sft, eval_cfg, 1, tmp_path)
     evaluator = Evaluator(make_pairs(tiny_data_cfg)[1], tiny_data_cfg, eval_cfg, reference=reference)
     a, b = (one[one["beta"] == beta] for beta in (0.1, 1.0))

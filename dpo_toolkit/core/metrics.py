@@ -87,17 +87,21 @@ def kl_estimate(log_ratios: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def group_weight_deltas(params_a: Mapping[str, torch.Tensor], params_b: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def group_weight_deltas(
+    params_a: Mapping[str, torch.Tensor], params_b: Mapping[str, torch.Tensor], stacked_b: bool = False
+) -> dict[str, torch.Tensor]:
     """Σ over the parameters P of each group of ‖A[P] − B[P]‖_F (the summand of Park Eq. 7).
 
     params_a may carry leading model dimensions (an Ensemble's stacked (M, *shape)
-    weights); params_b is one model's and is broadcast. Returns {group: (...) tensor}
+    weights); params_b is one model's and is broadcast, or, with `stacked_b`, stacked like
+    params_a (M, *shape): one reference per model. Returns {group: (...) tensor}
     for every group of PARAM_GROUPS (0 for a group with no parameters).
     """
     deltas = dict.fromkeys(PARAM_GROUPS, torch.zeros(()))
     for name, b in params_b.items():
         diff = (params_a[name].detach() - b.detach()).double()  # (..., *shape)
-        deltas[param_group(name)] = deltas[param_group(name)] + diff.flatten(diff.ndim - b.ndim).norm(dim=-1)
+        model_ndim = b.ndim - 1 if stacked_b else b.ndim  # the dimensions of one model's parameter
+        deltas[param_group(name)] = deltas[param_group(name)] + diff.flatten(diff.ndim - model_ndim).norm(dim=-1)
     return deltas
 
 

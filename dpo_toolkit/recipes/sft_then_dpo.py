@@ -1,16 +1,18 @@
 """Park et al.'s recipe on the number line (§3.3), through the runner: for each seed one SFT
-reference, then DPO at every β as one batched ensemble. Four chapters and the CHES
-mitigation runs start from it.
+reference, then DPO at every β. Replicates are members: the SFT references of all seeds train as
+one batched ensemble, and DPO at every (seed, β) as another, each member against its own seed's
+reference with its own seed's batch order. Four chapters and the CHES mitigation runs start from it.
 
-Everything is cached under ``cache_dir`` (see ``runner``): the SFT model and curve, and each
-seed's DPO curves; a run killed at any point resumes and ends with an unbroken run's numbers.
+Everything is cached under ``cache_dir`` (see ``runner``): each seed's SFT model and curve, and
+the DPO curves; a run killed at any point resumes and ends with an unbroken run's numbers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from functools import partial
 from pathlib import Path
 
@@ -24,8 +26,9 @@ from dpo_toolkit.core.ensemble import Ensemble
 from dpo_toolkit.core.evaluate import Evaluator
 from dpo_toolkit.core.metrics import TRL_NAMES, group_weight_deltas
 from dpo_toolkit.core.model import Transformer, build_model
-from dpo_toolkit.core.runner import Member, RunKey, cached_model, run_dpo
-from dpo_toolkit.core.train import train_sft
+from dpo_toolkit.core.runner import Member, RunKey, run_dpo
+from dpo_toolkit.core.storage import write_csv
+from dpo_toolkit.core.train import Checkpoint, train_sft_ensemble
 from dpo_toolkit.core.validate import seed_list
 
 SFT_RECIPES = ("kl_sweep", "grokking")
@@ -57,22 +60,64 @@ def sft_reference(
     progress: bool | None = None,
     device: str | torch.device = "cpu",
 ) -> tuple[Transformer, pd.DataFrame]:
-    """The SFT reference of one seed (fresh model, SFT on the train pairs), frozen, with its curve,
-    on `device` (trained there; a CPU and a GPU reference are cached apart).
+    """The SFT reference of one seed and its curve: ``sft_references`` of that seed alone."""
+    return sft_references(data_cfg, model_cfg, sft_cfg, eval_cfg, [seed], cache_dir, progress, device)[0]
 
-    Cached by seed and a hash of the data, model and SFT configs (SFT is evaluated by greedy
-    answers alone, which no EvalConfig field changes): runs that differ only in their KL or
-    pair settings share one reference. A killed SFT resumes from its last evaluation.
+
+def sft_references(
+    data_cfg: DataConfig,
+    model_cfg: ModelConfig,
+    sft_cfg: TrainConfig,
+    eval_cfg: EvalConfig,
+    seeds: Sequence[int],
+    cache_dir: Path,
+    progress: bool | None = None,
+    device: str | torch.device = "cpu",
+) -> list[tuple[Transformer, pd.DataFrame]]:
+    """The SFT reference of each seed (fresh model of that seed, SFT on the train pairs with that
+    seed's batch order), frozen, with its curve, on `device` (a CPU and a GPU reference are cached apart).
+
+    Each reference is cached by its seed and a hash of the data, model and SFT configs (SFT is
+    evaluated by greedy answers alone, which no EvalConfig field changes), so runs that differ
+    only in their KL or pair settings share it. The seeds not cached yet train together as the
+    members of one batched ensemble (replicates as members, ``train_sft_ensemble``), checkpointed
+    after every evaluation: a killed SFT resumes from its last evaluation. While they train, the
+    seeds' runs are locked (in seed order), so another process asking for one of them waits.
     """
-    cfg = dataclasses.replace(sft_cfg, seed=seed)
+    device = resolve_device(device)
+    seeds = seed_list(seeds)
     train, test = make_pairs(data_cfg)
-    evaluator = Evaluator(test, data_cfg, eval_cfg)
-    key = RunKey(Path(cache_dir), "sft", seed, (data_cfg, model_cfg, cfg))
-    return cached_model(
-        key,
-        partial(build_model, model_cfg, seed, resolve_device(device)),
-        lambda model, checkpoint: train_sft(model, train, cfg, evaluator, progress, checkpoint),
-    )
+    cfgs = {seed: dataclasses.replace(sft_cfg, seed=seed) for seed in seeds}
+    keys = {seed: RunKey(Path(cache_dir), "sft", seed, (data_cfg, model_cfg, cfgs[seed]), device.type) for seed in seeds}
+    with contextlib.ExitStack() as locks:
+        for seed in sorted(keys):
+            locks.enter_context(keys[seed].lock())
+        missing = [seed for seed in keys if not keys[seed].path(".pt").exists()]
+        if missing:
+            _train_references(missing, keys, cfgs, train, Evaluator(test, data_cfg, eval_cfg), model_cfg, device, progress)
+        references = []
+        for seed in seeds:
+            model = build_model(model_cfg, seed, device)
+            model.load_state_dict(torch.load(keys[seed].path(".pt"), map_location=device))
+            references.append((model.eval().requires_grad_(False), pd.read_csv(keys[seed].path(".csv"))))
+    return references
+
+
+def _train_references(seeds, keys, cfgs, train, evaluator, model_cfg, device, progress) -> None:
+    """SFT of `seeds` as one ensemble, resumable (a checkpoint keyed by the first seed's run and the
+    seeds); each member's weights and curve are then written to its seed's run (``keys``)."""
+    group = RunKey(keys[seeds[0]].directory, "sft-replicates", seeds[0], (*keys[seeds[0]].depends_on, torch.tensor(seeds)),
+                   device.type)  # fmt: skip
+    checkpoint = Checkpoint(group.path(".ckpt"))
+    policies = Ensemble([build_model(model_cfg, seed, device) for seed in seeds])
+    curve = train_sft_ensemble(policies, train, [cfgs[s] for s in seeds], evaluator, progress, checkpoint)
+    for i, seed in enumerate(seeds):
+        write_csv(curve[curve["member"] == i].drop(columns="member").reset_index(drop=True), keys[seed].path(".csv"))
+        weights = keys[seed].path(".pt")
+        tmp = weights.with_name(weights.name + ".tmp")
+        torch.save(policies.member(i).state_dict(), tmp)
+        tmp.replace(weights)
+    checkpoint.remove()
 
 
 def keep_indices(betas: list[float], keep_betas: Iterable[float]) -> list[int]:
@@ -86,11 +131,15 @@ def keep_indices(betas: list[float], keep_betas: Iterable[float]) -> list[int]:
     return sorted(set(indices))
 
 
-def evaluate_with_deltas(evaluator: Evaluator, reference_params: dict, policies: Ensemble, betas: list[float]) -> list[dict]:
-    """The Evaluator's rows for each model (at its run's β), with its WeightDelta from the
-    reference (Park Eq. 7), in all and in attention."""
+def evaluate_with_deltas(
+    evaluator: Evaluator, reference: Transformer | Ensemble, policies: Ensemble, betas: list[float]
+) -> list[dict]:
+    """The Evaluator's rows for each model (at its run's β), with its WeightDelta from its
+    reference (Park Eq. 7; one reference, or an Ensemble of one per model), in all and in attention."""
     rows = evaluator(policies, betas)
-    deltas = group_weight_deltas(policies.params, reference_params)  # {group: (M,)}
+    stacked = isinstance(reference, Ensemble)
+    reference_params = reference.params if stacked else dict(reference.named_parameters())
+    deltas = group_weight_deltas(policies.params, reference_params, stacked_b=stacked)  # {group: (M,)}
     total = sum(deltas.values())
     for i, row in enumerate(rows):
         row.update(weight_delta=float(total[i]), attention_delta=float(deltas["attention"][i]))
@@ -108,6 +157,18 @@ def validate_grid(
     return dpo_cfgs, seed_list(seeds)
 
 
+def replicate_members(
+    seeds: list[int], dpo_cfgs: list[DPOConfig], references: list[Transformer]
+) -> tuple[list[tuple[int, int]], list[Member], Transformer | Ensemble]:
+    """Replicates as members: member i is grid[i] = (seed, index into dpo_cfgs), with that config at
+    that seed (its batch order), against its seed's reference (references[j] is seeds[j]'s). Returns
+    the grid, the members and the reference: the one model for one seed, else an Ensemble of one per member."""
+    grid = [(seed, k) for seed in seeds for k in range(len(dpo_cfgs))]
+    members = [Member(dataclasses.replace(dpo_cfgs[k], seed=seed)) for seed, k in grid]
+    reference = references[0] if len(seeds) == 1 else Ensemble([references[seeds.index(seed)] for seed, _ in grid])
+    return grid, members, reference
+
+
 def run_sft_then_dpo(
     data_cfg: DataConfig,
     model_cfg: ModelConfig,
@@ -121,7 +182,8 @@ def run_sft_then_dpo(
     keep_betas: Iterable[float] = (),
     device: str | torch.device = "cpu",
 ) -> pd.DataFrame:
-    """For each seed: SFT from a fresh model, then DPO from that reference at every β (Park §3.3).
+    """For each seed: SFT from a fresh model, then DPO from that reference at every β (Park §3.3),
+    every (seed, β) a member of one batched DPO ensemble (``sft_references`` trains the references).
 
     The seed sets the model initialisation and the batch order of SFT and DPO; the
     train/test split is fixed by ``data_cfg.seed``. Every model trains and is evaluated on
@@ -139,18 +201,19 @@ def run_sft_then_dpo(
     dpo_cfgs, seeds = validate_grid(dpo_cfg, betas, seeds)
     kept = keep_indices([c.beta for c in dpo_cfgs], keep_betas)
     train, test = make_pairs(data_cfg)
+    references = sft_references(data_cfg, model_cfg, sft_cfg, eval_cfg, seeds, Path(cache_dir), progress, device)
+    grid, members, reference = replicate_members(seeds, dpo_cfgs, [model for model, _ in references])
+    sft_cfgs = [dataclasses.replace(sft_cfg, seed=seed) for seed in seeds]
+    key = RunKey(Path(cache_dir), "dpo", seeds[0], (data_cfg, model_cfg, *sft_cfgs, eval_cfg))
+    evaluate = partial(evaluate_with_deltas, Evaluator(test, data_cfg, eval_cfg, reference=reference), reference)
+    keep = [i for i, (_, k) in enumerate(grid) if k in kept]
+    dpo = run_dpo(key, reference, train, members, evaluate, keep=keep, progress=progress)
+    if not keep:
+        dpo["weights"] = ""
+    dpo = dpo.assign(phase="dpo", seed=dpo["member"].map(lambda i: grid[i][0])).drop(columns="member")
     frames = []
-    for seed in seeds:
-        reference, sft = sft_reference(data_cfg, model_cfg, sft_cfg, eval_cfg, seed, Path(cache_dir), progress, device)
-        frames.append(sft.assign(phase="sft", beta=float("nan"), seed=seed))
-        members = [Member(dataclasses.replace(c, seed=seed)) for c in dpo_cfgs]
-        key = RunKey(Path(cache_dir), "dpo", seed, (data_cfg, model_cfg, dataclasses.replace(sft_cfg, seed=seed), eval_cfg))
-        evaluator = Evaluator(test, data_cfg, eval_cfg, reference=reference)
-        evaluate = partial(evaluate_with_deltas, evaluator, dict(reference.named_parameters()))
-        dpo = run_dpo(key, reference, train, members, evaluate, keep=kept, progress=progress)
-        if not kept:
-            dpo["weights"] = ""
-        frames.append(dpo.drop(columns="member").assign(phase="dpo", seed=seed))
+    for seed, (_, sft) in zip(seeds, references, strict=True):  # each seed's SFT rows, then its DPO rows
+        frames += [sft.assign(phase="sft", beta=float("nan"), seed=seed), dpo[dpo["seed"] == seed]]
     columns = ["phase", "beta", "seed", "step", "epoch", "loss", "ood_rate", "seq_error", "accuracy", "margin"]
     columns += ["kl", "kl_se", "kl_mc", "kl_mc_se", "weight_delta", "attention_delta", *TRL_NAMES, "weights"]
     return pd.concat(frames, ignore_index=True).reindex(columns=columns)

@@ -28,7 +28,7 @@ from dpo_toolkit.core.evidence import Check, mean_interval
 from dpo_toolkit.core.losses import dpo_loss, sequence_logps
 from dpo_toolkit.core.model import Transformer
 from dpo_toolkit.core.optim import make_optimizer
-from dpo_toolkit.recipes.sft_then_dpo import sft_reference
+from dpo_toolkit.recipes.sft_then_dpo import sft_references
 from dpo_toolkit.studies.ches.identify import MIN_DISPLACED, claim_table
 from dpo_toolkit.studies.ches.measures import HEAD, ches
 from dpo_toolkit.studies.ches.mitigation import (
@@ -130,7 +130,7 @@ def run_number_line_sgd(
     cache_dir: str | Path,
     device: str = "cpu",
 ) -> pd.DataFrame:
-    """C12-sgd: for each seed's SFT reference (``sft_reference``, cached, C11's), every variant of
+    """C12-sgd: for each seed's SFT reference (``sft_references``, cached, C11's), every variant of
     `runs` trained on C11's scored `pairs` full-batch by plain SGD (sgd_cfg, β `beta`, `steps`
     steps) with share "all", the head trained as in C11's SGD arm; filters by CHES under the
     reference. One row per (seed, variant), the change of log π(y+) averaged over the pairs."""
@@ -138,8 +138,8 @@ def run_number_line_sgd(
         raise ValueError(f"C12-sgd is decided under plain SGD; sgd_cfg.optimizer is {sgd_cfg.optimizer!r}")
     batch = collate_pairs(pairs)
     rows = []
-    for seed in seeds:
-        reference, _ = sft_reference(data_cfg, ModelConfig(), sft_cfg, EvalConfig(), seed, Path(cache_dir), device=device)
+    references = sft_references(data_cfg, ModelConfig(), sft_cfg, EvalConfig(), seeds, Path(cache_dir), device=device)
+    for seed, (reference, _) in zip(seeds, references, strict=True):
         pair_ches = ches(reference, batch).numpy()
         variant = variant_rows(reference, batch, pair_ches, runs, sgd_cfg, beta, steps, share="all")
         rows += [{"seed": seed, **row} for row in variant]

@@ -16,7 +16,7 @@ from dpo_toolkit.core.config import DataConfig, EvalConfig, ModelConfig, TrainCo
 from dpo_toolkit.core.data import PairSet, make_pairs
 from dpo_toolkit.core.evidence import Check, mean_interval
 from dpo_toolkit.core.stats import spearman
-from dpo_toolkit.recipes.sft_then_dpo import sft_reference
+from dpo_toolkit.recipes.sft_then_dpo import sft_references
 from dpo_toolkit.studies.ches.measures import ches, edit_similarity, hidden_cosine, single_pair_displacement
 
 
@@ -41,14 +41,14 @@ def score_pairs(
     device: str = "cpu",
     sgd_cfg: TrainConfig | None = None,
 ) -> pd.DataFrame:
-    """For each seed's SFT reference (``park.sft_reference``, cached) and each pair: its
+    """For each seed's SFT reference (``sft_references``, cached) and each pair: its
     displacement when DPO (dpo_cfg's optimizer, β, dpo_steps steps) trains on it alone, the same
     under plain SGD (sgd_cfg, when given: column displacement_sgd), and its three scores. One row
     per (seed, pair): seed, prompt, chosen, rejected, displacement(s), and one column per measure
     of MEASURES. Every model trains and is scored on `device`."""
     frames = []
-    for seed in seeds:
-        reference, _ = sft_reference(data_cfg, ModelConfig(), sft_cfg, EvalConfig(), seed, Path(cache_dir), device=device)
+    references = sft_references(data_cfg, ModelConfig(), sft_cfg, EvalConfig(), seeds, Path(cache_dir), device=device)
+    for seed, (reference, _) in zip(seeds, references, strict=True):
         sgd = {"displacement_sgd": single_pair_displacement(reference, pairs, sgd_cfg, beta, dpo_steps)} if sgd_cfg else {}
         frames.append(pd.DataFrame({
             "seed": seed, "prompt": pairs.prompt, "chosen": pairs.chosen, "rejected": pairs.rejected,

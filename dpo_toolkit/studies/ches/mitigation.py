@@ -27,7 +27,7 @@ from dpo_toolkit.core.evaluate import Evaluator
 from dpo_toolkit.core.evidence import Check, conjunction, mean_interval
 from dpo_toolkit.core.model import Transformer
 from dpo_toolkit.core.runner import Member, RunKey, run_dpo
-from dpo_toolkit.recipes.sft_then_dpo import sft_reference, validate_grid
+from dpo_toolkit.recipes.sft_then_dpo import replicate_members, sft_references, validate_grid
 from dpo_toolkit.studies.ches.identify import MIN_DISPLACED, claim_table
 from dpo_toolkit.studies.ches.measures import ches, ches_filter
 
@@ -96,13 +96,14 @@ def run_mitigations(
     device: str = "cpu",
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """For each seed: the SFT reference, the CHES of every training pair under it, then DPO
-    of every variant as one ensemble, evaluated on the test pairs (see Evaluator); every
-    model on `device`.
+    of every variant, evaluated on the test pairs (see Evaluator); every model on `device`.
+    Replicates are members: every (seed, variant) trains in one ensemble, against its seed's
+    reference and with its seed's batch order.
 
     Returns (curves, scores): one row per seed, variant and evaluation, with columns
     seed, variant, kind, drop_fraction, sft_weight, pairs_kept, step, epoch, loss and the
-    Evaluator's metrics; and one row per seed and training pair with its CHES. Each seed's
-    curves are cached under cache_dir by a hash of every configuration and variant, and an
+    Evaluator's metrics; and one row per seed and training pair with its CHES. The
+    curves are cached under cache_dir by a hash of every configuration, seed and variant, and an
     interrupted run resumes from its last evaluation.
     """
     check_fits(model_cfg, data_cfg)
@@ -110,17 +111,24 @@ def run_mitigations(
     if not runs:
         raise ValueError("run_mitigations needs at least one Variant")
     train, test = make_pairs(data_cfg)
+    models = [
+        model for model, _ in sft_references(data_cfg, model_cfg, sft_cfg, eval_cfg, seeds, Path(cache_dir), progress, device)
+    ]
+    pair_ches = [ches(reference, train).numpy() for reference in models]  # per seed, (pairs,)
+    masks = [keep_masks(scores, runs) for scores in pair_ches]  # per seed, (variants, pairs)
+    # replicates as members: every (seed, variant) is one member, against its seed's reference, with its seed's order
+    grid, _, reference = replicate_members(seeds, [dpo_cfg] * len(runs), models)
+    members = [Member(dataclasses.replace(dpo_cfg, seed=seed), runs[k].sft_weight) for seed, k in grid]
+    key = RunKey(Path(cache_dir), "mitigation", seeds[0],
+                 (data_cfg, model_cfg, *(dataclasses.replace(sft_cfg, seed=s) for s in seeds), eval_cfg))  # fmt: skip
+    evaluator = Evaluator(test, data_cfg, eval_cfg, reference=reference)
+    df = run_dpo(key, reference, train, members, evaluator, pair_weights=torch.cat(masks), progress=progress)
     curves, scores = [], []
-    for seed in seeds:
-        reference, _ = sft_reference(data_cfg, model_cfg, sft_cfg, eval_cfg, seed, Path(cache_dir), progress, device)
-        key = RunKey(
-            Path(cache_dir), "mitigation", seed, (data_cfg, model_cfg, dataclasses.replace(sft_cfg, seed=seed), eval_cfg)
-        )
-        evaluator = Evaluator(test, data_cfg, eval_cfg, reference=reference)
-        df, pair_ches = train_variants(key, reference, train, dpo_cfg, runs, evaluator, progress)
+    for j, seed in enumerate(seeds):  # each seed's members, numbered 0 … variants − 1 as label_members reads them
+        mine = df[df["member"] // len(runs) == j].assign(member=lambda d: d["member"] % len(runs))
+        curves.append(label_members(mine, runs, masks[j]).assign(seed=seed))
         scores.append(pd.DataFrame({"seed": seed, "prompt": train.prompt, "chosen": train.chosen,
-                                    "rejected": train.rejected, "ches": pair_ches}))  # fmt: skip
-        curves.append(df)
+                                    "rejected": train.rejected, "ches": pair_ches[j]}))  # fmt: skip
     return pd.concat(curves, ignore_index=True), pd.concat(scores, ignore_index=True)
 
 
