@@ -7,7 +7,7 @@ import torch
 
 from dpo_toolkit.core.config import DPOConfig, EvalConfig, TrainConfig
 from dpo_toolkit.core.dpo_train import train_dpo, train_dpo_ensemble
-from dpo_toolkit.core.ensemble import Ensemble
+from dpo_toolkit.core.ensemble import Ensemble, References
 from dpo_toolkit.core.evaluate import Evaluator
 from dpo_toolkit.core.generate import greedy_answers, sample_responses
 from dpo_toolkit.core.model import build_model
@@ -267,3 +267,32 @@ def test_sft_of_replicates_as_members_equals_separate_runs(tiny_model_cfg, tiny_
                 p, q = torch.cat([p[:d], p[2 * d :]]), torch.cat([q[:d], q[2 * d :]])
             assert torch.allclose(p, q, atol=1e-5), (name, i)
     assert not torch.allclose(ensemble.params["unembed.weight"][0], ensemble.params["unembed.weight"][1])
+
+
+def test_references_stand_for_the_ensemble_of_their_members(tiny_model_cfg, tiny_pairs, tiny_data_cfg):
+    """References (each distinct model stored and run once) give what the Ensemble of one copy per
+    member gives: logits on shared and per-member tokens, log-probs, weights, a member, and every
+    metric of an evaluation (KL against each member's own reference included)."""
+    from dpo_toolkit.core.evaluate import pair_logps
+
+    _, test = tiny_pairs
+    models = [build_model(tiny_model_cfg, seed=s).requires_grad_(False) for s in (0, 1)]
+    index = [1, 0, 1, 1]
+    references, expanded = References(models, index), Ensemble([models[i] for i in index])
+    assert len(references) == 4
+    tokens = torch.randint(0, tiny_model_cfg.d_vocab, (3, 5))
+    assert torch.allclose(references(tokens), expanded(tokens), atol=1e-5)
+    per_member = torch.randint(0, tiny_model_cfg.d_vocab, (4, 3, 5))
+    assert torch.allclose(references(per_member), expanded(per_member), atol=1e-5)
+    for mine, theirs in zip(pair_logps(references, test), pair_logps(expanded, test), strict=True):
+        assert mine.shape == (4, len(test)) and torch.allclose(mine, theirs, atol=1e-4)
+    assert all(torch.equal(references.params[n], expanded.params[n]) for n in expanded.params)
+    assert all(torch.equal(p, q) for p, q in zip(references.member(0).parameters(), models[1].parameters(), strict=True))
+    policies = Ensemble([build_model(tiny_model_cfg, seed=s) for s in (5, 6, 7, 8)])
+    betas = [0.1, 0.2, 0.3, 0.4]
+    rows = Evaluator(test, tiny_data_cfg, EvalConfig(kl_samples=3), reference=references)(policies, betas=betas)
+    expected = Evaluator(test, tiny_data_cfg, EvalConfig(kl_samples=3), reference=expanded)(policies, betas=betas)
+    pd.testing.assert_frame_equal(pd.DataFrame(rows), pd.DataFrame(expected), rtol=1e-4, atol=1e-5)
+    assert pd.DataFrame(rows)["kl"].nunique() == 4
+    with pytest.raises(ValueError, match="every index must name one of the 2 models"):
+        References(models, [0, 2])

@@ -14,7 +14,7 @@ import torch
 
 from .config import DPOConfig
 from .data import Batch, PairSet, collate_pairs
-from .ensemble import Ensemble, check_same_device, model_device
+from .ensemble import Ensemble, References, check_same_device, model_device
 from .evaluate import pair_logps
 from .losses import dpo_loss, sequence_logps
 from .model import Transformer
@@ -32,7 +32,7 @@ def take(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 def dpo_batch_loss(
     policy,
     train: PairSet | Batch,
-    reference: Transformer | Ensemble,
+    reference: Transformer | Ensemble | References,
     betas: torch.Tensor,
     pair_weights: torch.Tensor | None = None,
     sft_weights: torch.Tensor | None = None,
@@ -43,7 +43,7 @@ def dpo_batch_loss(
     pair_weights (M, n_pairs) weight each model's pairs: a model's loss is the weighted
     mean over the minibatch (0 when all its weights there are 0). None: the plain mean.
     `train` is the pairs, or their ``collate_pairs``-layout batch (chosen rows, then rejected rows).
-    `reference` is one model, or an Ensemble with one frozen reference per model (replicates as
+    `reference` is one model, or an Ensemble or ``References`` of one frozen reference per model (replicates as
     members); the minibatch indices are shared (batch,) or per model (M, batch).
     Everything runs on the reference's device (the policy's weights must be there too).
     """
@@ -99,7 +99,7 @@ def _ensemble_inputs(policies, reference, cfgs, n_pairs, pair_weights, sft_weigh
     n_models = len(policies)
     if len(cfgs) != n_models:
         raise ValueError(f"train_dpo_ensemble needs one DPOConfig per model: {len(cfgs)} configs for {n_models} models")
-    if isinstance(reference, Ensemble) and len(reference) != n_models:
+    if isinstance(reference, Ensemble | References) and len(reference) != n_models:
         raise ValueError(f"train_dpo_ensemble: {len(reference)} references for {n_models} models (one, or one per model)")
     shared = {dataclasses.replace(c, beta=1.0, lr=1.0, weight_decay=0.0, seed=0) for c in cfgs}
     if len(shared) != 1:
@@ -118,7 +118,7 @@ def _ensemble_inputs(policies, reference, cfgs, n_pairs, pair_weights, sft_weigh
 
 def train_dpo_ensemble(
     policies: Ensemble,
-    reference: Transformer | Ensemble,
+    reference: Transformer | Ensemble | References,
     train: PairSet | Batch,
     cfgs: Sequence[DPOConfig],
     evaluate: Callable[..., list[dict]],  # evaluate(policies, betas=[β of each member])

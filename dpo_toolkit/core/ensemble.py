@@ -53,6 +53,47 @@ class Ensemble:
         return model
 
 
+class References:
+    """The frozen references of an ensemble's M members, each distinct model stored and run once:
+    member i's reference is models[index[i]] (replicates as members: one SFT reference per seed,
+    shared by that seed's members). It stands for the Ensemble of its M members: len() is M, a call
+    returns (M, batch, seq, vocab) logits and ``params`` are stacked (M, *shape); the evaluation code
+    (``evaluate.score``, ``Evaluator.kl``) runs each distinct model on its members' rows instead."""
+
+    def __init__(self, models: list[Transformer], index: list[int]):
+        if not index or any(not 0 <= i < len(models) for i in index):
+            raise ValueError(f"References: every index must name one of the {len(models)} models, got {index}")
+        self.models = [m.eval().requires_grad_(False) for m in models]
+        self.distinct = Ensemble(self.models)
+        for p in self.distinct.params.values():
+            p.requires_grad_(False)
+        self.cfg, self.index = self.distinct.cfg, torch.as_tensor(index, dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def params(self) -> dict[str, torch.Tensor]:
+        """Each member's reference weights, stacked (M, *shape)."""
+        return {name: p[self.index.to(p.device)] for name, p in self.distinct.params.items()}
+
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Logits (M, batch, seq, vocab) for tokens shared by all members (batch, seq) or per member (M, batch, seq)."""
+        index = self.index.to(tokens.device)
+        if tokens.ndim == 2:
+            return self.distinct(tokens)[index]
+        logits = torch.empty(*tokens.shape, self.cfg.d_vocab, device=tokens.device)
+        for d, model in enumerate(self.models):  # each distinct reference on its members' rows, in one pass
+            mine = (index == d).nonzero().squeeze(1)
+            if len(mine):
+                logits[mine] = model(tokens[mine].flatten(0, 1)).view(*tokens[mine].shape, -1)
+        return logits
+
+    def member(self, i: int) -> Transformer:
+        """A standalone copy of member i's reference."""
+        return self.distinct.member(int(self.index[i]))
+
+
 class SingleModel:
     """A view of one Transformer as an ensemble of one, sharing its parameters (no copy)."""
 
@@ -72,9 +113,9 @@ class SingleModel:
         return logits[None], tuple(c[None] for c in cache)
 
 
-def as_ensemble(policy: Transformer | Ensemble) -> Ensemble | SingleModel:
-    """The policy itself if it is an Ensemble, else a one-model view of it."""
-    return policy if isinstance(policy, Ensemble | SingleModel) else SingleModel(policy)
+def as_ensemble(policy: Transformer | Ensemble | References) -> Ensemble | SingleModel | References:
+    """The policy itself if it is an Ensemble (or References), else a one-model view of it."""
+    return policy if isinstance(policy, Ensemble | SingleModel | References) else SingleModel(policy)
 
 
 def check_same_device(policy, reference) -> torch.device:
@@ -93,5 +134,7 @@ def model_device(policy) -> torch.device:
     device every tensor of its training and evaluation is created on ("device follows the model")."""
     if isinstance(policy, Ensemble):
         return next(iter(policy.params.values())).device
+    if isinstance(policy, References):
+        return model_device(policy.distinct)
     module = policy.model if isinstance(policy, SingleModel) else policy
     return next(module.parameters()).device

@@ -14,7 +14,7 @@ import torch
 
 from .config import DataConfig, EvalConfig
 from .data import Batch, PairSet, collate_pairs
-from .ensemble import Ensemble, as_ensemble, check_same_device, model_device, rows_per_call
+from .ensemble import Ensemble, References, as_ensemble, check_same_device, model_device, rows_per_call
 from .generate import greedy_answers, sample_responses
 from .losses import implicit_reward, sequence_logps
 from .metrics import (
@@ -36,8 +36,12 @@ ACCURACY_ATOL = 1e-4  # nats: a pair counts as won when its log-ratio margin exc
 def score(policy: Transformer | Ensemble, batch: Batch) -> torch.Tensor:
     """Summed response log-probs of every sequence: (batch,) for a model, (M, batch) for an ensemble.
 
-    Sequences shared by several rows (test pairs repeat a prompt's chosen or rejected answer) are scored once.
+    Sequences shared by several rows (test pairs repeat a prompt's chosen or rejected answer) are scored once,
+    and so is each distinct model of ``References`` on rows shared by all its members.
     """
+    if isinstance(policy, References) and batch.tokens.ndim == 2:
+        logps = score(policy.distinct, batch)  # (distinct models, batch)
+        return logps[policy.index.to(logps.device)]  # (M, batch)
     model = as_ensemble(policy)
     device = model_device(model)
     batch = Batch(batch.tokens.to(device), batch.response_mask.to(device))
@@ -66,6 +70,14 @@ def pair_logps(policy: Transformer | Ensemble, pairs: PairSet | Batch) -> tuple[
     return score(policy, batch).chunk(2, dim=-1)
 
 
+def distinct_logits(model: Transformer, tokens: torch.Tensor) -> torch.Tensor:
+    """model's logits (k, rows, T, V) on tokens (k, rows, T), each distinct row computed once."""
+    distinct, inverse = torch.unique(tokens.flatten(0, 1), dim=0, return_inverse=True)  # (D, T), (k · rows,)
+    per_call = rows_per_call(1)
+    logits = torch.cat([model(distinct[i : i + per_call]) for i in range(0, len(distinct), per_call)])
+    return logits[inverse].view(*tokens.shape, -1)
+
+
 class Evaluator:
     """Evaluates policies on a fixed test set; the reference's log-probs are computed once.
 
@@ -91,7 +103,7 @@ class Evaluator:
         test: PairSet,
         data_cfg: DataConfig,
         eval_cfg: EvalConfig,
-        reference: Transformer | Ensemble | None = None,
+        reference: Transformer | Ensemble | References | None = None,
     ):
         self.data_cfg, self.eval_cfg, self.reference = data_cfg, eval_cfg, reference
         self.prompts = test.prompts  # (n_prompts,)
@@ -136,15 +148,20 @@ class Evaluator:
         return rows[0] if isinstance(policy, Transformer) else rows
 
     def _reference_logits(self, tokens: torch.Tensor, chunk: int) -> torch.Tensor:
-        """The reference's logits on each model's samples, tokens (M, rows, T): one reference scores each
-        distinct sample once (models sharing random numbers often draw the same one); an ensemble of
-        references (one per model) scores each model's own samples."""
+        """The reference's logits (M, rows, T, V) on each model's samples, tokens (M, rows, T): one reference, or each
+        distinct model of ``References``, scores each distinct sample of its models once (models sharing random
+        numbers often draw the same one); an Ensemble of references (one per model) scores each model's own samples."""
+        if isinstance(self.reference, References):
+            index = self.reference.index.to(tokens.device)
+            logits = torch.empty(*tokens.shape, self.reference.cfg.d_vocab, device=tokens.device)
+            for d, model in enumerate(self.reference.models):
+                mine = (index == d).nonzero().squeeze(1)
+                if len(mine):
+                    logits[mine] = distinct_logits(model, tokens[mine])
+            return logits
         if isinstance(self.reference, Ensemble):
             return torch.cat([self.reference(tokens[:, i : i + chunk]) for i in range(0, tokens.shape[1], chunk)], 1)
-        distinct, inverse = torch.unique(tokens.flatten(0, 1), dim=0, return_inverse=True)  # (D, T), (M · rows,)
-        per_call = rows_per_call(1)
-        logits = torch.cat([self.reference(distinct[i : i + per_call]) for i in range(0, len(distinct), per_call)])
-        return logits[inverse]
+        return distinct_logits(self.reference, tokens)
 
     @torch.no_grad()
     def kl(self, policy: Transformer | Ensemble) -> dict[str, torch.Tensor]:

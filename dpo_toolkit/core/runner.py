@@ -29,7 +29,7 @@ from filelock import FileLock
 from .config import DPOConfig, config_hash
 from .data import Batch, PairSet
 from .dpo_train import train_dpo_ensemble
-from .ensemble import Ensemble, model_device
+from .ensemble import Ensemble, References, model_device
 from .storage import write_csv
 from .train import Checkpoint
 from .validate import SEED
@@ -170,7 +170,7 @@ class Member:
 def starting_points(reference: torch.nn.Module | Ensemble, n_members: int) -> list[torch.nn.Module]:
     """Each member's starting weights: a copy of the one reference, or of its own reference when
     `reference` is an Ensemble of one frozen reference per member (replicates as members)."""
-    if isinstance(reference, Ensemble):
+    if isinstance(reference, Ensemble | References):
         if len(reference) != n_members:
             raise ValueError(f"run_dpo: {len(reference)} references for {n_members} members (one, or one per member)")
         return [reference.member(i) for i in range(n_members)]

@@ -22,7 +22,7 @@ import torch
 from dpo_toolkit.core.config import DataConfig, DPOConfig, EvalConfig, ModelConfig, TrainConfig, check_fits
 from dpo_toolkit.core.data import make_pairs
 from dpo_toolkit.core.device import resolve_device
-from dpo_toolkit.core.ensemble import Ensemble
+from dpo_toolkit.core.ensemble import Ensemble, References
 from dpo_toolkit.core.evaluate import Evaluator
 from dpo_toolkit.core.metrics import TRL_NAMES, group_weight_deltas
 from dpo_toolkit.core.model import Transformer, build_model
@@ -132,12 +132,12 @@ def keep_indices(betas: list[float], keep_betas: Iterable[float]) -> list[int]:
 
 
 def evaluate_with_deltas(
-    evaluator: Evaluator, reference: Transformer | Ensemble, policies: Ensemble, betas: list[float]
+    evaluator: Evaluator, reference: Transformer | References, policies: Ensemble, betas: list[float]
 ) -> list[dict]:
     """The Evaluator's rows for each model (at its run's β), with its WeightDelta from its
-    reference (Park Eq. 7; one reference, or an Ensemble of one per model), in all and in attention."""
+    reference (Park Eq. 7; one reference, or References, one per model), in all and in attention."""
     rows = evaluator(policies, betas)
-    stacked = isinstance(reference, Ensemble)
+    stacked = isinstance(reference, Ensemble | References)
     reference_params = reference.params if stacked else dict(reference.named_parameters())
     deltas = group_weight_deltas(policies.params, reference_params, stacked_b=stacked)  # {group: (M,)}
     total = sum(deltas.values())
@@ -159,13 +159,14 @@ def validate_grid(
 
 def replicate_members(
     seeds: list[int], dpo_cfgs: list[DPOConfig], references: list[Transformer]
-) -> tuple[list[tuple[int, int]], list[Member], Transformer | Ensemble]:
+) -> tuple[list[tuple[int, int]], list[Member], Transformer | References]:
     """Replicates as members: member i is grid[i] = (seed, index into dpo_cfgs), with that config at
     that seed (its batch order), against its seed's reference (references[j] is seeds[j]'s). Returns
-    the grid, the members and the reference: the one model for one seed, else an Ensemble of one per member."""
+    the grid, the members and the reference: the one model for one seed, else ``References`` (one per
+    member, each seed's stored and run once)."""
     grid = [(seed, k) for seed in seeds for k in range(len(dpo_cfgs))]
     members = [Member(dataclasses.replace(dpo_cfgs[k], seed=seed)) for seed, k in grid]
-    reference = references[0] if len(seeds) == 1 else Ensemble([references[seeds.index(seed)] for seed, _ in grid])
+    reference = references[0] if len(seeds) == 1 else References(references, [seeds.index(seed) for seed, _ in grid])
     return grid, members, reference
 
 
