@@ -24,6 +24,7 @@ FULL = [
     ["benchmarks.eval_speed"],
     ["benchmarks.step_anatomy"],
     ["benchmarks.scaling"],
+    ["benchmarks.replicates"],
     ["benchmarks.book", "--run", "quick", "--jobs", "1", "2"],
     ["benchmarks.book", "--run", "paper", "--jobs", "2"],  # about 50 min; one at a time is the paper profile below
     ["benchmarks.profile", "--profile", "quick", "--at", BEFORE, "--csv", "profile_baseline"],
@@ -44,6 +45,7 @@ QUICK = [
     ["benchmarks.eval_speed", "--repeats", "1", "--sft-epochs", "1"],
     ["benchmarks.step_anatomy", "--steps", "5", "--repeats", "1"],
     ["benchmarks.scaling", "--steps", "5"],
+    ["benchmarks.replicates", "--steps", "10", "--repeats", "1"],
     ["benchmarks.book", "--run", "quick", "--jobs", "2"],
     ["benchmarks.profile", "likelihood_displacement", "--profile", "quick"],
 ]

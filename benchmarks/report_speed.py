@@ -174,3 +174,30 @@ def beyond_the_laptop() -> list[str]:
     parts.append(table(gpu, columns, {"pair_updates_per_s": ",.0f", "fraction_of_peak": ".0%"}))
     parts.append(source(path))
     return parts
+
+
+def replicates() -> list[str]:
+    """The section on replicates as members: several seeds' runs as one ensemble against one per seed (replicates.csv)."""
+    df, path = load("replicates")
+    parts = ["## Replicates as members\n"]
+    if df is None:
+        return [*parts, "Not measured yet: run `python -m benchmarks.replicates`.\n"]
+    first = df.iloc[0]
+    parts.append(
+        f"Machine: {machine_line(df)}. The drifting arm's shape on the KL sweep's task ({int(first['betas'])} β, "
+        f"RMSprop, batch 16) over {int(first['seeds'])} seeds, each with its own reference, {int(first['steps'])} "
+        "steps: one ensemble per seed, one seed after another, against every (seed, β) as a member of one ensemble, "
+        "each against its own seed's reference (`References`: each seed's reference stored and run once), as "
+        "`run_sft_then_dpo` and `run_mitigations` now train them. One evaluation of the chapter's `Evaluator` and "
+        "SFT of the seeds' references in both layouts.\n"
+    )
+    parts.append(table(df, {"phase": "phase", "layout": "layout", "seconds": "seconds", "speedup_of_members": "speed-up"},
+                       {"seconds": ".2f", "speedup_of_members": ".2f"}))  # fmt: skip
+    parts.append(
+        "\nOn two CPU cores a 10-member ensemble already keeps the matmuls busy, so members buy little there: "
+        "the gain is in training (the scaling section above: throughput flattens past about 30 models); evaluation "
+        "batches about 1,024 sequences per forward in either layout. The layout is for devices that a 10-member "
+        "ensemble leaves idle: on a GPU a chapter becomes a few large ensembles instead of one small one per seed.\n"
+    )
+    parts.append(source(path))
+    return parts

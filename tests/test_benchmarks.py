@@ -66,6 +66,7 @@ def test_performance_page_quotes_every_ratio_and_judges_each_target(tmp_path, mo
     assert "The furthest from it is greedy answers (KV-cached decoding) (1%)" in text
     assert "(201 test prompts, 4 KL samples each" in text
     assert "Not measured yet: run `python -m benchmarks.peak`" in text  # no peak.csv: its section says so
+    assert "## Replicates as members\n\nNot measured yet: run `python -m benchmarks.replicates`" in text
     assert (tmp_path / "executed" / "performance" / "scaling.png").stat().st_size > 1000
     before = page.stat().st_mtime_ns
     report.render(tmp_path / "executed")
@@ -433,3 +434,15 @@ def test_a_profile_at_another_commit_merges_its_rows_and_claims_into_the_named_c
     assert calls == [("abc1234", argv, "profile_baseline")]
     assert pd.read_csv(tmp_path / "profile_baseline.csv")[["chapter", "commit"]].values.tolist() == [["grokking", "abc1234"]]
     assert pd.read_csv(tmp_path / "profile_baseline_claims.csv")["claim_id"].tolist() == ["C1"]
+
+
+def test_the_replicates_section_quotes_each_layout_and_its_speedup(tmp_path, monkeypatch):
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    rows = [("DPO training", "one ensemble per seed", 8.0, 1.0), ("DPO training", "replicates as members", 6.4, 1.25)]
+    pd.DataFrame([{"phase": p, "layout": lay, "seconds": s, "speedup_of_members": x, "seeds": 3, "betas": 10, "steps": 100}
+                  for p, lay, s, x in rows]).assign(**MACHINE).to_csv(fresh / "replicates.csv", index=False)  # fmt: skip
+    monkeypatch.setattr(report_common, "SOURCES", (fresh, tmp_path / "committed"))
+    text = _unpadded(report.render(tmp_path / "executed").read_text())
+    assert "(10 β, RMSprop, batch 16) over 3 seeds, each with its own reference, 100 steps" in text
+    assert "| DPO training | replicates as members | 6.40 | 1.25 |" in text
