@@ -25,6 +25,7 @@ REQUIRED = {
     "eval_speed": {"part", "seconds", "gflop", "gflops", "peak_gflops", "fraction_of_peak", "models", "test_prompts",
                    "kl_samples"},
     "scaling": {"axis", "size", "seconds", "pair_updates_per_s"},
+    "replicates": {"phase", "layout", "seconds", "speedup_of_members", "seeds", "betas", "steps"},
     "book": {"source", "profile", "chapter", "wall_s", "peak_rss_mib"},
     "profile": {"chapter", "profile", "category", "seconds", "chapter_s"},
     "profile_baseline": {"chapter", "profile", "category", "seconds", "chapter_s", "commit", "source"},
