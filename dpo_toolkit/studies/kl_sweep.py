@@ -1,6 +1,6 @@
 """The KL sweep of Park §4.2 (Fig. 2): the β grid and the claims C4–C6, decided by code.
 
-The sweep itself is ``park.run_sft_then_dpo``: one batched ensemble over all β per seed,
+The sweep itself is ``run_sft_then_dpo``: one batched ensemble over every (seed, β), each seed against its own reference,
 checkpointed after every evaluation. Functions here take its DPO rows."""
 
 from __future__ import annotations
