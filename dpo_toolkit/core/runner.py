@@ -34,12 +34,13 @@ from .storage import write_csv
 from .train import Checkpoint
 from .validate import SEED
 
-RESULTS_VERSION = 4
+RESULTS_VERSION = 5
 """Part of every run key: bump it when what a run writes changes (new columns, another
 evaluation), so that results cached by an older toolkit are not read as current ones.
 2: the curves carry TRL's DPO metrics. 3: decoding and exact masses use the attention cache
 (equal up to float rounding, so a stored output made with either is reproduced from scratch).
-4: decoding in larger chunks; the reference scores each distinct KL sample once (float rounding again)."""
+4: decoding in larger chunks; the reference scores each distinct KL sample once (float rounding again).
+5: replicates as members: SFT references train as members of one ensemble (float rounding again)."""
 
 
 ARRAYS = (torch.Tensor, np.ndarray)  # hashed by their bytes in a RunKey; every other part is a dataclass
