@@ -9,12 +9,13 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 
 def test_an_sft_then_dpo_run_on_cuda_matches_the_cpu_run(tmp_path, tiny_data_cfg, tiny_model_cfg):
+    """Two seeds as members (References on the GPU: each seed's reference run once) give the CPU's numbers."""
     from dpo_toolkit.core.config import DPOConfig, EvalConfig, TrainConfig
     from dpo_toolkit.recipes.sft_then_dpo import run_sft_then_dpo
 
     def run(device):
         return run_sft_then_dpo(tiny_data_cfg, tiny_model_cfg, TrainConfig(epochs=2, batch_size=8), DPOConfig(epochs=1),
-                                EvalConfig(kl_samples=2), betas=[0.1, 1.0], seeds=[0], cache_dir=tmp_path / device,
+                                EvalConfig(kl_samples=2), betas=[0.1, 1.0], seeds=[0, 1], cache_dir=tmp_path / device,
                                 device=device)  # fmt: skip
 
     cpu, cuda = run("cpu"), run("cuda")
