@@ -16,6 +16,7 @@ book.csv. Writes ``_build/benchmarks/book.csv``.
 from __future__ import annotations
 
 import argparse
+import datetime
 import shutil
 import subprocess
 import sys
@@ -52,7 +53,8 @@ def run_fresh(profile: str, jobs: int, keep: Path | None = None) -> pd.DataFrame
         total = time.perf_counter() - start
         chapters = pd.read_csv(executed / "timings.csv").assign(source=source)
     totals = {"chapter": "all chapters", "profile": profile, "outcome": "ran", "wall_s": total, "peak_rss_mib": memory.mib}
-    return pd.concat([chapters, pd.DataFrame([totals | {"source": source}])])
+    today = datetime.date.today().isoformat()
+    return pd.concat([chapters, pd.DataFrame([totals | {"source": source}])]).assign(date=today)
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
@@ -73,14 +75,15 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         frames.append(old[fresh_runs & ~old["source"].isin(repeated)])
     for source, folder in SOURCES.items():
         if (folder / "timings.csv").exists():
-            frames.append(pd.read_csv(folder / "timings.csv").assign(source=source))
+            modified = datetime.date.fromtimestamp((folder / "timings.csv").stat().st_mtime).isoformat()
+            frames.append(pd.read_csv(folder / "timings.csv").assign(source=source, date=modified))
     if not frames:
         print("no timings yet: run `make book` or `make test` first, or pass --run quick", file=sys.stderr)
         return pd.DataFrame()
     df = pd.concat(frames, ignore_index=True)
     order = {s: i for i, s in enumerate([*stems(), "all chapters"])}
     df = df.sort_values(["source", "chapter"], key=lambda c: c.map(order) if c.name == "chapter" else c).reset_index(drop=True)
-    write(df[["source", "profile", "chapter", "outcome", "wall_s", "peak_rss_mib"]], "book")
+    write(df.reindex(columns=["source", "profile", "chapter", "outcome", "wall_s", "peak_rss_mib", "date"]), "book")
     return df
 
 

@@ -56,7 +56,9 @@ def book_walls(cpu: str) -> tuple[str, str]:
         said.append(f"{profile} profile " + ", ".join(f"{minutes:.1f} min ({what})" for what, minutes in how))
         if profile == "paper":
             what, minutes = min(how, key=lambda item: item[1])
-            lead = f"**The whole book at paper scale: {minutes:.0f} min on a {cpu}** (`make book` from scratch, {what}).\n\n"
+            measured = group.loc[group["wall_s"].idxmin()].get("date", "")
+            on = f", measured {measured}" if isinstance(measured, str) and measured else ""
+            lead = f"**The whole book at paper scale: {minutes:.0f} min on a {cpu}** (`make book` from scratch, {what}{on}).\n\n"
     return lead, (f"`make book` from scratch, wall time: {'; '.join(said)}. " if said else "")
 
 

@@ -133,6 +133,9 @@ def test_performance_page_opens_with_the_book_time_and_shows_where_it_goes(tmp_p
     assert ("`make book` from scratch, wall time: paper profile 10.0 min (2 chapters at once); quick profile "
             "1.5 min (one chapter at a time), 1.0 min (2 chapters at once). No GPU") in text  # fmt: skip
     assert "| paper book from scratch, its chapters (min) | ≤ 15 | **met** (10.0 ≤ 15) |" in text
+    book = pd.read_csv(fresh / "book.csv").assign(date="2026-12-01")
+    book.to_csv(fresh / "book.csv", index=False)
+    assert "(`make book` from scratch, 2 chapters at once, measured 2026-12-01).\n\n" in _page(tmp_path / "executed")
     assert "| quick book from scratch, its chapters (min) | ≤ 2 | **met** (1.0 ≤ 2) |" in text  # the fastest fresh run
     assert report_time.time_verdict(56.4, 15) == "**not met** (56.4 > 15)"
     monkeypatch.setattr(common, "stems", lambda: ["grokking", "ches", "kl_sweep"])
