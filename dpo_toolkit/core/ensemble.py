@@ -53,12 +53,21 @@ class Ensemble:
         return model
 
 
+def distinct_logits(model: Transformer, tokens: torch.Tensor) -> torch.Tensor:
+    """model's logits (k, rows, T, V) on tokens (k, rows, T), each distinct row computed once."""
+    distinct, inverse = torch.unique(tokens.flatten(0, 1), dim=0, return_inverse=True)  # (D, T), (k · rows,)
+    per_call = rows_per_call(1)
+    logits = torch.cat([model(distinct[i : i + per_call]) for i in range(0, len(distinct), per_call)])
+    return logits[inverse].view(*tokens.shape, -1)
+
+
 class References:
     """The frozen references of an ensemble's M members, each distinct model stored and run once:
     member i's reference is models[index[i]] (replicates as members: one SFT reference per seed,
     shared by that seed's members). It stands for the Ensemble of its M members: len() is M, a call
-    returns (M, batch, seq, vocab) logits and ``params`` are stacked (M, *shape); the evaluation code
-    (``evaluate.score``, ``Evaluator.kl``) runs each distinct model on its members' rows instead."""
+    returns (M, batch, seq, vocab) logits (each distinct model on its members' rows, each distinct row
+    once) and ``params`` are stacked (M, *shape); ``evaluate.score`` runs each distinct model once on
+    rows shared by all members."""
 
     def __init__(self, models: list[Transformer], index: list[int]):
         if not index or any(not 0 <= i < len(models) for i in index):
@@ -83,10 +92,10 @@ class References:
         if tokens.ndim == 2:
             return self.distinct(tokens)[index]
         logits = torch.empty(*tokens.shape, self.cfg.d_vocab, device=tokens.device)
-        for d, model in enumerate(self.models):  # each distinct reference on its members' rows, in one pass
+        for d, model in enumerate(self.models):  # each distinct reference on its members' rows, each distinct row once
             mine = (index == d).nonzero().squeeze(1)
             if len(mine):
-                logits[mine] = model(tokens[mine].flatten(0, 1)).view(*tokens[mine].shape, -1)
+                logits[mine] = distinct_logits(model, tokens[mine])
         return logits
 
     def member(self, i: int) -> Transformer:

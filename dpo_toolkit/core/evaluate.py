@@ -14,7 +14,7 @@ import torch
 
 from .config import DataConfig, EvalConfig
 from .data import Batch, PairSet, collate_pairs
-from .ensemble import Ensemble, References, as_ensemble, check_same_device, model_device, rows_per_call
+from .ensemble import Ensemble, References, as_ensemble, check_same_device, distinct_logits, model_device, rows_per_call
 from .generate import greedy_answers, sample_responses
 from .losses import implicit_reward, sequence_logps
 from .metrics import (
@@ -68,14 +68,6 @@ def pair_logps(policy: Transformer | Ensemble, pairs: PairSet | Batch) -> tuple[
     """
     batch = pairs if isinstance(pairs, Batch) else collate_pairs(pairs)
     return score(policy, batch).chunk(2, dim=-1)
-
-
-def distinct_logits(model: Transformer, tokens: torch.Tensor) -> torch.Tensor:
-    """model's logits (k, rows, T, V) on tokens (k, rows, T), each distinct row computed once."""
-    distinct, inverse = torch.unique(tokens.flatten(0, 1), dim=0, return_inverse=True)  # (D, T), (k · rows,)
-    per_call = rows_per_call(1)
-    logits = torch.cat([model(distinct[i : i + per_call]) for i in range(0, len(distinct), per_call)])
-    return logits[inverse].view(*tokens.shape, -1)
 
 
 class Evaluator:
@@ -152,13 +144,7 @@ class Evaluator:
         distinct model of ``References``, scores each distinct sample of its models once (models sharing random
         numbers often draw the same one); an Ensemble of references (one per model) scores each model's own samples."""
         if isinstance(self.reference, References):
-            index = self.reference.index.to(tokens.device)
-            logits = torch.empty(*tokens.shape, self.reference.cfg.d_vocab, device=tokens.device)
-            for d, model in enumerate(self.reference.models):
-                mine = (index == d).nonzero().squeeze(1)
-                if len(mine):
-                    logits[mine] = distinct_logits(model, tokens[mine])
-            return logits
+            return self.reference(tokens)
         if isinstance(self.reference, Ensemble):
             return torch.cat([self.reference(tokens[:, i : i + chunk]) for i in range(0, tokens.shape[1], chunk)], 1)
         return distinct_logits(self.reference, tokens)

@@ -30,7 +30,7 @@ from .config import DPOConfig, config_hash
 from .data import Batch, PairSet
 from .dpo_train import train_dpo_ensemble
 from .ensemble import Ensemble, References, model_device
-from .storage import write_csv
+from .storage import save_torch, write_csv
 from .train import Checkpoint
 from .validate import SEED
 
@@ -119,9 +119,7 @@ def cached_model(
             df = fit(model, checkpoint)
             if df is not None:
                 write_csv(df, curve)
-            tmp = weights.with_name(weights.name + ".tmp")
-            torch.save(model.state_dict(), tmp)
-            tmp.replace(weights)
+            save_torch(model.state_dict(), weights)
             checkpoint.remove()
     return model.eval().requires_grad_(False), df
 

@@ -23,6 +23,7 @@ from .losses import sequence_logps, sft_loss
 from .model import Transformer
 from .optim import ensemble_optimizer, make_optimizer
 from .progress import progress_bar
+from .storage import save_torch
 
 EvalFn = Callable[[], dict[str, float] | list[dict[str, float]]]
 
@@ -52,9 +53,7 @@ class Checkpoint:
 
     def save(self, params: list[torch.Tensor], optimizer, rows: list[dict], step: int) -> None:
         state = {"params": [p.detach() for p in params], "optimizer": optimizer.state_dict(), "rows": rows, "step": step}
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        torch.save(state, tmp)
-        tmp.replace(self.path)
+        save_torch(state, self.path)
 
     def restore(self, params: list[torch.Tensor], optimizer) -> tuple[list[dict], int]:
         """Load the saved weights into params and the optimizer; returns (rows, step)."""

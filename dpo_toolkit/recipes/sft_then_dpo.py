@@ -27,7 +27,7 @@ from dpo_toolkit.core.evaluate import Evaluator
 from dpo_toolkit.core.metrics import TRL_NAMES, group_weight_deltas
 from dpo_toolkit.core.model import Transformer, build_model
 from dpo_toolkit.core.runner import Member, RunKey, run_dpo
-from dpo_toolkit.core.storage import write_csv
+from dpo_toolkit.core.storage import save_torch, write_csv
 from dpo_toolkit.core.train import Checkpoint, train_sft_ensemble
 from dpo_toolkit.core.validate import seed_list
 
@@ -113,10 +113,7 @@ def _train_references(seeds, keys, cfgs, train, evaluator, model_cfg, device, pr
     curve = train_sft_ensemble(policies, train, [cfgs[s] for s in seeds], evaluator, progress, checkpoint)
     for i, seed in enumerate(seeds):
         write_csv(curve[curve["member"] == i].drop(columns="member").reset_index(drop=True), keys[seed].path(".csv"))
-        weights = keys[seed].path(".pt")
-        tmp = weights.with_name(weights.name + ".tmp")
-        torch.save(policies.member(i).state_dict(), tmp)
-        tmp.replace(weights)
+        save_torch(policies.member(i).state_dict(), keys[seed].path(".pt"))
     checkpoint.remove()
 
 
