@@ -9,6 +9,10 @@ chapter would show:
     python -m benchmarks.drift_updates params  --profile paper > params.json    # where PyYAML is
     python -m benchmarks.drift_updates seed    --params params.json --cache DIR --seed 3 [--device cuda]
     python -m benchmarks.drift_updates combine --params params.json --cache DIR --out OUT [--device cuda] [--seeds 0 1 …]
+    python -m benchmarks.drift_updates merge   --dirs OUT_A OUT_B --out OUT
+
+`merge` pools tasks run apart (each `combine`'s update_read.csv.gz and mass_flows.csv.gz, one task each):
+the claims the chapter would show had one process run them all (C24 pools its strata over tasks).
 
 The parameters are the chapter's: the defaults of notebooks/drift_map.md's `parameters` cell with
 params/<profile>/drift_map.yaml over them; the set-up is built as the chapter's set-up cell builds it.
@@ -66,17 +70,21 @@ def _axis(values: dict, device: str):
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("step", choices=["params", "seed", "combine"])
+    parser.add_argument("step", choices=["params", "seed", "combine", "merge"])
     parser.add_argument("--profile", default="paper")
     parser.add_argument("--params", type=Path)
     parser.add_argument("--cache", type=Path)
     parser.add_argument("--seed", type=int)
     parser.add_argument("--seeds", type=int, nargs="*", help="combine: only these seeds (those whose process finished)")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--dirs", type=Path, nargs="*", help="merge: `combine` outputs of disjoint tasks")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     if args.step == "params":
         json.dump(chapter_parameters(args.profile), sys.stdout, indent=1)
+        return
+    if args.step == "merge":
+        _merge(args.dirs, args.out)
         return
     values = json.loads(args.params.read_text())
     axes, setup = _axis(values, args.device)
@@ -92,26 +100,53 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _combine(curves, read, out: Path) -> None:
+    from dpo_toolkit.studies.drift_map import mass
+
+    _write(read, mass.mass_flow(curves, read), out)
+
+
+def _merge(dirs: list[Path], out: Path) -> None:
+    """Pool the reads and mass flows of `combine` outputs whose tasks are disjoint."""
     import pandas as pd
 
+    frames = {name: [pd.read_csv(d / f"{name}.csv.gz", keep_default_na=False, na_values=[""]) for d in dirs]
+              for name in ("update_read", "mass_flows")}  # fmt: skip
+    tasks = [set(f["task"]) for f in frames["update_read"]]
+    if sum(map(len, tasks)) != len(set().union(*tasks)):
+        raise SystemExit(f"merge: the dirs' tasks overlap: {tasks}")
+    read, flows = (pd.concat(f, ignore_index=True) for f in frames.values())
+    for frame in (read, flows):
+        frame["collapse"] = frame["collapse"].fillna("")
+    flows["kind"] = flows["kind"].fillna("")
+    sources = [(d / "summary.txt").read_text().split(";")[0] for d in dirs]
+    merged = ", ".join(f"{d.name} ({c})" for d, c in zip(dirs, sources, strict=True))
+    _write(read, flows, out, per_run=False, header=f"merged from {merged}")
+
+
+def _write(read, flows, out: Path, per_run: bool = True, header: str | None = None) -> None:
+    """The tables, claims and summary the chapter would show from the axis's reads and mass flows
+    (with `per_run`, those two as well, compressed)."""
+    import subprocess
+
+    import pandas as pd
+
+    from benchmarks.common import machine
     from dpo_toolkit.studies.drift_map import mass, updates
     from dpo_toolkit.studies.drift_map.claims import update_claims
 
     out.mkdir(parents=True, exist_ok=True)
     cells = updates.update_cells(read)
-    flows = mass.mass_flow(curves, read)
     claims = update_claims(read, cells, flows)
     recipe = updates.drifting_cell(read, cells)
-    for name, frame in {"update_read": read, "update_cells": cells, "mass_flows": flows, "claims": claims,
-                        "flow_summary": mass.flow_summary(flows)}.items():  # fmt: skip
+    for name, frame in {"update_cells": cells, "claims": claims, "flow_summary": mass.flow_summary(flows)}.items():
         frame.to_csv(out / f"{name}.csv", index=False)
-    import subprocess
-
-    from benchmarks.common import machine
-
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    for name, frame in {"update_read": read, "mass_flows": flows}.items() if per_run else ():
+        frame.to_csv(out / f"{name}.csv.gz", index=False)
+    if header is None:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+        header = f"commit {commit or 'unknown'}; {machine()}"
     seeds = sorted(read["seed"].unique().tolist())
-    lines = [f"commit {commit or 'unknown'}; {machine()}; seeds {seeds}; tasks {sorted(read['task'].unique())}"]
+    lines = [f"{header}; seeds {seeds}; tasks {sorted(read['task'].unique())}"]
     lines += [updates.when_it_drifts(cells), "drifting recipe: " + ("none" if recipe is None else recipe.to_json())]
     lines += [f"{r.claim_id}: {r.verdict} | {r.our_value}" for r in claims.itertuples()]
     (out / "summary.txt").write_text("\n\n".join(lines) + "\n")

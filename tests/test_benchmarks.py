@@ -449,3 +449,17 @@ def test_the_replicates_section_quotes_each_layout_and_its_speedup(tmp_path, mon
     text = _unpadded(report.render(tmp_path / "executed").read_text())
     assert "(10 β, RMSprop, batch 16) over 3 seeds, each with its own reference, 100 steps" in text
     assert "| DPO training | replicates as members | 6.40 | 1.25 |" in text
+
+
+def test_merging_the_update_axis_reads_back_its_runs_verdicts_and_refuses_overlapping_tasks(tmp_path):
+    """The stored per-run reads and mass flows of the KL sweep's task, read back through `merge`, give the
+    claims that `combine` wrote from the runs themselves (a lost '' collapse label would read every run
+    as collapsed); two dirs of one task are refused."""
+    from benchmarks import drift_updates
+
+    kl = drift_updates.ROOT / "benchmarks" / "results" / "drift_updates_kl_paper"
+    drift_updates.main(["merge", "--dirs", str(kl), "--out", str(tmp_path / "kl")])
+    columns = ["claim_id", "verdict", "our_value"]
+    assert pd.read_csv(tmp_path / "kl" / "claims.csv")[columns].equals(pd.read_csv(kl / "claims.csv")[columns])
+    with pytest.raises(SystemExit, match="overlap"):
+        drift_updates.main(["merge", "--dirs", str(kl), str(kl), "--out", str(tmp_path / "twice")])
