@@ -23,8 +23,9 @@ PAPER_CLAIMS = ROOT / "benchmarks" / "results" / "claims_paper_default.csv"
 FINDINGS = {  # source study → (what the paper profile found, the claims it rests on)
     "Park, *Handle With Care!* (§4.1–4.3)": (
         "DPO on the number-line task does not drift out of distribution and stay there, and Park's recipe drifts in "
-        "no run of the drift map; where a run does drift, both log π(y_w) and log π(y_l) fall at the onset, as §4.1 says.",
-        ("C2", "C22", "C24"),
+        "no run of the drift map. DPO drifts here only with large adaptive steps and many updates (10× Park's learning "
+        "rate, thousands of updates); at Park's rate the OOD rate rises gradually without reaching 50 %.",
+        ("C2", "C22", "C25", "C24"),
     ),
     "The TPM blog post (Lemma 1, Theorem 2)": (
         "The DPO optimum tilts an aligned/unaligned mixture exactly as Lemma 1 says, but Theorem 2 as worded fails on "
