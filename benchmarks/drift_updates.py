@@ -1,6 +1,6 @@
 """The drift map's update-count axis at a profile, one process per seed, then its tables and claims.
 
-The axis is the drift map's longest part (about 100 minutes on 2 cores at the paper profile). Its
+The axis is the drift map's longest part (paper profile: 56 min on 2 cores, two seeds at a time; docs/timings.md). Its
 seeds are independent (each trains its own reference), so they can run side by side, each in its
 own process, on a many-core machine or on one GPU; the runner's cache then holds every run, and a
 last process reads them all (nothing is trained twice) and writes the tables and claims the
