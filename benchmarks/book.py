@@ -9,13 +9,15 @@ profile by default) and ``_build/test-book/executed`` for the quick book of ``ma
 With --run, first executes every chapter at each PROFILE from scratch (fresh result caches
 in a temporary folder, or in KEEP/PROFILE-jobsN with --keep KEEP), once for each N of
 --jobs (chapters run at once, as ``make book JOBS=N``; default 2), and times the whole
-run; the rows of earlier such runs that were not repeated are kept from the last
-book.csv. Writes ``_build/benchmarks/book.csv``.
+run, recording its replicates (the smallest `seeds` over the chapters); the rows of earlier
+such runs that were not repeated are kept from the last book.csv. Writes
+``_build/benchmarks/book.csv``.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import datetime
 import shutil
 import subprocess
@@ -27,6 +29,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmarks.common import OUT, ROOT, machine, stems, write
+from tools.bookbuild import notebook_parameters, profile_overrides
 from tools.peakmem import PeakMemory
 
 SOURCES = {"make book": ROOT / "_build" / "executed", "make test (quick book)": ROOT / "_build" / "test-book" / "executed"}
@@ -36,6 +39,19 @@ def fresh_source(profile: str, jobs: int) -> str:
     """The `source` of the rows of one from-scratch run."""
     at_once = "one chapter at a time" if jobs == 1 else f"{jobs} chapters at once"
     return f"fresh {profile} run, {at_once} (benchmarks.book --run {profile} --jobs {jobs})"
+
+
+def replicates(profile: str) -> int:
+    """The fewest replicates a chapter's trained claims rest on at `profile`: the smallest `seeds`
+    parameter over the chapters (each chapter's replicates of its trained claims)."""
+    counts = []
+    for stem in stems():
+        seeds = profile_overrides(stem, profile).get("seeds")
+        if seeds is None and "seeds" in (defaults := notebook_parameters(stem)):
+            seeds = ast.literal_eval(defaults["seeds"][0])
+        if seeds is not None:
+            counts.append(len(seeds))
+    return min(counts)
 
 
 def run_fresh(profile: str, jobs: int, keep: Path | None = None) -> pd.DataFrame:
@@ -54,7 +70,8 @@ def run_fresh(profile: str, jobs: int, keep: Path | None = None) -> pd.DataFrame
         chapters = pd.read_csv(executed / "timings.csv").assign(source=source)
     totals = {"chapter": "all chapters", "profile": profile, "outcome": "ran", "wall_s": total, "peak_rss_mib": memory.mib}
     today = datetime.date.today().isoformat()
-    return pd.concat([chapters, pd.DataFrame([totals | {"source": source}])]).assign(date=today)
+    runs = pd.concat([chapters, pd.DataFrame([totals | {"source": source}])])
+    return runs.assign(date=today, replicates=replicates(profile))
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
@@ -83,7 +100,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     df = pd.concat(frames, ignore_index=True)
     order = {s: i for i, s in enumerate([*stems(), "all chapters"])}
     df = df.sort_values(["source", "chapter"], key=lambda c: c.map(order) if c.name == "chapter" else c).reset_index(drop=True)
-    write(df.reindex(columns=["source", "profile", "chapter", "outcome", "wall_s", "peak_rss_mib", "date"]), "book")
+    write(df.reindex(columns=["source", "profile", "chapter", "outcome", "wall_s", "peak_rss_mib", "date", "replicates"]), "book")
     return df
 
 

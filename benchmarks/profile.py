@@ -53,6 +53,7 @@ from __future__ import annotations
 import argparse
 import ast
 import contextlib
+import datetime
 import io
 import os
 import sys
@@ -132,7 +133,8 @@ def profile_chapter(
     device = str((extra or {}).get("device", "cpu"))
     if device != "cpu":
         device = f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
-    return table.assign(share=table["seconds"] / total, chapter_s=total, device=device)
+    today = datetime.date.today().isoformat()
+    return table.assign(share=table["seconds"] / total, chapter_s=total, device=device, date=today)
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
@@ -211,7 +213,7 @@ def record(rows: pd.DataFrame, name: str = "profile") -> pd.DataFrame:
             old = old.assign(device="cpu")  # rows written before the device column existed
         done = set(zip(rows["chapter"], rows["profile"], strict=True))
         keep = [(c, p) not in done for c, p in zip(old["chapter"], old["profile"], strict=True)]
-        table = pd.concat([old[keep][rows.columns], rows], ignore_index=True)
+        table = pd.concat([old[keep].reindex(columns=rows.columns), rows], ignore_index=True)  # older rows: no date
     write(table, name)
     return table
 

@@ -10,8 +10,10 @@ import pandas as pd
 from benchmarks import common
 from benchmarks.report_common import load, machine_line, source, table
 
-# Issue 20's wall-time targets (minutes, at most), judged on book.csv's from-scratch runs
-TIME_GOALS = {"paper": 15.0, "quick": 2.0}
+# The speed issue's wall-time targets (minutes, at most), judged on book.csv's from-scratch runs; the paper
+# book's only where every chapter's trained claims rest on at least MIN_REPLICATES seeds (book.csv's `replicates`)
+TIME_GOALS = {"paper": 60.0, "quick": 2.0}
+MIN_REPLICATES = {"paper": 8}
 
 
 def time_verdict(minutes: float, goal: float) -> str:
@@ -30,12 +32,24 @@ def time_targets() -> list[tuple[str, str, str]]:
     if book is None:
         return []
     runs = _fresh_runs(book)
+    if "replicates" not in runs:
+        runs = runs.assign(replicates=float("nan"))  # an older book.csv: no run counts as enough replicates
     rows = []
     for profile in ("paper", "quick"):
-        walls = runs.loc[runs["profile"] == profile, "wall_s"]
-        if len(walls):
-            goal = TIME_GOALS[profile]
-            rows.append((f"{profile} book from scratch, its chapters (min)", f"≤ {goal:g}", time_verdict(walls.min() / 60, goal)))
+        mine = runs[runs["profile"] == profile]
+        if not len(mine):
+            continue
+        goal, least = TIME_GOALS[profile], MIN_REPLICATES.get(profile)
+        name = f"{profile} book from scratch, its chapters (min)" + (f", ≥ {least} replicates per claim" if least else "")
+        enough = mine[mine["replicates"] >= least] if least else mine
+        if len(enough):
+            rows.append((name, f"≤ {goal:g}", time_verdict(enough["wall_s"].min() / 60, goal)))
+            continue
+        fastest = mine.loc[mine["wall_s"].idxmin()]
+        said = [f"{fastest['wall_s'] / 60:.1f} min", "replicates not recorded" if pd.isna(fastest["replicates"])
+                else f"at {fastest['replicates']:.0f} replicates", str(fastest.get("date", "") or "")]  # fmt: skip
+        said = ", ".join(x for x in said if x and x != "nan")
+        rows.append((name, f"≤ {goal:g}", f"**not met**: not measured at ≥ {least} replicates ({said})"))
     return rows
 
 
@@ -68,10 +82,12 @@ def _opening(profile: pd.DataFrame) -> str:
     expected = len(common.stems()) or chapters["chapter"].nunique()
     said = []
     by_profile = dict(list(chapters.groupby("profile", sort=False)))
+    dates = profile.groupby("profile")["date"].agg(["min", "max"]) if "date" in profile else None
     for name in sorted(by_profile, key=lambda n: n != "paper"):  # the paper profile first: the number readers quote
         group = by_profile[name]
+        when = "" if dates is None else " (measured " + " to ".join(dict.fromkeys(dates.loc[name])) + ")"
         if len(group) >= expected:
-            said.append(f"{group['chapter_s'].sum() / 60:.1f} min at the {name} profile")
+            said.append(f"{group['chapter_s'].sum() / 60:.1f} min at the {name} profile{when}")
         else:
             said.append(f"at the {name} profile {len(group)} of {expected} chapters measured so far")
     first = profile.iloc[0]
