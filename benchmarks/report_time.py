@@ -82,10 +82,11 @@ def _opening(profile: pd.DataFrame) -> str:
     expected = len(common.stems()) or chapters["chapter"].nunique()
     said = []
     by_profile = dict(list(chapters.groupby("profile", sort=False)))
-    dates = profile.groupby("profile")["date"].agg(["min", "max"]) if "date" in profile else None
+    dated = profile.dropna(subset=["date"]) if "date" in profile else profile.iloc[:0]  # rows older than the column: none
+    dates = dated.groupby("profile")["date"].agg(["min", "max"])
     for name in sorted(by_profile, key=lambda n: n != "paper"):  # the paper profile first: the number readers quote
         group = by_profile[name]
-        when = "" if dates is None else " (measured " + " to ".join(dict.fromkeys(dates.loc[name])) + ")"
+        when = " (measured " + " to ".join(dict.fromkeys(dates.loc[name])) + ")" if name in dates.index else ""
         if len(group) >= expected:
             said.append(f"{group['chapter_s'].sum() / 60:.1f} min at the {name} profile{when}")
         else:
