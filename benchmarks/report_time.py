@@ -82,8 +82,8 @@ def _opening(profile: pd.DataFrame) -> str:
     expected = len(common.stems()) or chapters["chapter"].nunique()
     said = []
     by_profile = dict(list(chapters.groupby("profile", sort=False)))
-    dated = profile.dropna(subset=["date"]) if "date" in profile else profile.iloc[:0]  # rows older than the column: none
-    dates = dated.groupby("profile")["date"].agg(["min", "max"])
+    dated = profile.dropna(subset=["date"]) if "date" in profile else None  # rows older than the column have none
+    dates = pd.DataFrame() if dated is None else dated.groupby("profile")["date"].agg(["min", "max"])
     for name in sorted(by_profile, key=lambda n: n != "paper"):  # the paper profile first: the number readers quote
         group = by_profile[name]
         when = " (measured " + " to ".join(dict.fromkeys(dates.loc[name])) + ")" if name in dates.index else ""
