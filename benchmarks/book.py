@@ -17,7 +17,6 @@ such runs that were not repeated are kept from the last book.csv. Writes
 from __future__ import annotations
 
 import argparse
-import ast
 import datetime
 import shutil
 import subprocess
@@ -29,7 +28,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmarks.common import OUT, ROOT, machine, stems, write
-from tools.bookbuild import notebook_parameters, profile_overrides
+from tools.bookbuild import seed_counts
 from tools.peakmem import PeakMemory
 
 SOURCES = {"make book": ROOT / "_build" / "executed", "make test (quick book)": ROOT / "_build" / "test-book" / "executed"}
@@ -44,14 +43,7 @@ def fresh_source(profile: str, jobs: int) -> str:
 def replicates(profile: str) -> int:
     """The fewest replicates a chapter's trained claims rest on at `profile`: the smallest `seeds`
     parameter over the chapters (each chapter's replicates of its trained claims)."""
-    counts = []
-    for stem in stems():
-        seeds = profile_overrides(stem, profile).get("seeds")
-        if seeds is None and "seeds" in (defaults := notebook_parameters(stem)):
-            seeds = ast.literal_eval(defaults["seeds"][0])
-        if seeds is not None:
-            counts.append(len(seeds))
-    return min(counts)
+    return min(seed_counts(stems(), profile).values())
 
 
 def run_fresh(profile: str, jobs: int, keep: Path | None = None) -> pd.DataFrame:

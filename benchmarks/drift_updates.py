@@ -109,15 +109,13 @@ def _merge(dirs: list[Path], out: Path) -> None:
     """Pool the reads and mass flows of `combine` outputs whose tasks are disjoint."""
     import pandas as pd
 
-    frames = {name: [pd.read_csv(d / f"{name}.csv.gz", keep_default_na=False, na_values=[""]) for d in dirs]
-              for name in ("update_read", "mass_flows")}  # fmt: skip
+    frames = {name: [pd.read_csv(d / f"{name}.csv.gz") for d in dirs] for name in ("update_read", "mass_flows")}
     tasks = [set(f["task"]) for f in frames["update_read"]]
     if sum(map(len, tasks)) != len(set().union(*tasks)):
         raise SystemExit(f"merge: the dirs' tasks overlap: {tasks}")
     read, flows = (pd.concat(f, ignore_index=True) for f in frames.values())
-    for frame in (read, flows):
-        frame["collapse"] = frame["collapse"].fillna("")
-    flows["kind"] = flows["kind"].fillna("")
+    for frame, column in ((read, "collapse"), (flows, "collapse"), (flows, "kind")):  # empty labels read back as NaN
+        frame[column] = frame[column].fillna("")
     sources = [(d / "summary.txt").read_text().split(";")[0] for d in dirs]
     merged = ", ".join(f"{d.name} ({c})" for d, c in zip(dirs, sources, strict=True))
     _write(read, flows, out, per_run=False, header=f"merged from {merged}")

@@ -374,9 +374,10 @@ def group_of(verdict: str) -> str:
     return {IDENTITY: "identity", UNTESTABLE: "untestable", INCONCLUSIVE: "inconclusive"}.get(verdict, "tested")
 
 
-def seeds_in_words(stems: list[str], profile: str) -> str:
-    """How many training seeds the chapters ran at this profile: '3 seeds per chapter' or a range."""
-    counts = set()
+def seed_counts(stems: list[str], profile: str) -> dict[str, int]:
+    """The number of training seeds (`seeds`) of each chapter at this profile; chapters without the
+    parameter, or without their notebook, are left out."""
+    counts = {}
     for stem in stems:
         try:
             seeds = profile_overrides(stem, profile).get("seeds")
@@ -386,7 +387,13 @@ def seeds_in_words(stems: list[str], profile: str) -> str:
         except (OSError, ValueError):  # a chapter without its notebook: reported below the matrix
             continue
         if seeds is not None:
-            counts.add(len(seeds) if isinstance(seeds, list) else 1)
+            counts[stem] = len(seeds) if isinstance(seeds, list) else 1
+    return counts
+
+
+def seeds_in_words(stems: list[str], profile: str) -> str:
+    """How many training seeds the chapters ran at this profile: '3 seeds per chapter' or a range."""
+    counts = set(seed_counts(stems, profile).values())
     if not counts:
         return "seeds: none declared"
     low, high = min(counts), max(counts)
