@@ -39,9 +39,14 @@ class MemberwiseOptimizer:
         if any(p.shape[0] != len(lrs) for p in self.params):
             raise ValueError(f"every stacked parameter must have {len(lrs)} members along its first dimension")
         self.base = make_optimizer(self.params, TrainConfig(optimizer=optimizer, lr=1.0, weight_decay=0.0))
-        self.lrs = torch.tensor(lrs, dtype=torch.float64)  # (M,)
-        self.weight_decays = torch.tensor(weight_decays, dtype=torch.float64)  # (M,)
+        lrs64, wds64 = torch.tensor(lrs, dtype=torch.float64), torch.tensor(weight_decays, dtype=torch.float64)  # (M,)
         self.decoupled = optimizer == "adamw"
+        # per-member factors, each (M, 1, …) in its parameter's dtype, computed once: the step's scale lrs[i], and
+        # the weight decay's, 1 − lr·wd (decoupled, a factor of the weights) or wd (a term of the gradient)
+        self._scales = [self._per_member(lrs64, p) for p in self.params]
+        self._decays = [1 - self._per_member(lrs64 * wds64, p) if self.decoupled else self._per_member(wds64, p)
+                        for p in self.params]  # fmt: skip
+        self._before = [torch.empty_like(p) for p in self.params]  # the weights before a step, reused
 
     @staticmethod
     def _per_member(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -52,17 +57,20 @@ class MemberwiseOptimizer:
 
     @torch.no_grad()
     def step(self) -> None:
-        for p in self.params:
-            if p.grad is None:
-                continue
-            if self.decoupled:
-                p.mul_(1 - self._per_member(self.lrs * self.weight_decays, p))
-            else:
-                p.grad.add_(self._per_member(self.weight_decays, p) * p)
-        before = [p.detach().clone() for p in self.params]
+        """Weight decay per member, torch's step at lr = 1, then p ← before + lrs[i] · (p − before), in a
+        few multi-tensor kernels over every parameter with a gradient."""
+        live = [i for i, p in enumerate(self.params) if p.grad is not None]
+        params, before = [self.params[i] for i in live], [self._before[i] for i in live]
+        scales, decays = [self._scales[i] for i in live], [self._decays[i] for i in live]
+        if self.decoupled:
+            torch._foreach_mul_(params, decays)
+        else:
+            torch._foreach_add_([p.grad for p in params], torch._foreach_mul(params, decays))
+        torch._foreach_copy_(before, params)
         self.base.step()  # at lr = 1
-        for p, start in zip(self.params, before, strict=True):
-            p.copy_(start + self._per_member(self.lrs, p) * (p - start))
+        torch._foreach_sub_(params, before)  # the step at lr = 1
+        torch._foreach_mul_(params, scales)
+        torch._foreach_add_(params, before)
 
     def state_dict(self) -> dict:
         return self.base.state_dict()
