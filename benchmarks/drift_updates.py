@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
 
     start = time.perf_counter()
     seeds = [args.seed] if args.step == "seed" else (args.seeds or values["update_seeds"])
-    curves, read = updates.run_updates(axes, setup, seeds, args.cache, device=args.device)
+    curves, read = updates.run_updates(axes, setup, seeds, args.cache, device=args.device, members=False)  # a process per seed
     if args.step == "seed":
         print(f"seed {args.seed}: {time.perf_counter() - start:.1f} s", flush=True)
         return

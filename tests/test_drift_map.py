@@ -374,6 +374,29 @@ def test_recipes_sharing_a_schedule_train_together_as_they_would_alone(tmp_path)
     assert set(together["arm"]) == {GRID} and (together["train_size"] == len(make_pairs(SHORT_DATA)[0])).all()
 
 
+def test_seeds_train_as_members_as_each_seed_would_alone(tmp_path):
+    """Replicates as members: two seeds × two recipes in one ensemble, each member from its own seed's SFT
+    reference with its own batch order, equal each seed run alone; a schedule on a training subset (each
+    seed its own pairs) trains one ensemble per seed, as before; so does every schedule with members=False."""
+    setup = _setup(scored_train_pairs=8)
+    recipes = [Recipe("adamw", 3e-3, 0.1, 4, 2), Recipe("adamw", 1e-3, 1.0, 4, 2, weight_decay=0.1),
+               Recipe("rmsprop", 1e-3, 0.5, 4, 2, train_size=6)]  # fmt: skip
+    together = run_recipes(recipes, [3, 1], setup, tmp_path / "together")
+    assert list(dict.fromkeys(together["seed"])) == [3, 1]  # seed by seed, in the order asked
+    columns = ["step", "loss", "ood_rate", "ood_mass", "chosen_logp", "rejected_logp", "kl", "accuracy", "window_lost"]
+    alone = {seed: run_recipes(recipes, [seed], setup, tmp_path / "alone") for seed in (3, 1)}
+    for seed in (3, 1):
+        mine = together[together["seed"] == seed].reset_index(drop=True)
+        assert list(mine["label"]) == list(alone[seed]["label"])
+        pd.testing.assert_frame_equal(mine[columns], alone[seed][columns], rtol=1e-4, atol=1e-5)
+    # members=False keys every seed's runs as a run of that seed alone: it reads the runs above, training nothing
+    apart = run_recipes(recipes, [3, 1], setup, tmp_path / "alone", members=False)
+    pd.testing.assert_frame_equal(apart, pd.concat([alone[3], alone[1]], ignore_index=True))
+    finals = together[together["step"] == together["step"].max()]
+    assert finals.groupby("label")["chosen_logp"].nunique().min() == 2  # each seed trained its own way
+    assert set(together.loc[together["label"] == recipes[2].label, "train_size"]) == {6}
+
+
 def test_the_drifting_summary_against_hand_written_lines():
     best = pd.Series({"label": "adam lr=0.005 β=0.1", "arm": "grid", "drifted": 4, "seeds": 5, "ood_mean": 0.8123,
                       "ood_sd": 0.0449, "ood_mass_mean": 0.73456, "reference_ood": 0.012,

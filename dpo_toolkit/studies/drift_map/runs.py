@@ -17,14 +17,14 @@ import torch
 from dpo_toolkit.core.config import DataConfig, EvalConfig, ModelConfig, TrainConfig, check_fits, require
 from dpo_toolkit.core.data import PairSet, collate, collate_pairs, make_pairs
 from dpo_toolkit.core.device import resolve_device
-from dpo_toolkit.core.ensemble import Ensemble
+from dpo_toolkit.core.ensemble import Ensemble, References
 from dpo_toolkit.core.evaluate import Evaluator, pair_logps, score
 from dpo_toolkit.core.exact import response_masses
 from dpo_toolkit.core.generate import decoded_answers, greedy_sequences
 from dpo_toolkit.core.metrics import answers_tensor, is_ood
 from dpo_toolkit.core.model import Transformer
 from dpo_toolkit.core.runner import Member, RunKey, run_dpo
-from dpo_toolkit.recipes.sft_then_dpo import sft_reference
+from dpo_toolkit.recipes.sft_then_dpo import sft_references
 
 from .design import Recipe
 
@@ -142,12 +142,17 @@ def run_recipes(
     cache_dir: str | Path,
     progress: bool | None = None,
     device: str | torch.device = "cpu",
+    members: bool = True,
 ) -> pd.DataFrame:
     """Every recipe with every seed. Seed s sets the SFT reference (initialisation and SFT batch
-    order), the DPO batch order and the training subset; recipes sharing a schedule train as
-    one batched ensemble per seed (each member with its own lr, β and weight decay).
+    order), the DPO batch order and the training subset. Replicates are members: the recipes sharing
+    a schedule train as one batched ensemble over every seed (each member with its own lr, β, weight
+    decay, seed and reference), or one per seed when the schedule trains on a subset (``training_subset``
+    draws each seed's own); the SFT references of every seed train as one ensemble too. With `members`
+    False, every seed trains its own ensembles, keyed as a run of that seed alone (one process per seed
+    fills a cache that a last call then reads: ``benchmarks.drift_updates``).
 
-    Returns one row per recipe, seed and evaluation: the recipe's fields, its `label`, seed,
+    Returns one row per recipe, seed and evaluation, seed by seed: the recipe's fields, its `label`, seed,
     step, epoch, loss and ``DriftEvaluator``'s metrics (step 0 is the reference). Cached under
     cache_dir; a killed run resumes.
     """
@@ -155,25 +160,26 @@ def run_recipes(
     groups = _schedule_groups(recipes)
     if not seeds:
         raise ValueError("run_recipes needs at least one recipe and one seed")
+    seeds = list(seeds)
     train, test = make_pairs(setup.data)
-    frames = []
-    for seed in seeds:
-        references = {}
-        for schedule, members in groups.items():
-            ref_name = schedule[-1]
-            if ref_name not in references:
-                sft_cfg = dataclasses.replace(setup.sft(ref_name), seed=seed)
-                references[ref_name] = sft_reference(setup.data, setup.model, sft_cfg, setup.eval, seed,
-                                                     Path(cache_dir), progress, device)[0]  # fmt: skip
-            frames += _train_group(schedule, members, references[ref_name], train, test, setup, seed, cache_dir, progress)
-    curves = pd.concat(frames, ignore_index=True)
+    references = {name: [m for m, _ in sft_references(setup.data, setup.model, setup.sft(name), setup.eval, seeds,
+                                                      Path(cache_dir), progress, device)]
+                  for name in dict.fromkeys(schedule[-1] for schedule in groups)}  # fmt: skip
+    frames: dict[tuple[int, str], pd.DataFrame] = {}
+    for schedule, recipes_of in groups.items():
+        train_size = schedule[3]
+        for together in [seeds] if members and train_size is None else [[seed] for seed in seeds]:
+            refs = [references[schedule[-1]][seeds.index(seed)] for seed in together]
+            frames |= _train_group(schedule, recipes_of, refs, together, train, test, setup, cache_dir, progress)
+    order = [(seed, recipe.label) for seed in seeds for recipes_of in groups.values() for recipe in recipes_of]
+    curves = pd.concat([frames[k] for k in order], ignore_index=True)
     fields = [f.name for f in dataclasses.fields(Recipe)]
     return curves[[*fields, "label", "seed", *[c for c in curves.columns if c not in (*fields, "label", "seed")]]]
 
 
 def _schedule_groups(recipes: Sequence[Recipe]) -> dict[tuple, list[Recipe]]:
     """The recipes by schedule, one per cell (the first recipe with its knobs); each group
-    trains as one batched ensemble per seed. Two different recipes with one label, or no
+    trains as one batched ensemble (``run_recipes``). Two different recipes with one label, or no
     recipe, are refused."""
     cells: dict[tuple, Recipe] = {}
     for recipe in recipes:
@@ -191,30 +197,35 @@ def _schedule_groups(recipes: Sequence[Recipe]) -> dict[tuple, list[Recipe]]:
 
 def _train_group(
     schedule: tuple,
-    members: list[Recipe],
-    reference: Transformer,
+    recipes: list[Recipe],
+    references: list[Transformer],
+    seeds: list[int],
     train: PairSet,
     test: PairSet,
     setup: MapSetup,
-    seed: int,
     cache_dir: str | Path,
     progress: bool | None,
-) -> list[pd.DataFrame]:
-    """The recipes of one schedule on one seed, trained from `reference` as one batched
-    ensemble; one frame of evaluations per recipe, with its fields, label and seed."""
+) -> dict[tuple[int, str], pd.DataFrame]:
+    """The recipes of one schedule on `seeds` (references[j] is seeds[j]'s SFT reference), trained as one
+    batched ensemble of every (seed, recipe), each member from its own seed's reference; the frame of
+    evaluations of each (seed, recipe label), with the recipe's fields, label and seed."""
     optimizer, batch_size, epochs, train_size, ref_name = schedule
-    pairs = training_subset(train, train_size, seed)
+    pairs = training_subset(train, train_size, seeds[0])  # one seed, or all pairs (train_size None)
     n_evals = max(1, setup.evals_per_epoch * epochs // setup.epochs_per_eval)
+    grid = [(j, recipe) for j in range(len(seeds)) for recipe in recipes]  # member i is (seed index, recipe)
+    reference = references[0] if len(seeds) == 1 else References(references, [j for j, _ in grid])
     evaluator = Evaluator(test, setup.data, setup.eval, reference=reference)
     evaluate = DriftEvaluator(evaluator, pairs, setup.data.window, setup.scored_train_pairs, setup.eval.seed)
-    key = RunKey(Path(cache_dir), f"dpo-{optimizer}-b{batch_size}-e{epochs}-{ref_name}", seed,
-                 (setup, dataclasses.replace(setup.sft(ref_name), seed=seed), Recipe(optimizer, 1.0, 1.0, batch_size,
-                  epochs, 0.0, train_size, ref_name)))  # fmt: skip
-    dpo_members = [Member(r.dpo_config(n_evals, seed)) for r in members]
+    sft_cfg = dataclasses.replace(setup.sft(ref_name), seed=seeds[0])
+    variant = Recipe(optimizer, 1.0, 1.0, batch_size, epochs, 0.0, train_size, ref_name)
+    together = () if len(seeds) == 1 else (torch.tensor(seeds),)  # one seed: the key of a run of that seed alone
+    key = RunKey(Path(cache_dir), f"dpo-{optimizer}-b{batch_size}-e{epochs}-{ref_name}", seeds[0],
+                 (setup, sft_cfg, variant, *together))  # fmt: skip
+    dpo_members = [Member(recipe.dpo_config(n_evals, seeds[j])) for j, recipe in grid]
     df = run_dpo(key, reference, pairs, dpo_members, evaluate, progress=progress)
-    frames = []
-    for i, recipe in enumerate(members):
+    frames = {}
+    for i, (j, recipe) in enumerate(grid):
         rows = df[df["member"] == i].drop(columns=["member", "beta"])
         fields = {**dataclasses.asdict(recipe), "train_size": len(pairs)}  # None (all pairs) as the number used
-        frames.append(rows.assign(**fields, label=recipe.label, seed=seed))
+        frames[seeds[j], recipe.label] = rows.assign(**fields, label=recipe.label, seed=seeds[j]).reset_index(drop=True)
     return frames

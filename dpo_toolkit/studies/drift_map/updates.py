@@ -112,17 +112,23 @@ def update_axes(
 
 
 def run_updates(
-    axes: Sequence[UpdateAxis], setup: MapSetup, seeds: Sequence[int], cache_dir: str | Path, device: str = "cpu"
+    axes: Sequence[UpdateAxis],
+    setup: MapSetup,
+    seeds: Sequence[int],
+    cache_dir: str | Path,
+    device: str = "cpu",
+    members: bool = True,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every axis's cells with every seed, each task on its own data (``task_data``, split as
     `setup`'s) from its own SFT reference per seed, evaluated every axis.eval_every epochs (so every
     read epoch is an evaluation). Returns the curves (``runs.run_recipes``) and ``read_along`` of them, both with
-    a `task` column. Cached and resumed by the runner."""
+    a `task` column. Cached and resumed by the runner. `members`: the seeds of a cell train as members of one
+    ensemble (True), or each seed alone (``runs.run_recipes``)."""
     curves, read = [], []
     for axis in axes:
         task_setup = dataclasses.replace(setup, data=task_data(axis.task, setup.data.seed), evals_per_epoch=1,
                                          epochs_per_eval=axis.eval_every)  # fmt: skip
-        runs = run_recipes(axis.recipes(), seeds, task_setup, cache_dir, device=device).assign(task=axis.task)
+        runs = run_recipes(axis.recipes(), seeds, task_setup, cache_dir, device=device, members=members).assign(task=axis.task)
         train, _ = make_pairs(task_setup.data)
         curves.append(runs)
         read.append(read_along(runs, axis.read_epochs, steps(len(train), axis.batch_size)).assign(task=axis.task))
