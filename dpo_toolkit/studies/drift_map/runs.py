@@ -1,5 +1,5 @@
 """The drift map's runs: every recipe with every seed, trained as batched ensembles through the
-runner (recipes that share a schedule form one ensemble per seed), each evaluated along
+runner (recipes that share a schedule form one ensemble, its seeds members of it), each evaluated along
 training on what drift is made of: greedy OOD rate, the exact OOD probability mass, and the
 log-probabilities of the training pairs' chosen and rejected answers."""
 
