@@ -23,8 +23,11 @@ def float_order_verdicts() -> list[str]:
                      "claims_paper_default` (and `_perturbed`).\n")  # fmt: skip
         return parts + float_order_before_intervals()
     both = default.merge(perturbed, on=["chapter", "claim_id"], suffixes=("_default", "_perturbed"))
-    same = both["verdict_default"] == both["verdict_perturbed"]
-    undecided = (both[["verdict_default", "verdict_perturbed"]] == "inconclusive").any(axis=1)
+    replicates = both[["n_default", "n_perturbed"]].apply(pd.to_numeric, errors="coerce")
+    unlike = replicates.notna().all(axis=1) & (replicates["n_default"] != replicates["n_perturbed"])
+    compared = both[~unlike]  # a claim re-measured on more replicates under one order only is not a float-order pair
+    same = compared["verdict_default"] == compared["verdict_perturbed"]
+    undecided = (compared[["verdict_default", "verdict_perturbed"]] == "inconclusive").any(axis=1)
     chapters = [c for c in common.stems() if c in set(both["chapter"])]
     parts.append(
         'Every verdict is decided on an interval over independent replicates (CONTRIBUTING, "What the stored '
@@ -32,8 +35,10 @@ def float_order_verdicts() -> list[str]:
         "never from one decisive verdict to another. Measured: the paper profile of "
         f"{', '.join(chapters)} run twice on one CPU from scratch, with this machine's own kernels on two threads, "
         "and under `python -m tools.float_order env all` (one thread, the vector unit capped below the CPU's, every "
-        f"initial weight one ulp up). **{int(same.sum())} of the {len(both)} verdicts are the same; "
-        f"{int((~same & ~undecided).sum())} differ between two decisive verdicts.** Every verdict under each:\n"
+        f"initial weight one ulp up). **{int(same.sum())} of the {len(compared)} verdicts are the same; "
+        f"{int((~same & ~undecided).sum())} differ between two decisive verdicts.**"
+        + _unlike_sentence(both[unlike])
+        + " Every verdict under each:\n"
     )
     shown = both.assign(
         interval_default=lambda d: interval(d, "_default"), interval_perturbed=lambda d: interval(d, "_perturbed")
@@ -47,6 +52,17 @@ def float_order_verdicts() -> list[str]:
     parts.append(table(shown, columns, {}))
     parts.append(source(default_path) + "\n" + source(perturbed_path))
     return parts + float_order_before_intervals()
+
+
+def _unlike_sentence(unlike: pd.DataFrame) -> str:
+    """' Not compared: …' naming the claims whose two runs rest on different replicate counts ('' when none)."""
+    if unlike.empty:
+        return ""
+    named = ", ".join(
+        f"{r.claim_id} ({int(float(r.n_default))} seeds under the own kernels, {int(float(r.n_perturbed))} perturbed)"
+        for r in unlike.itertuples()
+    )
+    return f" Not compared, since their runs rest on different numbers of replicates: {named}."
 
 
 def interval(claims: pd.DataFrame, suffix: str) -> list[str]:

@@ -401,9 +401,14 @@ def test_the_interval_float_order_section_lists_every_verdict_and_counts_decisiv
         tmp_path / "claims_paper_perturbed.csv", index=False
     )
     text = _unpadded("".join(report_float_order.float_order_verdicts()))
-    assert "**1 of the 3 verdicts are the same; 0 differ between two decisive verdicts.**" in text
+    assert "**1 of the 3 verdicts are the same; 0 differ between two decisive verdicts.** Every verdict" in text
     assert "| grokking | C1 | reproduced | 0.9 [0.8, 1] (3) | inconclusive | 0.9 [0.8, 1] (3) |" in text
     assert "| mixture_tpm | C17 | verified (identity) |  | verified (identity) |  |" in text
+    # C1 re-measured on ten replicates under the own kernels only: listed, not counted as a float-order pair
+    default.assign(n=[10, 3, ""]).to_csv(tmp_path / "claims_paper_default.csv", index=False)
+    text = _unpadded("".join(report_float_order.float_order_verdicts()))
+    assert "**1 of the 2 verdicts are the same; 0 differ between two decisive verdicts.**" in text
+    assert "Not compared, since their runs rest on different numbers of replicates: C1 (10 seeds under the own" in text
 
 
 def test_a_page_table_writes_each_cell_as_formatted_and_never_reparses_it():
