@@ -17,14 +17,14 @@ import torch
 from dpo_toolkit.core.config import DataConfig, EvalConfig, ModelConfig, TrainConfig, check_fits, require
 from dpo_toolkit.core.data import PairSet, collate, collate_pairs, make_pairs
 from dpo_toolkit.core.device import resolve_device
-from dpo_toolkit.core.ensemble import Ensemble, References
+from dpo_toolkit.core.ensemble import Ensemble
 from dpo_toolkit.core.evaluate import Evaluator, pair_logps, score
 from dpo_toolkit.core.exact import response_masses
 from dpo_toolkit.core.generate import decoded_answers, greedy_sequences
 from dpo_toolkit.core.metrics import answers_tensor, is_ood
 from dpo_toolkit.core.model import Transformer
-from dpo_toolkit.core.runner import Member, RunKey, run_dpo
-from dpo_toolkit.recipes.sft_then_dpo import sft_references
+from dpo_toolkit.core.runner import RunKey, run_dpo
+from dpo_toolkit.recipes.sft_then_dpo import replicate_members, sft_references
 
 from .design import Recipe
 
@@ -212,8 +212,8 @@ def _train_group(
     optimizer, batch_size, epochs, train_size, ref_name = schedule
     pairs = training_subset(train, train_size, seeds[0])  # one seed, or all pairs (train_size None)
     n_evals = max(1, setup.evals_per_epoch * epochs // setup.epochs_per_eval)
-    grid = [(j, recipe) for j in range(len(seeds)) for recipe in recipes]  # member i is (seed index, recipe)
-    reference = references[0] if len(seeds) == 1 else References(references, [j for j, _ in grid])
+    # member i is grid[i] = (seed, recipe index), against its seed's reference (References over several seeds)
+    grid, dpo_members, reference = replicate_members(seeds, [r.dpo_config(n_evals, seeds[0]) for r in recipes], references)
     evaluator = Evaluator(test, setup.data, setup.eval, reference=reference)
     evaluate = DriftEvaluator(evaluator, pairs, setup.data.window, setup.scored_train_pairs, setup.eval.seed)
     sft_cfg = dataclasses.replace(setup.sft(ref_name), seed=seeds[0])
@@ -221,11 +221,11 @@ def _train_group(
     together = () if len(seeds) == 1 else (torch.tensor(seeds),)  # one seed: the key of a run of that seed alone
     key = RunKey(Path(cache_dir), f"dpo-{optimizer}-b{batch_size}-e{epochs}-{ref_name}", seeds[0],
                  (setup, sft_cfg, variant, *together))  # fmt: skip
-    dpo_members = [Member(recipe.dpo_config(n_evals, seeds[j])) for j, recipe in grid]
     df = run_dpo(key, reference, pairs, dpo_members, evaluate, progress=progress)
     frames = {}
-    for i, (j, recipe) in enumerate(grid):
+    for i, (seed, k) in enumerate(grid):
+        recipe = recipes[k]
         rows = df[df["member"] == i].drop(columns=["member", "beta"])
         fields = {**dataclasses.asdict(recipe), "train_size": len(pairs)}  # None (all pairs) as the number used
-        frames[seeds[j], recipe.label] = rows.assign(**fields, label=recipe.label, seed=seeds[j]).reset_index(drop=True)
+        frames[seed, recipe.label] = rows.assign(**fields, label=recipe.label, seed=seed).reset_index(drop=True)
     return frames
