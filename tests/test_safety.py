@@ -232,3 +232,19 @@ def test_safety_summary_says_where_the_refusal_mass_went():
         curves(0.5)
     )
     assert "does not go to compliances" in safety_summary(curves(0.1))
+
+
+def test_seeds_train_as_members_as_each_seed_would_alone(tmp_path):
+    """Replicates as members: two seeds in one ensemble (each (seed, variant) a member against its seed's
+    reference, with its seed's batch order) give each seed's curves and CHES as a run of that seed alone."""
+    sft = TrainConfig(optimizer="adam", lr=3e-3, weight_decay=0.0, epochs=30, grad_clip=None)
+    dpo = DPOConfig(optimizer="adam", lr=3e-3, weight_decay=0.0, epochs=2, batch_size=8, grad_clip=None, n_evals=2, beta=0.1)
+    runs, model_cfg = variants([0.5], [1.0]), SMALL.model_config(d_model=16)
+    together, pairs = run_safety(SMALL, model_cfg, sft, dpo, runs, [0, 1], tmp_path / "members")
+    for seed in (0, 1):
+        alone, alone_pairs = run_safety(SMALL, model_cfg, sft, dpo, runs, [seed], tmp_path / f"seed{seed}")
+        mine = together[together["seed"] == seed].reset_index(drop=True)
+        pd.testing.assert_frame_equal(mine, alone, rtol=1e-4, atol=1e-6)
+        assert np.allclose(pairs.loc[pairs["seed"] == seed, "ches"], alone_pairs["ches"], rtol=1e-5)
+    final = together[together["step"] == together["step"].max()]
+    assert final.groupby("variant")["chosen_logp_change"].nunique().min() == 2  # the seeds' runs differ

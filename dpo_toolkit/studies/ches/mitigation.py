@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ import torch
 from dpo_toolkit.core.claims import ClaimText, decide
 from dpo_toolkit.core.config import DataConfig, DPOConfig, EvalConfig, ModelConfig, TrainConfig, check_fits
 from dpo_toolkit.core.data import Batch, PairSet, make_pairs
-from dpo_toolkit.core.ensemble import Ensemble
+from dpo_toolkit.core.ensemble import References
 from dpo_toolkit.core.evaluate import Evaluator
 from dpo_toolkit.core.evidence import Check, conjunction, mean_interval
 from dpo_toolkit.core.model import Transformer
@@ -114,42 +115,42 @@ def run_mitigations(
     models = [
         model for model, _ in sft_references(data_cfg, model_cfg, sft_cfg, eval_cfg, seeds, Path(cache_dir), progress, device)
     ]
-    pair_ches = [ches(reference, train).numpy() for reference in models]  # per seed, (pairs,)
-    masks = [keep_masks(scores, runs) for scores in pair_ches]  # per seed, (variants, pairs)
-    # replicates as members: every (seed, variant) is one member, against its seed's reference, with its seed's order
-    grid, _, reference = replicate_members(seeds, [dpo_cfg] * len(runs), models)
-    members = [Member(dataclasses.replace(dpo_cfg, seed=seed), runs[k].sft_weight) for seed, k in grid]
     key = RunKey(Path(cache_dir), "mitigation", seeds[0],
                  (data_cfg, model_cfg, *(dataclasses.replace(sft_cfg, seed=s) for s in seeds), eval_cfg))  # fmt: skip
-    evaluator = Evaluator(test, data_cfg, eval_cfg, reference=reference)
-    df = run_dpo(key, reference, train, members, evaluator, pair_weights=torch.cat(masks), progress=progress)
-    curves, scores = [], []
-    for j, seed in enumerate(seeds):  # each seed's members, numbered 0 … variants − 1 as label_members reads them
-        mine = df[df["member"] // len(runs) == j].assign(member=lambda d: d["member"] % len(runs))
-        curves.append(label_members(mine, runs, masks[j]).assign(seed=seed))
-        scores.append(pd.DataFrame({"seed": seed, "prompt": train.prompt, "chosen": train.chosen,
-                                    "rejected": train.rejected, "ches": pair_ches[j]}))  # fmt: skip
-    return pd.concat(curves, ignore_index=True), pd.concat(scores, ignore_index=True)
+    evaluator = partial(Evaluator, test, data_cfg, eval_cfg)  # evaluator(reference=…) once the members' reference is built
+    curves, pair_ches = train_variants(key, models, seeds, train, dpo_cfg, runs, lambda ref: evaluator(reference=ref), progress)
+    scores = [pd.DataFrame({"seed": seed, "prompt": train.prompt, "chosen": train.chosen, "rejected": train.rejected,
+                            "ches": pair_ches[j]}) for j, seed in enumerate(seeds)]  # fmt: skip
+    return curves, pd.concat(scores, ignore_index=True)
 
 
 def train_variants(
     key: RunKey,
-    reference: Transformer,
+    references: Sequence[Transformer],
+    seeds: Sequence[int],
     pairs: PairSet | Batch,
     dpo_cfg: DPOConfig,
     runs: Sequence[Variant],
-    evaluate: Callable[[Ensemble], list[dict]],
+    evaluator: Callable[[Transformer | References], Callable[..., list[dict]]],
     progress: bool | None = None,
-) -> tuple[pd.DataFrame, np.ndarray]:
-    """DPO of every variant from `reference` on `pairs`, as one ensemble of seed key.seed (see
-    ``run_dpo``): each variant keeps the pairs its CHES filter keeps (CHES under the reference)
-    and adds its SFT term. Returns (curves, CHES): the evaluations labelled by ``label_members``,
-    with the seed; and every pair's CHES."""
-    pair_ches = ches(reference, pairs).numpy()
-    masks = keep_masks(pair_ches, runs)
-    members = [Member(dataclasses.replace(dpo_cfg, seed=key.seed), v.sft_weight) for v in runs]
-    df = run_dpo(key, reference, pairs, members, evaluate, pair_weights=masks, progress=progress)
-    return label_members(df, runs, masks).assign(seed=key.seed), pair_ches
+) -> tuple[pd.DataFrame, list[np.ndarray]]:
+    """DPO of every variant from each seed's reference (references[j] is seeds[j]'s) on `pairs`.
+    Replicates are members: every (seed, variant) is one member of one ensemble (see ``run_dpo``),
+    against its seed's reference and with its seed's batch order; each variant keeps the pairs its
+    CHES filter keeps (CHES under its seed's reference) and adds its SFT term. ``evaluator(reference)``
+    gives the run's evaluate from the members' reference (the one model, or ``References``).
+    Returns (curves, CHES): the evaluations labelled by ``label_members``, with their seed; and
+    every pair's CHES per seed, (pairs,) each."""
+    pair_ches = [ches(reference, pairs).numpy() for reference in references]  # per seed, (pairs,)
+    masks = [keep_masks(scores, runs) for scores in pair_ches]  # per seed, (variants, pairs)
+    grid, _, reference = replicate_members(list(seeds), [dpo_cfg] * len(runs), list(references))
+    members = [Member(dataclasses.replace(dpo_cfg, seed=seed), runs[k].sft_weight) for seed, k in grid]
+    df = run_dpo(key, reference, pairs, members, evaluator(reference), pair_weights=torch.cat(masks), progress=progress)
+    curves = []
+    for j, seed in enumerate(seeds):  # each seed's members, numbered 0 … variants − 1 as label_members reads them
+        mine = df[df["member"] // len(runs) == j].assign(member=lambda d: d["member"] % len(runs))
+        curves.append(label_members(mine, runs, masks[j]).assign(seed=seed))
+    return pd.concat(curves, ignore_index=True), pair_ches
 
 
 def final_rows(curves: pd.DataFrame) -> pd.DataFrame:

@@ -7,7 +7,7 @@ to compliances, and do CHES filtering or an SFT term prevent it? (C13)
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 
@@ -40,10 +40,11 @@ def evaluate_safety(
     betas: list[float] | None = None,
 ) -> list[dict]:
     """Rates on the training and (suffix _test) held-out prompts, and the change of log π(y+) over the
-    pairs, per model (no DPO reward, so the runs' `betas` are not read)."""
+    pairs, per model (no DPO reward, so the runs' `betas` are not read). reference_chosen: the
+    reference's log π(y+) of the first n pairs, (n,) shared or (M, n) one reference per model."""
     columns = rates(phrase_masses(policies, cfg, train_prompts))
     columns.update({f"{k}_test": v for k, v in rates(phrase_masses(policies, cfg, test_prompts)).items()})
-    n = len(reference_chosen)
+    n = reference_chosen.shape[-1]
     with torch.no_grad():
         chosen_logps = sequence_logps(policies(pairs.tokens[:n]), pairs.tokens[:n], pairs.response_mask[:n])  # (M, n)
     change = chosen_logps.double().cpu() - reference_chosen.double().cpu()
@@ -56,39 +57,43 @@ def run_safety(
     cfg: SafetyConfig, model_cfg: ModelConfig, sft_cfg: TrainConfig, dpo_cfg: DPOConfig,
     runs: Sequence[Variant], seeds: Sequence[int], cache_dir: str | Path, progress: bool | None = None, device: str = "cpu",
 ) -> tuple[pd.DataFrame, pd.DataFrame]:  # fmt: skip
-    """For each seed: the SFT model, CHES of every DPO pair under it, then DPO of every
-    variant (``mitigation.Variant``) as one ensemble, from that model as reference; every
-    model on `device`.
+    """For each seed: the SFT model, CHES of every DPO pair under it, then DPO of every variant
+    (``mitigation.Variant``) from that model as reference. Replicates are members: every (seed,
+    variant) trains in one ensemble, against its seed's reference, with its seed's batch order;
+    every model on `device`.
 
     Returns (curves, pairs): one row per seed, variant and evaluation with refusal,
     compliance and other rates on the training prompts and (suffix _test) the held-out
     ones, and the mean change of log π(y+) over the training pairs; and one row per seed
-    and pair with its CHES. Each seed's curves are cached under cache_dir by a hash of
-    every configuration and variant, with a checkpoint after every evaluation.
+    and pair with its CHES. Each seed's SFT model is cached under cache_dir by a hash of every
+    configuration, and the curves of all seeds by those and the variants, with a checkpoint after
+    every evaluation.
     """
     seeds = _checked_seeds(cfg, model_cfg, runs, seeds)
     device = resolve_device(device)
     train_prompts, test_prompts = prompts(cfg)
     pair_batch, pair_table = preference_pairs(cfg, train_prompts)
     pair_batch = Batch(pair_batch.tokens.to(device), pair_batch.response_mask.to(device))
-    n_pairs = len(pair_table)
-    curves, tables = [], []
-    for seed in seeds:
-        sft = dataclasses.replace(sft_cfg, seed=seed)
-        reference, _ = cached_model(
-            RunKey(Path(cache_dir), "safety-sft", seed, (cfg, model_cfg, sft)),
-            partial(build_model, model_cfg, seed, device),
+    chosen = Batch(pair_batch.tokens[: len(pair_table)], pair_batch.response_mask[: len(pair_table)])  # the y+ rows
+    sfts = [dataclasses.replace(sft_cfg, seed=seed) for seed in seeds]
+    references = [
+        cached_model(
+            RunKey(Path(cache_dir), "safety-sft", sft.seed, (cfg, model_cfg, sft)),
+            partial(build_model, model_cfg, sft.seed, device),
             lambda model, _, sft=sft: train_safety_sft(cfg, model, sft),
-        )
+        )[0]
+        for sft in sfts
+    ]
+
+    def evaluator(reference) -> Callable[..., list[dict]]:
         with torch.no_grad():
-            reference_chosen = sequence_logps(reference(pair_batch.tokens[:n_pairs]), pair_batch.tokens[:n_pairs],
-                                              pair_batch.response_mask[:n_pairs])  # (n,)  # fmt: skip
-        evaluate = partial(evaluate_safety, cfg, train_prompts, test_prompts, pair_batch, reference_chosen)
-        key = RunKey(Path(cache_dir), "safety", seed, (cfg, model_cfg, sft))
-        df, pair_ches = train_variants(key, reference, pair_batch, dpo_cfg, runs, evaluate, progress)
-        tables.append(pair_table.assign(seed=seed, ches=pair_ches))
-        curves.append(df)
-    return pd.concat(curves, ignore_index=True), pd.concat(tables, ignore_index=True)
+            reference_chosen = sequence_logps(reference(chosen.tokens), chosen.tokens, chosen.response_mask)  # (n,) or (M, n)
+        return partial(evaluate_safety, cfg, train_prompts, test_prompts, pair_batch, reference_chosen)
+
+    key = RunKey(Path(cache_dir), "safety", seeds[0], (cfg, model_cfg, *sfts))
+    curves, pair_ches = train_variants(key, references, seeds, pair_batch, dpo_cfg, runs, evaluator, progress)
+    tables = [pair_table.assign(seed=seed, ches=scores) for seed, scores in zip(seeds, pair_ches, strict=True)]
+    return curves, pd.concat(tables, ignore_index=True)
 
 
 def _checked_seeds(cfg: SafetyConfig, model_cfg: ModelConfig, runs: Sequence[Variant], seeds: Sequence[int]) -> list[int]:
