@@ -235,10 +235,16 @@ def test_the_claims_on_five_seeds_that_drift_in_the_paper_recipe():
 def test_the_claims_when_nothing_drifts():
     calm = _curves({(r, s): CALM for r in [*PAPER_BETAS, "b"] for s in range(5)})
     claims = _claims(calm)
-    # C22: 0 of 20 runs, Wilson [0, 0.161], below even the partial "one run in five"; C23: 0 of 5, [0, 0.434] < 50 %
-    assert claims["verdict"].to_dict() == {"C22": NOT_REPRODUCED, "C23": NOT_REPRODUCED}
-    assert float(claims.loc["C22", "ci_high"]) == pytest.approx(_wilson(0, 20)[1], abs=1e-4)
+    # C22: 0 of 20 runs, but a seed's four runs (one per β) are not independent and nothing measures how
+    # alike they are, so the five seeds count: Wilson [0, 0.434] straddles the partial "one run in five"
+    # (over the 20 runs it would be [0, 0.161]). C23: 0 of 5 seeds, [0, 0.434] < 50 %.
+    assert claims["verdict"].to_dict() == {"C22": INCONCLUSIVE, "C23": NOT_REPRODUCED}
+    assert float(claims.loc["C22", "ci_high"]) == pytest.approx(_wilson(0, 5)[1], abs=1e-4)
     assert float(claims.loc["C23", "ci_high"]) == pytest.approx(_wilson(0, 5)[1], abs=1e-4)
+    # sixteen seeds: 0 of 64 runs, Wilson over the seeds [0, 0.194], below the partial claim's 0.2
+    many = _claims(_curves({(r, s): CALM for r in [*PAPER_BETAS, "b"] for s in range(16)})).loc["C22"]
+    assert many["verdict"] == NOT_REPRODUCED and many["n"] == "16"
+    assert float(many["ci_high"]) == pytest.approx(_wilson(0, 16)[1], abs=1e-4)
 
 
 def test_c22_is_partly_when_a_third_of_the_runs_drift_over_twelve_seeds():

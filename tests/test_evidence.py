@@ -17,7 +17,17 @@ from dpo_toolkit.core.claims import (
     claims_frame,
     decide,
 )
-from dpo_toolkit.core.evidence import MIN_REPLICATES, Check, Interval, either, mean_interval, ratio_interval, share_interval
+from dpo_toolkit.core.evidence import (
+    MIN_REPLICATES,
+    Check,
+    Interval,
+    clustered_share_interval,
+    either,
+    mean_interval,
+    ratio_interval,
+    share_interval,
+    wilson_interval,
+)
 
 
 def test_bootstrap_interval_matches_the_normal_closed_form_on_a_large_normal_sample():
@@ -70,6 +80,51 @@ def test_wilson_interval_against_its_closed_form():
     assert share_interval(0, 5).low == 0.0
     with pytest.raises(ValueError):
         share_interval(6, 5)
+
+
+@pytest.mark.parametrize(("k", "m"), [(0, 1), (1, 1), (0, 10), (3, 10), (10, 10), (17, 50), (1, 3)])
+def test_share_interval_is_scipys_wilson_interval(k, m):
+    ci = stats.binomtest(k, m).proportion_ci(confidence_level=0.95, method="wilson")
+    i = share_interval(k, m)
+    assert (i.low, i.high) == pytest.approx((ci.low, ci.high), abs=1e-12)
+
+
+def test_clustered_share_on_perfectly_clustered_trials_counts_each_cluster_once():
+    """Every seed's runs agree (ICC 1): the interval is the Wilson interval over the seeds."""
+    seeds = np.repeat(np.arange(6), 5)  # 6 seeds × 5 runs
+    drifted = np.isin(seeds, [0, 3])  # two seeds drift in every run, four in none
+    i = clustered_share_interval(drifted, seeds)
+    j = share_interval(2, 6)
+    assert i.n == 6 and i.estimate == pytest.approx(1 / 3)
+    assert (i.low, i.high) == pytest.approx((j.low, j.high), rel=1e-12)
+
+
+def test_clustered_share_without_correlation_counts_every_trial():
+    """Every seed has the same share (between-seed variance 0, ICC clipped to 0): n_eff is the trials."""
+    seeds = np.repeat(np.arange(5), 4)
+    drifted = np.tile([True, False, False, False], 5)
+    i, j = clustered_share_interval(drifted, seeds), share_interval(5, 20)
+    assert i.n == 5 and (i.low, i.high) == pytest.approx((j.low, j.high), rel=1e-12)
+
+
+def test_clustered_share_at_a_hand_computed_design_effect():
+    """Seeds A = [1, 1, 1, 0] and B = [0, 0, 0, 0]: p = 3/8, MSB = 1.125, MSW = 0.125, m0 = 4, so
+    ICC = (1.125 − 0.125) / (1.125 + 3 · 0.125) = 2/3, deff = 1 + 3 · 2/3 = 3 and n_eff = 8/3."""
+    i = clustered_share_interval([1, 1, 1, 0, 0, 0, 0, 0], ["A"] * 4 + ["B"] * 4)
+    z, p, n = stats.norm.ppf(0.975), 3 / 8, 8 / 3
+    centre = (p + z**2 / (2 * n)) / (1 + z**2 / n)
+    half = z / (1 + z**2 / n) * math.sqrt(p * (1 - p) / n + z**2 / (4 * n**2))
+    assert i.n == 2 and (i.low, i.high) == pytest.approx((centre - half, centre + half), rel=1e-9)
+
+
+def test_clustered_share_without_information_on_the_correlation_is_cautious():
+    """No variance at all (0 of 50 runs), or one seed: ICC is taken as 1 (n_eff = the seeds)."""
+    none = clustered_share_interval(np.zeros(50, bool), np.repeat(np.arange(10), 5))
+    assert none.n == 10 and (none.low, none.high) == pytest.approx((0.0, share_interval(0, 10).high))
+    one = clustered_share_interval([1, 0, 1, 1], [7, 7, 7, 7])
+    assert one.n == 1 and one.estimate == 0.75 and (one.low, one.high) == pytest.approx(wilson_interval(0.75, 1.0))
+    with pytest.raises(ValueError):
+        clustered_share_interval([1, 0, 2], [0, 0, 1])
 
 
 ABOVE = [0.9, 1.0, 1.1, 0.95, 1.05]  # clearly above 0.5

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .evidence import Check, share_interval
+from .evidence import Check, clustered_share_interval
 
 DRIFT_OOD = 0.5  # a run has drifted when its greedy OOD rate is ≥ 50 % …
 DRIFT_RISE = 0.1  # … and ≥ 10 points above its reference's
@@ -83,10 +83,9 @@ seeds behind the runs, above this) is a collapse regime: its drift claims are un
 
 def collapse_check(table: pd.DataFrame) -> Check:
     """'The arm's runs do not collapse', from ``collapse_table`` rows with a seed column: the share of
-    runs that collapsed, with its Wilson interval over the seeds behind them, read against
+    runs that collapsed, with its Wilson interval over the seeds behind them (``clustered_share_interval``), read against
     COLLAPSED_ARM from below (it holds when the whole interval is ≤ 0.5, fails when it is above)."""
-    collapsed = int((table["collapse"] != "").sum())
-    share = share_interval(collapsed, len(table), replicates=table["seed"].nunique())
+    share = clustered_share_interval(table["collapse"] != "", table["seed"])  # a seed's runs are not independent
     return Check("share of the arm's runs that collapse", share, COLLAPSED_ARM, above=False)
 
 

@@ -13,8 +13,10 @@ replicate and summarised by
   under normality. Their union keeps whichever is more cautious: t on few replicates, the
   bootstrap where the replicates are many and skewed;
 - ``ratio_interval``: a ratio of two means over paired replicates (a share of a gap closed);
-- ``share_interval``: a share of trials (k of m) with its 95 % Wilson interval, for claims about
-  a proportion (drift fraction, displaced share).
+- ``share_interval``: a share of independent trials (k of m) with its 95 % Wilson interval, for
+  claims about a proportion (drift fraction, displaced share); ``clustered_share_interval`` where
+  trials share seeds (several runs per seed), at the effective number of trials Kish's design
+  effect allows.
 
 A ``Check`` reads an interval against a threshold: it *holds* when the whole interval is on the
 claim's side, *fails* when the whole interval is on the other side, and is *undecided* when the
@@ -92,16 +94,51 @@ def mean_interval(values, confidence: float = CONFIDENCE) -> Interval:
     return Interval(int(x.size), mean, min(float(ci.low), mean - half), max(float(ci.high), mean + half), spread)
 
 
+def wilson_interval(share: float, trials: float) -> tuple[float, float]:
+    """The 95 % Wilson score interval of a share observed over `trials` independent trials (> 0, not
+    necessarily whole: an effective number of trials, ``clustered_share_interval``)."""
+    centre = (share + _Z**2 / (2 * trials)) / (1 + _Z**2 / trials)
+    half = _Z / (1 + _Z**2 / trials) * math.sqrt(share * (1 - share) / trials + _Z**2 / (4 * trials**2))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def share_interval(successes: int, trials: int, replicates: int | None = None) -> Interval:
-    """A share `successes` of `trials` with its 95 % Wilson interval. `replicates` is the number of
-    independent seeds behind the trials (default: every trial is its own replicate); it is the
-    `n` that ``MIN_REPLICATES`` reads, since trials that share a seed are not independent."""
+    """A share `successes` of `trials` independent trials with its 95 % Wilson interval. `replicates`
+    is the number of independent seeds behind the trials, the `n` that ``MIN_REPLICATES`` reads
+    (default: every trial is its own replicate). Trials that share a seed are not independent:
+    give them to ``clustered_share_interval``."""
     if not (0 <= successes <= trials) or trials < 1:
         raise ValueError(f"share_interval needs 0 ≤ successes ≤ trials and trials ≥ 1; got {successes} of {trials}")
-    ci = stats.binomtest(int(successes), int(trials)).proportion_ci(confidence_level=CONFIDENCE, method="wilson")
     p = successes / trials
     n = trials if replicates is None else int(replicates)
-    return Interval(n, p, float(ci.low), float(ci.high), math.sqrt(p * (1 - p) * trials / max(n, 1)))
+    return Interval(n, p, *wilson_interval(p, trials), math.sqrt(p * (1 - p) * trials / max(n, 1)))
+
+
+def clustered_share_interval(outcomes, clusters) -> Interval:
+    """The share of true `outcomes` (one per trial) whose trials come in `clusters` (the seed behind
+    each trial: trials of one seed share its reference, initialisation and data order), with its
+    95 % Wilson interval at the effective number of trials n_eff = trials / deff. deff is Kish's
+    design effect 1 + (m̄ − 1)·ICC, m̄ the mean cluster size and ICC the one-way ANOVA intraclass
+    correlation of the outcomes, clipped to [0, 1]; where it cannot be estimated (one cluster, or
+    no variance at all) it is taken as 1, so n_eff lies between the number of clusters and of trials.
+    The Interval's n is the number of clusters (the independent replicates)."""
+    y = np.asarray(outcomes, dtype=float).ravel()
+    labels = np.asarray(clusters).ravel()
+    if y.size == 0 or y.shape != labels.shape or not np.isin(y, (0.0, 1.0)).all():
+        raise ValueError(f"clustered_share_interval needs one 0/1 outcome per trial and one cluster per trial; got "
+                         f"{y.size} outcomes and {labels.size} clusters")  # fmt: skip
+    _, cluster = np.unique(labels, return_inverse=True)
+    k, trials, p = int(cluster.max()) + 1, y.size, float(y.mean())
+    sizes, means = np.bincount(cluster), np.bincount(cluster, weights=y) / np.bincount(cluster)
+    icc = 1.0
+    if 1 < k < trials:
+        between = float((sizes * (means - p) ** 2).sum()) / (k - 1)  # MSB
+        within = float((sizes * means * (1 - means)).sum()) / (trials - k)  # MSW (0/1 outcomes)
+        m0 = (trials - float((sizes**2).sum()) / trials) / (k - 1)
+        if between + (m0 - 1) * within > 0:
+            icc = min(1.0, max(0.0, (between - within) / (between + (m0 - 1) * within)))
+    n_eff = trials / (1 + (trials / k - 1) * icc)
+    return Interval(k, p, *wilson_interval(p, n_eff), math.sqrt(p * (1 - p) * k / n_eff))
 
 
 def ratio_interval(numerators, denominators) -> Interval:

@@ -11,8 +11,9 @@ accuracy with the loss at log 2, or ≥ 50 % OOD at its first checkpoint) is rep
 never counts as drifted: large adaptive steps that break the policy are not Park's drift.
 
 The claims are decided on intervals over independent seeds (``core.evidence``, ``claims.decide``):
-a share of runs (the drift fraction, the share whose log-probs both fell) gets a Wilson interval
-whose replicates are the seeds behind those runs, a per-seed quantity the interval of its mean.
+a share of runs (the drift fraction) gets a Wilson interval, at the effective number of runs that
+their correlation within a seed allows where a seed has several (``clustered_share_interval``); a
+per-seed quantity, the interval of its mean.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ import pandas as pd
 
 from dpo_toolkit.core.claims import UNTESTABLE, ClaimText, claims_frame, decide
 from dpo_toolkit.core.drift import DRIFT_OOD, DRIFT_RISE
-from dpo_toolkit.core.evidence import Check, mean_interval, share_interval
+from dpo_toolkit.core.evidence import Check, clustered_share_interval, mean_interval, share_interval
 
 from .analysis import IN_DISTRIBUTION, MOST, NEAR_ZERO, drifting_recipe, is_paper_recipe
 from .design import PAPER_RECIPE
@@ -65,8 +65,9 @@ def map_claims(runs: pd.DataFrame, table: pd.DataFrame, confirmation: pd.DataFra
 
     Every verdict is decided on intervals over independent seeds (``core.evidence``): a seed sets
     the reference, the initialisation and the data order, so the runs of one seed in different
-    cells (β, optimizer, …) are not independent. A share of runs (drifted, both log-probs fell,
-    rising) gets a Wilson interval whose replicates are the seeds behind those runs."""
+    cells (β, optimizer, …) are not independent. A share of runs with several per seed (C22's runs, one
+    per β) gets the Wilson interval at the effective number of runs their correlation within seeds
+    allows (``clustered_share_interval``); a share of one run per seed (C23's), the plain Wilson interval."""
     return claims_frame([_c22(runs), _c23(runs, table, confirmation)], text=CLAIMS)
 
 
@@ -77,12 +78,12 @@ def _c22(runs: pd.DataFrame) -> dict:
 
 def _paper_recipe_drifts(claim_id: str, paper: pd.DataFrame, where: str) -> dict:
     """The drifted share of the paper recipe's runs `paper` (``outcomes`` rows, every β and seed), its
-    replicates the seeds: reproduced when at least MOST, partly when at least SOME."""
+    replicates the seeds (``clustered_share_interval``): reproduced when at least MOST, partly when at least SOME."""
     row = {"claim_id": claim_id, "precondition": f"{where}: {len(paper)} runs"}
     if not len(paper):  # a fact of the design, not of the runs: there is nothing to put an interval on
         return row | {"our_value": "the recipe is not in this map", "verdict": UNTESTABLE}
     by_beta = ", ".join(f"β={b:.3g}: {int(g['drifted'].sum())}/{len(g)}" for b, g in paper.groupby("beta"))
-    share = share_interval(int(paper["drifted"].sum()), len(paper), replicates=paper["seed"].nunique())
+    share = clustered_share_interval(paper["drifted"], paper["seed"])  # a seed's runs (one per β) are not independent
     name = "share of the paper recipe's runs that drift"
     return row | {
         "our_value": f"{int(paper['drifted'].sum())} of {len(paper)} runs drift ({by_beta}) over "

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from dpo_toolkit.core.claims import ClaimText, claims_frame, decide, identity, verdict
-from dpo_toolkit.core.evidence import Check, mean_interval, share_interval
+from dpo_toolkit.core.evidence import Check, clustered_share_interval, mean_interval
 from dpo_toolkit.studies.mixture_tpm.policy import heat_table
 
 LEMMA_TOLERANCE = 1e-12  # C17: float64 agreement that counts as an identity
@@ -127,11 +127,11 @@ def _c20(masses: pd.DataFrame, heat: pd.DataFrame) -> dict:
 def direction(heat: pd.DataFrame) -> str:
     """Which way DPO moved the unaligned mass, run by run (``heat_table``'s kept = last / reference at
     T = 1, mean over prompts): how many runs raised it, in how many seeds, the share with its 95 %
-    Wilson interval over runs (runs of one seed share its reference, so the interval is optimistic
-    where a seed's runs agree), and the largest rise. Off the data, DPO's implicit reward need not
+    Wilson interval at the effective number of runs (runs of one seed share its reference:
+    ``clustered_share_interval``), and the largest rise. Off the data, DPO's implicit reward need not
     meet Theorem 2's conditions, so a rise is a finding, not an error."""
     raised = heat[heat["kept"] > 1]
-    share = share_interval(len(raised), len(heat), replicates=heat["seed"].nunique())
+    share = clustered_share_interval(heat["kept"] > 1, heat["seed"])
     where = (
         f" in {raised['seed'].nunique()} of {heat['seed'].nunique()} seeds, up to {raised['kept'].max():.0%} of the "
         "reference's mass"
