@@ -204,3 +204,15 @@ def test_the_drifting_cell_is_the_first_horizon_clear_of_fifty_percent_that_lear
     read = read_along(straddles, (3, 10, 30), steps_per_epoch=252).assign(task="kl_sweep")
     assert drifting_cell(read, update_cells(read)) is None
     assert drifting_cell(read.assign(task="grokking"), update_cells(read.assign(task="grokking"))) is None
+
+
+def test_collapsed_seeds_enter_no_drift_estimate():
+    """A cell where two of five seeds collapse (a jump to 90 % OOD at the first checkpoint) is no collapse
+    regime, but its drift estimates read the other three seeds alone: a collapse is not drift."""
+    sound = [[0.1, 0.15, 0.2, v] for v in (0.3, 0.4, 0.5)]  # rises of 0.2, 0.3 and 0.4 by 30 epochs
+    curves = _curves({RISES: [*sound, [0.9, 0.9, 0.9, 0.95], [0.9, 0.9, 0.95, 0.95]]})
+    read = _read(curves)
+    cells = corner(update_cells(read))
+    assert list(cells["label"]) == [RISES.label] and cells["collapsed"].iloc[0] == 2
+    interval, _ = largest(read, cells, "ood_change")
+    assert interval.n == 3 and interval.estimate == pytest.approx(0.3)  # with the collapses it would be 0.53

@@ -1,19 +1,16 @@
-"""The drift map's analysis and claims C22–C24, decided by code with thresholds fixed here
-before any run.
+"""The drift map's analysis and claims C22–C24, decided by code with thresholds fixed here before any run.
 
-A run *drifts* when its greedy OOD rate on the test prompts at the horizon is ≥ DRIFT_OOD
-and at least DRIFT_RISE above its reference's (``core.drift``: the thresholds of the grokking
-chapter's C2, 50 % and 10 points), applied here to each run's last checkpoint rather than to
-a seed-mean curve's tail. A run whose loss, KL or OOD mass stops being finite has *diverged*: it is
-reported apart and never counts as drifted (a model of NaNs answers nothing parseable, which
-the OOD rate would otherwise read as 100 % OOD). A run that *collapses* (``core.drift``: chance
-accuracy with the loss at log 2, or ≥ 50 % OOD at its first checkpoint) is reported apart too and
-never counts as drifted: large adaptive steps that break the policy are not Park's drift.
+A run *drifts* when its greedy OOD rate on the test prompts at the horizon is ≥ DRIFT_OOD and at least
+DRIFT_RISE above its reference's (``core.drift``: the grokking chapter's C2 thresholds, 50 % and 10 points),
+read at each run's last checkpoint. A run whose loss, KL or OOD mass stops being finite has *diverged* (a
+model of NaNs answers nothing parseable, which would read as 100 % OOD); a run that *collapses* (chance
+accuracy with the loss at log 2, or ≥ 50 % OOD at its first checkpoint) broke rather than drifted. Both are
+reported apart and never count as drifted, nor enter a drift estimate's OOD rates (``sound_runs``).
 
-The claims are decided on intervals over independent seeds (``core.evidence``, ``claims.decide``):
-a share of runs (the drift fraction) gets a Wilson interval, at the effective number of runs that
-their correlation within a seed allows where a seed has several (``clustered_share_interval``); a
-per-seed quantity, the interval of its mean.
+Claims are decided on intervals over independent seeds (``core.evidence``, ``claims.decide``): a share of
+runs (the drift fraction) gets a Wilson interval, at the effective number of runs their correlation within
+a seed allows where a seed has several (``clustered_share_interval``); a per-seed quantity, the interval
+of its mean.
 """
 
 from __future__ import annotations
@@ -101,6 +98,11 @@ def cell_table(runs: pd.DataFrame) -> pd.DataFrame:
     return table.reset_index()
 
 
+def sound_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``outcomes`` whose run neither collapsed nor diverged (where drift estimates read OOD rates)."""
+    return runs[(runs["collapse"] == "") & ~runs["diverged"].astype(bool)]
+
+
 def collapse_regime(table: pd.DataFrame) -> pd.Series:
     """Per cell of a ``cell_table``: whether most of its seeds collapsed (a collapse regime, not drift)."""
     return table["collapsed"] > MOST * table["seeds"]
@@ -169,9 +171,9 @@ def horizon_table(curves: pd.DataFrame, label: str, epochs: list[float]) -> pd.D
 
 
 def beta_spread(curves: pd.DataFrame) -> pd.DataFrame:
-    """How much β separates the KL of the grid's runs, per optimizer and learning rate: at the
-    first checkpoint and at the end, the seed-mean KL's smallest and largest value over β, their
-    ratio, and Spearman(β, KL). A ratio near 1 means β has not acted yet."""
+    """How much β separates the KL of the grid's runs, per optimizer and learning rate: at the first checkpoint
+    and at the end, the seed-mean KL's least and largest value over β, their ratio (near 1: β has not acted yet)
+    and Spearman(β, KL)."""
     grid = curves[(curves["arm"] == GRID) & (curves["step"] > 0)]
     mean = grid.groupby(["optimizer", "lr", "beta", "step"], as_index=False)["kl"].mean()
     rows = []
@@ -222,8 +224,7 @@ def is_paper_recipe(table: pd.DataFrame) -> pd.Series:
 
 
 def readable(table: pd.DataFrame) -> pd.DataFrame:
-    """A cell table for reading: one row per cell with its arm, the seeds that drift, and the
-    final greedy OOD rate, exact OOD mass and the reference's OOD rate in % (mean ± sd over seeds)."""
+    """A cell table for reading: per cell its arm, seeds that drift or collapse, OOD change and rates in %."""
     return pd.DataFrame(
         {
             "recipe": table["label"],
@@ -248,8 +249,7 @@ def readable(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def regime_summary(table: pd.DataFrame) -> str:
-    """In words: whether the paper's recipe drifts, and, per optimizer of the grid, the learning
-    rates and β at which more than half the seeds drift (Markdown)."""
+    """In words (Markdown): whether the paper's recipe drifts, and per optimizer where most seeds drift."""
     grid = table[table["arm"] == GRID]
     paper = grid[is_paper_recipe(grid)]
     if len(paper):
@@ -277,8 +277,7 @@ def regime_summary(table: pd.DataFrame) -> str:
 
 
 def _graded_lines(grid: pd.DataFrame) -> list[str]:
-    """The continuous reading, per optimizer (Markdown bullets): where most seeds collapse, and where the
-    OOD rate rose by ≥ DRIFT_RISE on average with its interval clear of zero without collapse."""
+    """Per optimizer (Markdown bullets): where most seeds collapse, and where the OOD rate rose ≥ DRIFT_RISE clear of zero."""
     lines = ["On the continuous outcome (the OOD rate's change against each seed's reference):"]
     for optimizer, cells in grid.groupby("optimizer", sort=False):
         collapse = cells[collapse_regime(cells)]

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from dpo_toolkit.core.claims import UNTESTABLE, ClaimText, claims_frame, decide
-from dpo_toolkit.core.drift import DRIFT_OOD, DRIFT_RISE
+from dpo_toolkit.core.claims import UNTESTABLE, ClaimText, claims_frame, decide, gated
+from dpo_toolkit.core.drift import DRIFT_OOD, DRIFT_RISE, NO_COLLAPSE, collapse_check
 from dpo_toolkit.core.evidence import Check, clustered_share_interval, mean_interval, share_interval
 
 from .analysis import IN_DISTRIBUTION, MOST, NEAR_ZERO, drifting_recipe, is_paper_recipe
@@ -67,8 +67,13 @@ def map_claims(runs: pd.DataFrame, table: pd.DataFrame, confirmation: pd.DataFra
     the reference, the initialisation and the data order, so the runs of one seed in different
     cells (β, optimizer, …) are not independent. A share of runs with several per seed (C22's runs, one
     per β) gets the Wilson interval at the effective number of runs their correlation within seeds
-    allows (``clustered_share_interval``); a share of one run per seed (C23's), the plain Wilson interval."""
-    return claims_frame([_c22(runs), _c23(runs, table, confirmation)], text=CLAIMS)
+    allows (``clustered_share_interval``); a share of one run per seed (C23's), the plain Wilson interval.
+    C23 also needs the runs that decide it not to collapse (``core.drift.collapse_check``): a recipe that
+    breaks most of them is a collapse, untestable for drift, not a failure to drift."""
+    fresh = confirmation is not None and len(confirmation) > 0
+    deciding = confirmation if fresh else runs[runs["label"] == drifting_recipe(table)[0]["label"]]
+    c23 = gated(claims_frame([_c23(runs, table, confirmation)], text=CLAIMS), collapse_check(deciding), NO_COLLAPSE)
+    return pd.concat([claims_frame([_c22(runs)], text=CLAIMS), c23], ignore_index=True)
 
 
 def _c22(runs: pd.DataFrame) -> dict:

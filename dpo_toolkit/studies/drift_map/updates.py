@@ -38,7 +38,7 @@ from dpo_toolkit.core.drift import DRIFT_OOD, DRIFT_RISE
 from dpo_toolkit.core.evidence import CONFIDENCE, Interval, mean_interval
 from dpo_toolkit.core.parameters import steps
 
-from .analysis import MOST, cell_table, collapse_regime, graded_rise, outcomes
+from .analysis import MOST, cell_table, collapse_regime, graded_rise, outcomes, sound_runs
 from .design import ADAPTIVE, TASK_DATA, UPDATES, Recipe
 from .runs import MapSetup, run_recipes
 
@@ -213,11 +213,12 @@ def _cells(cells: pd.DataFrame) -> str:
 
 
 def largest(read: pd.DataFrame, cells: pd.DataFrame, column: str) -> tuple[Interval, str]:
-    """The largest cell mean of `column` over `cells` (rows of ``update_cells``) with a simultaneous
-    95 % interval for it: each cell's interval over its seeds (rows of `read`) at the Bonferroni
+    """The largest cell mean of `column` over `cells` (rows of ``update_cells``, outside a collapse regime)
+    with a simultaneous 95 % interval for it: each cell's interval over its seeds that neither collapsed
+    nor diverged (rows of `read`, ``analysis.sound_runs``: a collapse is not drift) at the Bonferroni
     level 1 − 0.05/k for k cells, so that all k hold at once with 95 % and the largest mean lies
     between the largest low and the largest high. Returns it and where the largest estimate is."""
-    level = 1 - (1 - CONFIDENCE) / len(cells)
+    level, read = 1 - (1 - CONFIDENCE) / len(cells), sound_runs(read)
     intervals = [
         mean_interval(read.loc[(read["label"] == r.label) & (read["read_epoch"] == r.read_epoch), column], confidence=level)
         for r in cells.itertuples()
@@ -231,11 +232,12 @@ def largest(read: pd.DataFrame, cells: pd.DataFrame, column: str) -> tuple[Inter
 def drifting_cell(read: pd.DataFrame, cells: pd.DataFrame, task: str = "kl_sweep") -> pd.Series | None:
     """The drifting recipe the other chapters use (issue: Park's drift as a graded effect, item 5):
     among `task`'s cells at every horizon (``update_cells``) outside a collapse regime, whose mean
-    held-out accuracy ends ≥ LEARNED and whose OOD rate's 95 % interval over seeds (rows of `read`)
-    is clear above DRIFT_OOD, the one with the fewest updates, then the smallest learning rate,
-    then the highest accuracy; with its interval (`ood_low`, `ood_high`). None when no cell qualifies."""
+    held-out accuracy ends ≥ LEARNED and whose OOD rate's 95 % interval over the seeds that neither
+    collapsed nor diverged (rows of `read`, ``analysis.sound_runs``) is clear above DRIFT_OOD, the one
+    with the fewest updates, then the smallest learning rate, then the highest accuracy; with its
+    interval (`ood_low`, `ood_high`). None when no cell qualifies."""
     mine = cells[(cells["task"] == task) & ~cells["collapse_regime"] & (cells["accuracy_mean"] >= LEARNED)]
-    rows, of_task = [], read[read["task"] == task]
+    rows, of_task = [], sound_runs(read[read["task"] == task])
     for r in mine.itertuples():
         i = mean_interval(of_task.loc[(of_task["label"] == r.label) & (of_task["read_epoch"] == r.read_epoch), "ood"])
         if i.low > DRIFT_OOD:
