@@ -70,9 +70,8 @@ def map_claims(runs: pd.DataFrame, table: pd.DataFrame, confirmation: pd.DataFra
     allows (``clustered_share_interval``); a share of one run per seed (C23's), the plain Wilson interval.
     C23 also needs the runs that decide it not to collapse (``core.drift.collapse_check``): a recipe that
     breaks most of them is a collapse, untestable for drift, not a failure to drift."""
-    fresh = confirmation is not None and len(confirmation) > 0
-    deciding = confirmation if fresh else runs[runs["label"] == drifting_recipe(table)[0]["label"]]
-    c23 = gated(claims_frame([_c23(runs, table, confirmation)], text=CLAIMS), collapse_check(deciding), NO_COLLAPSE)
+    c23, deciding = _c23(runs, table, confirmation)
+    c23 = gated(claims_frame([c23], text=CLAIMS), collapse_check(deciding), NO_COLLAPSE)
     return pd.concat([claims_frame([_c22(runs)], text=CLAIMS), c23], ignore_index=True)
 
 
@@ -99,9 +98,10 @@ def _paper_recipe_drifts(claim_id: str, paper: pd.DataFrame, where: str) -> dict
     }
 
 
-def _c23(runs: pd.DataFrame, table: pd.DataFrame, confirmation: pd.DataFrame | None) -> dict:
+def _c23(runs: pd.DataFrame, table: pd.DataFrame, confirmation: pd.DataFrame | None) -> tuple[dict, pd.DataFrame]:
     """C23: the drifting recipe's runs (the fresh seeds when given) drift, to about 80 % OOD, with
-    margin and accuracy rising; its precondition, that their references are in distribution."""
+    margin and accuracy rising; its precondition, that their references are in distribution.
+    Returns the row and the runs that decide it."""
     best, near_zero = drifting_recipe(table)
     fresh = confirmation is not None and len(confirmation) > 0
     mine = confirmation if fresh else runs[runs["label"] == best["label"]]
@@ -111,7 +111,7 @@ def _c23(runs: pd.DataFrame, table: pd.DataFrame, confirmation: pd.DataFrame | N
     # the precondition, measured on the references of the runs that decide (one per seed)
     reference = Check("reference OOD rate", mean_interval(mine["reference_ood"]), IN_DISTRIBUTION, above=False)
     where = f"on {len(mine)} fresh seeds" if fresh else f"on the map's {len(mine)} seeds (no fresh seeds)"
-    return {
+    row = {
         "claim_id": "C23",
         "our_value": f"drifting recipe {best['label']} ({best['drifted']}/{best['seeds']} of the map's seeds drift); "
         f"{where}: {len(drifted_runs)}/{len(mine)} drift{_c23_drifted(drifted_runs)}; "
@@ -122,6 +122,7 @@ def _c23(runs: pd.DataFrame, table: pd.DataFrame, confirmation: pd.DataFrame | N
         f"deciding seeds ({best['reference_ood']:.0%} on the map's)"
         + ("" if near_zero else f" (no cell's reference is ≤ {NEAR_ZERO:.0%} OOD)"),
     }
+    return row, mine
 
 
 # C23: a drifted run learned the preferences when its accuracy ends ≥ LEARNED and ≥ 10 points above
