@@ -25,6 +25,7 @@ FULL = [
     ["benchmarks.step_anatomy"],
     ["benchmarks.scaling"],
     ["benchmarks.replicates"],
+    ["benchmarks.long_runs"],
     ["benchmarks.book", "--run", "quick", "--jobs", "1", "2"],
     ["benchmarks.book", "--run", "paper", "--jobs", "2"],  # about 50 min; one at a time is the paper profile below
     ["benchmarks.profile", "--profile", "quick", "--at", BEFORE, "--csv", "profile_baseline"],
@@ -46,6 +47,7 @@ QUICK = [
     ["benchmarks.step_anatomy", "--steps", "5", "--repeats", "1"],
     ["benchmarks.scaling", "--steps", "5"],
     ["benchmarks.replicates", "--steps", "10", "--repeats", "1"],
+    ["benchmarks.long_runs", "--members", "10", "--steps", "5", "--repeats", "1"],
     ["benchmarks.book", "--run", "quick", "--jobs", "2"],
     ["benchmarks.profile", "likelihood_displacement", "--profile", "quick"],
 ]

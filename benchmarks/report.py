@@ -21,7 +21,17 @@ from pathlib import Path
 from benchmarks.report_common import load
 from benchmarks.report_float_order import float_order_verdicts, gpu_book
 from benchmarks.report_kernels import flops_by_category, step_anatomy
-from benchmarks.report_speed import beyond_the_laptop, evaluation, one_model, peak_rate, replicates, scaling, sweep, targets
+from benchmarks.report_speed import (
+    beyond_the_laptop,
+    evaluation,
+    long_runs,
+    one_model,
+    peak_rate,
+    replicates,
+    scaling,
+    sweep,
+    targets,
+)
 from benchmarks.report_time import time_breakdown, whole_book
 
 NO_GPU = "No GPU was lent where these numbers were taken."
@@ -65,6 +75,7 @@ def render(executed: Path) -> Path:
         *float_order_verdicts(),
         *scaling(figures),
         *replicates(),
+        *long_runs(),
         *whole_book(),
         *gpu_parts,
         *beyond_the_laptop(),

@@ -26,6 +26,8 @@ REQUIRED = {
                    "kl_samples"},
     "scaling": {"axis", "size", "seconds", "pair_updates_per_s"},
     "replicates": {"phase", "layout", "seconds", "speedup_of_members", "seeds", "betas", "steps"},
+    "long_runs": {"way", "ms_per_step", "speedup", "compile_s", "break_even_updates", "run_saving", "max_rel_grad_diff",
+                  "same_bits", "members", "run_updates"},
     "book": {"source", "profile", "chapter", "wall_s", "peak_rss_mib"},
     "profile": {"chapter", "profile", "category", "seconds", "chapter_s"},
     "profile_baseline": {"chapter", "profile", "category", "seconds", "chapter_s", "commit", "source"},

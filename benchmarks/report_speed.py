@@ -201,3 +201,44 @@ def replicates() -> list[str]:
     )
     parts.append(source(path))
     return parts
+
+
+def long_runs() -> list[str]:
+    """The section on the levers left for the paper profile's longest runs (long_runs.csv): a compiled forward and
+    a flat optimizer buffer against the toolkit's step, on the drifting arms' shape."""
+    df, path = load("long_runs")
+    parts = ["## The longest runs: what is left to buy\n"]
+    if df is None:
+        return [*parts, "Not measured yet: run `python -m benchmarks.long_runs`.\n"]
+    first = df.iloc[0]
+    parts.append(
+        f"Machine: {machine_line(df)}. The shape of the paper profile's 30-epoch drifting arms, where most of its "
+        f"time goes: {int(first['members'])} members on the KL sweep's task at Park's full size (RMSprop 5e-4, "
+        f"batch 16), one whole DPO step (forward, backward, optimizer) three ways, timed in one run. *Saving over a "
+        f"run* is the share of a {int(first['run_updates']):,}-update run's training time saved, compile included.\n"
+    )
+    columns = {"way": "way", "ms_per_step": "ms / step", "speedup": "speed-up", "compile_s": "compile (s)",
+               "break_even_updates": "pays after (updates)", "run_saving": "saving over a run",
+               "max_rel_grad_diff": "largest gradient difference", "same_bits": "the toolkit's bits"}  # fmt: skip
+    formats = {"ms_per_step": ".1f", "speedup": ".2f", "compile_s": ".0f", "break_even_updates": ",.0f",
+               "run_saving": ".0%", "max_rel_grad_diff": ".1e"}  # fmt: skip
+    parts.append(table(df, columns, formats))
+    gain = float(df["speedup"].max())
+    members, _ = load("replicates")
+    if members is not None:
+        gain *= float(members.loc[members["phase"] == "DPO training", "speedup_of_members"].max())
+    parts.append(
+        "\nNeither is used. A compiled forward changes every trained model's float order (so every cached run would be "
+        "recomputed) for the saving above, and it compiles again when a batch's shape changes and in every new process. The flat "
+        "buffer keeps the bits, but on an ensemble this size the optimizer's kernels were never the cost, and the extra "
+        "pass over the gradients eats what it saves. "
+        + (
+            f"Replicates as members (the section above) and the faster of these two together buy {gain:.2f}× on "
+            if members is not None
+            else f"The faster of these two buys {gain:.2f}× on "
+        )
+        + "a training step, against the several times that ten seeds per trained claim in an hour would need on two "
+        "cores (docs/timings.md): that budget needs a GPU.\n"
+    )
+    parts.append(source(path))
+    return parts

@@ -475,3 +475,23 @@ def test_merging_the_update_axis_reads_back_its_runs_verdicts_and_refuses_overla
     assert pd.read_csv(tmp_path / "kl" / "claims.csv")[columns].equals(pd.read_csv(kl / "claims.csv")[columns])
     with pytest.raises(SystemExit, match="overlap"):
         drift_updates.main(["merge", "--dirs", str(kl), str(kl), "--out", str(tmp_path / "twice")])
+
+
+def test_the_long_runs_section_quotes_each_way_and_compounds_the_best_with_members(tmp_path, monkeypatch):
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    ways = [("the toolkit", 176.0, 1.0, 0.0, 0.0, 0.0, 0.0, True),
+            ("compiled forward", 160.0, 1.1, 20.0, 800.0, 0.07, 2e-6, False)]  # fmt: skip
+    pd.DataFrame([{"way": w, "ms_per_step": ms, "speedup": x, "compile_s": c, "break_even_updates": b, "run_saving": r,
+                   "max_rel_grad_diff": d, "same_bits": same, "members": 100, "run_updates": 7560}
+                  for w, ms, x, c, b, r, d, same in ways]).assign(**MACHINE)\
+        .to_csv(fresh / "long_runs.csv", index=False)  # fmt: skip
+    monkeypatch.setattr(report_common, "SOURCES", (fresh, tmp_path / "committed"))
+    text = _unpadded(report.render(tmp_path / "executed").read_text())
+    assert "| compiled forward | 160.0 | 1.10 | 20 | 800 | 7% | 2.0e-06 | False |" in text
+    assert "The faster of these two buys 1.10× on a training step" in text  # no replicates.csv: no compounding
+    pd.DataFrame([{"phase": "DPO training", "layout": lay, "seconds": s, "speedup_of_members": x, "seeds": 3, "betas": 10,
+                   "steps": 100} for lay, s, x in [("one ensemble per seed", 8.0, 1.0), ("replicates as members", 6.4, 1.25)]]
+                 ).assign(**MACHINE).to_csv(fresh / "replicates.csv", index=False)  # fmt: skip
+    text = _unpadded(report.render(tmp_path / "executed").read_text())
+    assert "the faster of these two together buy 1.38× on a training step" in text  # 1.25 × 1.10
