@@ -201,32 +201,36 @@ def test_projection_rank_by_brute_force():
     assert projection_rank(W, 0, 1) == 2
 
 
-def test_the_frozen_head_arm_freezes_the_head_and_trains_the_body():
-    from dpo_toolkit.studies.likelihood_displacement.study import single_prompt_dpo
+def _recorded_ensembles(monkeypatch) -> list:
+    """Every Ensemble that single-prompt DPO trains, kept for the test to read its weights after training."""
+    from dpo_toolkit.core.ensemble import Ensemble
+    from dpo_toolkit.studies.likelihood_displacement import single_prompt
+
+    made = []
+
+    class Recorded(Ensemble):
+        def __init__(self, models):
+            super().__init__(models)
+            made.append(self)
+
+    monkeypatch.setattr(single_prompt, "Ensemble", Recorded)
+    return made
+
+
+def test_the_frozen_head_arm_freezes_the_head_and_trains_the_body(monkeypatch):
+    from dpo_toolkit.studies.likelihood_displacement.single_prompt import single_prompt_dpo
 
     cfg = PersonaConfig(n_statements=6)
     model = build_model(cfg.model_config(d_model=16), seed=0)
     prompt = torch.tensor([cfg.token("Q"), cfg.token("s0"), cfg.token("A")])
     sgd = TrainConfig(optimizer="sgd", lr=0.5, weight_decay=0.0, epochs=5, batch_size=1, grad_clip=None, n_evals=1)
-    seen = {}
-    original = torch.optim.SGD.step
-
-    def spy(self, *args, **kwargs):  # the policy's parameters, read inside the optimizer's last step
-        seen["params"] = [p for group in self.param_groups for p in group["params"]]
-        return original(self, *args, **kwargs)
-
-    torch.optim.SGD.step = spy
-    try:
-        before, after = single_prompt_dpo(model, prompt, cfg.token("No"), cfg.token("Never"), 0.1, sgd, head="frozen")
-    finally:
-        torch.optim.SGD.step = original
-    policy_params = seen["params"]
-    head = {id(p) for p in (*model.ln_final.parameters(), *model.unembed.parameters())}
-    trained = dict(zip([n for n, _ in model.named_parameters()], policy_params, strict=True))
+    made = _recorded_ensembles(monkeypatch)
+    before, after = single_prompt_dpo(model, prompt, cfg.token("No"), cfg.token("Never"), 0.1, sgd, head="frozen")
+    trained = made[0].params  # the one run's weights after training, (1, …) each
     for name, p in model.named_parameters():
-        moved = not torch.equal(trained[name], p)
+        moved = not torch.equal(trained[name][0], p)
         assert moved == (not name.startswith(("ln_final", "unembed"))), name  # the head bitwise unchanged, the body moved
-    assert head and not torch.equal(before, after)
+    assert not torch.equal(before, after)
     with pytest.raises(ValueError, match="head"):
         single_prompt_dpo(model, prompt, cfg.token("No"), cfg.token("Never"), 0.1, sgd, head="half")
 
@@ -248,37 +252,22 @@ def test_displacement_needs_a_fall_of_its_size_and_catastrophe_a_mass():
     assert displacement_row(cfg, before, fall, "No", "Never")["is_catastrophic"]  # 0.06 of mass to other meanings
 
 
-def test_the_slow_head_steps_the_head_at_its_share_of_the_rate_and_the_body_at_the_full_rate():
-    from dpo_toolkit.studies.likelihood_displacement.study import SLOW_HEAD, single_prompt_dpo
+def test_the_slow_head_steps_the_head_at_its_share_of_the_rate_and_the_body_at_the_full_rate(monkeypatch):
+    from dpo_toolkit.studies.likelihood_displacement.single_prompt import SLOW_HEAD, single_prompt_dpo
 
     cfg = PersonaConfig(n_statements=6)
     model = build_model(cfg.model_config(d_model=16), seed=0)
     prompt = torch.tensor([cfg.token("Q"), cfg.token("s0"), cfg.token("A")])
     one_step = TrainConfig(optimizer="sgd", lr=0.5, weight_decay=0.0, epochs=1, batch_size=1, grad_clip=None, n_evals=1)
-    original, after = torch.optim.SGD.step, {}
-
-    def spy(self, *args, **kwargs):  # every parameter after the one step, with its group's learning rate
-        out = original(self, *args, **kwargs)
-        after["steps"] = [(p.detach().clone(), group["lr"]) for group in self.param_groups for p in group["params"]]
-        return out
-
-    moves = {}
-    torch.optim.SGD.step = spy
-    try:
-        for head in ("trained", "slow"):
-            single_prompt_dpo(model, prompt, cfg.token("No"), cfg.token("Never"), 0.1, one_step, head=head)
-            moves[head] = after["steps"]
-    finally:
-        torch.optim.SGD.step = original
+    made = _recorded_ensembles(monkeypatch)
+    for head in ("trained", "slow"):
+        single_prompt_dpo(model, prompt, cfg.token("No"), cfg.token("Never"), 0.1, one_step, head=head)
+    trained, slow = (ensemble.params for ensemble in made)  # after the one step, (1, …) each
     names = [n for n, _ in model.named_parameters()]
     is_head = [n.startswith(("ln_final", "unembed")) for n in names]
     start = dict(model.named_parameters())
-    trained = dict(zip(names, moves["trained"], strict=True))
-    order = [n for n, h in zip(names, is_head, strict=True) if not h] + [n for n, h in zip(names, is_head, strict=True) if h]
-    slow = dict(zip(order, moves["slow"], strict=True))  # the body's group, then the head's
     for name, in_head in zip(names, is_head, strict=True):
         full_step = trained[name][0] - start[name]
         slow_step = slow[name][0] - start[name]
-        assert slow[name][1] == pytest.approx(one_step.lr * (SLOW_HEAD if in_head else 1.0)), name
         assert torch.allclose(slow_step, (SLOW_HEAD if in_head else 1.0) * full_step, atol=1e-7), name
     assert any(is_head) and all((trained[n][0] - start[n]).abs().max() > 0 for n in names)

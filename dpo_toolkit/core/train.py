@@ -153,11 +153,15 @@ def optimize(
 
 
 def fit_full_batch(
-    model: torch.nn.Module, loss_of: Callable[[torch.nn.Module], torch.Tensor], cfg: TrainConfig, groups: list[dict] | None = None
+    model: torch.nn.Module | Ensemble,
+    loss_of: Callable[[torch.nn.Module | Ensemble], torch.Tensor],
+    cfg: TrainConfig,
+    groups: list[dict] | None = None,
 ) -> None:
     """cfg.epochs full-batch steps of cfg's optimizer on the scalar loss_of(model), in place
     (no clipping, no evaluation): the loop of the tiny tasks whose data is one batch. `groups`:
-    torch parameter groups (each may set its own "lr"), instead of every parameter at cfg.lr."""
+    torch parameter groups (each may set its own "lr"), instead of every parameter at cfg.lr;
+    an Ensemble needs them (its stacked weights are ``params``)."""
     optimizer = make_optimizer(model.parameters() if groups is None else groups, cfg)
     for _ in range(cfg.epochs):
         loss = loss_of(model)

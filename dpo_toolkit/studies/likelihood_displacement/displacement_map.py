@@ -35,14 +35,8 @@ from dpo_toolkit.core.device import resolve_device
 from dpo_toolkit.core.evidence import Check, mean_interval
 from dpo_toolkit.core.model import Transformer, build_model
 from dpo_toolkit.studies.likelihood_displacement.persona import GROUP_OF, PersonaConfig, persona_corpus, train_persona_lm
-from dpo_toolkit.studies.likelihood_displacement.study import (
-    DISPLACED_BELOW,
-    HEADS,
-    displacement_row,
-    lm_features,
-    single_prompt_dpo,
-    theory_row,
-)
+from dpo_toolkit.studies.likelihood_displacement.single_prompt import HEADS, single_prompt_dpo_members
+from dpo_toolkit.studies.likelihood_displacement.study import DISPLACED_BELOW, displacement_row, lm_features, theory_row
 
 MAP_PAIRS = (("No", "Never"), ("Yes", "Sure"), ("Yes", "No"))
 """y+ is a lead token in each: two synonym pairs (the talk's No/Never, and its Sure/Yes turned
@@ -73,7 +67,7 @@ class MapGrid:
     scales: tuple[float, ...]
     optimizers: dict[str, float]  # optimizer name → its learning rate
     pairs: tuple[tuple[str, str], ...] = MAP_PAIRS
-    heads: tuple[str, ...] = ("trained",)  # study.HEADS: the head trained, or frozen (W fixed, h trained)
+    heads: tuple[str, ...] = ("trained",)  # single_prompt.HEADS: the head trained, or frozen (W fixed, h trained)
 
     def __post_init__(self) -> None:
         if set(self.heads) - set(HEADS):
@@ -97,37 +91,46 @@ def run_map(
     device: str | torch.device = "cpu",
 ) -> pd.DataFrame:
     """Every cell of the grid: for each seed and lead weight one LM fitted to the corpus, then,
-    for each scale, pair, optimizer and the first `prompts_per_pair` statements of y+'s stance,
-    single-prompt DPO (`steps` full steps) from the rebalanced LM. One row per run: the cell's
-    coordinates, seed, statement, h_to_w (‖h‖² / mean ‖W_z‖² of the reference at that prompt)
-    and ``displacement_row``'s columns."""
+    for each scale, pair, head, optimizer and the first `prompts_per_pair` statements of y+'s stance,
+    single-prompt DPO (`steps` full steps) from the rebalanced LM. The runs of one head and optimizer
+    train as the members of one ensemble (``single_prompt_dpo_members``). One row per run: the cell's
+    coordinates, seed, statement, h_to_w (‖h‖² / mean ‖W_z‖² of the reference at that prompt), the
+    theory's variables (``theory_row``) and ``displacement_row``'s columns."""
     device = resolve_device(device)
-    rows = []
+    starts = []  # (corpus, reference, prompt, y+, y−, the run's coordinates) of every run, before head and optimizer
     for seed, lead in itertools.product(seeds, grid.lead_weights):
         corpus = dataclasses.replace(cfg, lead_weight=lead)
         prompts, stances, _ = persona_corpus(corpus)
-        prompts = prompts.to(device)
         model = build_model(model_cfg, seed, device)
         train_persona_lm(corpus, model, sft_cfg)
         model.eval().requires_grad_(False)
-        for scale in grid.scales:
+        for scale, (y_pos, y_neg) in itertools.product(grid.scales, grid.pairs):
             reference = rebalance(model, scale)
-            for (y_pos, y_neg), head, (optimizer, lr) in itertools.product(grid.pairs, grid.heads, grid.optimizers.items()):
-                train_cfg = TrainConfig(optimizer=optimizer, lr=lr, weight_decay=0.0, epochs=steps, batch_size=1, grad_clip=None,
-                                        n_evals=1)  # fmt: skip
-                cell = {"lead_weight": lead, "scale": scale, "pair": f"{y_pos}/{y_neg}", "head": head, "optimizer": optimizer}
-                for i in [k for k, s in enumerate(stances) if s == GROUP_OF[y_pos]][:prompts_per_pair]:
-                    rows.append(_map_run(corpus, reference, prompts[i], y_pos, y_neg, beta, train_cfg, head)
-                                | cell | {"lr": lr, "seed": seed, "statement": i})  # fmt: skip
+            for i in [k for k, s in enumerate(stances) if s == GROUP_OF[y_pos]][:prompts_per_pair]:
+                coordinates = {"lead_weight": lead, "scale": scale, "pair": f"{y_pos}/{y_neg}", "seed": seed, "statement": i}
+                starts.append((corpus, reference, prompts[i].to(device), y_pos, y_neg, coordinates))
+    rows = []
+    for head, (optimizer, lr) in itertools.product(grid.heads, grid.optimizers.items()):
+        train_cfg = TrainConfig(optimizer=optimizer, lr=lr, weight_decay=0.0, epochs=steps, batch_size=1, grad_clip=None,
+                                n_evals=1)  # fmt: skip
+        before, after = single_prompt_dpo_members(
+            [r for _, r, *_ in starts], torch.stack([prompt for _, _, prompt, *_ in starts]),
+            [c.token(y) for c, _, _, y, _, _ in starts], [c.token(y) for c, _, _, _, y, _ in starts], beta, train_cfg, head,
+        )  # fmt: skip
+        for run, (corpus, reference, prompt, y_pos, y_neg, coordinates) in enumerate(starts):
+            row = _map_row(corpus, reference, prompt, y_pos, y_neg, beta, head, before[run], after[run])
+            rows.append(row | coordinates | {"head": head, "optimizer": optimizer, "lr": lr})
+    order = ["seed", "lead_weight", "scale", "pair", "head", "optimizer", "statement"]  # the grid's nesting, seed outermost
+    ranks = {name: {value: k for k, value in enumerate(dict.fromkeys(r[name] for r in rows))} for name in order}
+    rows.sort(key=lambda r: tuple(ranks[name][r[name]] for name in order))
     return pd.DataFrame(rows)
 
 
-def _map_run(corpus, reference, prompt, y_pos, y_neg, beta, train_cfg, head) -> dict:
+def _map_row(corpus, reference, prompt, y_pos, y_neg, beta, head, before, after) -> dict:
     """One run of the map: the theory's variables at the reference (``theory_row``), ‖h‖² / mean ‖W_z‖²,
-    single-prompt DPO, and what it did (``displacement_row``)."""
+    and what single-prompt DPO did (``displacement_row`` of π before and after)."""
     h, W, _ = lm_features(reference, prompt)
     theory = theory_row(reference, prompt, corpus.token(y_pos), corpus.token(y_neg), beta, head)
-    before, after = single_prompt_dpo(reference, prompt, corpus.token(y_pos), corpus.token(y_neg), beta, train_cfg, head)
     row = displacement_row(corpus, before, after, y_pos, y_neg)
     observed = row["dlogp_pos"]
     return {

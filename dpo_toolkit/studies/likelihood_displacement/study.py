@@ -16,7 +16,6 @@ from dpo_toolkit.core.config import ModelConfig, TrainConfig
 from dpo_toolkit.core.device import resolve_device
 from dpo_toolkit.core.model import Transformer, build_model
 from dpo_toolkit.core.parameters import BETA, DEVICE, LEARNING_RATE, RESULTS_ROOT, SEEDS, STEPS, check, fail
-from dpo_toolkit.core.train import fit_full_batch
 from dpo_toolkit.core.validate import choices, integer, real, reals
 from dpo_toolkit.studies.likelihood_displacement.persona import (
     ANSWERS,
@@ -27,6 +26,7 @@ from dpo_toolkit.studies.likelihood_displacement.persona import (
     persona_corpus,
     train_persona_lm,
 )
+from dpo_toolkit.studies.likelihood_displacement.single_prompt import HEADS, SLOW_HEAD, single_prompt_dpo_members
 from dpo_toolkit.studies.likelihood_displacement.theory import (
     first_order_logp_change,
     first_order_terms,
@@ -42,14 +42,6 @@ def lm_features(model: Transformer, prompt: torch.Tensor, scale: float = 1.0) ->
         hidden, _ = model.hidden(prompt[None])
         return hidden[0, -1].double() / scale, model.unembed.weight.double() * scale, model.unembed.bias.double()
 
-
-HEADS = ("trained", "frozen", "slow")
-"""Which parameters single-prompt DPO trains: all of them; the body with the head (final LayerNorm
-and unembedding) frozen — the LM's analogue of the theory's "W fixed, h trained"; or all of them with
-the head at SLOW_HEAD × the learning rate (per-parameter-group rates: the theory's W-step scaled, which
-the rebalancing of ‖h‖ against ‖W‖ does not do to the dynamics)."""
-SLOW_HEAD = 0.1
-"""The head's learning rate, as a share of the body's, in the 'slow' head: one step moves W a tenth as far."""
 
 # The notebook's `parameters` cell, one spec per variable (notebooks/likelihood_displacement.md).
 PARAMETERS = {
@@ -103,38 +95,6 @@ error and the wobble of a run that barely moved (0.9495 → 0.9474 is −0.002),
 CATASTROPHIC_MASS = 0.05
 """...and is catastrophic when, besides, the answer tokens of another meaning than y+'s (y− aside) gain
 ≥ 0.05 of probability mass between them: a visible share of the answer, not a rounding error."""
-
-
-def single_prompt_dpo(
-    reference: Transformer,
-    prompt: torch.Tensor,
-    y_pos: int,
-    y_neg: int,
-    beta: float,
-    train_cfg: TrainConfig,
-    head: str = "trained",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """DPO on one prompt and one single-token pair, starting from the reference: train_cfg.epochs
-    full steps, with the head trained, frozen or slow (HEADS). Returns (π_ref(·|x), π_θ(·|x)) over the
-    vocabulary, (V,) each, float64."""
-    if head not in HEADS:
-        raise ValueError(f"head must be one of {HEADS}, got {head!r}")
-    policy = copy.deepcopy(reference).train().requires_grad_(True)
-    if head == "frozen":
-        policy.ln_final.requires_grad_(False)
-        policy.unembed.requires_grad_(False)
-    head_params = [*policy.ln_final.parameters(), *policy.unembed.parameters()]
-    body = [p for p in policy.parameters() if all(p is not q for q in head_params)]
-    groups = [{"params": body}, {"params": head_params, "lr": SLOW_HEAD * train_cfg.lr}] if head == "slow" else None
-    reference_logps = answer_logps(reference, prompt[None])[0].detach()
-    fit_full_batch(
-        policy,
-        lambda m: single_token_dpo_loss(answer_logps(m, prompt[None])[0], reference_logps, y_pos, y_neg, beta),
-        train_cfg,
-        groups,
-    )
-    with torch.no_grad():
-        return reference_logps.double().exp(), answer_logps(policy, prompt[None])[0].double().exp()
 
 
 def displacement_row(cfg: PersonaConfig, before: torch.Tensor, after: torch.Tensor, y_pos: str, y_neg: str, top: int = 3) -> dict:
@@ -249,14 +209,17 @@ def lm_study(
         model.eval().requires_grad_(False)
         W = model.unembed.weight.detach()
         similarity[seed] = cosine_matrix(W, answer_ids)
-        for y_pos, y_neg in TABLE_PAIRS:
-            chosen = [i for i, s in enumerate(stances) if s == GROUP_OF[y_pos]][:prompts_per_pair]
-            for i in chosen:
-                before, after = single_prompt_dpo(model, prompts[i], cfg.token(y_pos), cfg.token(y_neg), beta, dpo_cfg)
-                table.append({"seed": seed, "statement": i, **displacement_row(cfg, before, after, y_pos, y_neg)})
-                step = one_step_geometry(model, prompts[i], cfg.token(y_pos), cfg.token(y_neg), beta, one_step_lr)
-                others = step[~step["z"].isin([cfg.token(y_pos), cfg.token(y_neg)])]
-                geometry.append(others.assign(seed=seed, statement=i, pair=f"{y_pos}/{y_neg}"))
+        runs = [(y_pos, y_neg, i) for y_pos, y_neg in TABLE_PAIRS
+                for i in [k for k, s in enumerate(stances) if s == GROUP_OF[y_pos]][:prompts_per_pair]]  # fmt: skip
+        before, after = single_prompt_dpo_members(  # the seed's runs as members of one ensemble
+            [model] * len(runs), prompts[[i for _, _, i in runs]], [cfg.token(p) for p, _, _ in runs],
+            [cfg.token(n) for _, n, _ in runs], beta, dpo_cfg,
+        )  # fmt: skip
+        for run, (y_pos, y_neg, i) in enumerate(runs):
+            table.append({"seed": seed, "statement": i, **displacement_row(cfg, before[run], after[run], y_pos, y_neg)})
+            step = one_step_geometry(model, prompts[i], cfg.token(y_pos), cfg.token(y_neg), beta, one_step_lr)
+            others = step[~step["z"].isin([cfg.token(y_pos), cfg.token(y_neg)])]
+            geometry.append(others.assign(seed=seed, statement=i, pair=f"{y_pos}/{y_neg}"))
         for y_pos in ANSWERS:
             i = next(k for k, s in enumerate(stances) if s == GROUP_OF[y_pos])
             for y_neg in ANSWERS:

@@ -15,12 +15,22 @@ from dpo_toolkit.core.losses import dpo_loss
 
 
 def single_token_dpo_loss(
-    policy_logps: torch.Tensor, reference_logps: torch.Tensor, y_pos: int, y_neg: int, beta: float
+    policy_logps: torch.Tensor,
+    reference_logps: torch.Tensor,
+    y_pos: int | torch.Tensor,
+    y_neg: int | torch.Tensor,
+    beta: float,
 ) -> torch.Tensor:
     """``losses.dpo_loss`` of one prompt with single-token responses y+ and y−.
-    policy_logps, reference_logps: (..., V) log-probs over the vocabulary. Returns (...)."""
+    policy_logps, reference_logps: (..., V) log-probs over the vocabulary; y_pos, y_neg: token ids,
+    one for every row or a tensor (...) of one per row. Returns (...)."""
+
+    def at(logps: torch.Tensor, token: int | torch.Tensor) -> torch.Tensor:  # logps[..., token] row by row: (...)
+        index = torch.as_tensor(token, device=logps.device).expand(logps.shape[:-1])
+        return logps.gather(-1, index[..., None])[..., 0]
+
     losses, _, _ = dpo_loss(
-        policy_logps[..., y_pos], policy_logps[..., y_neg], reference_logps[..., y_pos], reference_logps[..., y_neg], beta
+        at(policy_logps, y_pos), at(policy_logps, y_neg), at(reference_logps, y_pos), at(reference_logps, y_neg), beta
     )
     return losses
 
