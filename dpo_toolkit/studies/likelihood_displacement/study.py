@@ -209,14 +209,8 @@ def lm_study(
         model.eval().requires_grad_(False)
         W = model.unembed.weight.detach()
         similarity[seed] = cosine_matrix(W, answer_ids)
-        runs = [(y_pos, y_neg, i) for y_pos, y_neg in TABLE_PAIRS
-                for i in [k for k, s in enumerate(stances) if s == GROUP_OF[y_pos]][:prompts_per_pair]]  # fmt: skip
-        before, after = single_prompt_dpo_members(  # the seed's runs as members of one ensemble
-            [model] * len(runs), prompts[[i for _, _, i in runs]], [cfg.token(p) for p, _, _ in runs],
-            [cfg.token(n) for _, n, _ in runs], beta, dpo_cfg,
-        )  # fmt: skip
-        for run, (y_pos, y_neg, i) in enumerate(runs):
-            table.append({"seed": seed, "statement": i, **displacement_row(cfg, before[run], after[run], y_pos, y_neg)})
+        for y_pos, y_neg, i, before, after in table_runs(cfg, model, prompts, stances, prompts_per_pair, beta, dpo_cfg):
+            table.append({"seed": seed, "statement": i, **displacement_row(cfg, before, after, y_pos, y_neg)})
             step = one_step_geometry(model, prompts[i], cfg.token(y_pos), cfg.token(y_neg), beta, one_step_lr)
             others = step[~step["z"].isin([cfg.token(y_pos), cfg.token(y_neg)])]
             geometry.append(others.assign(seed=seed, statement=i, pair=f"{y_pos}/{y_neg}"))
@@ -230,6 +224,21 @@ def lm_study(
                 dlogp_pos = float(step.loc[step["z"] == cfg.token(y_pos), "dlogp_lm"].iloc[0])
                 pairs.append({"seed": seed, "y_pos": y_pos, "y_neg": y_neg, "inner_pos_neg": inner, "dlogp_pos": dlogp_pos})
     return similarity, pd.DataFrame(table), pd.concat(geometry, ignore_index=True), pd.DataFrame(pairs)
+
+
+def table_runs(
+    cfg: PersonaConfig, model: Transformer, prompts, stances, prompts_per_pair: int, beta: float, dpo_cfg: TrainConfig
+):
+    """The talk's table in one LM: for each pair of TABLE_PAIRS, single-prompt DPO on each of the first
+    `prompts_per_pair` statements of y+'s stance, every run a member of one ensemble. Yields
+    (y+, y−, statement, π_ref, π_θ) per run."""
+    runs = [(y_pos, y_neg, i) for y_pos, y_neg in TABLE_PAIRS
+            for i in [k for k, s in enumerate(stances) if s == GROUP_OF[y_pos]][:prompts_per_pair]]  # fmt: skip
+    positives, negatives = [cfg.token(p) for p, _, _ in runs], [cfg.token(n) for _, n, _ in runs]
+    statements = prompts[[i for *_, i in runs]]  # (runs, T)
+    before, after = single_prompt_dpo_members([model] * len(runs), statements, positives, negatives, beta, dpo_cfg)
+    for run, (y_pos, y_neg, i) in enumerate(runs):
+        yield y_pos, y_neg, i, before[run], after[run]
 
 
 def cosine_matrix(W: torch.Tensor, rows: list[int]) -> np.ndarray:
