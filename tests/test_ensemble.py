@@ -209,10 +209,13 @@ def test_replicates_as_members_equal_separate_runs(tiny_model_cfg, tiny_pairs, t
         noise_decided = ["rewards/accuracies"]  # TRL's strict accuracy: float noise decides the ties at step 0
         pd.testing.assert_frame_equal(mine.drop(columns=noise_decided), alone.drop(columns=noise_decided), rtol=1e-4, atol=1e-5)
         d = tiny_model_cfg.d_model
-        for (name, p), q in zip(policy.named_parameters(), ensemble.member(i).parameters(), strict=True):
+        starts = reference.parameters()
+        for (name, p), q, p0 in zip(policy.named_parameters(), ensemble.member(i).parameters(), starts, strict=True):
             if name == "attn.W_QKV.bias":  # the key bias has zero gradient: its float noise changes no output
-                p, q = torch.cat([p[:d], p[2 * d :]]), torch.cat([q[:d], q[2 * d :]])
-            assert torch.allclose(p, q, atol=1e-5), (name, i)
+                p, q, p0 = (torch.cat([t[:d], t[2 * d :]]) for t in (p, q, p0))
+            # RMSprop turns a gradient at float-noise level into a full step of either sign, so an element may
+            # differ by a step or two (at one thread ln2.bias did); the runs must agree to 0.1 % of how far they moved
+            assert (p - q).norm() <= 1e-3 * (p - p0).norm() + 1e-6, (name, i, float((p - q).norm()), float((p - p0).norm()))
         finals.append(mine["loss"].iloc[-1])
     assert len(set(finals)) == 3  # the replicates did differ
 
