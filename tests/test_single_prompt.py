@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from dpo_toolkit.core.config import TrainConfig
+from dpo_toolkit.core.config import ConfigError, TrainConfig
 from dpo_toolkit.core.model import build_model
 from dpo_toolkit.studies.likelihood_displacement.persona import PersonaConfig, answer_logps
 from dpo_toolkit.studies.likelihood_displacement.single_prompt import SLOW_HEAD, single_prompt_dpo_members
@@ -57,3 +57,34 @@ def test_members_need_one_prompt_and_pair_each():
     train = TrainConfig(optimizer="sgd", lr=0.1, epochs=1, batch_size=1, grad_clip=None, n_evals=1)
     with pytest.raises(ValueError, match="one prompt and pair per reference"):
         single_prompt_dpo_members([model, model], torch.zeros(1, 3, dtype=torch.long), [1, 1], [2, 2], 0.1, train)
+
+
+def test_persona_lms_as_members_equal_one_lm_at_a_time():
+    """Each seed's and lead weight's LM trained as a member of one ensemble against the plain full-batch loop on one
+    model (Adam on its own soft-label cross-entropy); the corpora differ in lead weight, so every member its own target."""
+    from dpo_toolkit.core.losses import soft_label_sft_loss
+    from dpo_toolkit.studies.likelihood_displacement.persona import persona_corpus, train_persona_lms
+
+    corpora = [PersonaConfig(n_statements=6, lead_weight=w) for w in (0.55, 0.95, 0.95)]
+    model_cfg = corpora[0].model_config(d_model=16)
+    sft = TrainConfig(optimizer="adam", lr=1e-2, weight_decay=0.0, epochs=20, batch_size=1, grad_clip=None, n_evals=1)
+    models = [build_model(model_cfg, seed=s) for s in (0, 0, 1)]
+    alone = [copy.deepcopy(m) for m in models]
+    train_persona_lms(corpora, models, sft)
+    for corpus, model, single in zip(corpora, models, alone, strict=True):
+        prompts, _, targets = persona_corpus(corpus)
+        optimizer = torch.optim.Adam(single.parameters(), lr=sft.lr)
+        for _ in range(sft.epochs):
+            loss = soft_label_sft_loss(answer_logps(single, prompts), targets.float())
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        d = model_cfg.d_model
+        for (name, p), q in zip(model.named_parameters(), single.parameters(), strict=True):
+            if name == "attn.W_QKV.bias":  # the key bias has zero gradient: Adam amplifies its float noise
+                p, q = torch.cat([p[:d], p[2 * d :]]), torch.cat([q[:d], q[2 * d :]])
+            torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=name)
+    assert not torch.allclose(models[1].unembed.weight, models[2].unembed.weight)  # every member its own init
+    assert not torch.allclose(models[0].unembed.weight, models[1].unembed.weight)  # and its own target
+    with pytest.raises(ConfigError, match="d_vocab=20"):  # a corpus of another vocabulary than the models'
+        train_persona_lms([PersonaConfig(n_statements=6), PersonaConfig(n_statements=8)], models[:2], sft)

@@ -28,9 +28,10 @@ def sft_loss(logps: torch.Tensor) -> torch.Tensor:
 
 def soft_label_sft_loss(logps: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """SFT on a target distribution instead of samples: the expected cross-entropy
-    −Σ_y q(y | x) log π(y | x), averaged over prompts. logps and targets: (prompts, candidates),
-    log π and q of each candidate response (q sums to ≤ 1 over a prompt's candidates)."""
-    return -(targets * logps).sum(-1).mean()
+    −Σ_y q(y | x) log π(y | x), averaged over prompts. logps and targets: (*models, prompts, candidates),
+    log π and q of each candidate response (q sums to ≤ 1 over a prompt's candidates); leading model
+    dims are optional. Returns (*models), one loss per model (a scalar for one)."""
+    return -(targets * logps).sum(-1).mean(-1)
 
 
 def implicit_reward(policy_logps: torch.Tensor, reference_logps: torch.Tensor, beta: float) -> torch.Tensor:

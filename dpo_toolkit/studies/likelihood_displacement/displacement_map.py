@@ -34,7 +34,7 @@ from dpo_toolkit.core.config import ModelConfig, TrainConfig
 from dpo_toolkit.core.device import resolve_device
 from dpo_toolkit.core.evidence import Check, mean_interval
 from dpo_toolkit.core.model import Transformer, build_model
-from dpo_toolkit.studies.likelihood_displacement.persona import GROUP_OF, PersonaConfig, persona_corpus, train_persona_lm
+from dpo_toolkit.studies.likelihood_displacement.persona import GROUP_OF, PersonaConfig, persona_corpus, train_persona_lms
 from dpo_toolkit.studies.likelihood_displacement.single_prompt import HEADS, single_prompt_dpo_members
 from dpo_toolkit.studies.likelihood_displacement.study import DISPLACED_BELOW, displacement_row, lm_features, theory_row
 
@@ -97,12 +97,13 @@ def run_map(
     coordinates, seed, statement, h_to_w (‖h‖² / mean ‖W_z‖² of the reference at that prompt), the
     theory's variables (``theory_row``) and ``displacement_row``'s columns."""
     device = resolve_device(device)
+    lms = [(seed, dataclasses.replace(cfg, lead_weight=lead), build_model(model_cfg, seed, device))
+           for seed, lead in itertools.product(seeds, grid.lead_weights)]  # fmt: skip
+    train_persona_lms([corpus for _, corpus, _ in lms], [model for *_, model in lms], sft_cfg)  # one ensemble
     starts = []  # (corpus, reference, prompt, y+, y−, the run's coordinates) of every run, before head and optimizer
-    for seed, lead in itertools.product(seeds, grid.lead_weights):
-        corpus = dataclasses.replace(cfg, lead_weight=lead)
+    for seed, corpus, model in lms:
+        lead = corpus.lead_weight
         prompts, stances, _ = persona_corpus(corpus)
-        model = build_model(model_cfg, seed, device)
-        train_persona_lm(corpus, model, sft_cfg)
         model.eval().requires_grad_(False)
         for scale, (y_pos, y_neg) in itertools.product(grid.scales, grid.pairs):
             reference = rebalance(model, scale)

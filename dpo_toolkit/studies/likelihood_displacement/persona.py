@@ -5,12 +5,14 @@ its exact answer distributions.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from dpo_toolkit.core.config import ConfigError, ModelConfig, TrainConfig, require
+from dpo_toolkit.core.ensemble import Ensemble
 from dpo_toolkit.core.losses import soft_label_sft_loss
 from dpo_toolkit.core.model import Transformer
 from dpo_toolkit.core.train import fit_full_batch
@@ -93,12 +95,33 @@ def answer_logps(model: Transformer, prompts: torch.Tensor) -> torch.Tensor:
     return model(prompts)[:, -1].log_softmax(-1)
 
 
+def train_persona_lms(cfgs: Sequence[PersonaConfig], models: Sequence[Transformer], train_cfg: TrainConfig) -> None:
+    """Full-batch SFT of models[i], in place, on the expected cross-entropy of corpus cfgs[i] (soft labels:
+    the exact answer distribution of each statement): train_cfg.epochs steps. The models train as the
+    members of one Ensemble on the sum of their losses (replicates as members), which equals one model at
+    a time up to float rounding. The models share one ModelConfig (an Ensemble's), so the corpora share one
+    vocabulary, hence their statements; they may differ in lead_weight and seed."""
+    if len(cfgs) != len(models):
+        raise ValueError(f"one corpus per model: {len(cfgs)} corpora for {len(models)} models")
+    for cfg, model in zip(cfgs, models, strict=True):
+        if model.cfg.d_vocab != len(cfg.vocab) or model.cfg.n_ctx < 3:
+            raise ConfigError(f"ModelConfig must have d_vocab={len(cfg.vocab)} and n_ctx ≥ 3 for this corpus, got {model.cfg}")
+    corpora = [persona_corpus(cfg) for cfg in cfgs]
+    prompts = corpora[0][0]  # (n, 3): 'Q s A' for every statement, the same in every corpus of this vocabulary
+    device = next(models[0].parameters()).device  # the corpus follows the models
+    prompts = prompts.to(device)
+    targets = torch.stack([t for _, _, t in corpora]).float().to(device)  # (M, n, V)
+    lms = Ensemble(list(models))
+
+    def loss_of(ensemble: Ensemble) -> torch.Tensor:
+        logps = ensemble(prompts)[:, :, -1].log_softmax(-1)  # log π(· | prompt) at the answer position, (M, n, V)
+        return soft_label_sft_loss(logps, targets).sum()  # each member's loss, summed: its own gradient
+
+    fit_full_batch(lms, loss_of, train_cfg, [{"params": list(lms.params.values())}])
+    for i, model in enumerate(models):
+        model.load_state_dict(lms.member(i).state_dict())
+
+
 def train_persona_lm(cfg: PersonaConfig, model: Transformer, train_cfg: TrainConfig) -> None:
-    """Full-batch SFT of model, in place, on the corpus's expected cross-entropy (soft labels:
-    the exact answer distribution of each statement): train_cfg.epochs steps."""
-    if model.cfg.d_vocab != len(cfg.vocab) or model.cfg.n_ctx < 3:
-        raise ConfigError(f"ModelConfig must have d_vocab={len(cfg.vocab)} and n_ctx ≥ 3 for this corpus, got {model.cfg}")
-    prompts, _, targets = persona_corpus(cfg)
-    device = next(model.parameters()).device  # the corpus follows the model
-    prompts, targets = prompts.to(device), targets.float().to(device)
-    fit_full_batch(model, lambda m: soft_label_sft_loss(answer_logps(m, prompts), targets), train_cfg)
+    """``train_persona_lms`` of one model on corpus cfg."""
+    train_persona_lms([cfg], [model], train_cfg)

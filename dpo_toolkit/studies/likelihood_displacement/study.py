@@ -24,7 +24,7 @@ from dpo_toolkit.studies.likelihood_displacement.persona import (
     PersonaConfig,
     answer_logps,
     persona_corpus,
-    train_persona_lm,
+    train_persona_lms,
 )
 from dpo_toolkit.studies.likelihood_displacement.single_prompt import HEADS, SLOW_HEAD, single_prompt_dpo_members
 from dpo_toolkit.studies.likelihood_displacement.theory import (
@@ -203,9 +203,9 @@ def lm_study(
     prompts = prompts.to(device)
     answer_ids = [cfg.token(t) for t in ANSWERS]
     similarity, table, geometry, pairs = {}, [], [], []
-    for seed in seeds:
-        model = build_model(model_cfg, seed, device)
-        train_persona_lm(cfg, model, sft_cfg)
+    models = [build_model(model_cfg, seed, device) for seed in seeds]
+    train_persona_lms([cfg] * len(models), models, sft_cfg)  # every seed's LM a member of one ensemble
+    for seed, model in zip(seeds, models, strict=True):
         model.eval().requires_grad_(False)
         W = model.unembed.weight.detach()
         similarity[seed] = cosine_matrix(W, answer_ids)
