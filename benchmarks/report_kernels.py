@@ -74,15 +74,17 @@ def _matmul_ceiling(groups: pd.DataFrame, first: pd.Series) -> list[str]:
 
 
 WAYS = (
-    "\nThree ways of cutting it, measured on the step's forward and backward, alternating, in one run:\n\n"
+    "\nWays of cutting it, measured on the step's forward and backward, alternating, in one run:\n\n"
     "- the same forward written without `vmap` (`benchmarks.step_anatomy.stacked_logits`): it runs the same ops, "
     "so its gradients are the same bits, and what it saves is `vmap`'s own dispatch;\n"
     "- that forward under `torch.compile`, which fuses the elementwise work into C++ loops;\n"
+    "- that forward with each linear's bias added inside its matmul and the causal attention of every member's "
+    "sequences as one fused kernel (`scaled_dot_product_attention`, which has no `vmap` batching rule);\n"
     "- the prompt computed once per pair (its 4 tokens, then chosen and rejected continuing its attention cache: "
     "12 positions per pair instead of 16).\n\n"
-    "The last two add in another order, so their gradients, and every trained model of the book with them, differ "
-    "in the last bits; the book's verdicts would have to be re-established (on a GPU, float order alone changed "
-    "some of them: see the GPU section).\n"
+    "All but the first add in another order, so their gradients, and every trained model of the book with them, "
+    "differ in the last bits; the book's verdicts would have to be re-established (on a GPU, float order alone "
+    "changed some of them: see the GPU section).\n"
 )
 
 

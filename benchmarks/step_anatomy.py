@@ -1,9 +1,9 @@
-"""One training step of the 30-β sweep, op by op, and what two ways of cutting it buy.
+"""One training step of the 30-β sweep, op by op, and what some ways of cutting it buy.
 
     python -m benchmarks.step_anatomy [--steps 50] [--repeats 3]
 
 The step is the KL sweep's (``benchmarks.sweep_speed``): 30 models batched as one ensemble,
-batch 16 pairs, DPO loss, backward, RMSprop. It is measured three ways, in one run:
+batch 16 pairs, DPO loss, backward, RMSprop. It is measured in one run:
 
 - **op groups**: torch's profiler over `steps` full steps (optimizer included), each op's own
   CPU time in one of four groups: matmuls (``bmm``, ``mm``, ``addmm``), copies and layout
@@ -17,6 +17,9 @@ batch 16 pairs, DPO loss, backward, RMSprop. It is measured three ways, in one r
   elementwise ops into C++ loops), its compile time, and the largest gradient difference
   from the toolkit's, relative to that gradient's largest entry (the fused kernels add in
   another order, so the trained models' bits would change);
+- **fused bias and attention**: the stacked forward with each linear's bias added inside its
+  matmul (``baddbmm``) and causal attention as one fused kernel over every member's sequences
+  (``scaled_dot_product_attention``, which has no vmap batching rule), another float order;
 - **shared prompt**: the toolkit's ensemble forward with each pair's prompt computed once
   (``shared_prompt_batch_loss``: the prompt's 4 tokens through ``Ensemble.extend``, then the
   chosen and the rejected response continuing its attention cache), 12 positions per pair
@@ -26,7 +29,7 @@ batch 16 pairs, DPO loss, backward, RMSprop. It is measured three ways, in one r
 Forward-and-backward times are the best of `repeats` timings of `steps` steps, the ways
 alternating within each repeat (this machine's speed drifts over minutes). The compile time is
 a cold one: inductor's caches go to a fresh temporary folder. Writes
-``_build/benchmarks/step_anatomy.csv`` (the three ways of computing the step) and
+``_build/benchmarks/step_anatomy.csv`` (the ways of computing the step) and
 ``_build/benchmarks/step_ops.csv`` (the op groups).
 """
 
@@ -85,6 +88,27 @@ def stacked_logits(params: dict[str, torch.Tensor], cfg: ModelConfig, tokens: to
     resid_mid = resid_pre + linear(z.transpose(2, 3).reshape(n_models, batch * seq, d_model), "attn.W_O")
     hidden = linear(F.gelu(linear(layer_norm(resid_mid, "ln2"), "mlp.0")), "mlp.2")
     resid_post = resid_mid + hidden
+    return linear(layer_norm(resid_post, "ln_final"), "unembed").view(n_models, batch, seq, -1)
+
+
+def fused_stacked_logits(params: dict[str, torch.Tensor], cfg: ModelConfig, tokens: torch.Tensor) -> torch.Tensor:
+    """``stacked_logits`` with each linear's bias added inside its matmul (``baddbmm``) and the attention of every
+    member's sequences as one fused kernel (``scaled_dot_product_attention``, causal; under vmap it has no batching
+    rule): the same function, another float order."""
+    n_models, (batch, seq), d_model = params["embed.weight"].shape[0], tokens.shape, cfg.d_model
+
+    def linear(x, name):  # x (M, rows, in) → (M, rows, out), bias + x @ Wᵀ in one kernel
+        return torch.baddbmm(params[f"{name}.bias"][:, None], x, params[f"{name}.weight"].transpose(1, 2))
+
+    def layer_norm(x, name):
+        return F.layer_norm(x, x.shape[-1:]) * params[f"{name}.weight"][:, None] + params[f"{name}.bias"][:, None]
+
+    resid_pre = (params["embed.weight"][:, tokens] + params["pos_embed.weight"][:, None, :seq]).reshape(n_models, -1, d_model)
+    q, k, v = linear(layer_norm(resid_pre, "ln1"), "attn.W_QKV").split(d_model, dim=-1)  # 3 × (M, B·T, D)
+    q, k, v = (t.reshape(n_models * batch, seq, cfg.n_heads, cfg.d_head).transpose(1, 2) for t in (q, k, v))  # (M·B, nh, T, dh)
+    z = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (M·B, nh, T, dh)
+    resid_mid = resid_pre + linear(z.transpose(1, 2).reshape(n_models, batch * seq, d_model), "attn.W_O")
+    resid_post = resid_mid + linear(F.gelu(linear(layer_norm(resid_mid, "ln2"), "mlp.0")), "mlp.2")
     return linear(layer_norm(resid_post, "ln_final"), "unembed").view(n_models, batch, seq, -1)
 
 
@@ -242,6 +266,7 @@ def main(argv: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
         "vmap (the toolkit)": toolkit_forward_backward,
         "without vmap": run_of(partial_stacked(params, cfg)),
         "compiled (torch.compile)": run_of(compiled),
+        "fused bias and attention": run_of(lambda tokens: fused_stacked_logits(params, cfg, tokens)),
         "shared prompt": forward_backward(shared_prompt_batch_loss(policies, pairs, reference, betas), params, order),
     }
     reference_grads = gradients(ways["vmap (the toolkit)"], params)
