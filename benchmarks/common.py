@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import platform
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -60,3 +63,11 @@ def stems() -> list[str]:
     lines = (ROOT / "_toc.yml").read_text().splitlines()
     found = [line.split("book/chapters/", 1)[1].strip() for line in lines if "- file: book/chapters/" in line]
     return [s for s in found if (ROOT / "notebooks" / f"{s}.ipynb").exists()]
+
+
+def fresh_inductor_cache(prefix: str) -> None:
+    """Point torch.compile's inductor caches at a fresh temporary folder, removed when the process ends, so
+    that a compile timed after this is a cold one, not served from an earlier run's cache."""
+    folder = tempfile.mkdtemp(prefix=f"{prefix}-inductor-")
+    atexit.register(shutil.rmtree, folder, True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = folder

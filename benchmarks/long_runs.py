@@ -26,17 +26,13 @@ and whether the weights are the toolkit's bits.
 from __future__ import annotations
 
 import argparse
-import atexit
 import copy
-import os
-import shutil
-import tempfile
 import time
 
 import pandas as pd
 import torch
 
-from benchmarks.common import write
+from benchmarks.common import fresh_inductor_cache, write
 from dpo_toolkit.core.config import DataConfig, DPOConfig, ModelConfig
 from dpo_toolkit.core.data import make_pairs
 from dpo_toolkit.core.dpo_train import dpo_batch_loss
@@ -99,9 +95,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     args = parser.parse_args(argv)
     if args.members < 2 or args.steps < 5 or args.repeats < 1:
         parser.error(f"need --members ≥ 2, --steps ≥ 5 and --repeats ≥ 1; got {args.members}, {args.steps}, {args.repeats}")
-    inductor_cache = tempfile.mkdtemp(prefix="long_runs-inductor-")  # a cold compile, not an earlier run's
-    atexit.register(shutil.rmtree, inductor_cache, True)
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = inductor_cache
+    fresh_inductor_cache("long_runs")  # a cold compile, not an earlier run's
     train, _ = make_pairs(DATA)
     reference = build_model(ModelConfig(), seed=0).requires_grad_(False)
     betas = torch.tensor([[b] for b in beta_grid(args.members, 1e-2, 1.0)])  # (M, 1)

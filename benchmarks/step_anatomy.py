@@ -36,11 +36,7 @@ a cold one: inductor's caches go to a fresh temporary folder. Writes
 from __future__ import annotations
 
 import argparse
-import atexit
 import copy
-import os
-import shutil
-import tempfile
 import time
 from collections import defaultdict
 
@@ -49,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import profile
 
-from benchmarks.common import seconds, write
+from benchmarks.common import fresh_inductor_cache, seconds, write
 from benchmarks.sweep_speed import BETAS, DPO, reference_model
 from benchmarks.throughput import BATCH, pairs_subset
 from dpo_toolkit.core.config import ModelConfig
@@ -180,9 +176,7 @@ def cold_compile(forward, run_of) -> tuple[object, float]:
     """torch.compile(forward) and the seconds of its first forward and backward (run_of(compiled)(0)): a cold
     compile, not one served from an earlier run's cache. Its cache folder lives until the process ends, since
     a new batch width recompiles during the timings."""
-    inductor_cache = tempfile.mkdtemp(prefix="step_anatomy-inductor-")
-    atexit.register(shutil.rmtree, inductor_cache, True)
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = inductor_cache
+    fresh_inductor_cache("step_anatomy")
     compile_start = time.perf_counter()
     compiled = torch.compile(forward)
     run_of(compiled)(0)
