@@ -25,6 +25,7 @@ import copy
 import dataclasses
 import itertools
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import pandas as pd
 import torch
@@ -100,47 +101,71 @@ def run_map(
     lms = [(seed, dataclasses.replace(cfg, lead_weight=lead), build_model(model_cfg, seed, device))
            for seed, lead in itertools.product(seeds, grid.lead_weights)]  # fmt: skip
     train_persona_lms([corpus for _, corpus, _ in lms], [model for *_, model in lms], sft_cfg)  # one ensemble
-    starts = []  # (corpus, reference, prompt, y+, y−, the run's coordinates) of every run, before head and optimizer
+    starts, blocks = [], itertools.count()  # every run's start, before its head and optimizer, in the grid's order
     for seed, corpus, model in lms:
-        lead = corpus.lead_weight
         prompts, stances, _ = persona_corpus(corpus)
         model.eval().requires_grad_(False)
+        references = {scale: rebalance(model, scale) for scale in grid.scales}
         for scale, (y_pos, y_neg) in itertools.product(grid.scales, grid.pairs):
-            reference = rebalance(model, scale)
+            block = next(blocks)
             for i in [k for k, s in enumerate(stances) if s == GROUP_OF[y_pos]][:prompts_per_pair]:
-                coordinates = {"lead_weight": lead, "scale": scale, "pair": f"{y_pos}/{y_neg}", "seed": seed, "statement": i}
-                starts.append((corpus, reference, prompts[i].to(device), y_pos, y_neg, coordinates))
-    rows = []
-    for head, (optimizer, lr) in itertools.product(grid.heads, grid.optimizers.items()):
-        train_cfg = TrainConfig(optimizer=optimizer, lr=lr, weight_decay=0.0, epochs=steps, batch_size=1, grad_clip=None,
-                                n_evals=1)  # fmt: skip
-        before, after = single_prompt_dpo_members(
-            [r for _, r, *_ in starts], torch.stack([prompt for _, _, prompt, *_ in starts]),
-            [c.token(y) for c, _, _, y, _, _ in starts], [c.token(y) for c, _, _, _, y, _ in starts], beta, train_cfg, head,
-        )  # fmt: skip
-        for run, (corpus, reference, prompt, y_pos, y_neg, coordinates) in enumerate(starts):
-            row = _map_row(corpus, reference, prompt, y_pos, y_neg, beta, head, before[run], after[run])
-            rows.append(row | coordinates | {"head": head, "optimizer": optimizer, "lr": lr})
-    order = ["seed", "lead_weight", "scale", "pair", "head", "optimizer", "statement"]  # the grid's nesting, seed outermost
-    ranks = {name: {value: k for k, value in enumerate(dict.fromkeys(r[name] for r in rows))} for name in order}
-    rows.sort(key=lambda r: tuple(ranks[name][r[name]] for name in order))
-    return pd.DataFrame(rows)
+                cell = {"lead_weight": corpus.lead_weight, "scale": scale, "pair": f"{y_pos}/{y_neg}", "seed": seed,
+                        "statement": i}  # fmt: skip
+                starts.append(_Start(corpus, references[scale], prompts[i].to(device), y_pos, y_neg, cell, block))
+    return pd.DataFrame(_trained_rows(starts, grid, beta, steps))
 
 
-def _map_row(corpus, reference, prompt, y_pos, y_neg, beta, head, before, after) -> dict:
-    """One run of the map: the theory's variables at the reference (``theory_row``), ‖h‖² / mean ‖W_z‖²,
-    and what single-prompt DPO did (``displacement_row`` of π before and after)."""
-    h, W, _ = lm_features(reference, prompt)
-    theory = theory_row(reference, prompt, corpus.token(y_pos), corpus.token(y_neg), beta, head)
-    row = displacement_row(corpus, before, after, y_pos, y_neg)
+class _Start(NamedTuple):
+    """Where one run of the map starts, before its head and optimizer are chosen."""
+
+    corpus: PersonaConfig
+    reference: Transformer  # the rebalanced LM
+    prompt: torch.Tensor  # (T,)
+    y_pos: str
+    y_neg: str
+    cell: dict  # its coordinates: lead weight, scale, pair, seed, statement
+    block: int  # its (seed, lead weight, scale, pair) in the grid's order; head and optimizer nest inside it
+
+
+def _trained_rows(starts: list[_Start], grid: MapGrid, beta: float, steps: int) -> list[dict]:
+    """Single-prompt DPO from every start under every head and optimizer, the runs of one head and optimizer
+    as the members of one ensemble. One row per run (``_map_row``), in the grid's nesting: seed, lead weight,
+    scale, pair, head, optimizer, statement. A run's geometry is computed once per start and the theory's
+    variables once per start and head (neither depends on the optimizer)."""
+    h_to_w = [_h_to_w(start) for start in starts]
+    tokens = [(start.corpus.token(start.y_pos), start.corpus.token(start.y_neg)) for start in starts]
+    references, prompts = [start.reference for start in starts], torch.stack([start.prompt for start in starts])
+    keyed = []
+    for h, head in enumerate(grid.heads):
+        theories = [theory_row(s.reference, s.prompt, *pair, beta, head) for s, pair in zip(starts, tokens, strict=True)]
+        for o, (optimizer, lr) in enumerate(grid.optimizers.items()):
+            train_cfg = TrainConfig(optimizer=optimizer, lr=lr, weight_decay=0.0, epochs=steps, batch_size=1, grad_clip=None,
+                                    n_evals=1)  # fmt: skip
+            before, after = single_prompt_dpo_members(references, prompts, *zip(*tokens, strict=True), beta, train_cfg, head)
+            for k, start in enumerate(starts):
+                row = _map_row(start, h_to_w[k], theories[k], before[k], after[k])
+                keyed.append(((start.block, h, o, k), row | {"head": head, "optimizer": optimizer, "lr": lr}))
+    return [row for _, row in sorted(keyed, key=lambda item: item[0])]
+
+
+def _h_to_w(start: _Start) -> float:
+    """‖h‖² / mean ‖W_z‖² of the run's reference at its prompt."""
+    h, W, _ = lm_features(start.reference, start.prompt)
+    return float((h @ h) / (W * W).sum(-1).mean())
+
+
+def _map_row(start: _Start, h_to_w: float, theory: dict, before: torch.Tensor, after: torch.Tensor) -> dict:
+    """One run of the map: ‖h‖² / mean ‖W_z‖², the theory's variables at the reference (``theory_row``), what
+    single-prompt DPO did (``displacement_row`` of π before and after) and the run's coordinates."""
+    row = displacement_row(start.corpus, before, after, start.y_pos, start.y_neg)
     observed = row["dlogp_pos"]
     return {
-        "similar": GROUP_OF[y_pos] == GROUP_OF[y_neg],
-        "h_to_w": float((h @ h) / (W * W).sum(-1).mean()),
+        "similar": GROUP_OF[start.y_pos] == GROUP_OF[start.y_neg],
+        "h_to_w": h_to_w,
         **theory,
         **row,
         "agrees": (theory["predicted"] < 0) == (observed < 0),  # the predicted sign of Δ log π(y+) is the observed one
-    }
+    } | start.cell
 
 
 CELL = ["head", "optimizer", "pair", "lead_weight", "scale"]

@@ -90,9 +90,10 @@ def persona_corpus(cfg: PersonaConfig) -> tuple[torch.Tensor, np.ndarray, torch.
     return prompts, stances, targets
 
 
-def answer_logps(model: Transformer, prompts: torch.Tensor) -> torch.Tensor:
-    """log π(· | prompt) at the answer position, over the whole vocabulary: (n, V)."""
-    return model(prompts)[:, -1].log_softmax(-1)
+def answer_logps(model: Transformer | Ensemble, prompts: torch.Tensor) -> torch.Tensor:
+    """log π(· | prompt) at the answer position, over the whole vocabulary: (n, V) for one model, (M, n, V)
+    for an Ensemble (prompts (n, T) shared by its members, or (M, n, T) one set per member)."""
+    return model(prompts)[..., -1, :].log_softmax(-1)
 
 
 def train_persona_lms(cfgs: Sequence[PersonaConfig], models: Sequence[Transformer], train_cfg: TrainConfig) -> None:
@@ -113,9 +114,8 @@ def train_persona_lms(cfgs: Sequence[PersonaConfig], models: Sequence[Transforme
     targets = torch.stack([t for _, _, t in corpora]).float().to(device)  # (M, n, V)
     lms = Ensemble(list(models))
 
-    def loss_of(ensemble: Ensemble) -> torch.Tensor:
-        logps = ensemble(prompts)[:, :, -1].log_softmax(-1)  # log π(· | prompt) at the answer position, (M, n, V)
-        return soft_label_sft_loss(logps, targets).sum()  # each member's loss, summed: its own gradient
+    def loss_of(ensemble: Ensemble) -> torch.Tensor:  # each member's loss, summed: its own gradient
+        return soft_label_sft_loss(answer_logps(ensemble, prompts), targets).sum()
 
     fit_full_batch(lms, loss_of, train_cfg, [{"params": list(lms.params.values())}])
     for i, model in enumerate(models):

@@ -13,6 +13,7 @@ from dpo_toolkit.core.config import TrainConfig
 from dpo_toolkit.core.ensemble import Ensemble
 from dpo_toolkit.core.model import Transformer
 from dpo_toolkit.core.train import fit_full_batch
+from dpo_toolkit.studies.likelihood_displacement.persona import answer_logps
 from dpo_toolkit.studies.likelihood_displacement.theory import single_token_dpo_loss
 
 HEADS = ("trained", "frozen", "slow")
@@ -49,11 +50,11 @@ def single_prompt_dpo_members(
     tokens = prompts[:, None]  # (M, 1, T): each member its own prompt
     pos, neg = torch.as_tensor(y_pos, device=prompts.device), torch.as_tensor(y_neg, device=prompts.device)  # (M,)
 
-    def answer_logps() -> torch.Tensor:  # log π(· | prompt) at the answer position, (M, V)
-        return policies(tokens)[:, 0, -1].log_softmax(-1)
+    def policy_logps() -> torch.Tensor:  # log π(· | prompt) at the answer position, (M, V)
+        return answer_logps(policies, tokens)[:, 0]
 
     with torch.no_grad():
-        reference_logps = answer_logps()  # the members start as their references
+        reference_logps = policy_logps()  # the members start as their references
     in_head = {name: name.startswith(HEAD_PARAMETERS) for name in policies.params}
     body = [p for name, p in policies.params.items() if not in_head[name]]
     head_params = [p for name, p in policies.params.items() if in_head[name]]
@@ -65,10 +66,10 @@ def single_prompt_dpo_members(
         groups = [{"params": body}, {"params": head_params, "lr": SLOW_HEAD * train_cfg.lr}]
     else:
         groups = [{"params": body + head_params}]
-    loss_of = lambda _: single_token_dpo_loss(answer_logps(), reference_logps, pos, neg, beta).sum()  # noqa: E731
+    loss_of = lambda _: single_token_dpo_loss(policy_logps(), reference_logps, pos, neg, beta).sum()  # noqa: E731
     fit_full_batch(policies, loss_of, train_cfg, groups)
     with torch.no_grad():
-        return reference_logps.double().exp(), answer_logps().double().exp()
+        return reference_logps.double().exp(), policy_logps().double().exp()
 
 
 def single_prompt_dpo(
